@@ -1,0 +1,218 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/bits"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/google/nftables"
+
+	"github.com/nfhelper/nfhelper/config"
+	"github.com/nfhelper/nfhelper/ipvs"
+	"github.com/nfhelper/nfhelper/nfq"
+	"github.com/nfhelper/nfhelper/nft"
+)
+
+const (
+	tableName = "nfhelper"
+	// markMask holds the real server's index in the packet mark of a new
+	// connection's SYN, from the queue verdict until DNAT has used it.
+	markMask = 0x00ff0000
+	// dataChannelTimeout is how long an announced data channel stays open,
+	// as the kernel's FTP expectations.
+	dataChannelTimeout = 5 * time.Minute
+	// datapathName says which datapath runs: xtables NFQUEUE (no native nft
+	// queue needed), kernel NAT by mark, data channels as nft map elements.
+	datapathName = "xt-nfqueue+nft-maps"
+)
+
+func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	services, spec := build(cfg)
+	engine := ipvs.NewEngine(services, markMask)
+
+	// Queues are bound before the rules exist, so the first queued packet
+	// already finds a reader.
+	var queues []*nfq.Queue
+	defer func() {
+		for _, q := range queues {
+			q.Close()
+		}
+	}()
+	for i := range spec.QueueTotal {
+		q, err := nfq.OpenQueue(spec.QueueNum+i, 4096)
+		if err != nil {
+			return err
+		}
+		queues = append(queues, q)
+	}
+
+	nftConn, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	ruleset, err := nft.Install(nftConn, spec)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := nft.Remove(nftConn, tableName); err != nil {
+			log.Error("cleanup", "err", err)
+		}
+	}()
+
+	dpConn, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	dp := &datapath{ruleset: ruleset, conn: dpConn, log: log, reqs: make(chan *pending, 1024)}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, len(queues))
+	wg.Go(func() { dp.run(ctx) })
+	wg.Go(func() { engine.Table.RunExpiry(time.Second, ctx.Done()) })
+	for _, q := range queues {
+		w := engine.NewWorker()
+		wg.Go(func() {
+			if err := q.Run(ctx, handler(q, w, dp, &engine.Stats, log)); err != nil {
+				errs <- err
+			}
+		})
+	}
+	log.Info("ready", "datapath", datapathName, "queues", fmt.Sprintf("%d-%d", spec.QueueNum, spec.QueueNum+spec.QueueTotal-1),
+		"services", len(services), "table", "inet "+tableName)
+
+	select {
+	case <-ctx.Done():
+		err = nil
+	case err = <-errs:
+	}
+	cancel()
+	for _, q := range queues {
+		q.Close()
+	}
+	queues = nil
+	wg.Wait()
+	s := &engine.Stats
+	log.Info("stopping", "packets", s.Packets.Load(), "scheduled", s.Scheduled.Load(), "rewritten", s.Rewritten.Load(),
+		"corrected", s.Corrected.Load(), "channels", s.Channels.Load(), "unparsed", s.Unparsed.Load(),
+		"no_server", s.NoServer.Load(), "bad_checksum", s.BadChecksum.Load(), "rewrite_failed", s.RewriteFailed.Load())
+	return err
+}
+
+// build turns the configuration into engine services and the ruleset spec.
+func build(cfg *config.Config) ([]*ipvs.Service, *nft.Spec) {
+	spec := &nft.Spec{Table: tableName, QueueNum: 100, QueueTotal: uint16(runtime.NumCPU()), MarkMask: markMask}
+	if cfg.Queue.First != 0 {
+		spec.QueueNum = cfg.Queue.First
+	}
+	if cfg.Queue.Count != 0 {
+		spec.QueueTotal = cfg.Queue.Count
+	}
+	shift := bits.TrailingZeros32(markMask)
+	var services []*ipvs.Service
+	index := uint32(0)
+	for _, sc := range cfg.Services {
+		var helper ipvs.Helper
+		if sc.Helper != "" {
+			helper, _ = ipvs.LookupHelper(sc.Helper)
+		}
+		var reals []*ipvs.RealServer
+		ns := nft.Service{VIP: sc.VIPAddr}
+		for _, r := range sc.RealServers {
+			index++
+			rs := &ipvs.RealServer{Addr: r.Addr, Weight: r.EffectiveWeight(), Mark: index << shift}
+			reals = append(reals, rs)
+			ns.Servers = append(ns.Servers, nft.Server{Addr: rs.Addr, Mark: rs.Mark})
+		}
+		// The configuration was validated: the scheduler exists.
+		svc, _ := ipvs.NewService(sc.Name, sc.VIPAddr, sc.Scheduler, helper, reals)
+		services = append(services, svc)
+		spec.Services = append(spec.Services, ns)
+	}
+	return services, spec
+}
+
+// handler is one queue's per-packet path: decide, then either answer at
+// once or hand the packet to the datapath when it announces a data channel.
+func handler(q *nfq.Queue, w *ipvs.Worker, dp *datapath, stats *ipvs.Stats, log *slog.Logger) nfq.Handler {
+	return func(id uint32, pkt []byte, mark uint32) {
+		defer func() {
+			if r := recover(); r != nil {
+				log.Error("worker panic; packet accepted unmodified", "panic", r)
+				q.Accept(id, false, 0, nil)
+			}
+		}()
+		v := w.Process(pkt, mark)
+		if len(v.Channels) > 0 {
+			dp.submit(&pending{
+				q: q, id: id, setMark: v.SetMark, mark: v.Mark,
+				pkt:      append([]byte(nil), v.Packet...),
+				channels: append([]ipvs.Channel(nil), v.Channels...),
+			})
+			return
+		}
+		if err := q.Accept(id, v.SetMark, v.Mark, v.Packet); err != nil {
+			log.Warn("verdict", "err", err)
+		}
+	}
+}
+
+// pending is a packet held until its data channels are in the kernel.
+type pending struct {
+	q        *nfq.Queue
+	id       uint32
+	setMark  bool
+	mark     uint32
+	pkt      []byte
+	channels []ipvs.Channel
+}
+
+// datapath opens data channels off the queue readers' goroutines, so the
+// wait for nftables holds back only the packets that announce a channel.
+type datapath struct {
+	ruleset *nft.Ruleset
+	conn    *nftables.Conn
+	log     *slog.Logger
+	reqs    chan *pending
+}
+
+func (d *datapath) submit(p *pending) { d.reqs <- p }
+
+func (d *datapath) run(ctx context.Context) {
+	var batch []*pending
+	var chans []ipvs.Channel
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case p := <-d.reqs:
+			batch, chans = append(batch[:0], p), append(chans[:0], p.channels...)
+		}
+		// Everything queued meanwhile goes into the same nftables batch.
+	drain:
+		for len(batch) < 64 {
+			select {
+			case p := <-d.reqs:
+				batch = append(batch, p)
+				chans = append(chans, p.channels...)
+			default:
+				break drain
+			}
+		}
+		if err := d.ruleset.OpenChannels(d.conn, chans, dataChannelTimeout); err != nil {
+			d.log.Error("data channels not opened", "count", len(chans), "err", err)
+		}
+		for _, p := range batch {
+			if err := p.q.Accept(p.id, p.setMark, p.mark, p.pkt); err != nil && !errors.Is(err, context.Canceled) {
+				d.log.Warn("verdict", "err", err)
+			}
+		}
+	}
+}

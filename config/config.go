@@ -1,0 +1,157 @@
+// Package config reads nfhelperd's YAML configuration.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/nfhelper/nfhelper/ipvs"
+)
+
+// ErrInvalid wraps every validation failure.
+var ErrInvalid = errors.New("invalid configuration")
+
+// Config is the whole file.
+type Config struct {
+	Services []Service `yaml:"services"`
+	Queue    Queue     `yaml:"queue"`
+}
+
+// Queue chooses the NFQUEUE numbers the daemon binds.
+type Queue struct {
+	First uint16 `yaml:"first"` // default 100
+	Count uint16 `yaml:"count"` // default: one per CPU
+}
+
+// Service is one virtual service.
+type Service struct {
+	Name        string       `yaml:"name"`
+	VIP         string       `yaml:"vip"`
+	Scheduler   string       `yaml:"scheduler"`
+	Helper      string       `yaml:"helper"`
+	RealServers []RealServer `yaml:"real_servers"`
+
+	VIPAddr netip.AddrPort `yaml:"-"`
+}
+
+// RealServer is one backend.
+type RealServer struct {
+	Address string `yaml:"address"`
+	Weight  *int   `yaml:"weight"` // default 1; 0 = quiesced
+
+	Addr netip.AddrPort `yaml:"-"`
+}
+
+// EffectiveWeight is Weight with its default applied.
+func (r *RealServer) EffectiveWeight() int {
+	if r.Weight == nil {
+		return 1
+	}
+	return *r.Weight
+}
+
+// MaxRealServers is how many real servers the packet mark bits can name.
+const MaxRealServers = 255
+
+// Load reads and validates a file.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	c, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes strictly (unknown keys are errors) and validates.
+func Parse(data []byte) (*Config, error) {
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	// An empty document decodes as io.EOF: report what is missing instead.
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func (c *Config) validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
+	}
+	if len(c.Services) == 0 {
+		return bad("no services")
+	}
+	names := map[string]bool{}
+	vips := map[netip.AddrPort]string{}
+	total := 0
+	for i := range c.Services {
+		s := &c.Services[i]
+		if s.Name == "" {
+			return bad("services[%d]: name is empty", i)
+		}
+		if names[s.Name] {
+			return bad("service %s: name used twice", s.Name)
+		}
+		names[s.Name] = true
+		ap, err := netip.ParseAddrPort(s.VIP)
+		if err != nil || ap.Port() == 0 || ap.Addr().Zone() != "" {
+			return bad("service %s: vip %q is not an address:port", s.Name, s.VIP)
+		}
+		s.VIPAddr = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		if other, dup := vips[s.VIPAddr]; dup {
+			return bad("service %s: vip %s already used by service %s", s.Name, s.VIPAddr, other)
+		}
+		vips[s.VIPAddr] = s.Name
+		if s.Scheduler == "" {
+			s.Scheduler = "rr"
+		}
+		if _, err := ipvs.NewScheduler(s.Scheduler); err != nil {
+			return bad("service %s: %v", s.Name, err)
+		}
+		if s.Helper != "" {
+			if _, ok := ipvs.LookupHelper(s.Helper); !ok {
+				return bad("service %s: unknown helper %q (have %v)", s.Name, s.Helper, ipvs.HelperNames())
+			}
+		}
+		if len(s.RealServers) == 0 {
+			return bad("service %s: no real_servers", s.Name)
+		}
+		seen := map[netip.AddrPort]bool{}
+		for j := range s.RealServers {
+			r := &s.RealServers[j]
+			ap, err := netip.ParseAddrPort(r.Address)
+			if err != nil || ap.Port() == 0 || ap.Addr().Zone() != "" {
+				return bad("service %s: real server %q is not an address:port", s.Name, r.Address)
+			}
+			r.Addr = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+			if r.Addr.Addr().Is4() != s.VIPAddr.Addr().Is4() {
+				return bad("service %s: real server %s is not of the vip's address family", s.Name, r.Addr)
+			}
+			if seen[r.Addr] {
+				return bad("service %s: real server %s listed twice", s.Name, r.Addr)
+			}
+			seen[r.Addr] = true
+			if w := r.EffectiveWeight(); w < 0 || w > 65535 {
+				return bad("service %s: real server %s: weight %d out of 0..65535", s.Name, r.Addr, w)
+			}
+			total++
+		}
+	}
+	if total > MaxRealServers {
+		return bad("%d real servers; at most %d", total, MaxRealServers)
+	}
+	return nil
+}

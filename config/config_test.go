@@ -1,0 +1,66 @@
+package config_test
+
+import (
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/nfhelper/nfhelper/config"
+	_ "github.com/nfhelper/nfhelper/helpers/ftp"
+)
+
+func TestReference(t *testing.T) {
+	c, err := config.Load("testdata/reference.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Services) != 2 {
+		t.Fatalf("%d services", len(c.Services))
+	}
+	ftp, ftp6 := c.Services[0], c.Services[1]
+	if ftp.VIPAddr != netip.MustParseAddrPort("198.51.100.10:21") || ftp.Helper != "ftp" || ftp.Scheduler != "rr" {
+		t.Errorf("ftp: %+v", ftp)
+	}
+	if w := ftp.RealServers[0].EffectiveWeight(); w != 1 {
+		t.Errorf("default weight %d", w)
+	}
+	if w := ftp.RealServers[1].EffectiveWeight(); w != 2 {
+		t.Errorf("weight %d", w)
+	}
+	if ftp6.VIPAddr != netip.MustParseAddrPort("[2001:db8:1::10]:21") || ftp6.RealServers[0].Addr != netip.MustParseAddrPort("[fd00::11]:21") {
+		t.Errorf("ftp6: %+v", ftp6)
+	}
+}
+
+func TestInvalid(t *testing.T) {
+	const rs = "\n    real_servers:\n      - address: 10.0.0.11:21"
+	cases := []struct{ name, yaml, want string }{
+		{"empty", "", "no services"},
+		{"unknown key", "services:\n  - name: a\n    vip: 198.51.100.10:21\n    colour: red" + rs, "field colour not found"},
+		{"bad vip", "services:\n  - name: a\n    vip: 198.51.100.300:21" + rs, `vip "198.51.100.300:21"`},
+		{"vip without port", "services:\n  - name: a\n    vip: 198.51.100.10" + rs, "not an address:port"},
+		{"duplicate vip", "services:\n  - name: a\n    vip: 198.51.100.10:21" + rs + "\n  - name: b\n    vip: 198.51.100.10:21" + rs, "already used by service a"},
+		{"duplicate name", "services:\n  - name: a\n    vip: 198.51.100.10:21" + rs + "\n  - name: a\n    vip: 198.51.100.11:21" + rs, "name used twice"},
+		{"unknown helper", "services:\n  - name: a\n    vip: 198.51.100.10:21\n    helper: tftp" + rs, `unknown helper "tftp"`},
+		{"unknown scheduler", "services:\n  - name: a\n    vip: 198.51.100.10:21\n    scheduler: fastest" + rs, `"fastest"`},
+		{"no real servers", "services:\n  - name: a\n    vip: 198.51.100.10:21", "no real_servers"},
+		{"family mismatch", "services:\n  - name: a\n    vip: \"[2001:db8::1]:21\"" + rs, "address family"},
+		{"negative weight", "services:\n  - name: a\n    vip: 198.51.100.10:21" + rs + "\n        weight: -1", "weight -1"},
+		{"not yaml", "services: [", "invalid configuration"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := config.Parse([]byte(c.yaml))
+			if !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("err = %v, want one containing %q", err, c.want)
+			}
+		})
+	}
+}
+
+func TestLoadNamesFile(t *testing.T) {
+	if _, err := config.Load("testdata/missing.yaml"); err == nil || !strings.Contains(err.Error(), "missing.yaml") {
+		t.Errorf("err = %v", err)
+	}
+}

@@ -1,0 +1,78 @@
+package ipvs
+
+import (
+	"sync"
+	"time"
+
+	"github.com/nfhelper/nfhelper/nfq"
+)
+
+// TCPState is the coarse state IPVS keeps per connection to pick a timeout.
+type TCPState uint8
+
+const (
+	StateSynSent TCPState = iota
+	StateEstablished
+	StateFinWait
+	StateClose
+)
+
+var stateNames = [...]string{"SYN_SENT", "ESTABLISHED", "FIN_WAIT", "CLOSE"}
+
+func (s TCPState) String() string { return stateNames[s] }
+
+// Timeouts per state, as IPVS's defaults for TCP.
+var stateTimeout = [...]time.Duration{
+	StateSynSent:     2 * time.Minute,
+	StateEstablished: 15 * time.Minute,
+	StateFinWait:     2 * time.Minute,
+	StateClose:       10 * time.Second,
+}
+
+// Conn is a balanced control connection.
+type Conn struct {
+	Session
+	Service *Service
+	Real    *RealServer
+
+	mu      sync.Mutex
+	state   TCPState
+	expires int64     // monotonic nanoseconds, see now()
+	seq     [2]SeqAdj // indexed by the Direction whose sequence numbers moved
+}
+
+// State returns the connection's TCP state.
+func (c *Conn) State() TCPState {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state
+}
+
+// Seq returns the sequence correction of one direction.
+func (c *Conn) Seq(dir Direction) SeqAdj {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.seq[dir]
+}
+
+// track advances the state by a packet's TCP flags; c.mu is held.
+func (c *Conn) track(flags uint8, now int64) {
+	switch {
+	case flags&nfq.FlagRST != 0:
+		c.state = StateClose
+	case flags&nfq.FlagFIN != 0:
+		if c.state < StateFinWait {
+			c.state = StateFinWait
+		}
+	case flags&nfq.FlagSYN != 0:
+		// SYN and SYN-ACK keep the state.
+	case c.state == StateSynSent:
+		c.state = StateEstablished
+	}
+	c.expires = now + int64(stateTimeout[c.state])
+}
+
+var epoch = time.Now()
+
+// now is monotonic nanoseconds since start; cheaper to compare than time.Time.
+func now() int64 { return int64(time.Since(epoch)) }

@@ -1,0 +1,130 @@
+package ipvs
+
+import (
+	"net/netip"
+	"sync"
+	"time"
+)
+
+const shardCount = 64
+
+// connKey names a connection by its client and one of its other ends: the VIP
+// (as the client addressed it) or the real server (as it reaches the server).
+type connKey struct {
+	client, peer netip.AddrPort
+}
+
+type shard struct {
+	mu    sync.RWMutex
+	conns map[connKey]*Conn
+}
+
+// Table is the connection table, shared by all queue workers because the two
+// directions of one connection can arrive on different queues.
+type Table struct {
+	shards [shardCount]shard
+}
+
+// NewTable returns an empty table.
+func NewTable() *Table {
+	t := &Table{}
+	for i := range t.shards {
+		t.shards[i].conns = make(map[connKey]*Conn)
+	}
+	return t
+}
+
+// shardOf spreads keys by the client, so both keys of a connection share a
+// shard and insert/remove take one lock.
+func (t *Table) shardOf(client netip.AddrPort) *shard {
+	a := client.Addr().As16()
+	h := uint32(client.Port())
+	for i := 0; i < 16; i += 4 {
+		h = h*31 + uint32(a[i])<<24 | uint32(a[i+1])<<16 | uint32(a[i+2])<<8 | uint32(a[i+3])
+	}
+	h ^= h >> 16
+	return &t.shards[h%shardCount]
+}
+
+func (t *Table) get(client, peer netip.AddrPort) *Conn {
+	s := t.shardOf(client)
+	s.mu.RLock()
+	c := s.conns[connKey{client, peer}]
+	s.mu.RUnlock()
+	return c
+}
+
+// Lookup finds the connection a packet from src to dst belongs to, after
+// DNAT (real server addresses), and the packet's direction.
+func (t *Table) Lookup(src, dst netip.AddrPort) (*Conn, Direction) {
+	if c := t.get(src, dst); c != nil {
+		return c, FromClient
+	}
+	if c := t.get(dst, src); c != nil {
+		return c, FromServer
+	}
+	return nil, FromClient
+}
+
+// LookupVIP finds the connection a client opened to a VIP.
+func (t *Table) LookupVIP(client, vip netip.AddrPort) *Conn { return t.get(client, vip) }
+
+// Insert adds c under both its keys, replacing a previous connection of the
+// same client port (a reused port after close).
+func (t *Table) Insert(c *Conn) {
+	s := t.shardOf(c.Client)
+	s.mu.Lock()
+	if old := s.conns[connKey{c.Client, c.VIP}]; old != nil {
+		delete(s.conns, connKey{old.Client, old.Server})
+	}
+	s.conns[connKey{c.Client, c.VIP}] = c
+	s.conns[connKey{c.Client, c.Server}] = c
+	s.mu.Unlock()
+}
+
+// Len is the number of connections.
+func (t *Table) Len() int {
+	n := 0
+	for i := range t.shards {
+		s := &t.shards[i]
+		s.mu.RLock()
+		n += len(s.conns)
+		s.mu.RUnlock()
+	}
+	return n / 2
+}
+
+// Expire removes connections whose timeout passed, one shard at a time so
+// that no sweep stops all workers.
+func (t *Table) Expire(at int64) int {
+	n := 0
+	for i := range t.shards {
+		s := &t.shards[i]
+		s.mu.Lock()
+		for k, c := range s.conns {
+			c.mu.Lock()
+			dead := c.expires < at
+			c.mu.Unlock()
+			if dead {
+				delete(s.conns, k)
+				n++
+			}
+		}
+		s.mu.Unlock()
+	}
+	return n / 2
+}
+
+// RunExpiry sweeps every interval until stop is closed.
+func (t *Table) RunExpiry(interval time.Duration, stop <-chan struct{}) {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-tick.C:
+			t.Expire(now())
+		}
+	}
+}

@@ -1,0 +1,117 @@
+package nfq
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync/atomic"
+
+	nfqueue "github.com/florianl/go-nfqueue/v2"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Queue is one bound NFQUEUE number: a netlink socket with one reader.
+type Queue struct {
+	Num uint16
+	nf  *nfqueue.Nfqueue
+
+	// ReadErrors counts receive errors the reader survived (ENOBUFS: the
+	// kernel dropped messages because the socket buffer was full).
+	ReadErrors atomic.Uint64
+}
+
+// Handler receives one queued packet: its id for the verdict, the bytes from
+// the IP header on (valid only during the call) and its mark.
+type Handler func(id uint32, pkt []byte, mark uint32)
+
+// OpenQueue binds queue number num. Fail-open: when the queue is full the
+// kernel accepts packets instead of dropping them.
+func OpenQueue(num uint16, maxLen uint32) (*Queue, error) {
+	nf, err := nfqueue.Open(&nfqueue.Config{
+		NfQueue:      num,
+		MaxPacketLen: 0xffff,
+		MaxQueueLen:  maxLen,
+		Copymode:     nfqueue.NfQnlCopyPacket,
+		Flags:        nfqueue.NfQaCfgFlagFailOpen,
+		AfFamily:     unix.AF_UNSPEC,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open nfqueue %d: %w", num, err)
+	}
+	// ENOBUFS would otherwise end the reader; losing a message only costs
+	// that packet's verdict, which the kernel then drops or fails open.
+	if err := nf.SetOption(netlink.NoENOBUFS, true); err != nil {
+		nf.Close()
+		return nil, fmt.Errorf("nfqueue %d: set NoENOBUFS: %w", num, err)
+	}
+	if err := nf.Con.SetReadBuffer(4 << 20); err != nil {
+		nf.Close()
+		return nil, fmt.Errorf("nfqueue %d: read buffer: %w", num, err)
+	}
+	return &Queue{Num: num, nf: nf}, nil
+}
+
+// Run reads packets and calls h for each until ctx ends or the socket fails.
+func (q *Queue) Run(ctx context.Context, h Handler) error {
+	done := make(chan error, 1)
+	err := q.nf.RegisterWithErrorFunc(ctx, func(a nfqueue.Attribute) int {
+		if a.PacketID == nil || a.Payload == nil {
+			return 0
+		}
+		var mark uint32
+		if a.Mark != nil {
+			mark = *a.Mark
+		}
+		h(*a.PacketID, *a.Payload, mark)
+		return 0
+	}, func(err error) int {
+		if ctx.Err() != nil {
+			done <- nil
+			return 1
+		}
+		var opErr *netlink.OpError
+		if errors.As(err, &opErr) && (opErr.Timeout() || errors.Is(opErr.Err, unix.ENOBUFS)) {
+			q.ReadErrors.Add(1)
+			return 0
+		}
+		if errors.Is(err, os.ErrClosed) {
+			done <- nil
+			return 1
+		}
+		done <- fmt.Errorf("nfqueue %d: receive: %w", q.Num, err)
+		return 1
+	})
+	if err != nil {
+		return fmt.Errorf("bind nfqueue %d: %w", q.Num, err)
+	}
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-done:
+		return err
+	}
+}
+
+// Accept lets the packet go on, with a new mark and new bytes when given.
+func (q *Queue) Accept(id uint32, setMark bool, mark uint32, pkt []byte) error {
+	var err error
+	switch {
+	case setMark && pkt != nil:
+		err = q.nf.SetVerdictModPacketWithMark(id, nfqueue.NfAccept, int(mark), pkt)
+	case setMark:
+		err = q.nf.SetVerdictWithMark(id, nfqueue.NfAccept, int(mark))
+	case pkt != nil:
+		err = q.nf.SetVerdictModPacket(id, nfqueue.NfAccept, pkt)
+	default:
+		err = q.nf.SetVerdict(id, nfqueue.NfAccept)
+	}
+	if err != nil {
+		return fmt.Errorf("nfqueue %d: verdict for packet %d: %w", q.Num, id, err)
+	}
+	return nil
+}
+
+// Close unbinds the queue; packets still queued fail open.
+func (q *Queue) Close() error { return q.nf.Close() }

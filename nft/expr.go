@@ -1,0 +1,134 @@
+package nft
+
+import (
+	"encoding/binary"
+
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/xt"
+	"golang.org/x/sys/unix"
+)
+
+// reg1 is the first 16-byte register; concatenations address the same storage
+// in 32-bit words from NFT_REG32_00 on, each field padded to 4 bytes.
+const reg1 = 1
+
+// field is one loaded value of a concatenation and its length in bytes.
+type field struct {
+	load func(reg uint32) expr.Any
+	len  uint32
+}
+
+// concat loads fields into consecutive 32-bit registers from NFT_REG32_00 on,
+// each padded to 4 bytes, as nft does for concatenations.
+func concat(fields ...field) []expr.Any {
+	var out []expr.Any
+	reg := uint32(unix.NFT_REG32_00)
+	for _, f := range fields {
+		out = append(out, f.load(reg))
+		reg += words(f.len)
+	}
+	return out
+}
+
+func words(n uint32) uint32 { return (n + 3) / 4 }
+
+func nfproto(family byte) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{family}},
+	}
+}
+
+func l4protoTCP() []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.IPPROTO_TCP}},
+	}
+}
+
+// addrField loads the source or destination address of the network header.
+func addrField(v6, src bool) field {
+	off, n := uint32(16), uint32(4)
+	if src {
+		off = 12
+	}
+	if v6 {
+		off, n = 24, 16
+		if src {
+			off = 8
+		}
+	}
+	return field{len: n, load: func(reg uint32) expr.Any {
+		return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n}
+	}}
+}
+
+func portField(src bool) field {
+	off := uint32(2)
+	if src {
+		off = 0
+	}
+	return field{len: 2, load: func(reg uint32) expr.Any {
+		return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseTransportHeader, Offset: off, Len: 2}
+	}}
+}
+
+// ctOrigDst loads the original-direction destination address of the connection.
+func ctOrigDst(v6 bool) field {
+	key, n := expr.CtKeyDSTIP, uint32(4)
+	if v6 {
+		key, n = expr.CtKeyDSTIP6, 16
+	}
+	return field{len: n, load: func(reg uint32) expr.Any {
+		return &expr.Ct{Register: reg, Key: key, Direction: 0}
+	}}
+}
+
+func ctOrigDstPort() field {
+	return field{len: 2, load: func(reg uint32) expr.Any {
+		return &expr.Ct{Register: reg, Key: expr.CtKeyPROTODST, Direction: 0}
+	}}
+}
+
+// tcpFlagsEq matches (tcp flags & mask) == want.
+func tcpFlagsEq(mask, want byte) []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 1, Mask: []byte{mask}, Xor: []byte{0}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{want}},
+	}
+}
+
+// ctStateIs matches ct state against a bit set (NF_CT_STATE_BIT values).
+func ctStateIs(bits uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: reg1, Key: expr.CtKeySTATE},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: native32(bits), Xor: native32(0)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: native32(0)},
+	}
+}
+
+func ctDirectionOriginal() []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: reg1, Key: expr.CtKeyDIRECTION},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{0}},
+	}
+}
+
+// queue sends the packet to NFQUEUE through the xtables target, which works
+// where the native nft queue expression is missing. Bypass: with no reader
+// bound, packets are accepted instead of dropped (fail open).
+func queue(num, total uint16) expr.Any {
+	const bypass = 1
+	info := make(xt.Unknown, 6)
+	binary.NativeEndian.PutUint16(info[0:], num)
+	binary.NativeEndian.PutUint16(info[2:], total)
+	binary.NativeEndian.PutUint16(info[4:], bypass)
+	return &expr.Target{Name: "NFQUEUE", Rev: 3, Info: &info}
+}
+
+func native32(v uint32) []byte {
+	b := make([]byte, 4)
+	binary.NativeEndian.PutUint32(b, v)
+	return b
+}

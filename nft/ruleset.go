@@ -1,0 +1,234 @@
+// Package nft owns nfhelper's nftables table: the rules that send FTP control
+// packets to NFQUEUE, schedule new connections by packet mark, and steer data
+// channels through timed map elements.
+package nft
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// Spec is everything the table is built from.
+type Spec struct {
+	Table      string
+	QueueNum   uint16 // first NFQUEUE number
+	QueueTotal uint16 // queues QueueNum..QueueNum+QueueTotal-1, balanced by address hash
+	MarkMask   uint32 // packet mark bits that carry a scheduling decision
+	Services   []Service
+}
+
+// Service is a helped virtual TCP service and its real servers.
+type Service struct {
+	VIP     netip.AddrPort
+	Servers []Server
+}
+
+// Server is a real server and the mark (within Spec.MarkMask) that sends a new
+// connection to it.
+type Server struct {
+	Addr netip.AddrPort
+	Mark uint32
+}
+
+// family holds one address family's sets and maps.
+type family struct {
+	v6      bool
+	proto   byte // NFPROTO_IPV4 or NFPROTO_IPV6
+	addrLen uint32
+	vips    *nftables.Set // VIP . port of helped services
+	servers *nftables.Set // real server address . port
+	byMark  *nftables.Set // mark : real server address . port
+	passive *nftables.Set // client . VIP . port : real server . port
+	active  *nftables.Set // real server . client . client port : VIP
+}
+
+// Ruleset is an installed table.
+type Ruleset struct {
+	table *nftables.Table
+	fams  [2]*family
+}
+
+func newFamily(t *nftables.Table, v6 bool) *family {
+	f := &family{proto: unix.NFPROTO_IPV4, addrLen: 4}
+	addr, suffix := nftables.TypeIPAddr, "4"
+	if v6 {
+		f.v6, f.proto, f.addrLen = true, unix.NFPROTO_IPV6, 16
+		addr, suffix = nftables.TypeIP6Addr, "6"
+	}
+	addrPort := nftables.MustConcatSetType(addr, nftables.TypeInetService)
+	f.vips = &nftables.Set{Table: t, Name: "vips" + suffix, KeyType: addrPort, Concatenation: true}
+	f.servers = &nftables.Set{Table: t, Name: "servers" + suffix, KeyType: addrPort, Concatenation: true}
+	f.byMark = &nftables.Set{Table: t, Name: "sched" + suffix, IsMap: true, KeyType: nftables.TypeMark,
+		DataType: addrPort, KeyByteOrder: binaryutil.NativeEndian}
+	f.passive = &nftables.Set{Table: t, Name: "passive" + suffix, IsMap: true, HasTimeout: true, Concatenation: true,
+		KeyType: nftables.MustConcatSetType(addr, addr, nftables.TypeInetService), DataType: addrPort}
+	f.active = &nftables.Set{Table: t, Name: "active" + suffix, IsMap: true, HasTimeout: true, Concatenation: true,
+		KeyType: nftables.MustConcatSetType(addr, addr, nftables.TypeInetService), DataType: addr}
+	return f
+}
+
+func (f *family) of(a netip.Addr) bool { return a.Unmap().Is6() == f.v6 }
+
+// Install replaces any table of the same name (a stale copy left by a crash)
+// with a fresh one, in one atomic batch.
+func Install(c *nftables.Conn, spec *Spec) (*Ruleset, error) {
+	t := &nftables.Table{Name: spec.Table, Family: nftables.TableFamilyINet}
+	// Adding an existing table is a no-op, so add+delete removes any old copy
+	// on every kernel (the destroy command is newer than Debian 12's kernel).
+	c.AddTable(t)
+	c.DelTable(t)
+	c.AddTable(t)
+	rs := &Ruleset{table: t, fams: [2]*family{newFamily(t, false), newFamily(t, true)}}
+	for _, f := range rs.fams {
+		if err := rs.addSets(c, spec, f); err != nil {
+			return nil, err
+		}
+	}
+	rs.addChains(c, spec)
+	if err := c.Flush(); err != nil {
+		return nil, fmt.Errorf("install table inet %s: %w", spec.Table, err)
+	}
+	return rs, nil
+}
+
+// Remove deletes the table if it exists.
+func Remove(c *nftables.Conn, name string) error {
+	t := &nftables.Table{Name: name, Family: nftables.TableFamilyINet}
+	c.AddTable(t)
+	c.DelTable(t)
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("remove table inet %s: %w", name, err)
+	}
+	return nil
+}
+
+func (rs *Ruleset) addSets(c *nftables.Conn, spec *Spec, f *family) error {
+	var vips, servers, byMark []nftables.SetElement
+	for _, svc := range spec.Services {
+		if !f.of(svc.VIP.Addr()) {
+			continue
+		}
+		vips = append(vips, nftables.SetElement{Key: addrPortKey(svc.VIP)})
+		for _, s := range svc.Servers {
+			servers = append(servers, nftables.SetElement{Key: addrPortKey(s.Addr)})
+			byMark = append(byMark, nftables.SetElement{Key: binary.NativeEndian.AppendUint32(nil, s.Mark), Val: addrPortKey(s.Addr)})
+		}
+	}
+	for _, s := range []struct {
+		set   *nftables.Set
+		elems []nftables.SetElement
+	}{{f.vips, vips}, {f.servers, servers}, {f.byMark, byMark}, {f.passive, nil}, {f.active, nil}} {
+		if err := c.AddSet(s.set, s.elems); err != nil {
+			return fmt.Errorf("add set %s: %w", s.set.Name, err)
+		}
+	}
+	return nil
+}
+
+func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
+	t := rs.table
+	chain := func(name string, typ nftables.ChainType, hook *nftables.ChainHook, prio nftables.ChainPriority) *nftables.Chain {
+		return c.AddChain(&nftables.Chain{Name: name, Table: t, Type: typ, Hooknum: hook, Priority: nftables.ChainPriorityRef(prio)})
+	}
+	rule := func(ch *nftables.Chain, parts ...[]expr.Any) {
+		var exprs []expr.Any
+		for _, p := range parts {
+			exprs = append(exprs, p...)
+		}
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: exprs})
+	}
+	q := []expr.Any{queue(spec.QueueNum, spec.QueueTotal)}
+
+	// Before conntrack: new control connections (pure SYN to a VIP) are
+	// scheduled, and replies from real servers are rewritten here so that
+	// conntrack only ever sees them in the client's sequence space.
+	raw := chain("raw_prerouting", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, *nftables.ChainPriorityRaw)
+	// After DNAT: mark bits are ours only until NAT has used them; invalid
+	// packets on VIP paths would skip NAT and leak real addresses.
+	clean := chain("prerouting", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, *nftables.ChainPriorityNATDest+1)
+	dnat := chain("dstnat", nftables.ChainTypeNAT, nftables.ChainHookPrerouting, *nftables.ChainPriorityNATDest)
+	// Client to server packets are corrected after conntrack has judged them
+	// in the client's sequence space.
+	fwd := chain("forward", nftables.ChainTypeFilter, nftables.ChainHookForward, *nftables.ChainPriorityFilter)
+	snat := chain("srcnat", nftables.ChainTypeNAT, nftables.ChainHookPostrouting, *nftables.ChainPriorityNATSource)
+
+	const syn, ack, fin, rst = 0x02, 0x10, 0x01, 0x04
+	for _, f := range rs.fams {
+		fam := nfproto(f.proto)
+		tcp := l4protoTCP()
+		rule(raw, fam, tcp, concat(addrField(f.v6, false), portField(false)), lookup(f.vips), tcpFlagsEq(syn|ack|fin|rst, syn), q)
+		rule(raw, fam, tcp, concat(addrField(f.v6, true), portField(true)), lookup(f.servers), q)
+
+		rule(dnat, fam, markBits(spec.MarkMask), lookupTo(f.byMark), natTo(expr.NATTypeDestNAT, f, true))
+		rule(dnat, fam, tcp, concat(addrField(f.v6, true), addrField(f.v6, false), portField(false)), lookupTo(f.passive), natTo(expr.NATTypeDestNAT, f, true))
+
+		rule(clean, fam, tcp, ctStateIs(invalidBit), concat(addrField(f.v6, false), portField(false)), lookup(f.vips), drop())
+		rule(clean, fam, tcp, ctStateIs(invalidBit), concat(addrField(f.v6, true), portField(true)), lookup(f.servers), drop())
+
+		rule(fwd, fam, tcp, ctDirectionOriginal(), ctStateIs(establishedBit), concat(ctOrigDst(f.v6), ctOrigDstPort()), lookup(f.vips), q)
+
+		rule(snat, fam, tcp, concat(addrField(f.v6, true), addrField(f.v6, false), portField(false)), lookupTo(f.active), natTo(expr.NATTypeSourceNAT, f, false))
+	}
+	rule(clean, markBits(spec.MarkMask), []expr.Any{
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: native32(0)},
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: reg1},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: native32(^spec.MarkMask), Xor: native32(0)},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: reg1},
+	})
+}
+
+// ct state bits: NF_CT_STATE_INVALID_BIT and NF_CT_STATE_BIT(IP_CT_ESTABLISHED).
+const (
+	invalidBit     = 1
+	establishedBit = 2
+)
+
+func lookup(s *nftables.Set) []expr.Any {
+	return []expr.Any{&expr.Lookup{SourceRegister: unix.NFT_REG32_00, SetName: s.Name, SetID: s.ID}}
+}
+
+// lookupTo looks the loaded key up in map s and loads its value from
+// NFT_REG32_00 on.
+func lookupTo(s *nftables.Set) []expr.Any {
+	return []expr.Any{&expr.Lookup{SourceRegister: unix.NFT_REG32_00, DestRegister: unix.NFT_REG32_00, IsDestRegSet: true, SetName: s.Name, SetID: s.ID}}
+}
+
+// natTo translates to the address (and port) a preceding lookupTo loaded.
+func natTo(typ expr.NATType, f *family, withPort bool) []expr.Any {
+	n := &expr.NAT{Type: typ, Family: uint32(f.proto), RegAddrMin: unix.NFT_REG32_00}
+	if withPort {
+		n.RegProtoMin = unix.NFT_REG32_00 + words(f.addrLen)
+		n.Specified = true
+	}
+	return []expr.Any{n}
+}
+
+func markBits(mask uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: unix.NFT_REG32_00},
+		&expr.Bitwise{SourceRegister: unix.NFT_REG32_00, DestRegister: unix.NFT_REG32_00, Len: 4, Mask: native32(mask), Xor: native32(0)},
+	}
+}
+
+func drop() []expr.Any { return []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}} }
+
+// addrPortKey encodes address . port as a concatenated set key.
+func addrPortKey(ap netip.AddrPort) []byte {
+	return appendPort(appendAddr(nil, ap.Addr()), ap.Port())
+}
+
+func appendAddr(b []byte, a netip.Addr) []byte {
+	a = a.Unmap()
+	return append(b, a.AsSlice()...)
+}
+
+// appendPort appends a port padded to a 4-byte register.
+func appendPort(b []byte, port uint16) []byte {
+	return append(binary.BigEndian.AppendUint16(b, port), 0, 0)
+}

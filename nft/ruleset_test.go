@@ -1,0 +1,163 @@
+package nft
+
+import (
+	"bytes"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/nftables"
+
+	"github.com/nfhelper/nfhelper/ipvs"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+// testNetns creates a network namespace for the test and returns its name and
+// an nftables connection inside it; both go away at cleanup.
+func testNetns(t *testing.T) (string, *nftables.Conn) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create a network namespace")
+	}
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs the nft command to list the ruleset")
+	}
+	name := fmt.Sprintf("nfht-nft-%d", os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+	f, err := os.Open(filepath.Join("/run/netns", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	c, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return name, c
+}
+
+func nftList(t *testing.T, ns string, args ...string) (string, error) {
+	t.Helper()
+	// stdout only: nft warns on stderr that it cannot print xtables targets
+	// in an inet table.
+	var stderr bytes.Buffer
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, "nft"}, args...)...)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return string(out) + stderr.String(), err
+	}
+	return string(out), nil
+}
+
+func referenceSpec() *Spec {
+	ap := netip.MustParseAddrPort
+	return &Spec{
+		Table: "nfhelper", QueueNum: 100, QueueTotal: 2, MarkMask: 0x00ff0000,
+		Services: []Service{
+			{VIP: ap("198.51.100.10:21"), Servers: []Server{{ap("10.0.0.11:21"), 0x10000}, {ap("10.0.0.12:21"), 0x20000}}},
+			{VIP: ap("[2001:db8:1::10]:21"), Servers: []Server{{ap("[fd00::11]:21"), 0x30000}}},
+		},
+	}
+}
+
+func TestInstallGolden(t *testing.T) {
+	ns, c := testNetns(t)
+	// A user's own table must survive everything we do.
+	if out, err := nftList(t, ns, "add table inet user; add chain inet user c { type filter hook input priority 0; }"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if _, err := Install(c, referenceSpec()); err != nil {
+		t.Fatal(err)
+	}
+	got, err := nftList(t, ns, "list", "table", "inet", "nfhelper")
+	if err != nil {
+		t.Fatalf("%v: %s", err, got)
+	}
+	golden := filepath.Join("testdata", "ruleset.nft")
+	if *update {
+		os.WriteFile(golden, []byte(got), 0o644)
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != string(want) {
+		t.Errorf("ruleset differs from %s (go test -run TestInstallGolden -update to accept):\n%s", golden, got)
+	}
+
+	// A second install replaces the stale copy instead of failing or doubling.
+	if _, err := Install(c, referenceSpec()); err != nil {
+		t.Fatalf("reinstall over a stale table: %v", err)
+	}
+	again, _ := nftList(t, ns, "list", "table", "inet", "nfhelper")
+	if again != got {
+		t.Errorf("reinstall changed the ruleset:\n%s", again)
+	}
+
+	if err := Remove(c, "nfhelper"); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := nftList(t, ns, "list", "table", "inet", "nfhelper"); err == nil {
+		t.Errorf("table still there after Remove:\n%s", out)
+	}
+	if out, err := nftList(t, ns, "list", "table", "inet", "user"); err != nil {
+		t.Errorf("user's table gone: %v %s", err, out)
+	}
+	if err := Remove(c, "nfhelper"); err != nil {
+		t.Errorf("Remove of an absent table: %v", err)
+	}
+}
+
+func TestOpenChannels(t *testing.T) {
+	ns, c := testNetns(t)
+	rs, err := Install(c, referenceSpec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ap := netip.MustParseAddrPort
+	chs := []ipvs.Channel{
+		{Kind: ipvs.ChannelPassive, Client: ap("203.0.113.2:0"), Server: ap("10.0.0.11:40001"), VIP: ap("198.51.100.10:40001")},
+		{Kind: ipvs.ChannelActive, Client: ap("203.0.113.2:50000"), Server: ap("10.0.0.12:0"), VIP: ap("198.51.100.10:0")},
+		{Kind: ipvs.ChannelPassive, Client: ap("[2001:db8:2::2]:0"), Server: ap("[fd00::11]:40002"), VIP: ap("[2001:db8:1::10]:40002")},
+		{Kind: ipvs.ChannelActive, Client: ap("[2001:db8:2::2]:50001"), Server: ap("[fd00::11]:0"), VIP: ap("[2001:db8:1::10]:0")},
+	}
+	if err := rs.OpenChannels(c, chs, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	out, err := nftList(t, ns, "list", "table", "inet", "nfhelper")
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	for _, want := range []string{
+		"203.0.113.2 . 198.51.100.10 . 40001 timeout 1m",
+		": 10.0.0.11 . 40001",
+		"10.0.0.12 . 203.0.113.2 . 50000 timeout 1m",
+		": 198.51.100.10",
+		"2001:db8:2::2 . 2001:db8:1::10 . 40002 timeout 1m",
+		": fd00::11 . 40002",
+		"fd00::11 . 2001:db8:2::2 . 50001 timeout 1m",
+		": 2001:db8:1::10",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("element %q missing from:\n%s", want, out)
+		}
+	}
+	// Re-announcing a channel (a retransmitted reply) refreshes it.
+	if err := rs.OpenChannels(c, chs[:1], time.Minute); err != nil {
+		t.Errorf("repeated channel: %v", err)
+	}
+	if err := rs.OpenChannels(c, []ipvs.Channel{{}}, time.Minute); err == nil {
+		t.Error("a channel of no kind was accepted")
+	}
+}
