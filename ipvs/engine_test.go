@@ -102,7 +102,7 @@ func TestScheduleSYN(t *testing.T) {
 const (
 	reply227 = "227 Entering Passive Mode (10,0,0,11,156,64).\r\n"
 	want227  = "227 Entering Passive Mode (198,51,100,10,156,64).\r\n"
-	growth   = 4 // len("198,51,100,10") - len("10,0,0,11")
+	growth   = 4    // len("198,51,100,10") - len("10,0,0,11")
 	srvISN   = 5000 // server's sequence number of the 227 reply
 )
 
