@@ -1,0 +1,287 @@
+//go:build integration
+
+// Package integration holds nfhelper's end-to-end tests: a client, a router
+// running nfhelperd and two vsftpd real servers, each in a network namespace
+// (see package topo). Run as root:
+//
+//	go test -tags integration -v ./integration/
+//
+// Set NFH_DAEMON_BIN to test a prebuilt nfhelperd instead of building
+// ./cmd/nfhelperd. Tests run in file order; the daemon shutdown tests are last
+// (zz_shutdown_test.go), so do not use -shuffle.
+package integration
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nfhelper/nfhelper/integration/topo"
+)
+
+// harness is the state shared by all tests of one test binary run.
+var harness struct {
+	skip string // set when the whole suite cannot run here
+
+	modRoot   string
+	binDir    string
+	ftpget    string // the Go client binary
+	pyScript  string // testdata/ftpget.py
+	daemonBin string // "" when cmd/nfhelperd does not exist yet
+	noDaemon  string // why daemonBin is empty
+	tp        *topo.Topo
+	config    string
+
+	mu      sync.Mutex
+	daemon  *topo.Daemon
+	dErr    error
+	stopped bool // the shutdown test took the daemon down on purpose
+}
+
+var requiredTools = []string{"ip", "nft", "vsftpd", "curl", "lftp", "python3"}
+
+func TestMain(m *testing.M) {
+	os.Exit(runMain(m))
+}
+
+func runMain(m *testing.M) int {
+	if os.Geteuid() != 0 {
+		harness.skip = "integration tests need root (network namespaces, nftables, vsftpd)"
+		fmt.Println("SKIP:", harness.skip)
+		return m.Run()
+	}
+	var missing []string
+	for _, tool := range requiredTools {
+		if _, err := exec.LookPath(tool); err != nil {
+			missing = append(missing, tool)
+		}
+	}
+	if len(missing) > 0 {
+		fmt.Fprintf(os.Stderr, "FAIL: integration tests need %s in PATH (apt-get install iproute2 nftables vsftpd curl lftp python3)\n", strings.Join(missing, ", "))
+		return 1
+	}
+
+	var cleanupOnce sync.Once
+	cleanup := func() {
+		cleanupOnce.Do(func() {
+			harness.mu.Lock()
+			d := harness.daemon
+			harness.mu.Unlock()
+			if d != nil && d.Running() {
+				if res, err := d.Stop(); err != nil || res.ExitCode != 0 {
+					fmt.Fprintf(os.Stderr, "nfhelperd at teardown: %+v %v\n", res, err)
+				}
+			}
+			if harness.tp != nil {
+				if err := harness.tp.Close(); err != nil {
+					fmt.Fprintln(os.Stderr, "topology teardown:", err)
+				}
+			}
+			if harness.binDir != "" {
+				os.RemoveAll(harness.binDir)
+			}
+		})
+	}
+	defer cleanup()
+	// Ctrl-C or a go test -timeout kill: tear down before dying. (A panic or
+	// SIGKILL is handled by the topology's reaper process.)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		s := <-sigs
+		fmt.Fprintf(os.Stderr, "integration: %v, tearing down\n", s)
+		cleanup()
+		os.Exit(130)
+	}()
+
+	if err := buildBinaries(); err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL:", err)
+		return 1
+	}
+	if harness.noDaemon != "" {
+		fmt.Println("NOTE:", harness.noDaemon, "- tests through the VIP will be skipped")
+	}
+
+	tp, err := topo.New(topo.Options{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL: build topology:", err)
+		return 1
+	}
+	harness.tp = tp
+	if harness.config, err = tp.WriteConfig(); err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL:", err)
+		return 1
+	}
+	return m.Run()
+}
+
+func buildBinaries() error {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return fmt.Errorf("go env GOMOD: %w", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		return errors.New("not inside the nfhelper module")
+	}
+	harness.modRoot = filepath.Dir(gomod)
+	harness.pyScript = filepath.Join(harness.modRoot, "integration", "testdata", "ftpget.py")
+	if harness.binDir, err = topo.MkdirTemp("bin"); err != nil {
+		return err
+	}
+	if err := os.Chmod(harness.binDir, 0o755); err != nil {
+		return err
+	}
+	harness.ftpget = filepath.Join(harness.binDir, "ftpget")
+	if err := goBuild(harness.ftpget, "./integration/cmd/ftpget"); err != nil {
+		return err
+	}
+
+	if bin := os.Getenv("NFH_DAEMON_BIN"); bin != "" {
+		// A prebuilt daemon instead of building ./cmd/nfhelperd.
+		harness.daemonBin, err = filepath.Abs(bin)
+		return err
+	}
+	if !hasGoFiles(filepath.Join(harness.modRoot, "cmd", "nfhelperd")) {
+		harness.noDaemon = "cmd/nfhelperd does not exist yet (no Go files)"
+		return nil
+	}
+	bin := filepath.Join(harness.binDir, "nfhelperd")
+	if err := goBuild(bin, "./cmd/nfhelperd"); err != nil {
+		return err
+	}
+	harness.daemonBin = bin
+	return nil
+}
+
+func hasGoFiles(dir string) bool {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		n := e.Name()
+		if !e.IsDir() && strings.HasSuffix(n, ".go") && !strings.HasSuffix(n, "_test.go") {
+			return true
+		}
+	}
+	return false
+}
+
+func goBuild(out, pkg string) error {
+	c := exec.Command("go", "build", "-o", out, pkg)
+	c.Dir = harness.modRoot
+	if b, err := c.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
+	}
+	return nil
+}
+
+// needTopo skips when the suite cannot run and returns the topology.
+func needTopo(t *testing.T) *topo.Topo {
+	t.Helper()
+	if harness.skip != "" {
+		t.Skip(harness.skip)
+	}
+	if harness.tp == nil {
+		t.Fatal("no topology")
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("vsftpd logs (tail):\n%s", harness.tp.Logs())
+		}
+	})
+	return harness.tp
+}
+
+// needDaemon returns the running nfhelperd, starting it on first use.
+func needDaemon(t *testing.T) *topo.Daemon {
+	t.Helper()
+	tp := needTopo(t)
+	if harness.daemonBin == "" {
+		t.Skip(harness.noDaemon)
+	}
+	harness.mu.Lock()
+	defer harness.mu.Unlock()
+	switch {
+	case harness.dErr != nil:
+		t.Fatalf("nfhelperd did not start: %v", harness.dErr)
+	case harness.daemon != nil && !harness.daemon.Running() && !harness.stopped:
+		t.Fatalf("nfhelperd exited unexpectedly; log:\n%s", harness.daemon.Log())
+	case harness.daemon == nil || !harness.daemon.Running():
+		d, err := tp.StartDaemon(harness.daemonBin, harness.config)
+		if err != nil {
+			harness.dErr = err
+			t.Fatalf("nfhelperd did not start: %v", err)
+		}
+		harness.daemon, harness.stopped = d, false
+		reportDatapath(t, d)
+	}
+	d := harness.daemon
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		harness.mu.Lock()
+		cur := harness.daemon
+		harness.mu.Unlock()
+		t.Logf("nfhelperd log (tail, %s):\n%s", cur.LogPath, tailString(cur.Log(), 6000))
+	})
+	return d
+}
+
+func reportDatapath(t *testing.T, d *topo.Daemon) {
+	t.Logf("nfhelperd (pid %d) ready: datapath=%s", d.Pid(), d.Datapath)
+	fmt.Printf("nfhelperd ready: datapath=%s\n", d.Datapath)
+}
+
+func tailString(s string, n int) string {
+	if len(s) > n {
+		return "...\n" + s[len(s)-n:]
+	}
+	return s
+}
+
+// execIn runs name in ns with a timeout and returns stdout and stderr.
+func execIn(t *testing.T, timeout time.Duration, ns string, env []string, name string, args ...string) (stdout, stderr []byte, err error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	c := harness.tp.CommandContext(ctx, ns, name, args...)
+	if env != nil {
+		c.Env = append(os.Environ(), env...)
+	}
+	var o, e bytes.Buffer
+	c.Stdout, c.Stderr = &o, &e
+	err = c.Run()
+	if ctx.Err() != nil {
+		err = fmt.Errorf("%w (timeout %v)", err, timeout)
+	}
+	return o.Bytes(), e.Bytes(), err
+}
+
+func sha256Hex(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+func fileSHA256(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("read downloaded file: %v", err)
+	}
+	return sha256Hex(b)
+}

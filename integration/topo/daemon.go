@@ -1,0 +1,204 @@
+package topo
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// DaemonReadyTimeout bounds how long StartDaemon waits for the ready line.
+var DaemonReadyTimeout = 30 * time.Second
+
+// Daemon is a running nfhelperd in the router namespace.
+type Daemon struct {
+	// Datapath is the value of datapath= on the ready line.
+	Datapath string
+	// LogPath holds the daemon's stdout and stderr.
+	LogPath string
+
+	t    *Topo
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+}
+
+// StopResult tells how the daemon ended.
+type StopResult struct {
+	ExitCode  int    // -1 if killed by a signal
+	Signal    string // the signal that killed it, if any
+	TableGone bool   // `nft list table inet nfhelper` fails in the router ns
+	Table     string // the table listing when it was not gone
+}
+
+var (
+	readyRE    = regexp.MustCompile(`(^|\s)msg=("?)ready("|\s|$)`)
+	datapathRE = regexp.MustCompile(`(?:^|\s)datapath=("(?:[^"\\]|\\.)*"|\S+)`)
+)
+
+// StartDaemon starts bin --config config in the router namespace and waits
+// until it logs a line containing msg=ready; the datapath= attribute of that
+// line is returned in Daemon.Datapath.
+func (t *Topo) StartDaemon(bin, config string) (*Daemon, error) {
+	t.mu.Lock()
+	n := len(t.procs)
+	t.mu.Unlock()
+	d := &Daemon{
+		t:       t,
+		out:     &syncBuffer{},
+		done:    make(chan struct{}),
+		LogPath: filepath.Join(t.Dir, fmt.Sprintf("nfhelperd-%d.log", n)),
+	}
+	f, err := os.Create(d.LogPath)
+	if err != nil {
+		return nil, err
+	}
+	c := t.Exec(t.Router, bin, "--config", config)
+	w := io.MultiWriter(f, d.out)
+	c.Stdout, c.Stderr = w, w
+	if err := t.Start(c); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	d.cmd = c
+	go func() {
+		<-t.Exited(c)
+		f.Close()
+		close(d.done)
+	}()
+
+	deadline := time.NewTimer(DaemonReadyTimeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(25 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if line, ok := d.readyLine(); ok {
+			if m := datapathRE.FindStringSubmatch(line); m != nil {
+				d.Datapath = m[1]
+				if s, err := strconv.Unquote(m[1]); err == nil {
+					d.Datapath = s
+				}
+			}
+			return d, nil
+		}
+		select {
+		case <-d.done:
+			return nil, fmt.Errorf("nfhelperd exited before ready (%v); output:\n%s", d.cmd.ProcessState, d.Log())
+		case <-deadline.C:
+			_ = d.Kill()
+			return nil, fmt.Errorf("nfhelperd not ready after %v; output:\n%s", DaemonReadyTimeout, d.Log())
+		case <-tick.C:
+		}
+	}
+}
+
+func (d *Daemon) readyLine() (string, bool) {
+	for _, line := range strings.Split(d.out.String(), "\n") {
+		if readyRE.MatchString(line) {
+			return line, true
+		}
+	}
+	return "", false
+}
+
+// Log returns what the daemon printed so far.
+func (d *Daemon) Log() string { return d.out.String() }
+
+// Pid is the daemon's process id.
+func (d *Daemon) Pid() int { return d.cmd.Process.Pid }
+
+// Running reports whether the process has not exited yet.
+func (d *Daemon) Running() bool {
+	select {
+	case <-d.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// Stop sends SIGTERM, waits up to 15s (then SIGKILLs), and reports the exit
+// status and whether the inet nfhelper table is gone.
+func (d *Daemon) Stop() (StopResult, error) {
+	return d.stop(syscall.SIGTERM, 15*time.Second)
+}
+
+// Kill simulates a crash: SIGKILL, wait. The table is left as the daemon left it.
+func (d *Daemon) Kill() error {
+	_, err := d.stop(syscall.SIGKILL, 5*time.Second)
+	return err
+}
+
+func (d *Daemon) stop(sig syscall.Signal, wait time.Duration) (StopResult, error) {
+	var res StopResult
+	if d.Running() {
+		_ = d.cmd.Process.Signal(sig)
+	}
+	select {
+	case <-d.done:
+	case <-time.After(wait):
+		_ = d.cmd.Process.Kill()
+		<-d.done
+		return res, fmt.Errorf("nfhelperd did not exit within %v of %v; killed", wait, sig)
+	}
+	ps := d.cmd.ProcessState
+	if ps == nil {
+		return res, errors.New("nfhelperd: no exit status")
+	}
+	res.ExitCode = ps.ExitCode()
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		res.Signal = ws.Signal().String()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	exists, listing, err := d.t.TableExists(ctx)
+	if err != nil {
+		return res, err
+	}
+	res.TableGone, res.Table = !exists, listing
+	return res, nil
+}
+
+// TableExists lists table inet nfhelper in the router namespace.
+func (t *Topo) TableExists(ctx context.Context) (bool, string, error) {
+	var stdout, stderr bytes.Buffer
+	c := t.CommandContext(ctx, t.Router, "nft", "list", "table", "inet", "nfhelper")
+	c.Stdout, c.Stderr = &stdout, &stderr
+	err := c.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return true, stdout.String(), nil
+	case errors.As(err, &ee):
+		return false, stderr.String(), nil
+	default:
+		return false, "", err
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

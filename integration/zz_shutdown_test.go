@@ -1,0 +1,85 @@
+//go:build integration
+
+package integration
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/nfhelper/nfhelper/integration/topo"
+)
+
+// TestDaemonShutdown must stay last (this file sorts last): it takes the
+// daemon down.
+//
+//  1. SIGTERM: exit status 0 and no inet nfhelper table left.
+//  2. Start again, SIGKILL (a crash): the table is left behind.
+//  3. Start again: it must start despite the stale table, serve, and again
+//     stop cleanly.
+func TestDaemonShutdown(t *testing.T) {
+	d := needDaemon(t)
+	tp := harness.tp
+
+	harness.mu.Lock()
+	harness.stopped = true
+	harness.mu.Unlock()
+
+	res, err := d.Stop()
+	if err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	checkStopped(t, "SIGTERM", res)
+
+	d2, err := tp.StartDaemon(harness.daemonBin, harness.config)
+	if err != nil {
+		t.Fatalf("second start: %v", err)
+	}
+	setDaemon(d2)
+	reportDatapath(t, d2)
+	if err := d2.Kill(); err != nil {
+		t.Fatalf("SIGKILL: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if exists, _, err := tp.TableExists(ctx); err != nil {
+		t.Fatal(err)
+	} else if !exists {
+		t.Fatal("no inet nfhelper table after SIGKILL: the restart below could not test stale-table removal")
+	} else {
+		t.Logf("inet nfhelper table left behind by SIGKILL, as a crash would")
+	}
+
+	d3, err := tp.StartDaemon(harness.daemonBin, harness.config)
+	if err != nil {
+		t.Fatalf("start after crash: %v", err)
+	}
+	setDaemon(d3)
+	reportDatapath(t, d3)
+	r := runFtpget(t, tp.Client, net.JoinHostPort(topo.VIP4, "21"), "pasv", "small.bin", 1)
+	if r.results[0].SHA256 != tp.Files["small.bin"] {
+		t.Errorf("after restart: small.bin sha256 %s, want %s", r.results[0].SHA256, tp.Files["small.bin"])
+	}
+	res, err = d3.Stop()
+	if err != nil {
+		t.Fatalf("stop after restart: %v\n%s", err, d3.Log())
+	}
+	checkStopped(t, "SIGTERM after restart", res)
+}
+
+func setDaemon(d *topo.Daemon) {
+	harness.mu.Lock()
+	harness.daemon = d
+	harness.mu.Unlock()
+}
+
+func checkStopped(t *testing.T, what string, res topo.StopResult) {
+	t.Helper()
+	if res.ExitCode != 0 {
+		t.Errorf("%s: exit code %d (signal %q), want 0", what, res.ExitCode, res.Signal)
+	}
+	if !res.TableGone {
+		t.Errorf("%s: table inet nfhelper still present:\n%s", what, res.Table)
+	}
+}
