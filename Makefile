@@ -3,7 +3,8 @@
 
 GO      ?= go
 BIN     ?= bin
-PKGS    := vsftpd lftp curl nftables conntrack iproute2 python3 procps
+PKGS    := vsftpd lftp curl nftables conntrack iproute2 python3 procps \
+           libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3 libsodium23 libcap2
 
 .PHONY: all build deps demo test unit integration fuzz bench clean
 

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -37,7 +38,26 @@ type Service struct {
 	Helper      string       `yaml:"helper"`
 	RealServers []RealServer `yaml:"real_servers"`
 
+	// Data-channel policy (see ipvs.Policy).
+	Loose              bool           `yaml:"loose"`
+	AllowLowPorts      bool           `yaml:"allow_low_ports"`
+	MaxDataChannels    *int           `yaml:"max_data_channels"`    // default 1
+	DataChannelTimeout *time.Duration `yaml:"data_channel_timeout"` // default 300s
+
 	VIPAddr netip.AddrPort `yaml:"-"`
+}
+
+// Policy is the service's data-channel policy with defaults applied.
+func (s *Service) Policy() ipvs.Policy {
+	p := ipvs.DefaultPolicy
+	p.Loose, p.AllowLowPorts = s.Loose, s.AllowLowPorts
+	if s.MaxDataChannels != nil {
+		p.MaxChannels = *s.MaxDataChannels
+	}
+	if s.DataChannelTimeout != nil {
+		p.ChannelTimeout = *s.DataChannelTimeout
+	}
+	return p
 }
 
 // RealServer is one backend.
@@ -125,6 +145,12 @@ func (c *Config) validate() error {
 			if _, ok := ipvs.LookupHelper(s.Helper); !ok {
 				return bad("service %s: unknown helper %q (have %v)", s.Name, s.Helper, ipvs.HelperNames())
 			}
+		}
+		if m := s.MaxDataChannels; m != nil && (*m < 1 || *m > 64) {
+			return bad("service %s: max_data_channels %d out of 1..64", s.Name, *m)
+		}
+		if d := s.DataChannelTimeout; d != nil && (*d < time.Second || *d > 24*time.Hour) {
+			return bad("service %s: data_channel_timeout %s out of 1s..24h", s.Name, *d)
 		}
 		if len(s.RealServers) == 0 {
 			return bad("service %s: no real_servers", s.Name)

@@ -5,9 +5,11 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nfhelper/nfhelper/config"
 	_ "github.com/nfhelper/nfhelper/helpers/ftp"
+	"github.com/nfhelper/nfhelper/ipvs"
 )
 
 func TestReference(t *testing.T) {
@@ -48,6 +50,9 @@ func TestInvalid(t *testing.T) {
 		{"family mismatch", "services:\n  - name: a\n    vip: \"[2001:db8::1]:21\"" + rs, "address family"},
 		{"negative weight", "services:\n  - name: a\n    vip: 198.51.100.10:21" + rs + "\n        weight: -1", "weight -1"},
 		{"not yaml", "services: [", "invalid configuration"},
+		{"zero channels", "services:\n  - name: a\n    vip: 198.51.100.10:21\n    max_data_channels: 0" + rs, "max_data_channels 0"},
+		{"bad timeout", "services:\n  - name: a\n    vip: 198.51.100.10:21\n    data_channel_timeout: 5" + rs, "into time.Duration"},
+		{"short timeout", "services:\n  - name: a\n    vip: 198.51.100.10:21\n    data_channel_timeout: 10ms" + rs, "out of 1s..24h"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -56,6 +61,22 @@ func TestInvalid(t *testing.T) {
 				t.Errorf("err = %v, want one containing %q", err, c.want)
 			}
 		})
+	}
+}
+
+func TestPolicy(t *testing.T) {
+	c, err := config.Parse([]byte("services:\n  - name: a\n    vip: 198.51.100.10:21\n    loose: true\n    allow_low_ports: true\n" +
+		"    max_data_channels: 4\n    data_channel_timeout: 90s\n    real_servers:\n      - address: 10.0.0.11:21\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := c.Services[0].Policy()
+	if !p.Loose || !p.AllowLowPorts || p.MaxChannels != 4 || p.ChannelTimeout != 90*time.Second {
+		t.Errorf("policy %+v", p)
+	}
+	ref, _ := config.Load("testdata/reference.yaml")
+	if p := ref.Services[0].Policy(); p != ipvs.DefaultPolicy {
+		t.Errorf("default policy %+v", p)
 	}
 }
 

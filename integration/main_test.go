@@ -43,6 +43,10 @@ var harness struct {
 	noDaemon  string // why daemonBin is empty
 	tp        *topo.Topo
 	config    string
+	quirkyBin string // integration/cmd/quirkyftpd
+
+	// Why a server kind is not running ("" when it is).
+	noProFTPD, noPureFTPD, noQuirky string
 
 	mu      sync.Mutex
 	daemon  *topo.Daemon
@@ -120,11 +124,76 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	harness.tp = tp
-	if harness.config, err = tp.WriteConfig(); err != nil {
+	startExtraServers(tp)
+	harness.config = filepath.Join(tp.Dir, "nfhelper-test.yaml")
+	if err := os.WriteFile(harness.config, []byte(testConfig), 0o644); err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL:", err)
 		return 1
 	}
 	return m.Run()
+}
+
+// testConfig is the reference configuration plus a service for each other
+// server kind (the reference file itself stays as the demo uses it).
+const testConfig = topo.ReferenceConfig + `  - name: proftpd
+    vip: 198.51.100.10:2121
+    helper: ftp
+    real_servers:
+      - address: 10.0.0.11:2121
+      - address: 10.0.0.12:2121
+  - name: proftpd6
+    vip: "[2001:db8:1::10]:2121"
+    helper: ftp
+    real_servers:
+      - address: "[fd00::11]:2121"
+  - name: pureftpd
+    vip: 198.51.100.10:2221
+    helper: ftp
+    real_servers:
+      - address: 10.0.0.11:2221
+      - address: 10.0.0.12:2221
+  - name: pureftpd6
+    vip: "[2001:db8:1::10]:2221"
+    helper: ftp
+    real_servers:
+      - address: "[fd00::11]:2221"
+  - name: quirky
+    vip: 198.51.100.10:2321
+    helper: ftp
+    real_servers:
+      - address: 10.0.0.11:2321
+  - name: quirky6
+    vip: "[2001:db8:1::10]:2321"
+    helper: ftp
+    real_servers:
+      - address: "[fd00::11]:2321"
+`
+
+// startExtraServers starts proftpd, pure-ftpd and quirkyftpd next to vsftpd.
+// A server that cannot run here is noted in harness.no*: its tests skip
+// with that reason.
+func startExtraServers(tp *topo.Topo) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	logf := func(format string, args ...any) { fmt.Printf("integration: "+format+"\n", args...) }
+	if bin, err := topo.FTPDBinary(ctx, "NFH_PROFTPD", "proftpd-core", "proftpd", logf); err != nil {
+		harness.noProFTPD = "proftpd unavailable: " + err.Error()
+	} else if err := tp.StartProFTPD(ctx, bin); err != nil {
+		harness.noProFTPD = "proftpd did not start: " + err.Error()
+	}
+	if bin, err := topo.FTPDBinary(ctx, "NFH_PUREFTPD", "pure-ftpd", "pure-ftpd", logf); err != nil {
+		harness.noPureFTPD = "pure-ftpd unavailable: " + err.Error()
+	} else if err := tp.StartPureFTPD(ctx, bin); err != nil {
+		harness.noPureFTPD = "pure-ftpd did not start: " + err.Error()
+	}
+	if err := tp.StartQuirky(ctx, harness.quirkyBin); err != nil {
+		harness.noQuirky = "quirkyftpd did not start: " + err.Error()
+	}
+	for _, s := range []string{harness.noProFTPD, harness.noPureFTPD, harness.noQuirky} {
+		if s != "" {
+			fmt.Println("NOTE:", s)
+		}
+	}
 }
 
 func buildBinaries() error {
@@ -146,6 +215,10 @@ func buildBinaries() error {
 	}
 	harness.ftpget = filepath.Join(harness.binDir, "ftpget")
 	if err := goBuild(harness.ftpget, "./integration/cmd/ftpget"); err != nil {
+		return err
+	}
+	harness.quirkyBin = filepath.Join(harness.binDir, "quirkyftpd")
+	if err := goBuild(harness.quirkyBin, "./integration/cmd/quirkyftpd"); err != nil {
 		return err
 	}
 

@@ -20,6 +20,14 @@ type target struct {
 	host4, host6 string // control connection addresses
 	pasv4        string // address expected in 227 replies
 	peer4, peer6 string // expected source address of active data connections
+	port         int    // control port; 21 when zero
+}
+
+func (tg target) ctlPort() int {
+	if tg.port == 0 {
+		return 21
+	}
+	return tg.port
 }
 
 // mcase is one cell of the client matrix.
@@ -98,9 +106,12 @@ func (tg target) host(v6 bool) string {
 	return tg.host4
 }
 
-func ftpURL(host, file string) string {
+func ftpURL(host string, port int, file string) string {
 	if strings.Contains(host, ":") {
 		host = "[" + host + "]"
+	}
+	if port != 0 && port != 21 {
+		host = fmt.Sprintf("%s:%d", host, port)
 	}
 	return "ftp://" + host + "/" + file
 }
@@ -130,7 +141,7 @@ func fetch(t *testing.T, tg target, c mcase, file string) fetchResult {
 		case "eprt":
 			args = append(args, curlEPRT...)
 		}
-		args = append(args, ftpURL(host, file))
+		args = append(args, ftpURL(host, tg.port, file))
 		_, stderr, err := execIn(t, timeout, tg.ns, nil, "curl", args...)
 		res.trace = string(stderr)
 		if err != nil {
@@ -139,7 +150,7 @@ func fetch(t *testing.T, tg target, c mcase, file string) fetchResult {
 		res.sha256, res.bytes = fileResult(t, out)
 
 	case "lftp":
-		script := lftpScript(c.mode, ftpURL(host, ""), file, out)
+		script := lftpScript(c.mode, ftpURL(host, tg.port, ""), file, out)
 		home := filepath.Join(dir, "home")
 		if err := os.Mkdir(home, 0o755); err != nil {
 			t.Fatal(err)
@@ -156,7 +167,7 @@ func fetch(t *testing.T, tg target, c mcase, file string) fetchResult {
 		if c.mode == "port" || c.mode == "eprt" {
 			mode = "active"
 		}
-		stdout, stderr, err := execIn(t, timeout, tg.ns, nil, "python3", harness.pyScript, host, file, mode)
+		stdout, stderr, err := execIn(t, timeout, tg.ns, nil, "python3", harness.pyScript, host, file, mode, fmt.Sprint(tg.ctlPort()))
 		res.trace = string(stderr)
 		if err != nil {
 			t.Fatalf("python ftplib (%s): %v\n%s%s", mode, err, stdout, res.trace)
@@ -172,7 +183,7 @@ func fetch(t *testing.T, tg target, c mcase, file string) fetchResult {
 		res.sha256, res.bytes, res.content = r.SHA256, r.Bytes, r.Content
 
 	case "go":
-		rs := runFtpget(t, tg.ns, net.JoinHostPort(host, "21"), c.mode, file, 1)
+		rs := runFtpget(t, tg.ns, net.JoinHostPort(host, fmt.Sprint(tg.ctlPort())), c.mode, file, 1)
 		r := rs.results[0]
 		res.trace = rs.trace
 		res.sha256, res.bytes, res.content, res.dataPeer = r.SHA256, r.Bytes, r.Content, r.DataPeer
@@ -268,10 +279,10 @@ type ftpgetRun struct {
 
 // runFtpget runs the Go client in ns: n transfers cycling through files (a
 // comma-separated list) on one control connection.
-func runFtpget(t *testing.T, ns, addr, mode, files string, n int) ftpgetRun {
+func runFtpget(t *testing.T, ns, addr, mode, files string, n int, extra ...string) ftpgetRun {
 	t.Helper()
 	stdout, stderr, err := execIn(t, 5*time.Minute, ns, nil, harness.ftpget,
-		"-addr", addr, "-mode", mode, "-files", files, "-n", fmt.Sprint(n), "-trace")
+		append([]string{"-addr", addr, "-mode", mode, "-files", files, "-n", fmt.Sprint(n), "-trace"}, extra...)...)
 	run := ftpgetRun{trace: string(stderr)}
 	for _, line := range strings.Split(strings.TrimSpace(string(stdout)), "\n") {
 		if line == "" {

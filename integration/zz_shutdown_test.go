@@ -5,6 +5,8 @@ package integration
 import (
 	"context"
 	"net"
+	"regexp"
+	"strconv"
 	"testing"
 	"time"
 
@@ -31,6 +33,7 @@ func TestDaemonShutdown(t *testing.T) {
 		t.Fatalf("stop: %v", err)
 	}
 	checkStopped(t, "SIGTERM", res)
+	t.Run("refusal-counters", func(t *testing.T) { checkRefusalCounters(t, d.Log()) })
 
 	d2, err := tp.StartDaemon(harness.daemonBin, harness.config)
 	if err != nil {
@@ -81,5 +84,34 @@ func checkStopped(t *testing.T, what string, res topo.StopResult) {
 	}
 	if !res.TableGone {
 		t.Errorf("%s: table inet nfhelper still present:\n%s", what, res.Table)
+	}
+}
+
+// checkRefusalCounters: the daemon's msg=stopping line must count at least
+// the refused announcements the bounce tests provoked (refused_<reason>=N).
+func checkRefusalCounters(t *testing.T, log string) {
+	refusals.Lock()
+	want := map[string]int{}
+	for k, v := range refusals.n {
+		want[k] = v
+	}
+	refusals.Unlock()
+	if len(want) == 0 {
+		t.Skip("no bounce test ran")
+	}
+	line := regexp.MustCompile(`(?m)^.*\bmsg="?stopping\b.*$`).FindString(log)
+	if line == "" {
+		t.Fatalf("no msg=stopping line in the daemon log:\n%s", tailString(log, 3000))
+	}
+	t.Logf("%s", line)
+	for reason, n := range want {
+		m := regexp.MustCompile(`\brefused_` + reason + `=(\d+)`).FindStringSubmatch(line)
+		if m == nil {
+			t.Errorf("stopping line has no refused_%s counter: %s", reason, line)
+			continue
+		}
+		if got, _ := strconv.Atoi(m[1]); got < n {
+			t.Errorf("refused_%s=%d, want at least %d: %s", reason, got, n, line)
+		}
 	}
 }

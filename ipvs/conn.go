@@ -37,8 +37,10 @@ type Conn struct {
 
 	mu      sync.Mutex
 	state   TCPState
-	expires int64     // monotonic nanoseconds, see now()
-	seq     [2]SeqAdj // indexed by the Direction whose sequence numbers moved
+	expires int64 // monotonic nanoseconds, see now()
+	helper  ConnHelper
+	streams [2]stream // indexed by the Direction that sends the stream
+	open    []openChannel
 }
 
 // State returns the connection's TCP state.
@@ -48,11 +50,12 @@ func (c *Conn) State() TCPState {
 	return c.state
 }
 
-// Seq returns the sequence correction of one direction.
-func (c *Conn) Seq(dir Direction) SeqAdj {
+// Offset is how far the receiver's view of direction dir's sequence numbers
+// is from the sender's at input position seq.
+func (c *Conn) Offset(dir Direction, seq uint32) int32 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.seq[dir]
+	return c.streams[dir].off(seq)
 }
 
 // track advances the state by a packet's TCP flags; c.mu is held.

@@ -1,58 +1,83 @@
 package ipvs
 
 import (
+	"bytes"
+	"log/slog"
 	"net/netip"
 	"sync/atomic"
 
 	"github.com/nfhelper/nfhelper/nfq"
 )
 
+// maxGap is how far past the expected sequence number a segment may start
+// before the stream counts as lost (then it is passed on, no longer read).
+const maxGap = 1 << 20
+
 // Engine decides what happens to each queued packet: it schedules new
-// connections, lets helpers read payloads, and keeps seq/ack corrections.
+// connections, feeds helpers their byte streams in order, and keeps the
+// sequence-number mapping of every rewritten stream.
 type Engine struct {
 	Table    *Table
+	Stats    Stats
+	Log      *slog.Logger // refusals, rate-limited; nil: not logged
 	services map[netip.AddrPort]*Service
 	markMask uint32
-	Stats    Stats
+	channels channelTable
+	lastLog  [numRefusals]atomic.Int64
 }
 
-// Stats counts what the engine did; read with Load.
+// Stats counts what the engine did.
 type Stats struct {
-	Packets, Unparsed, Scheduled, NoServer, Rewritten, Corrected, BadChecksum, RewriteFailed, Channels atomic.Uint64
+	Packets, Unparsed, Scheduled, NoServer atomic.Uint64
+	Rewritten, Corrected, Held, Dropped    atomic.Uint64 // packets altered, shifted, withholding, dropped out of order
+	BadChecksum, HelperErrors, Unmappable  atomic.Uint64
+	Channels, Evicted, Stopped             atomic.Uint64 // data channels opened, evicted by the limit; inspections stopped (TLS)
+	Refused                                [numRefusals]atomic.Uint64
 }
 
 // NewEngine builds an engine for services; markMask holds the bits of the
 // packet mark that carry a scheduling decision.
 func NewEngine(services []*Service, markMask uint32) *Engine {
 	e := &Engine{Table: NewTable(), services: make(map[netip.AddrPort]*Service), markMask: markMask}
+	e.channels.passive = make(map[passiveKey]passiveClaim)
+	e.Table.onRemove = e.channels.forget
 	for _, s := range services {
 		e.services[s.VIP] = s
 	}
 	return e
 }
 
-// Verdict is what to do with a packet: accept it, with a new mark and
-// altered bytes where set, once Channels (if any) are in the kernel.
+// Verdict is what to do with a packet: drop it, or accept it with a new
+// mark and altered bytes where set, once Open is in the kernel (Close may
+// follow after).
 type Verdict struct {
-	SetMark  bool
-	Mark     uint32
-	Packet   []byte // altered packet, valid until the worker's next Process
-	Channels []Channel
+	Drop        bool
+	SetMark     bool
+	Mark        uint32
+	Packet      []byte // altered packet, valid until the worker's next Process
+	Open, Close []Channel
 }
 
 // Worker holds one goroutine's scratch space, so that steady state does not
-// allocate.
+// allocate. It is the ChannelOpener of the connection it is processing.
 type Worker struct {
-	e   *Engine
-	in  nfq.Packet
-	out nfq.Packet
-	res Result
-	buf []byte
+	e           *Engine
+	in, out     nfq.Packet
+	res         Result
+	buf         []byte // the altered packet
+	data, pay   []byte // a helper's input; the new payload
+	resent      []byte // a resent segment with the delivered withheld bytes before it
+	cur         *Conn
+	now         int64
+	open, close []Channel
 }
 
 // NewWorker returns a worker of e.
 func (e *Engine) NewWorker() *Worker {
-	return &Worker{e: e, buf: make([]byte, 0, 65535)}
+	const size = 65535 + 2*MaxCarry
+	w := &Worker{e: e, buf: make([]byte, 0, size), data: make([]byte, 0, size), pay: make([]byte, 0, size), resent: make([]byte, 0, size)}
+	w.res.Opener = w
+	return w
 }
 
 // Process handles one packet (starting at its IP header) that carried mark.
@@ -88,10 +113,16 @@ func (w *Worker) schedule(svc *Service, client netip.AddrPort, mark uint32) Verd
 			return Verdict{}
 		}
 		c = &Conn{Session: Session{Client: client, VIP: svc.VIP, Server: rs.Addr}, Service: svc, Real: rs}
+		if svc.Helper != nil {
+			c.helper = svc.Helper.Bind(&c.Session, &svc.Policy)
+		}
 		c.expires = now() + int64(stateTimeout[StateSynSent])
 		e.Table.Insert(c)
 		e.Stats.Scheduled.Add(1)
 	}
+	c.mu.Lock()
+	c.streams[FromClient].start(w.in.TCP().Seq())
+	c.mu.Unlock()
 	// A retransmitted SYN gets the same server's mark; the kernel has bound
 	// NAT on the first one anyway.
 	return Verdict{SetMark: true, Mark: mark&^e.markMask | c.Real.Mark}
@@ -101,62 +132,213 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	e := w.e
 	tcp := w.in.TCP()
 	seq, ack, flags := tcp.Seq(), tcp.Ack(), tcp.Flags()
-	var v Verdict
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.track(flags, now())
+	w.cur, w.now = c, now()
+	w.open, w.close = w.open[:0], w.close[:0]
+	c.track(flags, w.now)
+	st, peer := &c.streams[dir], &c.streams[1-dir]
+	if flags&nfq.FlagSYN != 0 {
+		st.start(seq)
+	}
 
-	w.res.Reset()
-	if payload := w.in.PayloadBytes(); len(payload) > 0 && c.Service.Helper != nil {
-		c.Service.Helper.Inspect(&c.Session, dir, payload, &w.res)
+	outSeq, payload, drop := w.flow(c, dir, st, seq, flags)
+	if drop {
+		e.Stats.Dropped.Add(1)
+		return Verdict{Drop: true}
 	}
-	if len(w.res.Edits) > 0 || len(w.res.Channels) > 0 {
-		// Never act on bytes the receiver will discard.
-		if !w.in.TCPChecksumValid() {
-			e.Stats.BadChecksum.Add(1)
-			w.res.Reset()
-		}
-	}
-	if len(w.res.Edits) > 0 {
-		out, err := nfq.Rewrite(w.buf[:0], &w.in, w.res.Edits)
-		if err == nil {
-			w.buf = out
-			err = nfq.Parse(out, &w.out)
-		}
-		if err != nil {
-			e.Stats.RewriteFailed.Add(1)
-			w.res.Reset()
-		} else {
-			c.seq[dir].Record(seq, int32(w.res.Delta()))
-			v.Packet = out
-			e.Stats.Rewritten.Add(1)
-		}
-	}
-	v.Channels = w.res.Channels
-	e.Stats.Channels.Add(uint64(len(v.Channels)))
+	v := Verdict{Open: w.open, Close: w.close}
+	e.Stats.Channels.Add(uint64(len(w.open)))
 
-	mine, peer := &c.seq[dir], &c.seq[1-dir]
-	moveSeq := mine.Active() && mine.Seq(seq) != seq
-	// SACK blocks may lie past the correction point while the ack does not.
-	moveAck := peer.Active() && flags&nfq.FlagACK != 0 &&
-		(peer.Ack(ack) != ack || tcp.DataOffset() > nfq.TCPMinHeaderLen)
-	if !moveSeq && !moveAck {
+	outAck, sack := ack, false
+	if flags&nfq.FlagACK != 0 && peer.synced {
+		outAck = peer.acked(ack)
+		peer.prune(outAck)
+		sack = (peer.base != 0 || len(peer.edits) > 0) && tcp.DataOffset() > nfq.TCPMinHeaderLen
+	}
+	if payload == nil && outSeq == seq && outAck == ack && !sack {
 		return v
 	}
-	if v.Packet == nil {
+
+	if payload != nil {
+		out, err := nfq.Rewrite(w.buf[:0], &w.in, []nfq.Edit{{Off: 0, Len: len(w.in.PayloadBytes()), New: payload}})
+		if err != nil {
+			// Cannot happen for payloads the stream bounded; never send a
+			// half-corrected packet.
+			e.Stats.HelperErrors.Add(1)
+			return Verdict{Drop: true}
+		}
+		w.buf = out
+		e.Stats.Rewritten.Add(1)
+	} else {
 		w.buf = append(w.buf[:0], w.in.Buf...)
-		nfq.Parse(w.buf, &w.out)
-		v.Packet = w.buf
 	}
+	nfq.Parse(w.buf, &w.out)
 	t := w.out.TCP()
-	if moveSeq {
-		t.SetSeq(mine.Seq(seq))
-	}
-	if moveAck {
-		t.SetAck(peer.Ack(ack))
-		t.AdjustSACK(peer.Ack)
+	t.SetSeq(outSeq)
+	if flags&nfq.FlagACK != 0 {
+		t.SetAck(outAck)
+		if sack {
+			t.AdjustSACK(peer.input)
+		}
 	}
 	e.Stats.Corrected.Add(1)
+	v.Packet = w.buf
 	return v
+}
+
+// flow runs one segment through its stream: it returns the sequence number
+// the receiver must see, and the payload it must get when that differs from
+// the packet's (nil: unchanged), or drop for a segment past a gap.
+func (w *Worker) flow(c *Conn, dir Direction, st *stream, seq uint32, flags uint8) (outSeq uint32, payload []byte, drop bool) {
+	e := w.e
+	in := w.in.PayloadBytes()
+	fin := flags&nfq.FlagFIN != 0
+	shifted := seq + uint32(st.off(seq))
+	if !st.synced || st.stopped || c.helper == nil || flags&(nfq.FlagSYN|nfq.FlagRST) != 0 {
+		return shifted, nil, false
+	}
+	end := seq + uint32(len(in))
+	newData := nfq.SeqAfter(end, st.next) || (fin && end == st.next && len(st.carry) > 0)
+	if len(in) == 0 && !newData {
+		return shifted, nil, false
+	}
+	if nfq.SeqAfter(seq, st.next) {
+		if seq-st.next > maxGap {
+			st.synced = false
+			return shifted, nil, false
+		}
+		// Its line may have begun in the missing bytes: let the sender
+		// resend it once the gap is filled.
+		return 0, nil, true
+	}
+	if !w.in.TCPChecksumValid() {
+		// The receiver discards it and the sender resends it; read it then.
+		e.Stats.BadChecksum.Add(1)
+		return shifted, nil, false
+	}
+	if relEnd := st.relFrom + uint32(len(st.rel)); len(st.rel) > 0 && nfq.SeqAfter(seq, st.relFrom) && !nfq.SeqAfter(seq, relEnd) {
+		// The sender resends from the end of bytes it believes delivered:
+		// resend them too.
+		in = append(append(w.resent[:0], st.rel[:seq-st.relFrom]...), in...)
+		seq = st.relFrom
+	}
+
+	out := w.pay[:0]
+	start := st.heldFrom()
+	if nfq.SeqBefore(seq, start) {
+		n := uint32(len(in))
+		if nfq.SeqBefore(start, end) {
+			n = start - seq
+		}
+		var ok bool
+		if out, _, ok = st.replay(out, seq, in[:n]); !ok {
+			e.Stats.Unmappable.Add(1)
+			return 0, nil, true
+		}
+		start = seq
+	}
+	outSeq = start + uint32(st.off(start))
+	if newData {
+		var ok bool
+		if out, ok = w.inspect(c, dir, st, in[st.next-seq:], fin, out); !ok {
+			return shifted, nil, false
+		}
+		st.next = end
+	}
+	if len(out) == 0 && len(in) > 0 && st.haveLast {
+		// All withheld: repeat the last delivered byte, so that the
+		// receiver acknowledges and the sender sees its bytes taken.
+		out = append(out, st.last)
+		outSeq--
+	}
+	if outSeq == seq && bytes.Equal(out, in) {
+		return seq, nil, false
+	}
+	return outSeq, out, false
+}
+
+// inspect presents carried and new bytes to the helper and appends what the
+// receiver gets now to out. False: the helper's answer broke its contract;
+// the bytes pass as they are and the stream is no longer read.
+func (w *Worker) inspect(c *Conn, dir Direction, st *stream, fresh []byte, fin bool, out []byte) ([]byte, bool) {
+	e := w.e
+	data := append(append(w.data[:0], st.carry...), fresh...)
+	fixed := len(st.carry) - st.hold
+	r := &w.res
+	r.Reset()
+	c.helper.Inspect(dir, data, fixed, fin, r)
+	w.refused(c, r.Refusals)
+	if !r.valid(len(data), fixed, fin) {
+		e.Stats.HelperErrors.Add(1)
+		st.stopped = true
+		return out, false
+	}
+	first := st.next - uint32(len(st.carry)) // input position of data[0]
+	if fixed < len(st.carry) {
+		if st.rel == nil {
+			st.rel = make([]byte, 0, MaxCarry)
+		}
+		st.rel, st.relFrom = append(st.rel[:0], data[fixed:len(st.carry)]...), first+uint32(fixed)
+	}
+	cur := fixed
+	for _, ed := range r.Edits {
+		out = append(out, data[cur:ed.Off]...)
+		out = append(out, ed.New...)
+		st.record(first+uint32(ed.Off), ed.Len, ed.New)
+		cur = ed.Off + ed.Len
+	}
+	keep := len(data) - r.Hold
+	out = append(out, data[cur:keep]...)
+	if keep > fixed {
+		st.last, st.haveLast = out[len(out)-1], true
+	}
+	if r.Hold > 0 {
+		e.Stats.Held.Add(1)
+	}
+	if st.carry == nil {
+		st.carry = make([]byte, 0, MaxCarry)
+	}
+	st.carry = append(st.carry[:0], data[len(data)-r.Carry:]...)
+	st.hold = r.Hold
+	if r.Stop {
+		c.streams[FromClient].stopped, c.streams[FromServer].stopped = true, true
+		e.Stats.Stopped.Add(1)
+	}
+	return out, true
+}
+
+// valid checks a helper's answer against the Inspect contract.
+func (r *Result) valid(n, fixed int, fin bool) bool {
+	if r.Carry < 0 || r.Carry > min(n, MaxCarry) || r.Hold < 0 || r.Hold > r.Carry {
+		return false
+	}
+	if (fin || r.Stop) && r.Hold > 0 {
+		return false
+	}
+	end := fixed
+	for _, ed := range r.Edits {
+		if ed.Off < end || ed.Len < 0 || ed.Off+ed.Len > n-r.Hold || len(ed.New) > maxEditText {
+			return false
+		}
+		end = ed.Off + ed.Len
+	}
+	return true
+}
+
+// refused counts refusals and logs them, at most once a second per reason.
+func (w *Worker) refused(c *Conn, why []Refusal) {
+	e := w.e
+	for _, r := range why {
+		e.Stats.Refused[r].Add(1)
+		if e.Log == nil {
+			continue
+		}
+		last := e.lastLog[r].Load()
+		if w.now-last >= 1e9 && e.lastLog[r].CompareAndSwap(last, w.now) {
+			e.Log.Warn("refused data channel", "reason", r.String(), "service", c.Service.Name,
+				"client", c.Client, "server", c.Server, "total", e.Stats.Refused[r].Load())
+		}
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/nfhelper/nfhelper/nfq"
 )
@@ -33,38 +34,96 @@ type Session struct {
 	Server netip.AddrPort // the real server chosen for the connection
 }
 
-// ChannelKind says which translation a data channel needs.
-type ChannelKind uint8
+// Policy is a service's rules for the data channels its helper announces.
+type Policy struct {
+	// Loose lets announcements name hosts other than the connection's own
+	// peers (FTP bounce, RFC 2577). Off by default.
+	Loose bool
+	// AllowLowPorts lets data channels use ports below 1024.
+	AllowLowPorts bool
+	// MaxChannels is how many announced, unused channels a connection may
+	// have; a new one replaces the oldest (the kernel's max_expected).
+	MaxChannels int
+	// ChannelTimeout is how long an announced channel stays open.
+	ChannelTimeout time.Duration
+}
+
+// DefaultPolicy is the kernel FTP helper's: one pending channel, 5 minutes.
+var DefaultPolicy = Policy{MaxChannels: 1, ChannelTimeout: 5 * time.Minute}
+
+// Helper is an application-layer helper (FTP, ...), registered by name. It
+// reads byte streams and reports edits and data channels; the core owns
+// segment boundaries and seq/ack bookkeeping, as in ip_vs_app.
+type Helper interface {
+	Name() string
+	// Bind returns the state for one new connection of a service with policy p.
+	Bind(s *Session, p *Policy) ConnHelper
+}
+
+// MaxCarry bounds the bytes a helper may carry from one segment to the next.
+const MaxCarry = 512
+
+// ConnHelper reads one connection's two byte streams.
+type ConnHelper interface {
+	// Inspect reads the next bytes of direction dir's stream, strictly in
+	// order and each byte once: data is what the previous call in this
+	// direction carried (r.Carry) followed by the new segment's payload.
+	// Its first fixed bytes were already delivered to the peer and cannot be
+	// edited. fin is set when the sender has finished: nothing may be
+	// carried. Inspect appends edits (offsets into data, ascending, none
+	// before fixed) and channel requests to r, and may set r.Carry and
+	// r.Hold.
+	Inspect(dir Direction, data []byte, fixed int, fin bool, r *Result)
+}
+
+// Refusal is why a helper declined an announced data channel.
+type Refusal uint8
 
 const (
-	// ChannelPassive: the client connects to VIP.Addr():VIP.Port(); the kernel
-	// must send that connection to Server (DNAT).
-	ChannelPassive ChannelKind = iota + 1
-	// ChannelActive: the real server Server.Addr() connects to Client; the kernel
-	// must make it leave with source address VIP.Addr() (SNAT).
-	ChannelActive
+	RefuseBounce      Refusal = iota // the address is not the announcing peer's
+	RefuseLowPort                    // a port below 1024
+	RefuseUnsolicited                // a passive reply the client did not ask for
+	RefuseEPSVAll                    // PORT, PASV or EPRT after EPSV ALL
+	RefuseNoPort                     // no free port on the VIP
+	numRefusals
 )
 
-// Channel is a data connection a helper asks the datapath to allow.
-type Channel struct {
-	Kind   ChannelKind
-	Client netip.AddrPort // passive: port 0 (any client port); active: the announced address and port
-	Server netip.AddrPort // passive: the announced address and port; active: port 0 (any)
-	VIP    netip.AddrPort // passive: the port announced to the client; active: port 0 (keep)
+var refusalNames = [...]string{"bounce", "low_port", "unsolicited", "epsv_all", "no_port"}
+
+func (r Refusal) String() string { return refusalNames[r] }
+
+// ChannelOpener reserves data channels for the connection being inspected.
+type ChannelOpener interface {
+	// OpenPassive lets the client connect to the returned VIP address and
+	// port, which reach server. The port is server's own unless another
+	// pending channel of the same client holds it.
+	OpenPassive(server netip.AddrPort) (vip netip.AddrPort, ok bool)
+	// OpenActive lets the real server connect to client, from the VIP.
+	OpenActive(client netip.AddrPort) bool
 }
 
-// Result collects what a helper found in one payload. Workers reuse one
+// Result collects what a helper found in one Inspect call. Workers reuse one
 // Result per goroutine (Reset) so that steady state does not allocate.
 type Result struct {
-	Edits    []nfq.Edit // offsets into the TCP payload
-	Channels []Channel
-	text     []byte
+	Edits    []nfq.Edit // offsets into Inspect's data
+	Refusals []Refusal
+	// Carry is how many trailing bytes of data to present again, before the
+	// next segment's payload; Hold (<= Carry) how many of those to withhold
+	// from the peer until then, because they may still need an edit.
+	Carry, Hold int
+	// Stop ends inspection of the connection (it turned to TLS, say); seq
+	// and ack correction go on.
+	Stop bool
+
+	Opener ChannelOpener
+	text   []byte
 }
 
-// Reset empties r, keeping its storage.
+// Reset empties r, keeping its storage and Opener.
 func (r *Result) Reset() {
 	r.Edits = r.Edits[:0]
-	r.Channels = r.Channels[:0]
+	r.Refusals = r.Refusals[:0]
+	r.Carry, r.Hold, r.Stop = 0, 0, false
 	r.text = r.text[:0]
 }
 
@@ -75,27 +134,24 @@ func (r *Result) Replace(off, length int, text []byte) {
 	r.Edits = append(r.Edits, nfq.Edit{Off: off, Len: length, New: r.text[start:len(r.text):len(r.text)]})
 }
 
-// Open records a data-channel request.
-func (r *Result) Open(c Channel) { r.Channels = append(r.Channels, c) }
+// OpenPassive asks the core for a passive channel, see ChannelOpener.
+func (r *Result) OpenPassive(server netip.AddrPort) (netip.AddrPort, bool) {
+	return r.Opener.OpenPassive(server)
+}
 
-// Delta is the payload length change the edits in r cause.
+// OpenActive asks the core for an active channel, see ChannelOpener.
+func (r *Result) OpenActive(client netip.AddrPort) bool { return r.Opener.OpenActive(client) }
+
+// Refuse records a declined announcement; the core counts and logs it.
+func (r *Result) Refuse(why Refusal) { r.Refusals = append(r.Refusals, why) }
+
+// Delta is the length change the edits cause.
 func (r *Result) Delta() int {
 	d := 0
 	for _, e := range r.Edits {
 		d += len(e.New) - e.Len
 	}
 	return d
-}
-
-// Helper is an application-layer helper (FTP, ...). It reads payloads and
-// reports edits and data channels; the core owns seq/ack bookkeeping, as in
-// ip_vs_app.
-type Helper interface {
-	Name() string
-	// Inspect reads one TCP payload sent in direction dir of session s and
-	// appends edits (non-overlapping, in ascending offset order) and
-	// data-channel requests to r. It must not retain payload.
-	Inspect(s *Session, dir Direction, payload []byte, r *Result)
 }
 
 var (

@@ -22,6 +22,7 @@ type Service struct {
 	Name    string
 	VIP     netip.AddrPort
 	Helper  Helper // nil: balanced without payload inspection
+	Policy  Policy
 	Servers []*RealServer
 
 	mu    sync.Mutex
@@ -34,7 +35,7 @@ func NewService(name string, vip netip.AddrPort, scheduler string, h Helper, ser
 	if err != nil {
 		return nil, fmt.Errorf("service %s: %w", name, err)
 	}
-	return &Service{Name: name, VIP: vip, Helper: h, Servers: servers, sched: s}, nil
+	return &Service{Name: name, VIP: vip, Helper: h, Policy: DefaultPolicy, Servers: servers, sched: s}, nil
 }
 
 // Schedule picks the real server for a new connection, or nil when every

@@ -22,7 +22,8 @@ type shard struct {
 // Table is the connection table, shared by all queue workers because the two
 // directions of one connection can arrive on different queues.
 type Table struct {
-	shards [shardCount]shard
+	shards   [shardCount]shard
+	onRemove func(*Conn) // called for each expired connection, outside shard locks
 }
 
 // NewTable returns an empty table.
@@ -98,6 +99,7 @@ func (t *Table) Len() int {
 // that no sweep stops all workers.
 func (t *Table) Expire(at int64) int {
 	n := 0
+	var gone []*Conn
 	for i := range t.shards {
 		s := &t.shards[i]
 		s.mu.Lock()
@@ -107,12 +109,21 @@ func (t *Table) Expire(at int64) int {
 			c.mu.Unlock()
 			if dead {
 				delete(s.conns, k)
-				n++
+				if k.peer == c.VIP {
+					gone = append(gone, c)
+				}
 			}
 		}
 		s.mu.Unlock()
+		n += len(gone)
+		if t.onRemove != nil {
+			for _, c := range gone {
+				t.onRemove(c)
+			}
+		}
+		gone = gone[:0]
 	}
-	return n / 2
+	return n
 }
 
 // RunExpiry sweeps every interval until stop is closed.

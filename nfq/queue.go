@@ -113,5 +113,13 @@ func (q *Queue) Accept(id uint32, setMark bool, mark uint32, pkt []byte) error {
 	return nil
 }
 
+// Drop discards the packet.
+func (q *Queue) Drop(id uint32) error {
+	if err := q.nf.SetVerdict(id, nfqueue.NfDrop); err != nil {
+		return fmt.Errorf("nfqueue %d: drop packet %d: %w", q.Num, id, err)
+	}
+	return nil
+}
+
 // Close unbinds the queue; packets still queued fail open.
 func (q *Queue) Close() error { return q.nf.Close() }

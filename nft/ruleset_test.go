@@ -127,12 +127,12 @@ func TestOpenChannels(t *testing.T) {
 	}
 	ap := netip.MustParseAddrPort
 	chs := []ipvs.Channel{
-		{Kind: ipvs.ChannelPassive, Client: ap("203.0.113.2:0"), Server: ap("10.0.0.11:40001"), VIP: ap("198.51.100.10:40001")},
-		{Kind: ipvs.ChannelActive, Client: ap("203.0.113.2:50000"), Server: ap("10.0.0.12:0"), VIP: ap("198.51.100.10:0")},
-		{Kind: ipvs.ChannelPassive, Client: ap("[2001:db8:2::2]:0"), Server: ap("[fd00::11]:40002"), VIP: ap("[2001:db8:1::10]:40002")},
-		{Kind: ipvs.ChannelActive, Client: ap("[2001:db8:2::2]:50001"), Server: ap("[fd00::11]:0"), VIP: ap("[2001:db8:1::10]:0")},
+		{Kind: ipvs.ChannelPassive, Client: ap("203.0.113.2:0"), Server: ap("10.0.0.11:40001"), VIP: ap("198.51.100.10:40001"), Timeout: time.Minute},
+		{Kind: ipvs.ChannelActive, Client: ap("203.0.113.2:50000"), Server: ap("10.0.0.12:0"), VIP: ap("198.51.100.10:0"), Timeout: time.Minute},
+		{Kind: ipvs.ChannelPassive, Client: ap("[2001:db8:2::2]:0"), Server: ap("[fd00::11]:40002"), VIP: ap("[2001:db8:1::10]:40002"), Timeout: time.Minute},
+		{Kind: ipvs.ChannelActive, Client: ap("[2001:db8:2::2]:50001"), Server: ap("[fd00::11]:0"), VIP: ap("[2001:db8:1::10]:0"), Timeout: time.Minute},
 	}
-	if err := rs.OpenChannels(c, chs, time.Minute); err != nil {
+	if err := rs.OpenChannels(c, chs); err != nil {
 		t.Fatal(err)
 	}
 	out, err := nftList(t, ns, "list", "table", "inet", "nfhelper")
@@ -153,11 +153,18 @@ func TestOpenChannels(t *testing.T) {
 			t.Errorf("element %q missing from:\n%s", want, out)
 		}
 	}
-	// Re-announcing a channel (a retransmitted reply) refreshes it.
-	if err := rs.OpenChannels(c, chs[:1], time.Minute); err != nil {
+	// Re-announcing a channel (a retransmitted reply) is no error.
+	if err := rs.OpenChannels(c, chs[:1]); err != nil {
 		t.Errorf("repeated channel: %v", err)
 	}
-	if err := rs.OpenChannels(c, []ipvs.Channel{{}}, time.Minute); err == nil {
+	if err := rs.OpenChannels(c, []ipvs.Channel{{}}); err == nil {
 		t.Error("a channel of no kind was accepted")
+	}
+	if err := rs.CloseChannels(c, chs); err != nil {
+		t.Fatal(err)
+	}
+	out, _ = nftList(t, ns, "list", "table", "inet", "nfhelper")
+	if strings.Contains(out, "203.0.113.2") || strings.Contains(out, "2001:db8:2::2") {
+		t.Errorf("closed channels still listed:\n%s", out)
 	}
 }

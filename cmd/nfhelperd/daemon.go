@@ -23,9 +23,6 @@ const (
 	// markMask holds the real server's index in the packet mark of a new
 	// connection's SYN, from the queue verdict until DNAT has used it.
 	markMask = 0x00ff0000
-	// dataChannelTimeout is how long an announced data channel stays open,
-	// as the kernel's FTP expectations.
-	dataChannelTimeout = 5 * time.Minute
 	// datapathName says which datapath runs: xtables NFQUEUE (no native nft
 	// queue needed), kernel NAT by mark, data channels as nft map elements.
 	datapathName = "xt-nfqueue+nft-maps"
@@ -34,6 +31,7 @@ const (
 func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	services, spec := build(cfg)
 	engine := ipvs.NewEngine(services, markMask)
+	engine.Log = log
 
 	// Queues are bound before the rules exist, so the first queued packet
 	// already finds a reader.
@@ -99,11 +97,22 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	queues = nil
 	wg.Wait()
-	s := &engine.Stats
-	log.Info("stopping", "packets", s.Packets.Load(), "scheduled", s.Scheduled.Load(), "rewritten", s.Rewritten.Load(),
-		"corrected", s.Corrected.Load(), "channels", s.Channels.Load(), "unparsed", s.Unparsed.Load(),
-		"no_server", s.NoServer.Load(), "bad_checksum", s.BadChecksum.Load(), "rewrite_failed", s.RewriteFailed.Load())
+	log.Info("stopping", statsAttrs(&engine.Stats)...)
 	return err
+}
+
+func statsAttrs(s *ipvs.Stats) []any {
+	attrs := []any{
+		"packets", s.Packets.Load(), "scheduled", s.Scheduled.Load(), "no_server", s.NoServer.Load(),
+		"rewritten", s.Rewritten.Load(), "corrected", s.Corrected.Load(), "held", s.Held.Load(),
+		"dropped_out_of_order", s.Dropped.Load(), "channels", s.Channels.Load(), "evicted", s.Evicted.Load(),
+		"stopped_tls", s.Stopped.Load(), "unparsed", s.Unparsed.Load(), "bad_checksum", s.BadChecksum.Load(),
+		"helper_errors", s.HelperErrors.Load(), "unmappable", s.Unmappable.Load(),
+	}
+	for r := range s.Refused {
+		attrs = append(attrs, "refused_"+ipvs.Refusal(r).String(), s.Refused[r].Load())
+	}
+	return attrs
 }
 
 // build turns the configuration into engine services and the ruleset spec.
@@ -133,6 +142,7 @@ func build(cfg *config.Config) ([]*ipvs.Service, *nft.Spec) {
 		}
 		// The configuration was validated: the scheduler exists.
 		svc, _ := ipvs.NewService(sc.Name, sc.VIPAddr, sc.Scheduler, helper, reals)
+		svc.Policy = sc.Policy()
 		services = append(services, svc)
 		spec.Services = append(spec.Services, ns)
 	}
@@ -150,28 +160,37 @@ func handler(q *nfq.Queue, w *ipvs.Worker, dp *datapath, stats *ipvs.Stats, log 
 			}
 		}()
 		v := w.Process(pkt, mark)
-		if len(v.Channels) > 0 {
+		if len(v.Open) > 0 || len(v.Close) > 0 {
 			dp.submit(&pending{
-				q: q, id: id, setMark: v.SetMark, mark: v.Mark,
-				pkt:      append([]byte(nil), v.Packet...),
-				channels: append([]ipvs.Channel(nil), v.Channels...),
+				q: q, id: id, drop: v.Drop, setMark: v.SetMark, mark: v.Mark,
+				pkt:   append([]byte(nil), v.Packet...),
+				open:  append([]ipvs.Channel(nil), v.Open...),
+				close: append([]ipvs.Channel(nil), v.Close...),
 			})
 			return
 		}
-		if err := q.Accept(id, v.SetMark, v.Mark, v.Packet); err != nil {
+		if err := verdict(q, id, v.Drop, v.SetMark, v.Mark, v.Packet); err != nil {
 			log.Warn("verdict", "err", err)
 		}
 	}
 }
 
+func verdict(q *nfq.Queue, id uint32, drop, setMark bool, mark uint32, pkt []byte) error {
+	if drop {
+		return q.Drop(id)
+	}
+	return q.Accept(id, setMark, mark, pkt)
+}
+
 // pending is a packet held until its data channels are in the kernel.
 type pending struct {
-	q        *nfq.Queue
-	id       uint32
-	setMark  bool
-	mark     uint32
-	pkt      []byte
-	channels []ipvs.Channel
+	q           *nfq.Queue
+	id          uint32
+	drop        bool
+	setMark     bool
+	mark        uint32
+	pkt         []byte
+	open, close []ipvs.Channel
 }
 
 // datapath opens data channels off the queue readers' goroutines, so the
@@ -187,13 +206,13 @@ func (d *datapath) submit(p *pending) { d.reqs <- p }
 
 func (d *datapath) run(ctx context.Context) {
 	var batch []*pending
-	var chans []ipvs.Channel
+	var open, close []ipvs.Channel
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case p := <-d.reqs:
-			batch, chans = append(batch[:0], p), append(chans[:0], p.channels...)
+			batch = append(batch[:0], p)
 		}
 		// Everything queued meanwhile goes into the same nftables batch.
 	drain:
@@ -201,17 +220,30 @@ func (d *datapath) run(ctx context.Context) {
 			select {
 			case p := <-d.reqs:
 				batch = append(batch, p)
-				chans = append(chans, p.channels...)
 			default:
 				break drain
 			}
 		}
-		if err := d.ruleset.OpenChannels(d.conn, chans, dataChannelTimeout); err != nil {
-			d.log.Error("data channels not opened", "count", len(chans), "err", err)
+		open, close = open[:0], close[:0]
+		for _, p := range batch {
+			open = append(open, p.open...)
+			close = append(close, p.close...)
+		}
+		if len(open) > 0 {
+			if err := d.ruleset.OpenChannels(d.conn, open); err != nil {
+				d.log.Error("data channels not opened", "count", len(open), "err", err)
+			}
 		}
 		for _, p := range batch {
-			if err := p.q.Accept(p.id, p.setMark, p.mark, p.pkt); err != nil && !errors.Is(err, context.Canceled) {
+			if err := verdict(p.q, p.id, p.drop, p.setMark, p.mark, p.pkt); err != nil && !errors.Is(err, context.Canceled) {
 				d.log.Warn("verdict", "err", err)
+			}
+		}
+		// Evicted channels may go after the verdicts: nothing waits on them.
+		// One that timed out already fails the batch; the rest time out too.
+		if len(close) > 0 {
+			if err := d.ruleset.CloseChannels(d.conn, close); err != nil {
+				d.log.Debug("evicted data channels not closed", "count", len(close), "err", err)
 			}
 		}
 	}

@@ -2,6 +2,7 @@ package ftp
 
 import (
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -119,58 +120,100 @@ func FuzzParseAddr(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) { checkAddrLikeNetip(t, b) })
 }
 
+// FuzzInspect feeds one direction's stream (after the client primed the
+// server's replies with commands) in one piece and in the chunks chunking
+// gives, checks the contract on every call (in sim.feed), and that both
+// feeds deliver the same stream and ask for the same channels.
 func FuzzInspect(f *testing.F) {
 	var lines []string
 	for _, file := range []string{"replies.txt", "commands.txt"} {
 		for _, tc := range readTranscripts(f, file) {
 			lines = append(lines, tc.line)
-			f.Add([]byte(tc.line+"\r\n"), strings.HasPrefix(tc.line, "2"), false)
+			f.Add(strings.HasPrefix(tc.line, "2"), []byte(tc.line+"\r\n"), []byte{3, 7}, uint8(0))
 		}
 	}
-	f.Add([]byte(strings.Join(lines, "\r\n")), true, false)
-	f.Add([]byte(strings.Join(lines, "\n")), false, true)
-	f.Add([]byte("227 (10,0,0,11,156,64)\r\nPORT 203,0,113,2,156,64\r\nEPRT |2|2001:db8:2::2|40000|\r\n227 (10,0,0,11,4,"), true, false)
-	f.Fuzz(func(t *testing.T, payload []byte, fromServer, v6 bool) {
-		s, dir := &session4, ipvs.FromClient
-		if v6 {
-			s = &session6
+	f.Add(true, []byte(strings.Join(lines, "\r\n")), []byte{1, 2, 3, 4, 5, 6, 7, 8, 9}, uint8(1))
+	f.Add(false, []byte(strings.Join(lines, "\n")), []byte{40, 1, 1, 200}, uint8(6))
+	f.Add(true, []byte("227 (10,0,0,11,156,64)\r\n211-x\r\n227 (10,0,0,11,4,1)\r\n211 y\r\n227-a\r\n b 10,0,0,11,4,2\r\n227 c\r\n"), []byte{5, 30, 2}, uint8(2))
+	f.Add(true, []byte("229 Entering Extended Passive Mode (|||6446|)\r\n234 ok\r\n227 (10,0,0,11,156,64)\r\n"), []byte{9}, uint8(8|16))
+	for _, tc := range transcripts {
+		_, server := tc.streams()
+		f.Add(true, []byte(server), []byte{17, 1, 100}, uint8(4))
+	}
+	f.Fuzz(func(t *testing.T, fromServer bool, stream, chunking []byte, mode uint8) {
+		// mode: 1 loose, 2 low ports, 4 VIP port change, 8 AUTH first,
+		// 16 fin, 32 the shorter VIP, 64 opener refuses.
+		s, p := &session4, ipvs.Policy{Loose: mode&1 != 0, AllowLowPorts: mode&2 != 0}
+		if mode&32 != 0 {
+			s = &sessionShort
 		}
+		var port uint16
+		if mode&4 != 0 {
+			port = 1024 + uint16(len(stream))
+		}
+		prime := "PASV\r\nEPSV\r\nPASV\r\nEPSV\r\nPASV\r\nEPSV\r\n"
+		if mode&8 != 0 {
+			prime = "AUTH TLS\r\n" + prime
+		}
+		dir := ipvs.FromClient
 		if fromServer {
 			dir = ipvs.FromServer
 		}
-		in := string(payload)
-		var r ipvs.Result
-		Helper{}.Inspect(s, dir, payload, &r)
-		if string(payload) != in {
-			t.Fatalf("Inspect modified its input")
-		}
-		end := 0
-		for _, e := range r.Edits {
-			if e.Off < end || e.Len <= 0 || e.Off+e.Len > len(payload) {
-				t.Fatalf("edit {%d, %d} out of order or bounds (payload %d bytes, previous edit ends at %d)", e.Off, e.Len, len(payload), end)
+		fin := mode&16 != 0
+		feed := func(cuts []byte) (string, []string, *sim) {
+			m := newSim(t, s, &p)
+			m.rec.port, m.rec.refuse = port, mode&64 != 0
+			if fromServer {
+				m.feed(ipvs.FromClient, []byte(prime), false)
 			}
-			end = e.Off + e.Len
-			old, err := ParsePORT(payload[e.Off:end])
-			if err != nil || old.Addr() != s.Server.Addr() {
-				t.Fatalf("edit replaces %q, not the server's address: %v, %v", payload[e.Off:end], old, err)
-			}
-			ap, err := ParsePORT(e.New)
-			if err != nil || ap != netip.AddrPortFrom(s.VIP.Addr(), old.Port()) {
-				t.Fatalf("edit writes %q: %v, %v", e.New, ap, err)
-			}
-		}
-		for _, c := range r.Channels {
-			switch c.Kind {
-			case ipvs.ChannelPassive:
-				if c.Client.Port() != 0 || c.Server.Addr() != s.Server.Addr() || c.VIP.Addr() != s.VIP.Addr() || c.VIP.Port() != c.Server.Port() || c.VIP.Port() == 0 {
-					t.Fatalf("bad passive channel %+v", c)
+			rest := stream
+			for _, c := range cuts {
+				n := min(int(c)+1, len(rest))
+				if n == len(rest) {
+					break
 				}
-			case ipvs.ChannelActive:
-				if c.Client.Addr() != s.Client.Addr() || c.Client.Port() < minDataPort || c.Server != netip.AddrPortFrom(s.Server.Addr(), 0) || c.VIP != netip.AddrPortFrom(s.VIP.Addr(), 0) {
-					t.Fatalf("bad active channel %+v", c)
+				m.feed(dir, rest[:n], false)
+				rest = rest[n:]
+			}
+			m.feed(dir, rest, fin)
+			m.release(&m.dir[dir])
+			return string(m.dir[dir].out), m.rec.log, m
+		}
+		out, log, _ := feed(nil)
+		out2, log2, _ := feed(chunking)
+		if out != out2 || !slices.Equal(log, log2) {
+			t.Fatalf("chunked %v:\n%q\n%q\nunchunked:\n%q\n%q", chunking, out2, log2, out, log)
+		}
+		if !fromServer {
+			if out != string(stream) {
+				t.Fatalf("client stream changed: %q", out)
+			}
+			return
+		}
+		// Lines are kept and a rewritten line names the VIP.
+		in := strings.Split(string(stream), "\n")
+		got := strings.Split(out, "\n")
+		if len(in) != len(got) {
+			t.Fatalf("%d lines became %d", len(in), len(got))
+		}
+		for i := range in {
+			if in[i] == got[i] {
+				continue
+			}
+			line := []byte(strings.TrimSuffix(got[i], "\r"))
+			if hasPrefix(line, "229 ") {
+				if q, err := Parse229(line); err != nil || q != port {
+					t.Fatalf("%q rewritten to %q: %v, %v", in[i], line, q, err)
 				}
-			default:
-				t.Fatalf("bad channel kind %+v", c)
+				continue
+			}
+			from := 0
+			if hasPrefix(line, "227") {
+				from = 4
+			}
+			ap, _, _, err := scanHostPort(line, from)
+			if err != nil || ap.Addr() != s.VIP.Addr() || port != 0 && ap.Port() != port {
+				t.Fatalf("%q rewritten to %q: %v, %v", in[i], line, ap, err)
 			}
 		}
 	})

@@ -46,7 +46,13 @@ func Parse227(line []byte) (ap netip.AddrPort, start, end int, err error) {
 	if !hasPrefix(line, "227 ") {
 		return netip.AddrPort{}, 0, 0, ErrSyntax
 	}
-	start = 4
+	return scanHostPort(line, 4)
+}
+
+// scanHostPort parses the "h1,h2,h3,h4,p1,p2" that starts at the first digit
+// of line at or after from; start and end delimit it in line.
+func scanHostPort(line []byte, from int) (ap netip.AddrPort, start, end int, err error) {
+	start = min(from, len(line))
 	for start < len(line) && !isDigit(line[start]) {
 		start++
 	}
@@ -65,27 +71,36 @@ func Parse227(line []byte) (ap netip.AddrPort, start, end int, err error) {
 // Parse229 parses a "229 " (EPSV) reply line, without its line terminator:
 // "229 text (<d><d><d><port><d>)" (RFC 2428).
 func Parse229(line []byte) (port uint16, err error) {
+	port, _, _, _, err = parse229(line)
+	return port, err
+}
+
+// parse229 is Parse229 that also returns where the "(" is and where the port
+// digits start and end in line.
+func parse229(line []byte) (port uint16, paren, start, end int, err error) {
 	if !hasPrefix(line, "229 ") {
-		return 0, ErrSyntax
+		return 0, 0, 0, 0, ErrSyntax
 	}
 	i := bytes.IndexByte(line[4:], '(')
 	if i < 0 {
-		return 0, ErrSyntax
+		return 0, 0, 0, 0, ErrSyntax
 	}
-	b := line[4+i+1:]
+	paren = 4 + i
+	b := line[paren+1:]
 	if len(b) < 3 || !isDelim(b[0]) || b[1] != b[0] || b[2] != b[0] {
-		return 0, ErrSyntax
+		return 0, 0, 0, 0, ErrSyntax
 	}
 	d := b[0]
 	port, n, err := tcpPort(b[3:])
 	if err != nil {
-		return 0, err
+		return 0, 0, 0, 0, err
 	}
 	b = b[3+n:]
 	if len(b) < 2 || b[0] != d || b[1] != ')' {
-		return 0, ErrSyntax
+		return 0, 0, 0, 0, ErrSyntax
 	}
-	return port, nil
+	start = paren + 4
+	return port, paren, start, start + n, nil
 }
 
 // ParseEPRT parses the argument of an EPRT command,

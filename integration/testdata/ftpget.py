@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fetch one file with ftplib and print {"bytes", "sha256", "content"} as JSON.
 
-Usage: ftpget.py HOST FILE pasv|active
+Usage: ftpget.py HOST FILE pasv|active [PORT]
 
 The ftplib debug trace (*cmd*/*resp* lines) goes to stderr. For IPv4, passive
 mode is PASV and the 227 address is trusted (trust_server_pasv_ipv4_address);
@@ -15,12 +15,13 @@ import sys
 
 def main():
     host, name, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+    port = int(sys.argv[4]) if len(sys.argv) > 4 else 21
     out = sys.stdout
     sys.stdout = sys.stderr  # ftplib prints its debug trace with print()
     ftp = ftplib.FTP(timeout=30)
     ftp.trust_server_pasv_ipv4_address = True
     ftp.set_debuglevel(1)
-    ftp.connect(host, 21)
+    ftp.connect(host, port)
     ftp.login()  # anonymous
     ftp.set_pasv(mode == "pasv")
     h = hashlib.sha256()

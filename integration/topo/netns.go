@@ -59,3 +59,14 @@ func doInNS(ns string, fn func() error) error {
 	}()
 	return <-done
 }
+
+// ListenIn opens a TCP listener inside the named network namespace.
+func ListenIn(ns, network, addr string) (net.Listener, error) {
+	var ln net.Listener
+	err := doInNS(ns, func() error {
+		l, err := net.Listen(network, addr)
+		ln = l
+		return err
+	})
+	return ln, err
+}

@@ -116,7 +116,11 @@ type Topo struct {
 	closed  bool
 	reaperW *os.File
 	reaper  *exec.Cmd
+
+	extraLogs []extraLog // directories of the other FTP servers
 }
+
+type extraLog struct{ what, dir string }
 
 // New builds the topology. On error everything already set up is torn down.
 func New(opts Options) (t *Topo, err error) {
@@ -658,6 +662,18 @@ func (t *Topo) Logs() string {
 				continue
 			}
 			fmt.Fprintf(&b, "--- %s %s\n%s", s.Name, filepath.Base(f), tail(data, 4000))
+		}
+	}
+	t.mu.Lock()
+	extra := append([]extraLog(nil), t.extraLogs...)
+	t.mu.Unlock()
+	for _, e := range extra {
+		for _, f := range []string{"stderr", "proftpd.log"} {
+			data, err := os.ReadFile(filepath.Join(e.dir, f))
+			if err != nil || len(data) == 0 {
+				continue
+			}
+			fmt.Fprintf(&b, "--- %s %s\n%s", e.what, f, tail(data, 3000))
 		}
 	}
 	return b.String()

@@ -51,14 +51,16 @@ func main() {
 	timeout := flag.Duration("timeout", 30*time.Second, "timeout of each protocol step")
 	total := flag.Duration("total", 5*time.Minute, "timeout of the whole run")
 	trace := flag.Bool("trace", false, "write the protocol exchange to stderr")
+	user := flag.String("user", "", "login name (default anonymous)")
+	pass := flag.String("pass", "nfhelper@example.com", "password")
 	flag.Parse()
-	if err := run(*addr, *mode, *files, *n, *timeout, *total, *trace); err != nil {
+	if err := run(*addr, *mode, *files, *n, *timeout, *total, *trace, *user, *pass); err != nil {
 		fmt.Fprintln(os.Stderr, "ftpget:", err)
 		os.Exit(1)
 	}
 }
 
-func run(addr, modeName, fileList string, n int, timeout, total time.Duration, trace bool) error {
+func run(addr, modeName, fileList string, n int, timeout, total time.Duration, trace bool, user, pass string) error {
 	if addr == "" {
 		return fmt.Errorf("-addr is required")
 	}
@@ -82,7 +84,7 @@ func run(addr, modeName, fileList string, n int, timeout, total time.Duration, t
 	if trace {
 		c.Trace = os.Stderr
 	}
-	if err := c.Login(ctx, "", ""); err != nil {
+	if err := c.Login(ctx, user, pass); err != nil {
 		return fmt.Errorf("login: %w", err)
 	}
 	enc := json.NewEncoder(os.Stdout)

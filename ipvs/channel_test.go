@@ -1,0 +1,116 @@
+package ipvs
+
+import (
+	"bytes"
+	"net/netip"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// portHelper opens a passive channel for each server line "P <port>" and
+// rewrites the port when the core chose another.
+type portHelper struct{ s *Session }
+
+func (portHelper) Name() string                          { return "port" }
+func (portHelper) Bind(s *Session, _ *Policy) ConnHelper { return portHelper{s} }
+
+func (h portHelper) Inspect(dir Direction, data []byte, fixed int, fin bool, r *Result) {
+	if dir != FromServer || !bytes.HasPrefix(data, []byte("P ")) || !bytes.HasSuffix(data, []byte("\n")) {
+		return
+	}
+	text := data[2 : len(data)-1]
+	port, err := strconv.Atoi(string(text))
+	if err != nil {
+		return
+	}
+	vip, ok := r.OpenPassive(netip.AddrPortFrom(h.s.Server.Addr(), uint16(port)))
+	if ok && int(vip.Port()) != port {
+		r.Replace(2, len(text), strconv.AppendUint(nil, uint64(vip.Port()), 10))
+	}
+}
+
+func portEngine(t *testing.T, pol Policy) *Engine {
+	t.Helper()
+	rs := []*RealServer{{Addr: rs1, Weight: 1, Mark: 1 << 16}, {Addr: ap("10.0.0.12:21"), Weight: 1, Mark: 2 << 16}}
+	svc, err := NewService("port", vip, "rr", portHelper{}, rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.Policy = pol
+	return NewEngine([]*Service{svc}, 0x00ff0000)
+}
+
+// announce opens a control connection from cl and has its server announce port.
+func announce(t *testing.T, e *Engine, w *Worker, cl netip.AddrPort, isn uint32, port string) Verdict {
+	t.Helper()
+	w.Process(seg(cl, vip, 100, 0, syn, ""), 0)
+	c := e.Table.LookupVIP(cl, vip)
+	w.Process(seg(c.Server, cl, isn, 101, syn|ack, ""), 0)
+	return w.Process(seg(c.Server, cl, isn+1, 101, pshAck, "P "+port+"\n"), 0)
+}
+
+func TestPassivePortCollision(t *testing.T) {
+	e := portEngine(t, DefaultPolicy)
+	w := e.NewWorker()
+	v1 := announce(t, e, w, client, 1000, "40000")
+	if len(v1.Open) != 1 || v1.Open[0].VIP.Port() != 40000 || v1.Packet != nil {
+		t.Fatalf("first announcement: %+v", v1)
+	}
+	// The same client address, another control connection (another user
+	// behind the same NAT), whose server picked the same port.
+	v2 := announce(t, e, w, ap("203.0.113.2:40001"), 2000, "40000")
+	if len(v2.Open) != 1 || v2.Open[0].VIP.Port() != 40001 || v2.Open[0].Server.Port() != 40000 {
+		t.Fatalf("colliding announcement: %+v", v2.Open)
+	}
+	if got := payloadOf(t, v2.Packet); got != "P 40001\n" {
+		t.Errorf("collision not rewritten: %q", got)
+	}
+	// Another client address does not collide.
+	v3 := announce(t, e, w, ap("203.0.113.3:40000"), 3000, "40000")
+	if len(v3.Open) != 1 || v3.Open[0].VIP.Port() != 40000 {
+		t.Errorf("other client: %+v", v3.Open)
+	}
+	// Service ports on the VIP are never handed out.
+	v4 := announce(t, e, w, ap("203.0.113.4:40000"), 4000, "21")
+	if len(v4.Open) != 1 || v4.Open[0].VIP.Port() == 21 {
+		t.Errorf("VIP service port announced: %+v", v4.Open)
+	}
+}
+
+func TestChannelLimitEvictsOldest(t *testing.T) {
+	e := portEngine(t, Policy{MaxChannels: 1, ChannelTimeout: time.Minute})
+	w := e.NewWorker()
+	announce(t, e, w, client, 1000, "40000")
+	c := e.Table.LookupVIP(client, vip)
+	v := w.Process(seg(c.Server, client, 1009, 101, pshAck, "P 40002\n"), 0)
+	if len(v.Open) != 1 || len(v.Close) != 1 || v.Close[0].VIP.Port() != 40000 {
+		t.Fatalf("second channel: open %+v close %+v", v.Open, v.Close)
+	}
+	if e.Stats.Evicted.Load() != 1 {
+		t.Errorf("evicted = %d", e.Stats.Evicted.Load())
+	}
+	// The evicted port is free again for another connection of the client.
+	v2 := announce(t, e, w, ap("203.0.113.2:40001"), 2000, "40000")
+	if len(v2.Open) != 1 || v2.Open[0].VIP.Port() != 40000 {
+		t.Errorf("released port not reused: %+v", v2.Open)
+	}
+}
+
+func TestExpiredConnectionReleasesClaims(t *testing.T) {
+	e := portEngine(t, DefaultPolicy)
+	w := e.NewWorker()
+	announce(t, e, w, client, 1000, "40000")
+	if n := e.Table.Expire(now() + int64(time.Hour)); n != 1 {
+		t.Fatalf("expired %d connections", n)
+	}
+	if len(e.channels.passive) != 0 {
+		t.Errorf("claims left: %v", e.channels.passive)
+	}
+}
+
+func payloadOf(t *testing.T, b []byte) string {
+	t.Helper()
+	_, p := (&tconn{t: t}).out(Verdict{Packet: b}, nil)
+	return p
+}

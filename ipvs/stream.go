@@ -1,0 +1,165 @@
+package ipvs
+
+import "github.com/nfhelper/nfhelper/nfq"
+
+// maxEditText bounds one edit's replacement text, so that a stream records
+// its edits without allocating.
+const maxEditText = 32
+
+// maxEdits bounds the edits a stream remembers for retransmissions; older
+// ones are folded into the base offset.
+const maxEdits = 16
+
+// streamEdit is one rewrite of a stream, in the sender's sequence space.
+type streamEdit struct {
+	pos    uint32 // first replaced byte
+	oldLen uint32
+	n      uint8
+	text   [maxEditText]byte
+	cum    int32 // the stream's total offset after this edit
+}
+
+func (e *streamEdit) end() uint32     { return e.pos + e.oldLen }
+func (e *streamEdit) delta() int32    { return int32(e.n) - int32(e.oldLen) }
+func (e *streamEdit) newText() []byte { return e.text[:e.n] }
+
+// stream is one direction of a helped connection: where its helper has read
+// to, what it carries and withholds, and the edits that map the sender's
+// sequence numbers ("input") to what the receiver sees ("output"). Output
+// position of an input position x at a segment boundary is x + off(x).
+type stream struct {
+	synced   bool   // next is known (the SYN was seen)
+	stopped  bool   // the helper ended inspection
+	next     uint32 // first input byte not yet presented to the helper
+	carry    []byte // input [next-len(carry), next), presented again
+	hold     int    // trailing bytes of carry not yet delivered
+	last     byte   // the last byte delivered, to elicit an ACK
+	haveLast bool
+	// rel is input [relFrom, relFrom+len(rel)): bytes withheld earlier and
+	// delivered since, which the sender was told had arrived and so resends
+	// only from their end; kept until the receiver acknowledges them.
+	rel     []byte
+	relFrom uint32
+	base    int32 // offset of edits folded away
+	edits   []streamEdit
+}
+
+// start begins the stream at the first data byte after the SYN.
+func (st *stream) start(isn uint32) {
+	if st.synced && st.next == isn+1 {
+		return // a retransmitted SYN
+	}
+	*st = stream{synced: true, next: isn + 1, carry: st.carry[:0], edits: st.edits[:0], rel: st.rel[:0]}
+}
+
+// heldFrom is the input position of the first withheld byte.
+func (st *stream) heldFrom() uint32 { return st.next - uint32(st.hold) }
+
+// off is the offset at input position x, which must not lie inside an edit.
+func (st *stream) off(x uint32) int32 {
+	for i := len(st.edits) - 1; i >= 0; i-- {
+		if e := &st.edits[i]; !nfq.SeqAfter(e.end(), x) {
+			return e.cum
+		}
+	}
+	return st.base
+}
+
+// input maps an output position acknowledged by the receiver back to input.
+// Inside replaced text it answers the text's start: the sender resends the
+// whole edited text rather than believe unsent bytes arrived.
+func (st *stream) input(y uint32) uint32 {
+	for i := len(st.edits) - 1; i >= 0; i-- {
+		e := &st.edits[i]
+		outEnd := e.end() + uint32(e.cum)
+		if !nfq.SeqBefore(y, outEnd) {
+			return y - uint32(e.cum)
+		}
+		if outStart := e.pos + uint32(e.cum-e.delta()); nfq.SeqAfter(y, outStart) {
+			return e.pos
+		}
+	}
+	return y - uint32(st.base)
+}
+
+// acked maps the receiver's cumulative ACK to input. An ACK of everything
+// delivered also covers what is withheld: the sender must go on sending
+// (Nagle waits for it), and the withheld bytes go out with its next segment.
+func (st *stream) acked(y uint32) uint32 {
+	x := st.input(y)
+	if st.hold > 0 && x == st.heldFrom() {
+		return st.next
+	}
+	return x
+}
+
+// prune forgets edits that end before input x, which the receiver has
+// acknowledged: the sender never retransmits before it.
+func (st *stream) prune(x uint32) {
+	if len(st.rel) > 0 && !nfq.SeqBefore(x, st.relFrom+uint32(len(st.rel))) {
+		st.rel = st.rel[:0]
+	}
+	n := 0
+	for n < len(st.edits) && !nfq.SeqAfter(st.edits[n].end(), x) {
+		n++
+	}
+	st.fold(n)
+}
+
+func (st *stream) fold(n int) {
+	if n == 0 {
+		return
+	}
+	st.base = st.edits[n-1].cum
+	st.edits = st.edits[:copy(st.edits, st.edits[n:])]
+}
+
+// record notes an edit at input pos; false if its text is too long to keep.
+func (st *stream) record(pos uint32, oldLen int, text []byte) bool {
+	if len(text) > maxEditText {
+		return false
+	}
+	if st.edits == nil {
+		st.edits = make([]streamEdit, 0, maxEdits)
+	}
+	if len(st.edits) == maxEdits {
+		st.fold(1)
+	}
+	cum := st.base
+	if len(st.edits) > 0 {
+		cum = st.edits[len(st.edits)-1].cum
+	}
+	e := streamEdit{pos: pos, oldLen: uint32(oldLen), n: uint8(len(text))}
+	copy(e.text[:], text)
+	e.cum = cum + e.delta()
+	st.edits = append(st.edits, e)
+	return true
+}
+
+// replay appends to dst the output for input bytes data starting at seq,
+// which were delivered before, with the recorded edits applied. A segment
+// that ends inside an edit is cut before it (trimmed); one that starts inside
+// an edit cannot be mapped (ok false).
+func (st *stream) replay(dst []byte, seq uint32, data []byte) (out []byte, trimmed, ok bool) {
+	end := seq + uint32(len(data))
+	cur := seq
+	for i := range st.edits {
+		e := &st.edits[i]
+		if !nfq.SeqAfter(e.end(), seq) {
+			continue
+		}
+		if !nfq.SeqBefore(e.pos, end) {
+			break
+		}
+		if nfq.SeqBefore(e.pos, seq) {
+			return dst, false, false
+		}
+		dst = append(dst, data[cur-seq:e.pos-seq]...)
+		if nfq.SeqAfter(e.end(), end) {
+			return dst, true, true
+		}
+		dst = append(dst, e.newText()...)
+		cur = e.end()
+	}
+	return append(dst, data[cur-seq:]...), false, true
+}

@@ -1,0 +1,296 @@
+package ipvs
+
+import (
+	"bytes"
+	"net/netip"
+	"testing"
+
+	"github.com/nfhelper/nfhelper/nfq"
+	"github.com/nfhelper/nfhelper/nfq/nfqtest"
+)
+
+// lineHelper is a stand-in helper: a server line "R <word>" is rewritten to
+// "R " + repl, and an incomplete server line starting with "R" is withheld.
+type lineHelper struct{ repl string }
+
+func (h lineHelper) Name() string                      { return "line" }
+func (h lineHelper) Bind(*Session, *Policy) ConnHelper { return h }
+
+func (h lineHelper) Inspect(dir Direction, data []byte, fixed int, fin bool, r *Result) {
+	if dir != FromServer {
+		return
+	}
+	for off := 0; off < len(data); {
+		n := bytes.IndexByte(data[off:], '\n')
+		if n < 0 {
+			if data[off] == 'R' && !fin && off >= fixed {
+				r.Carry, r.Hold = len(data)-off, len(data)-off
+			}
+			return
+		}
+		if off >= fixed && bytes.HasPrefix(data[off:], []byte("R ")) {
+			r.Replace(off+2, n-2, []byte(h.repl))
+		}
+		off += n + 1
+	}
+}
+
+var (
+	ap     = netip.MustParseAddrPort
+	client = ap("203.0.113.2:40000")
+	vip    = ap("198.51.100.10:21")
+	rs1    = ap("10.0.0.11:21")
+)
+
+const (
+	syn    = nfq.FlagSYN
+	ack    = nfq.FlagACK
+	pshAck = nfq.FlagPSH | nfq.FlagACK
+	finAck = nfq.FlagFIN | nfq.FlagACK
+)
+
+type tconn struct {
+	t    testing.TB
+	e    *Engine
+	w    *Worker
+	sISN uint32 // server's initial sequence number
+}
+
+// newConn sets up a helped connection with the server's stream starting at
+// sISN+1 and the client's at 101.
+func newConn(t testing.TB, repl string, sISN uint32) *tconn {
+	t.Helper()
+	svc, err := NewService("line", vip, "rr", lineHelper{repl}, []*RealServer{{Addr: rs1, Weight: 1, Mark: 1 << 16}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := NewEngine([]*Service{svc}, 0x00ff0000)
+	c := &tconn{t: t, e: e, w: e.NewWorker(), sISN: sISN}
+	if v := c.w.Process(seg(client, vip, 100, 0, syn, ""), 0); !v.SetMark {
+		t.Fatal("SYN not scheduled")
+	}
+	if v := c.server(sISN, syn|ack, ""); v.Packet != nil || v.Drop {
+		t.Fatal("SYN-ACK altered")
+	}
+	return c
+}
+
+func seg(src, dst netip.AddrPort, seq, ackn uint32, flags uint8, payload string, opts ...byte) []byte {
+	return nfqtest.Build(nfqtest.Segment{Src: src, Dst: dst, Seq: seq, Ack: ackn, Flags: flags, Payload: []byte(payload), Options: opts})
+}
+
+func (c *tconn) server(seq uint32, flags uint8, payload string) Verdict {
+	return c.w.Process(seg(rs1, client, seq, 101, flags, payload), 0)
+}
+
+func (c *tconn) clientAck(ackn uint32, opts ...byte) Verdict {
+	return c.w.Process(seg(client, rs1, 101, ackn, ack, "", opts...), 0)
+}
+
+// out is what the receiver gets: seq, payload and flags.
+func (c *tconn) out(v Verdict, orig []byte) (uint32, string) {
+	c.t.Helper()
+	if v.Drop {
+		c.t.Fatal("dropped")
+	}
+	b := orig
+	if v.Packet != nil {
+		b = v.Packet
+	}
+	var p nfq.Packet
+	if err := nfq.Parse(b, &p); err != nil {
+		c.t.Fatal(err)
+	}
+	if !p.TCPChecksumValid() {
+		c.t.Fatal("bad TCP checksum")
+	}
+	return p.TCP().Seq(), string(p.PayloadBytes())
+}
+
+func (c *tconn) send(seq uint32, payload string) (uint32, string) {
+	c.t.Helper()
+	pkt := seg(rs1, client, seq, 101, pshAck, payload)
+	return c.out(c.w.Process(pkt, 0), pkt)
+}
+
+func (c *tconn) acked(v Verdict, orig []byte) uint32 {
+	c.t.Helper()
+	b := orig
+	if v.Packet != nil {
+		b = v.Packet
+	}
+	var p nfq.Packet
+	nfq.Parse(b, &p)
+	return p.TCP().Ack()
+}
+
+func (c *tconn) ack(ackn uint32, opts ...byte) uint32 {
+	c.t.Helper()
+	pkt := seg(client, rs1, 101, ackn, ack, "", opts...)
+	return c.acked(c.w.Process(pkt, 0), pkt)
+}
+
+func TestStreamRewriteAndMap(t *testing.T) {
+	const isn = 5000
+	c := newConn(t, "longer-text", isn)
+	s := uint32(isn + 1)
+	line := "R short\r\n" // "short\r" -> "longer-text": +5 bytes (the \r is part of the word)
+	gotSeq, got := c.send(s, "220 hi\r\n")
+	if gotSeq != s || got != "220 hi\r\n" {
+		t.Fatalf("untouched line: %d %q", gotSeq, got)
+	}
+	s += 8
+	gotSeq, got = c.send(s, line)
+	if gotSeq != s || got != "R longer-text\n" {
+		t.Fatalf("rewrite: %d %q", gotSeq, got)
+	}
+	grow := uint32(len("R longer-text\n") - len(line))
+	next := s + uint32(len(line))
+	if gotSeq, _ := c.send(next, "200 ok\r\n"); gotSeq != next+grow {
+		t.Errorf("next segment at %d, want %d", gotSeq, next+grow)
+	}
+	// The rewritten segment retransmitted: identical output.
+	if gotSeq, got := c.send(s, line); gotSeq != s || got != "R longer-text\n" {
+		t.Errorf("retransmission: %d %q", gotSeq, got)
+	}
+	// An earlier segment retransmitted keeps its old offset.
+	if gotSeq, got := c.send(isn+1, "220 hi\r\n"); gotSeq != isn+1 || got != "220 hi\r\n" {
+		t.Errorf("earlier retransmission: %d %q", gotSeq, got)
+	}
+	// ACKs: before the rewrite, covering it, and with SACK beyond it.
+	if a := c.ack(s); a != s {
+		t.Errorf("ack before the rewritten line mapped to %d", a)
+	}
+	if a := c.ack(next + grow); a != next {
+		t.Errorf("ack covering the rewritten line mapped to %d, want %d", a, next)
+	}
+	pkt := seg(client, rs1, 101, s, ack, "", nfqtest.SACK(next+grow, next+grow+8)...)
+	v := c.w.Process(pkt, 0)
+	var p nfq.Packet
+	nfq.Parse(v.Packet, &p)
+	if !bytes.Equal(p.TCP().Options(), nfqtest.SACK(next, next+8)) || !p.TCPChecksumValid() {
+		t.Errorf("SACK not mapped: % x", p.TCP().Options())
+	}
+}
+
+func TestStreamSplitLineWithheld(t *testing.T) {
+	const isn = 7000
+	c := newConn(t, "0123456789", isn)
+	s := uint32(isn + 1)
+	// "R ab" is withheld; the rest of segment 1 goes now.
+	gotSeq, got := c.send(s, "1 x\nR ab")
+	if gotSeq != s || got != "1 x\n" {
+		t.Fatalf("segment 1: %d %q", gotSeq, got)
+	}
+	// The client acknowledges all it got: the sender is told the withheld
+	// bytes arrived too, so that Nagle lets it send the rest.
+	if a := c.ack(s + 4); a != s+8 {
+		t.Errorf("ack of delivered bytes mapped to %d, want %d", a, s+8)
+	}
+	// Segment 1 retransmitted: the same, still withholding.
+	if gotSeq, got := c.send(s, "1 x\nR ab"); gotSeq != s || got != "1 x\n" {
+		t.Errorf("retransmitted segment 1: %d %q", gotSeq, got)
+	}
+	// Segment 2 completes the line: the withheld bytes go with it, rewritten.
+	gotSeq, got = c.send(s+8, "c\n")
+	if gotSeq != s+4 || got != "R 0123456789\n" {
+		t.Fatalf("segment 2: %d %q", gotSeq, got)
+	}
+	// "abc" -> "0123456789": +7.
+	if gotSeq, _ := c.send(s+10, "2 y\n"); gotSeq != s+10+7 {
+		t.Errorf("after the split line: seq %d, want %d", gotSeq, s+17)
+	}
+	// Segment 2 resent alone (its output was lost): the sender believes
+	// "R ab" delivered, so they are resent with it, rewritten the same way.
+	if gotSeq, got := c.send(s+8, "c\n"); gotSeq != s+4 || got != "R 0123456789\n" {
+		t.Errorf("segment 2 resent: %d %q", gotSeq, got)
+	}
+	// Once the receiver acknowledges the line, those bytes are let go.
+	if a := c.ack(s + 4 + 13); a != s+10 {
+		t.Errorf("ack of the line mapped to %d, want %d", a, s+10)
+	}
+}
+
+func TestStreamFullyWithheldRepeatsLastByte(t *testing.T) {
+	const isn = 9000
+	c := newConn(t, "xy", isn)
+	s := uint32(isn + 1)
+	c.send(s, "1 x\n")
+	pkt := seg(rs1, client, s+4, 101, pshAck, "R a")
+	v := c.w.Process(pkt, 0)
+	gotSeq, got := c.out(v, pkt)
+	if gotSeq != s+3 || got != "\n" {
+		t.Fatalf("fully withheld segment became %d %q, want the last delivered byte again", gotSeq, got)
+	}
+	gotSeq, got = c.send(s+7, "b\n")
+	if gotSeq != s+4 || got != "R xy\n" {
+		t.Fatalf("completion: %d %q", gotSeq, got)
+	}
+}
+
+func TestStreamFINFlushesWithheld(t *testing.T) {
+	const isn = 100
+	c := newConn(t, "xy", isn)
+	s := uint32(isn + 1)
+	c.send(s, "R a")
+	pkt := seg(rs1, client, s+3, 101, finAck, "")
+	gotSeq, got := c.out(c.w.Process(pkt, 0), pkt)
+	if gotSeq != s || got != "R a" {
+		t.Fatalf("FIN: %d %q, want the withheld bytes delivered with it", gotSeq, got)
+	}
+}
+
+func TestStreamOutOfOrderDropped(t *testing.T) {
+	const isn = 100
+	c := newConn(t, "xy", isn)
+	s := uint32(isn + 1)
+	if v := c.server(s+10, pshAck, "R b\n"); !v.Drop {
+		t.Fatal("a segment after a gap was passed before its line start was known")
+	}
+	if gotSeq, got := c.send(s, "0123456789"); gotSeq != s || got != "0123456789" {
+		t.Fatalf("gap filled: %d %q", gotSeq, got)
+	}
+	if _, got := c.send(s+10, "R b\n"); got != "R xy\n" {
+		t.Errorf("resent segment: %q", got)
+	}
+	if c.e.Stats.Dropped.Load() != 1 {
+		t.Errorf("dropped = %d", c.e.Stats.Dropped.Load())
+	}
+	// A jump far ahead is a lost stream, passed on unread.
+	if v := c.server(s+maxGap*2, pshAck, "R c\n"); v.Drop {
+		t.Error("far jump dropped")
+	}
+}
+
+func TestStreamWraparound(t *testing.T) {
+	isn := uint32(0xfffffff0)
+	c := newConn(t, "0123456789", isn)
+	s := isn + 1
+	c.send(s, "0123456789ab\n") // 13 bytes, ends past zero
+	line := uint32(13)
+	if gotSeq, got := c.send(s+line, "R abc\n"); gotSeq != s+line || got != "R 0123456789\n" {
+		t.Fatalf("rewrite across zero: %d %q", gotSeq, got)
+	}
+	if gotSeq, _ := c.send(s+line+6, "x\n"); gotSeq != s+line+6+7 {
+		t.Errorf("after: %#x", gotSeq)
+	}
+	if a := c.ack(s + line + 6 + 7); a != s+line+6 {
+		t.Errorf("ack %#x, want %#x", a, s+line+6)
+	}
+}
+
+func TestStreamSteadyStateDoesNotAllocate(t *testing.T) {
+	const isn = 100
+	c := newConn(t, "0123456789", isn)
+	s := uint32(isn + 1)
+	c.send(s, "R abc\n")
+	rewritten := seg(rs1, client, s, 101, pshAck, "R abc\n")
+	later := seg(rs1, client, s+6, 101, pshAck, "250 ok\r\n")
+	c.w.Process(later, 0)
+	clientAck := seg(client, rs1, 101, s+6+7, ack, "", nfqtest.SACK(s+100, s+200)...)
+	for name, pkt := range map[string][]byte{"rewritten retransmission": rewritten, "shifted": later, "mapped ack": clientAck} {
+		if n := testing.AllocsPerRun(200, func() { c.w.Process(pkt, 0) }); n != 0 {
+			t.Errorf("%s: %.1f allocations per packet", name, n)
+		}
+	}
+}
