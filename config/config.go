@@ -21,7 +21,35 @@ var ErrInvalid = errors.New("invalid configuration")
 // Config is the whole file.
 type Config struct {
 	Services []Service `yaml:"services"`
+	Helpers  []AddOn   `yaml:"helpers"`
 	Queue    Queue     `yaml:"queue"`
+}
+
+// AddOn binds a helper to connections the user's own rules translate (a
+// port forward, the user's own balancing): nfhelperd only helps them.
+type AddOn struct {
+	Name          string `yaml:"name"`
+	Helper        string `yaml:"helper"`
+	Match         Match  `yaml:"match"`
+	ChannelPolicy `yaml:",inline"`
+
+	MatchAddr netip.AddrPort `yaml:"-"`
+}
+
+// Match selects an add-on's connections.
+type Match struct {
+	// Destination is the address and port clients connect to, before the
+	// user's DNAT.
+	Destination string `yaml:"destination"`
+}
+
+// ChannelPolicy is the data-channel policy of a service or add-on (see
+// ipvs.Policy).
+type ChannelPolicy struct {
+	Loose              bool           `yaml:"loose"`
+	AllowLowPorts      bool           `yaml:"allow_low_ports"`
+	MaxDataChannels    *int           `yaml:"max_data_channels"`    // default 1
+	DataChannelTimeout *time.Duration `yaml:"data_channel_timeout"` // default 300s
 }
 
 // Queue chooses the NFQUEUE numbers the daemon binds.
@@ -32,23 +60,18 @@ type Queue struct {
 
 // Service is one virtual service.
 type Service struct {
-	Name        string       `yaml:"name"`
-	VIP         string       `yaml:"vip"`
-	Scheduler   string       `yaml:"scheduler"`
-	Helper      string       `yaml:"helper"`
-	RealServers []RealServer `yaml:"real_servers"`
-
-	// Data-channel policy (see ipvs.Policy).
-	Loose              bool           `yaml:"loose"`
-	AllowLowPorts      bool           `yaml:"allow_low_ports"`
-	MaxDataChannels    *int           `yaml:"max_data_channels"`    // default 1
-	DataChannelTimeout *time.Duration `yaml:"data_channel_timeout"` // default 300s
+	Name          string       `yaml:"name"`
+	VIP           string       `yaml:"vip"`
+	Scheduler     string       `yaml:"scheduler"`
+	Helper        string       `yaml:"helper"`
+	RealServers   []RealServer `yaml:"real_servers"`
+	ChannelPolicy `yaml:",inline"`
 
 	VIPAddr netip.AddrPort `yaml:"-"`
 }
 
-// Policy is the service's data-channel policy with defaults applied.
-func (s *Service) Policy() ipvs.Policy {
+// Policy is the data-channel policy with defaults applied.
+func (s *ChannelPolicy) Policy() ipvs.Policy {
 	p := ipvs.DefaultPolicy
 	p.Loose, p.AllowLowPorts = s.Loose, s.AllowLowPorts
 	if s.MaxDataChannels != nil {
@@ -111,8 +134,8 @@ func (c *Config) validate() error {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
 	}
-	if len(c.Services) == 0 {
-		return bad("no services")
+	if len(c.Services) == 0 && len(c.Helpers) == 0 {
+		return bad("no services and no helpers")
 	}
 	names := map[string]bool{}
 	vips := map[netip.AddrPort]string{}
@@ -146,11 +169,8 @@ func (c *Config) validate() error {
 				return bad("service %s: unknown helper %q (have %v)", s.Name, s.Helper, ipvs.HelperNames())
 			}
 		}
-		if m := s.MaxDataChannels; m != nil && (*m < 1 || *m > 64) {
-			return bad("service %s: max_data_channels %d out of 1..64", s.Name, *m)
-		}
-		if d := s.DataChannelTimeout; d != nil && (*d < time.Second || *d > 24*time.Hour) {
-			return bad("service %s: data_channel_timeout %s out of 1s..24h", s.Name, *d)
+		if err := s.ChannelPolicy.validate(); err != nil {
+			return bad("service %s: %v", s.Name, err)
 		}
 		if len(s.RealServers) == 0 {
 			return bad("service %s: no real_servers", s.Name)
@@ -176,8 +196,43 @@ func (c *Config) validate() error {
 			total++
 		}
 	}
-	if total > MaxRealServers {
-		return bad("%d real servers; at most %d", total, MaxRealServers)
+	if total+len(c.Helpers) > MaxRealServers {
+		return bad("%d real servers and %d helpers; at most %d together", total, len(c.Helpers), MaxRealServers)
+	}
+	for i := range c.Helpers {
+		h := &c.Helpers[i]
+		if h.Name == "" {
+			return bad("helpers[%d]: name is empty", i)
+		}
+		if names[h.Name] {
+			return bad("helper %s: name used twice", h.Name)
+		}
+		names[h.Name] = true
+		if _, ok := ipvs.LookupHelper(h.Helper); !ok {
+			return bad("helper %s: unknown helper %q (have %v)", h.Name, h.Helper, ipvs.HelperNames())
+		}
+		ap, err := netip.ParseAddrPort(h.Match.Destination)
+		if err != nil || ap.Port() == 0 || ap.Addr().Zone() != "" {
+			return bad("helper %s: match destination %q is not an address:port", h.Name, h.Match.Destination)
+		}
+		h.MatchAddr = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		if other, dup := vips[h.MatchAddr]; dup {
+			return bad("helper %s: destination %s already used by %s", h.Name, h.MatchAddr, other)
+		}
+		vips[h.MatchAddr] = h.Name
+		if err := h.ChannelPolicy.validate(); err != nil {
+			return bad("helper %s: %v", h.Name, err)
+		}
+	}
+	return nil
+}
+
+func (p *ChannelPolicy) validate() error {
+	if m := p.MaxDataChannels; m != nil && (*m < 1 || *m > 64) {
+		return fmt.Errorf("max_data_channels %d out of 1..64", *m)
+	}
+	if d := p.DataChannelTimeout; d != nil && (*d < time.Second || *d > 24*time.Hour) {
+		return fmt.Errorf("data_channel_timeout %s out of 1s..24h", *d)
 	}
 	return nil
 }

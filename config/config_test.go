@@ -3,6 +3,7 @@ package config_test
 import (
 	"errors"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -38,7 +39,11 @@ func TestReference(t *testing.T) {
 func TestInvalid(t *testing.T) {
 	const rs = "\n    real_servers:\n      - address: 10.0.0.11:21"
 	cases := []struct{ name, yaml, want string }{
-		{"empty", "", "no services"},
+		{"empty", "", "no services and no helpers"},
+		{"add-on without match", "helpers:\n  - name: h\n    helper: ftp", `match destination ""`},
+		{"add-on unknown helper", "helpers:\n  - name: h\n    helper: sip\n    match:\n      destination: 198.51.100.20:21", `unknown helper "sip"`},
+		{"add-on on a VIP", "services:\n  - name: a\n    vip: 198.51.100.10:21" + rs + "\nhelpers:\n  - name: h\n    helper: ftp\n    match:\n      destination: 198.51.100.10:21", "already used by a"},
+		{"add-on unknown key", "helpers:\n  - name: h\n    helper: ftp\n    match:\n      source: 198.51.100.20:21", "field source not found"},
 		{"unknown key", "services:\n  - name: a\n    vip: 198.51.100.10:21\n    colour: red" + rs, "field colour not found"},
 		{"bad vip", "services:\n  - name: a\n    vip: 198.51.100.300:21" + rs, `vip "198.51.100.300:21"`},
 		{"vip without port", "services:\n  - name: a\n    vip: 198.51.100.10" + rs, "not an address:port"},
@@ -77,6 +82,30 @@ func TestPolicy(t *testing.T) {
 	ref, _ := config.Load("testdata/reference.yaml")
 	if p := ref.Services[0].Policy(); p != ipvs.DefaultPolicy {
 		t.Errorf("default policy %+v", p)
+	}
+}
+
+func TestAddOn(t *testing.T) {
+	// As issue 4 writes it, alone and beside services.
+	const addOn = `helpers:
+  - name: router-ftp
+    helper: ftp
+    match:
+      destination: 198.51.100.20:21   # the address and port the user's own rules DNAT
+`
+	ref, err := os.ReadFile("testdata/reference.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, doc := range map[string]string{"alone": addOn, "beside services": string(ref) + addOn} {
+		c, err := config.Parse([]byte(doc))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		h := c.Helpers[0]
+		if h.Name != "router-ftp" || h.Helper != "ftp" || h.MatchAddr != netip.MustParseAddrPort("198.51.100.20:21") || h.Policy() != ipvs.DefaultPolicy {
+			t.Errorf("%s: %+v", name, h)
+		}
 	}
 }
 

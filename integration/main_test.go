@@ -47,6 +47,9 @@ var harness struct {
 
 	// Why a server kind is not running ("" when it is).
 	noProFTPD, noPureFTPD, noQuirky string
+	// Why the add-on helpers (addonConfig) are left out of the config ("" when
+	// they are in it).
+	noAddon string
 
 	mu      sync.Mutex
 	daemon  *topo.Daemon
@@ -126,7 +129,14 @@ func runMain(m *testing.M) int {
 	harness.tp = tp
 	startExtraServers(tp)
 	harness.config = filepath.Join(tp.Dir, "nfhelper-test.yaml")
-	if err := os.WriteFile(harness.config, []byte(testConfig), 0o644); err != nil {
+	config := testConfig + addonConfig
+	switch strings.ToLower(os.Getenv("NFH_ADDON")) {
+	case "0", "no", "off", "false":
+		harness.noAddon = "add-on helpers left out of the test config (NFH_ADDON=" + os.Getenv("NFH_ADDON") + ")"
+		config = testConfig
+		fmt.Println("NOTE:", harness.noAddon, "- tests through the WAN addresses will be skipped")
+	}
+	if err := os.WriteFile(harness.config, []byte(config), 0o644); err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL:", err)
 		return 1
 	}
@@ -167,6 +177,21 @@ const testConfig = topo.ReferenceConfig + `  - name: proftpd
     helper: ftp
     real_servers:
       - address: "[fd00::11]:2321"
+`
+
+// addonConfig is the add-on part of the test config: nfhelperd only helps FTP
+// control connections that the user's own ruleset port-forwards from the
+// router's WAN addresses (topo.WAN4, topo.WAN6) to rs2; see wan_addon_test.go.
+// NFH_ADDON=0 leaves it out (for a daemon without add-on mode).
+const addonConfig = `helpers:
+  - name: router-ftp
+    helper: ftp
+    match:
+      destination: 198.51.100.20:21
+  - name: router-ftp6
+    helper: ftp
+    match:
+      destination: "[2001:db8:1::20]:21"
 `
 
 // startExtraServers starts proftpd, pure-ftpd and quirkyftpd next to vsftpd.

@@ -16,14 +16,22 @@ const (
 	// ChannelActive: the real server Server.Addr() connects to Client; the kernel
 	// must make it leave with source address VIP.Addr() (SNAT).
 	ChannelActive
+	// ChannelWatch is no data channel: it asks the datapath to queue the
+	// packets of real server Server, learned in add-on mode.
+	ChannelWatch
 )
 
 // Channel is a data connection the datapath must allow.
 type Channel struct {
-	Kind    ChannelKind
-	Client  netip.AddrPort // passive: port 0 (any client port); active: the announced address and port
-	Server  netip.AddrPort // passive: the announced address and port; active: port 0 (any)
-	VIP     netip.AddrPort // passive: the port announced to the client; active: port 0 (keep)
+	Kind   ChannelKind
+	Client netip.AddrPort // passive: port 0 (any client port); active: the announced address and port
+	Server netip.AddrPort // passive: the announced address and port; active: port 0 (any)
+	VIP    netip.AddrPort // passive: the port announced to the client; active: port 0 (keep)
+	// NAT, where valid, is the client's translated address as the server
+	// sees it (the user's SNAT, in add-on mode). Passive: the data
+	// connection must reach the server from NAT's address too. Active: the
+	// server connects to NAT, which must lead to Client.
+	NAT     netip.AddrPort
 	Timeout time.Duration
 }
 
@@ -51,6 +59,9 @@ type passiveClaim struct {
 type channelTable struct {
 	mu      sync.Mutex
 	passive map[passiveKey]passiveClaim
+	// active claims, behind the user's SNAT: a port on the translated
+	// address for one server (client = the server's address here).
+	active map[passiveKey]passiveClaim
 }
 
 // maxPortTries bounds the search for a free VIP port.
@@ -68,7 +79,7 @@ func (w *Worker) OpenPassive(server netip.AddrPort) (netip.AddrPort, bool) {
 		key := passiveKey{c.Client.Addr(), netip.AddrPortFrom(c.VIP.Addr(), port)}
 		claim, taken := t.passive[key]
 		if e.services[key.vip] == nil && (!taken || claim.conn == c || claim.expires < at) {
-			ch := Channel{Kind: ChannelPassive, Client: netip.AddrPortFrom(key.client, 0), Server: server, VIP: key.vip, Timeout: pol.ChannelTimeout}
+			ch := Channel{Kind: ChannelPassive, Client: netip.AddrPortFrom(key.client, 0), Server: server, VIP: key.vip, NAT: c.ClientNAT, Timeout: pol.ChannelTimeout}
 			t.passive[key] = passiveClaim{conn: c, expires: at + int64(pol.ChannelTimeout)}
 			w.admit(c, ch)
 			return key.vip, true
@@ -83,15 +94,36 @@ func (w *Worker) OpenPassive(server netip.AddrPort) (netip.AddrPort, bool) {
 }
 
 // OpenActive implements ChannelOpener for the connection being processed.
-func (w *Worker) OpenActive(client netip.AddrPort) bool {
-	c := w.cur
-	w.e.channels.mu.Lock()
-	defer w.e.channels.mu.Unlock()
-	w.admit(c, Channel{
+func (w *Worker) OpenActive(client netip.AddrPort) (netip.AddrPort, bool) {
+	c, e, at := w.cur, w.e, w.now
+	t := &e.channels
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	ch := Channel{
 		Kind: ChannelActive, Client: client, Server: netip.AddrPortFrom(c.Server.Addr(), 0),
 		VIP: netip.AddrPortFrom(c.VIP.Addr(), 0), Timeout: c.Service.Policy.ChannelTimeout,
-	})
-	return true
+	}
+	if !c.ClientNAT.IsValid() {
+		w.admit(c, ch)
+		return client, true
+	}
+	// The server sees the client as ClientNAT: announce a port there that
+	// leads back to the client, the client's own where it is free.
+	port := client.Port()
+	for range maxPortTries {
+		key := passiveKey{c.Server.Addr(), netip.AddrPortFrom(c.ClientNAT.Addr(), port)}
+		if claim, taken := t.active[key]; !taken || claim.conn == c || claim.expires < at {
+			t.active[key] = passiveClaim{conn: c, expires: at + int64(ch.Timeout)}
+			ch.NAT = key.vip
+			w.admit(c, ch)
+			return key.vip, true
+		}
+		if port++; port < 1024 {
+			port = 1024
+		}
+	}
+	e.Stats.Refused[RefuseNoPort].Add(1)
+	return netip.AddrPort{}, false
 }
 
 // admit adds ch to the connection's open channels and to the verdict,
@@ -125,14 +157,17 @@ func (ch Channel) key() Channel {
 	return ch
 }
 
-// release drops c's claim on a passive channel's port; t.mu is held.
+// release drops c's claim on a channel's port; t.mu is held.
 func (t *channelTable) release(c *Conn, ch Channel) {
-	if ch.Kind != ChannelPassive {
-		return
+	claims, key := t.passive, passiveKey{ch.Client.Addr(), ch.VIP}
+	if ch.Kind == ChannelActive {
+		if !ch.NAT.IsValid() {
+			return
+		}
+		claims, key = t.active, passiveKey{ch.Server.Addr(), ch.NAT}
 	}
-	key := passiveKey{ch.Client.Addr(), ch.VIP}
-	if claim, ok := t.passive[key]; ok && claim.conn == c {
-		delete(t.passive, key)
+	if claim, ok := claims[key]; ok && claim.conn == c {
+		delete(claims, key)
 	}
 }
 

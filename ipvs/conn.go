@@ -1,6 +1,7 @@
 package ipvs
 
 import (
+	"net/netip"
 	"sync"
 	"time"
 
@@ -32,8 +33,11 @@ var stateTimeout = [...]time.Duration{
 // Conn is a balanced control connection.
 type Conn struct {
 	Session
-	Service *Service
-	Real    *RealServer
+	// ClientNAT is the client's address as the server sees it, where the
+	// user's rules SNAT it (add-on mode); invalid otherwise.
+	ClientNAT netip.AddrPort
+	Service   *Service
+	Real      *RealServer
 
 	mu      sync.Mutex
 	state   TCPState
@@ -60,19 +64,39 @@ func (c *Conn) Offset(dir Direction, seq uint32) int32 {
 
 // track advances the state by a packet's TCP flags; c.mu is held.
 func (c *Conn) track(flags uint8, now int64) {
+	next := c.state
 	switch {
 	case flags&nfq.FlagRST != 0:
-		c.state = StateClose
+		next = StateClose
 	case flags&nfq.FlagFIN != 0:
-		if c.state < StateFinWait {
-			c.state = StateFinWait
-		}
+		next = max(c.state, StateFinWait)
 	case flags&nfq.FlagSYN != 0:
 		// SYN and SYN-ACK keep the state.
 	case c.state == StateSynSent:
-		c.state = StateEstablished
+		next = StateEstablished
 	}
+	if (next == StateEstablished) != (c.state == StateEstablished) {
+		if next == StateEstablished {
+			c.Real.Active.Add(1)
+			c.Real.Inactive.Add(-1)
+		} else {
+			c.Real.Active.Add(-1)
+			c.Real.Inactive.Add(1)
+		}
+	}
+	c.state = next
 	c.expires = now + int64(stateTimeout[c.state])
+}
+
+// gone takes a connection leaving the table out of its server's counts.
+func (c *Conn) gone() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == StateEstablished {
+		c.Real.Active.Add(-1)
+	} else {
+		c.Real.Inactive.Add(-1)
+	}
 }
 
 var epoch = time.Now()

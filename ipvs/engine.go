@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"log/slog"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 
 	"github.com/nfhelper/nfhelper/nfq"
@@ -21,14 +22,29 @@ type Engine struct {
 	Stats    Stats
 	Log      *slog.Logger // refusals, rate-limited; nil: not logged
 	services map[netip.AddrPort]*Service
+	addOns   map[uint32]*Service // by mark bits
 	markMask uint32
 	channels channelTable
 	lastLog  [numRefusals]atomic.Int64
+
+	mu sync.Mutex
+	// watched are the learned servers whose packets the datapath queues.
+	watched map[netip.AddrPort]bool
+	// unnamed are add-on connections whose server reply has not come yet,
+	// by the server and the ACK number its SYN-ACK will carry: that reply
+	// shows the client's address after the user's SNAT, if any.
+	unnamed map[synAck]*Conn
+}
+
+type synAck struct {
+	server netip.AddrPort
+	ack    uint32
 }
 
 // Stats counts what the engine did.
 type Stats struct {
 	Packets, Unparsed, Scheduled, NoServer atomic.Uint64
+	Adopted, SNATLearned                   atomic.Uint64 // add-on connections; of those, behind the user's SNAT
 	Rewritten, Corrected, Held, Dropped    atomic.Uint64 // packets altered, shifted, withholding, dropped out of order
 	BadChecksum, HelperErrors, Unmappable  atomic.Uint64
 	Channels, Evicted, Stopped             atomic.Uint64 // data channels opened, evicted by the limit; inspections stopped (TLS)
@@ -38,13 +54,35 @@ type Stats struct {
 // NewEngine builds an engine for services; markMask holds the bits of the
 // packet mark that carry a scheduling decision.
 func NewEngine(services []*Service, markMask uint32) *Engine {
-	e := &Engine{Table: NewTable(), services: make(map[netip.AddrPort]*Service), markMask: markMask}
+	e := &Engine{
+		Table: NewTable(), services: make(map[netip.AddrPort]*Service), addOns: make(map[uint32]*Service), markMask: markMask,
+		watched: make(map[netip.AddrPort]bool), unnamed: make(map[synAck]*Conn),
+	}
 	e.channels.passive = make(map[passiveKey]passiveClaim)
-	e.Table.onRemove = e.channels.forget
+	e.channels.active = make(map[passiveKey]passiveClaim)
+	e.Table.onRemove = e.removed
 	for _, s := range services {
-		e.services[s.VIP] = s
+		if s.AddOn {
+			e.addOns[s.Mark&markMask] = s
+		} else {
+			e.services[s.VIP] = s
+		}
 	}
 	return e
+}
+
+// removed lets go of what a connection leaving the table held.
+func (e *Engine) removed(c *Conn) {
+	e.channels.forget(c)
+	if c.Service.AddOn {
+		e.mu.Lock()
+		for k, u := range e.unnamed {
+			if u == c {
+				delete(e.unnamed, k)
+			}
+		}
+		e.mu.Unlock()
+	}
 }
 
 // Verdict is what to do with a packet: drop it, or accept it with a new
@@ -89,18 +127,78 @@ func (w *Worker) Process(pkt []byte, mark uint32) Verdict {
 		return Verdict{}
 	}
 	src, dst := w.in.Src(), w.in.Dst()
+	const handshake = nfq.FlagSYN | nfq.FlagACK | nfq.FlagFIN | nfq.FlagRST
+	flags := w.in.TCP().Flags() & handshake
 	if svc := e.services[dst]; svc != nil {
-		const newConn = nfq.FlagSYN | nfq.FlagACK | nfq.FlagFIN | nfq.FlagRST
-		if w.in.TCP().Flags()&newConn != nfq.FlagSYN {
+		if flags != nfq.FlagSYN {
 			return Verdict{}
 		}
 		return w.schedule(svc, src, mark)
 	}
+	if svc := e.addOns[mark&e.markMask]; svc != nil {
+		v := Verdict{SetMark: true, Mark: mark &^ e.markMask}
+		if flags == nfq.FlagSYN {
+			w.adopt(svc, src, dst, &v)
+		}
+		return v
+	}
 	c, dir := e.Table.Lookup(src, dst)
+	if c == nil && flags == nfq.FlagSYN|nfq.FlagACK {
+		c, dir = w.named(src, dst), FromServer
+	}
 	if c == nil {
 		return Verdict{}
 	}
 	return w.help(c, dir)
+}
+
+// adopt takes over an add-on connection whose SYN, after the user's DNAT,
+// goes from client to server: the first packet that shows both.
+func (w *Worker) adopt(svc *Service, client, server netip.AddrPort, v *Verdict) {
+	e := w.e
+	seq := w.in.TCP().Seq()
+	c := e.Table.LookupVIP(client, svc.VIP)
+	if c == nil || c.Server != server || c.State() == StateClose {
+		c = &Conn{Session: Session{Client: client, VIP: svc.VIP, Server: server}, Service: svc, Real: svc.learn(server)}
+		if svc.Helper != nil {
+			c.helper = svc.Helper.Bind(&c.Session, &svc.Policy)
+		}
+		c.expires = now() + int64(stateTimeout[StateSynSent])
+		e.Table.Insert(c)
+		e.Stats.Adopted.Add(1)
+	}
+	c.mu.Lock()
+	c.streams[FromClient].start(seq)
+	c.mu.Unlock()
+	e.mu.Lock()
+	e.unnamed[synAck{server, seq + 1}] = c
+	if !e.watched[server] {
+		// Its replies must be queued before conntrack from now on.
+		e.watched[server] = true
+		w.open = append(w.open[:0], Channel{Kind: ChannelWatch, Server: server})
+		v.Open = w.open
+	}
+	e.mu.Unlock()
+}
+
+// named finds the add-on connection a SYN-ACK from server to client answers
+// when the user's SNAT changed the client's address, and learns it.
+func (w *Worker) named(server, client netip.AddrPort) *Conn {
+	e := w.e
+	key := synAck{server, w.in.TCP().Ack()}
+	e.mu.Lock()
+	c := e.unnamed[key]
+	delete(e.unnamed, key)
+	e.mu.Unlock()
+	if c == nil {
+		return nil
+	}
+	c.mu.Lock()
+	c.ClientNAT = client
+	c.mu.Unlock()
+	e.Table.Alias(c, client)
+	e.Stats.SNATLearned.Add(1)
+	return c
 }
 
 func (w *Worker) schedule(svc *Service, client netip.AddrPort, mark uint32) Verdict {
@@ -141,6 +239,11 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	st, peer := &c.streams[dir], &c.streams[1-dir]
 	if flags&nfq.FlagSYN != 0 {
 		st.start(seq)
+		if c.Service.AddOn && dir == FromServer && !c.ClientNAT.IsValid() {
+			e.mu.Lock()
+			delete(e.unnamed, synAck{c.Server, ack})
+			e.mu.Unlock()
+		}
 	}
 
 	outSeq, payload, drop := w.flow(c, dir, st, seq, flags)

@@ -29,9 +29,9 @@ func (d Direction) String() string {
 
 // Session is what a helper may know about the connection a payload belongs to.
 type Session struct {
-	Client netip.AddrPort // the client as the real server sees it
-	VIP    netip.AddrPort // the virtual service the client connected to
-	Server netip.AddrPort // the real server chosen for the connection
+	Client netip.AddrPort // the client
+	VIP    netip.AddrPort // the virtual service (or add-on match) the client connected to
+	Server netip.AddrPort // the real server
 }
 
 // Policy is a service's rules for the data channels its helper announces.
@@ -98,8 +98,11 @@ type ChannelOpener interface {
 	// port, which reach server. The port is server's own unless another
 	// pending channel of the same client holds it.
 	OpenPassive(server netip.AddrPort) (vip netip.AddrPort, ok bool)
-	// OpenActive lets the real server connect to client, from the VIP.
-	OpenActive(client netip.AddrPort) bool
+	// OpenActive lets the real server connect to client, from the VIP. The
+	// announcement to the server must name the returned address and port,
+	// which differ from client when the server sees the client through
+	// source NAT (add-on mode behind the user's SNAT).
+	OpenActive(client netip.AddrPort) (announce netip.AddrPort, ok bool)
 }
 
 // Result collects what a helper found in one Inspect call. Workers reuse one
@@ -140,7 +143,9 @@ func (r *Result) OpenPassive(server netip.AddrPort) (netip.AddrPort, bool) {
 }
 
 // OpenActive asks the core for an active channel, see ChannelOpener.
-func (r *Result) OpenActive(client netip.AddrPort) bool { return r.Opener.OpenActive(client) }
+func (r *Result) OpenActive(client netip.AddrPort) (netip.AddrPort, bool) {
+	return r.Opener.OpenActive(client)
+}
 
 // Refuse records a declined announcement; the core counts and logs it.
 func (r *Result) Refuse(why Refusal) { r.Refusals = append(r.Refusals, why) }

@@ -14,16 +14,24 @@ type RealServer struct {
 	Mark   uint32 // the packet mark bits that make the kernel DNAT to Addr
 
 	Conns atomic.Uint64 // connections scheduled to it
+	// Active counts its ESTABLISHED connections, Inactive the others in the
+	// table, as ipvsadm's ActiveConn and InActConn; least-connection
+	// schedulers weigh them.
+	Active, Inactive atomic.Int64
 }
 
 // Service is a virtual TCP service: a VIP, its real servers, how to choose
-// between them and which helper reads its payloads.
+// between them and which helper reads its payloads. An add-on service
+// schedules nothing: the user's own rules DNAT connections to VIP (its
+// match), Mark names it on the queued SYN, and Servers are learned.
 type Service struct {
 	Name    string
 	VIP     netip.AddrPort
 	Helper  Helper // nil: balanced without payload inspection
 	Policy  Policy
 	Servers []*RealServer
+	AddOn   bool
+	Mark    uint32
 
 	mu    sync.Mutex
 	sched Scheduler
@@ -38,6 +46,30 @@ func NewService(name string, vip netip.AddrPort, scheduler string, h Helper, ser
 	return &Service{Name: name, VIP: vip, Helper: h, Policy: DefaultPolicy, Servers: servers, sched: s}, nil
 }
 
+// NewAddOn builds an add-on service: helper h reads connections to match,
+// which the user's rules translate; their SYN carries mark.
+func NewAddOn(name string, match netip.AddrPort, h Helper, mark uint32) *Service {
+	return &Service{Name: name, VIP: match, Helper: h, Policy: DefaultPolicy, AddOn: true, Mark: mark}
+}
+
+// learn returns the real server at addr, added on first sight.
+func (s *Service) learn(addr netip.AddrPort) *RealServer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, rs := range s.Servers {
+		if rs.Addr == addr {
+			rs.Conns.Add(1)
+			rs.Inactive.Add(1)
+			return rs
+		}
+	}
+	rs := &RealServer{Addr: addr, Weight: 1}
+	rs.Conns.Add(1)
+	rs.Inactive.Add(1)
+	s.Servers = append(s.Servers, rs)
+	return rs
+}
+
 // Schedule picks the real server for a new connection, or nil when every
 // server is quiesced.
 func (s *Service) Schedule(client netip.AddrPort) *RealServer {
@@ -46,6 +78,7 @@ func (s *Service) Schedule(client netip.AddrPort) *RealServer {
 	rs := s.sched.Pick(s.Servers, client)
 	if rs != nil {
 		rs.Conns.Add(1)
+		rs.Inactive.Add(1)
 	}
 	return rs
 }

@@ -75,11 +75,24 @@ func (t *Table) LookupVIP(client, vip netip.AddrPort) *Conn { return t.get(clien
 func (t *Table) Insert(c *Conn) {
 	s := t.shardOf(c.Client)
 	s.mu.Lock()
-	if old := s.conns[connKey{c.Client, c.VIP}]; old != nil {
+	old := s.conns[connKey{c.Client, c.VIP}]
+	if old != nil {
 		delete(s.conns, connKey{old.Client, old.Server})
 	}
 	s.conns[connKey{c.Client, c.VIP}] = c
 	s.conns[connKey{c.Client, c.Server}] = c
+	s.mu.Unlock()
+	if old != nil {
+		t.removed(old)
+	}
+}
+
+// Alias adds c under the client address the server sees when the user's
+// rules SNAT it, so that the server's packets find it.
+func (t *Table) Alias(c *Conn, nat netip.AddrPort) {
+	s := t.shardOf(nat)
+	s.mu.Lock()
+	s.conns[connKey{nat, c.Server}] = c
 	s.mu.Unlock()
 }
 
@@ -89,10 +102,14 @@ func (t *Table) Len() int {
 	for i := range t.shards {
 		s := &t.shards[i]
 		s.mu.RLock()
-		n += len(s.conns)
+		for k, c := range s.conns {
+			if k.peer == c.VIP {
+				n++
+			}
+		}
 		s.mu.RUnlock()
 	}
-	return n / 2
+	return n
 }
 
 // Expire removes connections whose timeout passed, one shard at a time so
@@ -116,14 +133,19 @@ func (t *Table) Expire(at int64) int {
 		}
 		s.mu.Unlock()
 		n += len(gone)
-		if t.onRemove != nil {
-			for _, c := range gone {
-				t.onRemove(c)
-			}
+		for _, c := range gone {
+			t.removed(c)
 		}
 		gone = gone[:0]
 	}
 	return n
+}
+
+func (t *Table) removed(c *Conn) {
+	c.gone()
+	if t.onRemove != nil {
+		t.onRemove(c)
+	}
 }
 
 // RunExpiry sweeps every interval until stop is closed.

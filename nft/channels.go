@@ -2,24 +2,31 @@ package nft
 
 import (
 	"fmt"
+	"net/netip"
 
 	"github.com/google/nftables"
 
 	"github.com/nfhelper/nfhelper/ipvs"
 )
 
-// OpenChannels adds one timed map element per data channel, in one batch: a
-// passive channel DNATs client -> VIP:port to the real server, an active one
-// SNATs real server -> client:port to the VIP.
+// OpenChannels adds the map elements of data channels, in one batch: a
+// passive channel DNATs client -> VIP:port to the real server, an active
+// one SNATs real server -> client:port to the VIP; behind the user's SNAT
+// each gets the second translation too. A watch channel adds a learned
+// server, whose packets are queued from then on.
 func (rs *Ruleset) OpenChannels(c *nftables.Conn, chs []ipvs.Channel) error {
 	for _, ch := range chs {
-		set, el, err := rs.element(ch)
+		els, err := rs.elements(ch)
 		if err != nil {
 			return err
 		}
-		el.Timeout = ch.Timeout
-		if err := c.SetAddElements(set, []nftables.SetElement{el}); err != nil {
-			return fmt.Errorf("add element to %s: %w", set.Name, err)
+		for _, e := range els {
+			if ch.Kind != ipvs.ChannelWatch {
+				e.el.Timeout = ch.Timeout
+			}
+			if err := c.SetAddElements(e.set, []nftables.SetElement{e.el}); err != nil {
+				return fmt.Errorf("add element to %s: %w", e.set.Name, err)
+			}
 		}
 	}
 	if err := c.Flush(); err != nil {
@@ -32,12 +39,14 @@ func (rs *Ruleset) OpenChannels(c *nftables.Conn, chs []ipvs.Channel) error {
 // timed out meanwhile makes the batch fail; the others then time out too.
 func (rs *Ruleset) CloseChannels(c *nftables.Conn, chs []ipvs.Channel) error {
 	for _, ch := range chs {
-		set, el, err := rs.element(ch)
+		els, err := rs.elements(ch)
 		if err != nil {
 			return err
 		}
-		if err := c.SetDeleteElements(set, []nftables.SetElement{el}); err != nil {
-			return fmt.Errorf("delete element from %s: %w", set.Name, err)
+		for _, e := range els {
+			if err := c.SetDeleteElements(e.set, []nftables.SetElement{e.el}); err != nil {
+				return fmt.Errorf("delete element from %s: %w", e.set.Name, err)
+			}
 		}
 	}
 	if err := c.Flush(); err != nil {
@@ -46,23 +55,53 @@ func (rs *Ruleset) CloseChannels(c *nftables.Conn, chs []ipvs.Channel) error {
 	return nil
 }
 
-// element is a channel's map and element (without timeout).
-func (rs *Ruleset) element(ch ipvs.Channel) (*nftables.Set, nftables.SetElement, error) {
+type element struct {
+	set *nftables.Set
+	el  nftables.SetElement
+}
+
+// elements are a channel's map elements (without timeout).
+func (rs *Ruleset) elements(ch ipvs.Channel) ([]element, error) {
 	f := rs.fams[0]
-	if rs.fams[1].of(ch.VIP.Addr()) {
+	if rs.fams[1].of(ch.Server.Addr()) {
 		f = rs.fams[1]
 	}
 	switch ch.Kind {
+	case ipvs.ChannelWatch:
+		return []element{{f.watched, nftables.SetElement{Key: addrPortKey(ch.Server)}}}, nil
 	case ipvs.ChannelPassive:
-		return f.passive, nftables.SetElement{
-			Key: appendPort(appendAddr(appendAddr(nil, ch.Client.Addr()), ch.VIP.Addr()), ch.VIP.Port()),
+		els := []element{{f.passive, nftables.SetElement{
+			Key: flowKey(ch.Client.Addr(), ch.VIP.Addr(), ch.VIP.Port()),
 			Val: addrPortKey(ch.Server),
-		}, nil
+		}}}
+		if ch.NAT.IsValid() {
+			// After DNAT the connection goes client -> server:port; the
+			// server must see it come from where the control connection does.
+			els = append(els, element{f.passiveSNAT, nftables.SetElement{
+				Key: flowKey(ch.Client.Addr(), ch.Server.Addr(), ch.Server.Port()),
+				Val: appendAddr(nil, ch.NAT.Addr()),
+			}})
+		}
+		return els, nil
 	case ipvs.ChannelActive:
-		return f.active, nftables.SetElement{
-			Key: appendPort(appendAddr(appendAddr(nil, ch.Server.Addr()), ch.Client.Addr()), ch.Client.Port()),
+		els := []element{{f.active, nftables.SetElement{
+			Key: flowKey(ch.Server.Addr(), ch.Client.Addr(), ch.Client.Port()),
 			Val: appendAddr(nil, ch.VIP.Addr()),
-		}, nil
+		}}}
+		if ch.NAT.IsValid() {
+			// The server connects to the port announced on the client's
+			// translated address: lead it to the client.
+			els = append(els, element{f.activeDNAT, nftables.SetElement{
+				Key: flowKey(ch.Server.Addr(), ch.NAT.Addr(), ch.NAT.Port()),
+				Val: addrPortKey(ch.Client),
+			}})
+		}
+		return els, nil
 	}
-	return nil, nftables.SetElement{}, fmt.Errorf("channel kind %d: %w", ch.Kind, ErrChannel)
+	return nil, fmt.Errorf("channel kind %d: %w", ch.Kind, ErrChannel)
+}
+
+// flowKey is a saddr . daddr . dport map key.
+func flowKey(src, dst netip.Addr, port uint16) []byte {
+	return appendPort(appendAddr(appendAddr(nil, src), dst), port)
 }

@@ -21,7 +21,20 @@ type Spec struct {
 	QueueTotal uint16 // queues QueueNum..QueueNum+QueueTotal-1, balanced by address hash
 	MarkMask   uint32 // packet mark bits that carry a scheduling decision
 	Services   []Service
+	AddOns     []AddOn
 }
+
+// AddOn is a helped destination the user's own rules translate; Mark (within
+// Spec.MarkMask) names it on its queued SYNs.
+type AddOn struct {
+	Match netip.AddrPort
+	Mark  uint32
+}
+
+// ChannelMark is the conntrack mark bit of data connections the daemon
+// opened: a forward chain that drops all but established and related
+// traffic accepts them with `ct mark & 0x01000000 == 0x01000000 accept`.
+const ChannelMark = 0x01000000
 
 // Service is a helped virtual TCP service and its real servers.
 type Service struct {
@@ -41,11 +54,16 @@ type family struct {
 	v6      bool
 	proto   byte // NFPROTO_IPV4 or NFPROTO_IPV6
 	addrLen uint32
-	vips    *nftables.Set // VIP . port of helped services
-	servers *nftables.Set // real server address . port
+	vips    *nftables.Set // VIP . port of balanced services
+	helped  *nftables.Set // VIP or add-on match . port: connections whose client packets are queued
+	servers *nftables.Set // real server address . port, configured
+	watched *nftables.Set // real server address . port, learned in add-on mode
 	byMark  *nftables.Set // mark : real server address . port
 	passive *nftables.Set // client . VIP . port : real server . port
 	active  *nftables.Set // real server . client . client port : VIP
+	// Behind the user's SNAT (add-on mode):
+	passiveSNAT *nftables.Set // client . real server . port : the client's translated address
+	activeDNAT  *nftables.Set // real server . translated address . port : client . port
 }
 
 // Ruleset is an installed table.
@@ -63,13 +81,19 @@ func newFamily(t *nftables.Table, v6 bool) *family {
 	}
 	addrPort := nftables.MustConcatSetType(addr, nftables.TypeInetService)
 	f.vips = &nftables.Set{Table: t, Name: "vips" + suffix, KeyType: addrPort, Concatenation: true}
+	f.helped = &nftables.Set{Table: t, Name: "helped" + suffix, KeyType: addrPort, Concatenation: true}
 	f.servers = &nftables.Set{Table: t, Name: "servers" + suffix, KeyType: addrPort, Concatenation: true}
+	f.watched = &nftables.Set{Table: t, Name: "watched" + suffix, KeyType: addrPort, Concatenation: true}
 	f.byMark = &nftables.Set{Table: t, Name: "sched" + suffix, IsMap: true, KeyType: nftables.TypeMark,
 		DataType: addrPort, KeyByteOrder: binaryutil.NativeEndian}
 	f.passive = &nftables.Set{Table: t, Name: "passive" + suffix, IsMap: true, HasTimeout: true, Concatenation: true,
 		KeyType: nftables.MustConcatSetType(addr, addr, nftables.TypeInetService), DataType: addrPort}
 	f.active = &nftables.Set{Table: t, Name: "active" + suffix, IsMap: true, HasTimeout: true, Concatenation: true,
 		KeyType: nftables.MustConcatSetType(addr, addr, nftables.TypeInetService), DataType: addr}
+	f.passiveSNAT = &nftables.Set{Table: t, Name: "passive_snat" + suffix, IsMap: true, HasTimeout: true, Concatenation: true,
+		KeyType: nftables.MustConcatSetType(addr, addr, nftables.TypeInetService), DataType: addr}
+	f.activeDNAT = &nftables.Set{Table: t, Name: "active_dnat" + suffix, IsMap: true, HasTimeout: true, Concatenation: true,
+		KeyType: nftables.MustConcatSetType(addr, addr, nftables.TypeInetService), DataType: addrPort}
 	return f
 }
 
@@ -109,12 +133,18 @@ func Remove(c *nftables.Conn, name string) error {
 }
 
 func (rs *Ruleset) addSets(c *nftables.Conn, spec *Spec, f *family) error {
-	var vips, servers, byMark []nftables.SetElement
+	var vips, helped, servers, byMark []nftables.SetElement
+	for _, a := range spec.AddOns {
+		if f.of(a.Match.Addr()) {
+			helped = append(helped, nftables.SetElement{Key: addrPortKey(a.Match)})
+		}
+	}
 	for _, svc := range spec.Services {
 		if !f.of(svc.VIP.Addr()) {
 			continue
 		}
 		vips = append(vips, nftables.SetElement{Key: addrPortKey(svc.VIP)})
+		helped = append(helped, nftables.SetElement{Key: addrPortKey(svc.VIP)})
 		for _, s := range svc.Servers {
 			servers = append(servers, nftables.SetElement{Key: addrPortKey(s.Addr)})
 			byMark = append(byMark, nftables.SetElement{Key: binary.NativeEndian.AppendUint32(nil, s.Mark), Val: addrPortKey(s.Addr)})
@@ -123,7 +153,10 @@ func (rs *Ruleset) addSets(c *nftables.Conn, spec *Spec, f *family) error {
 	for _, s := range []struct {
 		set   *nftables.Set
 		elems []nftables.SetElement
-	}{{f.vips, vips}, {f.servers, servers}, {f.byMark, byMark}, {f.passive, nil}, {f.active, nil}} {
+	}{
+		{f.vips, vips}, {f.helped, helped}, {f.servers, servers}, {f.watched, nil}, {f.byMark, byMark},
+		{f.passive, nil}, {f.active, nil}, {f.passiveSNAT, nil}, {f.activeDNAT, nil},
+	} {
 		if err := c.AddSet(s.set, s.elems); err != nil {
 			return fmt.Errorf("add set %s: %w", s.set.Name, err)
 		}
@@ -162,18 +195,39 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 	for _, f := range rs.fams {
 		fam := nfproto(f.proto)
 		tcp := l4protoTCP()
-		rule(raw, fam, tcp, concat(addrField(f.v6, false), portField(false)), lookup(f.vips), tcpFlagsEq(syn|ack|fin|rst, syn), q)
-		rule(raw, fam, tcp, concat(addrField(f.v6, true), portField(true)), lookup(f.servers), q)
+		dst, src := concat(addrField(f.v6, false), portField(false)), concat(addrField(f.v6, true), portField(true))
+		flow := concat(addrField(f.v6, true), addrField(f.v6, false), portField(false)) // saddr . daddr . dport
+
+		rule(raw, fam, tcp, dst, lookup(f.vips), tcpFlagsEq(syn|ack|fin|rst, syn), q)
+		rule(raw, fam, tcp, src, lookup(f.servers), q)
+		rule(raw, fam, tcp, src, lookup(f.watched), q)
 
 		rule(dnat, fam, markBits(spec.MarkMask), lookupTo(f.byMark), natTo(expr.NATTypeDestNAT, f, true))
-		rule(dnat, fam, tcp, concat(addrField(f.v6, true), addrField(f.v6, false), portField(false)), lookupTo(f.passive), natTo(expr.NATTypeDestNAT, f, true))
+		rule(dnat, fam, tcp, flow, lookup(f.passive), setCtMark(ChannelMark))
+		rule(dnat, fam, tcp, flow, lookupTo(f.passive), natTo(expr.NATTypeDestNAT, f, true))
+		rule(dnat, fam, tcp, flow, lookupTo(f.activeDNAT), natTo(expr.NATTypeDestNAT, f, true))
 
-		rule(clean, fam, tcp, ctStateIs(invalidBit), concat(addrField(f.v6, false), portField(false)), lookup(f.vips), drop())
-		rule(clean, fam, tcp, ctStateIs(invalidBit), concat(addrField(f.v6, true), portField(true)), lookup(f.servers), drop())
+		rule(clean, fam, tcp, ctStateIs(invalidBit), dst, lookup(f.helped), drop())
+		rule(clean, fam, tcp, ctStateIs(invalidBit), src, lookup(f.servers), drop())
+		rule(clean, fam, tcp, ctStateIs(invalidBit), src, lookup(f.watched), drop())
+		// After DNAT an active data connection, announced to the server
+		// directly or through the user's SNAT, goes to the client.
+		rule(clean, fam, tcp, ctStateIs(newBit), flow, lookup(f.active), setCtMark(ChannelMark))
 
-		rule(fwd, fam, tcp, ctDirectionOriginal(), ctStateIs(establishedBit), concat(ctOrigDst(f.v6), ctOrigDstPort()), lookup(f.vips), q)
+		rule(fwd, fam, tcp, ctDirectionOriginal(), ctStateIs(establishedBit), concat(ctOrigDst(f.v6), ctOrigDstPort()), lookup(f.helped), q)
+		for _, a := range spec.AddOns {
+			if !f.of(a.Match.Addr()) {
+				continue
+			}
+			// The SYN after the user's DNAT shows client and server: the
+			// mark tells the daemon which add-on it belongs to.
+			rule(fwd, fam, tcp, ctDirectionOriginal(), ctStateIs(newBit), tcpFlagsEq(syn|ack|fin|rst, syn),
+				concat(ctOrigDst(f.v6), ctOrigDstPort()), cmpEq(addrPortKey(a.Match)),
+				setMark(spec.MarkMask, a.Mark), q)
+		}
 
-		rule(snat, fam, tcp, concat(addrField(f.v6, true), addrField(f.v6, false), portField(false)), lookupTo(f.active), natTo(expr.NATTypeSourceNAT, f, false))
+		rule(snat, fam, tcp, flow, lookupTo(f.active), natTo(expr.NATTypeSourceNAT, f, false))
+		rule(snat, fam, tcp, flow, lookupTo(f.passiveSNAT), natTo(expr.NATTypeSourceNAT, f, false))
 	}
 	rule(clean, markBits(spec.MarkMask), []expr.Any{
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: native32(0)},
@@ -183,11 +237,41 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 	})
 }
 
-// ct state bits: NF_CT_STATE_INVALID_BIT and NF_CT_STATE_BIT(IP_CT_ESTABLISHED).
+// ct state bits: NF_CT_STATE_INVALID_BIT, NF_CT_STATE_BIT(IP_CT_ESTABLISHED)
+// and NF_CT_STATE_BIT(IP_CT_NEW).
 const (
 	invalidBit     = 1
 	establishedBit = 2
+	newBit         = 8
 )
+
+// cmpEq compares what a preceding concat loaded with key, 16 bytes (the
+// most one comparison takes) at a time.
+func cmpEq(key []byte) []expr.Any {
+	var out []expr.Any
+	for off := 0; off < len(key); off += 16 {
+		out = append(out, &expr.Cmp{Op: expr.CmpOpEq, Register: unix.NFT_REG32_00 + uint32(off/4), Data: key[off:min(off+16, len(key))]})
+	}
+	return out
+}
+
+// setMark sets the mark bits within mask to bits, keeping the others.
+func setMark(mask, bits uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: reg1},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: native32(^mask), Xor: native32(bits)},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: reg1},
+	}
+}
+
+// setCtMark sets bit in the connection's mark.
+func setCtMark(bit uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Key: expr.CtKeyMARK, Register: reg1},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: native32(^bit), Xor: native32(bit)},
+		&expr.Ct{Key: expr.CtKeyMARK, SourceRegister: true, Register: reg1},
+	}
+}
 
 func lookup(s *nftables.Set) []expr.Any {
 	return []expr.Any{&expr.Lookup{SourceRegister: unix.NFT_REG32_00, SetName: s.Name, SetID: s.ID}}

@@ -68,6 +68,7 @@ func referenceSpec() *Spec {
 			{VIP: ap("198.51.100.10:21"), Servers: []Server{{ap("10.0.0.11:21"), 0x10000}, {ap("10.0.0.12:21"), 0x20000}}},
 			{VIP: ap("[2001:db8:1::10]:21"), Servers: []Server{{ap("[fd00::11]:21"), 0x30000}}},
 		},
+		AddOns: []AddOn{{ap("198.51.100.20:21"), 0x40000}, {ap("[2001:db8:1::20]:21"), 0x50000}},
 	}
 }
 
@@ -131,6 +132,10 @@ func TestOpenChannels(t *testing.T) {
 		{Kind: ipvs.ChannelActive, Client: ap("203.0.113.2:50000"), Server: ap("10.0.0.12:0"), VIP: ap("198.51.100.10:0"), Timeout: time.Minute},
 		{Kind: ipvs.ChannelPassive, Client: ap("[2001:db8:2::2]:0"), Server: ap("[fd00::11]:40002"), VIP: ap("[2001:db8:1::10]:40002"), Timeout: time.Minute},
 		{Kind: ipvs.ChannelActive, Client: ap("[2001:db8:2::2]:50001"), Server: ap("[fd00::11]:0"), VIP: ap("[2001:db8:1::10]:0"), Timeout: time.Minute},
+		// Behind the user's SNAT, and a learned server.
+		{Kind: ipvs.ChannelPassive, Client: ap("203.0.113.3:0"), Server: ap("10.0.0.12:40003"), VIP: ap("198.51.100.20:40003"), NAT: ap("10.0.0.1:0"), Timeout: time.Minute},
+		{Kind: ipvs.ChannelActive, Client: ap("203.0.113.3:50002"), Server: ap("10.0.0.12:0"), VIP: ap("198.51.100.20:0"), NAT: ap("10.0.0.1:50002"), Timeout: time.Minute},
+		{Kind: ipvs.ChannelWatch, Server: ap("10.0.0.12:21")},
 	}
 	if err := rs.OpenChannels(c, chs); err != nil {
 		t.Fatal(err)
@@ -148,6 +153,11 @@ func TestOpenChannels(t *testing.T) {
 		": fd00::11 . 40002",
 		"fd00::11 . 2001:db8:2::2 . 50001 timeout 1m",
 		": 2001:db8:1::10",
+		"203.0.113.3 . 10.0.0.12 . 40003 timeout 1m",
+		": 10.0.0.1",
+		"10.0.0.12 . 10.0.0.1 . 50002 timeout 1m",
+		": 203.0.113.3 . 50002",
+		"elements = { 10.0.0.12 . 21 }",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("element %q missing from:\n%s", want, out)
@@ -164,7 +174,10 @@ func TestOpenChannels(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, _ = nftList(t, ns, "list", "table", "inet", "nfhelper")
-	if strings.Contains(out, "203.0.113.2") || strings.Contains(out, "2001:db8:2::2") {
+	if strings.Contains(out, "203.0.113.") || strings.Contains(out, "2001:db8:2::2") {
 		t.Errorf("closed channels still listed:\n%s", out)
+	}
+	if out, _ := nftList(t, ns, "list", "set", "inet", "nfhelper", "watched4"); strings.Contains(out, "elements") {
+		t.Errorf("closed watch still listed:\n%s", out)
 	}
 }

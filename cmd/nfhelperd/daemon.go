@@ -104,6 +104,7 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 func statsAttrs(s *ipvs.Stats) []any {
 	attrs := []any{
 		"packets", s.Packets.Load(), "scheduled", s.Scheduled.Load(), "no_server", s.NoServer.Load(),
+		"adopted", s.Adopted.Load(), "snat_learned", s.SNATLearned.Load(),
 		"rewritten", s.Rewritten.Load(), "corrected", s.Corrected.Load(), "held", s.Held.Load(),
 		"dropped_out_of_order", s.Dropped.Load(), "channels", s.Channels.Load(), "evicted", s.Evicted.Load(),
 		"stopped_tls", s.Stopped.Load(), "unparsed", s.Unparsed.Load(), "bad_checksum", s.BadChecksum.Load(),
@@ -145,6 +146,14 @@ func build(cfg *config.Config) ([]*ipvs.Service, *nft.Spec) {
 		svc.Policy = sc.Policy()
 		services = append(services, svc)
 		spec.Services = append(spec.Services, ns)
+	}
+	for _, ac := range cfg.Helpers {
+		index++
+		helper, _ := ipvs.LookupHelper(ac.Helper)
+		svc := ipvs.NewAddOn(ac.Name, ac.MatchAddr, helper, index<<shift)
+		svc.Policy = ac.Policy()
+		services = append(services, svc)
+		spec.AddOns = append(spec.AddOns, nft.AddOn{Match: ac.MatchAddr, Mark: svc.Mark})
 	}
 	return services, spec
 }

@@ -135,7 +135,7 @@ func (c *conn) line(dir ipvs.Direction, st *stream, data []byte, off, n int, ful
 	}
 	if dir == ipvs.FromClient {
 		if full {
-			c.command(line, r)
+			c.command(data, off, line, fixed, r)
 		}
 		return
 	}
@@ -146,8 +146,14 @@ func (c *conn) line(dir ipvs.Direction, st *stream, data []byte, off, n int, ful
 // and from which of its bytes it may be edited (len(tail) if none).
 func (c *conn) carry(dir ipvs.Direction, st *stream, tail []byte) (hold int, ok bool) {
 	if dir == ipvs.FromClient {
-		// Commands are never edited, only read.
-		for _, p := range [...]string{"PORT ", "EPRT ", "PASV", "EPSV", "AUTH "} {
+		// PORT and EPRT arguments are rewritten behind the user's SNAT;
+		// other commands are only read.
+		for _, p := range [...]string{"PORT ", "EPRT "} {
+			if prefixFold(tail, p) {
+				return min(len(p), len(tail)), true
+			}
+		}
+		for _, p := range [...]string{"PASV", "EPSV", "AUTH "} {
 			if prefixFold(tail, p) {
 				return len(tail), true
 			}
@@ -190,20 +196,29 @@ func (c *conn) carry(dir ipvs.Direction, st *stream, tail []byte) (hold int, ok 
 	return len(tail), undecided && isCodePrefix(tail, st.multi)
 }
 
-// command handles one full client command line, without its terminator.
-func (c *conn) command(line []byte, r *ipvs.Result) {
+// command handles one full client command line, without its terminator,
+// that starts at off in data.
+func (c *conn) command(data []byte, off int, line []byte, fixed int, r *ipvs.Result) {
+	const argsAt = len("PORT ")
+	args := line[min(argsAt, len(line)):]
 	switch {
 	case hasPrefix(line, "PORT "):
 		if c.epsvAll {
 			r.Refuse(ipvs.RefuseEPSVAll)
-		} else if ap, err := ParsePORT(line[len("PORT "):]); err == nil {
-			c.active(ap, r)
+		} else if ap, err := ParsePORT(args); err == nil {
+			if to, rewrite := c.active(ap, r); rewrite && off+argsAt >= fixed && to.Addr().Is4() {
+				var buf [len("255,255,255,255,255,255")]byte
+				r.Replace(off+argsAt, len(args), AppendHostPort(buf[:0], to))
+			}
 		}
 	case hasPrefix(line, "EPRT "):
 		if c.epsvAll {
 			r.Refuse(ipvs.RefuseEPSVAll)
-		} else if ap, err := ParseEPRT(line[len("EPRT "):]); err == nil {
-			c.active(ap, r)
+		} else if ap, err := ParseEPRT(args); err == nil {
+			if to, rewrite := c.active(ap, r); rewrite && off+argsAt >= fixed {
+				var buf [64]byte
+				r.Replace(off+argsAt, len(args), appendEPRT(buf[:0], args[0], to))
+			}
 		}
 	case isCommand(line, "PASV"):
 		if c.epsvAll {
@@ -227,8 +242,22 @@ func (c *conn) command(line []byte, r *ipvs.Result) {
 	}
 }
 
-// active handles the address a PORT or EPRT command announces.
-func (c *conn) active(ap netip.AddrPort, r *ipvs.Result) {
+// appendEPRT appends EPRT arguments for ap with delimiter d.
+func appendEPRT(b []byte, d byte, ap netip.AddrPort) []byte {
+	proto := byte('1')
+	if ap.Addr().Is6() {
+		proto = '2'
+	}
+	b = append(b, d, proto, d)
+	b = ap.Addr().AppendTo(b)
+	b = append(b, d)
+	b = strconv.AppendUint(b, uint64(ap.Port()), 10)
+	return append(b, d)
+}
+
+// active handles the address a PORT or EPRT command announces; rewrite
+// reports that the server must be told to instead.
+func (c *conn) active(ap netip.AddrPort, r *ipvs.Result) (to netip.AddrPort, rewrite bool) {
 	client := c.s.Client.Addr()
 	addr := ap.Addr()
 	switch {
@@ -238,17 +267,20 @@ func (c *conn) active(ap netip.AddrPort, r *ipvs.Result) {
 		// Even a loose policy cannot send an IPv4 session's data to an
 		// IPv6 host or back.
 		r.Refuse(ipvs.RefuseBounce)
-		return
+		return netip.AddrPort{}, false
 	case client.Is4():
 		addr = addr.Unmap()
 	}
 	if ap.Port() < minDataPort && !c.lowPorts {
 		r.Refuse(ipvs.RefuseLowPort)
-		return
+		return netip.AddrPort{}, false
 	}
-	if r.Opener != nil {
-		r.OpenActive(netip.AddrPortFrom(addr, ap.Port()))
+	if r.Opener == nil {
+		return netip.AddrPort{}, false
 	}
+	announced := netip.AddrPortFrom(addr, ap.Port())
+	to, ok := r.OpenActive(announced)
+	return to, ok && to != announced
 }
 
 // reply handles one server line, without its terminator, that starts at off

@@ -640,7 +640,7 @@ func TestCarry(t *testing.T) {
 		carry, hold int
 	}{
 		{ipvs.FromClient, "", "PO", 2, 0},
-		{ipvs.FromClient, "", "USER x\r\nport 1,2", 8, 0},
+		{ipvs.FromClient, "", "USER x\r\nport 1,2", 8, 3}, // PORT arguments may be rewritten behind SNAT
 		{ipvs.FromClient, "", "pasv\r", 5, 0},
 		{ipvs.FromClient, "", "PASS secret", 0, 0},
 		{ipvs.FromClient, "", "AUTH", 4, 0},

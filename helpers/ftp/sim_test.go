@@ -22,6 +22,7 @@ type recorder struct {
 	vip    netip.Addr // the address OpenPassive answers
 	port   uint16     // the port it answers; 0: the server's
 	refuse bool       // refuse every channel
+	nat    netip.Addr // where valid, OpenActive answers this address (the user's SNAT)
 }
 
 func (o *recorder) flush() {
@@ -46,13 +47,16 @@ func (o *recorder) OpenPassive(server netip.AddrPort) (netip.AddrPort, bool) {
 	return netip.AddrPortFrom(o.vip, port), !o.refuse
 }
 
-func (o *recorder) OpenActive(client netip.AddrPort) bool {
+func (o *recorder) OpenActive(client netip.AddrPort) (netip.AddrPort, bool) {
 	o.flush()
 	o.opens++
 	if !o.quiet {
 		o.log = append(o.log, "active "+client.String())
 	}
-	return !o.refuse
+	if o.nat.IsValid() {
+		return netip.AddrPortFrom(o.nat, client.Port()+1), !o.refuse
+	}
+	return client, !o.refuse
 }
 
 // sim is a stream simulator implementing the core's side of the
@@ -123,8 +127,8 @@ func (m *sim) feed(dir ipvs.Direction, seg []byte, fin bool) {
 		}
 		end = e.Off + e.Len
 	}
-	if dir == ipvs.FromClient && len(r.Edits) > 0 {
-		tb.Fatalf("%s: edits a command: %+v", where(), r.Edits)
+	if dir == ipvs.FromClient && len(r.Edits) > 0 && !m.rec.nat.IsValid() {
+		tb.Fatalf("%s: edits a command with no SNAT to hide: %+v", where(), r.Edits)
 	}
 	edited := apply(data, r)
 	d.out = append(d.out, edited[fixed:len(edited)-r.Hold]...)
@@ -193,4 +197,62 @@ func run(tb testing.TB, s *ipvs.Session, p *ipvs.Policy, port uint16, turns []tu
 		m.release(&m.dir[i])
 	}
 	return string(m.dir[ipvs.FromClient].out), string(m.dir[ipvs.FromServer].out), m.rec.log, m
+}
+
+// TestActiveBehindSNAT: where the server sees the client through the user's
+// SNAT, PORT and EPRT announce what the core returns, however the commands
+// are split.
+func TestActiveBehindSNAT(t *testing.T) {
+	s := &ipvs.Session{
+		Client: netip.MustParseAddrPort("203.0.113.2:40000"),
+		VIP:    netip.MustParseAddrPort("198.51.100.20:21"),
+		Server: netip.MustParseAddrPort("10.0.0.12:21"),
+	}
+	turns := []turn{
+		{dir: ipvs.FromServer, text: "220 hi\r\n"},
+		{dir: ipvs.FromClient, text: "PORT 203,0,113,2,195,80\r\n"},
+		{dir: ipvs.FromServer, text: "200 ok\r\n"},
+		{dir: ipvs.FromClient, text: "eprt !1!203.0.113.2!50001!\r\nNOOP\r\n"},
+		{dir: ipvs.FromServer, text: "200 ok\r\n"},
+	}
+	const want = "PORT 10,0,0,1,195,81\r\neprt !1!10.0.0.1!50002!\r\nNOOP\r\n"
+	total := 0
+	for _, tr := range turns {
+		total += len(tr.text)
+	}
+	var cutss [][]int
+	for i := 1; i < total; i++ {
+		cutss = append(cutss, []int{i})
+	}
+	bytewise := make([]int, total)
+	for i := range bytewise {
+		bytewise[i] = i + 1
+	}
+	cutss = append(cutss, nil, bytewise)
+	for _, cuts := range cutss {
+		m := newSim(t, s, &ipvs.DefaultPolicy)
+		m.rec.nat = netip.MustParseAddr("10.0.0.1")
+		pos, c := 0, 0
+		for _, tr := range turns {
+			text := tr.text
+			for len(text) > 0 {
+				for c < len(cuts) && cuts[c] <= pos {
+					c++
+				}
+				n := len(text)
+				if c < len(cuts) && cuts[c]-pos < n {
+					n = cuts[c] - pos
+				}
+				m.feed(tr.dir, []byte(text[:n]), false)
+				pos += n
+				text = text[n:]
+			}
+		}
+		for i := range m.dir {
+			m.release(&m.dir[i])
+		}
+		if got := string(m.dir[ipvs.FromClient].out); got != want {
+			t.Fatalf("cuts %v: client stream %q, want %q", cuts, got, want)
+		}
+	}
 }

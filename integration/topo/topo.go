@@ -39,6 +39,10 @@ const (
 	RS1V6          = "fd00::11"
 	RS2V4          = "10.0.0.12"
 	RS2V6          = "fd00::12"
+	// The router's "WAN" addresses, port-forwarded by a user's own nftables
+	// ruleset (nfhelperd's add-on mode, config key helpers:).
+	WAN4 = "198.51.100.20"
+	WAN6 = "2001:db8:1::20"
 
 	// DefaultPrefix starts the name of every namespace this package creates.
 	DefaultPrefix = "nfht-"
@@ -385,6 +389,8 @@ func (t *Topo) buildNetwork(ctx context.Context) error {
 		{r, "addr add " + RouterLANV6 + "/64 dev br0 nodad"},
 		{r, "addr add " + VIP4 + "/32 dev lo"},
 		{r, "addr add " + VIP6 + "/128 dev lo nodad"},
+		{r, "addr add " + WAN4 + "/32 dev lo"},
+		{r, "addr add " + WAN6 + "/128 dev lo nodad"},
 		{c, "addr add " + ClientV4 + "/24 dev eth0"},
 		{c, "addr add " + ClientV6 + "/64 dev eth0 nodad"},
 		{c, "link set eth0 up"},

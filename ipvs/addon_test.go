@@ -1,0 +1,62 @@
+package ipvs_test
+
+import (
+	"testing"
+
+	"github.com/nfhelper/nfhelper/ipvs"
+	"github.com/nfhelper/nfhelper/nfq"
+)
+
+// TestAddOnBehindSNAT follows a control connection the user's own rules
+// DNAT (198.51.100.20:21 -> 10.0.0.12:21) and SNAT (client -> 10.0.0.1).
+func TestAddOnBehindSNAT(t *testing.T) {
+	const addOnMark = 0x00040000
+	match, server, nat := ap("198.51.100.20:21"), ap("10.0.0.12:21"), ap("10.0.0.1:40000")
+	h, _ := ipvs.LookupHelper("ftp")
+	e := ipvs.NewEngine([]*ipvs.Service{ipvs.NewAddOn("router-ftp", match, h, addOnMark)}, 0x00ff0000)
+	w := e.NewWorker()
+
+	// The SYN after DNAT, marked by the forward rule: the server is learned
+	// and watched, and our mark bits are cleared again.
+	v := w.Process(seg(client, server, 100, 0, nfq.FlagSYN, ""), 0x1|addOnMark)
+	if !v.SetMark || v.Mark != 0x1 {
+		t.Errorf("mark %#x, want our bits cleared (0x1)", v.Mark)
+	}
+	if len(v.Open) != 1 || v.Open[0].Kind != ipvs.ChannelWatch || v.Open[0].Server != server {
+		t.Fatalf("open %+v, want a watch of the server", v.Open)
+	}
+	if v := w.Process(seg(ap("203.0.113.9:1234"), server, 7, 0, nfq.FlagSYN, ""), addOnMark); len(v.Open) != 0 {
+		t.Errorf("server watched twice: %+v", v.Open)
+	}
+
+	// The SYN-ACK goes to the client's translated address.
+	if v := w.Process(seg(server, nat, isn, 101, nfq.FlagSYN|ack, ""), 0); v.Drop || v.Packet != nil {
+		t.Fatalf("SYN-ACK: %+v", v)
+	}
+	if e.Stats.SNATLearned.Load() != 1 || e.Stats.Adopted.Load() != 2 {
+		t.Fatalf("snat learned %d, adopted %d", e.Stats.SNATLearned.Load(), e.Stats.Adopted.Load())
+	}
+
+	// PORT names the client; the server must be told the translated address.
+	port := seg(client, server, 101, isn+1, pshAck, "PORT 203,0,113,2,195,80\r\n")
+	v = w.Process(port, 0)
+	if _, p := payload(t, v, port); p != "PORT 10,0,0,1,195,80\r\n" {
+		t.Errorf("PORT sent as %q", p)
+	}
+	want := ipvs.Channel{Kind: ipvs.ChannelActive, Client: ap("203.0.113.2:50000"), Server: ap("10.0.0.12:0"), VIP: ap("198.51.100.20:0"), NAT: ap("10.0.0.1:50000")}
+	if len(v.Open) != 1 || v.Open[0].NAT != want.NAT || v.Open[0].Client != want.Client || v.Open[0].VIP != want.VIP {
+		t.Errorf("active channel %+v, want %+v", v.Open, want)
+	}
+
+	// The server's reply, from its side of the SNAT.
+	w.Process(seg(server, nat, isn+1, 126, pshAck, "200 ok\r\n"), 0)
+	w.Process(seg(client, server, 126, isn+9, pshAck, "PASV\r\n"), 0)
+	reply := seg(server, nat, isn+9, 132, pshAck, "227 Entering Passive Mode (10,0,0,12,156,64).\r\n")
+	v = w.Process(reply, 0)
+	if _, p := payload(t, v, reply); p != "227 Entering Passive  (198,51,100,20,156,64).\r\n" {
+		t.Errorf("227 sent as %q", p)
+	}
+	if len(v.Open) != 1 || v.Open[0].Kind != ipvs.ChannelPassive || v.Open[0].NAT != nat || v.Open[0].VIP != ap("198.51.100.20:40000") {
+		t.Errorf("passive channel %+v", v.Open)
+	}
+}

@@ -1,0 +1,171 @@
+package ipvs
+
+import (
+	"fmt"
+	"net/netip"
+	"runtime"
+	"testing"
+	"unsafe"
+)
+
+var tableSizes = []struct {
+	name string
+	n    int
+}{{"1k", 1_000}, {"100k", 100_000}, {"1M", 1_000_000}}
+
+// benchSession is connection i: clients spread over 10.0.0.0/8 with a port
+// each, all to one VIP, real servers spread over 8 addresses.
+func benchSession(i int) Session {
+	c := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), uint16(1024+i%50000))
+	return Session{
+		Client: c,
+		VIP:    netip.MustParseAddrPort("198.51.100.10:21"),
+		Server: netip.AddrPortFrom(netip.AddrFrom4([4]byte{172, 16, 0, byte(1 + i%8)}), 21),
+	}
+}
+
+var benchService = &Service{Name: "bench"}
+
+func benchConn(i int, rs []*RealServer) *Conn {
+	return &Conn{Session: benchSession(i), Service: benchService, Real: rs[i%len(rs)]}
+}
+
+func benchTable(n int, rs []*RealServer) (*Table, []*Conn) {
+	t := NewTable()
+	conns := make([]*Conn, n)
+	for i := range conns {
+		conns[i] = benchConn(i, rs)
+		t.Insert(conns[i])
+	}
+	return t, conns
+}
+
+// BenchmarkTableLookup finds connections of a table of each size by both
+// directions' keys and by the VIP, cycling through all of them.
+func BenchmarkTableLookup(b *testing.B) {
+	rs := servers(1, 1, 1, 1, 1, 1, 1, 1)
+	for _, size := range tableSizes {
+		t, conns := benchTable(size.n, rs)
+		if t.Len() != size.n {
+			b.Fatalf("Len %d", t.Len())
+		}
+		b.Run(size.name, func(b *testing.B) {
+			b.Run("fromClient", func(b *testing.B) {
+				b.ReportAllocs()
+				i := 0
+				for b.Loop() {
+					c := conns[i%len(conns)]
+					if got, _ := t.Lookup(c.Client, c.Server); got != c {
+						b.Fatal("miss")
+					}
+					i++
+				}
+			})
+			b.Run("fromServer", func(b *testing.B) {
+				b.ReportAllocs()
+				i := 0
+				for b.Loop() {
+					c := conns[i%len(conns)]
+					if got, dir := t.Lookup(c.Server, c.Client); got != c || dir != FromServer {
+						b.Fatal("miss")
+					}
+					i++
+				}
+			})
+			b.Run("VIP", func(b *testing.B) {
+				b.ReportAllocs()
+				i := 0
+				for b.Loop() {
+					c := conns[i%len(conns)]
+					if t.LookupVIP(c.Client, c.VIP) != c {
+						b.Fatal("miss")
+					}
+					i++
+				}
+			})
+			b.Run("miss", func(b *testing.B) {
+				b.ReportAllocs()
+				src, dst := netip.MustParseAddrPort("192.0.2.1:1"), netip.MustParseAddrPort("192.0.2.2:2")
+				for b.Loop() {
+					if c, _ := t.Lookup(src, dst); c != nil {
+						b.Fatal("hit")
+					}
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkTableInsert inserts into a full table of each size at steady
+// state: every insert reuses an existing connection's client port (and so
+// replaces it, as a new connection from a reused port does), with another
+// real server, so the table keeps its size and both keys change. The Conns
+// are built outside the timer.
+func BenchmarkTableInsert(b *testing.B) {
+	rs := servers(1, 1, 1, 1, 1, 1, 1, 1)
+	for _, size := range tableSizes {
+		t, conns := benchTable(size.n, rs)
+		alt := make([]*Conn, size.n)
+		for i := range alt {
+			alt[i] = benchConn(i, rs)
+			alt[i].Server = netip.AddrPortFrom(netip.AddrFrom4([4]byte{172, 17, 0, byte(1 + i%8)}), 21)
+		}
+		b.Run(size.name, func(b *testing.B) {
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				k := i % size.n
+				if (i/size.n)%2 == 0 {
+					t.Insert(alt[k])
+				} else {
+					t.Insert(conns[k])
+				}
+				i++
+			}
+			if t.Len() != size.n {
+				b.Fatalf("Len %d", t.Len())
+			}
+		})
+	}
+}
+
+// BenchmarkMemoryPerConn inserts 1M connections and reports the heap they
+// take, Conn structs and table entries, per connection.
+func BenchmarkMemoryPerConn(b *testing.B) {
+	const n = 1_000_000
+	rs := servers(1, 1, 1, 1, 1, 1, 1, 1)
+	for b.Loop() {
+		b.StopTimer()
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		b.StartTimer()
+		t, conns := benchTable(n, rs)
+		b.StopTimer()
+		conns = nil // the table alone keeps the Conns
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "B/conn")
+		runtime.KeepAlive(t)
+		runtime.KeepAlive(conns)
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(unsafe.Sizeof(Conn{})), "B/Conn-struct")
+	b.ReportMetric(2*float64(unsafe.Sizeof(connKey{})+unsafe.Sizeof((*Conn)(nil))), "B/2-map-slots")
+}
+
+// TestConnLayout logs the sizes that make up a connection's memory.
+func TestConnLayout(t *testing.T) {
+	t.Log(connLayout())
+}
+
+func connLayout() string {
+	var c Conn
+	return fmt.Sprintf("Conn %d B: Session %d (3 netip.AddrPort of %d), Service+Real %d, mu %d, state %d, expires %d, helper %d, streams %d (stream %d: carry %d, rel %d, edits %d; streamEdit %d), open %d; map slot (connKey %d + *Conn %d) x2 per conn",
+		unsafe.Sizeof(c), unsafe.Sizeof(c.Session), unsafe.Sizeof(netip.AddrPort{}),
+		unsafe.Sizeof(c.Service)+unsafe.Sizeof(c.Real), unsafe.Sizeof(c.mu), unsafe.Sizeof(c.state),
+		unsafe.Sizeof(c.expires), unsafe.Sizeof(c.helper), unsafe.Sizeof(c.streams),
+		unsafe.Sizeof(c.streams[0]), unsafe.Sizeof(c.streams[0].carry), unsafe.Sizeof(c.streams[0].rel),
+		unsafe.Sizeof(c.streams[0].edits), unsafe.Sizeof(streamEdit{}), unsafe.Sizeof(c.open),
+		unsafe.Sizeof(connKey{}), unsafe.Sizeof(&c))
+}
