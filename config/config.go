@@ -36,6 +36,26 @@ type AddOn struct {
 	MatchAddr netip.AddrPort `yaml:"-"`
 }
 
+// Persistence sends a client (by address prefix) back to the real server
+// it had last, as ipvsadm -p and -M.
+type Persistence struct {
+	Timeout time.Duration `yaml:"timeout"`
+	Prefix4 *int          `yaml:"prefix4"` // default 32
+	Prefix6 *int          `yaml:"prefix6"` // default 128
+}
+
+// Prefixes returns the prefix lengths with defaults applied.
+func (p *Persistence) Prefixes() (v4, v6 int) {
+	v4, v6 = 32, 128
+	if p.Prefix4 != nil {
+		v4 = *p.Prefix4
+	}
+	if p.Prefix6 != nil {
+		v6 = *p.Prefix6
+	}
+	return v4, v6
+}
+
 // Match selects an add-on's connections.
 type Match struct {
 	// Destination is the address and port clients connect to, before the
@@ -65,6 +85,7 @@ type Service struct {
 	Scheduler     string       `yaml:"scheduler"`
 	Helper        string       `yaml:"helper"`
 	RealServers   []RealServer `yaml:"real_servers"`
+	Persistence   *Persistence `yaml:"persistence"`
 	ChannelPolicy `yaml:",inline"`
 
 	VIPAddr netip.AddrPort `yaml:"-"`
@@ -171,6 +192,17 @@ func (c *Config) validate() error {
 		}
 		if err := s.ChannelPolicy.validate(); err != nil {
 			return bad("service %s: %v", s.Name, err)
+		}
+		if p := s.Persistence; p != nil {
+			v4, v6 := p.Prefixes()
+			switch {
+			case p.Timeout < time.Second || p.Timeout > 30*24*time.Hour:
+				return bad("service %s: persistence timeout %s out of 1s..720h", s.Name, p.Timeout)
+			case v4 < 1 || v4 > 32:
+				return bad("service %s: persistence prefix4 %d out of 1..32", s.Name, v4)
+			case v6 < 1 || v6 > 128:
+				return bad("service %s: persistence prefix6 %d out of 1..128", s.Name, v6)
+			}
 		}
 		if len(s.RealServers) == 0 {
 			return bad("service %s: no real_servers", s.Name)

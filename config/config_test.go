@@ -55,6 +55,8 @@ func TestInvalid(t *testing.T) {
 		{"family mismatch", "services:\n  - name: a\n    vip: \"[2001:db8::1]:21\"" + rs, "address family"},
 		{"negative weight", "services:\n  - name: a\n    vip: 198.51.100.10:21" + rs + "\n        weight: -1", "weight -1"},
 		{"not yaml", "services: [", "invalid configuration"},
+		{"persistence without timeout", "services:\n  - name: a\n    vip: 198.51.100.10:21\n    persistence:\n      prefix4: 24" + rs, "persistence timeout 0s"},
+		{"persistence prefix", "services:\n  - name: a\n    vip: 198.51.100.10:21\n    persistence:\n      timeout: 5m\n      prefix4: 33" + rs, "prefix4 33"},
 		{"zero channels", "services:\n  - name: a\n    vip: 198.51.100.10:21\n    max_data_channels: 0" + rs, "max_data_channels 0"},
 		{"bad timeout", "services:\n  - name: a\n    vip: 198.51.100.10:21\n    data_channel_timeout: 5" + rs, "into time.Duration"},
 		{"short timeout", "services:\n  - name: a\n    vip: 198.51.100.10:21\n    data_channel_timeout: 10ms" + rs, "out of 1s..24h"},

@@ -16,11 +16,12 @@ import (
 
 // target says where the FTP clients run and whom they talk to.
 type target struct {
-	ns           string // namespace the clients run in
-	host4, host6 string // control connection addresses
-	pasv4        string // address expected in 227 replies
-	peer4, peer6 string // expected source address of active data connections
-	port         int    // control port; 21 when zero
+	ns           string        // namespace the clients run in
+	host4, host6 string        // control connection addresses
+	pasv4        string        // address expected in 227 replies
+	peer4, peer6 string        // expected source address of active data connections
+	port         int           // control port; 21 when zero
+	maxTime      time.Duration // bound of one client run; 2 minutes when zero
 }
 
 func (tg target) ctlPort() int {
@@ -120,7 +121,10 @@ func ftpURL(host string, port int, file string) string {
 func fetch(t *testing.T, tg target, c mcase, file string) fetchResult {
 	t.Helper()
 	host := tg.host(c.v6)
-	const timeout = 2 * time.Minute
+	timeout := 2 * time.Minute
+	if tg.maxTime > 0 {
+		timeout = tg.maxTime
+	}
 	dir := t.TempDir()
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -130,7 +134,7 @@ func fetch(t *testing.T, tg target, c mcase, file string) fetchResult {
 
 	switch c.tool {
 	case "curl":
-		args := []string{"-q", "-sS", "-v", "-g", "--connect-timeout", "10", "--max-time", "120", "-o", out}
+		args := []string{"-q", "-sS", "-v", "-g", "--connect-timeout", "10", "--max-time", fmt.Sprint(int(timeout.Seconds())), "-o", out}
 		switch c.mode {
 		case "pasv":
 			args = append(args, curlPASV...)

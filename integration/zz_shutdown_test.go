@@ -34,6 +34,7 @@ func TestDaemonShutdown(t *testing.T) {
 	}
 	checkStopped(t, "SIGTERM", res)
 	t.Run("refusal-counters", func(t *testing.T) { checkRefusalCounters(t, d.Log()) })
+	t.Run("no-anomalies", func(t *testing.T) { checkNoAnomalies(t, d.Log()) })
 
 	d2, err := tp.StartDaemon(harness.daemonBin, harness.config)
 	if err != nil {
@@ -112,6 +113,24 @@ func checkRefusalCounters(t *testing.T, log string) {
 		}
 		if got, _ := strconv.Atoi(m[1]); got < n {
 			t.Errorf("refused_%s=%d, want at least %d: %s", reason, got, n, line)
+		}
+	}
+}
+
+// checkNoAnomalies: on lossless veth links, after every test above, the
+// daemon must have dropped nothing as out of order and met no helper or
+// mapping error.
+func checkNoAnomalies(t *testing.T, log string) {
+	line := regexp.MustCompile(`(?m)^.*\bmsg="?stopping\b.*$`).FindString(log)
+	if line == "" {
+		t.Fatalf("no msg=stopping line in the daemon log:\n%s", tailString(log, 3000))
+	}
+	for _, counter := range []string{"dropped_out_of_order", "helper_errors", "unmappable", "unparsed"} {
+		m := regexp.MustCompile(`\b` + counter + `=(\d+)`).FindStringSubmatch(line)
+		if m == nil {
+			t.Errorf("stopping line has no %s counter: %s", counter, line)
+		} else if m[1] != "0" {
+			t.Errorf("%s=%s: %s", counter, m[1], line)
 		}
 	}
 }

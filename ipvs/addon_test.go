@@ -13,7 +13,10 @@ func TestAddOnBehindSNAT(t *testing.T) {
 	const addOnMark = 0x00040000
 	match, server, nat := ap("198.51.100.20:21"), ap("10.0.0.12:21"), ap("10.0.0.1:40000")
 	h, _ := ipvs.LookupHelper("ftp")
-	e := ipvs.NewEngine([]*ipvs.Service{ipvs.NewAddOn("router-ftp", match, h, addOnMark)}, 0x00ff0000)
+	e, err := ipvs.NewEngine([]*ipvs.Service{ipvs.NewAddOn("router-ftp", match, h, addOnMark)}, 0x00ff0000)
+	if err != nil {
+		t.Fatal(err)
+	}
 	w := e.NewWorker()
 
 	// The SYN after DNAT, marked by the forward rule: the server is learned

@@ -36,7 +36,11 @@ func ftpConn(tb testing.TB) *ipvs.Worker {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	w := ipvs.NewEngine([]*ipvs.Service{svc}, 0x00ff0000).NewWorker()
+	e, err := ipvs.NewEngine([]*ipvs.Service{svc}, 0x00ff0000)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	w := e.NewWorker()
 	w.Process(seg(client, vip, 100, 0, nfq.FlagSYN, ""), 0)
 	w.Process(seg(rs1, client, isn, 101, nfq.FlagSYN|ack, ""), 0)
 	return w

@@ -70,7 +70,7 @@ const maxPortTries = 64
 // OpenPassive implements ChannelOpener for the connection being processed.
 func (w *Worker) OpenPassive(server netip.AddrPort) (netip.AddrPort, bool) {
 	c, e, at := w.cur, w.e, w.now
-	pol := &c.Service.Policy
+	pol := c.Service.policy()
 	t := &e.channels
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -78,7 +78,7 @@ func (w *Worker) OpenPassive(server netip.AddrPort) (netip.AddrPort, bool) {
 	for range maxPortTries {
 		key := passiveKey{c.Client.Addr(), netip.AddrPortFrom(c.VIP.Addr(), port)}
 		claim, taken := t.passive[key]
-		if e.services[key.vip] == nil && (!taken || claim.conn == c || claim.expires < at) {
+		if e.snap.Load().services[key.vip] == nil && (!taken || claim.conn == c || claim.expires < at) {
 			ch := Channel{Kind: ChannelPassive, Client: netip.AddrPortFrom(key.client, 0), Server: server, VIP: key.vip, NAT: c.ClientNAT, Timeout: pol.ChannelTimeout}
 			t.passive[key] = passiveClaim{conn: c, expires: at + int64(pol.ChannelTimeout)}
 			w.admit(c, ch)
@@ -101,7 +101,7 @@ func (w *Worker) OpenActive(client netip.AddrPort) (netip.AddrPort, bool) {
 	defer t.mu.Unlock()
 	ch := Channel{
 		Kind: ChannelActive, Client: client, Server: netip.AddrPortFrom(c.Server.Addr(), 0),
-		VIP: netip.AddrPortFrom(c.VIP.Addr(), 0), Timeout: c.Service.Policy.ChannelTimeout,
+		VIP: netip.AddrPortFrom(c.VIP.Addr(), 0), Timeout: c.Service.policy().ChannelTimeout,
 	}
 	if !c.ClientNAT.IsValid() {
 		w.admit(c, ch)
@@ -140,7 +140,7 @@ func (w *Worker) admit(c *Conn, ch Channel) {
 			keep = append(keep, o)
 		}
 	}
-	limit := max(c.Service.Policy.MaxChannels, 1)
+	limit := max(c.Service.policy().MaxChannels, 1)
 	for len(keep) >= limit {
 		w.close = append(w.close, keep[0].ch)
 		w.e.channels.release(c, keep[0].ch)

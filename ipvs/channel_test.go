@@ -38,7 +38,11 @@ func portEngine(t *testing.T, pol Policy) *Engine {
 		t.Fatal(err)
 	}
 	svc.Policy = pol
-	return NewEngine([]*Service{svc}, 0x00ff0000)
+	e, err := NewEngine([]*Service{svc}, 0x00ff0000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
 }
 
 // announce opens a control connection from cl and has its server announce port.

@@ -41,7 +41,8 @@ type Conn struct {
 
 	mu      sync.Mutex
 	state   TCPState
-	expires int64 // monotonic nanoseconds, see now()
+	seen    int64 // last packet, monotonic nanoseconds (see now())
+	expires int64
 	helper  ConnHelper
 	streams [2]stream // indexed by the Direction that sends the stream
 	open    []openChannel
@@ -85,6 +86,7 @@ func (c *Conn) track(flags uint8, now int64) {
 		}
 	}
 	c.state = next
+	c.seen = now
 	c.expires = now + int64(stateTimeout[c.state])
 }
 

@@ -21,8 +21,7 @@ type Engine struct {
 	Table    *Table
 	Stats    Stats
 	Log      *slog.Logger // refusals, rate-limited; nil: not logged
-	services map[netip.AddrPort]*Service
-	addOns   map[uint32]*Service // by mark bits
+	snap     atomic.Pointer[snapshot]
 	markMask uint32
 	channels channelTable
 	lastLog  [numRefusals]atomic.Int64
@@ -48,27 +47,27 @@ type Stats struct {
 	Rewritten, Corrected, Held, Dropped    atomic.Uint64 // packets altered, shifted, withholding, dropped out of order
 	BadChecksum, HelperErrors, Unmappable  atomic.Uint64
 	Channels, Evicted, Stopped             atomic.Uint64 // data channels opened, evicted by the limit; inspections stopped (TLS)
+	ConntrackGone                          atomic.Uint64 // connections removed because the kernel destroyed their conntrack entry
 	Refused                                [numRefusals]atomic.Uint64
 }
 
 // NewEngine builds an engine for services; markMask holds the bits of the
-// packet mark that carry a scheduling decision.
-func NewEngine(services []*Service, markMask uint32) *Engine {
+// packet mark that carry a scheduling decision. Real servers and add-ons
+// without a mark get one.
+func NewEngine(services []*Service, markMask uint32) (*Engine, error) {
 	e := &Engine{
-		Table: NewTable(), services: make(map[netip.AddrPort]*Service), addOns: make(map[uint32]*Service), markMask: markMask,
+		Table: NewTable(), markMask: markMask,
 		watched: make(map[netip.AddrPort]bool), unnamed: make(map[synAck]*Conn),
 	}
 	e.channels.passive = make(map[passiveKey]passiveClaim)
 	e.channels.active = make(map[passiveKey]passiveClaim)
 	e.Table.onRemove = e.removed
-	for _, s := range services {
-		if s.AddOn {
-			e.addOns[s.Mark&markMask] = s
-		} else {
-			e.services[s.VIP] = s
-		}
+	commit, err := e.Prepare(services)
+	if err != nil {
+		return nil, err
 	}
-	return e
+	commit()
+	return e, nil
 }
 
 // removed lets go of what a connection leaving the table held.
@@ -129,13 +128,14 @@ func (w *Worker) Process(pkt []byte, mark uint32) Verdict {
 	src, dst := w.in.Src(), w.in.Dst()
 	const handshake = nfq.FlagSYN | nfq.FlagACK | nfq.FlagFIN | nfq.FlagRST
 	flags := w.in.TCP().Flags() & handshake
-	if svc := e.services[dst]; svc != nil {
+	snap := e.snap.Load()
+	if svc := snap.services[dst]; svc != nil {
 		if flags != nfq.FlagSYN {
 			return Verdict{}
 		}
 		return w.schedule(svc, src, mark)
 	}
-	if svc := e.addOns[mark&e.markMask]; svc != nil {
+	if svc := snap.addOns[mark&e.markMask]; svc != nil {
 		v := Verdict{SetMark: true, Mark: mark &^ e.markMask}
 		if flags == nfq.FlagSYN {
 			w.adopt(svc, src, dst, &v)
@@ -160,10 +160,9 @@ func (w *Worker) adopt(svc *Service, client, server netip.AddrPort, v *Verdict) 
 	c := e.Table.LookupVIP(client, svc.VIP)
 	if c == nil || c.Server != server || c.State() == StateClose {
 		c = &Conn{Session: Session{Client: client, VIP: svc.VIP, Server: server}, Service: svc, Real: svc.learn(server)}
-		if svc.Helper != nil {
-			c.helper = svc.Helper.Bind(&c.Session, &svc.Policy)
-		}
-		c.expires = now() + int64(stateTimeout[StateSynSent])
+		c.helper = svc.bind(&c.Session)
+		c.seen = now()
+		c.expires = c.seen + int64(stateTimeout[StateSynSent])
 		e.Table.Insert(c)
 		e.Stats.Adopted.Add(1)
 	}
@@ -211,10 +210,9 @@ func (w *Worker) schedule(svc *Service, client netip.AddrPort, mark uint32) Verd
 			return Verdict{}
 		}
 		c = &Conn{Session: Session{Client: client, VIP: svc.VIP, Server: rs.Addr}, Service: svc, Real: rs}
-		if svc.Helper != nil {
-			c.helper = svc.Helper.Bind(&c.Session, &svc.Policy)
-		}
-		c.expires = now() + int64(stateTimeout[StateSynSent])
+		c.helper = svc.bind(&c.Session)
+		c.seen = now()
+		c.expires = c.seen + int64(stateTimeout[StateSynSent])
 		e.Table.Insert(c)
 		e.Stats.Scheduled.Add(1)
 	}
@@ -303,7 +301,7 @@ func (w *Worker) flow(c *Conn, dir Direction, st *stream, seq uint32, flags uint
 		return shifted, nil, false
 	}
 	end := seq + uint32(len(in))
-	newData := nfq.SeqAfter(end, st.next) || (fin && end == st.next && len(st.carry) > 0)
+	newData := len(in) > 0 && nfq.SeqAfter(end, st.next) || (fin && end == st.next && len(st.carry) > 0)
 	if len(in) == 0 && !newData {
 		return shifted, nil, false
 	}

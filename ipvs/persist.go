@@ -149,17 +149,3 @@ func (p *Persistence) Expire(now int64) int {
 	}
 	return n
 }
-
-// RunExpiry sweeps every interval until stop is closed.
-func (p *Persistence) RunExpiry(interval time.Duration, stop <-chan struct{}) {
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-tick.C:
-			p.Expire(now())
-		}
-	}
-}

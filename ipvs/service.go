@@ -32,6 +32,9 @@ type Service struct {
 	Servers []*RealServer
 	AddOn   bool
 	Mark    uint32
+	// Persist, if set, sends a client back to the server it had last
+	// (IPVS persistence, -p).
+	Persist *Persistence
 
 	mu    sync.Mutex
 	sched Scheduler
@@ -51,6 +54,19 @@ func NewService(name string, vip netip.AddrPort, scheduler string, h Helper, ser
 func NewAddOn(name string, match netip.AddrPort, h Helper, mark uint32) *Service {
 	return &Service{Name: name, VIP: match, Helper: h, Policy: DefaultPolicy, AddOn: true, Mark: mark}
 }
+
+// bind returns a new connection's helper state; nil without a helper.
+func (s *Service) bind(sess *Session) ConnHelper {
+	if s.Helper == nil {
+		return nil
+	}
+	p := s.Policy
+	return s.Helper.Bind(sess, &p)
+}
+
+// policy is the service's data-channel policy. A reload builds new services
+// rather than change a running one's, so this needs no lock.
+func (s *Service) policy() *Policy { return &s.Policy }
 
 // learn returns the real server at addr, added on first sight.
 func (s *Service) learn(addr netip.AddrPort) *RealServer {
@@ -75,7 +91,17 @@ func (s *Service) learn(addr netip.AddrPort) *RealServer {
 func (s *Service) Schedule(client netip.AddrPort) *RealServer {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	rs := s.sched.Pick(s.Servers, client)
+	var rs *RealServer
+	at := now()
+	if s.Persist != nil {
+		rs = s.Persist.Lookup(client.Addr(), at)
+	}
+	if rs == nil {
+		rs = s.sched.Pick(s.Servers, client)
+		if rs != nil && s.Persist != nil {
+			s.Persist.Remember(client.Addr(), rs, at)
+		}
+	}
 	if rs != nil {
 		rs.Conns.Add(1)
 		rs.Inactive.Add(1)

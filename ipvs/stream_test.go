@@ -64,7 +64,10 @@ func newConn(t testing.TB, repl string, sISN uint32) *tconn {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := NewEngine([]*Service{svc}, 0x00ff0000)
+	e, err := NewEngine([]*Service{svc}, 0x00ff0000)
+	if err != nil {
+		t.Fatal(err)
+	}
 	c := &tconn{t: t, e: e, w: e.NewWorker(), sISN: sISN}
 	if v := c.w.Process(seg(client, vip, 100, 0, syn, ""), 0); !v.SetMark {
 		t.Fatal("SYN not scheduled")
@@ -292,5 +295,21 @@ func TestStreamSteadyStateDoesNotAllocate(t *testing.T) {
 		if n := testing.AllocsPerRun(200, func() { c.w.Process(pkt, 0) }); n != 0 {
 			t.Errorf("%s: %.1f allocations per packet", name, n)
 		}
+	}
+}
+
+// TestStreamPureACKAfterFIN: the last ACK of a closing connection has a
+// sequence number one past the data (the FIN counts); it is no gap.
+func TestStreamPureACKAfterFIN(t *testing.T) {
+	const isn = 100
+	c := newConn(t, "xy", isn)
+	s := uint32(isn + 1)
+	c.send(s, "221 bye\r\n")
+	c.server(s+9, finAck, "")
+	if v := c.server(s+10, ack, ""); v.Drop {
+		t.Fatal("the ACK after FIN was dropped")
+	}
+	if c.e.Stats.Dropped.Load() != 0 {
+		t.Errorf("dropped %d", c.e.Stats.Dropped.Load())
 	}
 }

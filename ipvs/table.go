@@ -3,7 +3,6 @@ package ipvs
 import (
 	"net/netip"
 	"sync"
-	"time"
 )
 
 const shardCount = 64
@@ -96,6 +95,36 @@ func (t *Table) Alias(c *Conn, nat netip.AddrPort) {
 	s.mu.Unlock()
 }
 
+// Remove takes c out of the table now; false if it was no longer there.
+func (t *Table) Remove(c *Conn) bool {
+	s := t.shardOf(c.Client)
+	s.mu.Lock()
+	there := s.conns[connKey{c.Client, c.VIP}] == c
+	if there {
+		delete(s.conns, connKey{c.Client, c.VIP})
+		if s.conns[connKey{c.Client, c.Server}] == c {
+			delete(s.conns, connKey{c.Client, c.Server})
+		}
+	}
+	s.mu.Unlock()
+	if !there {
+		return false
+	}
+	c.mu.Lock()
+	nat := c.ClientNAT
+	c.mu.Unlock()
+	if nat.IsValid() {
+		s := t.shardOf(nat)
+		s.mu.Lock()
+		if s.conns[connKey{nat, c.Server}] == c {
+			delete(s.conns, connKey{nat, c.Server})
+		}
+		s.mu.Unlock()
+	}
+	t.removed(c)
+	return true
+}
+
 // Len is the number of connections.
 func (t *Table) Len() int {
 	n := 0
@@ -145,19 +174,5 @@ func (t *Table) removed(c *Conn) {
 	c.gone()
 	if t.onRemove != nil {
 		t.onRemove(c)
-	}
-}
-
-// RunExpiry sweeps every interval until stop is closed.
-func (t *Table) RunExpiry(interval time.Duration, stop <-chan struct{}) {
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-tick.C:
-			t.Expire(now())
-		}
 	}
 }

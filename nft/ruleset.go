@@ -70,6 +70,8 @@ type family struct {
 type Ruleset struct {
 	table *nftables.Table
 	fams  [2]*family
+	fwd   *nftables.Chain
+	queue Spec // the queue numbers the rules send to
 }
 
 func newFamily(t *nftables.Table, v6 bool) *family {
@@ -108,7 +110,7 @@ func Install(c *nftables.Conn, spec *Spec) (*Ruleset, error) {
 	c.AddTable(t)
 	c.DelTable(t)
 	c.AddTable(t)
-	rs := &Ruleset{table: t, fams: [2]*family{newFamily(t, false), newFamily(t, true)}}
+	rs := &Ruleset{table: t, fams: [2]*family{newFamily(t, false), newFamily(t, true)}, queue: Spec{QueueNum: spec.QueueNum, QueueTotal: spec.QueueTotal, MarkMask: spec.MarkMask}}
 	for _, f := range rs.fams {
 		if err := rs.addSets(c, spec, f); err != nil {
 			return nil, err
@@ -133,33 +135,55 @@ func Remove(c *nftables.Conn, name string) error {
 }
 
 func (rs *Ruleset) addSets(c *nftables.Conn, spec *Spec, f *family) error {
-	var vips, helped, servers, byMark []nftables.SetElement
+	static := rs.staticElements(spec, f)
+	for _, set := range []*nftables.Set{f.vips, f.helped, f.servers, f.watched, f.byMark, f.passive, f.active, f.passiveSNAT, f.activeDNAT} {
+		if err := c.AddSet(set, static[set]); err != nil {
+			return fmt.Errorf("add set %s: %w", set.Name, err)
+		}
+	}
+	return nil
+}
+
+// staticElements are the elements of the sets the configuration fills.
+func (rs *Ruleset) staticElements(spec *Spec, f *family) map[*nftables.Set][]nftables.SetElement {
+	els := map[*nftables.Set][]nftables.SetElement{f.vips: nil, f.helped: nil, f.servers: nil, f.byMark: nil}
 	for _, a := range spec.AddOns {
 		if f.of(a.Match.Addr()) {
-			helped = append(helped, nftables.SetElement{Key: addrPortKey(a.Match)})
+			els[f.helped] = append(els[f.helped], nftables.SetElement{Key: addrPortKey(a.Match)})
 		}
 	}
 	for _, svc := range spec.Services {
 		if !f.of(svc.VIP.Addr()) {
 			continue
 		}
-		vips = append(vips, nftables.SetElement{Key: addrPortKey(svc.VIP)})
-		helped = append(helped, nftables.SetElement{Key: addrPortKey(svc.VIP)})
+		els[f.vips] = append(els[f.vips], nftables.SetElement{Key: addrPortKey(svc.VIP)})
+		els[f.helped] = append(els[f.helped], nftables.SetElement{Key: addrPortKey(svc.VIP)})
 		for _, s := range svc.Servers {
-			servers = append(servers, nftables.SetElement{Key: addrPortKey(s.Addr)})
-			byMark = append(byMark, nftables.SetElement{Key: binary.NativeEndian.AppendUint32(nil, s.Mark), Val: addrPortKey(s.Addr)})
+			els[f.servers] = append(els[f.servers], nftables.SetElement{Key: addrPortKey(s.Addr)})
+			els[f.byMark] = append(els[f.byMark], nftables.SetElement{Key: binary.NativeEndian.AppendUint32(nil, s.Mark), Val: addrPortKey(s.Addr)})
 		}
 	}
-	for _, s := range []struct {
-		set   *nftables.Set
-		elems []nftables.SetElement
-	}{
-		{f.vips, vips}, {f.helped, helped}, {f.servers, servers}, {f.watched, nil}, {f.byMark, byMark},
-		{f.passive, nil}, {f.active, nil}, {f.passiveSNAT, nil}, {f.activeDNAT, nil},
-	} {
-		if err := c.AddSet(s.set, s.elems); err != nil {
-			return fmt.Errorf("add set %s: %w", s.set.Name, err)
+	return els
+}
+
+// Update applies a changed configuration in one batch: the sets and maps
+// it fills are refilled and the forward chain's rules replaced; data
+// channels and learned servers stay. Queue numbers cannot change.
+func (rs *Ruleset) Update(c *nftables.Conn, spec *Spec) error {
+	for _, f := range rs.fams {
+		for set, els := range rs.staticElements(spec, f) {
+			c.FlushSet(set)
+			if len(els) > 0 {
+				if err := c.SetAddElements(set, els); err != nil {
+					return fmt.Errorf("refill set %s: %w", set.Name, err)
+				}
+			}
 		}
+	}
+	c.FlushChain(rs.fwd)
+	rs.forwardRules(c, spec)
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("update table inet %s: %w", rs.table.Name, err)
 	}
 	return nil
 }
@@ -188,7 +212,7 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 	dnat := chain("dstnat", nftables.ChainTypeNAT, nftables.ChainHookPrerouting, *nftables.ChainPriorityNATDest)
 	// Client to server packets are corrected after conntrack has judged them
 	// in the client's sequence space.
-	fwd := chain("forward", nftables.ChainTypeFilter, nftables.ChainHookForward, *nftables.ChainPriorityFilter)
+	rs.fwd = chain("forward", nftables.ChainTypeFilter, nftables.ChainHookForward, *nftables.ChainPriorityFilter)
 	snat := chain("srcnat", nftables.ChainTypeNAT, nftables.ChainHookPostrouting, *nftables.ChainPriorityNATSource)
 
 	const syn, ack, fin, rst = 0x02, 0x10, 0x01, 0x04
@@ -214,27 +238,45 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 		// directly or through the user's SNAT, goes to the client.
 		rule(clean, fam, tcp, ctStateIs(newBit), flow, lookup(f.active), setCtMark(ChannelMark))
 
-		rule(fwd, fam, tcp, ctDirectionOriginal(), ctStateIs(establishedBit), concat(ctOrigDst(f.v6), ctOrigDstPort()), lookup(f.helped), q)
-		for _, a := range spec.AddOns {
-			if !f.of(a.Match.Addr()) {
-				continue
-			}
-			// The SYN after the user's DNAT shows client and server: the
-			// mark tells the daemon which add-on it belongs to.
-			rule(fwd, fam, tcp, ctDirectionOriginal(), ctStateIs(newBit), tcpFlagsEq(syn|ack|fin|rst, syn),
-				concat(ctOrigDst(f.v6), ctOrigDstPort()), cmpEq(addrPortKey(a.Match)),
-				setMark(spec.MarkMask, a.Mark), q)
-		}
-
 		rule(snat, fam, tcp, flow, lookupTo(f.active), natTo(expr.NATTypeSourceNAT, f, false))
 		rule(snat, fam, tcp, flow, lookupTo(f.passiveSNAT), natTo(expr.NATTypeSourceNAT, f, false))
 	}
+	rs.forwardRules(c, spec)
 	rule(clean, markBits(spec.MarkMask), []expr.Any{
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: native32(0)},
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: reg1},
 		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: native32(^spec.MarkMask), Xor: native32(0)},
 		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: reg1},
 	})
+}
+
+// forwardRules queue the client's packets of helped connections, after
+// conntrack and DNAT, and the SYN of each new add-on connection.
+func (rs *Ruleset) forwardRules(c *nftables.Conn, spec *Spec) {
+	const syn, ack, fin, rst = 0x02, 0x10, 0x01, 0x04
+	q := queue(rs.queue.QueueNum, rs.queue.QueueTotal)
+	for _, f := range rs.fams {
+		rs.rule(c, rs.fwd, nfproto(f.proto), l4protoTCP(), ctDirectionOriginal(), ctStateIs(establishedBit),
+			concat(ctOrigDst(f.v6), ctOrigDstPort()), lookup(f.helped), []expr.Any{q})
+		for _, a := range spec.AddOns {
+			if !f.of(a.Match.Addr()) {
+				continue
+			}
+			// The SYN after the user's DNAT shows client and server: the
+			// mark tells the daemon which add-on it belongs to.
+			rs.rule(c, rs.fwd, nfproto(f.proto), l4protoTCP(), ctDirectionOriginal(), ctStateIs(newBit), tcpFlagsEq(syn|ack|fin|rst, syn),
+				concat(ctOrigDst(f.v6), ctOrigDstPort()), cmpEq(addrPortKey(a.Match)),
+				setMark(rs.queue.MarkMask, a.Mark), []expr.Any{q})
+		}
+	}
+}
+
+func (rs *Ruleset) rule(c *nftables.Conn, ch *nftables.Chain, parts ...[]expr.Any) {
+	var exprs []expr.Any
+	for _, p := range parts {
+		exprs = append(exprs, p...)
+	}
+	c.AddRule(&nftables.Rule{Table: rs.table, Chain: ch, Exprs: exprs})
 }
 
 // ct state bits: NF_CT_STATE_INVALID_BIT, NF_CT_STATE_BIT(IP_CT_ESTABLISHED)

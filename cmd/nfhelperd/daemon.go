@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/bits"
+	"os"
+	"os/signal"
 	"runtime"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/google/nftables"
@@ -28,10 +30,13 @@ const (
 	datapathName = "xt-nfqueue+nft-maps"
 )
 
-func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	services, spec := build(cfg)
-	engine := ipvs.NewEngine(services, markMask)
+func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger) error {
+	engine, err := ipvs.NewEngine(services(cfg), markMask)
+	if err != nil {
+		return err
+	}
 	engine.Log = log
+	spec := specFor(cfg.Queue, engine.Services())
 
 	// Queues are bound before the rules exist, so the first queued packet
 	// already finds a reader.
@@ -74,7 +79,13 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	var wg sync.WaitGroup
 	errs := make(chan error, len(queues))
 	wg.Go(func() { dp.run(ctx) })
-	wg.Go(func() { engine.Table.RunExpiry(time.Second, ctx.Done()) })
+	wg.Go(func() { engine.RunExpiry(time.Second, ctx.Done()) })
+	wg.Go(func() {
+		// Without events the table's own timeouts still end connections.
+		if err := engine.FollowConntrack(ctx); err != nil {
+			log.Warn("not following conntrack", "err", err)
+		}
+	})
 	for _, q := range queues {
 		w := engine.NewWorker()
 		wg.Go(func() {
@@ -84,12 +95,26 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		})
 	}
 	log.Info("ready", "datapath", datapathName, "queues", fmt.Sprintf("%d-%d", spec.QueueNum, spec.QueueNum+spec.QueueTotal-1),
-		"services", len(services), "table", "inet "+tableName)
+		"services", len(spec.Services), "helpers", len(spec.AddOns), "table", "inet "+tableName)
 
-	select {
-	case <-ctx.Done():
-		err = nil
-	case err = <-errs:
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			err = nil
+			break wait
+		case err = <-errs:
+			break wait
+		case <-hup:
+			if err := reload(path, cfg.Queue, engine, ruleset, nftConn); err != nil {
+				log.Error("reload failed; the running configuration stays", "err", err)
+			} else {
+				log.Info("reloaded", "config", path)
+			}
+		}
 	}
 	cancel()
 	for _, q := range queues {
@@ -107,7 +132,7 @@ func statsAttrs(s *ipvs.Stats) []any {
 		"adopted", s.Adopted.Load(), "snat_learned", s.SNATLearned.Load(),
 		"rewritten", s.Rewritten.Load(), "corrected", s.Corrected.Load(), "held", s.Held.Load(),
 		"dropped_out_of_order", s.Dropped.Load(), "channels", s.Channels.Load(), "evicted", s.Evicted.Load(),
-		"stopped_tls", s.Stopped.Load(), "unparsed", s.Unparsed.Load(), "bad_checksum", s.BadChecksum.Load(),
+		"stopped_tls", s.Stopped.Load(), "conntrack_gone", s.ConntrackGone.Load(), "unparsed", s.Unparsed.Load(), "bad_checksum", s.BadChecksum.Load(),
 		"helper_errors", s.HelperErrors.Load(), "unmappable", s.Unmappable.Load(),
 	}
 	for r := range s.Refused {
@@ -116,46 +141,79 @@ func statsAttrs(s *ipvs.Stats) []any {
 	return attrs
 }
 
-// build turns the configuration into engine services and the ruleset spec.
-func build(cfg *config.Config) ([]*ipvs.Service, *nft.Spec) {
-	spec := &nft.Spec{Table: tableName, QueueNum: 100, QueueTotal: uint16(runtime.NumCPU()), MarkMask: markMask}
-	if cfg.Queue.First != 0 {
-		spec.QueueNum = cfg.Queue.First
+// reload applies a changed configuration file: the kernel's part first, in
+// one batch, then the engine's; on any error nothing changes.
+func reload(path string, queue config.Queue, engine *ipvs.Engine, ruleset *nft.Ruleset, conn *nftables.Conn) error {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return err
 	}
-	if cfg.Queue.Count != 0 {
-		spec.QueueTotal = cfg.Queue.Count
+	if cfg.Queue != queue {
+		return fmt.Errorf("queue settings changed: restart the daemon to apply them")
 	}
-	shift := bits.TrailingZeros32(markMask)
-	var services []*ipvs.Service
-	index := uint32(0)
+	next := services(cfg)
+	commit, err := engine.Prepare(next)
+	if err != nil {
+		return err
+	}
+	if err := ruleset.Update(conn, specFor(cfg.Queue, next)); err != nil {
+		return err
+	}
+	commit()
+	return nil
+}
+
+// services turns the configuration into engine services (marks unset).
+func services(cfg *config.Config) []*ipvs.Service {
+	var out []*ipvs.Service
 	for _, sc := range cfg.Services {
 		var helper ipvs.Helper
 		if sc.Helper != "" {
 			helper, _ = ipvs.LookupHelper(sc.Helper)
 		}
 		var reals []*ipvs.RealServer
-		ns := nft.Service{VIP: sc.VIPAddr}
 		for _, r := range sc.RealServers {
-			index++
-			rs := &ipvs.RealServer{Addr: r.Addr, Weight: r.EffectiveWeight(), Mark: index << shift}
-			reals = append(reals, rs)
-			ns.Servers = append(ns.Servers, nft.Server{Addr: rs.Addr, Mark: rs.Mark})
+			reals = append(reals, &ipvs.RealServer{Addr: r.Addr, Weight: r.EffectiveWeight()})
 		}
 		// The configuration was validated: the scheduler exists.
 		svc, _ := ipvs.NewService(sc.Name, sc.VIPAddr, sc.Scheduler, helper, reals)
 		svc.Policy = sc.Policy()
-		services = append(services, svc)
-		spec.Services = append(spec.Services, ns)
+		if p := sc.Persistence; p != nil {
+			v4, v6 := p.Prefixes()
+			svc.Persist = ipvs.NewPersistence(p.Timeout, v4, v6)
+		}
+		out = append(out, svc)
 	}
 	for _, ac := range cfg.Helpers {
-		index++
 		helper, _ := ipvs.LookupHelper(ac.Helper)
-		svc := ipvs.NewAddOn(ac.Name, ac.MatchAddr, helper, index<<shift)
+		svc := ipvs.NewAddOn(ac.Name, ac.MatchAddr, helper, 0)
 		svc.Policy = ac.Policy()
-		services = append(services, svc)
-		spec.AddOns = append(spec.AddOns, nft.AddOn{Match: ac.MatchAddr, Mark: svc.Mark})
+		out = append(out, svc)
 	}
-	return services, spec
+	return out
+}
+
+// specFor is the ruleset for services whose marks the engine assigned.
+func specFor(q config.Queue, services []*ipvs.Service) *nft.Spec {
+	spec := &nft.Spec{Table: tableName, QueueNum: 100, QueueTotal: uint16(runtime.NumCPU()), MarkMask: markMask}
+	if q.First != 0 {
+		spec.QueueNum = q.First
+	}
+	if q.Count != 0 {
+		spec.QueueTotal = q.Count
+	}
+	for _, svc := range services {
+		if svc.AddOn {
+			spec.AddOns = append(spec.AddOns, nft.AddOn{Match: svc.VIP, Mark: svc.Mark})
+			continue
+		}
+		ns := nft.Service{VIP: svc.VIP}
+		for _, rs := range svc.Servers {
+			ns.Servers = append(ns.Servers, nft.Server{Addr: rs.Addr, Mark: rs.Mark})
+		}
+		spec.Services = append(spec.Services, ns)
+	}
+	return spec
 }
 
 // handler is one queue's per-packet path: decide, then either answer at

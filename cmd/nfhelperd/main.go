@@ -32,7 +32,7 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := run(ctx, cfg, log); err != nil {
+	if err := run(ctx, *path, cfg, log); err != nil {
 		log.Error("stopped", "err", err)
 		os.Exit(1)
 	}

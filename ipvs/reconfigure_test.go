@@ -1,0 +1,153 @@
+package ipvs
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/ti-mo/conntrack"
+	"golang.org/x/sys/unix"
+)
+
+func svcOf(t *testing.T, vip string, sched string, servers ...*RealServer) *Service {
+	t.Helper()
+	s, err := NewService("s", ap(vip), sched, nil, servers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestReconfigure(t *testing.T) {
+	a, b := &RealServer{Addr: ap("10.0.0.11:21"), Weight: 1}, &RealServer{Addr: ap("10.0.0.12:21"), Weight: 1}
+	e, err := NewEngine([]*Service{svcOf(t, "198.51.100.10:21", "rr", a, b), NewAddOn("fwd", ap("198.51.100.20:21"), nil, 0)}, 0x00ff0000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addOnMark := e.Services()[1].Mark
+	if a.Mark == 0 || b.Mark == 0 || addOnMark == 0 || a.Mark == b.Mark || a.Mark == addOnMark {
+		t.Fatalf("marks %#x %#x %#x", a.Mark, b.Mark, addOnMark)
+	}
+	w := e.NewWorker()
+	client := ap("203.0.113.2:40000")
+	w.Process(seg(client, vip, 100, 0, syn, ""), 0)
+	old := e.Table.LookupVIP(client, vip)
+
+	// b leaves, a gets weight 3, c joins; the add-on stays.
+	c := &RealServer{Addr: ap("10.0.0.13:21"), Weight: 1}
+	next := []*Service{
+		svcOf(t, "198.51.100.10:21", "wrr", &RealServer{Addr: a.Addr, Weight: 3}, c),
+		NewAddOn("fwd", ap("198.51.100.20:21"), nil, 0),
+	}
+	commit, err := e.Prepare(next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next[0].Servers[0] != a || a.Weight != 1 {
+		t.Fatalf("a not reused, or its weight changed before commit")
+	}
+	if c.Mark == 0 || c.Mark == a.Mark || c.Mark == addOnMark || next[1].Mark != addOnMark {
+		t.Errorf("marks after prepare: c %#x a %#x add-on %#x (was %#x)", c.Mark, a.Mark, next[1].Mark, addOnMark)
+	}
+	// Nothing runs the new configuration yet.
+	if e.Services()[0] == next[0] {
+		t.Fatal("prepare switched the workers over")
+	}
+	commit()
+	if a.Weight != 3 || e.Services()[0] != next[0] {
+		t.Fatalf("commit: weight %d", a.Weight)
+	}
+	// New connections see the new servers; the old one keeps its server.
+	seen := map[*RealServer]int{}
+	for i := range 8 {
+		cl := netip.AddrPortFrom(client.Addr(), uint16(41000+i))
+		w.Process(seg(cl, vip, 100, 0, syn, ""), 0)
+		seen[e.Table.LookupVIP(cl, vip).Real]++
+	}
+	if seen[b] != 0 || seen[a] != 6 || seen[c] != 2 {
+		t.Errorf("after reload: a %d, b %d, c %d; want 6, 0, 2", seen[a], seen[b], seen[c])
+	}
+	if got := e.Table.LookupVIP(client, vip); got != old || got.Real == nil {
+		t.Errorf("existing connection lost")
+	}
+}
+
+func TestReconfigureKeepsPersistence(t *testing.T) {
+	a, b := &RealServer{Addr: ap("10.0.0.11:21"), Weight: 1}, &RealServer{Addr: ap("10.0.0.12:21"), Weight: 1}
+	s := svcOf(t, "198.51.100.10:21", "rr", a, b)
+	s.Persist = NewPersistence(time.Hour, 32, 128)
+	e, err := NewEngine([]*Service{s}, 0x00ff0000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := s.Schedule(ap("203.0.113.2:1"))
+	other := a
+	if first == a {
+		other = b
+	}
+	if again := s.Schedule(ap("203.0.113.2:2")); again != first {
+		t.Fatal("persistence did not keep the client's server")
+	}
+	// The client's server leaves: its template goes; the other persists.
+	n := svcOf(t, "198.51.100.10:21", "rr", &RealServer{Addr: other.Addr, Weight: 1})
+	n.Persist = NewPersistence(time.Hour, 32, 128)
+	commit, err := e.Prepare([]*Service{n})
+	if err != nil {
+		t.Fatal(err)
+	}
+	commit()
+	if n.Persist != s.Persist {
+		t.Fatal("persistence table not carried over")
+	}
+	if got := n.Schedule(ap("203.0.113.2:3")); got != other {
+		t.Errorf("client sent to %v after its server left", got.Addr)
+	}
+}
+
+func TestActiveInactiveCounts(t *testing.T) {
+	c := newConn(t, "x", 1000)
+	rs := c.e.Services()[0].Servers[0]
+	if rs.Inactive.Load() != 1 || rs.Active.Load() != 0 {
+		t.Fatalf("after handshake start: active %d inactive %d", rs.Active.Load(), rs.Inactive.Load())
+	}
+	c.clientAck(1001)
+	if rs.Active.Load() != 1 || rs.Inactive.Load() != 0 {
+		t.Fatalf("established: active %d inactive %d", rs.Active.Load(), rs.Inactive.Load())
+	}
+	c.server(1001, finAck, "")
+	if rs.Active.Load() != 0 || rs.Inactive.Load() != 1 {
+		t.Fatalf("closing: active %d inactive %d", rs.Active.Load(), rs.Inactive.Load())
+	}
+	c.e.Table.Expire(now() + int64(time.Hour))
+	if rs.Active.Load() != 0 || rs.Inactive.Load() != 0 {
+		t.Fatalf("expired: active %d inactive %d", rs.Active.Load(), rs.Inactive.Load())
+	}
+}
+
+func TestConntrackDestroyRemoves(t *testing.T) {
+	c := newConn(t, "x", 1000)
+	conn := c.e.Table.LookupVIP(client, vip)
+	tuple := conntrack.Tuple{
+		IP:    conntrack.IPTuple{SourceAddress: client.Addr(), DestinationAddress: vip.Addr()},
+		Proto: conntrack.ProtoTuple{Protocol: unix.IPPROTO_TCP, SourcePort: client.Port(), DestinationPort: vip.Port()},
+	}
+	// Just active: a reused tuple's old entry going must not take it.
+	c.e.destroyed(tuple)
+	if c.e.Table.LookupVIP(client, vip) != conn {
+		t.Fatal("a connection active right now was removed")
+	}
+	conn.mu.Lock()
+	conn.seen -= int64(time.Minute)
+	conn.mu.Unlock()
+	c.e.destroyed(tuple)
+	if c.e.Table.LookupVIP(client, vip) != nil || c.e.Table.Len() != 0 {
+		t.Fatal("connection kept after its conntrack entry went")
+	}
+	if c.e.Stats.ConntrackGone.Load() != 1 {
+		t.Errorf("counted %d", c.e.Stats.ConntrackGone.Load())
+	}
+	// Its server's count went with it.
+	if rs := conn.Real; rs.Active.Load()+rs.Inactive.Load() != 0 {
+		t.Errorf("server still counts it")
+	}
+}
