@@ -44,7 +44,7 @@ type Conn struct {
 	seen    int64 // last packet, monotonic nanoseconds (see now())
 	expires int64
 	helper  ConnHelper
-	streams [2]stream // indexed by the Direction that sends the stream
+	streams *[2]stream // indexed by the Direction that sends it; nil without a helper
 	open    []openChannel
 }
 
@@ -60,7 +60,31 @@ func (c *Conn) State() TCPState {
 func (c *Conn) Offset(dir Direction, seq uint32) int32 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.streams == nil {
+		return 0
+	}
 	return c.streams[dir].off(seq)
+}
+
+// newConn is a new connection of svc to rs.
+func newConn(s Session, svc *Service, rs *RealServer) *Conn {
+	c := &Conn{Session: s, Service: svc, Real: rs}
+	if c.helper = svc.bind(&c.Session); c.helper != nil {
+		c.streams = new([2]stream)
+	}
+	c.seen = now()
+	c.expires = c.seen + int64(stateTimeout[StateSynSent])
+	return c
+}
+
+// startClient starts the client's stream at the SYN's sequence number.
+func (c *Conn) startClient(isn uint32) {
+	if c.streams == nil {
+		return
+	}
+	c.mu.Lock()
+	c.streams[FromClient].start(isn)
+	c.mu.Unlock()
 }
 
 // track advances the state by a packet's TCP flags; c.mu is held.

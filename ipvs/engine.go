@@ -159,16 +159,11 @@ func (w *Worker) adopt(svc *Service, client, server netip.AddrPort, v *Verdict) 
 	seq := w.in.TCP().Seq()
 	c := e.Table.LookupVIP(client, svc.VIP)
 	if c == nil || c.Server != server || c.State() == StateClose {
-		c = &Conn{Session: Session{Client: client, VIP: svc.VIP, Server: server}, Service: svc, Real: svc.learn(server)}
-		c.helper = svc.bind(&c.Session)
-		c.seen = now()
-		c.expires = c.seen + int64(stateTimeout[StateSynSent])
+		c = newConn(Session{Client: client, VIP: svc.VIP, Server: server}, svc, svc.learn(server))
 		e.Table.Insert(c)
 		e.Stats.Adopted.Add(1)
 	}
-	c.mu.Lock()
-	c.streams[FromClient].start(seq)
-	c.mu.Unlock()
+	c.startClient(seq)
 	e.mu.Lock()
 	e.unnamed[synAck{server, seq + 1}] = c
 	if !e.watched[server] {
@@ -209,16 +204,11 @@ func (w *Worker) schedule(svc *Service, client netip.AddrPort, mark uint32) Verd
 			e.Stats.NoServer.Add(1)
 			return Verdict{}
 		}
-		c = &Conn{Session: Session{Client: client, VIP: svc.VIP, Server: rs.Addr}, Service: svc, Real: rs}
-		c.helper = svc.bind(&c.Session)
-		c.seen = now()
-		c.expires = c.seen + int64(stateTimeout[StateSynSent])
+		c = newConn(Session{Client: client, VIP: svc.VIP, Server: rs.Addr}, svc, rs)
 		e.Table.Insert(c)
 		e.Stats.Scheduled.Add(1)
 	}
-	c.mu.Lock()
-	c.streams[FromClient].start(w.in.TCP().Seq())
-	c.mu.Unlock()
+	c.startClient(w.in.TCP().Seq())
 	// A retransmitted SYN gets the same server's mark; the kernel has bound
 	// NAT on the first one anyway.
 	return Verdict{SetMark: true, Mark: mark&^e.markMask | c.Real.Mark}
@@ -234,14 +224,17 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	w.cur, w.now = c, now()
 	w.open, w.close = w.open[:0], w.close[:0]
 	c.track(flags, w.now)
+	if flags&nfq.FlagSYN != 0 && c.Service.AddOn && dir == FromServer && !c.ClientNAT.IsValid() {
+		e.mu.Lock()
+		delete(e.unnamed, synAck{c.Server, ack})
+		e.mu.Unlock()
+	}
+	if c.streams == nil {
+		return Verdict{} // balanced without a helper: nothing is ever edited
+	}
 	st, peer := &c.streams[dir], &c.streams[1-dir]
 	if flags&nfq.FlagSYN != 0 {
 		st.start(seq)
-		if c.Service.AddOn && dir == FromServer && !c.ClientNAT.IsValid() {
-			e.mu.Lock()
-			delete(e.unnamed, synAck{c.Server, ack})
-			e.mu.Unlock()
-		}
 	}
 
 	outSeq, payload, drop := w.flow(c, dir, st, seq, flags)

@@ -105,7 +105,7 @@ func TestReconfigureKeepsPersistence(t *testing.T) {
 }
 
 func TestActiveInactiveCounts(t *testing.T) {
-	c := newConn(t, "x", 1000)
+	c := openConn(t, "x", 1000)
 	rs := c.e.Services()[0].Servers[0]
 	if rs.Inactive.Load() != 1 || rs.Active.Load() != 0 {
 		t.Fatalf("after handshake start: active %d inactive %d", rs.Active.Load(), rs.Inactive.Load())
@@ -125,7 +125,7 @@ func TestActiveInactiveCounts(t *testing.T) {
 }
 
 func TestConntrackDestroyRemoves(t *testing.T) {
-	c := newConn(t, "x", 1000)
+	c := openConn(t, "x", 1000)
 	conn := c.e.Table.LookupVIP(client, vip)
 	tuple := conntrack.Tuple{
 		IP:    conntrack.IPTuple{SourceAddress: client.Addr(), DestinationAddress: vip.Addr()},

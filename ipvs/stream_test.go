@@ -56,9 +56,9 @@ type tconn struct {
 	sISN uint32 // server's initial sequence number
 }
 
-// newConn sets up a helped connection with the server's stream starting at
+// openConn sets up a helped connection with the server's stream starting at
 // sISN+1 and the client's at 101.
-func newConn(t testing.TB, repl string, sISN uint32) *tconn {
+func openConn(t testing.TB, repl string, sISN uint32) *tconn {
 	t.Helper()
 	svc, err := NewService("line", vip, "rr", lineHelper{repl}, []*RealServer{{Addr: rs1, Weight: 1, Mark: 1 << 16}})
 	if err != nil {
@@ -135,7 +135,7 @@ func (c *tconn) ack(ackn uint32, opts ...byte) uint32 {
 
 func TestStreamRewriteAndMap(t *testing.T) {
 	const isn = 5000
-	c := newConn(t, "longer-text", isn)
+	c := openConn(t, "longer-text", isn)
 	s := uint32(isn + 1)
 	line := "R short\r\n" // "short\r" -> "longer-text": +5 bytes (the \r is part of the word)
 	gotSeq, got := c.send(s, "220 hi\r\n")
@@ -178,7 +178,7 @@ func TestStreamRewriteAndMap(t *testing.T) {
 
 func TestStreamSplitLineWithheld(t *testing.T) {
 	const isn = 7000
-	c := newConn(t, "0123456789", isn)
+	c := openConn(t, "0123456789", isn)
 	s := uint32(isn + 1)
 	// "R ab" is withheld; the rest of segment 1 goes now.
 	gotSeq, got := c.send(s, "1 x\nR ab")
@@ -216,7 +216,7 @@ func TestStreamSplitLineWithheld(t *testing.T) {
 
 func TestStreamFullyWithheldRepeatsLastByte(t *testing.T) {
 	const isn = 9000
-	c := newConn(t, "xy", isn)
+	c := openConn(t, "xy", isn)
 	s := uint32(isn + 1)
 	c.send(s, "1 x\n")
 	pkt := seg(rs1, client, s+4, 101, pshAck, "R a")
@@ -233,7 +233,7 @@ func TestStreamFullyWithheldRepeatsLastByte(t *testing.T) {
 
 func TestStreamFINFlushesWithheld(t *testing.T) {
 	const isn = 100
-	c := newConn(t, "xy", isn)
+	c := openConn(t, "xy", isn)
 	s := uint32(isn + 1)
 	c.send(s, "R a")
 	pkt := seg(rs1, client, s+3, 101, finAck, "")
@@ -245,7 +245,7 @@ func TestStreamFINFlushesWithheld(t *testing.T) {
 
 func TestStreamOutOfOrderDropped(t *testing.T) {
 	const isn = 100
-	c := newConn(t, "xy", isn)
+	c := openConn(t, "xy", isn)
 	s := uint32(isn + 1)
 	if v := c.server(s+10, pshAck, "R b\n"); !v.Drop {
 		t.Fatal("a segment after a gap was passed before its line start was known")
@@ -267,7 +267,7 @@ func TestStreamOutOfOrderDropped(t *testing.T) {
 
 func TestStreamWraparound(t *testing.T) {
 	isn := uint32(0xfffffff0)
-	c := newConn(t, "0123456789", isn)
+	c := openConn(t, "0123456789", isn)
 	s := isn + 1
 	c.send(s, "0123456789ab\n") // 13 bytes, ends past zero
 	line := uint32(13)
@@ -284,7 +284,7 @@ func TestStreamWraparound(t *testing.T) {
 
 func TestStreamSteadyStateDoesNotAllocate(t *testing.T) {
 	const isn = 100
-	c := newConn(t, "0123456789", isn)
+	c := openConn(t, "0123456789", isn)
 	s := uint32(isn + 1)
 	c.send(s, "R abc\n")
 	rewritten := seg(rs1, client, s, 101, pshAck, "R abc\n")
@@ -302,7 +302,7 @@ func TestStreamSteadyStateDoesNotAllocate(t *testing.T) {
 // sequence number one past the data (the FIN counts); it is no gap.
 func TestStreamPureACKAfterFIN(t *testing.T) {
 	const isn = 100
-	c := newConn(t, "xy", isn)
+	c := openConn(t, "xy", isn)
 	s := uint32(isn + 1)
 	c.send(s, "221 bye\r\n")
 	c.server(s+9, finAck, "")
