@@ -6,7 +6,7 @@ BIN     ?= bin
 PKGS    := vsftpd lftp curl nftables conntrack iproute2 python3 procps \
            libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3 libsodium23 libcap2
 
-.PHONY: all build deps demo test unit integration fuzz bench clean
+.PHONY: all build deps demo test unit integration fuzz bench bench-e2e clean
 
 all: build
 
@@ -47,6 +47,11 @@ fuzz:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./nfq ./ipvs ./helpers/...
+
+# End-to-end connection rate (root): kernel DNAT vs nfhelperd through the VIP,
+# in throw-away namespaces. Options: BENCH_ARGS='-rounds 3 -duration 5s ...'.
+bench-e2e: deps
+	$(GO) run ./integration/bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BIN)

@@ -82,6 +82,7 @@ type Queue struct {
 type Service struct {
 	Name          string       `yaml:"name"`
 	VIP           string       `yaml:"vip"`
+	Protocol      string       `yaml:"protocol"` // tcp (default) or udp
 	Scheduler     string       `yaml:"scheduler"`
 	Helper        string       `yaml:"helper"`
 	RealServers   []RealServer `yaml:"real_servers"`
@@ -159,7 +160,8 @@ func (c *Config) validate() error {
 		return bad("no services and no helpers")
 	}
 	names := map[string]bool{}
-	vips := map[netip.AddrPort]string{}
+	vips := map[netip.AddrPort]string{} // TCP VIPs and add-on matches
+	udpVIPs := map[netip.AddrPort]string{}
 	total := 0
 	for i := range c.Services {
 		s := &c.Services[i]
@@ -175,10 +177,27 @@ func (c *Config) validate() error {
 			return bad("service %s: vip %q is not an address:port", s.Name, s.VIP)
 		}
 		s.VIPAddr = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-		if other, dup := vips[s.VIPAddr]; dup {
-			return bad("service %s: vip %s already used by service %s", s.Name, s.VIPAddr, other)
+		switch s.Protocol {
+		case "":
+			s.Protocol = "tcp"
+		case "tcp", "udp":
+		default:
+			return bad("service %s: protocol %q (have tcp, udp)", s.Name, s.Protocol)
 		}
-		vips[s.VIPAddr] = s.Name
+		if s.Protocol == "udp" {
+			if other, dup := udpVIPs[s.VIPAddr]; dup {
+				return bad("service %s: udp vip %s already used by service %s", s.Name, s.VIPAddr, other)
+			}
+			udpVIPs[s.VIPAddr] = s.Name
+			if s.Helper != "" {
+				return bad("service %s: helper %q reads TCP streams; a udp service has none", s.Name, s.Helper)
+			}
+		} else {
+			if other, dup := vips[s.VIPAddr]; dup {
+				return bad("service %s: vip %s already used by service %s", s.Name, s.VIPAddr, other)
+			}
+			vips[s.VIPAddr] = s.Name
+		}
 		if s.Scheduler == "" {
 			s.Scheduler = "rr"
 		}

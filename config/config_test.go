@@ -57,6 +57,9 @@ func TestInvalid(t *testing.T) {
 		{"not yaml", "services: [", "invalid configuration"},
 		{"persistence without timeout", "services:\n  - name: a\n    vip: 198.51.100.10:21\n    persistence:\n      prefix4: 24" + rs, "persistence timeout 0s"},
 		{"persistence prefix", "services:\n  - name: a\n    vip: 198.51.100.10:21\n    persistence:\n      timeout: 5m\n      prefix4: 33" + rs, "prefix4 33"},
+		{"udp with a helper", "services:\n  - name: a\n    vip: 198.51.100.10:53\n    protocol: udp\n    helper: ftp" + rs, "a udp service has none"},
+		{"bad protocol", "services:\n  - name: a\n    vip: 198.51.100.10:53\n    protocol: sctp" + rs, `protocol "sctp"`},
+		{"duplicate udp vip", "services:\n  - name: a\n    vip: 198.51.100.10:53\n    protocol: udp" + rs + "\n  - name: b\n    vip: 198.51.100.10:53\n    protocol: udp" + rs, "udp vip 198.51.100.10:53 already used"},
 		{"zero channels", "services:\n  - name: a\n    vip: 198.51.100.10:21\n    max_data_channels: 0" + rs, "max_data_channels 0"},
 		{"bad timeout", "services:\n  - name: a\n    vip: 198.51.100.10:21\n    data_channel_timeout: 5" + rs, "into time.Duration"},
 		{"short timeout", "services:\n  - name: a\n    vip: 198.51.100.10:21\n    data_channel_timeout: 10ms" + rs, "out of 1s..24h"},
@@ -108,6 +111,17 @@ func TestAddOn(t *testing.T) {
 		if h.Name != "router-ftp" || h.Helper != "ftp" || h.MatchAddr != netip.MustParseAddrPort("198.51.100.20:21") || h.Policy() != ipvs.DefaultPolicy {
 			t.Errorf("%s: %+v", name, h)
 		}
+	}
+}
+
+func TestUDPBesideTCP(t *testing.T) {
+	c, err := config.Parse([]byte("services:\n  - name: dns\n    vip: 198.51.100.10:53\n    protocol: udp\n    real_servers:\n      - address: 10.0.0.11:53\n" +
+		"  - name: dnstcp\n    vip: 198.51.100.10:53\n    real_servers:\n      - address: 10.0.0.11:53\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Services[0].Protocol != "udp" || c.Services[1].Protocol != "tcp" {
+		t.Errorf("protocols %q %q", c.Services[0].Protocol, c.Services[1].Protocol)
 	}
 }
 

@@ -16,18 +16,20 @@ const (
 	StateEstablished
 	StateFinWait
 	StateClose
+	StateUDP // a UDP flow, known from its first packet only
 )
 
-var stateNames = [...]string{"SYN_SENT", "ESTABLISHED", "FIN_WAIT", "CLOSE"}
+var stateNames = [...]string{"SYN_SENT", "ESTABLISHED", "FIN_WAIT", "CLOSE", "UDP"}
 
 func (s TCPState) String() string { return stateNames[s] }
 
-// Timeouts per state, as IPVS's defaults for TCP.
+// Timeouts per state, as IPVS's defaults.
 var stateTimeout = [...]time.Duration{
 	StateSynSent:     2 * time.Minute,
 	StateEstablished: 15 * time.Minute,
 	StateFinWait:     2 * time.Minute,
 	StateClose:       10 * time.Second,
+	StateUDP:         5 * time.Minute,
 }
 
 // Conn is a balanced control connection.
@@ -100,6 +102,12 @@ func (c *Conn) track(flags uint8, now int64) {
 	case c.state == StateSynSent:
 		next = StateEstablished
 	}
+	c.setState(next, now)
+}
+
+// setState moves the connection to state next, keeping its server's counts;
+// c.mu is held.
+func (c *Conn) setState(next TCPState, now int64) {
 	if (next == StateEstablished) != (c.state == StateEstablished) {
 		if next == StateEstablished {
 			c.Real.Active.Add(1)

@@ -17,11 +17,34 @@ import (
 // the kernel destroy the old entry just as the new connection starts.
 const destroyGrace = 2 * time.Second
 
-// FollowConntrack removes connections from the table as soon as the kernel
-// destroys their conntrack entry (closed and timed out, flushed, deleted
-// by hand), instead of when their own timeout runs out. It returns when ctx
-// ends, or with an error when the event socket fails.
-func (e *Engine) FollowConntrack(ctx context.Context) error {
+// FollowConntrackEnds removes connections from the table as soon as the
+// kernel destroys their conntrack entry (closed and timed out, flushed,
+// deleted by hand) instead of when their own timeout runs out. It returns
+// when ctx ends, or with an error when the event socket fails.
+func (e *Engine) FollowConntrackEnds(ctx context.Context) error {
+	return e.follow(ctx, netfilter.GroupCTDestroy)
+}
+
+// FollowConntrackStates gives balanced connections without a helper, whose
+// packets after the SYN are never queued, the TCP state of their conntrack
+// entry, which the least-connection schedulers weigh. Several events per
+// connection: run it only while such a scheduler is configured.
+func (e *Engine) FollowConntrackStates(ctx context.Context) error {
+	return e.follow(ctx, netfilter.GroupCTUpdate)
+}
+
+// NeedsConntrackStates reports whether a running service schedules by the
+// connection counts that only conntrack's updates keep right.
+func (e *Engine) NeedsConntrackStates() bool {
+	for _, s := range e.Services() {
+		if s.Helper == nil && !s.UDP && !s.AddOn && byLoad(s.sched) {
+			return true
+		}
+	}
+	return false
+}
+
+func (e *Engine) follow(ctx context.Context, group netfilter.NetlinkGroup) error {
 	c, err := conntrack.Dial(nil)
 	if err != nil {
 		return fmt.Errorf("conntrack events: %w", err)
@@ -36,7 +59,7 @@ func (e *Engine) FollowConntrack(ctx context.Context) error {
 		return fmt.Errorf("conntrack events: %w", err)
 	}
 	events := make(chan conntrack.Event, 1024)
-	errs, err := c.Listen(events, 1, []netfilter.NetlinkGroup{netfilter.GroupCTDestroy})
+	errs, err := c.Listen(events, 1, []netfilter.NetlinkGroup{group})
 	if err != nil {
 		return fmt.Errorf("conntrack events: %w", err)
 	}
@@ -47,28 +70,69 @@ func (e *Engine) FollowConntrack(ctx context.Context) error {
 		case err := <-errs:
 			return fmt.Errorf("conntrack events: %w", err)
 		case ev := <-events:
-			if ev.Flow != nil {
+			switch {
+			case ev.Flow == nil:
+			case ev.Type == conntrack.EventDestroy:
 				e.destroyed(ev.Flow.TupleOrig)
+			case ev.Flow.ProtoInfo.TCP != nil:
+				e.updated(ev.Flow.TupleOrig, ev.Flow.ProtoInfo.TCP.State)
 			}
 		}
 	}
 }
 
-// destroyed handles the end of the conntrack entry with original tuple t.
-func (e *Engine) destroyed(t conntrack.Tuple) {
+// Conntrack's TCP states (enum tcp_conntrack).
+const (
+	ctTCPEstablished = 3
+	ctTCPClose       = 8
+)
+
+// updated takes the TCP state of a connection nobody else tracks from its
+// conntrack entry.
+func (e *Engine) updated(t conntrack.Tuple, state uint8) {
 	if t.Proto.Protocol != unix.IPPROTO_TCP {
 		return
 	}
 	client := netip.AddrPortFrom(t.IP.SourceAddress.Unmap(), t.Proto.SourcePort)
 	dst := netip.AddrPortFrom(t.IP.DestinationAddress.Unmap(), t.Proto.DestinationPort)
 	c := e.Table.LookupVIP(client, dst)
+	if c == nil || c.helper != nil {
+		return
+	}
+	next := StateFinWait
+	switch {
+	case state < ctTCPEstablished:
+		next = StateSynSent
+	case state == ctTCPEstablished:
+		next = StateEstablished
+	case state == ctTCPClose:
+		next = StateClose
+	}
+	c.mu.Lock()
+	c.setState(next, now())
+	c.mu.Unlock()
+}
+
+// destroyed handles the end of the conntrack entry with original tuple t.
+func (e *Engine) destroyed(t conntrack.Tuple) {
+	table := e.Table
+	switch t.Proto.Protocol {
+	case unix.IPPROTO_TCP:
+	case unix.IPPROTO_UDP:
+		table = e.UDP
+	default:
+		return
+	}
+	client := netip.AddrPortFrom(t.IP.SourceAddress.Unmap(), t.Proto.SourcePort)
+	dst := netip.AddrPortFrom(t.IP.DestinationAddress.Unmap(), t.Proto.DestinationPort)
+	c := table.LookupVIP(client, dst)
 	if c == nil {
 		return
 	}
 	c.mu.Lock()
 	recent := now()-c.seen < int64(destroyGrace)
 	c.mu.Unlock()
-	if !recent && e.Table.Remove(c) {
+	if !recent && table.Remove(c) {
 		e.Stats.ConntrackGone.Add(1)
 	}
 }

@@ -2,6 +2,7 @@ package ipvs
 
 import (
 	"bytes"
+	"errors"
 	"log/slog"
 	"net/netip"
 	"sync"
@@ -18,7 +19,8 @@ const maxGap = 1 << 20
 // connections, feeds helpers their byte streams in order, and keeps the
 // sequence-number mapping of every rewritten stream.
 type Engine struct {
-	Table    *Table
+	Table    *Table // TCP connections
+	UDP      *Table // UDP flows
 	Stats    Stats
 	Log      *slog.Logger // refusals, rate-limited; nil: not logged
 	snap     atomic.Pointer[snapshot]
@@ -56,7 +58,7 @@ type Stats struct {
 // without a mark get one.
 func NewEngine(services []*Service, markMask uint32) (*Engine, error) {
 	e := &Engine{
-		Table: NewTable(), markMask: markMask,
+		Table: NewTable(), UDP: NewTable(), markMask: markMask,
 		watched: make(map[netip.AddrPort]bool), unnamed: make(map[synAck]*Conn),
 	}
 	e.channels.passive = make(map[passiveKey]passiveClaim)
@@ -122,6 +124,9 @@ func (w *Worker) Process(pkt []byte, mark uint32) Verdict {
 	e := w.e
 	e.Stats.Packets.Add(1)
 	if err := nfq.Parse(pkt, &w.in); err != nil {
+		if errors.Is(err, nfq.ErrNotTCP) {
+			return w.scheduleUDP(pkt, mark)
+		}
 		e.Stats.Unparsed.Add(1)
 		return Verdict{}
 	}
@@ -211,6 +216,32 @@ func (w *Worker) schedule(svc *Service, client netip.AddrPort, mark uint32) Verd
 	c.startClient(w.in.TCP().Seq())
 	// A retransmitted SYN gets the same server's mark; the kernel has bound
 	// NAT on the first one anyway.
+	return Verdict{SetMark: true, Mark: mark&^e.markMask | c.Real.Mark}
+}
+
+// scheduleUDP schedules a new UDP flow to a VIP: its first packet, which
+// the datapath queues after conntrack (ct state new).
+func (w *Worker) scheduleUDP(pkt []byte, mark uint32) Verdict {
+	e := w.e
+	client, vip, err := nfq.UDPEndpoints(pkt)
+	svc := e.snap.Load().udp[vip]
+	if err != nil || svc == nil {
+		e.Stats.Unparsed.Add(1)
+		return Verdict{}
+	}
+	c := e.UDP.LookupVIP(client, vip)
+	if c == nil {
+		rs := svc.Schedule(client)
+		if rs == nil {
+			e.Stats.NoServer.Add(1)
+			return Verdict{}
+		}
+		c = newConn(Session{Client: client, VIP: vip, Server: rs.Addr}, svc, rs)
+		c.state = StateUDP
+		c.expires = c.seen + int64(stateTimeout[StateUDP])
+		e.UDP.Insert(c)
+		e.Stats.Scheduled.Add(1)
+	}
 	return Verdict{SetMark: true, Mark: mark&^e.markMask | c.Real.Mark}
 }
 

@@ -14,7 +14,8 @@ var ErrMarks = errors.New("ipvs: out of mark values")
 
 // snapshot is the configuration workers read, replaced whole on reload.
 type snapshot struct {
-	services map[netip.AddrPort]*Service // balanced, by VIP
+	services map[netip.AddrPort]*Service // balanced TCP, by VIP
+	udp      map[netip.AddrPort]*Service // balanced UDP, by VIP
 	addOns   map[uint32]*Service         // by mark bits
 	list     []*Service
 }
@@ -32,10 +33,10 @@ func (e *Engine) Services() []*Service { return e.snap.Load().list }
 // service and server: a reload changes only what new connections get.
 func (e *Engine) Prepare(next []*Service) (commit func(), err error) {
 	cur := e.snap.Load()
-	var byVIP map[netip.AddrPort]*Service
+	var byVIP, udpByVIP map[netip.AddrPort]*Service
 	byName := map[string]*Service{}
 	if cur != nil {
-		byVIP = cur.services
+		byVIP, udpByVIP = cur.services, cur.udp
 		for _, s := range cur.addOns {
 			byName[s.Name] = s
 		}
@@ -58,6 +59,9 @@ func (e *Engine) Prepare(next []*Service) (commit func(), err error) {
 			continue
 		}
 		old := byVIP[s.VIP]
+		if s.UDP {
+			old = udpByVIP[s.VIP]
+		}
 		if old != nil && old.Persist != nil && s.Persist != nil {
 			// Clients stay where they were; templates to servers that
 			// leave are dropped at commit.
@@ -112,11 +116,14 @@ func (e *Engine) Prepare(next []*Service) (commit func(), err error) {
 			return nil, fmt.Errorf("%w (mask %#x)", err, e.markMask)
 		}
 	}
-	snap := &snapshot{services: map[netip.AddrPort]*Service{}, addOns: map[uint32]*Service{}, list: next}
+	snap := &snapshot{services: map[netip.AddrPort]*Service{}, udp: map[netip.AddrPort]*Service{}, addOns: map[uint32]*Service{}, list: next}
 	for _, s := range next {
-		if s.AddOn {
+		switch {
+		case s.AddOn:
 			snap.addOns[s.Mark&e.markMask] = s
-		} else {
+		case s.UDP:
+			snap.udp[s.VIP] = s
+		default:
 			snap.services[s.VIP] = s
 		}
 	}
@@ -133,7 +140,11 @@ func (e *Engine) Prepare(next []*Service) (commit func(), err error) {
 			if s.Persist == nil {
 				continue
 			}
-			if old := byVIP[s.VIP]; old != nil && old.Persist == s.Persist {
+			old := byVIP[s.VIP]
+			if s.UDP {
+				old = udpByVIP[s.VIP]
+			}
+			if old != nil && old.Persist == s.Persist {
 				for _, ors := range old.Servers {
 					if !slices.Contains(s.Servers, ors) {
 						s.Persist.Forget(ors)
@@ -156,6 +167,7 @@ func (e *Engine) RunExpiry(interval time.Duration, stop <-chan struct{}) {
 		case <-tick.C:
 			at := now()
 			e.Table.Expire(at)
+			e.UDP.Expire(at)
 			for _, s := range e.Services() {
 				if s.Persist != nil {
 					s.Persist.Expire(at)

@@ -151,3 +151,96 @@ func TestConntrackDestroyRemoves(t *testing.T) {
 		t.Errorf("server still counts it")
 	}
 }
+
+func udpPacket(src, dst netip.AddrPort) []byte {
+	b := []byte{0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0}
+	b = append(b, src.Addr().AsSlice()...)
+	b = append(b, dst.Addr().AsSlice()...)
+	return append(b, byte(src.Port()>>8), byte(src.Port()), byte(dst.Port()>>8), byte(dst.Port()), 0, 8, 0, 0)
+}
+
+func TestUDPFlowScheduledOnce(t *testing.T) {
+	a, b := &RealServer{Addr: ap("10.0.0.11:53"), Weight: 1}, &RealServer{Addr: ap("10.0.0.12:53"), Weight: 1}
+	s := svcOf(t, "198.51.100.10:53", "rr", a, b)
+	s.UDP = true
+	tcp := svcOf(t, "198.51.100.10:53", "rr", &RealServer{Addr: ap("10.0.0.13:53"), Weight: 1})
+	e, err := NewEngine([]*Service{s, tcp}, 0x00ff0000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := e.NewWorker()
+	cl := ap("203.0.113.2:40000")
+	v := w.Process(udpPacket(cl, ap("198.51.100.10:53")), 0)
+	if !v.SetMark || v.Mark != a.Mark {
+		t.Fatalf("first flow: %+v, want a's mark %#x", v, a.Mark)
+	}
+	// A repeat of the first packet (conntrack lost, say) keeps the server;
+	// another flow gets the next one; the TCP service on the same VIP and
+	// port is another service.
+	if v := w.Process(udpPacket(cl, ap("198.51.100.10:53")), 0); v.Mark != a.Mark {
+		t.Errorf("repeat: mark %#x", v.Mark)
+	}
+	if v := w.Process(udpPacket(ap("203.0.113.2:40001"), ap("198.51.100.10:53")), 0); v.Mark != b.Mark {
+		t.Errorf("second flow: mark %#x, want b's %#x", v.Mark, b.Mark)
+	}
+	if e.UDP.Len() != 2 || e.Table.Len() != 0 {
+		t.Errorf("tables: udp %d tcp %d", e.UDP.Len(), e.Table.Len())
+	}
+	if v := w.Process(udpPacket(cl, ap("198.51.100.10:54")), 0); v.SetMark {
+		t.Errorf("UDP to no service scheduled")
+	}
+	// The kernel ends the flow: it leaves the table and its server's count.
+	c := e.UDP.LookupVIP(cl, ap("198.51.100.10:53"))
+	c.mu.Lock()
+	c.seen -= int64(time.Minute)
+	c.mu.Unlock()
+	e.destroyed(conntrack.Tuple{
+		IP:    conntrack.IPTuple{SourceAddress: cl.Addr(), DestinationAddress: netip.MustParseAddr("198.51.100.10")},
+		Proto: conntrack.ProtoTuple{Protocol: unix.IPPROTO_UDP, SourcePort: cl.Port(), DestinationPort: 53},
+	})
+	if e.UDP.Len() != 1 || a.Inactive.Load() != 0 {
+		t.Errorf("after destroy: %d flows, a inactive %d", e.UDP.Len(), a.Inactive.Load())
+	}
+}
+
+func TestPlainConnectionStateFromConntrack(t *testing.T) {
+	a := &RealServer{Addr: ap("10.0.0.11:80"), Weight: 1}
+	e, err := NewEngine([]*Service{svcOf(t, "198.51.100.10:80", "lc", a)}, 0x00ff0000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, v := ap("203.0.113.2:40000"), ap("198.51.100.10:80")
+	e.NewWorker().Process(seg(cl, v, 100, 0, syn, ""), 0)
+	tuple := conntrack.Tuple{
+		IP:    conntrack.IPTuple{SourceAddress: cl.Addr(), DestinationAddress: v.Addr()},
+		Proto: conntrack.ProtoTuple{Protocol: unix.IPPROTO_TCP, SourcePort: cl.Port(), DestinationPort: v.Port()},
+	}
+	e.updated(tuple, ctTCPEstablished)
+	if a.Active.Load() != 1 || a.Inactive.Load() != 0 {
+		t.Fatalf("established: active %d inactive %d", a.Active.Load(), a.Inactive.Load())
+	}
+	e.updated(tuple, 7) // TIME_WAIT
+	if a.Active.Load() != 0 || a.Inactive.Load() != 1 {
+		t.Fatalf("time wait: active %d inactive %d", a.Active.Load(), a.Inactive.Load())
+	}
+}
+
+func TestNeedsConntrackStates(t *testing.T) {
+	for _, c := range []struct {
+		sched  string
+		helped bool
+		want   bool
+	}{{"rr", false, false}, {"mh", false, false}, {"lc", false, true}, {"wlc", false, true}, {"nq", true, false}} {
+		s := svcOf(t, "198.51.100.10:80", c.sched, &RealServer{Addr: ap("10.0.0.11:80"), Weight: 1})
+		if c.helped {
+			s.Helper = lineHelper{}
+		}
+		e, err := NewEngine([]*Service{s}, 0x00ff0000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := e.NeedsConntrackStates(); got != c.want {
+			t.Errorf("%s helped=%v: %v", c.sched, c.helped, got)
+		}
+	}
+}

@@ -45,6 +45,15 @@ func NewScheduler(name string) (Scheduler, error) {
 	return nil, fmt.Errorf("%w %q (have rr, wrr, lc, wlc, sed, nq, sh, mh)", ErrScheduler, name)
 }
 
+// byLoad reports whether s weighs servers' active and inactive connections.
+func byLoad(s Scheduler) bool {
+	switch s.(type) {
+	case leastConn, weightedLeastConn, shortestExpectedDelay, neverQueue:
+		return true
+	}
+	return false
+}
+
 // available reports whether rs may take new connections.
 func available(rs *RealServer) bool { return rs.Weight > 0 }
 

@@ -32,6 +32,7 @@ type Service struct {
 	Servers []*RealServer
 	AddOn   bool
 	Mark    uint32
+	UDP     bool // a UDP service: flows are scheduled, never helped
 	// Persist, if set, sends a client back to the server it had last
 	// (IPVS persistence, -p).
 	Persist *Persistence

@@ -69,7 +69,7 @@ func (t *Table) Lookup(src, dst netip.AddrPort) (*Conn, Direction) {
 // LookupVIP finds the connection a client opened to a VIP.
 func (t *Table) LookupVIP(client, vip netip.AddrPort) *Conn { return t.get(client, vip) }
 
-// Insert adds c under both its keys, replacing a previous connection of the
+// Insert adds c under its keys, replacing a previous connection of the
 // same client port (a reused port after close).
 func (t *Table) Insert(c *Conn) {
 	s := t.shardOf(c.Client)
@@ -79,7 +79,11 @@ func (t *Table) Insert(c *Conn) {
 		delete(s.conns, connKey{old.Client, old.Server})
 	}
 	s.conns[connKey{c.Client, c.VIP}] = c
-	s.conns[connKey{c.Client, c.Server}] = c
+	if c.helper != nil {
+		// Only a helped connection's later packets, after DNAT, are looked
+		// up; the others are known by the SYN and conntrack's events.
+		s.conns[connKey{c.Client, c.Server}] = c
+	}
 	s.mu.Unlock()
 	if old != nil {
 		t.removed(old)

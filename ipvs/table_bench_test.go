@@ -26,15 +26,25 @@ func benchSession(i int) Session {
 
 var benchService = &Service{Name: "bench"}
 
-func benchConn(i int, rs []*RealServer) *Conn {
-	return &Conn{Session: benchSession(i), Service: benchService, Real: rs[i%len(rs)]}
+// nopHelper stands for a helper: a helped connection is also found by
+// its real server, and carries stream state.
+type nopHelper struct{}
+
+func (nopHelper) Inspect(Direction, []byte, int, bool, *Result) {}
+
+func benchConn(i int, rs []*RealServer, helped bool) *Conn {
+	c := &Conn{Session: benchSession(i), Service: benchService, Real: rs[i%len(rs)]}
+	if helped {
+		c.helper, c.streams = nopHelper{}, new([2]stream)
+	}
+	return c
 }
 
-func benchTable(n int, rs []*RealServer) (*Table, []*Conn) {
+func benchTable(n int, rs []*RealServer, helped bool) (*Table, []*Conn) {
 	t := NewTable()
 	conns := make([]*Conn, n)
 	for i := range conns {
-		conns[i] = benchConn(i, rs)
+		conns[i] = benchConn(i, rs, helped)
 		t.Insert(conns[i])
 	}
 	return t, conns
@@ -45,7 +55,7 @@ func benchTable(n int, rs []*RealServer) (*Table, []*Conn) {
 func BenchmarkTableLookup(b *testing.B) {
 	rs := servers(1, 1, 1, 1, 1, 1, 1, 1)
 	for _, size := range tableSizes {
-		t, conns := benchTable(size.n, rs)
+		t, conns := benchTable(size.n, rs, true)
 		if t.Len() != size.n {
 			b.Fatalf("Len %d", t.Len())
 		}
@@ -104,10 +114,10 @@ func BenchmarkTableLookup(b *testing.B) {
 func BenchmarkTableInsert(b *testing.B) {
 	rs := servers(1, 1, 1, 1, 1, 1, 1, 1)
 	for _, size := range tableSizes {
-		t, conns := benchTable(size.n, rs)
+		t, conns := benchTable(size.n, rs, true)
 		alt := make([]*Conn, size.n)
 		for i := range alt {
-			alt[i] = benchConn(i, rs)
+			alt[i] = benchConn(i, rs, true)
 			alt[i].Server = netip.AddrPortFrom(netip.AddrFrom4([4]byte{172, 17, 0, byte(1 + i%8)}), 21)
 		}
 		b.Run(size.name, func(b *testing.B) {
@@ -130,28 +140,36 @@ func BenchmarkTableInsert(b *testing.B) {
 }
 
 // BenchmarkMemoryPerConn inserts 1M connections and reports the heap they
-// take, Conn structs and table entries, per connection.
+// take, Conn structs and table entries, per connection: plain balanced
+// ones, and helped ones (FTP control connections) with their stream state.
 func BenchmarkMemoryPerConn(b *testing.B) {
 	const n = 1_000_000
 	rs := servers(1, 1, 1, 1, 1, 1, 1, 1)
-	for b.Loop() {
-		b.StopTimer()
-		var before, after runtime.MemStats
-		runtime.GC()
-		runtime.ReadMemStats(&before)
-		b.StartTimer()
-		t, conns := benchTable(n, rs)
-		b.StopTimer()
-		conns = nil // the table alone keeps the Conns
-		runtime.GC()
-		runtime.ReadMemStats(&after)
-		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "B/conn")
-		runtime.KeepAlive(t)
-		runtime.KeepAlive(conns)
-		b.StartTimer()
+	for _, helped := range []bool{false, true} {
+		name := "plain"
+		if helped {
+			name = "helped"
+		}
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				b.StopTimer()
+				var before, after runtime.MemStats
+				runtime.GC()
+				runtime.ReadMemStats(&before)
+				b.StartTimer()
+				t, conns := benchTable(n, rs, helped)
+				b.StopTimer()
+				conns = nil // the table alone keeps the Conns
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+				b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "B/conn")
+				runtime.KeepAlive(t)
+				runtime.KeepAlive(conns)
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(unsafe.Sizeof(Conn{})), "B/Conn-struct")
+		})
 	}
-	b.ReportMetric(float64(unsafe.Sizeof(Conn{})), "B/Conn-struct")
-	b.ReportMetric(2*float64(unsafe.Sizeof(connKey{})+unsafe.Sizeof((*Conn)(nil))), "B/2-map-slots")
 }
 
 // TestConnLayout logs the sizes that make up a connection's memory.
@@ -161,7 +179,7 @@ func TestConnLayout(t *testing.T) {
 
 func connLayout() string {
 	var c Conn
-	return fmt.Sprintf("Conn %d B: Session %d (3 netip.AddrPort of %d), Service+Real %d, mu %d, state %d, expires %d, helper %d, streams %d (stream %d: carry %d, rel %d, edits %d; streamEdit %d), open %d; map slot (connKey %d + *Conn %d) x2 per conn",
+	return fmt.Sprintf("Conn %d B: Session %d (3 netip.AddrPort of %d), Service+Real %d, mu %d, state %d, expires %d, helper %d, streams %d (stream %d: carry %d, rel %d, edits %d; streamEdit %d), open %d; map slot (connKey %d + *Conn %d), one per plain connection, two per helped one",
 		unsafe.Sizeof(c), unsafe.Sizeof(c.Session), unsafe.Sizeof(netip.AddrPort{}),
 		unsafe.Sizeof(c.Service)+unsafe.Sizeof(c.Real), unsafe.Sizeof(c.mu), unsafe.Sizeof(c.state),
 		unsafe.Sizeof(c.expires), unsafe.Sizeof(c.helper), unsafe.Sizeof(c.streams),

@@ -14,6 +14,7 @@ import (
 var (
 	ErrTruncated = errors.New("nfq: packet truncated")
 	ErrNotTCP    = errors.New("nfq: not a TCP packet")
+	ErrNotUDP    = errors.New("nfq: not a UDP packet")
 	ErrFragment  = errors.New("nfq: IP fragment")
 	ErrBadHeader = errors.New("nfq: malformed header")
 )
@@ -33,50 +34,12 @@ type Packet struct {
 // hop-by-hop, routing and destination-options headers are skipped. On error
 // p is left unchanged.
 func Parse(buf []byte, p *Packet) error {
-	if len(buf) == 0 {
-		return ErrTruncated
+	buf, l4, v6, proto, err := parseIP(buf)
+	if err != nil {
+		return err
 	}
-	var (
-		l4 int
-		v6 bool
-	)
-	switch buf[0] >> 4 {
-	case 4:
-		if len(buf) < IPv4MinHeaderLen {
-			return ErrTruncated
-		}
-		ip := IPv4(buf)
-		hl, total := ip.HeaderLen(), int(ip.TotalLen())
-		if hl < IPv4MinHeaderLen || total < hl {
-			return ErrBadHeader
-		}
-		if total > len(buf) {
-			return ErrTruncated
-		}
-		// A fragment is reported before the protocol, as IPv6 meets the
-		// fragment header before the upper-layer header.
-		if ip.IsFragment() {
-			return ErrFragment
-		}
-		if ip.Protocol() != ProtocolTCP {
-			return ErrNotTCP
-		}
-		buf, l4 = buf[:total], hl
-	case 6:
-		if len(buf) < IPv6HeaderLen {
-			return ErrTruncated
-		}
-		total := IPv6HeaderLen + int(IPv6(buf).PayloadLen())
-		if total > len(buf) {
-			return ErrTruncated
-		}
-		buf, v6 = buf[:total], true
-		var err error
-		if l4, err = skipIPv6Ext(buf); err != nil {
-			return err
-		}
-	default:
-		return ErrBadHeader
+	if proto != ProtocolTCP {
+		return ErrNotTCP
 	}
 	if len(buf)-l4 < TCPMinHeaderLen {
 		return ErrTruncated
@@ -92,30 +55,102 @@ func Parse(buf []byte, p *Packet) error {
 	return nil
 }
 
+// ProtocolUDP is UDP's IP protocol number.
+const ProtocolUDP = 17
+
+// UDPEndpoints parses buf as an unfragmented IPv4 or IPv6 packet carrying
+// UDP and returns its source and destination: what scheduling a UDP flow
+// needs. Other packets give ErrNotUDP or the errors of Parse.
+func UDPEndpoints(buf []byte) (src, dst netip.AddrPort, err error) {
+	buf, l4, v6, proto, err := parseIP(buf)
+	if err != nil {
+		return src, dst, err
+	}
+	if proto != ProtocolUDP {
+		return src, dst, ErrNotUDP
+	}
+	if len(buf)-l4 < udpHeaderLen {
+		return src, dst, ErrTruncated
+	}
+	sport, dport := uint16(buf[l4])<<8|uint16(buf[l4+1]), uint16(buf[l4+2])<<8|uint16(buf[l4+3])
+	if v6 {
+		ip := IPv6(buf)
+		return netip.AddrPortFrom(ip.Src(), sport), netip.AddrPortFrom(ip.Dst(), dport), nil
+	}
+	ip := IPv4(buf)
+	return netip.AddrPortFrom(ip.Src(), sport), netip.AddrPortFrom(ip.Dst(), dport), nil
+}
+
+const udpHeaderLen = 8
+
+// parseIP validates the IP header(s) of buf and returns buf cut to the IP
+// length, the offset of the transport header and its protocol.
+func parseIP(buf []byte) (_ []byte, l4 int, v6 bool, proto uint8, err error) {
+	if len(buf) == 0 {
+		return nil, 0, false, 0, ErrTruncated
+	}
+	switch buf[0] >> 4 {
+	case 4:
+		if len(buf) < IPv4MinHeaderLen {
+			return nil, 0, false, 0, ErrTruncated
+		}
+		ip := IPv4(buf)
+		hl, total := ip.HeaderLen(), int(ip.TotalLen())
+		if hl < IPv4MinHeaderLen || total < hl {
+			return nil, 0, false, 0, ErrBadHeader
+		}
+		if total > len(buf) {
+			return nil, 0, false, 0, ErrTruncated
+		}
+		// A fragment is reported before the protocol, as IPv6 meets the
+		// fragment header before the upper-layer header.
+		if ip.IsFragment() {
+			return nil, 0, false, 0, ErrFragment
+		}
+		return buf[:total], hl, false, ip.Protocol(), nil
+	case 6:
+		if len(buf) < IPv6HeaderLen {
+			return nil, 0, false, 0, ErrTruncated
+		}
+		total := IPv6HeaderLen + int(IPv6(buf).PayloadLen())
+		if total > len(buf) {
+			return nil, 0, false, 0, ErrTruncated
+		}
+		buf = buf[:total]
+		l4, proto, err := skipIPv6Ext(buf)
+		if err != nil {
+			return nil, 0, false, 0, err
+		}
+		return buf, l4, true, proto, nil
+	}
+	return nil, 0, false, 0, ErrBadHeader
+}
+
 // skipIPv6Ext walks the extension headers of the IPv6 packet b (already cut
-// to its length) and returns the offset of the TCP header.
-func skipIPv6Ext(b []byte) (int, error) {
+// to its length) and returns the offset and protocol of the TCP or UDP
+// header.
+func skipIPv6Ext(b []byte) (int, uint8, error) {
 	next, off := IPv6(b).NextHeader(), IPv6HeaderLen
 	for {
 		switch next {
-		case ProtocolTCP:
-			return off, nil
+		case ProtocolTCP, ProtocolUDP:
+			return off, next, nil
 		case ipv6HopByHop, ipv6Routing, ipv6DestOpts:
 			// These share the layout: next header, then length in 8-byte
 			// units not counting the first 8.
 			if len(b)-off < 2 {
-				return 0, ErrTruncated
+				return 0, 0, ErrTruncated
 			}
 			n := (int(b[off+1]) + 1) * 8
 			if n > len(b)-off {
-				return 0, ErrTruncated
+				return 0, 0, ErrTruncated
 			}
 			next, off = b[off], off+n
 		case ipv6Fragment:
-			return 0, ErrFragment
+			return 0, 0, ErrFragment
 		default:
 			// Including AH and ESP: a protected payload cannot be rewritten.
-			return 0, ErrNotTCP
+			return 0, next, nil
 		}
 	}
 }

@@ -308,3 +308,29 @@ func TestAdjustSACKOptions(t *testing.T) {
 		})
 	}
 }
+
+func TestUDPEndpoints(t *testing.T) {
+	v4 := []byte{0x45, 0, 0, 28, 0, 0, 0, 0, 64, ProtocolUDP, 0, 0, 203, 0, 113, 2, 198, 51, 100, 10, 0x9c, 0x40, 0, 53, 0, 8, 0, 0}
+	src, dst, err := UDPEndpoints(v4)
+	if err != nil || src != netip.MustParseAddrPort("203.0.113.2:40000") || dst != netip.MustParseAddrPort("198.51.100.10:53") {
+		t.Fatalf("v4: %v %v %v", src, dst, err)
+	}
+	for n := range len(v4) {
+		if _, _, err := UDPEndpoints(v4[:n]); err == nil {
+			t.Errorf("truncated to %d bytes: no error", n)
+		}
+	}
+	tcp := append([]byte(nil), v4...)
+	tcp[9] = ProtocolTCP
+	if _, _, err := UDPEndpoints(tcp); !errors.Is(err, ErrNotUDP) {
+		t.Errorf("TCP packet: %v", err)
+	}
+	v6 := make([]byte, 48)
+	v6[0], v6[5], v6[6] = 0x60, 8, ProtocolUDP
+	copy(v6[8:], netip.MustParseAddr("2001:db8:2::2").AsSlice())
+	copy(v6[24:], netip.MustParseAddr("2001:db8:1::10").AsSlice())
+	v6[40], v6[41], v6[43] = 0x9c, 0x40, 53
+	if src, dst, err := UDPEndpoints(v6); err != nil || src.Port() != 40000 || dst != netip.MustParseAddrPort("[2001:db8:1::10]:53") {
+		t.Errorf("v6: %v %v %v", src, dst, err)
+	}
+}

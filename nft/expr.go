@@ -46,6 +46,13 @@ func l4protoTCP() []expr.Any {
 	}
 }
 
+func l4protoUDP() []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.IPPROTO_UDP}},
+	}
+}
+
 // addrField loads the source or destination address of the network header.
 func addrField(v6, src bool) field {
 	off, n := uint32(16), uint32(4)
@@ -63,6 +70,7 @@ func addrField(v6, src bool) field {
 	}}
 }
 
+// portField loads a TCP or UDP port (both at the same offsets).
 func portField(src bool) field {
 	off := uint32(2)
 	if src {

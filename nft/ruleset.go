@@ -36,9 +36,13 @@ type AddOn struct {
 // traffic accepts them with `ct mark & 0x01000000 == 0x01000000 accept`.
 const ChannelMark = 0x01000000
 
-// Service is a helped virtual TCP service and its real servers.
+// Service is a balanced virtual service and its real servers. Only the
+// first packet of a connection is queued (for scheduling), unless the
+// service is Helped (a TCP service whose helper reads every packet).
 type Service struct {
 	VIP     netip.AddrPort
+	UDP     bool
+	Helped  bool
 	Servers []Server
 }
 
@@ -54,7 +58,8 @@ type family struct {
 	v6      bool
 	proto   byte // NFPROTO_IPV4 or NFPROTO_IPV6
 	addrLen uint32
-	vips    *nftables.Set // VIP . port of balanced services
+	vips    *nftables.Set // VIP . port of balanced TCP services
+	vipsUDP *nftables.Set // VIP . port of balanced UDP services
 	helped  *nftables.Set // VIP or add-on match . port: connections whose client packets are queued
 	servers *nftables.Set // real server address . port, configured
 	watched *nftables.Set // real server address . port, learned in add-on mode
@@ -83,6 +88,7 @@ func newFamily(t *nftables.Table, v6 bool) *family {
 	}
 	addrPort := nftables.MustConcatSetType(addr, nftables.TypeInetService)
 	f.vips = &nftables.Set{Table: t, Name: "vips" + suffix, KeyType: addrPort, Concatenation: true}
+	f.vipsUDP = &nftables.Set{Table: t, Name: "vips_udp" + suffix, KeyType: addrPort, Concatenation: true}
 	f.helped = &nftables.Set{Table: t, Name: "helped" + suffix, KeyType: addrPort, Concatenation: true}
 	f.servers = &nftables.Set{Table: t, Name: "servers" + suffix, KeyType: addrPort, Concatenation: true}
 	f.watched = &nftables.Set{Table: t, Name: "watched" + suffix, KeyType: addrPort, Concatenation: true}
@@ -136,7 +142,7 @@ func Remove(c *nftables.Conn, name string) error {
 
 func (rs *Ruleset) addSets(c *nftables.Conn, spec *Spec, f *family) error {
 	static := rs.staticElements(spec, f)
-	for _, set := range []*nftables.Set{f.vips, f.helped, f.servers, f.watched, f.byMark, f.passive, f.active, f.passiveSNAT, f.activeDNAT} {
+	for _, set := range []*nftables.Set{f.vips, f.vipsUDP, f.helped, f.servers, f.watched, f.byMark, f.passive, f.active, f.passiveSNAT, f.activeDNAT} {
 		if err := c.AddSet(set, static[set]); err != nil {
 			return fmt.Errorf("add set %s: %w", set.Name, err)
 		}
@@ -146,7 +152,7 @@ func (rs *Ruleset) addSets(c *nftables.Conn, spec *Spec, f *family) error {
 
 // staticElements are the elements of the sets the configuration fills.
 func (rs *Ruleset) staticElements(spec *Spec, f *family) map[*nftables.Set][]nftables.SetElement {
-	els := map[*nftables.Set][]nftables.SetElement{f.vips: nil, f.helped: nil, f.servers: nil, f.byMark: nil}
+	els := map[*nftables.Set][]nftables.SetElement{f.vips: nil, f.vipsUDP: nil, f.helped: nil, f.servers: nil, f.byMark: nil}
 	for _, a := range spec.AddOns {
 		if f.of(a.Match.Addr()) {
 			els[f.helped] = append(els[f.helped], nftables.SetElement{Key: addrPortKey(a.Match)})
@@ -156,10 +162,20 @@ func (rs *Ruleset) staticElements(spec *Spec, f *family) map[*nftables.Set][]nft
 		if !f.of(svc.VIP.Addr()) {
 			continue
 		}
-		els[f.vips] = append(els[f.vips], nftables.SetElement{Key: addrPortKey(svc.VIP)})
-		els[f.helped] = append(els[f.helped], nftables.SetElement{Key: addrPortKey(svc.VIP)})
+		vip := nftables.SetElement{Key: addrPortKey(svc.VIP)}
+		switch {
+		case svc.UDP:
+			els[f.vipsUDP] = append(els[f.vipsUDP], vip)
+		case svc.Helped:
+			els[f.helped] = append(els[f.helped], vip)
+			fallthrough
+		default:
+			els[f.vips] = append(els[f.vips], vip)
+		}
 		for _, s := range svc.Servers {
-			els[f.servers] = append(els[f.servers], nftables.SetElement{Key: addrPortKey(s.Addr)})
+			if svc.Helped {
+				els[f.servers] = append(els[f.servers], nftables.SetElement{Key: addrPortKey(s.Addr)})
+			}
 			els[f.byMark] = append(els[f.byMark], nftables.SetElement{Key: binary.NativeEndian.AppendUint32(nil, s.Mark), Val: addrPortKey(s.Addr)})
 		}
 	}
@@ -209,6 +225,9 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 	// After DNAT: mark bits are ours only until NAT has used them; invalid
 	// packets on VIP paths would skip NAT and leak real addresses.
 	clean := chain("prerouting", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, *nftables.ChainPriorityNATDest+1)
+	// After conntrack: the first packet of a UDP flow, which conntrack
+	// tells from the rest.
+	mangle := chain("mangle_prerouting", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, *nftables.ChainPriorityMangle)
 	dnat := chain("dstnat", nftables.ChainTypeNAT, nftables.ChainHookPrerouting, *nftables.ChainPriorityNATDest)
 	// Client to server packets are corrected after conntrack has judged them
 	// in the client's sequence space.
@@ -223,6 +242,7 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 		flow := concat(addrField(f.v6, true), addrField(f.v6, false), portField(false)) // saddr . daddr . dport
 
 		rule(raw, fam, tcp, dst, lookup(f.vips), tcpFlagsEq(syn|ack|fin|rst, syn), q)
+		rule(mangle, fam, l4protoUDP(), ctStateIs(newBit), dst, lookup(f.vipsUDP), q)
 		rule(raw, fam, tcp, src, lookup(f.servers), q)
 		rule(raw, fam, tcp, src, lookup(f.watched), q)
 

@@ -82,10 +82,12 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 	wg.Go(func() { engine.RunExpiry(time.Second, ctx.Done()) })
 	wg.Go(func() {
 		// Without events the table's own timeouts still end connections.
-		if err := engine.FollowConntrack(ctx); err != nil {
+		if err := engine.FollowConntrackEnds(ctx); err != nil {
 			log.Warn("not following conntrack", "err", err)
 		}
 	})
+	states := &stateFollower{engine: engine, log: log, wg: &wg}
+	states.adjust(ctx)
 	for _, q := range queues {
 		w := engine.NewWorker()
 		wg.Go(func() {
@@ -112,6 +114,7 @@ wait:
 			if err := reload(path, cfg.Queue, engine, ruleset, nftConn); err != nil {
 				log.Error("reload failed; the running configuration stays", "err", err)
 			} else {
+				states.adjust(ctx)
 				log.Info("reloaded", "config", path)
 			}
 		}
@@ -139,6 +142,32 @@ func statsAttrs(s *ipvs.Stats) []any {
 		attrs = append(attrs, "refused_"+ipvs.Refusal(r).String(), s.Refused[r].Load())
 	}
 	return attrs
+}
+
+// stateFollower runs conntrack's state updates while a least-connection
+// scheduler needs them: they cost several events per connection.
+type stateFollower struct {
+	engine *ipvs.Engine
+	log    *slog.Logger
+	wg     *sync.WaitGroup
+	stop   context.CancelFunc
+}
+
+func (f *stateFollower) adjust(ctx context.Context) {
+	need := f.engine.NeedsConntrackStates()
+	switch {
+	case need && f.stop == nil:
+		var fctx context.Context
+		fctx, f.stop = context.WithCancel(ctx)
+		f.wg.Go(func() {
+			if err := f.engine.FollowConntrackStates(fctx); err != nil {
+				f.log.Warn("not following conntrack states; least-connection counts drift", "err", err)
+			}
+		})
+	case !need && f.stop != nil:
+		f.stop()
+		f.stop = nil
+	}
 }
 
 // reload applies a changed configuration file: the kernel's part first, in
@@ -178,6 +207,7 @@ func services(cfg *config.Config) []*ipvs.Service {
 		// The configuration was validated: the scheduler exists.
 		svc, _ := ipvs.NewService(sc.Name, sc.VIPAddr, sc.Scheduler, helper, reals)
 		svc.Policy = sc.Policy()
+		svc.UDP = sc.Protocol == "udp"
 		if p := sc.Persistence; p != nil {
 			v4, v6 := p.Prefixes()
 			svc.Persist = ipvs.NewPersistence(p.Timeout, v4, v6)
@@ -207,7 +237,7 @@ func specFor(q config.Queue, services []*ipvs.Service) *nft.Spec {
 			spec.AddOns = append(spec.AddOns, nft.AddOn{Match: svc.VIP, Mark: svc.Mark})
 			continue
 		}
-		ns := nft.Service{VIP: svc.VIP}
+		ns := nft.Service{VIP: svc.VIP, UDP: svc.UDP, Helped: svc.Helper != nil}
 		for _, rs := range svc.Servers {
 			ns.Servers = append(ns.Servers, nft.Server{Addr: rs.Addr, Mark: rs.Mark})
 		}

@@ -1,0 +1,764 @@
+// Command bench is nfhelper's end-to-end connection-rate benchmark. Run it as
+// root from the module root (make bench-e2e):
+//
+//	go run ./integration/bench [-rounds 3] [-duration 5s] [-workers 64] [-out DIR]
+//
+// It builds the namespace topology of package topo (without the FTP
+// servers), starts integration/cmd/connbench as a banner server on port 8080
+// of rs1 and rs2, and then, alternating for -rounds rounds, measures short
+// TCP connections from the client to 198.51.100.10:8080 through
+//
+//	a) plain kernel DNAT: a table `ip nfhbench` in the router namespace with
+//	   `dnat to numgen inc mod 2 map { 0 : rs1, 1 : rs2 }`, no daemon;
+//	b) nfhelperd balancing the same VIP:port (service `bench`, rr, no helper),
+//	   with the user table removed.
+//
+// It prints (and writes to DIR/bench-e2e.txt, raw results to
+// DIR/bench-e2e.jsonl) the median connections/s and their spread, the ratio
+// b/a, latency p50/p99 of connect + first byte, the CPU time nfhelperd spent
+// per connection (utime+stime from /proc/PID/stat), the whole host's busy
+// CPU time per connection (/proc/stat, which also counts anything else
+// running on the machine) and how many packets nfhelperd was handed per
+// connection. It asserts nothing about speed. Everything runs inside the
+// topology's namespaces and is removed at the end, also on Ctrl-C.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nfhelper/nfhelper/integration/topo"
+)
+
+const (
+	port       = "8080"
+	userTable  = "nfhbench"
+	clockTicks = 100 // USER_HZ: the unit of /proc/PID/stat and /proc/stat times
+)
+
+type options struct {
+	bin      string
+	rounds   int
+	duration time.Duration
+	warmup   time.Duration
+	workers  int
+	queues   int
+	out      string
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.bin, "bin", os.Getenv("NFH_DAEMON_BIN"), "nfhelperd binary (default $NFH_DAEMON_BIN, else go build ./cmd/nfhelperd)")
+	flag.IntVar(&o.rounds, "rounds", 3, "rounds; each measures kernel DNAT, then nfhelperd")
+	flag.DurationVar(&o.duration, "duration", 5*time.Second, "measured time of each run")
+	flag.DurationVar(&o.warmup, "warmup", time.Second, "unmeasured load before each run")
+	flag.IntVar(&o.workers, "workers", 64, "concurrent connections of the load generator")
+	flag.IntVar(&o.queues, "queues", 0, "nfhelperd queue count (config queue.count; 0: the daemon's default, one per CPU)")
+	flag.StringVar(&o.out, "out", "", "directory for bench-e2e.txt and bench-e2e.jsonl (default: a new temporary directory)")
+	flag.Parse()
+	if flag.NArg() > 0 || o.rounds < 1 || o.rounds > 50 || o.duration <= 0 || o.duration > 5*time.Minute ||
+		o.warmup < 0 || o.warmup > time.Minute || o.workers < 1 || o.workers > 4096 || o.queues < 0 || o.queues > 64 {
+		fmt.Fprintln(os.Stderr, "bench: bad arguments (rounds 1..50, duration <= 5m, warmup <= 1m, workers 1..4096, queues 0..64)")
+		os.Exit(2)
+	}
+	os.Exit(run(o))
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
+}
+
+// sample is one measured run.
+type sample struct {
+	Mode  string  `json:"mode"` // "dnat" or "nfhelperd"
+	Round int     `json:"round"`
+	Load  result  `json:"load"`
+	Host  float64 `json:"host_busy_s"` // whole-host busy CPU time during the run
+	Wall  float64 `json:"wall_s"`      // wall time of that /proc/stat window
+	// Drops: increases of counters during the measured run (SYN
+	// retransmissions, listen queue overflows, conntrack and NFQUEUE drops,
+	// packets per NFQUEUE), those that are not zero.
+	Drops map[string]int64 `json:"drops,omitempty"`
+	// nfhelperd only:
+	DaemonCPU float64 `json:"daemon_cpu_s,omitempty"`
+	Packets   int64   `json:"daemon_packets,omitempty"`   // whole daemon life, warmup included
+	Scheduled int64   `json:"daemon_scheduled,omitempty"` // idem
+	StopLine  string  `json:"daemon_stop_line,omitempty"`
+}
+
+// result mirrors connbench's JSON line.
+type result struct {
+	Conns       int64            `json:"conns"`
+	Failures    int64            `json:"failures"`
+	Cut         int64            `json:"cut"`
+	Elapsed     float64          `json:"elapsed_s"`
+	ConnsPerSec float64          `json:"conns_per_s"`
+	P50         float64          `json:"p50_us"`
+	P90         float64          `json:"p90_us"`
+	P99         float64          `json:"p99_us"`
+	Max         float64          `json:"max_us"`
+	Errors      map[string]int64 `json:"errors,omitempty"`
+	ByBanner    map[string]int64 `json:"by_banner,omitempty"`
+}
+
+func run(o options) int {
+	if os.Geteuid() != 0 {
+		logf("needs root (network namespaces, nftables, NFQUEUE)")
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	// A first Ctrl-C cancels ctx (running commands are killed, deferred
+	// teardown runs); a second one kills us, and the topology's reaper still
+	// removes the namespaces.
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
+
+	tmp, err := topo.MkdirTemp("bench")
+	if err != nil {
+		logf("%v", err)
+		return 1
+	}
+	defer os.RemoveAll(tmp)
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		logf("%v", err)
+		return 1
+	}
+	out := o.out
+	if out == "" {
+		if out, err = os.MkdirTemp("", "nfhelper-bench-e2e-"); err != nil {
+			logf("%v", err)
+			return 1
+		}
+	} else if err := os.MkdirAll(out, 0o755); err != nil {
+		logf("%v", err)
+		return 1
+	}
+
+	root, _ := modRoot()
+	build := func(dst, pkg string) error {
+		logf("building %s", pkg)
+		c := exec.CommandContext(ctx, "go", "build", "-o", dst, pkg)
+		c.Dir = root
+		if b, err := c.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
+		}
+		return nil
+	}
+	connbench := filepath.Join(tmp, "connbench")
+	if err := build(connbench, "./integration/cmd/connbench"); err != nil {
+		logf("%v", err)
+		return 1
+	}
+	bin := o.bin
+	if bin == "" {
+		bin = filepath.Join(tmp, "nfhelperd")
+		if err := build(bin, "./cmd/nfhelperd"); err != nil {
+			logf("%v", err)
+			return 1
+		}
+	} else if bin, err = filepath.Abs(bin); err != nil {
+		logf("%v", err)
+		return 1
+	}
+
+	tp, err := topo.New(topo.Options{Dir: filepath.Join(tmp, "topo"), NoServers: true, Logf: logf})
+	if err != nil {
+		logf("topology: %v", err)
+		return 1
+	}
+	defer func() {
+		if err := tp.Close(); err != nil {
+			logf("teardown: %v", err)
+		}
+		logf("topology %s removed", tp.ID)
+	}()
+	logf("topology %s up", tp.ID)
+
+	b := &bench{o: o, tp: tp, connbench: connbench, bin: bin, tmp: tmp}
+	samples, err := b.measure(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			logf("interrupted")
+			return 130
+		}
+		logf("%v", err)
+		if len(samples) == 0 {
+			return 1
+		}
+	}
+	report := b.report(samples, err)
+	fmt.Print(report)
+	txt, jsonl := filepath.Join(out, "bench-e2e.txt"), filepath.Join(out, "bench-e2e.jsonl")
+	werr := os.WriteFile(txt, []byte(report), 0o644)
+	var lines []byte
+	for _, s := range samples {
+		j, _ := json.Marshal(s)
+		lines = append(append(lines, j...), '\n')
+	}
+	werr = errors.Join(werr, os.WriteFile(jsonl, lines, 0o644))
+	if werr != nil {
+		logf("writing results: %v", werr)
+		return 1
+	}
+	fmt.Printf("results: %s (raw: %s)\n", txt, jsonl)
+	if err != nil {
+		return 1
+	}
+	return 0
+}
+
+type bench struct {
+	o         options
+	tp        *topo.Topo
+	connbench string
+	bin       string
+	tmp       string
+	cfgPath   string
+	nftPath   string
+}
+
+func (b *bench) setup(ctx context.Context) error {
+	tp := b.tp
+	// The client makes tens of thousands of short connections: widen its
+	// port range (its sockets close with a reset, leaving no TIME_WAIT).
+	if _, err := tp.Run(ctx, tp.Client, "sysctl", "-qw",
+		"net.ipv4.ip_local_port_range=1024 65535", "net.ipv4.tcp_tw_reuse=1"); err != nil {
+		return err
+	}
+	for _, s := range []struct{ ns, name, addr string }{{tp.RS1, "rs1", topo.RS1V4}, {tp.RS2, "rs2", topo.RS2V4}} {
+		f, err := os.Create(filepath.Join(b.tmp, "server-"+s.name+".log"))
+		if err != nil {
+			return err
+		}
+		c := tp.Exec(s.ns, b.connbench, "-serve", ":"+port, "-banner", s.name)
+		c.Stdout, c.Stderr = f, f
+		err = tp.Start(c)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("start server on %s: %w", s.name, err)
+		}
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err = topo.WaitListening(wctx, tp.Router, s.addr+":"+port)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("server on %s: %w", s.name, err)
+		}
+	}
+
+	cfg := fmt.Sprintf(`services:
+  - name: bench
+    vip: %s:%s
+    scheduler: rr
+    real_servers:
+      - address: %s:%s
+      - address: %s:%s
+`, topo.VIP4, port, topo.RS1V4, port, topo.RS2V4, port)
+	if b.o.queues > 0 {
+		cfg += fmt.Sprintf("queue:\n  count: %d\n", b.o.queues)
+	}
+	b.cfgPath = filepath.Join(b.tmp, "nfhelperd-bench.yaml")
+	if err := os.WriteFile(b.cfgPath, []byte(cfg), 0o644); err != nil {
+		return err
+	}
+	rules := fmt.Sprintf(`table ip %s {
+	chain dstnat {
+		type nat hook prerouting priority dstnat; policy accept;
+		ip daddr %s tcp dport %s dnat to numgen inc mod 2 map { 0 : %s, 1 : %s }
+	}
+}
+`, userTable, topo.VIP4, port, topo.RS1V4, topo.RS2V4)
+	b.nftPath = filepath.Join(b.tmp, "dnat.nft")
+	return os.WriteFile(b.nftPath, []byte(rules), 0o644)
+}
+
+func (b *bench) measure(ctx context.Context) ([]sample, error) {
+	if err := b.setup(ctx); err != nil {
+		return nil, err
+	}
+	var samples []sample
+	for r := 1; r <= b.o.rounds; r++ {
+		for _, mode := range []string{"dnat", "nfhelperd"} {
+			if err := ctx.Err(); err != nil {
+				return samples, err
+			}
+			var s sample
+			var err error
+			if mode == "dnat" {
+				s, err = b.runDNAT(ctx)
+			} else {
+				s, err = b.runDaemon(ctx)
+			}
+			if err != nil {
+				return samples, fmt.Errorf("round %d %s: %w", r, mode, err)
+			}
+			s.Mode, s.Round = mode, r
+			logf("round %d %-9s %8.0f conns/s  p50 %6.0fus  p99 %6.0fus  failures %d  by server %v",
+				r, mode, s.Load.ConnsPerSec, s.Load.P50, s.Load.P99, s.Load.Failures, s.Load.ByBanner)
+			samples = append(samples, s)
+		}
+	}
+	return samples, nil
+}
+
+// fresh forgets the router's connections of the previous run.
+func (b *bench) fresh(ctx context.Context) {
+	_, _ = b.tp.Run(ctx, b.tp.Router, "conntrack", "-F")
+}
+
+func (b *bench) runDNAT(ctx context.Context) (sample, error) {
+	tp := b.tp
+	b.fresh(ctx)
+	if _, err := tp.Run(ctx, tp.Router, "nft", "-f", b.nftPath); err != nil {
+		return sample{}, err
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := tp.Run(dctx, tp.Router, "nft", "delete", "table", "ip", userTable); err != nil {
+			logf("removing table ip %s: %v", userTable, err)
+		}
+	}()
+	if err := b.warm(ctx); err != nil {
+		return sample{}, err
+	}
+	var s sample
+	k0 := b.counters(ctx)
+	h0, t0 := hostBusy()
+	res, err := b.load(ctx, b.o.duration, "dnat")
+	h1, t1 := hostBusy()
+	if err != nil {
+		return s, err
+	}
+	s.Load, s.Host, s.Wall = res, h1-h0, t1.Sub(t0).Seconds()
+	s.Drops = delta(k0, b.counters(ctx))
+	return s, nil
+}
+
+var statRE = regexp.MustCompile(`(?:^|\s)(packets|scheduled)=(\d+)`)
+
+func (b *bench) runDaemon(ctx context.Context) (sample, error) {
+	tp := b.tp
+	if out, err := tp.Run(ctx, tp.Router, "nft", "list", "tables"); err != nil || strings.Contains(string(out), userTable) {
+		return sample{}, fmt.Errorf("table ip %s still present (or nft failed: %v)", userTable, err)
+	}
+	b.fresh(ctx)
+	d, err := tp.StartDaemon(b.bin, b.cfgPath)
+	if err != nil {
+		return sample{}, err
+	}
+	stopped := false
+	defer func() {
+		if !stopped {
+			_, _ = d.Stop()
+		}
+	}()
+	if err := b.warm(ctx); err != nil {
+		return sample{}, err
+	}
+	var s sample
+	c0, err := procCPU(d.Pid())
+	if err != nil {
+		return s, err
+	}
+	k0 := b.counters(ctx)
+	h0, t0 := hostBusy()
+	res, err := b.load(ctx, b.o.duration, "nfhelperd")
+	h1, t1 := hostBusy()
+	c1, cerr := procCPU(d.Pid())
+	if err = errors.Join(err, cerr); err != nil {
+		return s, err
+	}
+	s.Load, s.Host, s.Wall, s.DaemonCPU = res, h1-h0, t1.Sub(t0).Seconds(), c1-c0
+	s.Drops = delta(k0, b.counters(ctx))
+
+	stopped = true
+	st, err := d.Stop()
+	if err != nil {
+		return s, err
+	}
+	if st.ExitCode != 0 || !st.TableGone {
+		return s, fmt.Errorf("nfhelperd stop: exit code %d, table removed %v; log %s", st.ExitCode, st.TableGone, d.LogPath)
+	}
+	for _, line := range strings.Split(d.Log(), "\n") {
+		if !strings.Contains(line, "msg=stopping") {
+			continue
+		}
+		s.StopLine = line
+		for _, m := range statRE.FindAllStringSubmatch(line, -1) {
+			n, _ := strconv.ParseInt(m[2], 10, 64)
+			switch m[1] {
+			case "packets":
+				s.Packets = n
+			case "scheduled":
+				s.Scheduled = n
+			}
+		}
+	}
+	return s, nil
+}
+
+func (b *bench) warm(ctx context.Context) error {
+	if b.o.warmup <= 0 {
+		return nil
+	}
+	_, err := b.load(ctx, b.o.warmup, "warmup")
+	return err
+}
+
+// load runs connbench in the client namespace.
+func (b *bench) load(ctx context.Context, d time.Duration, label string) (result, error) {
+	var res result
+	cctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
+	defer cancel()
+	out, err := b.tp.Run(cctx, b.tp.Client, b.connbench,
+		"-addr", topo.VIP4+":"+port, "-workers", strconv.Itoa(b.o.workers),
+		"-duration", d.String(), "-label", label)
+	if jerr := json.Unmarshal(lastLine(out), &res); jerr != nil {
+		return res, errors.Join(err, fmt.Errorf("connbench output %q: %w", out, jerr))
+	}
+	if err != nil && res.Conns == 0 {
+		return res, fmt.Errorf("no connection succeeded: %w (errors %v)", err, res.Errors)
+	}
+	return res, nil
+}
+
+func lastLine(b []byte) []byte {
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	return []byte(lines[len(lines)-1])
+}
+
+// counters reads loss counters of the topology's namespaces: SYN
+// retransmissions, TCP listen queue overflows and drops, conntrack statistics of the
+// router and, while the daemon runs, its NFQUEUE drops (queue full / netlink
+// send failures) and packets per queue. A counter that cannot be read is
+// left out.
+func (b *bench) counters(ctx context.Context) map[string]int64 {
+	tp := b.tp
+	m := map[string]int64{}
+	for _, rs := range []struct{ name, ns string }{{"rs1", tp.RS1}, {"rs2", tp.RS2}, {"client", tp.Client}} {
+		out, err := tp.Run(ctx, rs.ns, "cat", "/proc/net/netstat")
+		if err != nil {
+			continue
+		}
+		lines := strings.Split(string(out), "\n")
+		for i := 0; i+1 < len(lines); i += 2 {
+			keys, vals := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+			if len(keys) == 0 || keys[0] != "TcpExt:" || len(vals) != len(keys) {
+				continue
+			}
+			for j, k := range keys {
+				if k == "ListenOverflows" || k == "ListenDrops" || k == "TCPSynRetrans" {
+					n, _ := strconv.ParseInt(vals[j], 10, 64)
+					m[rs.name+" "+k] = n
+				}
+			}
+		}
+	}
+	if out, err := tp.Run(ctx, tp.Router, "conntrack", "-S"); err == nil {
+		for _, f := range strings.Fields(string(out)) {
+			k, v, ok := strings.Cut(f, "=")
+			switch k {
+			case "invalid", "insert_failed", "drop", "early_drop", "error":
+				if n, err := strconv.ParseInt(v, 10, 64); ok && err == nil {
+					m["router conntrack "+k] += n
+				}
+			}
+		}
+	}
+	// queue_number peer_portid queue_total copy_mode copy_range queue_dropped user_dropped id_sequence 1
+	if out, err := tp.Run(ctx, tp.Router, "cat", "/proc/net/netfilter/nfnetlink_queue"); err == nil {
+		for _, line := range strings.Split(string(out), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 8 {
+				continue
+			}
+			qd, _ := strconv.ParseInt(f[5], 10, 64)
+			ud, _ := strconv.ParseInt(f[6], 10, 64)
+			m["router nfqueue queue_dropped"] += qd
+			m["router nfqueue user_dropped"] += ud
+			// id_sequence: packets queued so far, per queue (how evenly
+			// the queues share the load).
+			if seq, err := strconv.ParseInt(f[7], 10, 64); err == nil {
+				m["router nfqueue "+f[0]+" packets"] = seq
+			}
+		}
+	}
+	return m
+}
+
+// delta is after-before of the counters that grew.
+func delta(before, after map[string]int64) map[string]int64 {
+	d := map[string]int64{}
+	for k, v := range after {
+		if n := v - before[k]; n != 0 {
+			d[k] = n
+		}
+	}
+	if len(d) == 0 {
+		return nil
+	}
+	return d
+}
+
+// procCPU is utime+stime of a process (all its threads), in seconds.
+func procCPU(pid int) (float64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces: fields count from ')'.
+	i := strings.LastIndexByte(string(data), ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	f := strings.Fields(string(data[i+1:]))
+	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
+	}
+	ut, err1 := strconv.ParseUint(f[11], 10, 64)
+	st, err2 := strconv.ParseUint(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	return float64(ut+st) / clockTicks, nil
+}
+
+// hostBusy is the machine's non-idle CPU time so far (all CPUs, seconds)
+// from /proc/stat, and when it was read. Namespaces share the host's CPUs:
+// this includes the load generator, the servers, softirq NAT work and
+// anything else running on the machine.
+func hostBusy() (float64, time.Time) {
+	now := time.Now()
+	f, err := os.Open("/proc/stat")
+	if err != nil {
+		return 0, now
+	}
+	defer f.Close()
+	line, err := bufio.NewReader(f).ReadString('\n')
+	if err != nil && err != io.EOF {
+		return 0, now
+	}
+	fields := strings.Fields(line)
+	if len(fields) < 5 || fields[0] != "cpu" {
+		return 0, now
+	}
+	var busy uint64
+	// user nice system idle iowait irq softirq steal [guest guest_nice,
+	// already counted in user and nice]
+	for i, v := range fields[1:min(len(fields), 9)] {
+		n, _ := strconv.ParseUint(v, 10, 64)
+		if i == 3 || i == 4 { // idle, iowait
+			continue
+		}
+		busy += n
+	}
+	return float64(busy) / clockTicks, now
+}
+
+// ---- report ----
+
+type stats struct {
+	rate, p50, p99                   []float64
+	conns, failures                  int64
+	hostPerConn, daemonPerConn, busy []float64
+	pktsPerConn                      []float64
+	banners                          map[string]int64
+}
+
+func collect(samples []sample, mode string) *stats {
+	st := &stats{banners: map[string]int64{}}
+	for _, s := range samples {
+		if s.Mode != mode {
+			continue
+		}
+		st.rate = append(st.rate, s.Load.ConnsPerSec)
+		st.p50 = append(st.p50, s.Load.P50)
+		st.p99 = append(st.p99, s.Load.P99)
+		st.conns += s.Load.Conns
+		st.failures += s.Load.Failures
+		for k, v := range s.Load.ByBanner {
+			st.banners[k] += v
+		}
+		if s.Load.Conns > 0 {
+			st.hostPerConn = append(st.hostPerConn, s.Host/float64(s.Load.Conns)*1e6)
+			if mode == "nfhelperd" {
+				st.daemonPerConn = append(st.daemonPerConn, s.DaemonCPU/float64(s.Load.Conns)*1e6)
+			}
+		}
+		if s.Wall > 0 {
+			st.busy = append(st.busy, s.Host/s.Wall)
+		}
+		if s.Scheduled > 0 {
+			st.pktsPerConn = append(st.pktsPerConn, float64(s.Packets)/float64(s.Scheduled))
+		}
+	}
+	return st
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// spread is (max-min)/median in percent.
+func spread(v []float64) float64 {
+	m := median(v)
+	if m == 0 {
+		return 0
+	}
+	return (slices.Max(v) - slices.Min(v)) / m * 100
+}
+
+func (b *bench) report(samples []sample, runErr error) string {
+	var sb strings.Builder
+	host, _ := os.Hostname()
+	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	fmt.Fprintf(&sb, "nfhelper end-to-end benchmark, %s\n", time.Now().UTC().Format(time.RFC3339))
+	fmt.Fprintf(&sb, "host %s, kernel %s, %d CPUs; client -> %s:%s -> rs1/rs2 (banner server, connbench -serve)\n",
+		host, strings.TrimSpace(string(kernel)), numCPU(), topo.VIP4, port)
+	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
+		fmt.Fprintf(&sb, "load average at the end: %s (other work on the machine shares the CPUs with the benchmark)\n", strings.TrimSpace(string(la)))
+	}
+	fmt.Fprintf(&sb, "load: %d workers, connect + read banner + close with reset; %d rounds x %v (+%v warmup), a then b each round\n",
+		b.o.workers, b.o.rounds, b.o.duration, b.o.warmup)
+	fmt.Fprintf(&sb, "a = kernel DNAT (nft numgen inc mod 2, no daemon); b = nfhelperd (service bench, rr, no helper, queues %s)\n\n",
+		queuesText(b.o.queues))
+
+	tw := tabwriter.NewWriter(&sb, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "round\tmode\tconns/s\tp50 us\tp99 us\tfailures\thost busy\thost CPU us/conn\tnfhelperd CPU us/conn\t")
+	for _, s := range samples {
+		d := "-"
+		if s.Mode == "nfhelperd" && s.Load.Conns > 0 {
+			d = fmt.Sprintf("%.1f", s.DaemonCPU/float64(s.Load.Conns)*1e6)
+		}
+		busy, hpc := "-", "-"
+		if s.Wall > 0 {
+			busy = fmt.Sprintf("%.0f%%", s.Host/s.Wall*100)
+		}
+		if s.Load.Conns > 0 {
+			hpc = fmt.Sprintf("%.1f", s.Host/float64(s.Load.Conns)*1e6)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%.0f\t%.0f\t%d\t%s\t%s\t%s\t\n",
+			s.Round, s.Mode, s.Load.ConnsPerSec, s.Load.P50, s.Load.P99, s.Load.Failures, busy, hpc, d)
+	}
+	tw.Flush()
+	for _, s := range samples {
+		if len(s.Drops) > 0 || len(s.Load.Errors) > 0 {
+			fmt.Fprintf(&sb, "  round %d %s: errors [%s] counters [%s]\n", s.Round, s.Mode, bannerText(s.Load.Errors), bannerText(s.Drops))
+		}
+	}
+	sb.WriteString("\n")
+
+	a, bb := collect(samples, "dnat"), collect(samples, "nfhelperd")
+	tw = tabwriter.NewWriter(&sb, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "summary (medians over rounds)\tconns/s\tspread\tp50 us\tp99 us\tconns\tfailures\thost CPU us/conn\tnfhelperd CPU us/conn\tqueued pkts/conn\tby server\t")
+	for _, x := range []struct {
+		name string
+		st   *stats
+	}{{"a kernel DNAT", a}, {"b nfhelperd", bb}} {
+		if len(x.st.rate) == 0 {
+			continue
+		}
+		d, q := "-", "-"
+		if len(x.st.daemonPerConn) > 0 {
+			d = fmt.Sprintf("%.1f", median(x.st.daemonPerConn))
+		}
+		if len(x.st.pktsPerConn) > 0 {
+			q = fmt.Sprintf("%.2f", median(x.st.pktsPerConn))
+		}
+		fmt.Fprintf(tw, "%s\t%.0f\t%.1f%%\t%.0f\t%.0f\t%d\t%d\t%.1f\t%s\t%s\t%s\t\n",
+			x.name, median(x.st.rate), spread(x.st.rate), median(x.st.p50), median(x.st.p99),
+			x.st.conns, x.st.failures, median(x.st.hostPerConn), d, q, bannerText(x.st.banners))
+	}
+	tw.Flush()
+	if ma, mb := median(a.rate), median(bb.rate); ma > 0 && mb > 0 {
+		fmt.Fprintf(&sb, "\nratio b/a: conns/s %.3f, p50 %.2f, p99 %.2f, host CPU/conn %.2f\n",
+			mb/ma, median(bb.p50)/median(a.p50), median(bb.p99)/median(a.p99),
+			median(bb.hostPerConn)/median(a.hostPerConn))
+	}
+	sb.WriteString("\nnotes: spread = (max-min)/median. host busy/CPU come from /proc/stat and include the load\n" +
+		"generator, the servers, kernel NAT/softirq work and anything else running on the machine.\n" +
+		"nfhelperd CPU = utime+stime of its process during the measured run (10 ms resolution).\n" +
+		"queued pkts/conn = the daemon's packets/scheduled counters over its life (warmup included).\n")
+	if runErr != nil {
+		fmt.Fprintf(&sb, "\nINCOMPLETE: %v\n", runErr)
+	}
+	fmt.Fprintf(&sb, "\nreproduce (as root, from the module root):\n  %s\n", b.command())
+	return sb.String()
+}
+
+func (b *bench) command() string {
+	args := fmt.Sprintf("-rounds %d -duration %v -warmup %v -workers %d", b.o.rounds, b.o.duration, b.o.warmup, b.o.workers)
+	if b.o.queues > 0 {
+		args += fmt.Sprintf(" -queues %d", b.o.queues)
+	}
+	cmd := fmt.Sprintf("make bench-e2e BENCH_ARGS='%s'", args)
+	if b.o.bin != "" && b.o.bin != os.Getenv("NFH_DAEMON_BIN") {
+		cmd = fmt.Sprintf("go run ./integration/bench %s -bin %s", args, b.o.bin)
+	} else if os.Getenv("NFH_DAEMON_BIN") != "" {
+		cmd = "NFH_DAEMON_BIN=" + os.Getenv("NFH_DAEMON_BIN") + " " + cmd
+	}
+	return cmd
+}
+
+func queuesText(n int) string {
+	if n == 0 {
+		return fmt.Sprintf("default = %d", numCPU())
+	}
+	return strconv.Itoa(n)
+}
+
+func bannerText(m map[string]int64) string {
+	var keys []string
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var parts []string
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%s=%d", k, m[k]))
+	}
+	return strings.Join(parts, " ")
+}
+
+func numCPU() int { return runtime.NumCPU() }
+
+func modRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", err
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		return "", errors.New("not in a module")
+	}
+	return filepath.Dir(gomod), nil
+}
