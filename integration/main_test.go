@@ -177,6 +177,19 @@ const testConfig = topo.ReferenceConfig + `  - name: proftpd
     helper: ftp
     real_servers:
       - address: "[fd00::11]:2321"
+  - name: echo-udp
+    vip: 198.51.100.10:7
+    protocol: udp
+    scheduler: rr
+    real_servers:
+      - address: 10.0.0.11:7
+      - address: 10.0.0.12:7
+  - name: echo-tcp
+    vip: 198.51.100.10:7
+    scheduler: lc
+    real_servers:
+      - address: 10.0.0.11:7
+      - address: 10.0.0.12:7
 `
 
 // addonConfig is the add-on part of the test config: nfhelperd only helps FTP

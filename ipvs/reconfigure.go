@@ -176,3 +176,24 @@ func (e *Engine) RunExpiry(interval time.Duration, stop <-chan struct{}) {
 		}
 	}
 }
+
+// Live lists the VIPs (or add-on matches) and real servers of the helped
+// connections in the table, whose packets must keep reaching the daemon
+// whatever a reload removed.
+func (e *Engine) Live() (vips, servers []netip.AddrPort) {
+	seenVIP, seenServer := map[netip.AddrPort]bool{}, map[netip.AddrPort]bool{}
+	e.Table.each(func(c *Conn) {
+		if c.helper == nil {
+			return
+		}
+		if !seenVIP[c.VIP] {
+			seenVIP[c.VIP] = true
+			vips = append(vips, c.VIP)
+		}
+		if !seenServer[c.Server] {
+			seenServer[c.Server] = true
+			servers = append(servers, c.Server)
+		}
+	})
+	return vips, servers
+}

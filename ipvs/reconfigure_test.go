@@ -244,3 +244,11 @@ func TestNeedsConntrackStates(t *testing.T) {
 		}
 	}
 }
+
+func TestLiveListsHelpedConnections(t *testing.T) {
+	c := openConn(t, "x", 1000)
+	vips, servers := c.e.Live()
+	if len(vips) != 1 || vips[0] != vip || len(servers) != 1 || servers[0] != rs1 {
+		t.Errorf("live %v %v", vips, servers)
+	}
+}

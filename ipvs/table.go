@@ -129,6 +129,20 @@ func (t *Table) Remove(c *Conn) bool {
 	return true
 }
 
+// each calls f for every connection, a shard at a time, under its lock.
+func (t *Table) each(f func(*Conn)) {
+	for i := range t.shards {
+		s := &t.shards[i]
+		s.mu.RLock()
+		for k, c := range s.conns {
+			if k.peer == c.VIP {
+				f(c)
+			}
+		}
+		s.mu.RUnlock()
+	}
+}
+
 // Len is the number of connections.
 func (t *Table) Len() int {
 	n := 0

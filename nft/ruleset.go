@@ -22,6 +22,10 @@ type Spec struct {
 	MarkMask   uint32 // packet mark bits that carry a scheduling decision
 	Services   []Service
 	AddOns     []AddOn
+	// Live are the VIPs (or matches) and real servers of helped connections
+	// still running after a reload removed them: their packets must go on
+	// reaching the daemon.
+	LiveVIPs, LiveServers []netip.AddrPort
 }
 
 // AddOn is a helped destination the user's own rules translate; Mark (within
@@ -153,10 +157,15 @@ func (rs *Ruleset) addSets(c *nftables.Conn, spec *Spec, f *family) error {
 // staticElements are the elements of the sets the configuration fills.
 func (rs *Ruleset) staticElements(spec *Spec, f *family) map[*nftables.Set][]nftables.SetElement {
 	els := map[*nftables.Set][]nftables.SetElement{f.vips: nil, f.vipsUDP: nil, f.helped: nil, f.servers: nil, f.byMark: nil}
-	for _, a := range spec.AddOns {
-		if f.of(a.Match.Addr()) {
-			els[f.helped] = append(els[f.helped], nftables.SetElement{Key: addrPortKey(a.Match)})
+	seen := map[*nftables.Set]map[netip.AddrPort]bool{f.helped: {}, f.servers: {}}
+	add := func(set *nftables.Set, ap netip.AddrPort) {
+		if f.of(ap.Addr()) && !seen[set][ap] {
+			seen[set][ap] = true
+			els[set] = append(els[set], nftables.SetElement{Key: addrPortKey(ap)})
 		}
+	}
+	for _, a := range spec.AddOns {
+		add(f.helped, a.Match)
 	}
 	for _, svc := range spec.Services {
 		if !f.of(svc.VIP.Addr()) {
@@ -167,17 +176,23 @@ func (rs *Ruleset) staticElements(spec *Spec, f *family) map[*nftables.Set][]nft
 		case svc.UDP:
 			els[f.vipsUDP] = append(els[f.vipsUDP], vip)
 		case svc.Helped:
-			els[f.helped] = append(els[f.helped], vip)
+			add(f.helped, svc.VIP)
 			fallthrough
 		default:
 			els[f.vips] = append(els[f.vips], vip)
 		}
 		for _, s := range svc.Servers {
 			if svc.Helped {
-				els[f.servers] = append(els[f.servers], nftables.SetElement{Key: addrPortKey(s.Addr)})
+				add(f.servers, s.Addr)
 			}
 			els[f.byMark] = append(els[f.byMark], nftables.SetElement{Key: binary.NativeEndian.AppendUint32(nil, s.Mark), Val: addrPortKey(s.Addr)})
 		}
+	}
+	for _, ap := range spec.LiveVIPs {
+		add(f.helped, ap)
+	}
+	for _, ap := range spec.LiveServers {
+		add(f.servers, ap)
 	}
 	return els
 }

@@ -183,3 +183,32 @@ func TestOpenChannels(t *testing.T) {
 		t.Errorf("closed watch still listed:\n%s", out)
 	}
 }
+
+func TestUpdateKeepsLive(t *testing.T) {
+	ns, c := testNetns(t)
+	rs, err := Install(c, referenceSpec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ap := netip.MustParseAddrPort
+	next := referenceSpec()
+	next.Services = next.Services[1:] // the IPv4 FTP service is gone
+	next.LiveVIPs = []netip.AddrPort{ap("198.51.100.10:21")}
+	next.LiveServers = []netip.AddrPort{ap("10.0.0.12:21")}
+	if err := rs.Update(c, next); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ set, want, notWant string }{
+		{"vips4", "198.51.100.10 . 80", "198.51.100.10 . 21"}, // no new connections are scheduled
+		{"helped4", "198.51.100.10 . 21", ""},
+		{"servers4", "10.0.0.12 . 21", "10.0.0.11"}, // a removed server without connections is not queued
+	} {
+		out, err := nftList(t, ns, "list", "set", "inet", "nfhelper", c.set)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(out, c.want) || c.notWant != "" && strings.Contains(out, c.notWant) {
+			t.Errorf("%s after update:\n%s", c.set, out)
+		}
+	}
+}

@@ -185,7 +185,11 @@ func reload(path string, queue config.Queue, engine *ipvs.Engine, ruleset *nft.R
 	if err != nil {
 		return err
 	}
-	if err := ruleset.Update(conn, specFor(cfg.Queue, next)); err != nil {
+	spec := specFor(cfg.Queue, next)
+	// Running connections keep reaching the daemon even if their service or
+	// server is gone from the file.
+	spec.LiveVIPs, spec.LiveServers = engine.Live()
+	if err := ruleset.Update(conn, spec); err != nil {
 		return err
 	}
 	commit()
