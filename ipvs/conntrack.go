@@ -73,7 +73,7 @@ func (e *Engine) follow(ctx context.Context, group netfilter.NetlinkGroup) error
 			switch {
 			case ev.Flow == nil:
 			case ev.Type == conntrack.EventDestroy:
-				e.destroyed(ev.Flow.TupleOrig)
+				e.destroyed(ev.Flow.TupleOrig, ev.Flow.CountersOrig, ev.Flow.CountersReply)
 			case ev.Flow.ProtoInfo.TCP != nil:
 				e.updated(ev.Flow.TupleOrig, ev.Flow.ProtoInfo.TCP.State)
 			}
@@ -113,8 +113,9 @@ func (e *Engine) updated(t conntrack.Tuple, state uint8) {
 	c.mu.Unlock()
 }
 
-// destroyed handles the end of the conntrack entry with original tuple t.
-func (e *Engine) destroyed(t conntrack.Tuple) {
+// destroyed handles the end of the conntrack entry with original tuple t
+// and its accounting, if any.
+func (e *Engine) destroyed(t conntrack.Tuple, counts ...conntrack.Counter) {
 	table := e.Table
 	switch t.Proto.Protocol {
 	case unix.IPPROTO_TCP:
@@ -132,7 +133,14 @@ func (e *Engine) destroyed(t conntrack.Tuple) {
 	c.mu.Lock()
 	recent := now()-c.seen < int64(destroyGrace)
 	c.mu.Unlock()
-	if !recent && table.Remove(c) {
+	if recent {
+		return // a new connection on the same ports: the counts are not its
+	}
+	for _, n := range counts {
+		c.Real.Packets.Add(n.Packets)
+		c.Real.Bytes.Add(n.Bytes)
+	}
+	if table.Remove(c) {
 		e.Stats.ConntrackGone.Add(1)
 	}
 }

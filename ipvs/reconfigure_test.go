@@ -139,16 +139,16 @@ func TestConntrackDestroyRemoves(t *testing.T) {
 	conn.mu.Lock()
 	conn.seen -= int64(time.Minute)
 	conn.mu.Unlock()
-	c.e.destroyed(tuple)
+	c.e.destroyed(tuple, conntrack.Counter{Packets: 10, Bytes: 1000}, conntrack.Counter{Direction: true, Packets: 20, Bytes: 30000})
 	if c.e.Table.LookupVIP(client, vip) != nil || c.e.Table.Len() != 0 {
 		t.Fatal("connection kept after its conntrack entry went")
 	}
 	if c.e.Stats.ConntrackGone.Load() != 1 {
 		t.Errorf("counted %d", c.e.Stats.ConntrackGone.Load())
 	}
-	// Its server's count went with it.
-	if rs := conn.Real; rs.Active.Load()+rs.Inactive.Load() != 0 {
-		t.Errorf("server still counts it")
+	// Its server's count went with it; its traffic stays counted.
+	if rs := conn.Real; rs.Active.Load()+rs.Inactive.Load() != 0 || rs.Packets.Load() != 30 || rs.Bytes.Load() != 31000 {
+		t.Errorf("server: active %d inactive %d packets %d bytes %d", rs.Active.Load(), rs.Inactive.Load(), rs.Packets.Load(), rs.Bytes.Load())
 	}
 }
 

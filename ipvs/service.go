@@ -18,6 +18,9 @@ type RealServer struct {
 	// table, as ipvsadm's ActiveConn and InActConn; least-connection
 	// schedulers weigh them.
 	Active, Inactive atomic.Int64
+	// Packets and Bytes, both directions, of its connections that ended,
+	// as conntrack accounted them (only with net.netfilter.nf_conntrack_acct=1).
+	Packets, Bytes atomic.Uint64
 }
 
 // Service is a virtual TCP service: a VIP, its real servers, how to choose

@@ -125,6 +125,12 @@ wait:
 	}
 	queues = nil
 	wg.Wait()
+	for _, svc := range engine.Services() {
+		for _, rs := range svc.Servers {
+			log.Info("server", "service", svc.Name, "server", rs.Addr, "weight", rs.Weight, "conns", rs.Conns.Load(),
+				"active", rs.Active.Load(), "inactive", rs.Inactive.Load(), "packets", rs.Packets.Load(), "bytes", rs.Bytes.Load())
+		}
+	}
 	log.Info("stopping", statsAttrs(&engine.Stats)...)
 	return err
 }
