@@ -16,7 +16,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -235,15 +234,10 @@ func startExtraServers(tp *topo.Topo) {
 }
 
 func buildBinaries() error {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		return fmt.Errorf("go env GOMOD: %w", err)
+	var err error
+	if harness.modRoot, err = topo.ModuleRoot(); err != nil {
+		return err
 	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		return errors.New("not inside the nfhelper module")
-	}
-	harness.modRoot = filepath.Dir(gomod)
 	harness.pyScript = filepath.Join(harness.modRoot, "integration", "testdata", "ftpget.py")
 	if harness.binDir, err = topo.MkdirTemp("bin"); err != nil {
 		return err
@@ -291,14 +285,7 @@ func hasGoFiles(dir string) bool {
 	return false
 }
 
-func goBuild(out, pkg string) error {
-	c := exec.Command("go", "build", "-o", out, pkg)
-	c.Dir = harness.modRoot
-	if b, err := c.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
-	}
-	return nil
-}
+func goBuild(out, pkg string) error { return topo.GoBuild(context.Background(), out, pkg) }
 
 // needTopo skips when the suite cannot run and returns the topology.
 func needTopo(t *testing.T) *topo.Topo {

@@ -32,7 +32,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"regexp"
@@ -154,15 +153,9 @@ func run(o options) int {
 		return 1
 	}
 
-	root, _ := modRoot()
 	build := func(dst, pkg string) error {
 		logf("building %s", pkg)
-		c := exec.CommandContext(ctx, "go", "build", "-o", dst, pkg)
-		c.Dir = root
-		if b, err := c.CombinedOutput(); err != nil {
-			return fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
-		}
-		return nil
+		return topo.GoBuild(ctx, dst, pkg)
 	}
 	connbench := filepath.Join(tmp, "connbench")
 	if err := build(connbench, "./integration/cmd/connbench"); err != nil {
@@ -750,15 +743,3 @@ func bannerText(m map[string]int64) string {
 }
 
 func numCPU() int { return runtime.NumCPU() }
-
-func modRoot() (string, error) {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", err
-	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		return "", errors.New("not in a module")
-	}
-	return filepath.Dir(gomod), nil
-}

@@ -18,7 +18,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -57,12 +56,8 @@ func run(bin string) int {
 	if bin == "" {
 		bin = filepath.Join(tmp, "nfhelperd")
 		logf("building ./cmd/nfhelperd")
-		c := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/nfhelperd")
-		if root, err := modRoot(); err == nil {
-			c.Dir = root
-		}
-		if out, err := c.CombinedOutput(); err != nil {
-			logf("go build ./cmd/nfhelperd: %v\n%s", err, out)
+		if err := topo.GoBuild(ctx, bin, "./cmd/nfhelperd"); err != nil {
+			logf("%v", err)
 			return 1
 		}
 	} else if bin, err = filepath.Abs(bin); err != nil {
@@ -182,16 +177,4 @@ func fetch(ctx context.Context, tp *topo.Topo, logf func(string, ...any), name, 
 		logf("%s: expected sha256 %s", name, want)
 	}
 	return match
-}
-
-func modRoot() (string, error) {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", err
-	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		return "", errors.New("not in a module")
-	}
-	return filepath.Dir(gomod), nil
 }
