@@ -2,27 +2,30 @@
 package config
 
 import (
-	"bytes"
-	"errors"
+	"cmp"
 	"fmt"
-	"io"
+	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"time"
-
-	"gopkg.in/yaml.v3"
 
 	"github.com/nfhelper/nfhelper/ipvs"
 )
-
-// ErrInvalid wraps every validation failure.
-var ErrInvalid = errors.New("invalid configuration")
 
 // Config is the whole file.
 type Config struct {
 	Services []Service `yaml:"services"`
 	Helpers  []AddOn   `yaml:"helpers"`
 	Queue    Queue     `yaml:"queue"`
+	Metrics  Metrics   `yaml:"metrics"`
+}
+
+// Metrics is the Prometheus endpoint: off unless an address is set, and
+// only on a loopback address unless AllowRemote.
+type Metrics struct {
+	Address     string `yaml:"address"` // host:port
+	AllowRemote bool   `yaml:"allow_remote"`
 }
 
 // AddOn binds a helper to connections the user's own rules translate (a
@@ -124,166 +127,226 @@ func (r *RealServer) EffectiveWeight() int {
 // MaxRealServers is how many real servers the packet mark bits can name.
 const MaxRealServers = 255
 
-// Load reads and validates a file.
+// Load reads and validates a file. A file that does not hold a valid
+// configuration yields [Errors], naming path in each.
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	c, err := Parse(data)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return c, nil
+	return parse(path, data)
 }
 
-// Parse decodes strictly (unknown keys are errors) and validates.
+// Parse decodes strictly (unknown keys are errors) and validates. Its
+// errors are [Errors], without a file name.
 func Parse(data []byte) (*Config, error) {
+	return parse("", data)
+}
+
+func parse(file string, data []byte) (*Config, error) {
 	var c Config
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	// An empty document decodes as io.EOF: report what is missing instead.
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	r := newReport(file)
+	if decode(data, &c, r) {
+		c.validate(r)
 	}
-	if err := c.validate(); err != nil {
+	if err := r.err(); err != nil {
 		return nil, err
 	}
 	return &c, nil
 }
 
-func (c *Config) validate() error {
-	bad := func(format string, args ...any) error {
-		return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
+// parseAddrPort parses the address:port at path, which must have a port and
+// no zone; IPv4-mapped IPv6 addresses are taken as IPv4.
+func parseAddrPort(r *report, path, s string) (netip.AddrPort, bool) {
+	if s == "" {
+		r.at(path, "missing (want an address:port)")
+		return netip.AddrPort{}, false
 	}
+	ap, err := netip.ParseAddrPort(s)
+	switch {
+	case err != nil:
+		if _, err := netip.ParseAddr(s); err == nil {
+			r.at(path, "%q has no port (want an address:port, IPv6 in brackets)", s)
+		} else {
+			r.at(path, "%q is not an address:port", s)
+		}
+		return netip.AddrPort{}, false
+	case ap.Port() == 0:
+		r.at(path, "%q: port 0", s)
+		return netip.AddrPort{}, false
+	case ap.Addr().Zone() != "":
+		r.at(path, "%q: zones are not supported", s)
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), true
+}
+
+// owner is who holds an address first: a service or an add-on.
+type owner struct {
+	kind, name string
+	line       int
+}
+
+func (o owner) String() string {
+	return fmt.Sprintf("%s %q (line %d)", o.kind, o.name, o.line)
+}
+
+// validate checks what decoding cannot, reports every problem in r, and
+// fills the fields computed from others (VIPAddr, Addr, MatchAddr) and the
+// defaults of Protocol and Scheduler.
+func (c *Config) validate(r *report) {
 	if len(c.Services) == 0 && len(c.Helpers) == 0 {
-		return bad("no services and no helpers")
+		r.at("", "no services and no helpers")
 	}
-	names := map[string]bool{}
-	vips := map[netip.AddrPort]string{} // TCP VIPs and add-on matches
-	udpVIPs := map[netip.AddrPort]string{}
+	names := map[string]int{} // name -> line
+	claimName := func(path, name string) {
+		np := child(path, "name")
+		if name == "" {
+			r.at(np, "missing: each entry needs a name")
+			return
+		}
+		if line, dup := names[name]; dup {
+			r.at(np, "name %q used twice (first at line %d)", name, line)
+			return
+		}
+		names[name] = r.line(np)
+	}
+	vips := map[netip.AddrPort]owner{} // TCP VIPs and add-on destinations
+	udpVIPs := map[netip.AddrPort]owner{}
 	total := 0
+	countServer := func(path string) {
+		if total++; total == MaxRealServers+1 {
+			r.at(path, "more than %d real servers and helpers together (the packet mark names each)", MaxRealServers)
+		}
+	}
 	for i := range c.Services {
 		s := &c.Services[i]
-		if s.Name == "" {
-			return bad("services[%d]: name is empty", i)
-		}
-		if names[s.Name] {
-			return bad("service %s: name used twice", s.Name)
-		}
-		names[s.Name] = true
-		ap, err := netip.ParseAddrPort(s.VIP)
-		if err != nil || ap.Port() == 0 || ap.Addr().Zone() != "" {
-			return bad("service %s: vip %q is not an address:port", s.Name, s.VIP)
-		}
-		s.VIPAddr = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		sp := index("services", i)
+		claimName(sp, s.Name)
 		switch s.Protocol {
 		case "":
 			s.Protocol = "tcp"
 		case "tcp", "udp":
 		default:
-			return bad("service %s: protocol %q (have tcp, udp)", s.Name, s.Protocol)
+			r.at(child(sp, "protocol"), "%q is not a protocol (have tcp, udp)", s.Protocol)
 		}
-		if s.Protocol == "udp" {
-			if other, dup := udpVIPs[s.VIPAddr]; dup {
-				return bad("service %s: udp vip %s already used by service %s", s.Name, s.VIPAddr, other)
+		vp := child(sp, "vip")
+		if ap, ok := parseAddrPort(r, vp, s.VIP); ok {
+			s.VIPAddr = ap
+			taken := vips
+			what := "vip"
+			if s.Protocol == "udp" {
+				taken, what = udpVIPs, "udp vip"
 			}
-			udpVIPs[s.VIPAddr] = s.Name
-			if s.Helper != "" {
-				return bad("service %s: helper %q reads TCP streams; a udp service has none", s.Name, s.Helper)
+			if o, dup := taken[ap]; dup {
+				r.at(vp, "%s %s already used by %s", what, ap, o)
+			} else {
+				taken[ap] = owner{"service", s.Name, r.line(vp)}
 			}
-		} else {
-			if other, dup := vips[s.VIPAddr]; dup {
-				return bad("service %s: vip %s already used by service %s", s.Name, s.VIPAddr, other)
-			}
-			vips[s.VIPAddr] = s.Name
 		}
 		if s.Scheduler == "" {
 			s.Scheduler = "rr"
 		}
 		if _, err := ipvs.NewScheduler(s.Scheduler); err != nil {
-			return bad("service %s: %v", s.Name, err)
+			r.at(child(sp, "scheduler"), "%v", err)
 		}
 		if s.Helper != "" {
+			hp := child(sp, "helper")
 			if _, ok := ipvs.LookupHelper(s.Helper); !ok {
-				return bad("service %s: unknown helper %q (have %v)", s.Name, s.Helper, ipvs.HelperNames())
+				r.at(hp, "unknown helper %q (have %s)", s.Helper, strings.Join(ipvs.HelperNames(), ", "))
+			} else if s.Protocol == "udp" {
+				r.at(hp, "helper %q reads TCP streams; a udp service has none", s.Helper)
 			}
 		}
-		if err := s.ChannelPolicy.validate(); err != nil {
-			return bad("service %s: %v", s.Name, err)
-		}
+		s.ChannelPolicy.validate(r, sp)
 		if p := s.Persistence; p != nil {
+			pp := child(sp, "persistence")
 			v4, v6 := p.Prefixes()
-			switch {
-			case p.Timeout < time.Second || p.Timeout > 30*24*time.Hour:
-				return bad("service %s: persistence timeout %s out of 1s..720h", s.Name, p.Timeout)
-			case v4 < 1 || v4 > 32:
-				return bad("service %s: persistence prefix4 %d out of 1..32", s.Name, v4)
-			case v6 < 1 || v6 > 128:
-				return bad("service %s: persistence prefix6 %d out of 1..128", s.Name, v6)
+			if p.Timeout < time.Second || p.Timeout > 30*24*time.Hour {
+				if p.Timeout == 0 {
+					r.at(child(pp, "timeout"), "missing: persistence needs a timeout in 1s..720h")
+				} else {
+					r.at(child(pp, "timeout"), "%s out of 1s..720h", p.Timeout)
+				}
+			}
+			if v4 < 1 || v4 > 32 {
+				r.at(child(pp, "prefix4"), "%d out of 1..32", v4)
+			}
+			if v6 < 1 || v6 > 128 {
+				r.at(child(pp, "prefix6"), "%d out of 1..128", v6)
 			}
 		}
+		rp := child(sp, "real_servers")
 		if len(s.RealServers) == 0 {
-			return bad("service %s: no real_servers", s.Name)
+			what := "missing"
+			if r.values[rp] != nil {
+				what = "empty"
+			}
+			r.at(rp, "%s: a service needs at least one real server", what)
 		}
-		seen := map[netip.AddrPort]bool{}
+		seen := map[netip.AddrPort]int{}
 		for j := range s.RealServers {
-			r := &s.RealServers[j]
-			ap, err := netip.ParseAddrPort(r.Address)
-			if err != nil || ap.Port() == 0 || ap.Addr().Zone() != "" {
-				return bad("service %s: real server %q is not an address:port", s.Name, r.Address)
+			rs := &s.RealServers[j]
+			ip := index(rp, j)
+			countServer(ip)
+			ap := child(ip, "address")
+			if a, ok := parseAddrPort(r, ap, rs.Address); ok {
+				rs.Addr = a
+				if s.VIPAddr.IsValid() && a.Addr().Is4() != s.VIPAddr.Addr().Is4() {
+					r.at(ap, "%s is not of the vip's address family (vip %s)", a, s.VIPAddr)
+				} else if line, dup := seen[a]; dup {
+					r.at(ap, "real server %s listed twice (first at line %d)", a, line)
+				} else {
+					seen[a] = r.line(ap)
+				}
 			}
-			r.Addr = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-			if r.Addr.Addr().Is4() != s.VIPAddr.Addr().Is4() {
-				return bad("service %s: real server %s is not of the vip's address family", s.Name, r.Addr)
+			if w := rs.EffectiveWeight(); w < 0 || w > 65535 {
+				r.at(child(ip, "weight"), "%d out of 0..65535", w)
 			}
-			if seen[r.Addr] {
-				return bad("service %s: real server %s listed twice", s.Name, r.Addr)
-			}
-			seen[r.Addr] = true
-			if w := r.EffectiveWeight(); w < 0 || w > 65535 {
-				return bad("service %s: real server %s: weight %d out of 0..65535", s.Name, r.Addr, w)
-			}
-			total++
 		}
-	}
-	if total+len(c.Helpers) > MaxRealServers {
-		return bad("%d real servers and %d helpers; at most %d together", total, len(c.Helpers), MaxRealServers)
 	}
 	for i := range c.Helpers {
 		h := &c.Helpers[i]
-		if h.Name == "" {
-			return bad("helpers[%d]: name is empty", i)
+		hp := index("helpers", i)
+		countServer(hp)
+		claimName(hp, h.Name)
+		switch {
+		case h.Helper == "":
+			r.at(child(hp, "helper"), "missing (have %s)", strings.Join(ipvs.HelperNames(), ", "))
+		default:
+			if _, ok := ipvs.LookupHelper(h.Helper); !ok {
+				r.at(child(hp, "helper"), "unknown helper %q (have %s)", h.Helper, strings.Join(ipvs.HelperNames(), ", "))
+			}
 		}
-		if names[h.Name] {
-			return bad("helper %s: name used twice", h.Name)
+		dp := child(hp, "match.destination")
+		if a, ok := parseAddrPort(r, dp, h.Match.Destination); ok {
+			h.MatchAddr = a
+			if o, dup := vips[a]; dup {
+				r.at(dp, "destination %s already used by %s", a, o)
+			} else {
+				vips[a] = owner{"add-on", h.Name, r.line(dp)}
+			}
 		}
-		names[h.Name] = true
-		if _, ok := ipvs.LookupHelper(h.Helper); !ok {
-			return bad("helper %s: unknown helper %q (have %v)", h.Name, h.Helper, ipvs.HelperNames())
-		}
-		ap, err := netip.ParseAddrPort(h.Match.Destination)
-		if err != nil || ap.Port() == 0 || ap.Addr().Zone() != "" {
-			return bad("helper %s: match destination %q is not an address:port", h.Name, h.Match.Destination)
-		}
-		h.MatchAddr = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-		if other, dup := vips[h.MatchAddr]; dup {
-			return bad("helper %s: destination %s already used by %s", h.Name, h.MatchAddr, other)
-		}
-		vips[h.MatchAddr] = h.Name
-		if err := h.ChannelPolicy.validate(); err != nil {
-			return bad("helper %s: %v", h.Name, err)
+		h.ChannelPolicy.validate(r, hp)
+	}
+	if a := c.Metrics.Address; a != "" {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			r.at("metrics.address", "%q is not host:port", a)
 		}
 	}
-	return nil
+	if q := c.Queue; q.Count > 0 {
+		first := cmp.Or(q.First, 100)
+		if int(first)+int(q.Count)-1 > 65535 {
+			r.at("queue.count", "queues %d..%d: past 65535", first, int(first)+int(q.Count)-1)
+		}
+	}
 }
 
-func (p *ChannelPolicy) validate() error {
+func (p *ChannelPolicy) validate(r *report, path string) {
 	if m := p.MaxDataChannels; m != nil && (*m < 1 || *m > 64) {
-		return fmt.Errorf("max_data_channels %d out of 1..64", *m)
+		r.at(child(path, "max_data_channels"), "%d out of 1..64", *m)
 	}
 	if d := p.DataChannelTimeout; d != nil && (*d < time.Second || *d > 24*time.Hour) {
-		return fmt.Errorf("data_channel_timeout %s out of 1s..24h", *d)
+		r.at(child(path, "data_channel_timeout"), "%s out of 1s..24h", *d)
 	}
-	return nil
 }

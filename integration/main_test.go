@@ -128,11 +128,11 @@ func runMain(m *testing.M) int {
 	harness.tp = tp
 	startExtraServers(tp)
 	harness.config = filepath.Join(tp.Dir, "nfhelper-test.yaml")
-	config := testConfig + addonConfig
+	config := testConfig + addonConfig + metricsConfig
 	switch strings.ToLower(os.Getenv("NFH_ADDON")) {
 	case "0", "no", "off", "false":
 		harness.noAddon = "add-on helpers left out of the test config (NFH_ADDON=" + os.Getenv("NFH_ADDON") + ")"
-		config = testConfig
+		config = testConfig + metricsConfig
 		fmt.Println("NOTE:", harness.noAddon, "- tests through the WAN addresses will be skipped")
 	}
 	if err := os.WriteFile(harness.config, []byte(config), 0o644); err != nil {
@@ -189,6 +189,11 @@ const testConfig = topo.ReferenceConfig + `  - name: proftpd
     real_servers:
       - address: 10.0.0.11:7
       - address: 10.0.0.12:7
+`
+
+// metricsConfig turns on the Prometheus endpoint, on the router's loopback.
+const metricsConfig = `metrics:
+  address: 127.0.0.1:9330
 `
 
 // addonConfig is the add-on part of the test config: nfhelperd only helps FTP

@@ -2,8 +2,10 @@ package ipvs
 
 import (
 	"bytes"
+	"log/slog"
 	"net/netip"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -117,4 +119,22 @@ func payloadOf(t *testing.T, b []byte) string {
 	t.Helper()
 	_, p := (&tconn{t: t}).out(Verdict{Packet: b}, nil)
 	return p
+}
+
+func TestRefusalLoggedAtOnceThenRateLimited(t *testing.T) {
+	var buf bytes.Buffer
+	e := portEngine(t, DefaultPolicy)
+	e.Log = slog.New(slog.NewTextHandler(&buf, nil))
+	w := e.NewWorker()
+	w.now = 5 // right after start
+	c := &Conn{Service: e.Services()[0]}
+	w.refused(c, []Refusal{RefuseBounce, RefuseBounce})
+	if n := strings.Count(buf.String(), "refused data channel"); n != 1 {
+		t.Errorf("%d lines for two refusals in the first second, want 1:\n%s", n, buf.String())
+	}
+	w.now += 2e9
+	w.refused(c, []Refusal{RefuseBounce})
+	if n := strings.Count(buf.String(), "refused data channel"); n != 2 || e.Stats.Refused[RefuseBounce].Load() != 3 {
+		t.Errorf("after 2 s: %d lines, %d counted", n, e.Stats.Refused[RefuseBounce].Load())
+	}
 }

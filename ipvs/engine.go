@@ -24,6 +24,7 @@ type Engine struct {
 	Stats    Stats
 	Log      *slog.Logger // refusals, rate-limited; nil: not logged
 	snap     atomic.Pointer[snapshot]
+	schedMu  sync.Mutex // every service's mu (see Service)
 	markMask uint32
 	channels channelTable
 	lastLog  [numRefusals]atomic.Int64
@@ -460,8 +461,9 @@ func (w *Worker) refused(c *Conn, why []Refusal) {
 		if e.Log == nil {
 			continue
 		}
+		// 0: never logged (now() starts near 0, so 0 cannot mean "at 0").
 		last := e.lastLog[r].Load()
-		if w.now-last >= 1e9 && e.lastLog[r].CompareAndSwap(last, w.now) {
+		if (last == 0 || w.now-last >= 1e9) && e.lastLog[r].CompareAndSwap(last, max(w.now, 1)) {
 			e.Log.Warn("refused data channel", "reason", r.String(), "service", c.Service.Name,
 				"client", c.Client, "server", c.Server, "total", e.Stats.Refused[r].Load())
 		}

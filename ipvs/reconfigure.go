@@ -42,9 +42,8 @@ func (e *Engine) Prepare(next []*Service) (commit func(), err error) {
 		}
 	}
 	type weight struct {
-		owner *Service
-		rs    *RealServer
-		w     int
+		rs *RealServer
+		w  int
 	}
 	var weights []weight
 	used := map[uint32]bool{}
@@ -73,7 +72,7 @@ func (e *Engine) Prepare(next []*Service) (commit func(), err error) {
 			}
 			for _, ors := range old.Servers {
 				if ors.Addr == rs.Addr {
-					weights = append(weights, weight{old, ors, rs.Weight})
+					weights = append(weights, weight{ors, rs.Weight})
 					s.Servers[i] = ors
 				}
 			}
@@ -127,14 +126,17 @@ func (e *Engine) Prepare(next []*Service) (commit func(), err error) {
 			snap.services[s.VIP] = s
 		}
 	}
+	for _, s := range next {
+		s.mu = &e.schedMu
+	}
 	return func() {
-		// A worker still picking with the old service reads weights under
-		// its lock.
+		// A worker still picking with an old service reads the weights
+		// under the same lock.
+		e.schedMu.Lock()
 		for _, w := range weights {
-			w.owner.mu.Lock()
 			w.rs.Weight = w.w
-			w.owner.mu.Unlock()
 		}
+		e.schedMu.Unlock()
 		e.snap.Store(snap)
 		for _, s := range next {
 			if s.Persist == nil {

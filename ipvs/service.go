@@ -40,7 +40,10 @@ type Service struct {
 	// (IPVS persistence, -p).
 	Persist *Persistence
 
-	mu    sync.Mutex
+	// mu guards Servers, their weights and the scheduler's state. The engine
+	// gives all its services one lock: a reload changes the weights of real
+	// servers that services of older generations still hold.
+	mu    *sync.Mutex
 	sched Scheduler
 }
 
@@ -50,13 +53,13 @@ func NewService(name string, vip netip.AddrPort, scheduler string, h Helper, ser
 	if err != nil {
 		return nil, fmt.Errorf("service %s: %w", name, err)
 	}
-	return &Service{Name: name, VIP: vip, Helper: h, Policy: DefaultPolicy, Servers: servers, sched: s}, nil
+	return &Service{Name: name, VIP: vip, Helper: h, Policy: DefaultPolicy, Servers: servers, sched: s, mu: new(sync.Mutex)}, nil
 }
 
 // NewAddOn builds an add-on service: helper h reads connections to match,
 // which the user's rules translate; their SYN carries mark.
 func NewAddOn(name string, match netip.AddrPort, h Helper, mark uint32) *Service {
-	return &Service{Name: name, VIP: match, Helper: h, Policy: DefaultPolicy, AddOn: true, Mark: mark}
+	return &Service{Name: name, VIP: match, Helper: h, Policy: DefaultPolicy, AddOn: true, Mark: mark, mu: new(sync.Mutex)}
 }
 
 // bind returns a new connection's helper state; nil without a helper.

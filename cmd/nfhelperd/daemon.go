@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"sync"
 	"syscall"
@@ -15,7 +16,9 @@ import (
 	"github.com/google/nftables"
 
 	"github.com/nfhelper/nfhelper/config"
+	"github.com/nfhelper/nfhelper/ctl"
 	"github.com/nfhelper/nfhelper/ipvs"
+	"github.com/nfhelper/nfhelper/metrics"
 	"github.com/nfhelper/nfhelper/nfq"
 	"github.com/nfhelper/nfhelper/nft"
 )
@@ -31,6 +34,7 @@ const (
 )
 
 func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger) error {
+	started := time.Now()
 	engine, err := ipvs.NewEngine(services(cfg), markMask)
 	if err != nil {
 		return err
@@ -72,32 +76,57 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
-	dp := &datapath{ruleset: ruleset, conn: dpConn, log: log, reqs: make(chan *pending, 1024)}
+	mx := metrics.New(engine, queues)
+	dp := &datapath{ruleset: ruleset, conn: dpConn, log: log, metrics: mx, reqs: make(chan *pending, 1024)}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
 	errs := make(chan error, len(queues))
+	// The control socket (nfhelperctl): the daemon runs without it if it
+	// cannot have it.
+	configPath, _ := filepath.Abs(path)
+	control := &ctl.Server{Engine: engine, Log: log, Info: ctl.Info{
+		Pid: os.Getpid(), Started: started, Datapath: datapathName, Config: configPath, Table: tableName,
+		Queues: ctl.Queues{First: spec.QueueNum, Count: spec.QueueTotal},
+	}}
+	if err := control.Listen(ctl.SocketPath()); err != nil {
+		log.Warn("no control socket; nfhelperctl cannot reach this daemon", "err", err)
+	} else {
+		wg.Go(func() {
+			if err := control.Serve(ctx); err != nil {
+				log.Warn("control socket", "err", err)
+			}
+		})
+	}
 	wg.Go(func() { dp.run(ctx) })
 	wg.Go(func() { engine.RunExpiry(time.Second, ctx.Done()) })
 	wg.Go(func() {
 		// Without events the table's own timeouts still end connections.
 		if err := engine.FollowConntrackEnds(ctx); err != nil {
+			control.NoteConntrack(err)
 			log.Warn("not following conntrack", "err", err)
 		}
 	})
 	states := &stateFollower{engine: engine, log: log, wg: &wg}
 	states.adjust(ctx)
+	if addr := cfg.Metrics.Address; addr != "" {
+		wg.Go(func() {
+			if err := metrics.Listen(ctx, addr, mx.Handler(), cfg.Metrics.AllowRemote); err != nil {
+				log.Error("metrics endpoint", "address", addr, "err", err)
+			}
+		})
+	}
 	for _, q := range queues {
 		w := engine.NewWorker()
 		wg.Go(func() {
-			if err := q.Run(ctx, handler(q, w, dp, &engine.Stats, log)); err != nil {
+			if err := q.Run(ctx, handler(q, w, dp, mx, log)); err != nil {
 				errs <- err
 			}
 		})
 	}
 	log.Info("ready", "datapath", datapathName, "queues", fmt.Sprintf("%d-%d", spec.QueueNum, spec.QueueNum+spec.QueueTotal-1),
-		"services", len(spec.Services), "helpers", len(spec.AddOns), "table", "inet "+tableName)
+		"services", len(spec.Services), "helpers", len(spec.AddOns), "table", "inet "+tableName, "socket", control.Path())
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -111,8 +140,10 @@ wait:
 		case err = <-errs:
 			break wait
 		case <-hup:
-			if err := reload(path, cfg.Queue, engine, ruleset, nftConn); err != nil {
-				log.Error("reload failed; the running configuration stays", "err", err)
+			err := reload(path, cfg.Queue, engine, ruleset, nftConn)
+			control.NoteReload(err)
+			if err != nil {
+				logErrors(log, "reload failed; the running configuration stays", err)
 			} else {
 				states.adjust(ctx)
 				log.Info("reloaded", "config", path)
@@ -258,8 +289,9 @@ func specFor(q config.Queue, services []*ipvs.Service) *nft.Spec {
 
 // handler is one queue's per-packet path: decide, then either answer at
 // once or hand the packet to the datapath when it announces a data channel.
-func handler(q *nfq.Queue, w *ipvs.Worker, dp *datapath, stats *ipvs.Stats, log *slog.Logger) nfq.Handler {
+func handler(q *nfq.Queue, w *ipvs.Worker, dp *datapath, mx *metrics.Metrics, log *slog.Logger) nfq.Handler {
 	return func(id uint32, pkt []byte, mark uint32) {
+		start := time.Now()
 		defer func() {
 			if r := recover(); r != nil {
 				log.Error("worker panic; packet accepted unmodified", "panic", r)
@@ -267,9 +299,10 @@ func handler(q *nfq.Queue, w *ipvs.Worker, dp *datapath, stats *ipvs.Stats, log 
 			}
 		}()
 		v := w.Process(pkt, mark)
+		mx.CountVerdict(q.Num, v)
 		if len(v.Open) > 0 || len(v.Close) > 0 {
 			dp.submit(&pending{
-				q: q, id: id, drop: v.Drop, setMark: v.SetMark, mark: v.Mark,
+				q: q, id: id, drop: v.Drop, setMark: v.SetMark, mark: v.Mark, start: start,
 				pkt:   append([]byte(nil), v.Packet...),
 				open:  append([]ipvs.Channel(nil), v.Open...),
 				close: append([]ipvs.Channel(nil), v.Close...),
@@ -279,6 +312,19 @@ func handler(q *nfq.Queue, w *ipvs.Worker, dp *datapath, stats *ipvs.Stats, log 
 		if err := verdict(q, id, v.Drop, v.SetMark, v.Mark, v.Packet); err != nil {
 			log.Warn("verdict", "err", err)
 		}
+		mx.ObserveVerdict(time.Since(start))
+	}
+}
+
+// logErrors logs err, one entry per configuration error it holds.
+func logErrors(log *slog.Logger, msg string, err error) {
+	var errs config.Errors
+	if !errors.As(err, &errs) {
+		log.Error(msg, "err", err)
+		return
+	}
+	for _, e := range errs {
+		log.Error(msg, "err", e.Error())
 	}
 }
 
@@ -298,6 +344,7 @@ type pending struct {
 	mark        uint32
 	pkt         []byte
 	open, close []ipvs.Channel
+	start       time.Time // when its queue handed it over
 }
 
 // datapath opens data channels off the queue readers' goroutines, so the
@@ -306,6 +353,7 @@ type datapath struct {
 	ruleset *nft.Ruleset
 	conn    *nftables.Conn
 	log     *slog.Logger
+	metrics *metrics.Metrics
 	reqs    chan *pending
 }
 
@@ -345,6 +393,7 @@ func (d *datapath) run(ctx context.Context) {
 			if err := verdict(p.q, p.id, p.drop, p.setMark, p.mark, p.pkt); err != nil && !errors.Is(err, context.Canceled) {
 				d.log.Warn("verdict", "err", err)
 			}
+			d.metrics.ObserveVerdict(time.Since(p.start))
 		}
 		// Evicted channels may go after the verdicts: nothing waits on them.
 		// One that timed out already fails the batch; the rest time out too.

@@ -18,16 +18,20 @@ import (
 
 func main() {
 	path := flag.String("config", "/etc/nfhelper/nfhelperd.yaml", "configuration file")
+	check := flag.Bool("check-config", false, "validate the configuration file, print a summary and exit (0 if valid); touches no kernel state")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "nfhelperd: unexpected arguments %q\n", flag.Args())
 		os.Exit(2)
 	}
+	if *check {
+		os.Exit(checkConfig(*path))
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 
 	cfg, err := config.Load(*path)
 	if err != nil {
-		log.Error("configuration", "err", err)
+		logErrors(log, "configuration", err)
 		os.Exit(1)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -36,4 +40,28 @@ func main() {
 		log.Error("stopped", "err", err)
 		os.Exit(1)
 	}
+}
+
+// checkConfig validates the file at path without touching the kernel: it
+// prints a summary to stdout and returns 0, or prints every error, one a
+// line, to stderr and returns 1.
+func checkConfig(path string) int {
+	cfg, err := config.Load(path)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	servers := 0
+	for _, s := range cfg.Services {
+		servers += len(s.RealServers)
+	}
+	fmt.Printf("%s: ok: %s (%s), %s\n", path, count(len(cfg.Services), "service"), count(servers, "real server"), count(len(cfg.Helpers), "helper"))
+	return 0
+}
+
+func count(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }

@@ -64,6 +64,8 @@ func (t *Topo) StartDaemon(bin, config string) (*Daemon, error) {
 		return nil, err
 	}
 	c := t.Exec(t.Router, bin, "--config", config)
+	// The control socket goes below Dir, never to the host's default path.
+	c.Env = append(append(os.Environ(), "NFHELPER_SOCKET="+t.ControlSocket()), t.DaemonEnv...)
 	w := io.MultiWriter(f, d.out)
 	c.Stdout, c.Stderr = w, w
 	if err := t.Start(c); err != nil {
@@ -110,6 +112,11 @@ func (d *Daemon) readyLine() (string, bool) {
 	}
 	return "", false
 }
+
+// ControlSocket is the control socket path StartDaemon gives the daemon
+// (NFHELPER_SOCKET) unless DaemonEnv sets another: below Dir, so that a
+// test daemon never touches the host's /run/nfhelper.
+func (t *Topo) ControlSocket() string { return filepath.Join(t.Dir, "nfhelperd.sock") }
 
 // Log returns what the daemon printed so far.
 func (d *Daemon) Log() string { return d.out.String() }

@@ -109,6 +109,10 @@ type Topo struct {
 	// Files maps the name of each file both servers serve identically
 	// (small.bin, big.bin) to its hex sha256.
 	Files map[string]string
+	// DaemonEnv are extra environment entries (KEY=value) for the daemons
+	// StartDaemon starts, after the inherited environment and the control
+	// socket default (see ControlSocket); later entries win.
+	DaemonEnv []string
 
 	logf func(string, ...any)
 

@@ -1,0 +1,187 @@
+package ipvs
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Read-only views for the control socket: copies taken under the same
+// locks the workers use, so that they can be encoded and printed at leisure.
+
+// ServiceView is a copy of a running service.
+type ServiceView struct {
+	Name      string
+	VIP       netip.AddrPort
+	UDP       bool
+	AddOn     bool
+	Scheduler string // IPVS name; empty for an add-on
+	Helper    string // empty: balanced without a helper
+	Mark      uint32 // add-on: the mark bits of its queued SYNs
+	Policy    Policy
+	// Persistence, when Persistent: the timeout and the netmask prefixes.
+	Persistent           bool
+	PersistTimeout       time.Duration
+	PersistV4, PersistV6 int
+	Templates            int // live persistence templates
+	Servers              []RealServerView
+}
+
+// RealServerView is a copy of a real server's settings and counters.
+type RealServerView struct {
+	Addr             netip.AddrPort
+	Weight           int
+	Mark             uint32
+	Conns            uint64
+	Active, Inactive int64
+	Packets, Bytes   uint64
+}
+
+// ConnView is a copy of a connection table entry.
+type ConnView struct {
+	Session
+	UDP       bool
+	Service   string
+	Helper    string
+	ClientNAT netip.AddrPort // invalid unless the user's rules SNAT the client (add-on)
+	State     TCPState
+	ExpiresIn time.Duration // until the entry times out, unless a packet comes
+	Channels  []ChannelView // announced data channels, not yet timed out
+}
+
+// ChannelView is an announced data channel of a connection.
+type ChannelView struct {
+	Channel
+	ExpiresIn time.Duration
+}
+
+// String is the channel kind as a word: passive, active or watch.
+func (k ChannelKind) String() string {
+	switch k {
+	case ChannelPassive:
+		return "passive"
+	case ChannelActive:
+		return "active"
+	case ChannelWatch:
+		return "watch"
+	}
+	return "unknown"
+}
+
+// SchedulerName returns the IPVS name of a scheduler NewScheduler built.
+func SchedulerName(s Scheduler) string {
+	switch s.(type) {
+	case *roundRobin:
+		return "rr"
+	case *weightedRoundRobin:
+		return "wrr"
+	case leastConn:
+		return "lc"
+	case weightedLeastConn:
+		return "wlc"
+	case shortestExpectedDelay:
+		return "sed"
+	case neverQueue:
+		return "nq"
+	case *sourceHash:
+		return "sh"
+	case *maglevHash:
+		return "mh"
+	case nil:
+		return ""
+	}
+	return "?"
+}
+
+// View copies the service's settings and its real servers' counters.
+func (s *Service) View() ServiceView {
+	v := ServiceView{
+		Name: s.Name, VIP: s.VIP, UDP: s.UDP, AddOn: s.AddOn, Policy: s.Policy,
+	}
+	if s.AddOn {
+		v.Mark = s.Mark
+	}
+	if s.Helper != nil {
+		v.Helper = s.Helper.Name()
+	}
+	if p := s.Persist; p != nil {
+		v.Persistent = true
+		v.PersistTimeout = time.Duration(p.timeout)
+		v.PersistV4, v.PersistV6 = p.v4Bits, p.v6Bits
+		v.Templates = p.count()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.AddOn {
+		v.Scheduler = SchedulerName(s.sched)
+	}
+	for _, rs := range s.Servers {
+		v.Servers = append(v.Servers, RealServerView{
+			Addr: rs.Addr, Weight: rs.Weight, Mark: rs.Mark,
+			Conns: rs.Conns.Load(), Active: rs.Active.Load(), Inactive: rs.Inactive.Load(),
+			Packets: rs.Packets.Load(), Bytes: rs.Bytes.Load(),
+		})
+	}
+	return v
+}
+
+// count is the number of live templates.
+func (p *Persistence) count() int {
+	at, n := now(), 0
+	for i := range p.shards {
+		sh := &p.shards[i]
+		sh.mu.Lock()
+		for _, e := range sh.m {
+			if e.expires >= at {
+				n++
+			}
+		}
+		sh.mu.Unlock()
+	}
+	return n
+}
+
+// ServiceViews copies every running service, in configuration order.
+func (e *Engine) ServiceViews() []ServiceView {
+	list := e.Services()
+	out := make([]ServiceView, 0, len(list))
+	for _, s := range list {
+		out = append(out, s.View())
+	}
+	return out
+}
+
+// ConnViews copies the connection table, TCP then UDP, unordered.
+func (e *Engine) ConnViews() []ConnView {
+	var out []ConnView
+	at := now()
+	for _, t := range []*Table{e.Table, e.UDP} {
+		var conns []*Conn
+		t.each(func(c *Conn) { conns = append(conns, c) })
+		for _, c := range conns {
+			out = append(out, c.view(at, t == e.UDP))
+		}
+	}
+	return out
+}
+
+// Conns is the number of TCP connections and UDP flows in the table.
+func (e *Engine) Conns() int { return e.Table.Len() + e.UDP.Len() }
+
+func (c *Conn) view(at int64, udp bool) ConnView {
+	v := ConnView{Session: c.Session, UDP: udp, Service: c.Service.Name}
+	if c.Service.Helper != nil && c.streams != nil {
+		v.Helper = c.Service.Helper.Name()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v.ClientNAT = c.ClientNAT
+	v.State = c.state
+	v.ExpiresIn = time.Duration(max(c.expires-at, 0))
+	for _, o := range c.open {
+		if o.expires < at {
+			continue
+		}
+		v.Channels = append(v.Channels, ChannelView{Channel: o.ch, ExpiresIn: time.Duration(o.expires - at)})
+	}
+	return v
+}
