@@ -6,7 +6,8 @@ BIN     ?= bin
 PKGS    := vsftpd lftp curl nftables conntrack iproute2 python3 procps \
            libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3 libsodium23 libcap2
 
-.PHONY: all build deps demo test unit integration fuzz bench bench-e2e clean
+.PHONY: all build deps demo test unit integration fuzz bench bench-e2e clean \
+        deb deb-deps deb-check deb-test
 
 all: build
 
@@ -55,3 +56,34 @@ bench-e2e: deps
 
 clean:
 	rm -rf $(BIN)
+
+# Debian package (debian/): $(BIN)/nfhelper_<version>_<arch>.deb, built by
+# dpkg-buildpackage in a copy of the tree under $(BIN)/deb. The version comes
+# from git and debian/changelog (see debian/build-deb.sh); DEB_VERSION=...
+# sets it. deb-check lints the package and scores its systemd unit;
+# deb-test installs it on this machine, runs the demo with the installed
+# daemon, removes and purges it, then runs its unit under systemd in a
+# throw-away container (root; see debian/tests/).
+DEB_PKGS := build-essential debhelper dpkg-dev lintian systemd systemd-container man-db nftables util-linux
+
+deb-deps:
+	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+deb: deb-deps
+	GO="$$(command -v $(GO))" GOMODCACHE="$$($(GO) env GOMODCACHE)" GOCACHE="$$($(GO) env GOCACHE)" \
+		debian/build-deb.sh $(BIN)
+
+deb-check: deb
+	lintian --info --fail-on error,warning $(BIN)/deb/nfhelper_*.changes
+	@set -e; root=$$(mktemp -d); trap 'rm -rf "$$root"' EXIT; \
+	dpkg-deb -x $(BIN)/nfhelper_*.deb "$$root"; \
+	echo "systemd-analyze security --offline=true nfhelperd.service"; \
+	systemd-analyze security --offline=true --no-pager --root="$$root" nfhelperd.service | grep -i 'overall exposure'
+
+deb-test: deb deps
+	debian/tests/install-test.sh $(BIN)/nfhelper_*.deb
+	debian/tests/systemd-test.sh $(BIN)/nfhelper_*.deb

@@ -16,13 +16,21 @@ import (
 	_ "github.com/nfhelper/nfhelper/helpers/ftp"
 )
 
+// version is set at build time (-ldflags "-X main.version=...").
+var version = "dev"
+
 func main() {
 	path := flag.String("config", "/etc/nfhelper/nfhelperd.yaml", "configuration file")
+	showVersion := flag.Bool("version", false, "print the version and exit")
 	check := flag.Bool("check-config", false, "validate the configuration file, print a summary and exit (0 if valid); touches no kernel state")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "nfhelperd: unexpected arguments %q\n", flag.Args())
 		os.Exit(2)
+	}
+	if *showVersion {
+		fmt.Println("nfhelperd", version)
+		return
 	}
 	if *check {
 		os.Exit(checkConfig(*path))
