@@ -37,10 +37,11 @@ unit:
 integration:
 	$(GO) test -tags integration -count=1 -v ./integration/...
 
-# Every fuzz target for FUZZTIME each (go test -fuzz takes one at a time).
-FUZZTIME ?= 30s
+# Every fuzz target for FUZZTIME each (go test -fuzz takes one at a time):
+# ten targets, ten minutes in all by default.
+FUZZTIME ?= 60s
 fuzz:
-	@set -e; for pkg in ./nfq ./helpers/ftp; do \
+	@set -e; for pkg in ./nfq ./helpers/ftp ./config ./ipvs; do \
 		for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
 			echo "== $$pkg $$t"; $(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) $$pkg; \
 		done; \
