@@ -3,10 +3,14 @@
 package integration
 
 import (
+	"bufio"
 	"context"
 	"net"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,7 +21,9 @@ import (
 // daemon down.
 //
 //  1. SIGTERM: exit status 0 and no inet nfhelper table left.
-//  2. Start again, SIGKILL (a crash): the table is left behind.
+//  2. Start again, SIGKILL (a crash) during a transfer: the transfer
+//     completes, new connections still reach a server, the table is left
+//     behind.
 //  3. Start again: it must start despite the stale table, serve, and again
 //     stop cleanly.
 func TestDaemonShutdown(t *testing.T) {
@@ -42,9 +48,22 @@ func TestDaemonShutdown(t *testing.T) {
 	}
 	setDaemon(d2)
 	reportDatapath(t, d2)
+	// A transfer runs while the daemon is killed: data never passed through
+	// it, and the queue is bypassed from then on.
+	script := filepath.Join(t.TempDir(), "slowftp.py")
+	if err := os.WriteFile(script, []byte(slowClient), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	running := startSlowTransfer(t, script, 0)
+	select {
+	case <-running.started:
+	case <-running.done:
+		t.Fatalf("transfer ended before the crash: %v\n%s", running.err, running.trace)
+	}
 	if err := d2.Kill(); err != nil {
 		t.Fatalf("SIGKILL: %v", err)
 	}
+	t.Run("fail-open", func(t *testing.T) { checkFailOpen(t, running) })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if exists, _, err := tp.TableExists(ctx); err != nil {
@@ -70,6 +89,31 @@ func TestDaemonShutdown(t *testing.T) {
 		t.Fatalf("stop after restart: %v\n%s", err, d3.Log())
 	}
 	checkStopped(t, "SIGTERM after restart", res)
+}
+
+// checkFailOpen: with the daemon killed, the running transfer completes and
+// new control connections to the VIP still reach a real server (the
+// kernel's fallback scheduling), over IPv4 and IPv6.
+func checkFailOpen(t *testing.T, running *slowTransfer) {
+	for _, vip := range []string{topo.VIP4, topo.VIP6} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		conn, err := topo.DialIn(ctx, harness.tp.Client, "tcp", net.JoinHostPort(vip, "21"))
+		cancel()
+		if err != nil {
+			t.Errorf("new control connection to %s with the daemon down: %v", vip, err)
+			continue
+		}
+		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		banner, err := bufio.NewReader(conn).ReadString('\n')
+		conn.Close()
+		if err != nil || !strings.HasPrefix(banner, "220") {
+			t.Errorf("no server greeting through %s with the daemon down: %q %v", vip, banner, err)
+		}
+	}
+	<-running.done
+	if running.err != nil || running.result.SHA256 != harness.tp.Files["big.bin"] {
+		t.Errorf("transfer across the crash: %v, sha256 %s want %s\n%s", running.err, running.result.SHA256, harness.tp.Files["big.bin"], tailString(running.trace, 2000))
+	}
 }
 
 func setDaemon(d *topo.Daemon) {

@@ -81,6 +81,14 @@ func portField(src bool) field {
 	}}
 }
 
+// bucketField is a number from 0 to fallbackBuckets-1, a new one for each
+// packet (numgen inc).
+func bucketField() field {
+	return field{len: 4, load: func(reg uint32) expr.Any {
+		return &expr.Numgen{Register: reg, Modulus: fallbackBuckets, Type: unix.NFT_NG_INCREMENTAL}
+	}}
+}
+
 // ctOrigDst loads the original-direction destination address of the connection.
 func ctOrigDst(v6 bool) field {
 	key, n := expr.CtKeyDSTIP, uint32(4)

@@ -53,9 +53,15 @@ type Service struct {
 // Server is a real server and the mark (within Spec.MarkMask) that sends a new
 // connection to it.
 type Server struct {
-	Addr netip.AddrPort
-	Mark uint32
+	Addr   netip.AddrPort
+	Mark   uint32
+	Weight int // its share of the fallback buckets; 0: none
 }
+
+// fallbackBuckets is how many slots the kernel's own scheduling spreads a
+// service's servers over, by weight, for connections the daemon did not
+// see (it is down: the queue is bypassed).
+const fallbackBuckets = 64
 
 // family holds one address family's sets and maps.
 type family struct {
@@ -68,8 +74,11 @@ type family struct {
 	servers *nftables.Set // real server address . port, configured
 	watched *nftables.Set // real server address . port, learned in add-on mode
 	byMark  *nftables.Set // mark : real server address . port
-	passive *nftables.Set // client . VIP . port : real server . port
-	active  *nftables.Set // real server . client . client port : VIP
+	// VIP . port . bucket : real server address . port, the kernel's own
+	// scheduling while the daemon is down.
+	fallback, fallbackUDP *nftables.Set
+	passive               *nftables.Set // client . VIP . port : real server . port
+	active                *nftables.Set // real server . client . client port : VIP
 	// Behind the user's SNAT (add-on mode):
 	passiveSNAT *nftables.Set // client . real server . port : the client's translated address
 	activeDNAT  *nftables.Set // real server . translated address . port : client . port
@@ -98,6 +107,9 @@ func newFamily(t *nftables.Table, v6 bool) *family {
 	f.watched = &nftables.Set{Table: t, Name: "watched" + suffix, KeyType: addrPort, Concatenation: true}
 	f.byMark = &nftables.Set{Table: t, Name: "sched" + suffix, IsMap: true, KeyType: nftables.TypeMark,
 		DataType: addrPort, KeyByteOrder: binaryutil.NativeEndian}
+	bucket := nftables.MustConcatSetType(addr, nftables.TypeInetService, nftables.TypeMark) // mark: a host-order number nft can print
+	f.fallback = &nftables.Set{Table: t, Name: "fallback" + suffix, IsMap: true, Concatenation: true, KeyType: bucket, DataType: addrPort}
+	f.fallbackUDP = &nftables.Set{Table: t, Name: "fallback_udp" + suffix, IsMap: true, Concatenation: true, KeyType: bucket, DataType: addrPort}
 	f.passive = &nftables.Set{Table: t, Name: "passive" + suffix, IsMap: true, HasTimeout: true, Concatenation: true,
 		KeyType: nftables.MustConcatSetType(addr, addr, nftables.TypeInetService), DataType: addrPort}
 	f.active = &nftables.Set{Table: t, Name: "active" + suffix, IsMap: true, HasTimeout: true, Concatenation: true,
@@ -146,7 +158,7 @@ func Remove(c *nftables.Conn, name string) error {
 
 func (rs *Ruleset) addSets(c *nftables.Conn, spec *Spec, f *family) error {
 	static := rs.staticElements(spec, f)
-	for _, set := range []*nftables.Set{f.vips, f.vipsUDP, f.helped, f.servers, f.watched, f.byMark, f.passive, f.active, f.passiveSNAT, f.activeDNAT} {
+	for _, set := range []*nftables.Set{f.vips, f.vipsUDP, f.helped, f.servers, f.watched, f.byMark, f.fallback, f.fallbackUDP, f.passive, f.active, f.passiveSNAT, f.activeDNAT} {
 		if err := c.AddSet(set, static[set]); err != nil {
 			return fmt.Errorf("add set %s: %w", set.Name, err)
 		}
@@ -156,7 +168,7 @@ func (rs *Ruleset) addSets(c *nftables.Conn, spec *Spec, f *family) error {
 
 // staticElements are the elements of the sets the configuration fills.
 func (rs *Ruleset) staticElements(spec *Spec, f *family) map[*nftables.Set][]nftables.SetElement {
-	els := map[*nftables.Set][]nftables.SetElement{f.vips: nil, f.vipsUDP: nil, f.helped: nil, f.servers: nil, f.byMark: nil}
+	els := map[*nftables.Set][]nftables.SetElement{f.vips: nil, f.vipsUDP: nil, f.helped: nil, f.servers: nil, f.byMark: nil, f.fallback: nil, f.fallbackUDP: nil}
 	seen := map[*nftables.Set]map[netip.AddrPort]bool{f.helped: {}, f.servers: {}}
 	add := func(set *nftables.Set, ap netip.AddrPort) {
 		if f.of(ap.Addr()) && !seen[set][ap] {
@@ -186,6 +198,13 @@ func (rs *Ruleset) staticElements(spec *Spec, f *family) map[*nftables.Set][]nft
 				add(f.servers, s.Addr)
 			}
 			els[f.byMark] = append(els[f.byMark], nftables.SetElement{Key: binary.NativeEndian.AppendUint32(nil, s.Mark), Val: addrPortKey(s.Addr)})
+		}
+		fb := f.fallback
+		if svc.UDP {
+			fb = f.fallbackUDP
+		}
+		for b, s := range fallbackSlots(svc.Servers) {
+			els[fb] = append(els[fb], nftables.SetElement{Key: binary.NativeEndian.AppendUint32(addrPortKey(svc.VIP), uint32(b)), Val: addrPortKey(s.Addr)})
 		}
 	}
 	for _, ap := range spec.LiveVIPs {
@@ -262,6 +281,10 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 		rule(raw, fam, tcp, src, lookup(f.watched), q)
 
 		rule(dnat, fam, markBits(spec.MarkMask), lookupTo(f.byMark), natTo(expr.NATTypeDestNAT, f, true))
+		// A new connection to a VIP without the daemon's mark: the daemon
+		// is down and the queue was bypassed. Fail open to a server.
+		rule(dnat, fam, tcp, concat(addrField(f.v6, false), portField(false), bucketField()), lookupTo(f.fallback), natTo(expr.NATTypeDestNAT, f, true))
+		rule(dnat, fam, l4protoUDP(), concat(addrField(f.v6, false), portField(false), bucketField()), lookupTo(f.fallbackUDP), natTo(expr.NATTypeDestNAT, f, true))
 		rule(dnat, fam, tcp, flow, lookup(f.passive), setCtMark(ChannelMark))
 		rule(dnat, fam, tcp, flow, lookupTo(f.passive), natTo(expr.NATTypeDestNAT, f, true))
 		rule(dnat, fam, tcp, flow, lookupTo(f.activeDNAT), natTo(expr.NATTypeDestNAT, f, true))
@@ -321,6 +344,35 @@ const (
 	establishedBit = 2
 	newBit         = 8
 )
+
+// fallbackSlots spreads servers over the fallback buckets in proportion to
+// their weights, interleaved (weighted round robin); nil when all are
+// quiesced.
+func fallbackSlots(servers []Server) []Server {
+	total := 0
+	for _, s := range servers {
+		total += max(s.Weight, 0)
+	}
+	if total == 0 {
+		return nil
+	}
+	slots := make([]Server, fallbackBuckets)
+	credit := make([]int, len(servers))
+	for b := range slots {
+		// Smooth weighted round robin: the server with the most credit
+		// takes the slot.
+		best := -1
+		for i, s := range servers {
+			credit[i] += max(s.Weight, 0)
+			if best < 0 || credit[i] > credit[best] {
+				best = i
+			}
+		}
+		credit[best] -= total
+		slots[b] = servers[best]
+	}
+	return slots
+}
 
 // cmpEq compares what a preceding concat loaded with key, 16 bytes (the
 // most one comparison takes) at a time.

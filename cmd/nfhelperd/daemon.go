@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -40,7 +41,7 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 		return err
 	}
 	engine.Log = log
-	spec := specFor(cfg.Queue, engine.Services())
+	spec := specFor(cfg, engine.Services())
 
 	// Queues are bound before the rules exist, so the first queued packet
 	// already finds a reader.
@@ -222,7 +223,7 @@ func reload(path string, queue config.Queue, engine *ipvs.Engine, ruleset *nft.R
 	if err != nil {
 		return err
 	}
-	spec := specFor(cfg.Queue, next)
+	spec := specFor(cfg, next)
 	// Running connections keep reaching the daemon even if their service or
 	// server is gone from the file.
 	spec.LiveVIPs, spec.LiveServers = engine.Live()
@@ -265,7 +266,20 @@ func services(cfg *config.Config) []*ipvs.Service {
 }
 
 // specFor is the ruleset for services whose marks the engine assigned.
-func specFor(q config.Queue, services []*ipvs.Service) *nft.Spec {
+// Weights come from the file: a reload's new weights reach the servers the
+// engine keeps only at its commit, after the kernel's part.
+func specFor(cfg *config.Config, services []*ipvs.Service) *nft.Spec {
+	type serverKey struct {
+		udp       bool
+		vip, addr netip.AddrPort
+	}
+	weights := map[serverKey]int{}
+	for _, sc := range cfg.Services {
+		for _, r := range sc.RealServers {
+			weights[serverKey{sc.Protocol == "udp", sc.VIPAddr, r.Addr}] = r.EffectiveWeight()
+		}
+	}
+	q := cfg.Queue
 	spec := &nft.Spec{Table: tableName, QueueNum: 100, QueueTotal: uint16(runtime.NumCPU()), MarkMask: markMask}
 	if q.First != 0 {
 		spec.QueueNum = q.First
@@ -280,7 +294,7 @@ func specFor(q config.Queue, services []*ipvs.Service) *nft.Spec {
 		}
 		ns := nft.Service{VIP: svc.VIP, UDP: svc.UDP, Helped: svc.Helper != nil}
 		for _, rs := range svc.Servers {
-			ns.Servers = append(ns.Servers, nft.Server{Addr: rs.Addr, Mark: rs.Mark})
+			ns.Servers = append(ns.Servers, nft.Server{Addr: rs.Addr, Mark: rs.Mark, Weight: weights[serverKey{svc.UDP, svc.VIP, rs.Addr}]})
 		}
 		spec.Services = append(spec.Services, ns)
 	}
