@@ -51,6 +51,7 @@ type Stats struct {
 	BadChecksum, HelperErrors, Unmappable  atomic.Uint64
 	Channels, Evicted, Stopped             atomic.Uint64 // data channels opened, evicted by the limit; inspections stopped (TLS)
 	ConntrackGone                          atomic.Uint64 // connections removed because the kernel destroyed their conntrack entry
+	Panics                                 atomic.Uint64 // packets whose handling panicked (a bug), passed on unmodified
 	Refused                                [numRefusals]atomic.Uint64
 }
 
@@ -394,7 +395,11 @@ func (w *Worker) inspect(c *Conn, dir Direction, st *stream, fresh []byte, fin b
 	fixed := len(st.carry) - st.hold
 	r := &w.res
 	r.Reset()
-	c.helper.Inspect(dir, data, fixed, fin, r)
+	if !w.callHelper(c, dir, data, fixed, fin) {
+		// A helper bug: this connection goes on unread, the others helped.
+		c.streams[FromClient].stopped, c.streams[FromServer].stopped = true, true
+		return out, false
+	}
 	w.refused(c, r.Refusals)
 	if !r.valid(len(data), fixed, fin) {
 		e.Stats.HelperErrors.Add(1)
@@ -433,6 +438,22 @@ func (w *Worker) inspect(c *Conn, dir Direction, st *stream, fresh []byte, fin b
 		e.Stats.Stopped.Add(1)
 	}
 	return out, true
+}
+
+// callHelper runs the connection's helper; false if it panicked.
+func (w *Worker) callHelper(c *Conn, dir Direction, data []byte, fixed int, fin bool) (ok bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			w.e.Stats.Panics.Add(1)
+			if w.e.Log != nil {
+				w.e.Log.Error("helper panic; connection no longer read", "panic", p, "service", c.Service.Name,
+					"client", c.Client, "server", c.Server, "total", w.e.Stats.Panics.Load())
+			}
+			ok = false
+		}
+	}()
+	c.helper.Inspect(dir, data, fixed, fin, &w.res)
+	return true
 }
 
 // valid checks a helper's answer against the Inspect contract.

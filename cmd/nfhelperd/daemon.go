@@ -121,7 +121,7 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 	for _, q := range queues {
 		w := engine.NewWorker()
 		wg.Go(func() {
-			if err := q.Run(ctx, handler(q, w, dp, mx, log)); err != nil {
+			if err := q.Run(ctx, handler(q, q.Num, w, &engine.Stats, dp, mx, log)); err != nil {
 				errs <- err
 			}
 		})
@@ -174,7 +174,7 @@ func statsAttrs(s *ipvs.Stats) []any {
 		"rewritten", s.Rewritten.Load(), "corrected", s.Corrected.Load(), "held", s.Held.Load(),
 		"dropped_out_of_order", s.Dropped.Load(), "channels", s.Channels.Load(), "evicted", s.Evicted.Load(),
 		"stopped_tls", s.Stopped.Load(), "conntrack_gone", s.ConntrackGone.Load(), "unparsed", s.Unparsed.Load(), "bad_checksum", s.BadChecksum.Load(),
-		"helper_errors", s.HelperErrors.Load(), "unmappable", s.Unmappable.Load(),
+		"helper_errors", s.HelperErrors.Load(), "panics", s.Panics.Load(), "unmappable", s.Unmappable.Load(),
 	}
 	for r := range s.Refused {
 		attrs = append(attrs, "refused_"+ipvs.Refusal(r).String(), s.Refused[r].Load())
@@ -301,19 +301,28 @@ func specFor(cfg *config.Config, services []*ipvs.Service) *nft.Spec {
 	return spec
 }
 
+// verdicter answers for queued packets: an *nfq.Queue, or a fake in tests.
+type verdicter interface {
+	Accept(id uint32, setMark bool, mark uint32, pkt []byte) error
+	Drop(id uint32) error
+}
+
 // handler is one queue's per-packet path: decide, then either answer at
 // once or hand the packet to the datapath when it announces a data channel.
-func handler(q *nfq.Queue, w *ipvs.Worker, dp *datapath, mx *metrics.Metrics, log *slog.Logger) nfq.Handler {
+// A panic on the way is a bug: the packet goes on unmodified, the worker
+// goes on with the next one.
+func handler(q verdicter, num uint16, w *ipvs.Worker, stats *ipvs.Stats, dp *datapath, mx *metrics.Metrics, log *slog.Logger) nfq.Handler {
 	return func(id uint32, pkt []byte, mark uint32) {
 		start := time.Now()
 		defer func() {
 			if r := recover(); r != nil {
-				log.Error("worker panic; packet accepted unmodified", "panic", r)
+				stats.Panics.Add(1)
+				log.Error("worker panic; packet accepted unmodified", "panic", r, "total", stats.Panics.Load())
 				q.Accept(id, false, 0, nil)
 			}
 		}()
 		v := w.Process(pkt, mark)
-		mx.CountVerdict(q.Num, v)
+		mx.CountVerdict(num, v)
 		if len(v.Open) > 0 || len(v.Close) > 0 {
 			dp.submit(&pending{
 				q: q, id: id, drop: v.Drop, setMark: v.SetMark, mark: v.Mark, start: start,
@@ -342,7 +351,7 @@ func logErrors(log *slog.Logger, msg string, err error) {
 	}
 }
 
-func verdict(q *nfq.Queue, id uint32, drop, setMark bool, mark uint32, pkt []byte) error {
+func verdict(q verdicter, id uint32, drop, setMark bool, mark uint32, pkt []byte) error {
 	if drop {
 		return q.Drop(id)
 	}
@@ -351,7 +360,7 @@ func verdict(q *nfq.Queue, id uint32, drop, setMark bool, mark uint32, pkt []byt
 
 // pending is a packet held until its data channels are in the kernel.
 type pending struct {
-	q           *nfq.Queue
+	q           verdicter
 	id          uint32
 	drop        bool
 	setMark     bool

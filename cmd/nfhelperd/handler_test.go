@@ -1,0 +1,81 @@
+package main
+
+import (
+	"bytes"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/nfhelper/nfhelper/ipvs"
+	"github.com/nfhelper/nfhelper/metrics"
+	"github.com/nfhelper/nfhelper/nfq"
+	"github.com/nfhelper/nfhelper/nfq/nfqtest"
+)
+
+// fakeQueue records verdicts.
+type fakeQueue struct{ accepted, dropped []uint32 }
+
+func (f *fakeQueue) Accept(id uint32, _ bool, _ uint32, pkt []byte) error {
+	if pkt != nil {
+		panic("a panicked packet must go on unmodified")
+	}
+	f.accepted = append(f.accepted, id)
+	return nil
+}
+
+func (f *fakeQueue) Drop(id uint32) error { f.dropped = append(f.dropped, id); return nil }
+
+// panicky is a helper with a bug.
+type panicky struct{}
+
+func (panicky) Name() string                                            { return "panicky" }
+func (panicky) Bind(*ipvs.Session, *ipvs.Policy) ipvs.ConnHelper        { return panicky{} }
+func (panicky) Inspect(ipvs.Direction, []byte, int, bool, *ipvs.Result) { panic("bug") }
+
+// TestHelperPanic: a helper that panics costs its connection the help, not
+// a packet: every packet is accepted unmodified and the panics counted.
+func TestHelperPanic(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	client, vip, rs := ap("203.0.113.2:40000"), ap("198.51.100.10:21"), ap("10.0.0.11:21")
+	svc, err := ipvs.NewService("ftp", vip, "rr", panicky{}, []*ipvs.RealServer{{Addr: rs, Weight: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := ipvs.NewEngine([]*ipvs.Service{svc}, markMask)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	e.Log = slog.New(slog.NewTextHandler(&logs, nil))
+	q := &fakeQueue{}
+	h := handler(q, 100, e.NewWorker(), &e.Stats, nil, metrics.New(e, nil), slog.New(slog.NewTextHandler(&logs, nil)))
+	seg := func(src, dst netip.AddrPort, seq uint32, flags uint8, payload string) []byte {
+		return nfqtest.Build(nfqtest.Segment{Src: src, Dst: dst, Seq: seq, Ack: 1, Flags: flags, Payload: []byte(payload)})
+	}
+	h(1, seg(client, vip, 100, nfq.FlagSYN, ""), 0)
+	h(2, seg(rs, client, 5000, nfq.FlagSYN|nfq.FlagACK, ""), 0)
+	h(3, seg(rs, client, 5001, nfq.FlagPSH|nfq.FlagACK, "220 hi\r\n"), 0) // the helper panics
+	h(4, seg(rs, client, 5009, nfq.FlagPSH|nfq.FlagACK, "220 hi\r\n"), 0) // the connection goes on, unread
+	if len(q.accepted) != 4 || len(q.dropped) != 0 {
+		t.Errorf("accepted %v, dropped %v; want all four accepted", q.accepted, q.dropped)
+	}
+	if e.Stats.Panics.Load() != 1 || !strings.Contains(logs.String(), "helper panic") {
+		t.Errorf("panics %d, log:\n%s", e.Stats.Panics.Load(), logs.String())
+	}
+}
+
+// TestHandlerRecoversPanics: a panic anywhere on the per-packet path (here a
+// worker that is not there) passes the packet on unmodified, and the
+// handler goes on.
+func TestHandlerRecoversPanics(t *testing.T) {
+	var stats ipvs.Stats
+	var logs bytes.Buffer
+	q := &fakeQueue{}
+	h := handler(q, 100, nil, &stats, nil, metrics.New(nil, nil), slog.New(slog.NewTextHandler(&logs, nil)))
+	h(7, []byte{0x45}, 0)
+	h(8, []byte{0x45}, 0)
+	if len(q.accepted) != 2 || stats.Panics.Load() != 2 || strings.Count(logs.String(), "worker panic") != 2 {
+		t.Errorf("accepted %v, panics %d, log:\n%s", q.accepted, stats.Panics.Load(), logs.String())
+	}
+}
