@@ -52,6 +52,7 @@ type Stats struct {
 	Channels, Evicted, Stopped             atomic.Uint64 // data channels opened, evicted by the limit; inspections stopped (TLS)
 	ConntrackGone                          atomic.Uint64 // connections removed because the kernel destroyed their conntrack entry
 	Panics                                 atomic.Uint64 // packets whose handling panicked (a bug), passed on unmodified
+	Backlogged                             atomic.Uint64 // data channels not opened: the datapath's backlog was full
 	Refused                                [numRefusals]atomic.Uint64
 }
 

@@ -174,7 +174,7 @@ func statsAttrs(s *ipvs.Stats) []any {
 		"rewritten", s.Rewritten.Load(), "corrected", s.Corrected.Load(), "held", s.Held.Load(),
 		"dropped_out_of_order", s.Dropped.Load(), "channels", s.Channels.Load(), "evicted", s.Evicted.Load(),
 		"stopped_tls", s.Stopped.Load(), "conntrack_gone", s.ConntrackGone.Load(), "unparsed", s.Unparsed.Load(), "bad_checksum", s.BadChecksum.Load(),
-		"helper_errors", s.HelperErrors.Load(), "panics", s.Panics.Load(), "unmappable", s.Unmappable.Load(),
+		"helper_errors", s.HelperErrors.Load(), "panics", s.Panics.Load(), "backlogged", s.Backlogged.Load(), "unmappable", s.Unmappable.Load(),
 	}
 	for r := range s.Refused {
 		attrs = append(attrs, "refused_"+ipvs.Refusal(r).String(), s.Refused[r].Load())
@@ -324,13 +324,19 @@ func handler(q verdicter, num uint16, w *ipvs.Worker, stats *ipvs.Stats, dp *dat
 		v := w.Process(pkt, mark)
 		mx.CountVerdict(num, v)
 		if len(v.Open) > 0 || len(v.Close) > 0 {
-			dp.submit(&pending{
+			queued := dp.submit(&pending{
 				q: q, id: id, drop: v.Drop, setMark: v.SetMark, mark: v.Mark, start: start,
 				pkt:   append([]byte(nil), v.Packet...),
 				open:  append([]ipvs.Channel(nil), v.Open...),
 				close: append([]ipvs.Channel(nil), v.Close...),
 			})
-			return
+			if queued {
+				return
+			}
+			// The datapath is that far behind (a flood of announcements):
+			// the packet goes on without its channels rather than stall
+			// every other packet of this queue.
+			stats.Backlogged.Add(uint64(len(v.Open)))
 		}
 		if err := verdict(q, id, v.Drop, v.SetMark, v.Mark, v.Packet); err != nil {
 			log.Warn("verdict", "err", err)
@@ -380,7 +386,15 @@ type datapath struct {
 	reqs    chan *pending
 }
 
-func (d *datapath) submit(p *pending) { d.reqs <- p }
+// submit hands p to the datapath; false when its backlog is full.
+func (d *datapath) submit(p *pending) bool {
+	select {
+	case d.reqs <- p:
+		return true
+	default:
+		return false
+	}
+}
 
 func (d *datapath) run(ctx context.Context) {
 	var batch []*pending

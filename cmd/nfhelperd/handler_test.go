@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"io"
 	"log/slog"
 	"net/netip"
 	"strings"
@@ -14,13 +15,15 @@ import (
 )
 
 // fakeQueue records verdicts.
-type fakeQueue struct{ accepted, dropped []uint32 }
+type fakeQueue struct {
+	accepted, dropped, altered []uint32
+}
 
 func (f *fakeQueue) Accept(id uint32, _ bool, _ uint32, pkt []byte) error {
-	if pkt != nil {
-		panic("a panicked packet must go on unmodified")
-	}
 	f.accepted = append(f.accepted, id)
+	if pkt != nil {
+		f.altered = append(f.altered, id)
+	}
 	return nil
 }
 
@@ -57,8 +60,8 @@ func TestHelperPanic(t *testing.T) {
 	h(2, seg(rs, client, 5000, nfq.FlagSYN|nfq.FlagACK, ""), 0)
 	h(3, seg(rs, client, 5001, nfq.FlagPSH|nfq.FlagACK, "220 hi\r\n"), 0) // the helper panics
 	h(4, seg(rs, client, 5009, nfq.FlagPSH|nfq.FlagACK, "220 hi\r\n"), 0) // the connection goes on, unread
-	if len(q.accepted) != 4 || len(q.dropped) != 0 {
-		t.Errorf("accepted %v, dropped %v; want all four accepted", q.accepted, q.dropped)
+	if len(q.accepted) != 4 || len(q.dropped) != 0 || len(q.altered) != 0 {
+		t.Errorf("accepted %v, dropped %v, altered %v; want all four accepted as they were", q.accepted, q.dropped, q.altered)
 	}
 	if e.Stats.Panics.Load() != 1 || !strings.Contains(logs.String(), "helper panic") {
 		t.Errorf("panics %d, log:\n%s", e.Stats.Panics.Load(), logs.String())
@@ -75,7 +78,39 @@ func TestHandlerRecoversPanics(t *testing.T) {
 	h := handler(q, 100, nil, &stats, nil, metrics.New(nil, nil), slog.New(slog.NewTextHandler(&logs, nil)))
 	h(7, []byte{0x45}, 0)
 	h(8, []byte{0x45}, 0)
-	if len(q.accepted) != 2 || stats.Panics.Load() != 2 || strings.Count(logs.String(), "worker panic") != 2 {
+	if len(q.accepted) != 2 || len(q.altered) != 0 || stats.Panics.Load() != 2 || strings.Count(logs.String(), "worker panic") != 2 {
 		t.Errorf("accepted %v, panics %d, log:\n%s", q.accepted, stats.Panics.Load(), logs.String())
+	}
+}
+
+// TestBacklogDoesNotStall: when the datapath is too far behind to take a
+// data channel, the announcing packet goes on (rewritten) without it.
+func TestBacklogDoesNotStall(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	client, vip, rs := ap("203.0.113.2:40000"), ap("198.51.100.10:21"), ap("10.0.0.11:21")
+	h, _ := ipvs.LookupHelper("ftp")
+	svc, err := ipvs.NewService("ftp", vip, "rr", h, []*ipvs.RealServer{{Addr: rs, Weight: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := ipvs.NewEngine([]*ipvs.Service{svc}, markMask)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := &fakeQueue{}
+	full := &datapath{reqs: make(chan *pending)} // nobody reads: always full
+	handle := handler(q, 100, e.NewWorker(), &e.Stats, full, metrics.New(e, nil), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	seg := func(src, dst netip.AddrPort, seq, ack uint32, flags uint8, payload string) []byte {
+		return nfqtest.Build(nfqtest.Segment{Src: src, Dst: dst, Seq: seq, Ack: ack, Flags: flags, Payload: []byte(payload)})
+	}
+	handle(1, seg(client, vip, 100, 0, nfq.FlagSYN, ""), 0)
+	handle(2, seg(rs, client, 5000, 101, nfq.FlagSYN|nfq.FlagACK, ""), 0)
+	handle(3, seg(client, rs, 101, 5001, nfq.FlagPSH|nfq.FlagACK, "PASV\r\n"), 0)
+	handle(4, seg(rs, client, 5001, 107, nfq.FlagPSH|nfq.FlagACK, "227 Entering Passive Mode (10,0,0,11,156,64).\r\n"), 0)
+	if len(q.accepted) != 4 || q.altered[len(q.altered)-1] != 4 {
+		t.Errorf("accepted %v altered %v: the 227 must go on, rewritten", q.accepted, q.altered)
+	}
+	if e.Stats.Backlogged.Load() != 1 {
+		t.Errorf("backlogged %d", e.Stats.Backlogged.Load())
 	}
 }
