@@ -247,9 +247,6 @@ func buildBinaries() error {
 	if harness.binDir, err = topo.MkdirTemp("bin"); err != nil {
 		return err
 	}
-	if err := os.Chmod(harness.binDir, 0o755); err != nil {
-		return err
-	}
 	harness.ftpget = filepath.Join(harness.binDir, "ftpget")
 	if err := goBuild(harness.ftpget, "./integration/cmd/ftpget"); err != nil {
 		return err

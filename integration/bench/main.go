@@ -138,10 +138,6 @@ func run(o options) int {
 		return 1
 	}
 	defer os.RemoveAll(tmp)
-	if err := os.Chmod(tmp, 0o755); err != nil {
-		logf("%v", err)
-		return 1
-	}
 	out := o.out
 	if out == "" {
 		if out, err = os.MkdirTemp("", "nfhelper-bench-e2e-"); err != nil {

@@ -49,10 +49,6 @@ func run(bin string) int {
 		return 1
 	}
 	defer os.RemoveAll(tmp)
-	if err := os.Chmod(tmp, 0o755); err != nil {
-		logf("%v", err)
-		return 1
-	}
 	if bin == "" {
 		bin = filepath.Join(tmp, "nfhelperd")
 		logf("building ./cmd/nfhelperd")

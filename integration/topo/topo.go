@@ -299,7 +299,16 @@ func (t *Topo) startReaper() error {
 // MkdirTemp creates a temporary directory named nfht-<pid>-<kind>-*: if this
 // process dies without removing it, the next New removes it.
 func MkdirTemp(kind string) (string, error) {
-	return os.MkdirTemp("", fmt.Sprintf("%s%d-%s-", DefaultPrefix, os.Getpid(), kind))
+	d, err := os.MkdirTemp("", fmt.Sprintf("%s%d-%s-", DefaultPrefix, os.Getpid(), kind))
+	if err != nil {
+		return "", err
+	}
+	// Servers and binaries in it run as other users (ftp, nobody).
+	if err := os.Chmod(d, 0o755); err != nil {
+		os.RemoveAll(d)
+		return "", err
+	}
+	return d, nil
 }
 
 // ownerGone parses "<pid>-..." and reports whether that process is gone.
