@@ -53,9 +53,11 @@ func OpenQueue(num uint16, maxLen uint32) (*Queue, error) {
 	return &Queue{Num: num, nf: nf}, nil
 }
 
-// Run reads packets and calls h for each until ctx ends or the socket fails.
-func (q *Queue) Run(ctx context.Context, h Handler) error {
-	done := make(chan error, 1)
+// Start binds the queue and reads packets in the background, calling h for
+// each, until ctx ends or the socket fails: the channel then delivers nil
+// or the error. Binding fails when another process holds the queue.
+func (q *Queue) Start(ctx context.Context, h Handler) (<-chan error, error) {
+	failed := make(chan error, 1)
 	err := q.nf.RegisterWithErrorFunc(ctx, func(a nfqueue.Attribute) int {
 		if a.PacketID == nil || a.Payload == nil {
 			return 0
@@ -67,8 +69,8 @@ func (q *Queue) Run(ctx context.Context, h Handler) error {
 		h(*a.PacketID, *a.Payload, mark)
 		return 0
 	}, func(err error) int {
-		if ctx.Err() != nil {
-			done <- nil
+		if ctx.Err() != nil || errors.Is(err, os.ErrClosed) {
+			failed <- nil
 			return 1
 		}
 		var opErr *netlink.OpError
@@ -76,22 +78,26 @@ func (q *Queue) Run(ctx context.Context, h Handler) error {
 			q.ReadErrors.Add(1)
 			return 0
 		}
-		if errors.Is(err, os.ErrClosed) {
-			done <- nil
-			return 1
-		}
-		done <- fmt.Errorf("nfqueue %d: receive: %w", q.Num, err)
+		failed <- fmt.Errorf("nfqueue %d: receive: %w", q.Num, err)
 		return 1
 	})
+	if errors.Is(err, unix.EPERM) {
+		// The kernel's answer when another socket has the queue.
+		return nil, fmt.Errorf("bind nfqueue %d: held by another process (another nfhelperd?), or CAP_NET_ADMIN missing: %w", q.Num, err)
+	}
 	if err != nil {
-		return fmt.Errorf("bind nfqueue %d: %w", q.Num, err)
+		return nil, fmt.Errorf("bind nfqueue %d: %w", q.Num, err)
 	}
-	select {
-	case <-ctx.Done():
-		return nil
-	case err := <-done:
-		return err
-	}
+	done := make(chan error, 1)
+	go func() {
+		select {
+		case <-ctx.Done():
+			done <- nil
+		case err := <-failed:
+			done <- err
+		}
+	}()
+	return done, nil
 }
 
 // Accept lets the packet go on, with a new mark and new bytes when given.

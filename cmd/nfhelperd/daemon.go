@@ -43,8 +43,10 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 	engine.Log = log
 	spec := specFor(cfg, engine.Services())
 
-	// Queues are bound before the rules exist, so the first queued packet
-	// already finds a reader.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+
 	var queues []*nfq.Queue
 	defer func() {
 		for _, q := range queues {
@@ -57,6 +59,28 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 			return err
 		}
 		queues = append(queues, q)
+	}
+	mx := metrics.New(engine, queues)
+	dpConn, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	dp := &datapath{conn: dpConn, log: log, metrics: mx, reqs: make(chan *pending, 1024)}
+
+	// Queues are bound before the rules exist: the first queued packet
+	// finds a reader, and a second daemon stops here, before it could
+	// replace the running one's table.
+	errs := make(chan error, len(queues))
+	for _, q := range queues {
+		done, err := q.Start(ctx, handler(q, q.Num, engine.NewWorker(), &engine.Stats, dp, mx, log))
+		if err != nil {
+			return err
+		}
+		wg.Go(func() {
+			if err := <-done; err != nil {
+				errs <- err
+			}
+		})
 	}
 
 	nftConn, err := nftables.New()
@@ -72,18 +96,8 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 			log.Error("cleanup", "err", err)
 		}
 	}()
+	dp.ruleset = ruleset // before dp.run starts; no packet announced a channel before the rules existed
 
-	dpConn, err := nftables.New()
-	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
-	}
-	mx := metrics.New(engine, queues)
-	dp := &datapath{ruleset: ruleset, conn: dpConn, log: log, metrics: mx, reqs: make(chan *pending, 1024)}
-
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	errs := make(chan error, len(queues))
 	// The control socket (nfhelperctl): the daemon runs without it if it
 	// cannot have it.
 	configPath, _ := filepath.Abs(path)
@@ -115,14 +129,6 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 		wg.Go(func() {
 			if err := metrics.Listen(ctx, addr, mx.Handler(), cfg.Metrics.AllowRemote); err != nil {
 				log.Error("metrics endpoint", "address", addr, "err", err)
-			}
-		})
-	}
-	for _, q := range queues {
-		w := engine.NewWorker()
-		wg.Go(func() {
-			if err := q.Run(ctx, handler(q, q.Num, w, &engine.Stats, dp, mx, log)); err != nil {
-				errs <- err
 			}
 		})
 	}
