@@ -79,7 +79,7 @@ func (w *Worker) OpenPassive(server netip.AddrPort) (netip.AddrPort, bool) {
 		key := passiveKey{c.Client.Addr(), netip.AddrPortFrom(c.VIP.Addr(), port)}
 		claim, taken := t.passive[key]
 		if e.snap.Load().services[key.vip] == nil && (!taken || claim.conn == c || claim.expires < at) {
-			ch := Channel{Kind: ChannelPassive, Client: netip.AddrPortFrom(key.client, 0), Server: server, VIP: key.vip, NAT: c.ClientNAT, Timeout: pol.ChannelTimeout}
+			ch := Channel{Kind: ChannelPassive, Client: netip.AddrPortFrom(key.client, 0), Server: server, VIP: key.vip, NAT: c.help.clientNAT, Timeout: pol.ChannelTimeout}
 			t.passive[key] = passiveClaim{conn: c, expires: at + int64(pol.ChannelTimeout)}
 			w.admit(c, ch)
 			return key.vip, true
@@ -103,7 +103,7 @@ func (w *Worker) OpenActive(client netip.AddrPort) (netip.AddrPort, bool) {
 		Kind: ChannelActive, Client: client, Server: netip.AddrPortFrom(c.Server.Addr(), 0),
 		VIP: netip.AddrPortFrom(c.VIP.Addr(), 0), Timeout: c.Service.policy().ChannelTimeout,
 	}
-	if !c.ClientNAT.IsValid() {
+	if !c.help.clientNAT.IsValid() {
 		w.admit(c, ch)
 		return client, true
 	}
@@ -111,7 +111,7 @@ func (w *Worker) OpenActive(client netip.AddrPort) (netip.AddrPort, bool) {
 	// leads back to the client, the client's own where it is free.
 	port := client.Port()
 	for range maxPortTries {
-		key := passiveKey{c.Server.Addr(), netip.AddrPortFrom(c.ClientNAT.Addr(), port)}
+		key := passiveKey{c.Server.Addr(), netip.AddrPortFrom(c.help.clientNAT.Addr(), port)}
 		if claim, taken := t.active[key]; !taken || claim.conn == c || claim.expires < at {
 			t.active[key] = passiveClaim{conn: c, expires: at + int64(ch.Timeout)}
 			ch.NAT = key.vip
@@ -131,8 +131,8 @@ func (w *Worker) OpenActive(client netip.AddrPort) (netip.AddrPort, bool) {
 // oldest expectation. c.mu and the channel table's lock are held.
 func (w *Worker) admit(c *Conn, ch Channel) {
 	at := w.now
-	keep := c.open[:0]
-	for _, o := range c.open {
+	keep := c.help.open[:0]
+	for _, o := range c.help.open {
 		switch {
 		case o.expires < at, o.ch.key() == ch.key():
 			// Timed out in the kernel already, or replaced in place.
@@ -147,7 +147,7 @@ func (w *Worker) admit(c *Conn, ch Channel) {
 		keep = keep[:copy(keep, keep[1:])]
 		w.e.Stats.Evicted.Add(1)
 	}
-	c.open = append(keep, openChannel{ch: ch, expires: at + int64(ch.Timeout)})
+	c.help.open = append(keep, openChannel{ch: ch, expires: at + int64(ch.Timeout)})
 	w.open = append(w.open, ch)
 }
 
@@ -173,9 +173,12 @@ func (t *channelTable) release(c *Conn, ch Channel) {
 
 // forget drops every claim of a connection leaving the table.
 func (t *channelTable) forget(c *Conn) {
+	if c.help == nil {
+		return
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for _, o := range c.open {
+	for _, o := range c.help.open {
 		t.release(c, o.ch)
 	}
 }

@@ -8,6 +8,17 @@ import (
 	"github.com/nfhelper/nfhelper/nfq"
 )
 
+// helped is what a connection read by a helper has besides: kept apart so
+// that a plain balanced connection stays small.
+type helped struct {
+	helper  ConnHelper
+	streams [2]stream // indexed by the Direction that sends the stream
+	open    []openChannel
+	// clientNAT is the client's address as the server sees it, where the
+	// user's rules SNAT it (add-on mode); invalid otherwise.
+	clientNAT netip.AddrPort
+}
+
 // TCPState is the coarse state IPVS keeps per connection to pick a timeout.
 type TCPState uint8
 
@@ -35,20 +46,17 @@ var stateTimeout = [...]time.Duration{
 // Conn is a balanced control connection.
 type Conn struct {
 	Session
-	// ClientNAT is the client's address as the server sees it, where the
-	// user's rules SNAT it (add-on mode); invalid otherwise.
-	ClientNAT netip.AddrPort
-	Service   *Service
-	Real      *RealServer
+	Service *Service
+	Real    *RealServer
 
-	mu      sync.Mutex
-	state   TCPState
-	seen    int64 // last packet, monotonic nanoseconds (see now())
-	expires int64
-	helper  ConnHelper
-	streams *[2]stream // indexed by the Direction that sends it; nil without a helper
-	open    []openChannel
+	mu    sync.Mutex
+	state TCPState
+	seen  int64   // last packet, monotonic nanoseconds (see now()); the state's timeout runs from it
+	help  *helped // nil for a connection balanced without a helper
 }
+
+// deadline is when the connection times out; c.mu is held.
+func (c *Conn) deadline() int64 { return c.seen + int64(stateTimeout[c.state]) }
 
 // State returns the connection's TCP state.
 func (c *Conn) State() TCPState {
@@ -62,30 +70,29 @@ func (c *Conn) State() TCPState {
 func (c *Conn) Offset(dir Direction, seq uint32) int32 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.streams == nil {
+	if c.help == nil {
 		return 0
 	}
-	return c.streams[dir].off(seq)
+	return c.help.streams[dir].off(seq)
 }
 
 // newConn is a new connection of svc to rs.
 func newConn(s Session, svc *Service, rs *RealServer) *Conn {
 	c := &Conn{Session: s, Service: svc, Real: rs}
-	if c.helper = svc.bind(&c.Session); c.helper != nil {
-		c.streams = new([2]stream)
+	if h := svc.bind(&c.Session); h != nil || svc.AddOn {
+		c.help = &helped{helper: h}
 	}
 	c.seen = now()
-	c.expires = c.seen + int64(stateTimeout[StateSynSent])
 	return c
 }
 
 // startClient starts the client's stream at the SYN's sequence number.
 func (c *Conn) startClient(isn uint32) {
-	if c.streams == nil {
+	if c.help == nil {
 		return
 	}
 	c.mu.Lock()
-	c.streams[FromClient].start(isn)
+	c.help.streams[FromClient].start(isn)
 	c.mu.Unlock()
 }
 
@@ -119,7 +126,6 @@ func (c *Conn) setState(next TCPState, now int64) {
 	}
 	c.state = next
 	c.seen = now
-	c.expires = now + int64(stateTimeout[c.state])
 }
 
 // gone takes a connection leaving the table out of its server's counts.

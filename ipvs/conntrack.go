@@ -96,7 +96,7 @@ func (e *Engine) updated(t conntrack.Tuple, state uint8) {
 	client := netip.AddrPortFrom(t.IP.SourceAddress.Unmap(), t.Proto.SourcePort)
 	dst := netip.AddrPortFrom(t.IP.DestinationAddress.Unmap(), t.Proto.DestinationPort)
 	c := e.Table.LookupVIP(client, dst)
-	if c == nil || c.helper != nil {
+	if c == nil || c.help != nil {
 		return
 	}
 	next := StateFinWait

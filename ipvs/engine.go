@@ -196,7 +196,7 @@ func (w *Worker) named(server, client netip.AddrPort) *Conn {
 		return nil
 	}
 	c.mu.Lock()
-	c.ClientNAT = client
+	c.help.clientNAT = client
 	c.mu.Unlock()
 	e.Table.Alias(c, client)
 	e.Stats.SNATLearned.Add(1)
@@ -241,7 +241,6 @@ func (w *Worker) scheduleUDP(pkt []byte, mark uint32) Verdict {
 		}
 		c = newConn(Session{Client: client, VIP: vip, Server: rs.Addr}, svc, rs)
 		c.state = StateUDP
-		c.expires = c.seen + int64(stateTimeout[StateUDP])
 		e.UDP.Insert(c)
 		e.Stats.Scheduled.Add(1)
 	}
@@ -258,15 +257,15 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	w.cur, w.now = c, now()
 	w.open, w.close = w.open[:0], w.close[:0]
 	c.track(flags, w.now)
-	if flags&nfq.FlagSYN != 0 && c.Service.AddOn && dir == FromServer && !c.ClientNAT.IsValid() {
+	if flags&nfq.FlagSYN != 0 && c.Service.AddOn && dir == FromServer && !c.help.clientNAT.IsValid() {
 		e.mu.Lock()
 		delete(e.unnamed, synAck{c.Server, ack})
 		e.mu.Unlock()
 	}
-	if c.streams == nil {
+	if c.help == nil {
 		return Verdict{} // balanced without a helper: nothing is ever edited
 	}
-	st, peer := &c.streams[dir], &c.streams[1-dir]
+	st, peer := &c.help.streams[dir], &c.help.streams[1-dir]
 	if flags&nfq.FlagSYN != 0 {
 		st.start(seq)
 	}
@@ -324,7 +323,7 @@ func (w *Worker) flow(c *Conn, dir Direction, st *stream, seq uint32, flags uint
 	in := w.in.PayloadBytes()
 	fin := flags&nfq.FlagFIN != 0
 	shifted := seq + uint32(st.off(seq))
-	if !st.synced || st.stopped || c.helper == nil || flags&(nfq.FlagSYN|nfq.FlagRST) != 0 {
+	if !st.synced || st.stopped || c.help.helper == nil || flags&(nfq.FlagSYN|nfq.FlagRST) != 0 {
 		return shifted, nil, false
 	}
 	end := seq + uint32(len(in))
@@ -398,7 +397,7 @@ func (w *Worker) inspect(c *Conn, dir Direction, st *stream, fresh []byte, fin b
 	r.Reset()
 	if !w.callHelper(c, dir, data, fixed, fin) {
 		// A helper bug: this connection goes on unread, the others helped.
-		c.streams[FromClient].stopped, c.streams[FromServer].stopped = true, true
+		c.help.streams[FromClient].stopped, c.help.streams[FromServer].stopped = true, true
 		return out, false
 	}
 	w.refused(c, r.Refusals)
@@ -435,7 +434,7 @@ func (w *Worker) inspect(c *Conn, dir Direction, st *stream, fresh []byte, fin b
 	st.carry = append(st.carry[:0], data[len(data)-r.Carry:]...)
 	st.hold = r.Hold
 	if r.Stop {
-		c.streams[FromClient].stopped, c.streams[FromServer].stopped = true, true
+		c.help.streams[FromClient].stopped, c.help.streams[FromServer].stopped = true, true
 		e.Stats.Stopped.Add(1)
 	}
 	return out, true
@@ -453,7 +452,7 @@ func (w *Worker) callHelper(c *Conn, dir Direction, data []byte, fixed int, fin 
 			ok = false
 		}
 	}()
-	c.helper.Inspect(dir, data, fixed, fin, &w.res)
+	c.help.helper.Inspect(dir, data, fixed, fin, &w.res)
 	return true
 }
 

@@ -185,7 +185,7 @@ func (e *Engine) RunExpiry(interval time.Duration, stop <-chan struct{}) {
 func (e *Engine) Live() (vips, servers []netip.AddrPort) {
 	seenVIP, seenServer := map[netip.AddrPort]bool{}, map[netip.AddrPort]bool{}
 	e.Table.each(func(c *Conn) {
-		if c.helper == nil {
+		if c.help == nil || c.help.helper == nil {
 			return
 		}
 		if !seenVIP[c.VIP] {

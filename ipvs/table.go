@@ -79,7 +79,7 @@ func (t *Table) Insert(c *Conn) {
 		delete(s.conns, connKey{old.Client, old.Server})
 	}
 	s.conns[connKey{c.Client, c.VIP}] = c
-	if c.helper != nil {
+	if c.help != nil {
 		// Only a helped connection's later packets, after DNAT, are looked
 		// up; the others are known by the SYN and conntrack's events.
 		s.conns[connKey{c.Client, c.Server}] = c
@@ -114,8 +114,11 @@ func (t *Table) Remove(c *Conn) bool {
 	if !there {
 		return false
 	}
+	var nat netip.AddrPort
 	c.mu.Lock()
-	nat := c.ClientNAT
+	if c.help != nil {
+		nat = c.help.clientNAT
+	}
 	c.mu.Unlock()
 	if nat.IsValid() {
 		s := t.shardOf(nat)
@@ -169,7 +172,7 @@ func (t *Table) Expire(at int64) int {
 		s.mu.Lock()
 		for k, c := range s.conns {
 			c.mu.Lock()
-			dead := c.expires < at
+			dead := c.deadline() < at
 			c.mu.Unlock()
 			if dead {
 				delete(s.conns, k)

@@ -32,10 +32,10 @@ type nopHelper struct{}
 
 func (nopHelper) Inspect(Direction, []byte, int, bool, *Result) {}
 
-func benchConn(i int, rs []*RealServer, helped bool) *Conn {
+func benchConn(i int, rs []*RealServer, withHelper bool) *Conn {
 	c := &Conn{Session: benchSession(i), Service: benchService, Real: rs[i%len(rs)]}
-	if helped {
-		c.helper, c.streams = nopHelper{}, new([2]stream)
+	if withHelper {
+		c.help = &helped{helper: nopHelper{}}
 	}
 	return c
 }
@@ -179,11 +179,15 @@ func TestConnLayout(t *testing.T) {
 
 func connLayout() string {
 	var c Conn
-	return fmt.Sprintf("Conn %d B: Session %d (3 netip.AddrPort of %d), Service+Real %d, mu %d, state %d, expires %d, helper %d, streams %d (stream %d: carry %d, rel %d, edits %d; streamEdit %d), open %d; map slot (connKey %d + *Conn %d), one per plain connection, two per helped one",
+	var h helped
+	return fmt.Sprintf("Conn %d B: Session %d (3 netip.AddrPort of %d), Service+Real %d, mu %d, state %d, seen %d, help pointer %d; "+
+		"helped %d B (only with a helper): helper %d, streams %d (stream %d: carry %d, rel %d, edits %d; streamEdit %d), open %d, clientNAT %d; "+
+		"map slot (connKey %d + *Conn %d), one per plain connection, two per helped one",
 		unsafe.Sizeof(c), unsafe.Sizeof(c.Session), unsafe.Sizeof(netip.AddrPort{}),
 		unsafe.Sizeof(c.Service)+unsafe.Sizeof(c.Real), unsafe.Sizeof(c.mu), unsafe.Sizeof(c.state),
-		unsafe.Sizeof(c.expires), unsafe.Sizeof(c.helper), unsafe.Sizeof(c.streams),
-		unsafe.Sizeof(c.streams[0]), unsafe.Sizeof(c.streams[0].carry), unsafe.Sizeof(c.streams[0].rel),
-		unsafe.Sizeof(c.streams[0].edits), unsafe.Sizeof(streamEdit{}), unsafe.Sizeof(c.open),
+		unsafe.Sizeof(c.seen), unsafe.Sizeof(c.help),
+		unsafe.Sizeof(h), unsafe.Sizeof(h.helper), unsafe.Sizeof(h.streams),
+		unsafe.Sizeof(h.streams[0]), unsafe.Sizeof(h.streams[0].carry), unsafe.Sizeof(h.streams[0].rel),
+		unsafe.Sizeof(h.streams[0].edits), unsafe.Sizeof(streamEdit{}), unsafe.Sizeof(h.open), unsafe.Sizeof(h.clientNAT),
 		unsafe.Sizeof(connKey{}), unsafe.Sizeof(&c))
 }

@@ -169,15 +169,18 @@ func (e *Engine) Conns() int { return e.Table.Len() + e.UDP.Len() }
 
 func (c *Conn) view(at int64, udp bool) ConnView {
 	v := ConnView{Session: c.Session, UDP: udp, Service: c.Service.Name}
-	if c.Service.Helper != nil && c.streams != nil {
+	if c.Service.Helper != nil && c.help != nil {
 		v.Helper = c.Service.Helper.Name()
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	v.ClientNAT = c.ClientNAT
 	v.State = c.state
-	v.ExpiresIn = time.Duration(max(c.expires-at, 0))
-	for _, o := range c.open {
+	v.ExpiresIn = time.Duration(max(c.deadline()-at, 0))
+	if c.help == nil {
+		return v
+	}
+	v.ClientNAT = c.help.clientNAT
+	for _, o := range c.help.open {
 		if o.expires < at {
 			continue
 		}
