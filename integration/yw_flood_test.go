@@ -1,0 +1,105 @@
+//go:build integration
+
+package integration
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nfhelper/nfhelper/integration/topo"
+)
+
+// TestPortFlood: one control connection announces 300 active data channels
+// in a burst. The daemon keeps at most max_data_channels (1) of them in the
+// kernel at a time, evicting the older ones, and goes on serving.
+func TestPortFlood(t *testing.T) {
+	needDaemon(t)
+	tp := harness.tp
+	const n, firstPort = 300, 50000
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	conn, err := topo.DialIn(ctx, tp.Client, "tcp", net.JoinHostPort(topo.VIP4, "21"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(50 * time.Second))
+	r := bufio.NewReader(conn)
+	reply := func() string {
+		t.Helper()
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				t.Fatalf("reading a reply: %v", err)
+			}
+			if len(line) >= 4 && line[3] == ' ' {
+				return line
+			}
+		}
+	}
+	expect := func(code string) {
+		t.Helper()
+		if line := reply(); !strings.HasPrefix(line, code+" ") {
+			t.Fatalf("want %s, got %q", code, line)
+		}
+	}
+	expect("220")
+	fmt.Fprintf(conn, "USER anonymous\r\n")
+	if line := reply(); strings.HasPrefix(line, "331 ") {
+		fmt.Fprintf(conn, "PASS x\r\n")
+		expect("230")
+	} else if !strings.HasPrefix(line, "230 ") {
+		t.Fatalf("login: %q", line)
+	}
+	var burst strings.Builder
+	for i := range n {
+		p := firstPort + i
+		fmt.Fprintf(&burst, "PORT 203,0,113,2,%d,%d\r\n", p>>8, p&0xff)
+	}
+	if _, err := conn.Write([]byte(burst.String())); err != nil {
+		t.Fatal(err)
+	}
+	for range n {
+		expect("200")
+	}
+
+	// Evicted elements are deleted right after the verdicts that replaced
+	// them: poll until the kernel holds the flood's last channel only.
+	var out []byte
+	flood := -1
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+		if out, _, err = execIn(t, 10*time.Second, tp.Router, nil, "nft", "list", "map", "inet", "nfhelper", "active4"); err != nil {
+			t.Fatalf("nft list: %v", err)
+		}
+		flood = 0
+		for _, m := range regexp.MustCompile(`203\.0\.113\.2 \. (\d+)`).FindAllStringSubmatch(string(out), -1) {
+			var p int
+			fmt.Sscan(m[1], &p)
+			if p >= firstPort && p < firstPort+n {
+				flood++
+			}
+		}
+		if flood <= 1 {
+			break
+		}
+	}
+	if flood != 1 {
+		t.Errorf("%d of the flood's channels in the kernel, want the last one only:\n%s", flood, out)
+	}
+	if !strings.Contains(string(out), fmt.Sprintf("203.0.113.2 . %d", firstPort+n-1)) {
+		t.Errorf("the last announced channel is not the one kept:\n%s", out)
+	}
+	// The connection and the daemon go on.
+	fmt.Fprintf(conn, "NOOP\r\n")
+	expect("200")
+	res := runFtpget(t, tp.Client, net.JoinHostPort(topo.VIP4, "21"), "pasv", "small.bin", 1)
+	if res.results[0].SHA256 != tp.Files["small.bin"] {
+		t.Errorf("transfer after the flood: sha256 %s", res.results[0].SHA256)
+	}
+}
