@@ -6,7 +6,7 @@ BIN     ?= bin
 PKGS    := vsftpd lftp curl nftables conntrack iproute2 python3 procps \
            libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3 libsodium23 libcap2
 
-.PHONY: all build deps demo test unit integration fuzz bench bench-e2e clean \
+.PHONY: all build deps demo test unit integration fuzz soak bench bench-e2e clean \
         deb deb-deps deb-check deb-test
 
 all: build
@@ -46,6 +46,12 @@ fuzz:
 			echo "== $$pkg $$t"; $(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) $$pkg; \
 		done; \
 	done
+
+# Mixed FTP sessions through the VIPs while the daemon is reloaded and
+# restarted (SIGTERM and SIGKILL); reports failed sessions (target: none).
+SOAKTIME ?= 2m
+soak: deps
+	$(GO) run ./integration/soak -duration $(SOAKTIME)
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./nfq ./ipvs ./helpers/...

@@ -10,9 +10,7 @@ package metrics
 import (
 	"bytes"
 	"net/http"
-	"os"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -172,51 +170,18 @@ func (m *Metrics) writeQueues(x *expo) {
 	for _, q := range m.queues {
 		x.sample("nfhelper_queue_read_errors_total", q.ReadErrors.Load(), "queue", strconv.Itoa(int(q.Num)))
 	}
-	if kernel := kernelQueueStats(procQueueStats); len(kernel) > 0 {
+	if kernel := nfq.KernelStats(nfq.ProcQueueStats); len(kernel) > 0 {
 		x.family("nfhelper_queue_kernel_dropped_total", "counter",
 			"Packets the kernel dropped because a queue was full (none while fail-open accepts them).")
 		for _, k := range kernel {
-			x.sample("nfhelper_queue_kernel_dropped_total", k.dropped, "queue", strconv.Itoa(int(k.num)))
+			x.sample("nfhelper_queue_kernel_dropped_total", k.Dropped, "queue", strconv.Itoa(int(k.Num)))
 		}
 		x.family("nfhelper_queue_user_dropped_total", "counter",
 			"Packets the kernel dropped because the reader's socket buffer was full.")
 		for _, k := range kernel {
-			x.sample("nfhelper_queue_user_dropped_total", k.userDropped, "queue", strconv.Itoa(int(k.num)))
+			x.sample("nfhelper_queue_user_dropped_total", k.UserDropped, "queue", strconv.Itoa(int(k.Num)))
 		}
 	}
-}
-
-// procQueueStats is the kernel's per-queue table of the daemon's network
-// namespace.
-const procQueueStats = "/proc/net/netfilter/nfnetlink_queue"
-
-type queueStats struct {
-	num                  uint16
-	dropped, userDropped uint64
-}
-
-// kernelQueueStats reads the bound queues' drop counters; none if the file
-// cannot be read. Its columns: queue, peer port id, queued now, copy mode,
-// copy range, dropped, user dropped, id sequence, 1.
-func kernelQueueStats(path string) []queueStats {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil
-	}
-	var out []queueStats
-	for _, line := range strings.Split(string(data), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 7 {
-			continue
-		}
-		num, err1 := strconv.ParseUint(f[0], 10, 16)
-		dropped, err2 := strconv.ParseUint(f[5], 10, 64)
-		user, err3 := strconv.ParseUint(f[6], 10, 64)
-		if err1 == nil && err2 == nil && err3 == nil {
-			out = append(out, queueStats{uint16(num), dropped, user})
-		}
-	}
-	return out
 }
 
 func (m *Metrics) writeLatency(x *expo) {

@@ -9,8 +9,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -459,17 +457,4 @@ func BenchmarkObserveVerdict(b *testing.B) {
 			d = (d + 7*time.Microsecond) % (200 * time.Millisecond)
 		}
 	})
-}
-
-func TestKernelQueueStats(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "nfnetlink_queue")
-	os.WriteFile(path, []byte("  100  12345     0 2 65535     7     3       42  1\n  101  12346     0 2 65535     0     0        9  1\nbad line\n"), 0o644)
-	got := kernelQueueStats(path)
-	want := []queueStats{{100, 7, 3}, {101, 0, 0}}
-	if len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
-		t.Errorf("got %+v, want %+v", got, want)
-	}
-	if kernelQueueStats(filepath.Join(t.TempDir(), "missing")) != nil {
-		t.Error("a missing file gave counters")
-	}
 }

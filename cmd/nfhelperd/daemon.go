@@ -157,6 +157,12 @@ wait:
 			}
 		}
 	}
+	// Stop queueing first, then answer what is already queued: closing a
+	// queue drops the packets still waiting in it.
+	if err := nft.Remove(nftConn, tableName); err != nil {
+		log.Error("cleanup", "err", err)
+	}
+	drain(queues, time.Second)
 	cancel()
 	for _, q := range queues {
 		q.Close()
@@ -211,6 +217,24 @@ func (f *stateFollower) adjust(ctx context.Context) {
 	case !need && f.stop != nil:
 		f.stop()
 		f.stop = nil
+	}
+}
+
+// drain waits, at most max, until no packet waits in the kernel for a
+// verdict from queues.
+func drain(queues []*nfq.Queue, max time.Duration) {
+	ours := map[uint16]bool{}
+	for _, q := range queues {
+		ours[q.Num] = true
+	}
+	for deadline := time.Now().Add(max); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		waiting := false
+		for _, k := range nfq.KernelStats(nfq.ProcQueueStats) {
+			waiting = waiting || ours[k.Num] && k.Queued > 0
+		}
+		if !waiting {
+			return
+		}
 	}
 }
 
