@@ -84,10 +84,15 @@ type Client struct {
 
 // Dial connects to addr ("host:port") and reads the greeting.
 func Dial(ctx context.Context, addr string) (*Client, error) {
+	return DialWith(ctx, addr, &net.Dialer{})
+}
+
+// DialWith is Dial with a dialer of the caller's, for socket options on
+// the control connection.
+func DialWith(ctx context.Context, addr string, d *net.Dialer) (*Client, error) {
 	c := &Client{}
 	dctx, cancel := c.stepCtx(ctx)
 	defer cancel()
-	var d net.Dialer
 	conn, err := d.DialContext(dctx, "tcp", addr)
 	if err != nil {
 		return nil, err

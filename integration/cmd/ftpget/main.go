@@ -15,11 +15,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/nfhelper/nfhelper/integration/ftpclient"
+	"golang.org/x/sys/unix"
 )
 
 type result struct {
@@ -53,14 +56,15 @@ func main() {
 	trace := flag.Bool("trace", false, "write the protocol exchange to stderr")
 	user := flag.String("user", "", "login name (default anonymous)")
 	pass := flag.String("pass", "nfhelper@example.com", "password")
+	ipopts := flag.Bool("ipopts", false, "send the control connection's packets with IPv4 options (NOPs) or an IPv6 destination-options header")
 	flag.Parse()
-	if err := run(*addr, *mode, *files, *n, *timeout, *total, *trace, *user, *pass); err != nil {
+	if err := run(*addr, *mode, *files, *n, *timeout, *total, *trace, *user, *pass, *ipopts); err != nil {
 		fmt.Fprintln(os.Stderr, "ftpget:", err)
 		os.Exit(1)
 	}
 }
 
-func run(addr, modeName, fileList string, n int, timeout, total time.Duration, trace bool, user, pass string) error {
+func run(addr, modeName, fileList string, n int, timeout, total time.Duration, trace bool, user, pass string, ipOptions bool) error {
 	if addr == "" {
 		return fmt.Errorf("-addr is required")
 	}
@@ -75,7 +79,11 @@ func run(addr, modeName, fileList string, n int, timeout, total time.Duration, t
 	ctx, cancel := context.WithTimeout(context.Background(), total)
 	defer cancel()
 
-	c, err := ftpclient.Dial(ctx, addr)
+	d := &net.Dialer{}
+	if ipOptions {
+		d.Control = withIPOptions
+	}
+	c, err := ftpclient.DialWith(ctx, addr, d)
 	if err != nil {
 		return err
 	}
@@ -109,4 +117,22 @@ func run(addr, modeName, fileList string, n int, timeout, total time.Duration, t
 		}
 	}
 	return c.Quit(ctx)
+}
+
+// withIPOptions makes every packet of the socket carry IPv4 options (four
+// NOPs) or, over IPv6, a destination-options extension header (PadN): what
+// the daemon's parser must step over.
+func withIPOptions(network, _ string, rc syscall.RawConn) error {
+	var serr error
+	err := rc.Control(func(fd uintptr) {
+		if strings.HasSuffix(network, "6") {
+			serr = unix.SetsockoptString(int(fd), unix.IPPROTO_IPV6, unix.IPV6_DSTOPTS, string([]byte{0, 0, 1, 4, 0, 0, 0, 0}))
+		} else {
+			serr = unix.SetsockoptString(int(fd), unix.IPPROTO_IP, unix.IP_OPTIONS, string([]byte{1, 1, 1, 1}))
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return serr
 }
