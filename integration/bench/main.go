@@ -158,14 +158,8 @@ func run(o options) int {
 		logf("%v", err)
 		return 1
 	}
-	bin := o.bin
-	if bin == "" {
-		bin = filepath.Join(tmp, "nfhelperd")
-		if err := build(bin, "./cmd/nfhelperd"); err != nil {
-			logf("%v", err)
-			return 1
-		}
-	} else if bin, err = filepath.Abs(bin); err != nil {
+	bin, err := topo.DaemonBinary(ctx, tmp, o.bin)
+	if err != nil {
 		logf("%v", err)
 		return 1
 	}

@@ -50,13 +50,9 @@ func run(bin string) int {
 	}
 	defer os.RemoveAll(tmp)
 	if bin == "" {
-		bin = filepath.Join(tmp, "nfhelperd")
 		logf("building ./cmd/nfhelperd")
-		if err := topo.GoBuild(ctx, bin, "./cmd/nfhelperd"); err != nil {
-			logf("%v", err)
-			return 1
-		}
-	} else if bin, err = filepath.Abs(bin); err != nil {
+	}
+	if bin, err = topo.DaemonBinary(ctx, tmp, bin); err != nil {
 		logf("%v", err)
 		return 1
 	}

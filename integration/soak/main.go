@@ -72,13 +72,10 @@ func run(o options) int {
 		logf("%v", err)
 		return 1
 	}
-	bin := o.bin
-	if bin == "" {
-		bin = filepath.Join(tmp, "nfhelperd")
-		if err := topo.GoBuild(ctx, bin, "./cmd/nfhelperd"); err != nil {
-			logf("%v", err)
-			return 1
-		}
+	bin, err := topo.DaemonBinary(ctx, tmp, o.bin)
+	if err != nil {
+		logf("%v", err)
+		return 1
 	}
 	tp, err := topo.New(topo.Options{Dir: filepath.Join(tmp, "topo"), Logf: logf})
 	if err != nil {

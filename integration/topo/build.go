@@ -37,3 +37,13 @@ func GoBuild(ctx context.Context, out, pkg string) error {
 	}
 	return nil
 }
+
+// DaemonBinary is bin made absolute or, when bin is empty, nfhelperd built
+// from ./cmd/nfhelperd into dir.
+func DaemonBinary(ctx context.Context, dir, bin string) (string, error) {
+	if bin != "" {
+		return filepath.Abs(bin)
+	}
+	out := filepath.Join(dir, "nfhelperd")
+	return out, GoBuild(ctx, out, "./cmd/nfhelperd")
+}
