@@ -79,7 +79,14 @@ ok "CAP_NET_ADMIN only, no new privileges, seccomp filter"
 
 if [ -x /usr/sbin/nfhelperctl ]; then
 	for c in status services conns check rules; do
-		nfhelperctl "$c" >/tmp/ctl.out 2>&1 || { cat /tmp/ctl.out; [ "$c" = check ] || fail "nfhelperctl $c"; }
+		# check exits 1 here because the container does not forward: that
+		# must be its only failing check.
+		if ! nfhelperctl "$c" >/tmp/ctl.out 2>&1; then
+			if [ "$c" != check ] || grep '^FAIL' /tmp/ctl.out | grep -qv ' forwarding '; then
+				cat /tmp/ctl.out
+				fail "nfhelperctl $c"
+			fi
+		fi
 	done
 	head -5 /tmp/ctl.out
 	nfhelperctl status | head -3
