@@ -1,10 +1,13 @@
 package nft
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 
 	"github.com/google/nftables"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/nfhelper/nfhelper/ipvs"
 )
@@ -14,7 +17,13 @@ import (
 // one SNATs real server -> client:port to the VIP; behind the user's SNAT
 // each gets the second translation too. A watch channel adds a learned
 // server, whose packets are queued from then on.
+//
+// An element whose key is still in a map with other data (a channel of an
+// ended connection, not timed out yet, whose client port or VIP port comes
+// round again) makes the batch fail: then each element is replaced one by
+// one.
 func (rs *Ruleset) OpenChannels(c *nftables.Conn, chs []ipvs.Channel) error {
+	var all []element
 	for _, ch := range chs {
 		els, err := rs.elements(ch)
 		if err != nil {
@@ -24,15 +33,34 @@ func (rs *Ruleset) OpenChannels(c *nftables.Conn, chs []ipvs.Channel) error {
 			if ch.Kind != ipvs.ChannelWatch {
 				e.el.Timeout = ch.Timeout
 			}
-			if err := c.SetAddElements(e.set, []nftables.SetElement{e.el}); err != nil {
-				return fmt.Errorf("add element to %s: %w", e.set.Name, err)
+			all = append(all, e)
+		}
+	}
+	err := add(c, all)
+	if errors.Is(err, unix.EEXIST) {
+		for _, e := range all {
+			// Absent is fine: the delete may fail on its own.
+			if c.SetDeleteElements(e.set, []nftables.SetElement{{Key: e.el.Key}}) == nil {
+				c.Flush()
+			}
+			if err = add(c, []element{e}); err != nil {
+				break
 			}
 		}
 	}
-	if err := c.Flush(); err != nil {
+	if err != nil {
 		return fmt.Errorf("open %d data channels: %w", len(chs), err)
 	}
 	return nil
+}
+
+func add(c *nftables.Conn, els []element) error {
+	for _, e := range els {
+		if err := c.SetAddElements(e.set, []nftables.SetElement{e.el}); err != nil {
+			return fmt.Errorf("add element to %s: %w", e.set.Name, err)
+		}
+	}
+	return c.Flush()
 }
 
 // CloseChannels deletes channels' elements, in one batch. An element that

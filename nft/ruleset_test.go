@@ -232,3 +232,31 @@ func TestFallbackSlots(t *testing.T) {
 		t.Error("quiesced servers got slots")
 	}
 }
+
+// TestOpenChannelReplacesStaleElement: a channel whose key is still in the
+// map with other data (an ended connection's, not timed out) replaces it.
+func TestOpenChannelReplacesStaleElement(t *testing.T) {
+	ns, c := testNetns(t)
+	rs, err := Install(c, referenceSpec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ap := netip.MustParseAddrPort
+	old := ipvs.Channel{Kind: ipvs.ChannelActive, Client: ap("203.0.113.2:50000"), Server: ap("10.0.0.12:0"), VIP: ap("198.51.100.10:0"), Timeout: time.Minute}
+	next := old
+	next.VIP = ap("198.51.100.20:0")
+	fresh := ipvs.Channel{Kind: ipvs.ChannelPassive, Client: ap("203.0.113.2:0"), Server: ap("10.0.0.11:40001"), VIP: ap("198.51.100.10:40001"), Timeout: time.Minute}
+	if err := rs.OpenChannels(c, []ipvs.Channel{old}); err != nil {
+		t.Fatal(err)
+	}
+	if err := rs.OpenChannels(c, []ipvs.Channel{fresh, next}); err != nil {
+		t.Fatalf("replacing a stale element: %v", err)
+	}
+	out, _ := nftList(t, ns, "list", "map", "inet", "nfhelper", "active4")
+	if !strings.Contains(out, "10.0.0.12 . 203.0.113.2 . 50000 timeout 1m") || !strings.Contains(out, ": 198.51.100.20") || strings.Contains(out, ": 198.51.100.10") {
+		t.Errorf("active4 after the replacement:\n%s", out)
+	}
+	if out, _ := nftList(t, ns, "list", "map", "inet", "nfhelper", "passive4"); !strings.Contains(out, "203.0.113.2 . 198.51.100.10 . 40001") {
+		t.Errorf("the batch's other channel is missing:\n%s", out)
+	}
+}
