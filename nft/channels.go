@@ -20,8 +20,8 @@ import (
 //
 // An element whose key is still in a map with other data (a channel of an
 // ended connection, not timed out yet, whose client port or VIP port comes
-// round again) makes the batch fail: then each element is replaced one by
-// one.
+// round again) makes the batch fail: then the elements are added one by
+// one, and that one replaced.
 func (rs *Ruleset) OpenChannels(c *nftables.Conn, chs []ipvs.Channel) error {
 	var all []element
 	for _, ch := range chs {
@@ -38,13 +38,22 @@ func (rs *Ruleset) OpenChannels(c *nftables.Conn, chs []ipvs.Channel) error {
 	}
 	err := add(c, all)
 	if errors.Is(err, unix.EEXIST) {
+		// Add them one by one; only an element whose key is taken is
+		// deleted first (others, learned servers above all, must never
+		// be missing for a moment).
+		err = nil
 		for _, e := range all {
-			// Absent is fine: the delete may fail on its own.
-			if c.SetDeleteElements(e.set, []nftables.SetElement{{Key: e.el.Key}}) == nil {
-				c.Flush()
+			aerr := add(c, []element{e})
+			if errors.Is(aerr, unix.EEXIST) {
+				if c.SetDeleteElements(e.set, []nftables.SetElement{{Key: e.el.Key}}) == nil {
+					aerr = c.Flush()
+				}
+				if aerr == nil {
+					aerr = add(c, []element{e})
+				}
 			}
-			if err = add(c, []element{e}); err != nil {
-				break
+			if err == nil {
+				err = aerr
 			}
 		}
 	}
