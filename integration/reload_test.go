@@ -417,6 +417,16 @@ func TestReloadUnderTraffic(t *testing.T) {
 	}
 }
 
+// onlyRS1 reloads a configuration without rs2 (rs1 at weight 3) and checks
+// that new connections reach rs1 only.
+func onlyRS1(t *testing.T, r *reloader) {
+	t.Helper()
+	r.apply(t, r.ftpServers(`      - address: 10.0.0.11:21
+        weight: 3
+`), true)
+	wantServers(t, "new connections with rs1 only", newConnServers(t, 4), "rs1")
+}
+
 // TestReloadBadConfig: a file that does not parse, or has an unknown key,
 // is refused on SIGHUP; the daemon logs the failure, keeps running and
 // keeps scheduling with the configuration it had (rs1 only), although the
@@ -425,10 +435,7 @@ func TestReloadBadConfig(t *testing.T) {
 	d := needDaemon(t)
 	r := newReloader(t, d)
 
-	r.apply(t, r.ftpServers(`      - address: 10.0.0.11:21
-        weight: 3
-`), true)
-	wantServers(t, "new connections with rs1 only", newConnServers(t, 4), "rs1")
+	onlyRS1(t, r)
 
 	withRS2 := r.ftpServers(`      - address: 10.0.0.11:21
         weight: 3
@@ -472,10 +479,7 @@ func TestReloadAddServer(t *testing.T) {
 	d := needDaemon(t)
 	r := newReloader(t, d)
 
-	r.apply(t, r.ftpServers(`      - address: 10.0.0.11:21
-        weight: 3
-`), true)
-	wantServers(t, "new connections with rs1 only", newConnServers(t, 4), "rs1")
+	onlyRS1(t, r)
 
 	r.apply(t, r.ftpServers(`      - address: 10.0.0.11:21
         weight: 3

@@ -32,14 +32,12 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"regexp"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -118,26 +116,12 @@ type result struct {
 }
 
 func run(o options) int {
-	if os.Geteuid() != 0 {
-		logf("needs root (network namespaces, nftables, NFQUEUE)")
-		return 2
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	// A first Ctrl-C cancels ctx (running commands are killed, deferred
-	// teardown runs); a second one kills us, and the topology's reaper still
-	// removes the namespaces.
-	go func() {
-		<-ctx.Done()
-		stop()
-	}()
-
-	tmp, err := topo.MkdirTemp("bench")
+	ctx, tmp, done, err := topo.StartTool("bench")
 	if err != nil {
 		logf("%v", err)
-		return 1
+		return topo.ExitCode(err)
 	}
-	defer os.RemoveAll(tmp)
+	defer done()
 	out := o.out
 	if out == "" {
 		if out, err = os.MkdirTemp("", "nfhelper-bench-e2e-"); err != nil {

@@ -18,10 +18,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/nfhelper/nfhelper/integration/topo"
@@ -36,19 +34,12 @@ func main() {
 
 func run(bin string) int {
 	logf := func(format string, args ...any) { fmt.Printf("demo: "+format+"\n", args...) }
-	if os.Geteuid() != 0 {
-		logf("needs root")
-		return 2
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-
-	tmp, err := topo.MkdirTemp("demo")
+	ctx, tmp, done, err := topo.StartTool("demo")
 	if err != nil {
 		logf("%v", err)
-		return 1
+		return topo.ExitCode(err)
 	}
-	defer os.RemoveAll(tmp)
+	defer done()
 	if bin == "" {
 		logf("building ./cmd/nfhelperd")
 	}
@@ -68,14 +59,6 @@ func run(bin string) int {
 		}
 		logf("topology removed")
 	}()
-	// A first Ctrl-C cancels ctx: running commands are killed and the deferred
-	// teardown runs. A second one kills the demo (the topology's reaper then
-	// still removes the namespaces).
-	go func() {
-		<-ctx.Done()
-		stop()
-	}()
-
 	cfg, err := tp.WriteConfig()
 	if err != nil {
 		logf("%v", err)

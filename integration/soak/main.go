@@ -12,7 +12,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -55,18 +54,12 @@ type event struct {
 
 func run(o options) int {
 	logf := func(format string, args ...any) { fmt.Printf("soak: "+format+"\n", args...) }
-	if os.Geteuid() != 0 {
-		logf("needs root")
-		return 2
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	tmp, err := topo.MkdirTemp("soak")
+	ctx, tmp, done, err := topo.StartTool("soak")
 	if err != nil {
 		logf("%v", err)
-		return 1
+		return topo.ExitCode(err)
 	}
-	defer os.RemoveAll(tmp)
+	defer done()
 	ftpget := filepath.Join(tmp, "ftpget")
 	if err := topo.GoBuild(ctx, ftpget, "./integration/cmd/ftpget"); err != nil {
 		logf("%v", err)

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // ModuleRoot is the directory of the nfhelper module's go.mod.
@@ -46,4 +48,35 @@ func DaemonBinary(ctx context.Context, dir, bin string) (string, error) {
 	}
 	out := filepath.Join(dir, "nfhelperd")
 	return out, GoBuild(ctx, out, "./cmd/nfhelperd")
+}
+
+// ErrNotRoot: namespaces, nftables and NFQUEUE need root.
+var ErrNotRoot = errors.New("needs root (network namespaces, nftables, NFQUEUE)")
+
+// StartTool begins a program that builds a topology (the demo, the soak,
+// the benchmark): it checks for root, makes a temporary directory, and
+// returns a context a first Ctrl-C or SIGTERM cancels (so that deferred
+// teardown runs; a second one kills the program, and the topology's reaper
+// still removes the namespaces). done removes the directory.
+func StartTool(kind string) (ctx context.Context, tmp string, done func(), err error) {
+	if os.Geteuid() != 0 {
+		return nil, "", nil, ErrNotRoot
+	}
+	if tmp, err = MkdirTemp(kind); err != nil {
+		return nil, "", nil, err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
+	return ctx, tmp, func() { stop(); os.RemoveAll(tmp) }, nil
+}
+
+// ExitCode is a tool's exit status for a StartTool error.
+func ExitCode(err error) int {
+	if errors.Is(err, ErrNotRoot) {
+		return 2
+	}
+	return 1
 }
