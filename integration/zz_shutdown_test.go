@@ -174,7 +174,7 @@ func checkNoAnomalies(t *testing.T, log string) {
 	if m := regexp.MustCompile(`\bdropped_out_of_order=(\d+)`).FindStringSubmatch(line); m != nil && m[1] != "0" {
 		t.Logf("dropped_out_of_order=%s", m[1])
 	}
-	for _, counter := range []string{"helper_errors", "unmappable", "unparsed", "panics"} {
+	for _, counter := range []string{"helper_errors", "unparsed", "panics"} {
 		m := regexp.MustCompile(`\b` + counter + `=(\d+)`).FindStringSubmatch(line)
 		if m == nil {
 			t.Errorf("stopping line has no %s counter: %s", counter, line)

@@ -48,7 +48,7 @@ type Stats struct {
 	Packets, Unparsed, Scheduled, NoServer atomic.Uint64
 	Adopted, SNATLearned                   atomic.Uint64 // add-on connections; of those, behind the user's SNAT
 	Rewritten, Corrected, Held, Dropped    atomic.Uint64 // packets altered, shifted, withholding, dropped out of order
-	BadChecksum, HelperErrors, Unmappable  atomic.Uint64
+	BadChecksum, HelperErrors              atomic.Uint64
 	Channels, Evicted, Stopped             atomic.Uint64 // data channels opened, evicted by the limit; inspections stopped (TLS)
 	ConntrackGone                          atomic.Uint64 // connections removed because the kernel destroyed their conntrack entry
 	Panics                                 atomic.Uint64 // packets whose handling panicked (a bug), passed on unmodified
@@ -345,6 +345,7 @@ func (w *Worker) flow(c *Conn, dir Direction, st *stream, seq uint32, flags uint
 		e.Stats.BadChecksum.Add(1)
 		return shifted, nil, false
 	}
+	origSeq, origIn := seq, in
 	if relEnd := st.relFrom + uint32(len(st.rel)); len(st.rel) > 0 && nfq.SeqAfter(seq, st.relFrom) && !nfq.SeqAfter(seq, relEnd) {
 		// The sender resends from the end of bytes it believes delivered:
 		// resend them too.
@@ -359,12 +360,7 @@ func (w *Worker) flow(c *Conn, dir Direction, st *stream, seq uint32, flags uint
 		if nfq.SeqBefore(start, end) {
 			n = start - seq
 		}
-		var ok bool
-		if out, _, ok = st.replay(out, seq, in[:n]); !ok {
-			e.Stats.Unmappable.Add(1)
-			return 0, nil, true
-		}
-		start = seq
+		out, start = st.replay(out, seq, in[:n])
 	}
 	outSeq = start + uint32(st.off(start))
 	if newData {
@@ -380,8 +376,8 @@ func (w *Worker) flow(c *Conn, dir Direction, st *stream, seq uint32, flags uint
 		out = append(out, st.last)
 		outSeq--
 	}
-	if outSeq == seq && bytes.Equal(out, in) {
-		return seq, nil, false
+	if outSeq == origSeq && bytes.Equal(out, origIn) {
+		return outSeq, nil, false
 	}
 	return outSeq, out, false
 }
@@ -407,12 +403,6 @@ func (w *Worker) inspect(c *Conn, dir Direction, st *stream, fresh []byte, fin b
 		return out, false
 	}
 	first := st.next - uint32(len(st.carry)) // input position of data[0]
-	if fixed < len(st.carry) {
-		if st.rel == nil {
-			st.rel = make([]byte, 0, MaxCarry)
-		}
-		st.rel, st.relFrom = append(st.rel[:0], data[fixed:len(st.carry)]...), first+uint32(fixed)
-	}
 	cur := fixed
 	for _, ed := range r.Edits {
 		out = append(out, data[cur:ed.Off]...)

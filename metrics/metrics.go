@@ -220,7 +220,6 @@ var engineCounters = [...]struct {
 	{"nfhelper_helper_errors_total", "Helper answers that broke the contract; the stream is no longer read.", func(s *ipvs.Stats) *atomic.Uint64 { return &s.HelperErrors }},
 	{"nfhelper_worker_panics_total", "Packets whose handling panicked (a bug); passed on unmodified.", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Panics }},
 	{"nfhelper_data_channels_backlogged_total", "Data channels not opened because the datapath was too far behind.", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Backlogged }},
-	{"nfhelper_unmappable_total", "Resent segments that could not be mapped onto the rewritten stream, dropped.", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Unmappable }},
 	{"nfhelper_data_channels_opened_total", "Data channels opened.", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Channels }},
 	{"nfhelper_data_channels_evicted_total", "Unused data channels evicted by the per-connection limit.", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Evicted }},
 	{"nfhelper_inspections_stopped_total", "Connections whose inspection stopped (TLS).", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Stopped }},

@@ -186,7 +186,7 @@ func statsAttrs(s *ipvs.Stats) []any {
 		"rewritten", s.Rewritten.Load(), "corrected", s.Corrected.Load(), "held", s.Held.Load(),
 		"dropped_out_of_order", s.Dropped.Load(), "channels", s.Channels.Load(), "evicted", s.Evicted.Load(),
 		"stopped_tls", s.Stopped.Load(), "conntrack_gone", s.ConntrackGone.Load(), "unparsed", s.Unparsed.Load(), "bad_checksum", s.BadChecksum.Load(),
-		"helper_errors", s.HelperErrors.Load(), "panics", s.Panics.Load(), "backlogged", s.Backlogged.Load(), "unmappable", s.Unmappable.Load(),
+		"helper_errors", s.HelperErrors.Load(), "panics", s.Panics.Load(), "backlogged", s.Backlogged.Load(),
 	}
 	for r := range s.Refused {
 		attrs = append(attrs, "refused_"+ipvs.Refusal(r).String(), s.Refused[r].Load())
@@ -466,7 +466,7 @@ func (d *datapath) run(ctx context.Context) {
 		// One that timed out already fails the batch; the rest time out too.
 		if len(close) > 0 {
 			if err := d.ruleset.CloseChannels(d.conn, close); err != nil {
-				d.log.Debug("evicted data channels not closed", "count", len(close), "err", err)
+				d.log.Warn("evicted data channels not closed", "count", len(close), "err", err)
 			}
 		}
 	}
