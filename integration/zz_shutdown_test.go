@@ -24,8 +24,10 @@ import (
 //  2. Start again, SIGKILL (a crash) during a transfer: the transfer
 //     completes, new connections still reach a server, the table is left
 //     behind.
-//  3. Start again: it must start despite the stale table, serve, and again
-//     stop cleanly.
+//  3. Start again: it must take over the stale table and the connections
+//     conntrack holds (a control connection opened before the crash goes
+//     on being helped, with its changed lengths), serve, and again stop
+//     cleanly.
 func TestDaemonShutdown(t *testing.T) {
 	d := needDaemon(t)
 	tp := harness.tp
@@ -54,6 +56,9 @@ func TestDaemonShutdown(t *testing.T) {
 	if err := os.WriteFile(script, []byte(slowClient), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// A control connection whose replies were lengthened lives across the
+	// crash, to be helped on by the next daemon.
+	resume := startResume(t)
 	running := startSlowTransfer(t, script, 0)
 	select {
 	case <-running.started:
@@ -80,6 +85,7 @@ func TestDaemonShutdown(t *testing.T) {
 	}
 	setDaemon(d3)
 	reportDatapath(t, d3)
+	t.Run("restart-safe", func(t *testing.T) { resume.finish(t, d3) })
 	r := runFtpget(t, tp.Client, net.JoinHostPort(topo.VIP4, "21"), "pasv", "small.bin", 1)
 	if r.results[0].SHA256 != tp.Files["small.bin"] {
 		t.Errorf("after restart: small.bin sha256 %s, want %s", r.results[0].SHA256, tp.Files["small.bin"])

@@ -53,6 +53,7 @@ type Stats struct {
 	ConntrackGone                          atomic.Uint64 // connections removed because the kernel destroyed their conntrack entry
 	Panics                                 atomic.Uint64 // packets whose handling panicked (a bug), passed on unmodified
 	Backlogged                             atomic.Uint64 // data channels not opened: the datapath's backlog was full
+	Restored                               atomic.Uint64 // connections taken back from conntrack at start
 	Refused                                [numRefusals]atomic.Uint64
 }
 
@@ -98,6 +99,7 @@ type Verdict struct {
 	Mark        uint32
 	Packet      []byte // altered packet, valid until the worker's next Process
 	Open, Close []Channel
+	Offsets     Offsets
 }
 
 // Worker holds one goroutine's scratch space, so that steady state does not
@@ -166,7 +168,7 @@ func (w *Worker) adopt(svc *Service, client, server netip.AddrPort, v *Verdict) 
 	e := w.e
 	seq := w.in.TCP().Seq()
 	c := e.Table.LookupVIP(client, svc.VIP)
-	if c == nil || c.Server != server || c.State() == StateClose {
+	if c == nil || c.Server != server || c.State() != StateSynSent {
 		c = newConn(Session{Client: client, VIP: svc.VIP, Server: server}, svc, svc.learn(server))
 		e.Table.Insert(c)
 		e.Stats.Adopted.Add(1)
@@ -205,8 +207,11 @@ func (w *Worker) named(server, client netip.AddrPort) *Conn {
 
 func (w *Worker) schedule(svc *Service, client netip.AddrPort, mark uint32) Verdict {
 	e := w.e
+	// Only a retransmitted SYN finds its connection still opening; any
+	// other is a new connection on a reused client port, which must not
+	// inherit the old one's server or helper state.
 	c := e.Table.LookupVIP(client, svc.VIP)
-	if c == nil || c.State() == StateClose {
+	if c == nil || c.State() != StateSynSent {
 		rs := svc.Schedule(client)
 		if rs == nil {
 			e.Stats.NoServer.Add(1)
@@ -270,16 +275,19 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 		st.start(seq)
 	}
 
+	st.resynced(seq, len(w.in.PayloadBytes()), flags)
+	before := [2]int32{c.help.streams[0].total(), c.help.streams[1].total()}
 	outSeq, payload, drop := w.flow(c, dir, st, seq, flags)
 	if drop {
 		e.Stats.Dropped.Add(1)
 		return Verdict{Drop: true}
 	}
 	v := Verdict{Open: w.open, Close: w.close}
+	c.offsets(before, &v)
 	e.Stats.Channels.Add(uint64(len(w.open)))
 
 	outAck, sack := ack, false
-	if flags&nfq.FlagACK != 0 && peer.synced {
+	if flags&nfq.FlagACK != 0 && (peer.synced || peer.resync) {
 		outAck = peer.acked(ack)
 		peer.prune(outAck)
 		sack = (peer.base != 0 || len(peer.edits) > 0) && tcp.DataOffset() > nfq.TCPMinHeaderLen

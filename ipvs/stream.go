@@ -32,6 +32,7 @@ func (e *streamEdit) newText() []byte { return e.text[:e.n] }
 // position of an input position x at a segment boundary is x + off(x).
 type stream struct {
 	synced   bool   // next is known (the SYN was seen)
+	resync   bool   // resumed after a restart: next is the next segment's
 	stopped  bool   // the helper ended inspection
 	next     uint32 // first input byte not yet presented to the helper
 	carry    []byte // input [next-len(carry), next), presented again

@@ -42,6 +42,9 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 	}
 	engine.Log = log
 	spec := specFor(cfg, engine.Services())
+	if spec.Carried, err = restore(engine, tableName, log); err != nil {
+		log.Warn("state left by an earlier daemon not taken over", "err", err)
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -186,7 +189,7 @@ func statsAttrs(s *ipvs.Stats) []any {
 		"rewritten", s.Rewritten.Load(), "corrected", s.Corrected.Load(), "held", s.Held.Load(),
 		"dropped_out_of_order", s.Dropped.Load(), "channels", s.Channels.Load(), "evicted", s.Evicted.Load(),
 		"stopped_tls", s.Stopped.Load(), "conntrack_gone", s.ConntrackGone.Load(), "unparsed", s.Unparsed.Load(), "bad_checksum", s.BadChecksum.Load(),
-		"helper_errors", s.HelperErrors.Load(), "panics", s.Panics.Load(), "backlogged", s.Backlogged.Load(),
+		"helper_errors", s.HelperErrors.Load(), "panics", s.Panics.Load(), "backlogged", s.Backlogged.Load(), "restored", s.Restored.Load(),
 	}
 	for r := range s.Refused {
 		attrs = append(attrs, "refused_"+ipvs.Refusal(r).String(), s.Refused[r].Load())
@@ -353,9 +356,9 @@ func handler(q verdicter, num uint16, w *ipvs.Worker, stats *ipvs.Stats, dp *dat
 		}()
 		v := w.Process(pkt, mark)
 		mx.CountVerdict(num, v)
-		if len(v.Open) > 0 || len(v.Close) > 0 {
+		if len(v.Open) > 0 || len(v.Close) > 0 || v.Offsets.Store {
 			queued := dp.submit(&pending{
-				q: q, id: id, drop: v.Drop, setMark: v.SetMark, mark: v.Mark, start: start,
+				q: q, id: id, drop: v.Drop, setMark: v.SetMark, mark: v.Mark, start: start, offsets: v.Offsets,
 				pkt:   append([]byte(nil), v.Packet...),
 				open:  append([]ipvs.Channel(nil), v.Open...),
 				close: append([]ipvs.Channel(nil), v.Close...),
@@ -403,6 +406,7 @@ type pending struct {
 	mark        uint32
 	pkt         []byte
 	open, close []ipvs.Channel
+	offsets     ipvs.Offsets
 	start       time.Time // when its queue handed it over
 }
 
@@ -451,6 +455,7 @@ func (d *datapath) run(ctx context.Context) {
 			open = append(open, p.open...)
 			close = append(close, p.close...)
 		}
+		d.storeOffsets(batch)
 		if len(open) > 0 {
 			if err := d.ruleset.OpenChannels(d.conn, open); err != nil {
 				d.log.Error("data channels not opened", "count", len(open), "err", err)
@@ -467,6 +472,35 @@ func (d *datapath) run(ctx context.Context) {
 		if len(close) > 0 {
 			if err := d.ruleset.CloseChannels(d.conn, close); err != nil {
 				d.log.Warn("evicted data channels not closed", "count", len(close), "err", err)
+			}
+		}
+	}
+}
+
+// storeOffsets records the stream offsets the batch's packets changed, in
+// one nftables batch; where that fails (an element to replace timed out),
+// one by one.
+func (d *datapath) storeOffsets(batch []*pending) {
+	n := 0
+	for _, p := range batch {
+		if o := p.offsets; o.Store {
+			d.ruleset.StoreOffsets(d.conn, o.Client, o.VIP, o.Off, o.Replace)
+			n++
+		}
+	}
+	if n == 0 || d.conn.Flush() == nil {
+		return
+	}
+	for _, p := range batch {
+		if o := p.offsets; o.Store {
+			d.ruleset.StoreOffsets(d.conn, o.Client, o.VIP, o.Off, o.Replace)
+			err := d.conn.Flush()
+			if err != nil && o.Replace {
+				d.ruleset.StoreOffsets(d.conn, o.Client, o.VIP, o.Off, false)
+				err = d.conn.Flush()
+			}
+			if err != nil {
+				d.log.Warn("stream offsets not recorded; a restart would lose them", "client", o.Client, "vip", o.VIP, "err", err)
 			}
 		}
 	}
