@@ -11,6 +11,15 @@ import (
 	"github.com/nfhelper/nfhelper/nfq"
 )
 
+// mssRoom is how much a helped connection's segments may grow on the way:
+// the bytes a stream withheld from the previous segment, and edits. The
+// peers learn an MSS lower by this much from the SYN and SYN-ACK, so that a
+// grown segment still fits the path (its DF bit forbids cutting it).
+const mssRoom = MaxCarry + 64
+
+// minMSS is IPv4's default MSS, below which no MSS is lowered.
+const minMSS = 536
+
 // maxGap is how far past the expected sequence number a segment may start
 // before the stream counts as lost (then it is passed on, no longer read).
 const maxGap = 1 << 20
@@ -54,6 +63,7 @@ type Stats struct {
 	Panics                                 atomic.Uint64 // packets whose handling panicked (a bug), passed on unmodified
 	Backlogged                             atomic.Uint64 // data channels not opened: the datapath's backlog was full
 	Restored                               atomic.Uint64 // connections taken back from conntrack at start
+	Throttled                              atomic.Uint64 // segments dropped: their sender has maxEdits rewrites unacknowledged
 	Refused                                [numRefusals]atomic.Uint64
 }
 
@@ -149,6 +159,7 @@ func (w *Worker) Process(pkt []byte, mark uint32) Verdict {
 		v := Verdict{SetMark: true, Mark: mark &^ e.markMask}
 		if flags == nfq.FlagSYN {
 			w.adopt(svc, src, dst, &v)
+			v.Packet = w.roomier()
 		}
 		return v
 	}
@@ -224,7 +235,22 @@ func (w *Worker) schedule(svc *Service, client netip.AddrPort, mark uint32) Verd
 	c.startClient(w.in.TCP().Seq())
 	// A retransmitted SYN gets the same server's mark; the kernel has bound
 	// NAT on the first one anyway.
-	return Verdict{SetMark: true, Mark: mark&^e.markMask | c.Real.Mark}
+	v := Verdict{SetMark: true, Mark: mark&^e.markMask | c.Real.Mark}
+	if c.help != nil {
+		v.Packet = w.roomier()
+	}
+	return v
+}
+
+// roomier returns the SYN being processed with its MSS lowered by mssRoom,
+// or nil if it has no MSS to lower.
+func (w *Worker) roomier() []byte {
+	w.buf = append(w.buf[:0], w.in.Buf...)
+	nfq.Parse(w.buf, &w.out)
+	if !w.out.TCP().LowerMSS(mssRoom, minMSS) {
+		return nil
+	}
+	return w.buf
 }
 
 // scheduleUDP schedules a new UDP flow to a VIP: its first packet, which
@@ -279,7 +305,6 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	before := [2]int32{c.help.streams[0].total(), c.help.streams[1].total()}
 	outSeq, payload, drop := w.flow(c, dir, st, seq, flags)
 	if drop {
-		e.Stats.Dropped.Add(1)
 		return Verdict{Drop: true}
 	}
 	v := Verdict{Open: w.open, Close: w.close}
@@ -292,7 +317,11 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 		peer.prune(outAck)
 		sack = (peer.base != 0 || len(peer.edits) > 0) && tcp.DataOffset() > nfq.TCPMinHeaderLen
 	}
+	syn := flags&nfq.FlagSYN != 0
 	if payload == nil && outSeq == seq && outAck == ack && !sack {
+		if syn {
+			v.Packet = w.roomier()
+		}
 		return v
 	}
 
@@ -311,6 +340,9 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	}
 	nfq.Parse(w.buf, &w.out)
 	t := w.out.TCP()
+	if syn {
+		t.LowerMSS(mssRoom, minMSS)
+	}
 	t.SetSeq(outSeq)
 	if flags&nfq.FlagACK != 0 {
 		t.SetAck(outAck)
@@ -346,6 +378,7 @@ func (w *Worker) flow(c *Conn, dir Direction, st *stream, seq uint32, flags uint
 		}
 		// Its line may have begun in the missing bytes: let the sender
 		// resend it once the gap is filled.
+		e.Stats.Dropped.Add(1)
 		return 0, nil, true
 	}
 	if !w.in.TCPChecksumValid() {
@@ -372,6 +405,14 @@ func (w *Worker) flow(c *Conn, dir Direction, st *stream, seq uint32, flags uint
 	}
 	outSeq = start + uint32(st.off(start))
 	if newData {
+		if len(st.edits) >= maxEdits/2 {
+			// The receiver has yet to acknowledge that many rewrites: take
+			// no more until it does, or retransmissions of the oldest
+			// would go out unrewritten. (Half: one segment's own edits
+			// must fit.)
+			e.Stats.Throttled.Add(1)
+			return 0, nil, true
+		}
 		var ok bool
 		if out, ok = w.inspect(c, dir, st, in[st.next-seq:], fin, out); !ok {
 			return shifted, nil, false

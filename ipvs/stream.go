@@ -6,11 +6,10 @@ import "github.com/nfhelper/nfhelper/nfq"
 // its edits without allocating.
 const maxEditText = 32
 
-// maxEdits bounds the edits a stream remembers for retransmissions; older
-// ones are folded into the base offset. Edits are forgotten once the
-// receiver acknowledges them, so only a sender that pipelines this many
-// rewritten commands unanswered (a hostile one) reaches it, and a
-// retransmission of its oldest ones then goes out unrewritten.
+// maxEdits bounds the edits a stream remembers for retransmissions. Edits
+// are forgotten once the receiver acknowledges them, so only a sender that
+// pipelines half this many rewritten commands unanswered reaches it; its new
+// segments are then dropped (it resends them) until the receiver catches up.
 const maxEdits = 128
 
 // streamEdit is one rewrite of a stream, in the sender's sequence space.
@@ -133,7 +132,7 @@ func (st *stream) record(pos uint32, oldLen int, text []byte) bool {
 		st.edits = make([]streamEdit, 0, 4)
 	}
 	if len(st.edits) == maxEdits {
-		st.fold(1)
+		st.fold(1) // one segment with more edits than the throttle leaves room for
 	}
 	cum := st.base
 	if len(st.edits) > 0 {

@@ -153,15 +153,22 @@ func simWant(data []byte, repl string) []byte {
 }
 
 func runTCPSim(t *testing.T, seed uint64, loss, dup int) {
+	runTCPSimWith(t, seed, loss, dup, 40, 0)
+}
+
+// runTCPSimWith: lines of data; a window of 0 is 4 segments.
+func runTCPSimWith(t *testing.T, seed uint64, loss, dup, lines int, window uint32) {
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	const repl = "0123456789"
 	isn := rng.Uint32()
-	s := &tcpSim{t: t, c: openConn(t, repl, isn), rng: rng, data: simData(rng, 40), isn: isn, ooo: map[uint32][]byte{}}
+	s := &tcpSim{t: t, c: openConn(t, repl, isn), rng: rng, data: simData(rng, lines), isn: isn, ooo: map[uint32][]byte{}}
 	want := simWant(s.data, repl)
 	// Tiny segments make lines split often and withhold whole segments.
 	mss := []uint32{3, 8, 24, 200}[seed%4]
-	window := 4 * mss
-	for step := 0; step < 50000; step++ {
+	if window == 0 {
+		window = 4 * mss
+	}
+	for step := 0; step < 200000; step++ {
 		if len(s.got) == len(want) && s.sndUna == uint32(len(s.data)) {
 			break
 		}
@@ -220,5 +227,13 @@ func TestStreamTCPSimulation(t *testing.T) {
 				runTCPSim(t, seed, tc.loss, tc.dup)
 			}
 		})
+	}
+}
+
+// TestStreamTCPSimulationPipelined: a sender with far more rewritten lines
+// in flight than the stream keeps edits for is held back, never corrupted.
+func TestStreamTCPSimulationPipelined(t *testing.T) {
+	for seed := range uint64(40) {
+		runTCPSimWith(t, seed, int(seed%3)*5, 0, 600, 20000)
 	}
 }
