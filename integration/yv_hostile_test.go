@@ -4,9 +4,9 @@ package integration
 
 import (
 	"net"
-	"time"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nfhelper/nfhelper/integration/ftpclient"
 	"github.com/nfhelper/nfhelper/integration/topo"
