@@ -54,9 +54,10 @@ type Queue struct {
 	mu       sync.Mutex
 	inBatch  bool
 	closed   bool
-	out      []byte   // encoded verdict messages
-	plain    []uint32 // ids of plain accepts, not yet encoded
-	plainMax uint32
+	out      []byte // encoded verdict messages
+	plainRun int    // plain accepts at the end of out
+	runStart int    // where they start
+	runMax   uint32 // their highest id
 	noBatch  bool
 	open     int64 // packets handed to the handler and not yet answered
 	writeFn  func(fd uintptr) bool
@@ -106,7 +107,6 @@ const BufferSize = 0xffff + 8192
 // netlink send buffer takes 425984).
 const (
 	flushAt   = 160 << 10
-	plainCap  = 256
 	ackWait   = 5 * time.Second
 	copyRange = 0xffff
 )
@@ -186,7 +186,7 @@ func newQueue(fd int, c Config) (*Queue, error) {
 	q := &Queue{
 		Num: c.Num, f: f, rc: rc, mmsg: !c.NoRecvmmsg, noBatch: c.NoBatchVerdict,
 		slots: make([][]byte, batch), iovs: make([]unix.Iovec, batch), hdrs: make([]mmsghdr, batch), lens: make([]int, batch),
-		out: make([]byte, 0, flushAt+BufferSize), plain: make([]uint32, 0, plainCap),
+		out: make([]byte, 0, flushAt+BufferSize),
 	}
 	for i := range q.slots {
 		q.slots[i] = make([]byte, BufferSize)
@@ -302,7 +302,10 @@ func (q *Queue) Run(ctx context.Context, h MessageHandler) (<-chan error, error)
 	go func() {
 		defer stop()
 		err := q.read(ctx, h)
-		if ctx.Err() != nil || errors.Is(err, os.ErrClosed) {
+		q.mu.Lock()
+		closed := q.closed
+		q.mu.Unlock()
+		if ctx.Err() != nil || closed || errors.Is(err, os.ErrClosed) {
 			err = nil
 		}
 		done <- err
@@ -352,8 +355,9 @@ func (q *Queue) readOnce(h MessageHandler) error {
 	q.mu.Lock()
 	q.inBatch = false
 	err := q.flushLocked()
+	closed := q.closed
 	q.mu.Unlock()
-	if err != nil && !errors.Is(err, os.ErrClosed) {
+	if err != nil && !closed {
 		q.VerdictErrors.Add(1)
 	}
 	return nil
@@ -459,27 +463,27 @@ func (q *Queue) SetVerdict(v *Verdict) error {
 	if q.closed {
 		return ErrClosed
 	}
-	if v.plain() {
-		if len(q.plain) == cap(q.plain) {
-			if err := q.flushLocked(); err != nil {
-				return q.verdictErr(v.ID, err)
-			}
-		}
-		if len(q.plain) == 0 || int32(v.ID-q.plainMax) > 0 {
-			q.plainMax = v.ID
-		}
-		q.plain = append(q.plain, v.ID)
-	} else {
-		if len(q.out) > 0 && len(q.out)+v.size() > flushAt {
-			if err := q.flushLocked(); err != nil {
-				return q.verdictErr(v.ID, err)
-			}
-		}
-		out, err := AppendVerdict(q.out, q.Num, 0, v)
-		if err != nil {
+	if len(q.out) > 0 && len(q.out)+v.size() > flushAt {
+		if err := q.flushLocked(); err != nil {
 			return q.verdictErr(v.ID, err)
 		}
-		q.out = out
+	}
+	start := len(q.out)
+	out, err := AppendVerdict(q.out, q.Num, 0, v)
+	if err != nil {
+		return q.verdictErr(v.ID, err)
+	}
+	q.out = out
+	switch {
+	case !v.plain():
+		q.plainRun = 0
+	case q.plainRun == 0:
+		q.plainRun, q.runStart, q.runMax = 1, start, v.ID
+	default:
+		q.plainRun++
+		if int32(v.ID-q.runMax) > 0 {
+			q.runMax = v.ID
+		}
 	}
 	if q.open > 0 {
 		q.open--
@@ -496,21 +500,15 @@ func (q *Queue) verdictErr(id uint32, err error) error {
 	return fmt.Errorf("nfqueue %d: verdict for packet %d: %w", q.Num, id, err)
 }
 
-// flushLocked sends the collected verdicts. Plain accepts become one batch
-// verdict when no other packet of this queue waits for an answer: the
-// kernel's batch verdict answers every packet up to an id.
+// flushLocked sends the collected verdicts, in the order they were given.
+// The plain accepts at the end become one batch verdict when no other
+// packet of this queue waits for an answer: the kernel's batch verdict
+// answers every packet up to an id.
 func (q *Queue) flushLocked() error {
-	if len(q.plain) > 0 {
-		if q.open == 0 && !q.noBatch && len(q.plain) > 1 {
-			q.out = AppendVerdictBatch(q.out, q.Num, 0, q.plainMax, VerdictAccept)
-		} else {
-			for _, id := range q.plain {
-				v := Verdict{ID: id, Verdict: VerdictAccept}
-				q.out, _ = AppendVerdict(q.out, q.Num, 0, &v)
-			}
-		}
-		q.plain = q.plain[:0]
+	if q.plainRun > 1 && q.open == 0 && !q.noBatch {
+		q.out = AppendVerdictBatch(q.out[:q.runStart], q.Num, 0, q.runMax, VerdictAccept)
 	}
+	q.plainRun = 0
 	if len(q.out) == 0 {
 		return nil
 	}
