@@ -23,8 +23,10 @@
 // hash and two consumer processes run.
 //
 // Rounds alternate the consumers; the report gives, per consumer and queue
-// count, the median packets/s, the spread (min-max) and the median of the
-// per-round ratios to c with the same queue count.
+// count, the median packets/s, the spread (min-max) and the per-round
+// ratios to c and c-mmsg with the same queue count, and the same for
+// packets per CPU-second of the consumer processes (see report). With one
+// queue the sender runs on CPU 0 and the consumer on CPU 1 (-pin).
 package main
 
 import (
@@ -412,31 +414,51 @@ func (b *bench) measure(ctx context.Context, impl string, nq int) (float64, erro
 	return float64(c1-c0) / el.Seconds(), nil
 }
 
+// report prints two tables. Packets/s: what the consumer answered per
+// second of the run. Packets per CPU-second: the same divided by the CPU
+// time the consumer processes used (user and system time, which includes
+// the kernel's verdict and reinjection work done in their system calls):
+// the rate one fully available CPU would give, the figure that stays
+// comparable when other load on the machine takes CPU time from the
+// consumer. Ratios are per round, to the C consumers of the same round and
+// queue count; min/max are over the rounds.
 func report(w io.Writer, o options, results, cpus map[key][]float64) {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "consumer\tqueues\tmedian packets/s\tmin\tmax\tratio to c (median)\tratio min\tratio max\tconsumer CPU µs/packet (median)\t")
-	for _, nq := range o.queues {
-		base := results[key{"c", nq}]
-		for _, impl := range o.impls {
-			v := results[key{impl, nq}]
-			if len(v) == 0 {
-				continue
-			}
-			line := fmt.Sprintf("%s\t%d\t%.0f\t%.0f\t%.0f\t", impl, nq, median(v), slices.Min(v), slices.Max(v))
-			if len(base) == len(v) {
-				ratios := make([]float64, len(v))
-				for i := range v {
-					ratios[i] = v[i] / base[i]
-				}
-				line += fmt.Sprintf("%.2f\t%.2f\t%.2f\t", median(ratios), slices.Min(ratios), slices.Max(ratios))
-			} else {
-				line += "-\t-\t-\t"
-			}
-			line += fmt.Sprintf("%.2f\t", median(cpus[key{impl, nq}]))
-			fmt.Fprintln(tw, line)
+	capacity := map[key][]float64{}
+	for k, v := range results {
+		for i := range v {
+			capacity[k] = append(capacity[k], v[i]/(cpus[k][i]*v[i]/1e6)) // packets per CPU-second
 		}
 	}
-	tw.Flush()
+	table := func(title string, m map[key][]float64) {
+		fmt.Fprintf(w, "\n%s\n", title)
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "consumer\tqueues\tmedian\tmin\tmax\tto c: median\tmin\tmax\tto c-mmsg: median\tmin\tmax\t")
+		for _, nq := range o.queues {
+			for _, impl := range o.impls {
+				v := m[key{impl, nq}]
+				if len(v) == 0 {
+					continue
+				}
+				line := fmt.Sprintf("%s\t%d\t%.0f\t%.0f\t%.0f\t", impl, nq, median(v), slices.Min(v), slices.Max(v))
+				for _, ref := range []string{"c", "c-mmsg"} {
+					base := m[key{ref, nq}]
+					if len(base) != len(v) {
+						line += "-\t-\t-\t"
+						continue
+					}
+					ratios := make([]float64, len(v))
+					for i := range v {
+						ratios[i] = v[i] / base[i]
+					}
+					line += fmt.Sprintf("%.2f\t%.2f\t%.2f\t", median(ratios), slices.Min(ratios), slices.Max(ratios))
+				}
+				fmt.Fprintln(tw, line)
+			}
+		}
+		tw.Flush()
+	}
+	table("packets/s", results)
+	table("packets per consumer CPU-second", capacity)
 }
 
 func median(v []float64) float64 {
