@@ -20,7 +20,10 @@
 // nfq-nobatch (no NFQNL_MSG_VERDICT_BATCH), nfq-rewrite (every packet
 // accepted with an altered payload: one byte changed, UDP checksum
 // cleared). With -queues 2 the rule balances over two queues by address
-// hash and two consumer processes run.
+// hash and two consumer processes run. (Up to commit 2ee1734 there was also
+// go-nfqueue: github.com/florianl/go-nfqueue/v2, the library package nfq
+// used before, verdict from its callback; docs/BENCHMARKS.md has its
+// figures.)
 //
 // Rounds alternate the consumers; the report gives, per consumer and queue
 // count, the median packets/s, the spread (min-max) and the per-round
@@ -51,11 +54,9 @@ import (
 	"time"
 	"unsafe"
 
-	nfqueue "github.com/florianl/go-nfqueue/v2"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/xt"
-	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/nfhelper/nfhelper/nfq"
@@ -476,9 +477,6 @@ func consume(impl string, num uint16) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	var answered uint64
-	if impl == "go-nfqueue" {
-		return consumeGoNfqueue(ctx, num)
-	}
 	cfg := nfq.Config{Num: num, MaxLen: 4096}
 	switch impl {
 	case "nfq-recvfrom":
@@ -580,35 +578,4 @@ func send() int {
 		fd := fds[i%len(fds)]
 		unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])), batch, 0, 0, 0)
 	}
-}
-
-// consumeGoNfqueue is the consumer nfhelperd had before package nfq spoke
-// netlink itself: github.com/florianl/go-nfqueue/v2, verdict from the
-// callback.
-func consumeGoNfqueue(ctx context.Context, num uint16) int {
-	nf, err := nfqueue.Open(&nfqueue.Config{NfQueue: num, MaxPacketLen: 0xffff, MaxQueueLen: 4096,
-		Copymode: nfqueue.NfQnlCopyPacket, AfFamily: unix.AF_UNSPEC})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer nf.Close()
-	nf.SetOption(netlink.NoENOBUFS, true)
-	nf.Con.SetReadBuffer(4 << 20)
-	var answered uint64
-	err = nf.RegisterWithErrorFunc(ctx, func(a nfqueue.Attribute) int {
-		if a.PacketID != nil {
-			answered++
-			nf.SetVerdict(*a.PacketID, nfqueue.NfAccept)
-		}
-		return 0
-	}, func(err error) int { return 0 })
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	fmt.Println("ready")
-	<-ctx.Done()
-	fmt.Printf("answered %d\n", answered)
-	return 0
 }
