@@ -260,3 +260,88 @@ func TestQueueRealPackets(t *testing.T) {
 		t.Error("Close did not stop the reader")
 	}
 }
+
+// TestQueueConntrack: with the conntrack flag (stock kernels only; skipped
+// where the kernel refuses it), a queued packet carries its connection
+// (NFQA_CT, NFQA_CT_INFO), and a verdict carrying NFQA_CT changes it: here
+// the connection mark (CTA_MARK), seen by a later rule.
+func TestQueueConntrack(t *testing.T) {
+	ns := testNetns(t)
+	c, _ := itRules(t, ns)
+	tbl := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: "nfqit"}
+	pol := nftables.ChainPolicyAccept
+	in2 := c.AddChain(&nftables.Chain{Name: "in_ct", Table: tbl, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &pol})
+	c.AddRule(&nftables.Rule{Table: tbl, Chain: in2, Exprs: []expr.Any{
+		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, 0x77)},
+		&expr.Counter{},
+	}})
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var q *nfq.Queue
+	var rx, tx net.PacketConn
+	inNetns(t, ns, func() {
+		var err error
+		q, err = nfq.Open(nfq.Config{Num: itQueue, Flags: nfq.FlagConntrack})
+		if errors.Is(err, nfq.ErrConntrackUnsupported) {
+			t.Skipf("this kernel: %v", err)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rx, err = net.ListenPacket("udp4", fmt.Sprintf("127.0.0.1:%d", itPort)); err != nil {
+			t.Fatal(err)
+		}
+		if tx, err = net.ListenPacket("udp4", "127.0.0.2:0"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	defer q.Close()
+	defer rx.Close()
+	defer tx.Close()
+	type seen struct {
+		ct     []byte
+		info   uint32
+		hasCT  bool
+		hasInf bool
+	}
+	got := make(chan seen, 4)
+	// CTA_MARK (8), big-endian 0x77.
+	ctMark := []byte{8, 0, 8, 0, 0, 0, 0, 0x77}
+	_, err := q.Run(context.Background(), func(m *nfq.Message) {
+		got <- seen{append([]byte(nil), m.CT...), m.CTInfo, m.CT != nil, m.HasCTInfo}
+		q.SetVerdict(&nfq.Verdict{ID: m.ID, Verdict: nfq.VerdictAccept, CT: ctMark})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: itPort}
+	tx.WriteTo([]byte("one"), dst)
+	s := <-got
+	if !s.hasCT || !s.hasInf || s.info != 2 { // IP_CT_NEW
+		t.Errorf("conntrack of a new flow: CT %x, info %d (present %v)", s.ct, s.info, s.hasInf)
+	}
+	rx.SetReadDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 16)
+	if n, _, err := rx.ReadFrom(buf); err != nil || string(buf[:n]) != "one" {
+		t.Fatalf("received %q, %v", buf[:n], err)
+	}
+	rules, err := c.GetRules(tbl, in2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var marked uint64
+	for _, r := range rules {
+		for _, e := range r.Exprs {
+			if ctr, ok := e.(*expr.Counter); ok {
+				marked = ctr.Packets
+			}
+		}
+	}
+	if marked != 1 {
+		t.Errorf("%d packets reached input with ct mark 0x77, want 1 (the verdict's NFQA_CT)", marked)
+	}
+	t.Logf("NFQA_CT of the first packet: %x", s.ct)
+}
