@@ -2,6 +2,7 @@ package nfq
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"sync"
 	"testing"
@@ -338,4 +339,49 @@ func BenchmarkParseQueueMessage(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// TestQueueBindAnswers: the kernel's answers to configuration requests
+// (acknowledgements, an error) are matched; packets that arrive before the
+// last answer are kept and handed over first when the reader starts.
+func TestQueueBindAnswers(t *testing.T) {
+	q, k := pairQueue(t, Config{Num: 3})
+	ack := func(errno int32, seq uint32) []byte {
+		b := make([]byte, nlmsgHdrLen+4+nlmsgHdrLen)
+		binary.NativeEndian.PutUint32(b, uint32(len(b)))
+		binary.NativeEndian.PutUint16(b[4:], nlmsgError)
+		binary.NativeEndian.PutUint32(b[16:], uint32(-errno))
+		binary.NativeEndian.PutUint32(b[20+8:], seq)
+		return b
+	}
+	// The kernel's side: the packet, then the ack, both already waiting.
+	kernelSend(t, k, testPacket{num: 3, id: 41, payload: []byte("early")})
+	unix.Write(k, ack(0, 3))
+	if err := q.request(appendConfigCmd(nil, 3, 3, cfgCmdBind, 0), 1); err != nil {
+		t.Fatal(err)
+	}
+	if got := kernelRecv(t, k); len(got) != 1 || got[0].typ != msgConfig {
+		t.Fatalf("request sent %+v", got)
+	}
+	unix.Write(k, ack(int32(unix.EPERM), 4))
+	if err := q.request(appendConfigCmd(nil, 3, 4, cfgCmdBind, 0), 1); !errors.Is(err, unix.EPERM) {
+		t.Fatalf("refused request: %v", err)
+	}
+	kernelRecv(t, k)
+	ids := make(chan uint32, 2)
+	done, err := q.Start(context.Background(), func(id uint32, pkt []byte, mark uint32) {
+		ids <- id
+		q.Accept(id, false, 0, nil)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id := <-ids; id != 41 {
+		t.Fatalf("first packet %d", id)
+	}
+	if got := kernelRecv(t, k); len(got) != 1 || got[0].id != 41 {
+		t.Fatalf("verdict %+v", got)
+	}
+	q.Close()
+	<-done
 }
