@@ -170,6 +170,15 @@ func (m *Metrics) writeQueues(x *expo) {
 	for _, q := range m.queues {
 		x.sample("nfhelper_queue_read_errors_total", q.ReadErrors.Load(), "queue", strconv.Itoa(int(q.Num)))
 	}
+	x.family("nfhelper_queue_verdict_errors_total", "counter",
+		"Verdicts of each queue the kernel refused or that could not be sent (a packet id it no longer holds, a malformed altered packet).")
+	for _, q := range m.queues {
+		x.sample("nfhelper_queue_verdict_errors_total", q.VerdictErrors.Load(), "queue", strconv.Itoa(int(q.Num)))
+	}
+	x.family("nfhelper_queue_malformed_total", "counter", "Messages from the kernel on each queue's socket that could not be parsed.")
+	for _, q := range m.queues {
+		x.sample("nfhelper_queue_malformed_total", q.Malformed.Load(), "queue", strconv.Itoa(int(q.Num)))
+	}
 	if kernel := nfq.KernelStats(nfq.ProcQueueStats); len(kernel) > 0 {
 		x.family("nfhelper_queue_kernel_dropped_total", "counter",
 			"Packets the kernel dropped because a queue was full (none while fail-open accepts them).")
