@@ -48,7 +48,8 @@ fuzz:
 	done
 
 # Mixed FTP sessions through the VIPs while the daemon is reloaded and
-# restarted (SIGTERM and SIGKILL); reports failed sessions (target: none).
+# restarted (in place with SIGUSR2, and SIGKILL as a crash); reports failed
+# sessions (target: none but passive channels announced while it was dead).
 SOAKTIME ?= 2m
 soak: deps
 	$(GO) run ./integration/soak -duration $(SOAKTIME)

@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -26,7 +27,8 @@ import (
 //     behind.
 //  3. Start again: it must take over the stale table and the connections
 //     conntrack holds (a control connection opened before the crash goes
-//     on being helped, with its changed lengths), serve, and again stop
+//     on being helped, with its changed lengths), serve, hand itself over
+//     to a new process in place (SIGUSR2) the same way, and again stop
 //     cleanly.
 func TestDaemonShutdown(t *testing.T) {
 	d := needDaemon(t)
@@ -85,7 +87,8 @@ func TestDaemonShutdown(t *testing.T) {
 	}
 	setDaemon(d3)
 	reportDatapath(t, d3)
-	t.Run("restart-safe", func(t *testing.T) { resume.finish(t, d3) })
+	t.Run("restart-safe", func(t *testing.T) { resume.finish(t, d3.Log()) })
+	t.Run("hand-over", func(t *testing.T) { checkHandOver(t, d3) })
 	r := runFtpget(t, tp.Client, net.JoinHostPort(topo.VIP4, "21"), "pasv", "small.bin", 1)
 	if r.results[0].SHA256 != tp.Files["small.bin"] {
 		t.Errorf("after restart: small.bin sha256 %s, want %s", r.results[0].SHA256, tp.Files["small.bin"])
@@ -188,4 +191,31 @@ func checkNoAnomalies(t *testing.T, log string) {
 			t.Errorf("%s=%s: %s", counter, m[1], line)
 		}
 	}
+}
+
+// checkHandOver: SIGUSR2 makes d exec itself, handing its queues over; the
+// same process (same pid) takes the table and a running control connection
+// whose lengths changed over, without a restart's gap.
+func checkHandOver(t *testing.T, d *topo.Daemon) {
+	resume := startResume(t)
+	before := len(d.Log())
+	pid := d.Pid()
+	if err := syscall.Kill(pid, syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(d.Log()[before:], "msg=ready") {
+		if time.Now().After(deadline) || !d.Running() {
+			t.Fatalf("not ready again after SIGUSR2 (running %v):\n%s", d.Running(), d.Log()[before:])
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	log := d.Log()[before:]
+	if !strings.Contains(log, "msg=\"handing over\"") {
+		t.Errorf("no hand-over logged:\n%s", log)
+	}
+	if d.Pid() != pid {
+		t.Errorf("pid %d after the hand-over, want %d", d.Pid(), pid)
+	}
+	resume.finish(t, log)
 }

@@ -345,3 +345,57 @@ func TestQueueConntrack(t *testing.T) {
 	}
 	t.Logf("NFQA_CT of the first packet: %x", s.ct)
 }
+
+// TestQueueInheritAdopt: a queue handed over (as across exec) goes on in
+// its successor: a packet queued while nobody reads is read by the adopted
+// queue, whose verdict (a mark) reaches the kernel.
+func TestQueueInheritAdopt(t *testing.T) {
+	ns := testNetns(t)
+	_, marked := itRules(t, ns)
+	var q *nfq.Queue
+	var rx, tx net.PacketConn
+	inNetns(t, ns, func() {
+		var err error
+		if q, err = nfq.Open(nfq.Config{Num: itQueue, MaxLen: 64, Flags: nfq.FlagFailOpen}); err != nil {
+			t.Fatal(err)
+		}
+		if rx, err = net.ListenPacket("udp4", fmt.Sprintf("127.0.0.1:%d", itPort)); err != nil {
+			t.Fatal(err)
+		}
+		if tx, err = net.ListenPacket("udp4", "127.0.0.2:0"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	defer rx.Close()
+	defer tx.Close()
+	f, err := q.Inherit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.Close() // the predecessor is gone; the inherited copy keeps the binding
+	if _, err := tx.WriteTo([]byte("handed over"), &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: itPort}); err != nil {
+		t.Fatal(err)
+	}
+	next, err := nfq.Adopt(int(f.Fd()), nfq.Config{Num: itQueue})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer next.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := next.Start(ctx, func(id uint32, pkt []byte, mark uint32) { next.Accept(id, true, itMark, nil) }); err != nil {
+		t.Fatal(err)
+	}
+	rx.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 64)
+	n, _, err := rx.ReadFrom(buf)
+	if err != nil || string(buf[:n]) != "handed over" {
+		t.Fatalf("packet queued across the hand-over: %q %v", buf[:n], err)
+	}
+	if got := marked(); got != 1 {
+		t.Errorf("%d packets carried the successor's mark, want 1", got)
+	}
+	if _, err := nfq.Adopt(int(os.Stdin.Fd()), nfq.Config{Num: itQueue}); err == nil {
+		t.Error("adopted a file that is no netlink socket")
+	}
+}

@@ -34,11 +34,14 @@ const (
 	datapathName = "xt-nfqueue+nft-maps"
 )
 
-func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger) error {
+// run runs the daemon until ctx ends (a full stop: the table goes) or
+// SIGUSR2 asks for a hand-over, which leaves the table and returns the
+// queue sockets for the successor (see handover.go).
+func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger) (inherit map[uint16]*os.File, err error) {
 	started := time.Now()
 	engine, err := ipvs.NewEngine(services(cfg), markMask)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	engine.Log = log
 	spec := specFor(cfg, engine.Services())
@@ -56,17 +59,19 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 			q.Close()
 		}
 	}()
+	inherited := inheritedQueues()
 	for i := range spec.QueueTotal {
-		q, err := nfq.OpenQueue(spec.QueueNum+i, 4096)
+		q, err := openQueue(spec.QueueNum+i, inherited)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		queues = append(queues, q)
 	}
+	closeUnused(inherited)
 	mx := metrics.New(engine, queues)
 	dpConn, err := nftables.New()
 	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
+		return nil, fmt.Errorf("nftables: %w", err)
 	}
 	dp := &datapath{conn: dpConn, log: log, metrics: mx, reqs: make(chan *pending, 1024)}
 
@@ -74,27 +79,37 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 	// finds a reader, and a second daemon stops here, before it could
 	// replace the running one's table.
 	errs := make(chan error, len(queues))
+	// The readers stop first at a hand-over: what they have not read waits
+	// in the sockets for the successor.
+	readCtx, stopReading := context.WithCancel(ctx)
+	var readers sync.WaitGroup
 	for _, q := range queues {
-		done, err := q.Start(ctx, handler(q, q.Num, engine.NewWorker(), &engine.Stats, dp, mx, log))
+		done, err := q.Start(readCtx, handler(q, q.Num, engine.NewWorker(), &engine.Stats, dp, mx, log))
 		if err != nil {
-			return err
+			stopReading()
+			return nil, err
 		}
-		wg.Go(func() {
+		readers.Go(func() {
 			if err := <-done; err != nil {
 				errs <- err
 			}
 		})
 	}
+	defer readers.Wait()
+	defer stopReading()
 
 	nftConn, err := nftables.New()
 	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
+		return nil, fmt.Errorf("nftables: %w", err)
 	}
 	ruleset, err := nft.Install(nftConn, spec)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer func() {
+		if inherit != nil {
+			return // the successor takes the table over
+		}
 		if err := nft.Remove(nftConn, tableName); err != nil {
 			log.Error("cleanup", "err", err)
 		}
@@ -138,9 +153,12 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 	log.Info("ready", "datapath", datapathName, "queues", fmt.Sprintf("%d-%d", spec.QueueNum, spec.QueueNum+spec.QueueTotal-1),
 		"services", len(spec.Services), "helpers", len(spec.AddOns), "table", "inet "+tableName, "socket", control.Path())
 
-	hup := make(chan os.Signal, 1)
+	hup, usr2 := make(chan os.Signal, 1), make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
+	signal.Notify(usr2, syscall.SIGUSR2)
 	defer signal.Stop(hup)
+	defer signal.Stop(usr2)
+	handover := false
 wait:
 	for {
 		select {
@@ -148,6 +166,9 @@ wait:
 			err = nil
 			break wait
 		case err = <-errs:
+			break wait
+		case <-usr2:
+			handover = true
 			break wait
 		case <-hup:
 			err := reload(path, cfg.Queue, engine, ruleset, nftConn)
@@ -160,12 +181,31 @@ wait:
 			}
 		}
 	}
-	// Stop queueing first, then answer what is already queued: closing a
-	// queue drops the packets still waiting in it.
-	if err := nft.Remove(nftConn, tableName); err != nil {
-		log.Error("cleanup", "err", err)
+	if handover {
+		stopReading()
+		readers.Wait()
+		dp.idle() // every packet the readers took has its verdict
+		inherit = make(map[uint16]*os.File, len(queues))
+		for _, q := range queues {
+			f, ferr := q.Inherit()
+			if ferr != nil {
+				// Without its socket the successor would have to bind the
+				// queue anew: stop as usual instead.
+				log.Error("hand-over", "err", ferr)
+				handover, inherit = false, nil
+				break
+			}
+			inherit[q.Num] = f
+		}
 	}
-	drain(queues, time.Second)
+	if !handover {
+		// Stop queueing first, then answer what is already queued: closing
+		// a queue drops the packets still waiting in it.
+		if err := nft.Remove(nftConn, tableName); err != nil {
+			log.Error("cleanup", "err", err)
+		}
+		drain(queues, time.Second)
+	}
 	cancel()
 	for _, q := range queues {
 		q.Close()
@@ -178,8 +218,12 @@ wait:
 				"active", rs.Active.Load(), "inactive", rs.Inactive.Load(), "packets", rs.Packets.Load(), "bytes", rs.Bytes.Load())
 		}
 	}
+	if handover {
+		log.Info("handing over", statsAttrs(&engine.Stats)...)
+		return inherit, nil
+	}
 	log.Info("stopping", statsAttrs(&engine.Stats)...)
-	return err
+	return nil, err
 }
 
 func statsAttrs(s *ipvs.Stats) []any {
@@ -418,17 +462,24 @@ type datapath struct {
 	log     *slog.Logger
 	metrics *metrics.Metrics
 	reqs    chan *pending
+	// inflight counts packets submitted and not yet answered.
+	inflight sync.WaitGroup
 }
 
 // submit hands p to the datapath; false when its backlog is full.
 func (d *datapath) submit(p *pending) bool {
+	d.inflight.Add(1)
 	select {
 	case d.reqs <- p:
 		return true
 	default:
+		d.inflight.Done()
 		return false
 	}
 }
+
+// idle waits until every submitted packet has its verdict.
+func (d *datapath) idle() { d.inflight.Wait() }
 
 func (d *datapath) run(ctx context.Context) {
 	var batch []*pending
@@ -466,6 +517,7 @@ func (d *datapath) run(ctx context.Context) {
 				d.log.Warn("verdict", "err", err)
 			}
 			d.metrics.ObserveVerdict(time.Since(p.start))
+			d.inflight.Done()
 		}
 		// Evicted channels may go after the verdicts: nothing waits on them.
 		// One that timed out already fails the batch; the rest time out too.
