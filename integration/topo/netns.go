@@ -25,6 +25,10 @@ func DialIn(ctx context.Context, ns, network, addr string) (net.Conn, error) {
 	return conn, err
 }
 
+// Do runs fn on an OS thread switched into the named network namespace;
+// sockets it creates stay there.
+func Do(ns string, fn func() error) error { return doInNS(ns, fn) }
+
 func doInNS(ns string, fn func() error) error {
 	target, err := os.Open("/run/netns/" + ns)
 	if err != nil {
