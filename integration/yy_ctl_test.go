@@ -131,7 +131,7 @@ func TestCtl(t *testing.T) {
 		ctlJSON(t, sock, "conns", &cs)
 		var got *ctl.Conn
 		for i := range cs.Conns {
-			if cs.Conns[i].Client == client {
+			if cs.Conns[i].Client == client && cs.Conns[i].Protocol == "TCP" {
 				got = &cs.Conns[i]
 			}
 		}
