@@ -152,7 +152,7 @@ func TestCtl(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("exit %d: %s", code, errOut)
 		}
-		t.Logf("nfhelperctl conns:\n%s", out)
+		t.Logf("nfhelperctl conns (head):\n%s", headLines(out, 30))
 		var line, child bool
 		for _, l := range strings.Split(out, "\n") {
 			if strings.HasPrefix(l, "TCP ") && strings.Contains(l, client.String()) && strings.Contains(l, "ESTABLISHED") {
@@ -279,4 +279,13 @@ func TestCtl(t *testing.T) {
 			t.Errorf("unknown command: exit %d, stderr %q", code, errOut)
 		}
 	})
+}
+
+// headLines is the first n lines of s.
+func headLines(s string, n int) string {
+	lines := strings.SplitN(s, "\n", n+1)
+	if len(lines) > n {
+		lines[n] = "..."
+	}
+	return strings.Join(lines, "\n")
 }
