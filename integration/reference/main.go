@@ -64,9 +64,9 @@ func main() {
 	flag.StringVar(&o.out, "out", "", "write the markdown report to this file too")
 	flag.StringVar(&o.systems, "systems", "ipvs,nft,nfhelperd", "systems to run, in order")
 	flag.StringVar(&o.bin, "bin", os.Getenv("NFH_DAEMON_BIN"), "nfhelperd binary (default $NFH_DAEMON_BIN, else go build ./cmd/nfhelperd)")
-	flag.DurationVar(&o.duration, "rate-duration", 6*time.Second, "length of each session-rate run (0: no rates)")
+	flag.DurationVar(&o.duration, "rate-duration", 8*time.Second, "length of each session-rate run (0: no rates)")
 	flag.IntVar(&o.workers, "rate-workers", 8, "concurrent sessions of the load generator")
-	flag.IntVar(&o.rounds, "rate-rounds", 2, "rate rounds; each measures every system once; the report gives the median")
+	flag.IntVar(&o.rounds, "rate-rounds", 3, "rate rounds; each measures every system once; the report gives the median")
 	flag.StringVar(&o.command, "command", "make vmreport", "the command named in the report as the way to reproduce it")
 	flag.Parse()
 	if flag.NArg() > 0 || o.workers < 1 || o.rounds < 1 || o.duration < 0 || o.duration > 2*time.Minute {
@@ -153,6 +153,7 @@ func vip(v6 bool) string {
 }
 
 func run(o options) int {
+	began := time.Now()
 	ctx, tmp, done, err := topo.StartTool("reference")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "reference:", err)
@@ -242,6 +243,7 @@ func run(o options) int {
 		logf("interrupted")
 		return 130
 	}
+	rep.took = time.Since(began)
 	text := rep.markdown(ctx, o, e)
 	fmt.Print(text)
 	if o.out != "" {
@@ -347,7 +349,9 @@ func (e *env) systems() []system {
 			return nil
 		},
 		down: func(ctx context.Context) { _ = run(ctx, "ipvsadm", "-C") },
-		note: "`ipvsadm -A -t VIP:PORT -s rr`, real servers with `-m` (NAT), `net.ipv4.vs.conntrack=1`, `modprobe ip_vs_ftp ports=21,2321`",
+		note: "`ipvsadm -A -t VIP:PORT -s rr`, real servers with `-m` (NAT), `net.ipv4.vs.conntrack=1`, `modprobe ip_vs_ftp ports=21,2321`. " +
+			"ip_vs_ftp expects an active data connection from the port below the control port (RFC 959's L-1: 20 for vsftpd); " +
+			"quirkyftpd connects from an ephemeral port, which is consistent with its PORT failure",
 	}
 	nftSys := system{
 		name: "nft DNAT + nf_nat_ftp", key: "nft",
@@ -680,6 +684,7 @@ type report struct {
 	unavailable map[string]string
 	rates       []*rate
 	datapath    string
+	took        time.Duration
 }
 
 func (r *report) markdown(ctx context.Context, o options, e *env) string {
@@ -771,6 +776,7 @@ func (r *report) markdown(ctx context.Context, o options, e *env) string {
 			fmt.Fprintf(&b, "| %s | %.1f | %s | %d | %.1f | %.1f |\n", rt.system, rt.median, ratio, rt.failures, median(p50), median(p99))
 		}
 	}
+	fmt.Fprintf(&b, "\nThe run took %v.\n", r.took.Round(time.Second))
 	return b.String()
 }
 
