@@ -121,7 +121,10 @@ vm-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-vmtest: vmsuite vmreport
+# Both parts run; vmtest fails if either failed.
+vmtest: deps vm-deps
+	@rc=0; $(MAKE) --no-print-directory vmsuite || rc=1; \
+	$(MAKE) --no-print-directory vmreport || rc=1; exit $$rc
 
 vmsuite: deps vm-deps
 	@set -e; for dp in $(or $(VM_DATAPATHS),default); do \
