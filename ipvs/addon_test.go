@@ -51,10 +51,11 @@ func TestAddOnBehindSNAT(t *testing.T) {
 		t.Errorf("active channel %+v, want %+v", v.Open, want)
 	}
 
-	// The server's reply, from its side of the SNAT.
-	w.Process(seg(server, nat, isn+1, 126, pshAck, "200 ok\r\n"), 0)
+	// The server's reply, from its side of the SNAT; it acknowledges the
+	// client's bytes as it got them (the PORT line 3 bytes shorter).
+	w.Process(seg(server, nat, isn+1, 123, pshAck, "200 ok\r\n"), 0)
 	w.Process(seg(client, server, 126, isn+9, pshAck, "PASV\r\n"), 0)
-	reply := seg(server, nat, isn+9, 132, pshAck, "227 Entering Passive Mode (10,0,0,12,156,64).\r\n")
+	reply := seg(server, nat, isn+9, 129, pshAck, "227 Entering Passive Mode (10,0,0,12,156,64).\r\n")
 	v = w.Process(reply, 0)
 	if _, p := payload(t, v, reply); p != "227 Entering Passive  (198,51,100,20,156,64).\r\n" {
 		t.Errorf("227 sent as %q", p)

@@ -64,6 +64,7 @@ type Stats struct {
 	Backlogged                             atomic.Uint64 // data channels not opened: the datapath's backlog was full
 	Restored                               atomic.Uint64 // connections taken back from conntrack at start
 	Throttled                              atomic.Uint64 // segments dropped: their sender has maxEdits rewrites unacknowledged
+	Skipped                                atomic.Uint64 // streams that picked up after bytes went by the daemon (fail-open)
 	Refused                                [numRefusals]atomic.Uint64
 }
 
@@ -314,6 +315,10 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	outAck, sack := ack, false
 	if flags&nfq.FlagACK != 0 && (peer.synced || peer.resync) {
 		outAck = peer.acked(ack)
+		if peer.skipped {
+			peer.skipped = false
+			e.Stats.Skipped.Add(1)
+		}
 		peer.prune(outAck)
 		sack = (peer.base != 0 || len(peer.edits) > 0) && tcp.DataOffset() > nfq.TCPMinHeaderLen
 	}

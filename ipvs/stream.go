@@ -32,6 +32,7 @@ func (e *streamEdit) newText() []byte { return e.text[:e.n] }
 type stream struct {
 	synced   bool   // next is known (the SYN was seen)
 	resync   bool   // resumed after a restart: next is the next segment's
+	skipped  bool   // bytes went by unseen; reported once by the worker
 	stopped  bool   // the helper ended inspection
 	next     uint32 // first input byte not yet presented to the helper
 	carry    []byte // input [next-len(carry), next), presented again
@@ -92,6 +93,13 @@ func (st *stream) input(y uint32) uint32 {
 // since the sender no longer will resend them.
 func (st *stream) acked(y uint32) uint32 {
 	x := st.input(y)
+	if st.synced && nfq.SeqAfter(x, st.next) {
+		// The receiver has bytes the stream never saw: they went by (the
+		// queue failed open, full or without a reader). Segments after
+		// them would wait forever for the gap to fill: pick up at x.
+		st.next, st.carry, st.hold, st.rel = x, st.carry[:0], 0, st.rel[:0]
+		st.skipped = true
+	}
 	if len(st.rel) > 0 && !nfq.SeqBefore(x, st.relFrom+uint32(len(st.rel))) {
 		st.rel = st.rel[:0]
 	}

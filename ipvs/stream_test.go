@@ -383,3 +383,26 @@ func TestHelpedSYNsLowerMSS(t *testing.T) {
 		t.Error("a SYN to a service without a helper was altered")
 	}
 }
+
+// TestStreamPicksUpAfterBytesWentBy: bytes that passed around the daemon
+// (the queue failed open) are acknowledged by the receiver; the stream
+// picks up after them instead of dropping every later segment as past a gap.
+func TestStreamPicksUpAfterBytesWentBy(t *testing.T) {
+	const isn = 100
+	c := openConn(t, "0123456789", isn)
+	s := uint32(isn + 1)
+	c.send(s, "1 x\n")
+	// "2 y\n" went by unseen; the client acknowledges it.
+	if a := c.ack(s + 8); a != s+8 {
+		t.Errorf("ack %d, want %d", a, s+8)
+	}
+	if c.e.Stats.Skipped.Load() != 1 {
+		t.Errorf("skipped = %d", c.e.Stats.Skipped.Load())
+	}
+	if gotSeq, got := c.send(s+8, "R abc\n"); gotSeq != s+8 || got != "R 0123456789\n" {
+		t.Errorf("after the bytes that went by: %d %q", gotSeq, got)
+	}
+	if c.e.Stats.Dropped.Load() != 0 {
+		t.Errorf("dropped %d", c.e.Stats.Dropped.Load())
+	}
+}

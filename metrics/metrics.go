@@ -231,6 +231,7 @@ var engineCounters = [...]struct {
 	{"nfhelper_data_channels_backlogged_total", "Data channels not opened because the datapath was too far behind.", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Backlogged }},
 	{"nfhelper_restored_connections_total", "Connections taken back from conntrack at start (a restart after a crash).", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Restored }},
 	{"nfhelper_throttled_segments_total", "Segments dropped because their sender had too many rewrites unacknowledged (it resends them).", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Throttled }},
+	{"nfhelper_skipped_streams_total", "Times a helped stream picked up after bytes went by the daemon (the queue failed open).", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Skipped }},
 	{"nfhelper_data_channels_opened_total", "Data channels opened.", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Channels }},
 	{"nfhelper_data_channels_evicted_total", "Unused data channels evicted by the per-connection limit.", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Evicted }},
 	{"nfhelper_inspections_stopped_total", "Connections whose inspection stopped (TLS).", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Stopped }},

@@ -233,7 +233,7 @@ func statsAttrs(s *ipvs.Stats) []any {
 		"rewritten", s.Rewritten.Load(), "corrected", s.Corrected.Load(), "held", s.Held.Load(),
 		"dropped_out_of_order", s.Dropped.Load(), "channels", s.Channels.Load(), "evicted", s.Evicted.Load(),
 		"stopped_tls", s.Stopped.Load(), "conntrack_gone", s.ConntrackGone.Load(), "unparsed", s.Unparsed.Load(), "bad_checksum", s.BadChecksum.Load(),
-		"helper_errors", s.HelperErrors.Load(), "panics", s.Panics.Load(), "backlogged", s.Backlogged.Load(), "restored", s.Restored.Load(), "throttled", s.Throttled.Load(),
+		"helper_errors", s.HelperErrors.Load(), "panics", s.Panics.Load(), "backlogged", s.Backlogged.Load(), "restored", s.Restored.Load(), "throttled", s.Throttled.Load(), "skipped", s.Skipped.Load(),
 	}
 	for r := range s.Refused {
 		attrs = append(attrs, "refused_"+ipvs.Refusal(r).String(), s.Refused[r].Load())
