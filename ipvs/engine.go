@@ -367,6 +367,9 @@ func (w *Worker) flow(c *Conn, dir Direction, st *stream, seq uint32, flags uint
 	e := w.e
 	in := w.in.PayloadBytes()
 	fin := flags&nfq.FlagFIN != 0
+	if fin && st.synced {
+		st.fin = true
+	}
 	shifted := seq + uint32(st.off(seq))
 	if !st.synced || st.stopped || c.help.helper == nil || flags&(nfq.FlagSYN|nfq.FlagRST) != 0 {
 		return shifted, nil, false

@@ -33,6 +33,7 @@ type stream struct {
 	synced   bool   // next is known (the SYN was seen)
 	resync   bool   // resumed after a restart: next is the next segment's
 	skipped  bool   // bytes went by unseen; reported once by the worker
+	fin      bool   // the sender's FIN was seen: it takes sequence number next
 	stopped  bool   // the helper ended inspection
 	next     uint32 // first input byte not yet presented to the helper
 	carry    []byte // input [next-len(carry), next), presented again
@@ -93,7 +94,7 @@ func (st *stream) input(y uint32) uint32 {
 // since the sender no longer will resend them.
 func (st *stream) acked(y uint32) uint32 {
 	x := st.input(y)
-	if st.synced && nfq.SeqAfter(x, st.next) {
+	if st.synced && nfq.SeqAfter(x, st.next) && !(st.fin && x == st.next+1) {
 		// The receiver has bytes the stream never saw: they went by (the
 		// queue failed open, full or without a reader). Segments after
 		// them would wait forever for the gap to fill: pick up at x.

@@ -406,3 +406,15 @@ func TestStreamPicksUpAfterBytesWentBy(t *testing.T) {
 		t.Errorf("dropped %d", c.e.Stats.Dropped.Load())
 	}
 }
+
+func TestStreamFINIsNoSkip(t *testing.T) {
+	const isn = 100
+	c := openConn(t, "xy", isn)
+	s := uint32(isn + 1)
+	c.send(s, "221 bye\r\n")
+	c.server(s+9, finAck, "")
+	c.ack(s + 10) // the FIN's sequence number acknowledged
+	if n := c.e.Stats.Skipped.Load(); n != 0 {
+		t.Errorf("skipped = %d after the FIN's acknowledgement", n)
+	}
+}
