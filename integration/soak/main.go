@@ -28,6 +28,7 @@ type options struct {
 	duration              time.Duration
 	clients               int
 	reloadEvery, restartE time.Duration
+	crash                 bool
 }
 
 func main() {
@@ -36,7 +37,8 @@ func main() {
 	flag.DurationVar(&o.duration, "duration", time.Minute, "how long to run sessions")
 	flag.IntVar(&o.clients, "clients", 6, "concurrent client loops")
 	flag.DurationVar(&o.reloadEvery, "reload-every", 5*time.Second, "SIGHUP the daemon this often (0: never)")
-	flag.DurationVar(&o.restartE, "restart-every", 20*time.Second, "restart the daemon this often, alternating a SIGUSR2 hand-over and SIGKILL (0: never)")
+	flag.DurationVar(&o.restartE, "restart-every", 20*time.Second, "restart the daemon in place (SIGUSR2 hand-over) this often (0: never)")
+	flag.BoolVar(&o.crash, "crash", false, "alternate the restarts with kill -9 and a new start (sessions announcing a passive channel while no daemon runs fail: fail-open)")
 	flag.Parse()
 	os.Exit(run(o))
 }
@@ -139,7 +141,8 @@ loop:
 			reloads++
 		case <-restart:
 			mu.Lock()
-			if restarts%2 == 0 {
+			crash := o.crash && restarts%2 == 1
+			if !crash {
 				err = handOver(d)
 			} else if err = d.Kill(); err == nil {
 				d, err = tp.StartDaemon(bin, cfg)
@@ -151,7 +154,7 @@ loop:
 				break loop
 			}
 			restarts++
-			events = append(events, event{map[bool]string{true: "SIGUSR2 hand-over", false: "SIGKILL restart"}[restarts%2 == 1], time.Now()})
+			events = append(events, event{map[bool]string{false: "SIGUSR2 hand-over", true: "SIGKILL restart"}[crash], time.Now()})
 		}
 	}
 	wg.Wait()
@@ -164,8 +167,8 @@ loop:
 	}
 	mu.Unlock()
 
-	logf("%d sessions ok, %d failed; %d reloads, %d restarts (half of them SIGKILL) in %s with %d clients",
-		ok.Load(), failed.Load(), reloads, restarts, o.duration, o.clients)
+	logf("%d sessions ok, %d failed; %d reloads, %d restarts (crashes: %v) in %s with %d clients",
+		ok.Load(), failed.Load(), reloads, restarts, o.crash, o.duration, o.clients)
 	for s := range failures {
 		logf("failed at %s: %s %s: %v", s.at.Format("15:04:05.000"), s.mode, s.addr, s.err)
 	}
