@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,8 +25,11 @@ import (
 //  2. Start again, SIGKILL (a crash) during a transfer: the transfer
 //     completes, new connections still reach a server, the table is left
 //     behind.
-//  3. Start again: it must start despite the stale table, serve, and again
-//     stop cleanly.
+//  3. Start again: it must take over the stale table and the connections
+//     conntrack holds (a control connection opened before the crash goes
+//     on being helped, with its changed lengths), serve, hand itself over
+//     to a new process in place (SIGUSR2) the same way, and again stop
+//     cleanly.
 func TestDaemonShutdown(t *testing.T) {
 	d := needDaemon(t)
 	tp := harness.tp
@@ -54,6 +58,9 @@ func TestDaemonShutdown(t *testing.T) {
 	if err := os.WriteFile(script, []byte(slowClient), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// A control connection whose replies were lengthened lives across the
+	// crash, to be helped on by the next daemon.
+	resume := startResume(t)
 	running := startSlowTransfer(t, script, 0)
 	select {
 	case <-running.started:
@@ -80,6 +87,8 @@ func TestDaemonShutdown(t *testing.T) {
 	}
 	setDaemon(d3)
 	reportDatapath(t, d3)
+	t.Run("restart-safe", func(t *testing.T) { resume.finish(t, d3.Log()) })
+	t.Run("hand-over", func(t *testing.T) { checkHandOver(t, d3) })
 	r := runFtpget(t, tp.Client, net.JoinHostPort(topo.VIP4, "21"), "pasv", "small.bin", 1)
 	if r.results[0].SHA256 != tp.Files["small.bin"] {
 		t.Errorf("after restart: small.bin sha256 %s, want %s", r.results[0].SHA256, tp.Files["small.bin"])
@@ -174,7 +183,7 @@ func checkNoAnomalies(t *testing.T, log string) {
 	if m := regexp.MustCompile(`\bdropped_out_of_order=(\d+)`).FindStringSubmatch(line); m != nil && m[1] != "0" {
 		t.Logf("dropped_out_of_order=%s", m[1])
 	}
-	for _, counter := range []string{"helper_errors", "unmappable", "unparsed", "panics"} {
+	for _, counter := range []string{"helper_errors", "unparsed", "panics"} {
 		m := regexp.MustCompile(`\b` + counter + `=(\d+)`).FindStringSubmatch(line)
 		if m == nil {
 			t.Errorf("stopping line has no %s counter: %s", counter, line)
@@ -182,4 +191,31 @@ func checkNoAnomalies(t *testing.T, log string) {
 			t.Errorf("%s=%s: %s", counter, m[1], line)
 		}
 	}
+}
+
+// checkHandOver: SIGUSR2 makes d exec itself, handing its queues over; the
+// same process (same pid) takes the table and a running control connection
+// whose lengths changed over, without a restart's gap.
+func checkHandOver(t *testing.T, d *topo.Daemon) {
+	resume := startResume(t)
+	before := len(d.Log())
+	pid := d.Pid()
+	if err := syscall.Kill(pid, syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(d.Log()[before:], "msg=ready") {
+		if time.Now().After(deadline) || !d.Running() {
+			t.Fatalf("not ready again after SIGUSR2 (running %v):\n%s", d.Running(), d.Log()[before:])
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	log := d.Log()[before:]
+	if !strings.Contains(log, "msg=\"handing over\"") {
+		t.Errorf("no hand-over logged:\n%s", log)
+	}
+	if d.Pid() != pid {
+		t.Errorf("pid %d after the hand-over, want %d", d.Pid(), pid)
+	}
+	resume.finish(t, log)
 }

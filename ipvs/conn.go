@@ -17,6 +17,8 @@ type helped struct {
 	// clientNAT is the client's address as the server sees it, where the
 	// user's rules SNAT it (add-on mode); invalid otherwise.
 	clientNAT netip.AddrPort
+	// offsetsStored: the kernel holds this connection's stream offsets.
+	offsetsStored bool
 }
 
 // TCPState is the coarse state IPVS keeps per connection to pick a timeout.

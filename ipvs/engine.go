@@ -11,6 +11,15 @@ import (
 	"github.com/nfhelper/nfhelper/nfq"
 )
 
+// mssRoom is how much a helped connection's segments may grow on the way:
+// the bytes a stream withheld from the previous segment, and edits. The
+// peers learn an MSS lower by this much from the SYN and SYN-ACK, so that a
+// grown segment still fits the path (its DF bit forbids cutting it).
+const mssRoom = MaxCarry + 64
+
+// minMSS is IPv4's default MSS, below which no MSS is lowered.
+const minMSS = 536
+
 // maxGap is how far past the expected sequence number a segment may start
 // before the stream counts as lost (then it is passed on, no longer read).
 const maxGap = 1 << 20
@@ -48,11 +57,13 @@ type Stats struct {
 	Packets, Unparsed, Scheduled, NoServer atomic.Uint64
 	Adopted, SNATLearned                   atomic.Uint64 // add-on connections; of those, behind the user's SNAT
 	Rewritten, Corrected, Held, Dropped    atomic.Uint64 // packets altered, shifted, withholding, dropped out of order
-	BadChecksum, HelperErrors, Unmappable  atomic.Uint64
+	BadChecksum, HelperErrors              atomic.Uint64
 	Channels, Evicted, Stopped             atomic.Uint64 // data channels opened, evicted by the limit; inspections stopped (TLS)
 	ConntrackGone                          atomic.Uint64 // connections removed because the kernel destroyed their conntrack entry
 	Panics                                 atomic.Uint64 // packets whose handling panicked (a bug), passed on unmodified
 	Backlogged                             atomic.Uint64 // data channels not opened: the datapath's backlog was full
+	Restored                               atomic.Uint64 // connections taken back from conntrack at start
+	Throttled                              atomic.Uint64 // segments dropped: their sender has maxEdits rewrites unacknowledged
 	Refused                                [numRefusals]atomic.Uint64
 }
 
@@ -98,6 +109,7 @@ type Verdict struct {
 	Mark        uint32
 	Packet      []byte // altered packet, valid until the worker's next Process
 	Open, Close []Channel
+	Offsets     Offsets
 }
 
 // Worker holds one goroutine's scratch space, so that steady state does not
@@ -147,6 +159,7 @@ func (w *Worker) Process(pkt []byte, mark uint32) Verdict {
 		v := Verdict{SetMark: true, Mark: mark &^ e.markMask}
 		if flags == nfq.FlagSYN {
 			w.adopt(svc, src, dst, &v)
+			v.Packet = w.roomier()
 		}
 		return v
 	}
@@ -166,7 +179,7 @@ func (w *Worker) adopt(svc *Service, client, server netip.AddrPort, v *Verdict) 
 	e := w.e
 	seq := w.in.TCP().Seq()
 	c := e.Table.LookupVIP(client, svc.VIP)
-	if c == nil || c.Server != server || c.State() == StateClose {
+	if c == nil || c.Server != server || c.State() != StateSynSent {
 		c = newConn(Session{Client: client, VIP: svc.VIP, Server: server}, svc, svc.learn(server))
 		e.Table.Insert(c)
 		e.Stats.Adopted.Add(1)
@@ -205,8 +218,11 @@ func (w *Worker) named(server, client netip.AddrPort) *Conn {
 
 func (w *Worker) schedule(svc *Service, client netip.AddrPort, mark uint32) Verdict {
 	e := w.e
+	// Only a retransmitted SYN finds its connection still opening; any
+	// other is a new connection on a reused client port, which must not
+	// inherit the old one's server or helper state.
 	c := e.Table.LookupVIP(client, svc.VIP)
-	if c == nil || c.State() == StateClose {
+	if c == nil || c.State() != StateSynSent {
 		rs := svc.Schedule(client)
 		if rs == nil {
 			e.Stats.NoServer.Add(1)
@@ -219,7 +235,22 @@ func (w *Worker) schedule(svc *Service, client netip.AddrPort, mark uint32) Verd
 	c.startClient(w.in.TCP().Seq())
 	// A retransmitted SYN gets the same server's mark; the kernel has bound
 	// NAT on the first one anyway.
-	return Verdict{SetMark: true, Mark: mark&^e.markMask | c.Real.Mark}
+	v := Verdict{SetMark: true, Mark: mark&^e.markMask | c.Real.Mark}
+	if c.help != nil {
+		v.Packet = w.roomier()
+	}
+	return v
+}
+
+// roomier returns the SYN being processed with its MSS lowered by mssRoom,
+// or nil if it has no MSS to lower.
+func (w *Worker) roomier() []byte {
+	w.buf = append(w.buf[:0], w.in.Buf...)
+	nfq.Parse(w.buf, &w.out)
+	if !w.out.TCP().LowerMSS(mssRoom, minMSS) {
+		return nil
+	}
+	return w.buf
 }
 
 // scheduleUDP schedules a new UDP flow to a VIP: its first packet, which
@@ -270,21 +301,27 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 		st.start(seq)
 	}
 
+	st.resynced(seq, len(w.in.PayloadBytes()), flags)
+	before := [2]int32{c.help.streams[0].total(), c.help.streams[1].total()}
 	outSeq, payload, drop := w.flow(c, dir, st, seq, flags)
 	if drop {
-		e.Stats.Dropped.Add(1)
 		return Verdict{Drop: true}
 	}
 	v := Verdict{Open: w.open, Close: w.close}
+	c.offsets(before, &v)
 	e.Stats.Channels.Add(uint64(len(w.open)))
 
 	outAck, sack := ack, false
-	if flags&nfq.FlagACK != 0 && peer.synced {
+	if flags&nfq.FlagACK != 0 && (peer.synced || peer.resync) {
 		outAck = peer.acked(ack)
 		peer.prune(outAck)
 		sack = (peer.base != 0 || len(peer.edits) > 0) && tcp.DataOffset() > nfq.TCPMinHeaderLen
 	}
+	syn := flags&nfq.FlagSYN != 0
 	if payload == nil && outSeq == seq && outAck == ack && !sack {
+		if syn {
+			v.Packet = w.roomier()
+		}
 		return v
 	}
 
@@ -303,6 +340,9 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	}
 	nfq.Parse(w.buf, &w.out)
 	t := w.out.TCP()
+	if syn {
+		t.LowerMSS(mssRoom, minMSS)
+	}
 	t.SetSeq(outSeq)
 	if flags&nfq.FlagACK != 0 {
 		t.SetAck(outAck)
@@ -338,6 +378,7 @@ func (w *Worker) flow(c *Conn, dir Direction, st *stream, seq uint32, flags uint
 		}
 		// Its line may have begun in the missing bytes: let the sender
 		// resend it once the gap is filled.
+		e.Stats.Dropped.Add(1)
 		return 0, nil, true
 	}
 	if !w.in.TCPChecksumValid() {
@@ -345,6 +386,7 @@ func (w *Worker) flow(c *Conn, dir Direction, st *stream, seq uint32, flags uint
 		e.Stats.BadChecksum.Add(1)
 		return shifted, nil, false
 	}
+	origSeq, origIn := seq, in
 	if relEnd := st.relFrom + uint32(len(st.rel)); len(st.rel) > 0 && nfq.SeqAfter(seq, st.relFrom) && !nfq.SeqAfter(seq, relEnd) {
 		// The sender resends from the end of bytes it believes delivered:
 		// resend them too.
@@ -359,15 +401,18 @@ func (w *Worker) flow(c *Conn, dir Direction, st *stream, seq uint32, flags uint
 		if nfq.SeqBefore(start, end) {
 			n = start - seq
 		}
-		var ok bool
-		if out, _, ok = st.replay(out, seq, in[:n]); !ok {
-			e.Stats.Unmappable.Add(1)
-			return 0, nil, true
-		}
-		start = seq
+		out, start = st.replay(out, seq, in[:n])
 	}
 	outSeq = start + uint32(st.off(start))
 	if newData {
+		if len(st.edits) >= maxEdits/2 {
+			// The receiver has yet to acknowledge that many rewrites: take
+			// no more until it does, or retransmissions of the oldest
+			// would go out unrewritten. (Half: one segment's own edits
+			// must fit.)
+			e.Stats.Throttled.Add(1)
+			return 0, nil, true
+		}
 		var ok bool
 		if out, ok = w.inspect(c, dir, st, in[st.next-seq:], fin, out); !ok {
 			return shifted, nil, false
@@ -380,8 +425,8 @@ func (w *Worker) flow(c *Conn, dir Direction, st *stream, seq uint32, flags uint
 		out = append(out, st.last)
 		outSeq--
 	}
-	if outSeq == seq && bytes.Equal(out, in) {
-		return seq, nil, false
+	if outSeq == origSeq && bytes.Equal(out, origIn) {
+		return outSeq, nil, false
 	}
 	return outSeq, out, false
 }
@@ -407,12 +452,6 @@ func (w *Worker) inspect(c *Conn, dir Direction, st *stream, fresh []byte, fin b
 		return out, false
 	}
 	first := st.next - uint32(len(st.carry)) // input position of data[0]
-	if fixed < len(st.carry) {
-		if st.rel == nil {
-			st.rel = make([]byte, 0, MaxCarry)
-		}
-		st.rel, st.relFrom = append(st.rel[:0], data[fixed:len(st.carry)]...), first+uint32(fixed)
-	}
 	cur := fixed
 	for _, ed := range r.Edits {
 		out = append(out, data[cur:ed.Off]...)

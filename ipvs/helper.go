@@ -85,10 +85,11 @@ const (
 	RefuseUnsolicited                // a passive reply the client did not ask for
 	RefuseEPSVAll                    // PORT, PASV or EPRT after EPSV ALL
 	RefuseNoPort                     // no free port on the VIP
+	RefuseMalformed                  // PORT or EPRT arguments that do not parse
 	numRefusals
 )
 
-var refusalNames = [...]string{"bounce", "low_port", "unsolicited", "epsv_all", "no_port"}
+var refusalNames = [...]string{"bounce", "low_port", "unsolicited", "epsv_all", "no_port", "malformed"}
 
 func (r Refusal) String() string { return refusalNames[r] }
 

@@ -6,9 +6,11 @@ import "github.com/nfhelper/nfhelper/nfq"
 // its edits without allocating.
 const maxEditText = 32
 
-// maxEdits bounds the edits a stream remembers for retransmissions; older
-// ones are folded into the base offset.
-const maxEdits = 16
+// maxEdits bounds the edits a stream remembers for retransmissions. Edits
+// are forgotten once the receiver acknowledges them, so only a sender that
+// pipelines half this many rewritten commands unanswered reaches it; its new
+// segments are then dropped (it resends them) until the receiver catches up.
+const maxEdits = 128
 
 // streamEdit is one rewrite of a stream, in the sender's sequence space.
 type streamEdit struct {
@@ -29,15 +31,16 @@ func (e *streamEdit) newText() []byte { return e.text[:e.n] }
 // position of an input position x at a segment boundary is x + off(x).
 type stream struct {
 	synced   bool   // next is known (the SYN was seen)
+	resync   bool   // resumed after a restart: next is the next segment's
 	stopped  bool   // the helper ended inspection
 	next     uint32 // first input byte not yet presented to the helper
 	carry    []byte // input [next-len(carry), next), presented again
 	hold     int    // trailing bytes of carry not yet delivered
 	last     byte   // the last byte delivered, to elicit an ACK
 	haveLast bool
-	// rel is input [relFrom, relFrom+len(rel)): bytes withheld earlier and
-	// delivered since, which the sender was told had arrived and so resends
-	// only from their end; kept until the receiver acknowledges them.
+	// rel is input [relFrom, relFrom+len(rel)): withheld bytes the sender
+	// was told had arrived, and so resends only from their end; kept until
+	// the receiver acknowledges them.
 	rel     []byte
 	relFrom uint32
 	base    int32 // offset of edits folded away
@@ -85,9 +88,18 @@ func (st *stream) input(y uint32) uint32 {
 // acked maps the receiver's cumulative ACK to input. An ACK of everything
 // delivered also covers what is withheld: the sender must go on sending
 // (Nagle waits for it), and the withheld bytes go out with its next segment.
+// Those bytes are kept in rel until the receiver itself acknowledges them,
+// since the sender no longer will resend them.
 func (st *stream) acked(y uint32) uint32 {
 	x := st.input(y)
+	if len(st.rel) > 0 && !nfq.SeqBefore(x, st.relFrom+uint32(len(st.rel))) {
+		st.rel = st.rel[:0]
+	}
 	if st.hold > 0 && x == st.heldFrom() {
+		if st.rel == nil {
+			st.rel = make([]byte, 0, MaxCarry)
+		}
+		st.rel, st.relFrom = append(st.rel[:0], st.carry[len(st.carry)-st.hold:]...), x
 		return st.next
 	}
 	return x
@@ -96,9 +108,6 @@ func (st *stream) acked(y uint32) uint32 {
 // prune forgets edits that end before input x, which the receiver has
 // acknowledged: the sender never retransmits before it.
 func (st *stream) prune(x uint32) {
-	if len(st.rel) > 0 && !nfq.SeqBefore(x, st.relFrom+uint32(len(st.rel))) {
-		st.rel = st.rel[:0]
-	}
 	n := 0
 	for n < len(st.edits) && !nfq.SeqAfter(st.edits[n].end(), x) {
 		n++
@@ -120,10 +129,10 @@ func (st *stream) record(pos uint32, oldLen int, text []byte) bool {
 		return false
 	}
 	if st.edits == nil {
-		st.edits = make([]streamEdit, 0, maxEdits)
+		st.edits = make([]streamEdit, 0, 4)
 	}
 	if len(st.edits) == maxEdits {
-		st.fold(1)
+		st.fold(1) // one segment with more edits than the throttle leaves room for
 	}
 	cum := st.base
 	if len(st.edits) > 0 {
@@ -137,29 +146,33 @@ func (st *stream) record(pos uint32, oldLen int, text []byte) bool {
 }
 
 // replay appends to dst the output for input bytes data starting at seq,
-// which were delivered before, with the recorded edits applied. A segment
-// that ends inside an edit is cut before it (trimmed); one that starts inside
-// an edit cannot be mapped (ok false).
-func (st *stream) replay(dst []byte, seq uint32, data []byte) (out []byte, trimmed, ok bool) {
+// which were delivered before, with the recorded edits applied. An edit the
+// segment touches goes out whole, even where the segment starts or ends
+// inside it (a sender may cut its retransmissions anew): the receiver
+// already has, or gets once more, the same bytes at the same place. from is
+// the input position the output starts at: seq, or the start of an edit seq
+// lies inside.
+func (st *stream) replay(dst []byte, seq uint32, data []byte) (out []byte, from uint32) {
 	end := seq + uint32(len(data))
-	cur := seq
+	from, cur := seq, seq
 	for i := range st.edits {
 		e := &st.edits[i]
-		if !nfq.SeqAfter(e.end(), seq) {
+		if !nfq.SeqAfter(e.end(), cur) {
 			continue
 		}
 		if !nfq.SeqBefore(e.pos, end) {
 			break
 		}
-		if nfq.SeqBefore(e.pos, seq) {
-			return dst, false, false
-		}
-		dst = append(dst, data[cur-seq:e.pos-seq]...)
-		if nfq.SeqAfter(e.end(), end) {
-			return dst, true, true
+		if nfq.SeqBefore(e.pos, cur) {
+			from = e.pos // only the first edit can begin before seq
+		} else {
+			dst = append(dst, data[cur-seq:e.pos-seq]...)
 		}
 		dst = append(dst, e.newText()...)
 		cur = e.end()
 	}
-	return append(dst, data[cur-seq:]...), false, true
+	if nfq.SeqBefore(cur, end) {
+		dst = append(dst, data[cur-seq:]...)
+	}
+	return dst, from
 }

@@ -313,3 +313,73 @@ func TestStreamPureACKAfterFIN(t *testing.T) {
 		t.Errorf("dropped %d", c.e.Stats.Dropped.Load())
 	}
 }
+
+// TestStreamThrottlesUnacknowledgedRewrites: a sender that has maxEdits/2
+// rewrites unacknowledged gets its new segments dropped until the receiver
+// acknowledges them; retransmissions still get every rewrite.
+func TestStreamThrottlesUnacknowledgedRewrites(t *testing.T) {
+	const isn = 100
+	c := openConn(t, "0123456789", isn)
+	s := uint32(isn + 1)
+	line := "R abc\n"
+	for i := range maxEdits / 2 {
+		if _, got := c.send(s+uint32(i*len(line)), line); got != "R 0123456789\n" {
+			t.Fatalf("line %d: %q", i, got)
+		}
+	}
+	next := s + uint32(maxEdits/2*len(line))
+	if v := c.server(next, pshAck, line); !v.Drop {
+		t.Fatal("a new segment past the unacknowledged rewrites was not held back")
+	}
+	if c.e.Stats.Throttled.Load() != 1 {
+		t.Errorf("throttled = %d", c.e.Stats.Throttled.Load())
+	}
+	if _, got := c.send(s, line); got != "R 0123456789\n" {
+		t.Errorf("retransmission of the first line: %q", got)
+	}
+	c.ack(next + uint32(maxEdits/2*7))
+	if _, got := c.send(next, line); got != "R 0123456789\n" {
+		t.Errorf("after the acknowledgement: %q", got)
+	}
+}
+
+// TestHelpedSYNsLowerMSS: both ends of a helped connection learn an MSS
+// lower by mssRoom, so that segments grown by withheld bytes and edits
+// still fit the path.
+func TestHelpedSYNsLowerMSS(t *testing.T) {
+	mss1460 := []byte{2, 4, 0x05, 0xb4}
+	mssOf := func(v Verdict) int {
+		t.Helper()
+		if v.Packet == nil {
+			return 1460
+		}
+		var p nfq.Packet
+		if err := nfq.Parse(v.Packet, &p); err != nil || !p.TCPChecksumValid() {
+			t.Fatalf("altered SYN: %v, checksum valid %v", err, p.TCPChecksumValid())
+		}
+		o := p.TCP().Options()
+		return int(o[2])<<8 | int(o[3])
+	}
+	svc, err := NewService("line", vip, "rr", lineHelper{"x"}, []*RealServer{{Addr: rs1, Weight: 1, Mark: 1 << 16}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := NewService("plain", ap("198.51.100.10:80"), "rr", nil, []*RealServer{{Addr: ap("10.0.0.11:80"), Weight: 1, Mark: 2 << 16}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := NewEngine([]*Service{svc, plain}, 0x00ff0000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := e.NewWorker()
+	if got := mssOf(w.Process(seg(client, vip, 100, 0, syn, "", mss1460...), 0)); got != 1460-mssRoom {
+		t.Errorf("client's SYN: MSS %d, want %d", got, 1460-mssRoom)
+	}
+	if got := mssOf(w.Process(seg(rs1, client, 500, 101, syn|ack, "", mss1460...), 0)); got != 1460-mssRoom {
+		t.Errorf("server's SYN-ACK: MSS %d, want %d", got, 1460-mssRoom)
+	}
+	if v := w.Process(seg(client, ap("198.51.100.10:80"), 100, 0, syn, "", mss1460...), 0); v.Packet != nil {
+		t.Error("a SYN to a service without a helper was altered")
+	}
+}

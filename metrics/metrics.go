@@ -170,6 +170,15 @@ func (m *Metrics) writeQueues(x *expo) {
 	for _, q := range m.queues {
 		x.sample("nfhelper_queue_read_errors_total", q.ReadErrors.Load(), "queue", strconv.Itoa(int(q.Num)))
 	}
+	x.family("nfhelper_queue_verdict_errors_total", "counter",
+		"Verdicts of each queue the kernel refused or that could not be sent (a packet id it no longer holds, a malformed altered packet).")
+	for _, q := range m.queues {
+		x.sample("nfhelper_queue_verdict_errors_total", q.VerdictErrors.Load(), "queue", strconv.Itoa(int(q.Num)))
+	}
+	x.family("nfhelper_queue_malformed_total", "counter", "Messages from the kernel on each queue's socket that could not be parsed.")
+	for _, q := range m.queues {
+		x.sample("nfhelper_queue_malformed_total", q.Malformed.Load(), "queue", strconv.Itoa(int(q.Num)))
+	}
 	if kernel := nfq.KernelStats(nfq.ProcQueueStats); len(kernel) > 0 {
 		x.family("nfhelper_queue_kernel_dropped_total", "counter",
 			"Packets the kernel dropped because a queue was full (none while fail-open accepts them).")
@@ -220,7 +229,8 @@ var engineCounters = [...]struct {
 	{"nfhelper_helper_errors_total", "Helper answers that broke the contract; the stream is no longer read.", func(s *ipvs.Stats) *atomic.Uint64 { return &s.HelperErrors }},
 	{"nfhelper_worker_panics_total", "Packets whose handling panicked (a bug); passed on unmodified.", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Panics }},
 	{"nfhelper_data_channels_backlogged_total", "Data channels not opened because the datapath was too far behind.", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Backlogged }},
-	{"nfhelper_unmappable_total", "Resent segments that could not be mapped onto the rewritten stream, dropped.", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Unmappable }},
+	{"nfhelper_restored_connections_total", "Connections taken back from conntrack at start (a restart after a crash).", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Restored }},
+	{"nfhelper_throttled_segments_total", "Segments dropped because their sender had too many rewrites unacknowledged (it resends them).", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Throttled }},
 	{"nfhelper_data_channels_opened_total", "Data channels opened.", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Channels }},
 	{"nfhelper_data_channels_evicted_total", "Unused data channels evicted by the per-connection limit.", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Evicted }},
 	{"nfhelper_inspections_stopped_total", "Connections whose inspection stopped (TLS).", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Stopped }},

@@ -117,6 +117,8 @@ func TestHandlerValues(t *testing.T) {
 	}
 	f.q[0].ReadErrors.Add(5)
 	f.q[2].ReadErrors.Add(6)
+	f.q[1].VerdictErrors.Add(2)
+	f.q[2].Malformed.Add(1)
 	f.rs[0].Packets.Add(11)
 	f.rs[0].Bytes.Add(12345)
 	f.rs[1].Active.Add(1) // as if one became established
@@ -148,6 +150,9 @@ func TestHandlerValues(t *testing.T) {
 		lbl("nfhelper_queue_read_errors_total", "queue", "100"):             5,
 		lbl("nfhelper_queue_read_errors_total", "queue", "101"):             0,
 		lbl("nfhelper_queue_read_errors_total", "queue", "103"):             6,
+		lbl("nfhelper_queue_verdict_errors_total", "queue", "101"):          2,
+		lbl("nfhelper_queue_verdict_errors_total", "queue", "100"):          0,
+		lbl("nfhelper_queue_malformed_total", "queue", "103"):               1,
 		lbl("nfhelper_connections", "proto", "tcp"):                         3,
 		lbl("nfhelper_connections", "proto", "udp"):                         1,
 		lbl("nfhelper_verdict_duration_seconds_bucket", "le", "1e-05"):      3,

@@ -309,6 +309,41 @@ func TestAdjustSACKOptions(t *testing.T) {
 	}
 }
 
+func TestLowerMSS(t *testing.T) {
+	tests := []struct {
+		name       string
+		opts, want []byte
+		changed    bool
+	}{
+		{"lowered", []byte{2, 4, 0x05, 0xb4}, []byte{2, 4, 0x03, 0x74}, true}, // 1460 - 576
+		{"at odd offset", []byte{1, 2, 4, 0x05, 0xb4, 1, 1, 1}, []byte{1, 2, 4, 0x03, 0x74, 1, 1, 1}, true},
+		{"to the floor", []byte{2, 4, 0x03, 0x00}, []byte{2, 4, 0x02, 0x18}, true},
+		{"at the floor", []byte{2, 4, 0x02, 0x18}, []byte{2, 4, 0x02, 0x18}, false},
+		{"below the floor", []byte{2, 4, 0x00, 0x40}, []byte{2, 4, 0x00, 0x40}, false},
+		{"after timestamps", append(append([]byte{}, tsOpt...), 2, 4, 0xff, 0xff), append(append([]byte{}, tsOpt...), 2, 4, 0xfd, 0xbf), true},
+		{"bad length", []byte{2, 3, 0x05, 0xb4}, []byte{2, 3, 0x05, 0xb4}, false},
+		{"none", nil, nil, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for len(tt.opts)%4 != 0 {
+				tt.opts = append(tt.opts, 0)
+				tt.want = append(tt.want, 0)
+			}
+			p := mustParse(t, buildV4(nil, tt.opts, nil))
+			if got := p.TCP().LowerMSS(576, 536); got != tt.changed {
+				t.Errorf("changed = %v", got)
+			}
+			if !bytes.Equal(p.TCP().Options(), tt.want) {
+				t.Errorf("options\n % x\nwant\n % x", p.TCP().Options(), tt.want)
+			}
+			if !p.TCPChecksumValid() {
+				t.Error("checksum invalid")
+			}
+		})
+	}
+}
+
 func TestUDPEndpoints(t *testing.T) {
 	v4 := []byte{0x45, 0, 0, 28, 0, 0, 0, 0, 64, ProtocolUDP, 0, 0, 203, 0, 113, 2, 198, 51, 100, 10, 0x9c, 0x40, 0, 53, 0, 8, 0, 0}
 	src, dst, err := UDPEndpoints(v4)

@@ -31,10 +31,11 @@ const (
 	FlagURG
 )
 
-// TCP option kinds that AdjustSACK interprets.
+// TCP option kinds that LowerMSS and AdjustSACK interpret.
 const (
 	tcpOptEOL  = 0
 	tcpOptNOP  = 1
+	tcpOptMSS  = 2
 	tcpOptSACK = 5
 
 	sackBlockLen = 8 // two 32-bit edges
@@ -81,6 +82,42 @@ func (t TCP) Options() []byte { return t[TCPMinHeaderLen:t.DataOffset()] }
 
 // Payload is the data after the header.
 func (t TCP) Payload() []byte { return t[t.DataOffset():] }
+
+// LowerMSS lowers the MSS option (kind 2) by by, to no less than floor,
+// updating the checksum incrementally; false if nothing changed. The walk
+// is AdjustSACK's.
+func (t TCP) LowerMSS(by, floor uint16) bool {
+	opts := t.Options()
+	for i := 0; i < len(opts) && opts[i] != tcpOptEOL; {
+		if opts[i] == tcpOptNOP {
+			i++
+			continue
+		}
+		if i+1 == len(opts) {
+			break
+		}
+		n := int(opts[i+1])
+		if n < 2 || n > len(opts)-i {
+			break
+		}
+		if opts[i] == tcpOptMSS && n == 4 {
+			old := binary.BigEndian.Uint16(opts[i+2:])
+			v := floor
+			if old > by {
+				v = max(old-by, floor)
+			}
+			if v >= old {
+				return false
+			}
+			binary.BigEndian.PutUint16(opts[i+2:], v)
+			rot := 8 * (i & 1) // a field at an odd offset sums rotated by a byte
+			t.SetChecksum(ChecksumUpdate16(t.Checksum(), bits.RotateLeft16(old, rot), bits.RotateLeft16(v, rot)))
+			return true
+		}
+		i += n
+	}
+	return false
+}
 
 // AdjustSACK replaces every edge of every SACK block (option kind 5) with
 // f(edge), in place, updating the checksum incrementally. After payload

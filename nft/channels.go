@@ -72,24 +72,41 @@ func add(c *nftables.Conn, els []element) error {
 	return c.Flush()
 }
 
-// CloseChannels deletes channels' elements, in one batch. An element that
-// timed out meanwhile makes the batch fail; the others then time out too.
+// CloseChannels deletes channels' elements, in one batch. An element gone
+// already (timed out, or replaced by a channel with the same key) fails the
+// batch: then they are deleted one by one, and only the gone ones skipped.
 func (rs *Ruleset) CloseChannels(c *nftables.Conn, chs []ipvs.Channel) error {
+	var all []element
 	for _, ch := range chs {
 		els, err := rs.elements(ch)
 		if err != nil {
 			return err
 		}
-		for _, e := range els {
-			if err := c.SetDeleteElements(e.set, []nftables.SetElement{e.el}); err != nil {
-				return fmt.Errorf("delete element from %s: %w", e.set.Name, err)
+		all = append(all, els...)
+	}
+	err := del(c, all)
+	if errors.Is(err, unix.ENOENT) {
+		err = nil
+		for _, e := range all {
+			if derr := del(c, []element{e}); derr != nil && !errors.Is(derr, unix.ENOENT) && err == nil {
+				err = derr
 			}
 		}
 	}
-	if err := c.Flush(); err != nil {
+	if err != nil {
 		return fmt.Errorf("close %d data channels: %w", len(chs), err)
 	}
 	return nil
+}
+
+func del(c *nftables.Conn, els []element) error {
+	for _, e := range els {
+		// By key alone: the kernel finds the element whatever its data.
+		if err := c.SetDeleteElements(e.set, []nftables.SetElement{{Key: e.el.Key}}); err != nil {
+			return fmt.Errorf("delete element from %s: %w", e.set.Name, err)
+		}
+	}
+	return c.Flush()
 }
 
 type element struct {

@@ -26,6 +26,8 @@ type Spec struct {
 	// still running after a reload removed them: their packets must go on
 	// reaching the daemon.
 	LiveVIPs, LiveServers []netip.AddrPort
+	// Carried are a stale table's run-time elements, kept by Install.
+	Carried *Carried
 }
 
 // AddOn is a helped destination the user's own rules translate; Mark (within
@@ -82,6 +84,9 @@ type family struct {
 	// Behind the user's SNAT (add-on mode):
 	passiveSNAT *nftables.Set // client . real server . port : the client's translated address
 	activeDNAT  *nftables.Set // real server . translated address . port : client . port
+	// client . port . VIP . port : the stream offsets of a connection whose
+	// rewrites changed lengths, kept for a restarted daemon.
+	offsets *nftables.Set
 }
 
 // Ruleset is an installed table.
@@ -118,13 +123,16 @@ func newFamily(t *nftables.Table, v6 bool) *family {
 		KeyType: nftables.MustConcatSetType(addr, addr, nftables.TypeInetService), DataType: addr}
 	f.activeDNAT = &nftables.Set{Table: t, Name: "active_dnat" + suffix, IsMap: true, HasTimeout: true, Concatenation: true,
 		KeyType: nftables.MustConcatSetType(addr, addr, nftables.TypeInetService), DataType: addrPort}
+	f.offsets = &nftables.Set{Table: t, Name: "offsets" + suffix, IsMap: true, HasTimeout: true, Concatenation: true,
+		KeyType:  nftables.MustConcatSetType(addr, nftables.TypeInetService, addr, nftables.TypeInetService),
+		DataType: nftables.MustConcatSetType(nftables.TypeMark, nftables.TypeMark)}
 	return f
 }
 
 func (f *family) of(a netip.Addr) bool { return a.Unmap().Is6() == f.v6 }
 
 // Install replaces any table of the same name (a stale copy left by a crash)
-// with a fresh one, in one atomic batch.
+// with a fresh one, in one atomic batch that keeps spec.Carried.
 func Install(c *nftables.Conn, spec *Spec) (*Ruleset, error) {
 	t := &nftables.Table{Name: spec.Table, Family: nftables.TableFamilyINet}
 	// Adding an existing table is a no-op, so add+delete removes any old copy
@@ -135,6 +143,9 @@ func Install(c *nftables.Conn, spec *Spec) (*Ruleset, error) {
 	rs := &Ruleset{table: t, fams: [2]*family{newFamily(t, false), newFamily(t, true)}, queue: Spec{QueueNum: spec.QueueNum, QueueTotal: spec.QueueTotal, MarkMask: spec.MarkMask}}
 	for _, f := range rs.fams {
 		if err := rs.addSets(c, spec, f); err != nil {
+			return nil, err
+		}
+		if err := rs.addCarried(c, spec.Carried, f); err != nil {
 			return nil, err
 		}
 	}
@@ -158,7 +169,7 @@ func Remove(c *nftables.Conn, name string) error {
 
 func (rs *Ruleset) addSets(c *nftables.Conn, spec *Spec, f *family) error {
 	static := rs.staticElements(spec, f)
-	for _, set := range []*nftables.Set{f.vips, f.vipsUDP, f.helped, f.servers, f.watched, f.byMark, f.fallback, f.fallbackUDP, f.passive, f.active, f.passiveSNAT, f.activeDNAT} {
+	for _, set := range []*nftables.Set{f.vips, f.vipsUDP, f.helped, f.servers, f.watched, f.byMark, f.fallback, f.fallbackUDP, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets} {
 		if err := c.AddSet(set, static[set]); err != nil {
 			return fmt.Errorf("add set %s: %w", set.Name, err)
 		}

@@ -34,14 +34,20 @@ const (
 	datapathName = "xt-nfqueue+nft-maps"
 )
 
-func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger) error {
+// run runs the daemon until ctx ends (a full stop: the table goes) or
+// SIGUSR2 asks for a hand-over, which leaves the table and returns the
+// queue sockets for the successor (see handover.go).
+func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger) (inherit map[uint16]*os.File, err error) {
 	started := time.Now()
 	engine, err := ipvs.NewEngine(services(cfg), markMask)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	engine.Log = log
 	spec := specFor(cfg, engine.Services())
+	if spec.Carried, err = restore(engine, tableName, log); err != nil {
+		log.Warn("state left by an earlier daemon not taken over", "err", err)
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -53,17 +59,19 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 			q.Close()
 		}
 	}()
+	inherited := inheritedQueues()
 	for i := range spec.QueueTotal {
-		q, err := nfq.OpenQueue(spec.QueueNum+i, 4096)
+		q, err := openQueue(spec.QueueNum+i, inherited)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		queues = append(queues, q)
 	}
+	closeUnused(inherited)
 	mx := metrics.New(engine, queues)
 	dpConn, err := nftables.New()
 	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
+		return nil, fmt.Errorf("nftables: %w", err)
 	}
 	dp := &datapath{conn: dpConn, log: log, metrics: mx, reqs: make(chan *pending, 1024)}
 
@@ -71,27 +79,37 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 	// finds a reader, and a second daemon stops here, before it could
 	// replace the running one's table.
 	errs := make(chan error, len(queues))
+	// The readers stop first at a hand-over: what they have not read waits
+	// in the sockets for the successor.
+	readCtx, stopReading := context.WithCancel(ctx)
+	var readers sync.WaitGroup
 	for _, q := range queues {
-		done, err := q.Start(ctx, handler(q, q.Num, engine.NewWorker(), &engine.Stats, dp, mx, log))
+		done, err := q.Start(readCtx, handler(q, q.Num, engine.NewWorker(), &engine.Stats, dp, mx, log))
 		if err != nil {
-			return err
+			stopReading()
+			return nil, err
 		}
-		wg.Go(func() {
+		readers.Go(func() {
 			if err := <-done; err != nil {
 				errs <- err
 			}
 		})
 	}
+	defer readers.Wait()
+	defer stopReading()
 
 	nftConn, err := nftables.New()
 	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
+		return nil, fmt.Errorf("nftables: %w", err)
 	}
 	ruleset, err := nft.Install(nftConn, spec)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer func() {
+		if inherit != nil {
+			return // the successor takes the table over
+		}
 		if err := nft.Remove(nftConn, tableName); err != nil {
 			log.Error("cleanup", "err", err)
 		}
@@ -135,9 +153,12 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 	log.Info("ready", "datapath", datapathName, "queues", fmt.Sprintf("%d-%d", spec.QueueNum, spec.QueueNum+spec.QueueTotal-1),
 		"services", len(spec.Services), "helpers", len(spec.AddOns), "table", "inet "+tableName, "socket", control.Path())
 
-	hup := make(chan os.Signal, 1)
+	hup, usr2 := make(chan os.Signal, 1), make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
+	signal.Notify(usr2, syscall.SIGUSR2)
 	defer signal.Stop(hup)
+	defer signal.Stop(usr2)
+	handover := false
 wait:
 	for {
 		select {
@@ -145,6 +166,9 @@ wait:
 			err = nil
 			break wait
 		case err = <-errs:
+			break wait
+		case <-usr2:
+			handover = true
 			break wait
 		case <-hup:
 			err := reload(path, cfg.Queue, engine, ruleset, nftConn)
@@ -157,12 +181,31 @@ wait:
 			}
 		}
 	}
-	// Stop queueing first, then answer what is already queued: closing a
-	// queue drops the packets still waiting in it.
-	if err := nft.Remove(nftConn, tableName); err != nil {
-		log.Error("cleanup", "err", err)
+	if handover {
+		stopReading()
+		readers.Wait()
+		dp.idle() // every packet the readers took has its verdict
+		inherit = make(map[uint16]*os.File, len(queues))
+		for _, q := range queues {
+			f, ferr := q.Inherit()
+			if ferr != nil {
+				// Without its socket the successor would have to bind the
+				// queue anew: stop as usual instead.
+				log.Error("hand-over", "err", ferr)
+				handover, inherit = false, nil
+				break
+			}
+			inherit[q.Num] = f
+		}
 	}
-	drain(queues, time.Second)
+	if !handover {
+		// Stop queueing first, then answer what is already queued: closing
+		// a queue drops the packets still waiting in it.
+		if err := nft.Remove(nftConn, tableName); err != nil {
+			log.Error("cleanup", "err", err)
+		}
+		drain(queues, time.Second)
+	}
 	cancel()
 	for _, q := range queues {
 		q.Close()
@@ -175,8 +218,12 @@ wait:
 				"active", rs.Active.Load(), "inactive", rs.Inactive.Load(), "packets", rs.Packets.Load(), "bytes", rs.Bytes.Load())
 		}
 	}
+	if handover {
+		log.Info("handing over", statsAttrs(&engine.Stats)...)
+		return inherit, nil
+	}
 	log.Info("stopping", statsAttrs(&engine.Stats)...)
-	return err
+	return nil, err
 }
 
 func statsAttrs(s *ipvs.Stats) []any {
@@ -186,7 +233,7 @@ func statsAttrs(s *ipvs.Stats) []any {
 		"rewritten", s.Rewritten.Load(), "corrected", s.Corrected.Load(), "held", s.Held.Load(),
 		"dropped_out_of_order", s.Dropped.Load(), "channels", s.Channels.Load(), "evicted", s.Evicted.Load(),
 		"stopped_tls", s.Stopped.Load(), "conntrack_gone", s.ConntrackGone.Load(), "unparsed", s.Unparsed.Load(), "bad_checksum", s.BadChecksum.Load(),
-		"helper_errors", s.HelperErrors.Load(), "panics", s.Panics.Load(), "backlogged", s.Backlogged.Load(), "unmappable", s.Unmappable.Load(),
+		"helper_errors", s.HelperErrors.Load(), "panics", s.Panics.Load(), "backlogged", s.Backlogged.Load(), "restored", s.Restored.Load(), "throttled", s.Throttled.Load(),
 	}
 	for r := range s.Refused {
 		attrs = append(attrs, "refused_"+ipvs.Refusal(r).String(), s.Refused[r].Load())
@@ -353,9 +400,9 @@ func handler(q verdicter, num uint16, w *ipvs.Worker, stats *ipvs.Stats, dp *dat
 		}()
 		v := w.Process(pkt, mark)
 		mx.CountVerdict(num, v)
-		if len(v.Open) > 0 || len(v.Close) > 0 {
+		if len(v.Open) > 0 || len(v.Close) > 0 || v.Offsets.Store {
 			queued := dp.submit(&pending{
-				q: q, id: id, drop: v.Drop, setMark: v.SetMark, mark: v.Mark, start: start,
+				q: q, id: id, drop: v.Drop, setMark: v.SetMark, mark: v.Mark, start: start, offsets: v.Offsets,
 				pkt:   append([]byte(nil), v.Packet...),
 				open:  append([]ipvs.Channel(nil), v.Open...),
 				close: append([]ipvs.Channel(nil), v.Close...),
@@ -403,6 +450,7 @@ type pending struct {
 	mark        uint32
 	pkt         []byte
 	open, close []ipvs.Channel
+	offsets     ipvs.Offsets
 	start       time.Time // when its queue handed it over
 }
 
@@ -414,17 +462,24 @@ type datapath struct {
 	log     *slog.Logger
 	metrics *metrics.Metrics
 	reqs    chan *pending
+	// inflight counts packets submitted and not yet answered.
+	inflight sync.WaitGroup
 }
 
 // submit hands p to the datapath; false when its backlog is full.
 func (d *datapath) submit(p *pending) bool {
+	d.inflight.Add(1)
 	select {
 	case d.reqs <- p:
 		return true
 	default:
+		d.inflight.Done()
 		return false
 	}
 }
+
+// idle waits until every submitted packet has its verdict.
+func (d *datapath) idle() { d.inflight.Wait() }
 
 func (d *datapath) run(ctx context.Context) {
 	var batch []*pending
@@ -451,6 +506,7 @@ func (d *datapath) run(ctx context.Context) {
 			open = append(open, p.open...)
 			close = append(close, p.close...)
 		}
+		d.storeOffsets(batch)
 		if len(open) > 0 {
 			if err := d.ruleset.OpenChannels(d.conn, open); err != nil {
 				d.log.Error("data channels not opened", "count", len(open), "err", err)
@@ -461,12 +517,42 @@ func (d *datapath) run(ctx context.Context) {
 				d.log.Warn("verdict", "err", err)
 			}
 			d.metrics.ObserveVerdict(time.Since(p.start))
+			d.inflight.Done()
 		}
 		// Evicted channels may go after the verdicts: nothing waits on them.
 		// One that timed out already fails the batch; the rest time out too.
 		if len(close) > 0 {
 			if err := d.ruleset.CloseChannels(d.conn, close); err != nil {
-				d.log.Debug("evicted data channels not closed", "count", len(close), "err", err)
+				d.log.Warn("evicted data channels not closed", "count", len(close), "err", err)
+			}
+		}
+	}
+}
+
+// storeOffsets records the stream offsets the batch's packets changed, in
+// one nftables batch; where that fails (an element to replace timed out),
+// one by one.
+func (d *datapath) storeOffsets(batch []*pending) {
+	n := 0
+	for _, p := range batch {
+		if o := p.offsets; o.Store {
+			d.ruleset.StoreOffsets(d.conn, o.Client, o.VIP, o.Off, o.Replace)
+			n++
+		}
+	}
+	if n == 0 || d.conn.Flush() == nil {
+		return
+	}
+	for _, p := range batch {
+		if o := p.offsets; o.Store {
+			d.ruleset.StoreOffsets(d.conn, o.Client, o.VIP, o.Off, o.Replace)
+			err := d.conn.Flush()
+			if err != nil && o.Replace {
+				d.ruleset.StoreOffsets(d.conn, o.Client, o.VIP, o.Off, false)
+				err = d.conn.Flush()
+			}
+			if err != nil {
+				d.log.Warn("stream offsets not recorded; a restart would lose them", "client", o.Client, "vip", o.VIP, "err", err)
 			}
 		}
 	}

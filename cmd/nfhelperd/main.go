@@ -41,10 +41,20 @@ func main() {
 		logErrors(log, "configuration", err)
 		os.Exit(1)
 	}
+	exe := selfPath() // before an upgrade can replace the file
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := run(ctx, *path, cfg, log); err != nil {
+	inherit, err := run(ctx, *path, cfg, log)
+	if err != nil {
 		log.Error("stopped", "err", err)
+		os.Exit(1)
+	}
+	if inherit != nil {
+		err := handOver(exe, inherit)
+		// Still here: the queues are bound to sockets nobody reads, and
+		// the kernel bypasses them once their backlog is full. A
+		// supervisor restarts the daemon, which then binds them anew.
+		log.Error("hand-over failed", "exe", exe, "err", err)
 		os.Exit(1)
 	}
 }

@@ -3,7 +3,8 @@
 # machine's own OS in a throw-away systemd-nspawn container (a tmpfs overlay
 # over /, its own network namespace), installs the .deb there and checks the
 # unit: not started on install, start, control socket, reload (good and bad
-# file), restart after SIGKILL, stop (table gone), the security score, purge.
+# file), take-over after SIGKILL, restart after SIGKILL, hand-over in place
+# (SIGUSR2), stop (table gone), the security score, purge.
 # For machines where systemd is not PID 1; nothing on the host changes.
 #
 # Usage (root): debian/tests/systemd-test.sh bin/nfhelper_*.deb
@@ -104,19 +105,22 @@ active || fail "bad reload stopped the daemon"
 cp /tmp/good.yaml /etc/nfhelper/nfhelperd.yaml
 ok "reload of a bad file fails, the daemon runs on"
 
-# After a crash, ExecStopPost deletes the table (here without the restart).
+# After a crash the table stays (traffic fails open) for the next start to
+# take over (here without the automatic restart).
 mkdir -p /run/systemd/system/nfhelperd.service.d
 printf '[Service]\nRestart=no\n' >/run/systemd/system/nfhelperd.service.d/norestart.conf
 systemctl daemon-reload
 systemctl kill -s KILL --kill-whom=main nfhelperd
 waitfor 10 sh -c '! systemctl is-active --quiet nfhelperd' || fail "still active after SIGKILL"
-waitfor 10 sh -c '! nft list table inet nfhelper >/dev/null 2>&1' || fail "table left after SIGKILL: ExecStopPost did not delete it"
-ok "SIGKILL: ExecStopPost deleted table inet nfhelper"
+table || fail "table gone after SIGKILL: nothing for the next start to take over"
+ok "SIGKILL: table inet nfhelper left, failing open"
 rm -r /run/systemd/system/nfhelperd.service.d
 systemctl daemon-reload
 systemctl reset-failed nfhelperd
 systemctl start nfhelperd || fail "start after SIGKILL"
+waitfor 20 sh -c 'journalctl -u nfhelperd -o cat | grep -q "took over a stale table"' || fail "the stale table was not taken over"
 waitfor 20 table || fail "no table after start"
+ok "started after SIGKILL: took the table over"
 pid=$(mainpid)
 
 systemctl kill -s KILL --kill-whom=main nfhelperd
@@ -125,6 +129,16 @@ waitfor 20 sh -c '[ "$(systemctl show -P MainPID nfhelperd)" != 0 ] && [ "$(syst
 waitfor 20 table || fail "no table after restart"
 journalctl -u nfhelperd -o cat | grep -E 'Main process exited|Scheduled restart' | tail -2
 ok "restarted after SIGKILL: pid $(mainpid)"
+
+# SIGUSR2: the daemon execs itself, handing its queues over; same pid.
+pid=$(mainpid)
+readies=$(journalctl -u nfhelperd -o cat | grep -c "msg=ready")
+systemctl kill -s USR2 --kill-whom=main nfhelperd
+waitfor 20 sh -c '[ "$(journalctl -u nfhelperd -o cat | grep -c "msg=ready")" -gt '"$readies"' ]' || fail "not ready again after SIGUSR2"
+[ "$(mainpid)" = "$pid" ] && active || fail "SIGUSR2: pid $(mainpid), want $pid, active"
+journalctl -u nfhelperd -o cat | grep -q 'msg="handing over"' || fail "no hand-over logged"
+table || fail "no table after the hand-over"
+ok "SIGUSR2: handed over in place, pid $pid"
 
 systemctl stop nfhelperd || fail "stop"
 table && fail "table inet nfhelper left after stop"

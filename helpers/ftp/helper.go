@@ -24,9 +24,10 @@ func init() { ipvs.Register(Helper{}) }
 // allows lower ones; lower ones are services the peer could be bounced to.
 const minDataPort = 1024
 
-// maxPending bounds how many PASV (or EPSV) commands may await their reply,
-// enough for any pipelining client.
-const maxPending = 8
+// maxPending bounds how many PASV (or EPSV) commands may await their reply:
+// every 227 a pipelining client asked for must be rewritten, however many
+// it asked for at once (an unrewritten one would show the real server).
+const maxPending = 1<<16 - 1
 
 // Helper is the FTP control-connection helper, registered as "ftp".
 type Helper struct{}
@@ -57,7 +58,7 @@ type conn struct {
 
 	// Client commands awaiting their reply. They are counters, not flags,
 	// so that a pipelining client's PASV replies are all honoured.
-	pasv, epsv uint8
+	pasv, epsv uint16
 	epsvAll    bool // EPSV ALL was sent: PORT, PASV, EPRT are refused
 	auth       bool // AUTH was sent: 234 (or 235 after ADAT) means TLS
 	stopped    bool
@@ -134,8 +135,13 @@ func (c *conn) line(dir ipvs.Direction, st *stream, data []byte, off, n int, ful
 		line = line[:n-1]
 	}
 	if dir == ipvs.FromClient {
-		if full {
+		switch {
+		case full:
 			c.command(data, off, line, fixed, r)
+		case hasPrefix(line, "PORT ") || hasPrefix(line, "EPRT "):
+			// Too long to read, so not what the helper would let through.
+			r.Refuse(ipvs.RefuseMalformed)
+			neutralize(off, fixed, r)
 		}
 		return
 	}
@@ -146,11 +152,11 @@ func (c *conn) line(dir ipvs.Direction, st *stream, data []byte, off, n int, ful
 // and from which of its bytes it may be edited (len(tail) if none).
 func (c *conn) carry(dir ipvs.Direction, st *stream, tail []byte) (hold int, ok bool) {
 	if dir == ipvs.FromClient {
-		// PORT and EPRT arguments are rewritten behind the user's SNAT;
-		// other commands are only read.
+		// PORT and EPRT are rewritten behind the user's SNAT, and refused
+		// ones lose their verb; other commands are only read.
 		for _, p := range [...]string{"PORT ", "EPRT "} {
 			if prefixFold(tail, p) {
-				return min(len(p), len(tail)), true
+				return 0, true
 			}
 		}
 		for _, p := range [...]string{"PASV", "EPSV", "AUTH "} {
@@ -203,22 +209,22 @@ func (c *conn) command(data []byte, off int, line []byte, fixed int, r *ipvs.Res
 	args := line[min(argsAt, len(line)):]
 	switch {
 	case hasPrefix(line, "PORT "):
-		if c.epsvAll {
-			r.Refuse(ipvs.RefuseEPSVAll)
-		} else if ap, err := ParsePORT(args); err == nil {
-			if to, rewrite := c.active(ap, r); rewrite && off+argsAt >= fixed && to.Addr().Is4() {
-				var buf [len("255,255,255,255,255,255")]byte
-				r.Replace(off+argsAt, len(args), AppendHostPort(buf[:0], to))
-			}
+		ap, err := ParsePORT(args)
+		switch to, rewrite, ok := c.announce(ap, err, r); {
+		case !ok:
+			neutralize(off, fixed, r)
+		case rewrite && off+argsAt >= fixed && to.Addr().Is4():
+			var buf [len("255,255,255,255,255,255")]byte
+			r.Replace(off+argsAt, len(args), AppendHostPort(buf[:0], to))
 		}
 	case hasPrefix(line, "EPRT "):
-		if c.epsvAll {
-			r.Refuse(ipvs.RefuseEPSVAll)
-		} else if ap, err := ParseEPRT(args); err == nil {
-			if to, rewrite := c.active(ap, r); rewrite && off+argsAt >= fixed {
-				var buf [64]byte
-				r.Replace(off+argsAt, len(args), appendEPRT(buf[:0], args[0], to))
-			}
+		ap, err := ParseEPRT(args)
+		switch to, rewrite, ok := c.announce(ap, err, r); {
+		case !ok:
+			neutralize(off, fixed, r)
+		case rewrite && off+argsAt >= fixed:
+			var buf [64]byte
+			r.Replace(off+argsAt, len(args), appendEPRT(buf[:0], args[0], to))
 		}
 	case isCommand(line, "PASV"):
 		if c.epsvAll {
@@ -242,6 +248,34 @@ func (c *conn) command(data []byte, off int, line []byte, fixed int, r *ipvs.Res
 	}
 }
 
+// announce checks a PORT or EPRT announcement (ap, or the error parsing
+// it) and opens its channel; rewrite reports that the server must be told
+// to instead, and !ok that the command must not reach the server as one.
+func (c *conn) announce(ap netip.AddrPort, err error, r *ipvs.Result) (to netip.AddrPort, rewrite, ok bool) {
+	switch {
+	case c.epsvAll:
+		r.Refuse(ipvs.RefuseEPSVAll)
+		return to, false, false
+	case err != nil:
+		r.Refuse(ipvs.RefuseMalformed)
+		return to, false, false
+	}
+	return c.active(ap, r)
+}
+
+// neutralVerb replaces the verb of a refused PORT or EPRT: no server knows
+// it, so the server answers 500 rather than connect where the client
+// asked (a bounce to a host or port behind the balancer, or an address
+// the server may read otherwise than the helper did).
+const neutralVerb = "XPRT"
+
+// neutralize makes the command line at off in data one the server refuses.
+func neutralize(off, fixed int, r *ipvs.Result) {
+	if off >= fixed {
+		r.Replace(off, len(neutralVerb), []byte(neutralVerb))
+	}
+}
+
 // appendEPRT appends EPRT arguments for ap with delimiter d.
 func appendEPRT(b []byte, d byte, ap netip.AddrPort) []byte {
 	proto := byte('1')
@@ -256,8 +290,8 @@ func appendEPRT(b []byte, d byte, ap netip.AddrPort) []byte {
 }
 
 // active handles the address a PORT or EPRT command announces; rewrite
-// reports that the server must be told to instead.
-func (c *conn) active(ap netip.AddrPort, r *ipvs.Result) (to netip.AddrPort, rewrite bool) {
+// reports that the server must be told to instead, !ok a refusal.
+func (c *conn) active(ap netip.AddrPort, r *ipvs.Result) (to netip.AddrPort, rewrite, ok bool) {
 	client := c.s.Client.Addr()
 	addr := ap.Addr()
 	switch {
@@ -267,20 +301,20 @@ func (c *conn) active(ap netip.AddrPort, r *ipvs.Result) (to netip.AddrPort, rew
 		// Even a loose policy cannot send an IPv4 session's data to an
 		// IPv6 host or back.
 		r.Refuse(ipvs.RefuseBounce)
-		return netip.AddrPort{}, false
+		return netip.AddrPort{}, false, false
 	case client.Is4():
 		addr = addr.Unmap()
 	}
 	if ap.Port() < minDataPort && !c.lowPorts {
 		r.Refuse(ipvs.RefuseLowPort)
-		return netip.AddrPort{}, false
+		return netip.AddrPort{}, false, false
 	}
 	if r.Opener == nil {
-		return netip.AddrPort{}, false
+		return netip.AddrPort{}, false, true
 	}
 	announced := netip.AddrPortFrom(addr, ap.Port())
-	to, ok := r.OpenActive(announced)
-	return to, ok && to != announced
+	to, opened := r.OpenActive(announced)
+	return to, opened && to != announced, opened
 }
 
 // reply handles one server line, without its terminator, that starts at off

@@ -278,9 +278,10 @@ var cases = []testCase{
 		log:   []string{"active 203.0.113.2:40000"},
 	},
 	{
-		name:  "PORT bounce",
-		turns: []turn{c("PORT 10,0,0,12,156,64\r\n")},
-		log:   []string{"refuse bounce"},
+		name:   "PORT bounce",
+		turns:  []turn{c("PORT 10,0,0,12,156,64\r\n")},
+		client: "XPRT 10,0,0,12,156,64\r\n",
+		log:    []string{"refuse bounce"},
 	},
 	{
 		name:  "PORT bounce, loose policy",
@@ -289,9 +290,10 @@ var cases = []testCase{
 		log:   []string{"active 10.0.0.12:40000"},
 	},
 	{
-		name:  "PORT low port",
-		turns: []turn{c("PORT 203,0,113,2,3,255\r\n")},
-		log:   []string{"refuse low_port"},
+		name:   "PORT low port",
+		turns:  []turn{c("PORT 203,0,113,2,3,255\r\n")},
+		client: "XPRT 203,0,113,2,3,255\r\n",
+		log:    []string{"refuse low_port"},
 	},
 	{
 		name:  "PORT low port allowed",
@@ -300,19 +302,22 @@ var cases = []testCase{
 		log:   []string{"active 203.0.113.2:1023"},
 	},
 	{
-		name:  "PORT invalid",
-		turns: []turn{c("PORT 203,0,113,2,256,22\r\n")},
+		name:   "PORT invalid",
+		turns:  []turn{c("PORT 203,0,113,2,256,22\r\n")},
+		client: "XPRT 203,0,113,2,256,22\r\n",
+		log:    []string{"refuse malformed"},
 	},
 	{
 		name:  "PORT from the server",
 		turns: []turn{s("PORT 203,0,113,2,156,64\r\n")},
 	},
 	{
-		name:  "PORT in an IPv6 session, even loose",
-		s:     &session6,
-		p:     &allPolicy,
-		turns: []turn{c("PORT 203,0,113,2,156,64\r\n")},
-		log:   []string{"refuse bounce"},
+		name:   "PORT in an IPv6 session, even loose",
+		s:      &session6,
+		p:      &allPolicy,
+		turns:  []turn{c("PORT 203,0,113,2,156,64\r\n")},
+		client: "XPRT 203,0,113,2,156,64\r\n",
+		log:    []string{"refuse bounce"},
 	},
 	{
 		name:  "EPRT",
@@ -331,10 +336,11 @@ var cases = []testCase{
 		log:   []string{"active [2001:db8:2::2]:40000"},
 	},
 	{
-		name:  "EPRT bounce",
-		s:     &session6,
-		turns: []turn{c("EPRT #2#2001:db8:2::3#40000#\r\n")},
-		log:   []string{"refuse bounce"},
+		name:   "EPRT bounce",
+		s:      &session6,
+		turns:  []turn{c("EPRT #2#2001:db8:2::3#40000#\r\n")},
+		client: "XPRT #2#2001:db8:2::3#40000#\r\n",
+		log:    []string{"refuse bounce"},
 	},
 	{
 		name:  "EPRT bounce, loose policy",
@@ -344,14 +350,17 @@ var cases = []testCase{
 		log:   []string{"active [2001:db8:2::3]:40000"},
 	},
 	{
-		name:  "EPRT low port",
-		s:     &session6,
-		turns: []turn{c("EPRT |2|2001:db8:2::2|22|\r\n")},
-		log:   []string{"refuse low_port"},
+		name:   "EPRT low port",
+		s:      &session6,
+		turns:  []turn{c("EPRT |2|2001:db8:2::2|22|\r\n")},
+		client: "XPRT |2|2001:db8:2::2|22|\r\n",
+		log:    []string{"refuse low_port"},
 	},
 	{
-		name:  "EPRT family mismatch",
-		turns: []turn{c("EPRT |1|2001:db8:2::2|40000|\r\nEPRT |3|203.0.113.2|40000|\r\n")},
+		name:   "EPRT family mismatch",
+		turns:  []turn{c("EPRT |1|2001:db8:2::2|40000|\r\nEPRT |3|203.0.113.2|40000|\r\n")},
+		client: "XPRT |1|2001:db8:2::2|40000|\r\nXPRT |3|203.0.113.2|40000|\r\n",
+		log:    []string{"refuse malformed", "refuse malformed"},
 	},
 	{
 		name: "EPSV ALL",
@@ -360,7 +369,8 @@ var cases = []testCase{
 			c("EPRT |1|203.0.113.2|40000|\r\n"), s("500 No.\r\n"),
 			c(pasvCmd), s("500 No.\r\n"),
 			c(epsvCmd), s("229 Entering Extended Passive Mode (|||6446|)\r\n")},
-		log: []string{"refuse epsv_all", "refuse epsv_all", "refuse epsv_all", "passive 10.0.0.11:6446"},
+		client: "EPSV ALL\r\nXPRT 203,0,113,2,156,64\r\nXPRT |1|203.0.113.2|40000|\r\n" + pasvCmd + epsvCmd,
+		log:    []string{"refuse epsv_all", "refuse epsv_all", "refuse epsv_all", "passive 10.0.0.11:6446"},
 	},
 	{
 		name: "AUTH TLS then 234",
@@ -392,7 +402,10 @@ var cases = []testCase{
 			c("PORT 203,0,113,2,156,64" + strings.Repeat(" ", ipvs.MaxCarry) + "\r\n"),
 			c("PORT 203,0,113,2,156,64\r\n"), c(pasvCmd), s("227 (10,0,0,11,156,64)\r\n")},
 		server: "227 Entering Passive Mode" + strings.Repeat(" ", ipvs.MaxCarry) + "(10,0,0,11,156,64)\r\n227 (198,51,100,10,156,64)\r\n",
-		log:    []string{"active 203.0.113.2:40000", "passive 10.0.0.11:40000"},
+		// A PORT too long to read is refused: the server must not act on
+		// what the helper did not check.
+		client: pasvCmd + "XPRT 203,0,113,2,156,64" + strings.Repeat(" ", ipvs.MaxCarry) + "\r\nPORT 203,0,113,2,156,64\r\n" + pasvCmd,
+		log:    []string{"refuse malformed", "active 203.0.113.2:40000", "passive 10.0.0.11:40000"},
 	},
 	{
 		name: "long line in a multi-line reply",
@@ -402,8 +415,10 @@ var cases = []testCase{
 		log:    []string{"passive 10.0.0.11:40000"},
 	},
 	{
-		name:  "incomplete line at fin",
-		turns: []turn{c(pasvCmd), {ipvs.FromServer, "227 (10,0,0,11,156,64)", true}, {ipvs.FromClient, "PORT 203,0,113,2,156,64", true}},
+		name:   "incomplete line at fin",
+		turns:  []turn{c(pasvCmd), {ipvs.FromServer, "227 (10,0,0,11,156,64)", true}, {ipvs.FromClient, "PORT 203,0,113,2,156,64", true}},
+		client: pasvCmd + "XPRT 203,0,113,2,156,64",
+		log:    []string{"refuse malformed"},
 	},
 }
 
@@ -479,6 +494,8 @@ var transcripts = []testCase{
 			c("PORT 10,0,0,99,0,25\r\n"), s("500 Illegal PORT command.\r\n"),
 			c("QUIT\r\n"), {ipvs.FromServer, "221 Goodbye.\r\n", true}, {ipvs.FromClient, "", true},
 		},
+		client: "USER ftp\r\nPASS \r\nSYST\r\nFEAT\r\nPWD\r\nTYPE I\r\nPASV\r\nLIST\r\nEPSV\r\nRETR f\r\n" +
+			"PORT 203,0,113,2,156,66\r\nEPRT |1|203.0.113.2|40003|\r\nXPRT 10,0,0,99,0,25\r\nQUIT\r\n",
 		log: []string{"passive 10.0.0.11:40000", "passive 10.0.0.11:40001", "active 203.0.113.2:40002",
 			"active 203.0.113.2:40003", "refuse bounce"},
 	},
@@ -542,6 +559,7 @@ var transcripts = []testCase{
 			c(pasvCmd), s("227 (10,0,0,11,156,64)\r\n"),
 			c("EPSV\r\n"), s("229-Entering\r\n229 Entering Extended Passive Mode (|||6446|)\r\n"),
 		},
+		client: "PASV\r\nPASV\r\nXPRT 203,0,113,2,0,21\r\nEPSV\r\nEPSV ALL\r\nXPRT 203,0,113,2,156,64\r\nPASV\r\nEPSV\r\n",
 		log: []string{"refuse unsolicited", "refuse bounce", "refuse low_port", "refuse low_port", "refuse low_port",
 			"refuse epsv_all", "refuse epsv_all", "refuse unsolicited", "passive 10.0.0.11:6446"},
 	},
@@ -572,6 +590,9 @@ func TestTranscripts(t *testing.T) {
 				t.Errorf("stopped = %v, want %v", m.stopped, tc.stop)
 			}
 			sentClient, sentServer := tc.streams()
+			if tc.client != "" {
+				sentClient = tc.client // refused commands lose their verb
+			}
 			if wantClient != sentClient {
 				t.Errorf("client stream changed:\n got %q\nsent %q", wantClient, sentClient)
 			}
@@ -639,8 +660,8 @@ func TestCarry(t *testing.T) {
 		data        string
 		carry, hold int
 	}{
-		{ipvs.FromClient, "", "PO", 2, 0},
-		{ipvs.FromClient, "", "USER x\r\nport 1,2", 8, 3}, // PORT arguments may be rewritten behind SNAT
+		{ipvs.FromClient, "", "PO", 2, 2},                 // a refused PORT loses its verb
+		{ipvs.FromClient, "", "USER x\r\nport 1,2", 8, 8}, // and its arguments may be rewritten behind SNAT
 		{ipvs.FromClient, "", "pasv\r", 5, 0},
 		{ipvs.FromClient, "", "PASS secret", 0, 0},
 		{ipvs.FromClient, "", "AUTH", 4, 0},
@@ -809,13 +830,13 @@ var allocCases = map[string][]inspection{
 	"229":      {{ipvs.FromServer, []byte("229 Entering Extended Passive Mode (|||6446|)\r\n"), 0, 0, 0}},
 	"PORT":     {{ipvs.FromClient, []byte("PORT 203,0,113,2,156,64\r\n"), 0, 0, 0}},
 	"EPRT":     {{ipvs.FromClient, []byte("EPRT |1|203.0.113.2|40000|\r\n"), 0, 0, 0}},
-	"bounce":   {{ipvs.FromClient, []byte("PORT 10,0,0,12,156,64\r\n"), 0, 0, 0}},
+	"bounce":   {{ipvs.FromClient, []byte("PORT 10,0,0,12,156,64\r\n"), 0, 0, 1}},
 	"split227": split227(),
 }
 
 func (in inspection) run(h ipvs.ConnHelper, r *ipvs.Result) {
 	c := h.(*conn)
-	c.pasv += uint8(in.pasv)
+	c.pasv += uint16(in.pasv)
 	c.epsv = 1
 	r.Reset()
 	h.Inspect(in.dir, in.data, in.fixed, false, r)

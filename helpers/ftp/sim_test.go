@@ -127,8 +127,14 @@ func (m *sim) feed(dir ipvs.Direction, seg []byte, fin bool) {
 		}
 		end = e.Off + e.Len
 	}
-	if dir == ipvs.FromClient && len(r.Edits) > 0 && !m.rec.nat.IsValid() {
-		tb.Fatalf("%s: edits a command with no SNAT to hide: %+v", where(), r.Edits)
+	for _, e := range r.Edits {
+		// Without SNAT to hide, a command is only edited to refuse it: its
+		// PORT or EPRT verb becomes one no server knows.
+		refused := e.Len == len(neutralVerb) && string(e.New) == neutralVerb &&
+			(hasPrefix(data[e.Off:], "PORT ") || hasPrefix(data[e.Off:], "EPRT "))
+		if dir == ipvs.FromClient && !m.rec.nat.IsValid() && !refused {
+			tb.Fatalf("%s: edits a command with no SNAT to hide: %+v", where(), r.Edits)
+		}
 	}
 	edited := apply(data, r)
 	d.out = append(d.out, edited[fixed:len(edited)-r.Hold]...)

@@ -1,6 +1,7 @@
 // Command soak runs mixed FTP sessions through the demo topology's VIPs for
-// a while, reloading nfhelperd now and then and restarting it (SIGTERM, and
-// SIGKILL as a crash) now and then, and reports the sessions that failed.
+// a while, reloading nfhelperd now and then and restarting it (in place with
+// SIGUSR2, and SIGKILL as a crash) now and then, and reports the sessions
+// that failed.
 // Run as root: go run ./integration/soak -duration 2m.
 package main
 
@@ -35,7 +36,7 @@ func main() {
 	flag.DurationVar(&o.duration, "duration", time.Minute, "how long to run sessions")
 	flag.IntVar(&o.clients, "clients", 6, "concurrent client loops")
 	flag.DurationVar(&o.reloadEvery, "reload-every", 5*time.Second, "SIGHUP the daemon this often (0: never)")
-	flag.DurationVar(&o.restartE, "restart-every", 20*time.Second, "restart the daemon this often, alternating SIGTERM and SIGKILL (0: never)")
+	flag.DurationVar(&o.restartE, "restart-every", 20*time.Second, "restart the daemon this often, alternating a SIGUSR2 hand-over and SIGKILL (0: never)")
 	flag.Parse()
 	os.Exit(run(o))
 }
@@ -139,11 +140,8 @@ loop:
 		case <-restart:
 			mu.Lock()
 			if restarts%2 == 0 {
-				_, err = d.Stop()
-			} else {
-				err = d.Kill()
-			}
-			if err == nil {
+				err = handOver(d)
+			} else if err = d.Kill(); err == nil {
 				d, err = tp.StartDaemon(bin, cfg)
 			}
 			mu.Unlock()
@@ -153,7 +151,7 @@ loop:
 				break loop
 			}
 			restarts++
-			events = append(events, event{map[bool]string{true: "SIGTERM restart", false: "SIGKILL restart"}[restarts%2 == 1], time.Now()})
+			events = append(events, event{map[bool]string{true: "SIGUSR2 hand-over", false: "SIGKILL restart"}[restarts%2 == 1], time.Now()})
 		}
 	}
 	wg.Wait()
@@ -235,4 +233,18 @@ func oneSession(ctx context.Context, tp *topo.Topo, ftpget string, rng *rand.Ran
 		s.err = fmt.Errorf("sha256 %q (%v), want %s", r.SHA256, err, tp.Files["small.bin"])
 	}
 	return s
+}
+
+// handOver restarts d in place (SIGUSR2) and waits until it is ready again.
+func handOver(d *topo.Daemon) error {
+	readies := strings.Count(d.Log(), "msg=ready")
+	if err := syscall.Kill(d.Pid(), syscall.SIGUSR2); err != nil {
+		return err
+	}
+	for deadline := time.Now().Add(20 * time.Second); strings.Count(d.Log(), "msg=ready") == readies; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) || !d.Running() {
+			return fmt.Errorf("not ready again after SIGUSR2 (running %v)", d.Running())
+		}
+	}
+	return nil
 }

@@ -1,0 +1,71 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+
+	"github.com/google/nftables"
+	"github.com/ti-mo/conntrack"
+
+	"github.com/nfhelper/nfhelper/ipvs"
+	"github.com/nfhelper/nfhelper/nft"
+)
+
+// conntrack's TCP states (TCP_CONNTRACK_*) that matter here.
+const (
+	tcpEstablished = 3
+	tcpTimeWait    = 7
+	tcpClose       = 8
+)
+
+// restore takes over what a daemon that did not stop cleanly left: the run-
+// time elements of its table (kept by the new table) and the connections
+// conntrack still holds for the configured services, whose helped streams
+// go on with the offsets it recorded. It reads the kernel and changes
+// nothing there, so it runs before the queues are bound.
+func restore(engine *ipvs.Engine, table string, log *slog.Logger) (*nft.Carried, error) {
+	c, err := nftables.New()
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	carried, err := nft.ReadStale(c, table)
+	if err != nil {
+		return nil, err
+	}
+	if carried == nil {
+		return nil, nil
+	}
+	offsets := carried.Offsets()
+	ct, err := conntrack.Dial(nil)
+	if err != nil {
+		return carried, fmt.Errorf("conntrack: %w", err)
+	}
+	defer ct.Close()
+	flows, err := ct.Dump(nil)
+	if err != nil {
+		return carried, fmt.Errorf("conntrack dump: %w", err)
+	}
+	n := 0
+	for _, f := range flows {
+		if f.TupleOrig.Proto.Protocol != 6 {
+			continue
+		}
+		client := netip.AddrPortFrom(f.TupleOrig.IP.SourceAddress, f.TupleOrig.Proto.SourcePort)
+		vip := netip.AddrPortFrom(f.TupleOrig.IP.DestinationAddress, f.TupleOrig.Proto.DestinationPort)
+		server := netip.AddrPortFrom(f.TupleReply.IP.SourceAddress, f.TupleReply.Proto.SourcePort)
+		var state uint8
+		if f.ProtoInfo.TCP != nil {
+			state = f.ProtoInfo.TCP.State
+		}
+		if state == tcpTimeWait || state == tcpClose {
+			continue
+		}
+		established := state == tcpEstablished
+		if engine.Restore(client, vip, server, established, offsets[[2]netip.AddrPort{client, vip}]) {
+			n++
+		}
+	}
+	log.Info("took over a stale table", "elements", carried.Len(), "connections", n)
+	return carried, nil
+}

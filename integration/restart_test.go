@@ -1,0 +1,148 @@
+//go:build integration
+
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nfhelper/nfhelper/integration/topo"
+)
+
+// resumeClient holds one control connection to the quirky server as
+// "bare227" ("227 h1,...,p2": no text to absorb a longer address, so every
+// rewrite changes the reply's length), downloads small.bin, waits for a
+// line on stdin, downloads it again on the same control connection and
+// quits.
+const resumeClient = `import ftplib, hashlib, json, sys
+host = sys.argv[1]
+out = sys.stdout
+sys.stdout = sys.stderr
+ftp = ftplib.FTP(timeout=20)
+ftp.trust_server_pasv_ipv4_address = True
+ftp.set_debuglevel(1)
+ftp.connect(host, 2321)
+ftp.login("bare227", "x")
+def get():
+    h = hashlib.sha256()
+    ftp.retrbinary("RETR small.bin", h.update)
+    return h.hexdigest()
+out.write(json.dumps({"sha256": get()}) + "\n"); out.flush()
+sys.stdin.readline()
+second = get()
+bye = ftp.quit()
+out.write(json.dumps({"sha256": second, "quit": bye}) + "\n"); out.flush()
+`
+
+// resumer is a control connection held across a daemon's crash.
+type resumer struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	lines *bufio.Scanner
+	trace *lockedBuffer
+	stop  context.CancelFunc
+}
+
+// startResume opens the control connection and makes its first transfer,
+// which lengthens a 227 reply.
+func startResume(t *testing.T) *resumer {
+	t.Helper()
+	tp := harness.tp
+	script := filepath.Join(t.TempDir(), "resume.py")
+	if err := os.WriteFile(script, []byte(resumeClient), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	r := &resumer{trace: &lockedBuffer{}, stop: cancel}
+	r.cmd = tp.CommandContext(ctx, tp.Client, "python3", script, topo.VIP4)
+	r.cmd.Stderr = r.trace
+	var err error
+	if r.stdin, err = r.cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := r.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		r.stdin.Close()
+		r.stop()
+		r.cmd.Wait()
+	})
+	r.lines = bufio.NewScanner(stdout)
+	if res := r.next(t, "before the crash"); res["sha256"] != tp.Files["small.bin"] {
+		t.Fatalf("before the crash: sha256 %s", res["sha256"])
+	}
+	return r
+}
+
+func (r *resumer) next(t *testing.T, what string) map[string]string {
+	t.Helper()
+	if !r.lines.Scan() {
+		t.Fatalf("%s: the client ended: %v\n%s", what, r.lines.Err(), tailString(r.trace.String(), 3000))
+	}
+	var res map[string]string
+	if err := json.Unmarshal(r.lines.Bytes(), &res); err != nil {
+		t.Fatalf("%s: %q: %v", what, r.lines.Text(), err)
+	}
+	return res
+}
+
+// finish checks that the daemon whose log (from its start) is log took
+// the connection and its offsets back: a second transfer and QUIT on it
+// work.
+func (r *resumer) finish(t *testing.T, log string) {
+	tp := harness.tp
+	took := regexp.MustCompile(`took over a stale table" elements=(\d+) connections=(\d+)`).FindStringSubmatch(log)
+	if took == nil {
+		t.Fatalf("the new daemon did not take over the stale table:\n%s", log)
+	}
+	if n, _ := strconv.Atoi(took[2]); n < 1 {
+		t.Errorf("no connection taken back from conntrack: %s", took[0])
+	}
+	t.Logf("after the restart: %s", took[0])
+	io.WriteString(r.stdin, "go\n")
+	res := r.next(t, "after the restart")
+	if res["sha256"] != tp.Files["small.bin"] {
+		t.Errorf("after the restart: sha256 %s, want %s", res["sha256"], tp.Files["small.bin"])
+	}
+	if !strings.HasPrefix(res["quit"], "221") {
+		t.Errorf("QUIT answered %q", res["quit"])
+	}
+	if t.Failed() {
+		t.Logf("client trace:\n%s", tailString(r.trace.String(), 3000))
+	}
+}
+
+// lockedBuffer is a process's output, read while the process runs.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}

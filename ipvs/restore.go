@@ -1,0 +1,95 @@
+package ipvs
+
+import (
+	"net/netip"
+
+	"github.com/nfhelper/nfhelper/nfq"
+)
+
+// Offsets asks the datapath to record a connection's stream offsets in the
+// kernel before the verdict, where a restarted daemon finds them: the
+// receivers have seen lengths change, and a daemon that forgot it would
+// shift every later segment wrongly.
+type Offsets struct {
+	Store       bool
+	Replace     bool // recorded before
+	Client, VIP netip.AddrPort
+	Off         [2]int32 // by the Direction that sends the stream
+}
+
+// Restore takes back a connection that an earlier daemon balanced and that
+// conntrack still holds (client -> vip, answered by server). A helped one's
+// streams pick up at their next segment with the offsets the earlier
+// daemon recorded. False when no configured service and server match.
+func (e *Engine) Restore(client, vip, server netip.AddrPort, established bool, off [2]int32) bool {
+	svc := e.snap.Load().services[vip]
+	if svc == nil {
+		return false
+	}
+	if e.Table.LookupVIP(client, vip) != nil {
+		return true
+	}
+	rs := svc.counted(server)
+	if rs == nil {
+		return false
+	}
+	c := newConn(Session{Client: client, VIP: vip, Server: server}, svc, rs)
+	if established {
+		c.setState(StateEstablished, c.seen)
+	}
+	if c.help != nil {
+		for d := range c.help.streams {
+			c.help.streams[d].resume(off[d])
+		}
+		c.help.offsetsStored = off != [2]int32{}
+	}
+	e.Table.Insert(c)
+	e.Stats.Restored.Add(1)
+	return true
+}
+
+// counted returns the configured real server at addr, counting one more
+// connection to it; nil if there is none.
+func (s *Service) counted(addr netip.AddrPort) *RealServer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, rs := range s.Servers {
+		if rs.Addr == addr {
+			rs.Conns.Add(1)
+			rs.Inactive.Add(1)
+			return rs
+		}
+	}
+	return nil
+}
+
+// resume picks a stream up mid-way: its next data segment is taken to begin
+// a line, and off is what earlier rewrites added to it.
+func (st *stream) resume(off int32) {
+	*st = stream{resync: true, base: off, carry: st.carry[:0], edits: st.edits[:0], rel: st.rel[:0]}
+}
+
+// resynced starts a resumed stream at a segment's first byte.
+func (st *stream) resynced(seq uint32, payload int, flags uint8) {
+	if st.resync && payload > 0 && flags&(nfq.FlagSYN|nfq.FlagRST) == 0 {
+		st.resync, st.synced, st.next = false, true, seq
+	}
+}
+
+// total is the offset after every edit so far.
+func (st *stream) total() int32 {
+	if n := len(st.edits); n > 0 {
+		return st.edits[n-1].cum
+	}
+	return st.base
+}
+
+// offsets reports a changed total offset of c's streams; c.mu is held.
+func (c *Conn) offsets(before [2]int32, v *Verdict) {
+	now := [2]int32{c.help.streams[0].total(), c.help.streams[1].total()}
+	if now == before {
+		return
+	}
+	v.Offsets = Offsets{Store: true, Replace: c.help.offsetsStored, Client: c.Client, VIP: c.VIP, Off: now}
+	c.help.offsetsStored = true
+}

@@ -1,0 +1,159 @@
+package nft
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/google/nftables"
+	"golang.org/x/sys/unix"
+)
+
+// Carried are the elements a daemon that did not stop cleanly (a crash,
+// kill -9) left in its table and that the next one keeps: data channels
+// with the time they have left, learned servers, and stream offsets.
+type Carried struct {
+	elems map[string][]nftables.SetElement // by set name
+}
+
+// carriedSets are the sets whose elements the daemon adds at run time.
+func (f *family) carriedSets() []*nftables.Set {
+	return []*nftables.Set{f.watched, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets}
+}
+
+// ReadStale reads the run-time elements of table inet name; nil if there
+// is no such table.
+func ReadStale(c *nftables.Conn, name string) (*Carried, error) {
+	t, err := c.ListTableOfFamily(name, nftables.TableFamilyINet)
+	if errors.Is(err, unix.ENOENT) || t == nil {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read table inet %s: %w", name, err)
+	}
+	sets, err := c.GetSets(t)
+	if err != nil {
+		return nil, fmt.Errorf("read sets of inet %s: %w", name, err)
+	}
+	want := map[string]bool{}
+	for _, f := range []*family{newFamily(t, false), newFamily(t, true)} {
+		for _, s := range f.carriedSets() {
+			want[s.Name] = true
+		}
+	}
+	cr := &Carried{elems: map[string][]nftables.SetElement{}}
+	for _, s := range sets {
+		if !want[s.Name] {
+			continue
+		}
+		els, err := c.GetSetElements(s)
+		if err != nil {
+			return nil, fmt.Errorf("read set %s: %w", s.Name, err)
+		}
+		for _, e := range els {
+			if e.Timeout != 0 {
+				if e.Expires <= 0 {
+					continue
+				}
+				e.Timeout, e.Expires = e.Expires, 0
+			}
+			cr.elems[s.Name] = append(cr.elems[s.Name], nftables.SetElement{Key: e.Key, Val: e.Val, Timeout: e.Timeout})
+		}
+	}
+	return cr, nil
+}
+
+// Len is how many elements are carried.
+func (cr *Carried) Len() int {
+	if cr == nil {
+		return 0
+	}
+	n := 0
+	for _, els := range cr.elems {
+		n += len(els)
+	}
+	return n
+}
+
+// Offsets are the carried stream offsets by connection (client, VIP).
+func (cr *Carried) Offsets() map[[2]netip.AddrPort][2]int32 {
+	m := map[[2]netip.AddrPort][2]int32{}
+	if cr == nil {
+		return m
+	}
+	for _, name := range []string{"offsets4", "offsets6"} {
+		for _, e := range cr.elems[name] {
+			client, vip, ok := parseConnKey(e.Key)
+			if !ok || len(e.Val) != 8 {
+				continue
+			}
+			m[[2]netip.AddrPort{client, vip}] = [2]int32{
+				int32(binary.NativeEndian.Uint32(e.Val)), int32(binary.NativeEndian.Uint32(e.Val[4:])),
+			}
+		}
+	}
+	return m
+}
+
+// addCarried adds the carried elements of f's sets to the install batch.
+func (rs *Ruleset) addCarried(c *nftables.Conn, cr *Carried, f *family) error {
+	if cr == nil {
+		return nil
+	}
+	for _, s := range f.carriedSets() {
+		if els := cr.elems[s.Name]; len(els) > 0 {
+			if err := c.SetAddElements(s, els); err != nil {
+				return fmt.Errorf("carry elements of %s: %w", s.Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// offsetsTimeout bounds how long a connection's offsets are kept: a
+// safety net for connections whose end the daemon did not see.
+const offsetsTimeout = 48 * time.Hour
+
+// StoreOffsets records a connection's stream offsets (client to server,
+// server to client) where a restarted daemon finds them. replace: an
+// element for the connection exists already.
+func (rs *Ruleset) StoreOffsets(c *nftables.Conn, client, vip netip.AddrPort, off [2]int32, replace bool) error {
+	f := rs.fams[0]
+	if rs.fams[1].of(vip.Addr()) {
+		f = rs.fams[1]
+	}
+	key := connKey(client, vip)
+	if replace {
+		if err := c.SetDeleteElements(f.offsets, []nftables.SetElement{{Key: key}}); err != nil {
+			return err
+		}
+	}
+	val := binary.NativeEndian.AppendUint32(binary.NativeEndian.AppendUint32(nil, uint32(off[0])), uint32(off[1]))
+	return c.SetAddElements(f.offsets, []nftables.SetElement{{Key: key, Val: val, Timeout: offsetsTimeout}})
+}
+
+// connKey is a client . client port . VIP . port map key.
+func connKey(client, vip netip.AddrPort) []byte {
+	return appendPort(appendAddr(appendPort(appendAddr(nil, client.Addr()), client.Port()), vip.Addr()), vip.Port())
+}
+
+func parseConnKey(k []byte) (client, vip netip.AddrPort, ok bool) {
+	var n int
+	switch len(k) {
+	case 16:
+		n = 4
+	case 40:
+		n = 16
+	default:
+		return client, vip, false
+	}
+	addr := func(b []byte) netip.Addr {
+		a, _ := netip.AddrFromSlice(b)
+		return a
+	}
+	client = netip.AddrPortFrom(addr(k[:n]), binary.BigEndian.Uint16(k[n:]))
+	vip = netip.AddrPortFrom(addr(k[n+4:2*n+4]), binary.BigEndian.Uint16(k[2*n+4:]))
+	return client, vip, true
+}
