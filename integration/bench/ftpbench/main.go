@@ -41,6 +41,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"strconv"
@@ -131,6 +132,8 @@ type sample struct {
 	daemonCPU  float64 // seconds during the measured session run
 	queued     int64   // packets queued during the measured session run
 	queuedWarm int64   // packets queued during warm-up (for the per-session figure's check)
+	ctrlC2S    int64   // control-connection packets forwarded client to server during the measured run
+	ctrlS2C    int64   // and server to client
 	mbps       float64 // throughput MB/s (1e6)
 	noop, pasv []time.Duration
 	rssIdle    int64 // kB, nfhelperd only
@@ -374,12 +377,16 @@ func (b *bench) round(ctx context.Context, i, r int) *sample {
 			fail("warmup", err)
 		}
 		q1 := b.queued(ctx)
+		counting := b.countStart(ctx)
 		var c0 float64
 		if b.daemon != nil {
 			c0, _ = procCPU(b.daemon.Pid())
 		}
 		res, err := b.load(ctx, b.o.duration, sys.key)
 		q2 := b.queued(ctx)
+		if counting {
+			s.ctrlC2S, s.ctrlS2C = b.countEnd(ctx)
+		}
 		if err != nil {
 			fail("sessions", err)
 		} else {
@@ -397,6 +404,53 @@ func (b *bench) round(ctx context.Context, i, r int) *sample {
 		s.rssAfter = rssKB(b.daemon.Pid())
 	}
 	return s
+}
+
+const countTable = "nfhftpcount"
+
+// countStart adds a table to the router that counts the forwarded packets of
+// control connections (original destination port 21) by direction.
+func (b *bench) countStart(ctx context.Context) bool {
+	rules := fmt.Sprintf(`table ip %s {
+	counter c2s { }
+	counter s2c { }
+	chain fwd {
+		type filter hook forward priority filter; policy accept;
+		ct original proto-dst 21 ct direction original counter name "c2s"
+		ct original proto-dst 21 ct direction reply counter name "s2c"
+	}
+}
+`, countTable)
+	p := filepath.Join(b.tmp, "count.nft")
+	if err := os.WriteFile(p, []byte(rules), 0o644); err != nil {
+		return false
+	}
+	if _, err := b.tp.Run(ctx, b.tp.Router, "nft", "-f", p); err != nil {
+		logf("counting table: %v", err)
+		return false
+	}
+	return true
+}
+
+var counterRE = regexp.MustCompile(`counter (c2s|s2c) \{\s*packets (\d+)`)
+
+// countEnd reads and removes the counting table.
+func (b *bench) countEnd(ctx context.Context) (c2s, s2c int64) {
+	out, err := b.tp.Run(ctx, b.tp.Router, "nft", "list", "counters", "table", "ip", countTable)
+	if err == nil {
+		for _, m := range counterRE.FindAllStringSubmatch(string(out), -1) {
+			n, _ := strconv.ParseInt(m[2], 10, 64)
+			if m[1] == "c2s" {
+				c2s = n
+			} else {
+				s2c = n
+			}
+		}
+	}
+	if _, err := b.tp.Run(ctx, b.tp.Router, "nft", "delete", "table", "ip", countTable); err != nil {
+		logf("removing counting table: %v", err)
+	}
+	return c2s, s2c
 }
 
 // queued is the router's NFQUEUE id_sequence summed over its queues: packets

@@ -153,8 +153,25 @@ func (b *bench) report(samples []*sample, mem *memResult, took time.Duration) st
 	})
 	p("\nnfhelperd CPU time per session (utime+stime of its process over the measured run ÷ completed sessions, 10 ms clock): **%s µs**.\n\n", mm(cpu, "%.0f"))
 
+	c2s := vals(nf, func(s *sample) (float64, bool) {
+		if s.sess == nil || s.sess.Sessions == 0 || s.ctrlC2S == 0 {
+			return 0, false
+		}
+		return float64(s.ctrlC2S) / float64(s.sess.Sessions), true
+	})
+	s2c := vals(nf, func(s *sample) (float64, bool) {
+		if s.sess == nil || s.sess.Sessions == 0 || s.ctrlS2C == 0 {
+			return 0, false
+		}
+		return float64(s.ctrlS2C) / float64(s.sess.Sessions), true
+	})
 	p("#### Packets per FTP session that reach userspace\n\n")
-	p("Packets the router's kernel queued to nfhelperd during the measured run (sum of `id_sequence` over its queues in `/proc/net/netfilter/nfnetlink_queue`) ÷ completed sessions: **%s** (median (min–max) over rounds). Sessions cut off at the end of the run are not counted but their packets are, which inflates the figure slightly (at most %d sessions' worth per run). Not split by direction.\n\n", mm(pkts, "%.1f"), b.o.workers)
+	p("Packets the router's kernel queued to nfhelperd during the measured session runs (sum of `id_sequence` over its queues in `/proc/net/netfilter/nfnetlink_queue`) ÷ completed sessions, median (min–max) over rounds:\n\n")
+	p("| per session | packets |\n|---|---|\n")
+	p("| queued to nfhelperd (both directions) | **%s** |\n", mm(pkts, "%.1f"))
+	p("| control-connection packets forwarded client → server (nft counter, `ct original proto-dst 21 ct direction original`) | %s |\n", mm(c2s, "%.1f"))
+	p("| control-connection packets forwarded server → client (`ct direction reply`) | %s |\n\n", mm(s2c, "%.1f"))
+	p("The queue's count is not split by direction; the forwarded control packets are (a separate counting table in the router during the same runs). Sessions cut off at the end of a run are not counted but their packets are, which inflates these figures slightly (at most %d sessions' worth per run).\n\n", b.o.workers)
 
 	// Throughput.
 	tput := func(s *sample) (float64, bool) { return s.mbps, s.mbps > 0 }
