@@ -414,10 +414,10 @@ func (b *bench) countStart(ctx context.Context) bool {
 	rules := fmt.Sprintf(`table ip %s {
 	counter c2s { }
 	counter s2c { }
-	chain fwd {
+	chain count {
 		type filter hook forward priority filter; policy accept;
-		ct original proto-dst 21 ct direction original counter name "c2s"
-		ct original proto-dst 21 ct direction reply counter name "s2c"
+		meta l4proto tcp ct original proto-dst 21 ct direction original counter name "c2s"
+		meta l4proto tcp ct original proto-dst 21 ct direction reply counter name "s2c"
 	}
 }
 `, countTable)

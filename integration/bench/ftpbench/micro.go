@@ -110,6 +110,10 @@ func (m *micro) markdown() string {
 		}
 		p("| `%s`: %s | %s | %s | %s |\n", r.name, what, mm(r.ns, "%.0f"), mm(r.bytes, "%.0f"), mm(r.allocs, "%.0f"))
 	}
-	p("\nThe queue I/O around it (package `nfq`, recvmmsg and batched verdicts) costs about 1 µs per packet more, see *Queue path* above.\n\n")
+	p("\nThe queue I/O around it (package `nfq`, recvmmsg and batched verdicts) costs about 1 µs per packet more, see *Queue path* below.\n\n")
+	if len(m.memory) > 0 {
+		p("Go heap of the daemon's connection table (package `ipvs`, in-process, after GC), for the memory figures below:\n\n    %s\n\n", tableCmd)
+		p("| connections | kind | heap bytes per connection |\n|---|---|---|\n%s\n\n", strings.Join(m.memory, "\n"))
+	}
 	return w.String()
 }
