@@ -169,7 +169,7 @@ func (b *bench) report(samples []*sample, mem *memResult, took time.Duration) st
 	p("Packets the router's kernel queued to nfhelperd during the measured session runs (sum of `id_sequence` over its queues in `/proc/net/netfilter/nfnetlink_queue`) ÷ completed sessions, median (min–max) over rounds:\n\n")
 	p("| per session | packets |\n|---|---|\n")
 	p("| queued to nfhelperd (both directions) | **%s** |\n", mm(pkts, "%.1f"))
-	p("| control-connection packets forwarded client → server (nft counter, `ct original proto-dst 21 ct direction original`) | %s |\n", mm(c2s, "%.1f"))
+	p("| control-connection packets forwarded client → server (nft counter, `meta l4proto tcp ct original proto-dst 21 ct direction original`) | %s |\n", mm(c2s, "%.1f"))
 	p("| control-connection packets forwarded server → client (`ct direction reply`) | %s |\n\n", mm(s2c, "%.1f"))
 	p("The queue's count is not split by direction; the forwarded control packets are (a separate counting table in the router during the same runs). Sessions cut off at the end of a run are not counted but their packets are, which inflates these figures slightly (at most %d sessions' worth per run).\n\n", b.o.workers)
 
