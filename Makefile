@@ -6,7 +6,7 @@ BIN     ?= bin
 PKGS    := vsftpd lftp curl nftables conntrack iproute2 python3 procps \
            libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3 libsodium23 libcap2
 
-.PHONY: all build deps demo test unit integration fuzz soak bench bench-e2e bench-queue clean \
+.PHONY: all build deps demo test unit integration fuzz soak bench bench-ftp bench-all bench-e2e bench-queue clean \
         deb deb-deps deb-check deb-test vm-deps vmtest vmsuite vmreport
 
 all: build
@@ -54,8 +54,26 @@ SOAKTIME ?= 2m
 soak: deps
 	$(GO) run ./integration/soak -duration $(SOAKTIME) $(SOAK_ARGS)
 
+# Benchmarks (root for the second part, about 7 minutes in all): the Go
+# micro-benchmarks, then bench-ftp. Not run by CI.
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./nfq ./ipvs ./helpers/...
+	$(MAKE) --no-print-directory bench-ftp
+
+# nfhelperd side by side with nft DNAT + the kernel's FTP helpers, plain DNAT
+# and direct access, in throw-away namespaces: per-packet verdict path, FTP
+# sessions/s, data throughput, packets per session reaching userspace,
+# control round trips, daemon memory at 0/10k/100k connections. Writes the
+# "Side by side" section of docs/BENCHMARKS.md (FTPBENCH_DOC= to skip).
+# Options: FTPBENCH_ARGS='-rounds 5 -duration 5s -workers 8 -conns 10000,100000 ...'.
+FTPBENCH_DOC  ?= docs/BENCHMARKS.md
+FTPBENCH_ARGS ?=
+bench-ftp: deps
+	$(GO) build -o $(BIN)/ftpbench ./integration/bench/ftpbench
+	$(BIN)/ftpbench $(if $(FTPBENCH_DOC),-doc $(FTPBENCH_DOC)) -out $(BIN)/ftpbench.md $(FTPBENCH_ARGS)
+
+# Every benchmark: bench, bench-e2e and bench-queue.
+bench-all: bench bench-e2e bench-queue
 
 # End-to-end connection rate (root): kernel DNAT vs nfhelperd through the VIP,
 # in throw-away namespaces. Options: BENCH_ARGS='-rounds 3 -duration 5s ...'.

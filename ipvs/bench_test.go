@@ -102,6 +102,13 @@ func BenchmarkProcess(b *testing.B) {
 	w.Process(seg(client, rs1, 101, isn+1, pshAck, "PASV\r\n"), 0)
 	reply := seg(rs1, client, isn+1, 107, pshAck, "227 Entering Passive Mode (10,0,0,11,156,64).\r\n")
 	w.Process(reply, 0)
+	// plain: a client ACK on a control connection nothing was rewritten on
+	// (no offset to apply).
+	plain := ftpConn(b)
+	plain.Process(seg(client, rs1, 101, isn+1, pshAck, "NOOP\r\n"), 0)
+	plain.Process(seg(rs1, client, isn+1, 107, pshAck, "200 NOOP ok.\r\n"), 0)
+	b.Run("plain", func(b *testing.B) { benchmark(b, plain, seg(client, rs1, 107, isn+16, ack, "")) })
+	// ack: the client's ACK after the rewritten 227, its ack number corrected.
 	b.Run("ack", func(b *testing.B) { benchmark(b, w, seg(client, rs1, 107, isn+1, ack, "")) })
 	b.Run("rewritten227", func(b *testing.B) { benchmark(b, w, reply) })
 	b.Run("ackSACK", func(b *testing.B) {

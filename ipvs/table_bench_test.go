@@ -3,6 +3,7 @@ package ipvs
 import (
 	"fmt"
 	"net/netip"
+	"os"
 	"runtime"
 	"testing"
 	"unsafe"
@@ -190,4 +191,33 @@ func connLayout() string {
 		unsafe.Sizeof(h.streams[0]), unsafe.Sizeof(h.streams[0].carry), unsafe.Sizeof(h.streams[0].rel),
 		unsafe.Sizeof(h.streams[0].edits), unsafe.Sizeof(streamEdit{}), unsafe.Sizeof(h.open), unsafe.Sizeof(h.clientNAT),
 		unsafe.Sizeof(connKey{}), unsafe.Sizeof(&c))
+}
+
+// TestTableMemory reports the Go heap a table of 10k and 100k connections
+// takes (bytes per connection, helped and not), for docs/BENCHMARKS.md.
+// It only runs with NFH_TABLE_MEM=1 (make bench runs it):
+//
+//	NFH_TABLE_MEM=1 go test -run '^TestTableMemory$' -v ./ipvs
+func TestTableMemory(t *testing.T) {
+	if os.Getenv("NFH_TABLE_MEM") != "1" {
+		t.Skip("NFH_TABLE_MEM=1 runs it")
+	}
+	rs := servers(1, 1, 1, 1, 1, 1, 1, 1)
+	heap := func() uint64 {
+		var m runtime.MemStats
+		runtime.GC()
+		runtime.GC()
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	for _, helped := range []bool{false, true} {
+		for _, n := range []int{10_000, 100_000} {
+			before := heap()
+			tb, conns := benchTable(n, rs, helped)
+			after := heap()
+			t.Logf("table-memory conns=%d helped=%v heap_bytes=%d bytes_per_conn=%.0f", n, helped, after-before, float64(after-before)/float64(n))
+			runtime.KeepAlive(tb)
+			runtime.KeepAlive(conns)
+		}
+	}
 }

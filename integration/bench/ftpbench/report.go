@@ -1,0 +1,277 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+)
+
+func quant(v []time.Duration, q float64) time.Duration {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(q*float64(len(s))))]
+}
+
+func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// mm is "median (min–max)" with the given format.
+func mm(v []float64, f string) string {
+	if len(v) == 0 {
+		return "–"
+	}
+	if len(v) == 1 {
+		return fmt.Sprintf(f, v[0])
+	}
+	return fmt.Sprintf(f+" ("+f+"–"+f+")", median(v), slices.Min(v), slices.Max(v))
+}
+
+func spread(v []float64) string {
+	m := median(v)
+	if len(v) < 2 || m == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.0f %%", (slices.Max(v)-slices.Min(v))/m*100)
+}
+
+func (b *bench) command() string {
+	return fmt.Sprintf("go run ./integration/bench/ftpbench -rounds %d -duration %v -warmup %v -workers %d -bigsize %d -rtt %d -conns '%s'",
+		b.o.rounds, b.o.duration, b.o.warmup, b.o.workers, b.o.bigSize, b.o.rtt, b.o.conns)
+}
+
+func (b *bench) report(samples []*sample, mem *memResult, took time.Duration) string {
+	var w strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&w, format, args...) }
+	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	la, _ := os.ReadFile("/proc/loadavg")
+	p("Run %s, %v, kernel %s, %d CPUs, Go %s; load average at the end: %s.\n\n",
+		time.Now().UTC().Format("2006-01-02 15:04 UTC"), took.Round(time.Second), strings.TrimSpace(string(kernel)),
+		runtime.NumCPU(), runtime.Version(), strings.TrimSpace(string(la)))
+	p("Command (as root, from the module root; `make bench-ftp` runs it with these defaults):\n\n    %s\n\n", b.command())
+	by := func(key string) []*sample {
+		var out []*sample
+		for _, s := range samples {
+			if systems[s.sys].key == key {
+				out = append(out, s)
+			}
+		}
+		return out
+	}
+	vals := func(ss []*sample, f func(*sample) (float64, bool)) []float64 {
+		var v []float64
+		for _, s := range ss {
+			if x, ok := f(s); ok {
+				v = append(v, x)
+			}
+		}
+		return v
+	}
+	// ratio per round of key a over key b.
+	ratio := func(a, c string, f func(*sample) (float64, bool)) []float64 {
+		var v []float64
+		for r := 1; r <= b.o.rounds; r++ {
+			var x, y float64
+			var okx, oky bool
+			for _, s := range samples {
+				if s.round != r {
+					continue
+				}
+				switch systems[s.sys].key {
+				case a:
+					x, okx = f(s)
+				case c:
+					y, oky = f(s)
+				}
+			}
+			if okx && oky && y != 0 {
+				v = append(v, x/y)
+			}
+		}
+		return v
+	}
+
+	// Sessions.
+	rate := func(s *sample) (float64, bool) {
+		if s.sess == nil {
+			return 0, false
+		}
+		return s.sess.Rate, true
+	}
+	p("#### FTP sessions per second\n\n")
+	p("%d concurrent sessions (ftpload, client namespace), each: connect to %s:21, anonymous login, PASV, RETR small.bin (4 KiB), QUIT; %v measured after %v warm-up, per system and round; %d rounds, systems alternating within each round.\n\n",
+		b.o.workers, "198.51.100.10", b.o.duration, b.o.warmup, b.o.rounds)
+	p("| system | sessions/s median (min–max) | spread | session p50 ms | session p99 ms | failed sessions | ÷ kernel helper, per round: median (min–max) |\n|---|---|---|---|---|---|---|\n")
+	for _, sys := range systems {
+		if !sys.sessions {
+			continue
+		}
+		ss := by(sys.key)
+		var fails int64
+		for _, s := range ss {
+			if s.sess != nil {
+				fails += s.sess.Failures
+			}
+		}
+		r := "1"
+		if sys.key != "kernel" {
+			r = mm(ratio(sys.key, "kernel", rate), "%.2f")
+		}
+		p("| %s | %s | %s | %s | %s | %d | %s |\n", sys.name, mm(vals(ss, rate), "%.0f"), spread(vals(ss, rate)),
+			mm(vals(ss, func(s *sample) (float64, bool) { return sessF(s, func(r *sessRes) float64 { return r.P50 }) }), "%.1f"),
+			mm(vals(ss, func(s *sample) (float64, bool) { return sessF(s, func(r *sessRes) float64 { return r.P99 }) }), "%.1f"),
+			fails, r)
+	}
+	nf := by("nfhelperd")
+	cpu := vals(nf, func(s *sample) (float64, bool) {
+		if s.sess == nil || s.sess.Sessions == 0 {
+			return 0, false
+		}
+		return s.daemonCPU / float64(s.sess.Sessions) * 1e6, true
+	})
+	pkts := vals(nf, func(s *sample) (float64, bool) {
+		if s.sess == nil || s.sess.Sessions == 0 {
+			return 0, false
+		}
+		return float64(s.queued) / float64(s.sess.Sessions), true
+	})
+	p("\nnfhelperd CPU time per session (utime+stime of its process over the measured run ÷ completed sessions, 10 ms clock): **%s µs**.\n\n", mm(cpu, "%.0f"))
+
+	c2s := vals(nf, func(s *sample) (float64, bool) {
+		if s.sess == nil || s.sess.Sessions == 0 || s.ctrlC2S == 0 {
+			return 0, false
+		}
+		return float64(s.ctrlC2S) / float64(s.sess.Sessions), true
+	})
+	s2c := vals(nf, func(s *sample) (float64, bool) {
+		if s.sess == nil || s.sess.Sessions == 0 || s.ctrlS2C == 0 {
+			return 0, false
+		}
+		return float64(s.ctrlS2C) / float64(s.sess.Sessions), true
+	})
+	p("#### Packets per FTP session that reach userspace\n\n")
+	p("Packets the router's kernel queued to nfhelperd during the measured session runs (sum of `id_sequence` over its queues in `/proc/net/netfilter/nfnetlink_queue`) ÷ completed sessions, median (min–max) over rounds:\n\n")
+	p("| per session | packets |\n|---|---|\n")
+	p("| queued to nfhelperd (both directions) | **%s** |\n", mm(pkts, "%.1f"))
+	p("| control-connection packets forwarded client → server (nft counter, `meta l4proto tcp ct original proto-dst 21 ct direction original`) | %s |\n", mm(c2s, "%.1f"))
+	p("| control-connection packets forwarded server → client (`ct direction reply`) | %s |\n\n", mm(s2c, "%.1f"))
+	p("The queue's count is not split by direction; the forwarded control packets are (a separate counting table in the router during the same runs). Sessions cut off at the end of a run are not counted but their packets are, which inflates these figures slightly (at most %d sessions' worth per run).\n\n", b.o.workers)
+
+	// Throughput.
+	tput := func(s *sample) (float64, bool) { return s.mbps, s.mbps > 0 }
+	p("#### Data-channel throughput\n\n")
+	p("One passive RETR of a sparse file of %d MiB (served by vsftpd, read into io.Discard by the bench in the client namespace), per system and round; MB/s = 10^6 bytes/s from the RETR to the end of the data.\n\n", b.o.bigSize>>20)
+	p("| system | MB/s median (min–max) | spread | ÷ plain DNAT, per round |\n|---|---|---|---|\n")
+	for _, sys := range systems {
+		ss := by(sys.key)
+		r := "1"
+		if sys.key != "dnat" {
+			r = mm(ratio(sys.key, "dnat", tput), "%.2f")
+		}
+		p("| %s | %s | %s | %s |\n", sys.name, mm(vals(ss, tput), "%.0f"), spread(vals(ss, tput)), r)
+	}
+
+	// Latency.
+	p("\n#### Control-channel round trip\n\n")
+	p("One logged-in control connection per system and round, %d NOOP → 200 then %d PASV → 227 round trips back to back (after 20 unmeasured NOOPs); per-round p50/p99, then median (min–max) over rounds, in µs.\n\n", b.o.rtt, b.o.rtt)
+	p("| system | NOOP p50 | NOOP p99 | PASV p50 | PASV p99 | PASV p50 − plain DNAT's, per round |\n|---|---|---|---|---|---|\n")
+	q := func(pick func(*sample) []time.Duration, qq float64) func(*sample) (float64, bool) {
+		return func(s *sample) (float64, bool) {
+			v := pick(s)
+			return us(quant(v, qq)), len(v) > 0
+		}
+	}
+	noop := func(s *sample) []time.Duration { return s.noop }
+	pasv := func(s *sample) []time.Duration { return s.pasv }
+	for _, sys := range systems {
+		ss := by(sys.key)
+		diff := "–"
+		if sys.key != "dnat" {
+			var d []float64
+			for r := 1; r <= b.o.rounds; r++ {
+				var x, y float64
+				var okx, oky bool
+				for _, s := range samples {
+					if s.round == r && systems[s.sys].key == sys.key {
+						x, okx = q(pasv, .5)(s)
+					}
+					if s.round == r && systems[s.sys].key == "dnat" {
+						y, oky = q(pasv, .5)(s)
+					}
+				}
+				if okx && oky {
+					d = append(d, x-y)
+				}
+			}
+			diff = mm(d, "%+.0f")
+		}
+		p("| %s | %s | %s | %s | %s | %s |\n", sys.name,
+			mm(vals(ss, q(noop, .5)), "%.0f"), mm(vals(ss, q(noop, .99)), "%.0f"),
+			mm(vals(ss, q(pasv, .5)), "%.0f"), mm(vals(ss, q(pasv, .99)), "%.0f"), diff)
+	}
+
+	// Memory.
+	p("\n#### Memory\n\n")
+	idle := vals(nf, func(s *sample) (float64, bool) { return float64(s.rssIdle), s.rssIdle > 0 })
+	after := vals(nf, func(s *sample) (float64, bool) { return float64(s.rssAfter), s.rssAfter > 0 })
+	p("nfhelperd RSS (VmRSS) right after start: %s kB; after the round's round trips, throughput and session runs: %s kB.\n\n", mm(idle, "%.0f"), mm(after, "%.0f"))
+	if mem != nil {
+		p("Connections held open through the VIP to a plain TCP service (%s:%d, rr over rs1/rs2, no helper), held by dialer processes in the client namespace (%d connections each, each from its own source address 203.0.113.10+; 16 dialing goroutines each); the real servers never accept them (they wait established in listen backlogs of 65535, so no file descriptor limit applies on their side); a fresh daemon, one run:\n\n", "198.51.100.10", holdPort, perDialer)
+		p("| connections open | daemon's table (`status` connections) | nfhelperd RSS kB | RSS growth per connection (bytes) | time to open |\n|---|---|---|---|---|\n")
+		var base int64
+		for i, pt := range mem.points {
+			if i == 0 {
+				base = pt.rssKB
+				p("| 0 | %d | %d | – | – |\n", pt.tracked, pt.rssKB)
+				continue
+			}
+			per := float64(pt.rssKB-base) * 1024 / float64(max(pt.open, 1))
+			p("| %d | %d | %d | %.0f | %v |\n", pt.open, pt.tracked, pt.rssKB, per, pt.took.Round(100*time.Millisecond))
+		}
+		if mem.err != "" {
+			p("\nIncomplete: %s\n", mem.err)
+		}
+	}
+
+	// Errors and raw rows.
+	p("\n#### Per round\n\n| round | system | sessions/s | daemon CPU µs/session | queued pkts/session | MB/s | NOOP p50/p99 µs | PASV p50/p99 µs | errors |\n|---|---|---|---|---|---|---|---|---|\n")
+	for _, s := range samples {
+		sr, cpuS, pk := "–", "–", "–"
+		if s.sess != nil {
+			sr = fmt.Sprintf("%.0f", s.sess.Rate)
+			if systems[s.sys].key == "nfhelperd" && s.sess.Sessions > 0 {
+				cpuS = fmt.Sprintf("%.0f", s.daemonCPU/float64(s.sess.Sessions)*1e6)
+				pk = fmt.Sprintf("%.1f", float64(s.queued)/float64(s.sess.Sessions))
+			}
+			if s.sess.Failures > 0 {
+				s.err = append(s.err, fmt.Sprintf("%d failed sessions %v", s.sess.Failures, s.sess.Errors))
+			}
+		}
+		p("| %d | %s | %s | %s | %s | %.0f | %.0f / %.0f | %.0f / %.0f | %s |\n", s.round, systems[s.sys].key, sr, cpuS, pk, s.mbps,
+			us(quant(s.noop, .5)), us(quant(s.noop, .99)), us(quant(s.pasv, .5)), us(quant(s.pasv, .99)), strings.Join(s.err, "; "))
+	}
+	return w.String()
+}
+
+func sessF(s *sample, f func(*sessRes) float64) (float64, bool) {
+	if s.sess == nil {
+		return 0, false
+	}
+	return f(s.sess), true
+}
