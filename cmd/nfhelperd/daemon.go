@@ -69,10 +69,12 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 	}
 	closeUnused(inherited)
 	mx := metrics.New(engine, queues)
-	dpConn, err := nftables.New()
+	// One netlink socket for every batch of data channels, not one each.
+	dpConn, err := nftables.New(nftables.AsLasting())
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
+	defer dpConn.CloseLasting()
 	dp := &datapath{conn: dpConn, log: log, metrics: mx, reqs: make(chan *pending, 1024)}
 
 	// Queues are bound before the rules exist: the first queued packet
