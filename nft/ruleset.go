@@ -22,6 +22,17 @@ type Spec struct {
 	MarkMask   uint32 // packet mark bits that carry a scheduling decision
 	Services   []Service
 	AddOns     []AddOn
+	// CtHelper, when set, selects the kernel datapath's rules: new
+	// connections to helped VIPs and add-on matches get this userspace
+	// conntrack helper (registered by the daemon) through a ct helper
+	// object at mangle priority, and the kernel queues their packets to
+	// the helper's queue; the raw and forward rules that queue server
+	// replies and client packets are left out. Data channels are then
+	// conntrack expectations: the channel maps stay empty.
+	CtHelper string
+	// NativeQueue: queue rules use the nft queue expression instead of
+	// the xtables NFQUEUE target.
+	NativeQueue bool
 	// Live are the VIPs (or matches) and real servers of helped connections
 	// still running after a reload removed them: their packets must go on
 	// reaching the daemon.
@@ -89,7 +100,7 @@ type Ruleset struct {
 	table *nftables.Table
 	fams  [2]*family
 	fwd   *nftables.Chain
-	queue Spec // the queue numbers the rules send to
+	queue Spec // the queue numbers and kind the rules send to
 }
 
 func newFamily(t *nftables.Table, v6 bool) *family {
@@ -132,11 +143,14 @@ func Install(c *nftables.Conn, spec *Spec) (*Ruleset, error) {
 	c.AddTable(t)
 	c.DelTable(t)
 	c.AddTable(t)
-	rs := &Ruleset{table: t, fams: [2]*family{newFamily(t, false), newFamily(t, true)}, queue: Spec{QueueNum: spec.QueueNum, QueueTotal: spec.QueueTotal, MarkMask: spec.MarkMask}}
+	rs := &Ruleset{table: t, fams: [2]*family{newFamily(t, false), newFamily(t, true)}, queue: Spec{QueueNum: spec.QueueNum, QueueTotal: spec.QueueTotal, MarkMask: spec.MarkMask, NativeQueue: spec.NativeQueue, CtHelper: spec.CtHelper}}
 	for _, f := range rs.fams {
 		if err := rs.addSets(c, spec, f); err != nil {
 			return nil, err
 		}
+	}
+	if spec.CtHelper != "" {
+		c.AddObj(ctHelperObj(t, spec.CtHelper))
 	}
 	rs.addChains(c, spec)
 	if err := c.Flush(); err != nil {
@@ -250,7 +264,8 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 		}
 		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: exprs})
 	}
-	q := []expr.Any{queue(spec.QueueNum, spec.QueueTotal)}
+	q := []expr.Any{queueExpr(spec)}
+	kernel := spec.CtHelper != ""
 
 	// Before conntrack: new control connections (pure SYN to a VIP) are
 	// scheduled, and replies from real servers are rewritten here so that
@@ -277,15 +292,21 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 
 		rule(raw, fam, tcp, dst, lookup(f.vips), tcpFlagsEq(syn|ack|fin|rst, syn), q)
 		rule(mangle, fam, l4protoUDP(), ctStateIs(newBit), dst, lookup(f.vipsUDP), q)
-		rule(raw, fam, tcp, src, lookup(f.servers), q)
-		rule(raw, fam, tcp, src, lookup(f.watched), q)
+		if kernel {
+			// The kernel datapath: the helper queues every packet of
+			// these connections, after NAT.
+			rule(mangle, fam, tcp, ctStateIs(newBit), dst, lookup(f.helped), ctHelperSet(spec.CtHelper))
+		} else {
+			rule(raw, fam, tcp, src, lookup(f.servers), q)
+			rule(raw, fam, tcp, src, lookup(f.watched), q)
+		}
 
 		rule(dnat, fam, markBits(spec.MarkMask), lookupTo(f.byMark), natTo(expr.NATTypeDestNAT, f, true))
 		// A new connection to a VIP without the daemon's mark: the daemon
 		// is down and the queue was bypassed. Fail open to a server.
 		rule(dnat, fam, tcp, concat(addrField(f.v6, false), portField(false), bucketField()), lookupTo(f.fallback), natTo(expr.NATTypeDestNAT, f, true))
 		rule(dnat, fam, l4protoUDP(), concat(addrField(f.v6, false), portField(false), bucketField()), lookupTo(f.fallbackUDP), natTo(expr.NATTypeDestNAT, f, true))
-		rule(dnat, fam, tcp, flow, lookup(f.passive), setCtMark(ChannelMark))
+		rule(dnat, fam, tcp, flow, inMap(f.passive, f.addrLen), setCtMark(ChannelMark))
 		rule(dnat, fam, tcp, flow, lookupTo(f.passive), natTo(expr.NATTypeDestNAT, f, true))
 		rule(dnat, fam, tcp, flow, lookupTo(f.activeDNAT), natTo(expr.NATTypeDestNAT, f, true))
 
@@ -294,7 +315,7 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 		rule(clean, fam, tcp, ctStateIs(invalidBit), src, lookup(f.watched), drop())
 		// After DNAT an active data connection, announced to the server
 		// directly or through the user's SNAT, goes to the client.
-		rule(clean, fam, tcp, ctStateIs(newBit), flow, lookup(f.active), setCtMark(ChannelMark))
+		rule(clean, fam, tcp, ctStateIs(newBit), flow, inMap(f.active, f.addrLen), setCtMark(ChannelMark))
 
 		rule(snat, fam, tcp, flow, lookupTo(f.active), natTo(expr.NATTypeSourceNAT, f, false))
 		rule(snat, fam, tcp, flow, lookupTo(f.passiveSNAT), natTo(expr.NATTypeSourceNAT, f, false))
@@ -312,10 +333,12 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 // conntrack and DNAT, and the SYN of each new add-on connection.
 func (rs *Ruleset) forwardRules(c *nftables.Conn, spec *Spec) {
 	const syn, ack, fin, rst = 0x02, 0x10, 0x01, 0x04
-	q := queue(rs.queue.QueueNum, rs.queue.QueueTotal)
+	q := queueExpr(&rs.queue)
 	for _, f := range rs.fams {
-		rs.rule(c, rs.fwd, nfproto(f.proto), l4protoTCP(), ctDirectionOriginal(), ctStateIs(establishedBit),
-			concat(ctOrigDst(f.v6), ctOrigDstPort()), lookup(f.helped), []expr.Any{q})
+		if rs.queue.CtHelper == "" {
+			rs.rule(c, rs.fwd, nfproto(f.proto), l4protoTCP(), ctDirectionOriginal(), ctStateIs(establishedBit),
+				concat(ctOrigDst(f.v6), ctOrigDstPort()), lookup(f.helped), []expr.Any{q})
+		}
 		for _, a := range spec.AddOns {
 			if !f.of(a.Match.Addr()) {
 				continue
@@ -404,6 +427,14 @@ func setCtMark(bit uint32) []expr.Any {
 
 func lookup(s *nftables.Set) []expr.Any {
 	return []expr.Any{&expr.Lookup{SourceRegister: unix.NFT_REG32_00, SetName: s.Name, SetID: s.ID}}
+}
+
+// inMap matches when the loaded key is in map s, whose values start with a
+// (never all-zero) address of addrLen bytes. Kernels before 6.4 refuse a
+// lookup in a map without a destination register (EINVAL), so the value
+// is loaded and compared.
+func inMap(s *nftables.Set, addrLen uint32) []expr.Any {
+	return append(lookupTo(s), &expr.Cmp{Op: expr.CmpOpNeq, Register: unix.NFT_REG32_00, Data: make([]byte, addrLen)})
 }
 
 // lookupTo looks the loaded key up in map s and loads its value from
