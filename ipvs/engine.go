@@ -27,6 +27,11 @@ type Engine struct {
 	schedMu  sync.Mutex // every service's mu (see Service)
 	markMask uint32
 	channels channelTable
+
+	// KernelSeqAdj selects the kernel datapath's mode (kernelseq.go): the
+	// kernel's seqadj corrects sequence numbers, the worker only edits
+	// payloads. Set before the first packet.
+	KernelSeqAdj bool
 	lastLog  [numRefusals]atomic.Int64
 
 	mu sync.Mutex
@@ -268,6 +273,9 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	st, peer := &c.help.streams[dir], &c.help.streams[1-dir]
 	if flags&nfq.FlagSYN != 0 {
 		st.start(seq)
+	}
+	if e.KernelSeqAdj {
+		return w.helpKernel(c, dir, st, seq, flags)
 	}
 
 	outSeq, payload, drop := w.flow(c, dir, st, seq, flags)

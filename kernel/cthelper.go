@@ -288,7 +288,7 @@ func (ch *Cthelper) Unregister(name string, family, proto uint8) error {
 		return err
 	}
 	if _, err := ch.c.Execute(nfnlRequest(subsysCthelper, cthMsgDel, netlink.Acknowledge, unix.AF_UNSPEC, 0, attrs)); err != nil {
-		return fmt.Errorf("unregister conntrack helper %s (family %d): %w", name, family, err)
+		return cthelperErr(fmt.Sprintf("unregister conntrack helper %s (family %d)", name, family), err)
 	}
 	return nil
 }
