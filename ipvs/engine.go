@@ -32,7 +32,7 @@ type Engine struct {
 	// kernel's seqadj corrects sequence numbers, the worker only edits
 	// payloads. Set before the first packet.
 	KernelSeqAdj bool
-	lastLog  [numRefusals]atomic.Int64
+	lastLog      [numRefusals]atomic.Int64
 
 	mu sync.Mutex
 	// watched are the learned servers whose packets the datapath queues.
