@@ -27,12 +27,12 @@ type Engine struct {
 	schedMu  sync.Mutex // every service's mu (see Service)
 	markMask uint32
 	channels channelTable
+	lastLog  [numRefusals]atomic.Int64
 
 	// KernelSeqAdj selects the kernel datapath's mode (kernelseq.go): the
 	// kernel's seqadj corrects sequence numbers, the worker only edits
 	// payloads. Set before the first packet.
 	KernelSeqAdj bool
-	lastLog      [numRefusals]atomic.Int64
 
 	mu sync.Mutex
 	// watched are the learned servers whose packets the datapath queues.
