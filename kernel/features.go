@@ -1,7 +1,6 @@
 package kernel
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 
@@ -69,13 +68,18 @@ func (f Features) List() []Feature {
 // KernelReady is nil when the kernel datapath can run, else the missing
 // features joined.
 func (f Features) KernelReady() error {
-	var missing []error
+	var missing error
 	for _, ft := range f.List() {
-		if ft.Needed && ft.Err != nil {
-			missing = append(missing, ft.Err)
+		switch {
+		case !ft.Needed || ft.Err == nil:
+		case missing == nil:
+			missing = ft.Err
+		default:
+			// One line, each still found by errors.Is.
+			missing = fmt.Errorf("%w; %w", missing, ft.Err)
 		}
 	}
-	return errors.Join(missing...)
+	return missing
 }
 
 // QueueExpr is how the kernel datapath's rules would queue: "nft" or "xt".

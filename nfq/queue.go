@@ -29,12 +29,24 @@ type Handler func(id uint32, pkt []byte, mark uint32)
 // OpenQueue binds queue number num. Fail-open: when the queue is full the
 // kernel accepts packets instead of dropping them.
 func OpenQueue(num uint16, maxLen uint32) (*Queue, error) {
+	return openQueue(num, maxLen, nfqueue.NfQaCfgFlagFailOpen)
+}
+
+// OpenConntrackQueue is OpenQueue with conntrack attributes: each packet
+// comes with its connection's NFQA_CT (StartCT's handler gets it), and
+// AcceptSeqAdj can answer with one. Kernels without
+// CONFIG_NETFILTER_NETLINK_GLUE_CT refuse it (EOPNOTSUPP).
+func OpenConntrackQueue(num uint16, maxLen uint32) (*Queue, error) {
+	return openQueue(num, maxLen, nfqueue.NfQaCfgFlagFailOpen|nfqueue.NfQaCfgFlagConntrack)
+}
+
+func openQueue(num uint16, maxLen, flags uint32) (*Queue, error) {
 	nf, err := nfqueue.Open(&nfqueue.Config{
 		NfQueue:      num,
 		MaxPacketLen: 0xffff,
 		MaxQueueLen:  maxLen,
 		Copymode:     nfqueue.NfQnlCopyPacket,
-		Flags:        nfqueue.NfQaCfgFlagFailOpen,
+		Flags:        flags,
 		AfFamily:     unix.AF_UNSPEC,
 	})
 	if err != nil {
@@ -57,6 +69,15 @@ func OpenQueue(num uint16, maxLen uint32) (*Queue, error) {
 // each, until ctx ends or the socket fails: the channel then delivers nil
 // or the error. Binding fails when another process holds the queue.
 func (q *Queue) Start(ctx context.Context, h Handler) (<-chan error, error) {
+	return q.StartCT(ctx, func(id uint32, pkt []byte, mark uint32, _ []byte) { h(id, pkt, mark) })
+}
+
+// CTHandler is a Handler that also gets the contents of the packet's
+// NFQA_CT (nil without one; valid only during the call).
+type CTHandler func(id uint32, pkt []byte, mark uint32, ct []byte)
+
+// StartCT is Start with a CTHandler.
+func (q *Queue) StartCT(ctx context.Context, h CTHandler) (<-chan error, error) {
 	failed := make(chan error, 1)
 	err := q.nf.RegisterWithErrorFunc(ctx, func(a nfqueue.Attribute) int {
 		if a.PacketID == nil || a.Payload == nil {
@@ -66,7 +87,11 @@ func (q *Queue) Start(ctx context.Context, h Handler) (<-chan error, error) {
 		if a.Mark != nil {
 			mark = *a.Mark
 		}
-		h(*a.PacketID, *a.Payload, mark)
+		var ct []byte
+		if a.Ct != nil {
+			ct = *a.Ct
+		}
+		h(*a.PacketID, *a.Payload, mark, ct)
 		return 0
 	}, func(err error) int {
 		if ctx.Err() != nil || errors.Is(err, os.ErrClosed) {
@@ -114,6 +139,17 @@ func (q *Queue) Accept(id uint32, setMark bool, mark uint32, pkt []byte) error {
 		err = q.nf.SetVerdict(id, nfqueue.NfAccept)
 	}
 	if err != nil {
+		return fmt.Errorf("nfqueue %d: verdict for packet %d: %w", q.Num, id, err)
+	}
+	return nil
+}
+
+// AcceptSeqAdj lets the packet go on with new bytes and an NFQA_CT that
+// sets the connection mark to connMark (pass the mark the packet's NFQA_CT
+// showed): a verdict with NFQA_CT makes the kernel record the payload's
+// length change in the connection's seqadj.
+func (q *Queue) AcceptSeqAdj(id uint32, pkt []byte, connMark uint32) error {
+	if err := q.nf.SetVerdictModPacketWithConnMark(id, nfqueue.NfAccept, int(connMark), pkt); err != nil {
 		return fmt.Errorf("nfqueue %d: verdict for packet %d: %w", q.Num, id, err)
 	}
 	return nil

@@ -15,10 +15,12 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/ti-mo/conntrack"
 
 	"github.com/nfhelper/nfhelper/config"
 	"github.com/nfhelper/nfhelper/ctl"
 	"github.com/nfhelper/nfhelper/ipvs"
+	"github.com/nfhelper/nfhelper/kernel"
 	"github.com/nfhelper/nfhelper/metrics"
 	"github.com/nfhelper/nfhelper/nfq"
 	"github.com/nfhelper/nfhelper/nft"
@@ -29,9 +31,6 @@ const (
 	// markMask holds the real server's index in the packet mark of a new
 	// connection's SYN, from the queue verdict until DNAT has used it.
 	markMask = 0x00ff0000
-	// datapathName says which datapath runs: xtables NFQUEUE (no native nft
-	// queue needed), kernel NAT by mark, data channels as nft map elements.
-	datapathName = "xt-nfqueue+nft-maps"
 )
 
 func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger) error {
@@ -42,6 +41,22 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 	}
 	engine.Log = log
 	spec := specFor(cfg, engine.Services())
+
+	// The datapath: what the kernel has decides (kernel.go).
+	probeConn, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	features := kernel.Probe(probeConn)
+	datapathName, err := chooseDatapath(features)
+	if err != nil {
+		return err
+	}
+	kernelDP := datapathName == kernel.DatapathKernel
+	if kernelDP {
+		engine.KernelSeqAdj = true
+		spec.CtHelper, spec.NativeQueue = helperName, features.NativeQueue == nil
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -60,19 +75,37 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 		}
 		queues = append(queues, q)
 	}
+	var helperQueue *nfq.Queue
+	if kernelDP {
+		if helperQueue, err = openHelperQueue(spec.QueueNum + spec.QueueTotal); err != nil {
+			return err
+		}
+		queues = append(queues, helperQueue)
+	}
 	mx := metrics.New(engine, queues)
 	dpConn, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
 	dp := &datapath{conn: dpConn, log: log, metrics: mx, reqs: make(chan *pending, 1024)}
+	if kernelDP {
+		if dp.ct, err = dialConntrack(); err != nil {
+			return err
+		}
+		defer dp.ct.Close()
+	}
 
 	// Queues are bound before the rules exist: the first queued packet
 	// finds a reader, and a second daemon stops here, before it could
 	// replace the running one's table.
 	errs := make(chan error, len(queues))
 	for _, q := range queues {
-		done, err := q.Start(ctx, handler(q, q.Num, engine.NewWorker(), &engine.Stats, dp, mx, log))
+		var done <-chan error
+		if q == helperQueue {
+			done, err = startHelperQueue(ctx, q, kernelHandler(q, q.Num, engine.NewWorker(), &engine.Stats, dp, mx, log))
+		} else {
+			done, err = q.Start(ctx, handler(q, q.Num, engine.NewWorker(), &engine.Stats, dp, mx, log))
+		}
 		if err != nil {
 			return err
 		}
@@ -86,6 +119,25 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 	nftConn, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
+	}
+	if kernelDP {
+		// A stale table of an earlier run holds a stale helper: both go
+		// before the helper is registered afresh. The queues are ours,
+		// so the table is no other running daemon's.
+		if err := nft.Remove(nftConn, tableName); err != nil {
+			return err
+		}
+		helper, err := registerHelper(spec.QueueNum+spec.QueueTotal, helperPolicy(engine.Services()))
+		if err != nil {
+			return err
+		}
+		defer func() {
+			// After the table (deferred below, so run first): its ct
+			// helper object holds the helper.
+			if err := helper.unregister(); err != nil {
+				log.Error("cleanup", "err", err)
+			}
+		}()
 	}
 	ruleset, err := nft.Install(nftConn, spec)
 	if err != nil {
@@ -101,7 +153,7 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 	// The control socket (nfhelperctl): the daemon runs without it if it
 	// cannot have it.
 	configPath, _ := filepath.Abs(path)
-	control := &ctl.Server{Engine: engine, Log: log, Info: ctl.Info{
+	control := &ctl.Server{Engine: engine, Log: log, Choose: chooseDatapath, Info: ctl.Info{
 		Pid: os.Getpid(), Started: started, Datapath: datapathName, Config: configPath, Table: tableName,
 		Queues: ctl.Queues{First: spec.QueueNum, Count: spec.QueueTotal},
 	}}
@@ -132,7 +184,7 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 			}
 		})
 	}
-	log.Info("ready", "datapath", datapathName, "queues", fmt.Sprintf("%d-%d", spec.QueueNum, spec.QueueNum+spec.QueueTotal-1),
+	log.Info("ready", "datapath", datapathName, "queue_expr", queueExprName(spec), "queues", fmt.Sprintf("%d-%d", spec.QueueNum, spec.QueueNum+spec.QueueTotal-1+boolInt(kernelDP)),
 		"services", len(spec.Services), "helpers", len(spec.AddOns), "table", "inet "+tableName, "socket", control.Path())
 
 	hup := make(chan os.Signal, 1)
@@ -147,7 +199,7 @@ wait:
 		case err = <-errs:
 			break wait
 		case <-hup:
-			err := reload(path, cfg.Queue, engine, ruleset, nftConn)
+			err := reload(path, cfg.Queue, engine, ruleset, nftConn, kernelDP)
 			control.NoteReload(err)
 			if err != nil {
 				logErrors(log, "reload failed; the running configuration stays", err)
@@ -240,7 +292,7 @@ func drain(queues []*nfq.Queue, max time.Duration) {
 
 // reload applies a changed configuration file: the kernel's part first, in
 // one batch, then the engine's; on any error nothing changes.
-func reload(path string, queue config.Queue, engine *ipvs.Engine, ruleset *nft.Ruleset, conn *nftables.Conn) error {
+func reload(path string, queue config.Queue, engine *ipvs.Engine, ruleset *nft.Ruleset, conn *nftables.Conn, kernelDP bool) error {
 	cfg, err := config.Load(path)
 	if err != nil {
 		return err
@@ -254,6 +306,9 @@ func reload(path string, queue config.Queue, engine *ipvs.Engine, ruleset *nft.R
 		return err
 	}
 	spec := specFor(cfg, next)
+	if kernelDP {
+		spec.CtHelper = helperName
+	}
 	// Running connections keep reaching the daemon even if their service or
 	// server is gone from the file.
 	spec.LiveVIPs, spec.LiveServers = engine.Live()
@@ -404,6 +459,20 @@ type pending struct {
 	pkt         []byte
 	open, close []ipvs.Channel
 	start       time.Time // when its queue handed it over
+
+	// The kernel datapath: expectations to create, and whether the
+	// verdict carries NFQA_CT (with the connection's mark as it was).
+	exps     []kernel.Expectation
+	seqAdj   bool
+	connMark uint32
+}
+
+// verdict answers for p.
+func (p *pending) verdict() error {
+	if sa, ok := p.q.(seqAdjuster); ok && p.seqAdj && !p.drop && p.pkt != nil {
+		return sa.AcceptSeqAdj(p.id, p.pkt, p.connMark)
+	}
+	return verdict(p.q, p.id, p.drop, p.setMark, p.mark, p.pkt)
 }
 
 // datapath opens data channels off the queue readers' goroutines, so the
@@ -414,6 +483,7 @@ type datapath struct {
 	log     *slog.Logger
 	metrics *metrics.Metrics
 	reqs    chan *pending
+	ct      *conntrack.Conn // the kernel datapath's expectations
 }
 
 // submit hands p to the datapath; false when its backlog is full.
@@ -457,7 +527,14 @@ func (d *datapath) run(ctx context.Context) {
 			}
 		}
 		for _, p := range batch {
-			if err := verdict(p.q, p.id, p.drop, p.setMark, p.mark, p.pkt); err != nil && !errors.Is(err, context.Canceled) {
+			for _, e := range p.exps {
+				if err := kernel.CreateExpect(d.ct, e); err != nil {
+					d.log.Error("data channel not opened", "err", err)
+				}
+			}
+		}
+		for _, p := range batch {
+			if err := p.verdict(); err != nil && !errors.Is(err, context.Canceled) {
 				d.log.Warn("verdict", "err", err)
 			}
 			d.metrics.ObserveVerdict(time.Since(p.start))
