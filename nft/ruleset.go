@@ -306,7 +306,10 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 		// is down and the queue was bypassed. Fail open to a server.
 		rule(dnat, fam, tcp, concat(addrField(f.v6, false), portField(false), bucketField()), lookupTo(f.fallback), natTo(expr.NATTypeDestNAT, f, true))
 		rule(dnat, fam, l4protoUDP(), concat(addrField(f.v6, false), portField(false), bucketField()), lookupTo(f.fallbackUDP), natTo(expr.NATTypeDestNAT, f, true))
-		rule(dnat, fam, tcp, flow, inMap(f.passive, f.addrLen), setCtMark(ChannelMark))
+		// Maps are tested with a lookup that loads the value: kernels
+		// before 6.4 or so (Debian 12's 6.1) refuse a map in a plain
+		// membership lookup (EINVAL).
+		rule(dnat, fam, tcp, flow, lookupTo(f.passive), setCtMark(ChannelMark))
 		rule(dnat, fam, tcp, flow, lookupTo(f.passive), natTo(expr.NATTypeDestNAT, f, true))
 		rule(dnat, fam, tcp, flow, lookupTo(f.activeDNAT), natTo(expr.NATTypeDestNAT, f, true))
 
@@ -315,7 +318,7 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 		rule(clean, fam, tcp, ctStateIs(invalidBit), src, lookup(f.watched), drop())
 		// After DNAT an active data connection, announced to the server
 		// directly or through the user's SNAT, goes to the client.
-		rule(clean, fam, tcp, ctStateIs(newBit), flow, inMap(f.active, f.addrLen), setCtMark(ChannelMark))
+		rule(clean, fam, tcp, ctStateIs(newBit), flow, lookupTo(f.active), setCtMark(ChannelMark))
 
 		rule(snat, fam, tcp, flow, lookupTo(f.active), natTo(expr.NATTypeSourceNAT, f, false))
 		rule(snat, fam, tcp, flow, lookupTo(f.passiveSNAT), natTo(expr.NATTypeSourceNAT, f, false))
@@ -427,14 +430,6 @@ func setCtMark(bit uint32) []expr.Any {
 
 func lookup(s *nftables.Set) []expr.Any {
 	return []expr.Any{&expr.Lookup{SourceRegister: unix.NFT_REG32_00, SetName: s.Name, SetID: s.ID}}
-}
-
-// inMap matches when the loaded key is in map s, whose values start with a
-// (never all-zero) address of addrLen bytes. Kernels before 6.4 refuse a
-// lookup in a map without a destination register (EINVAL), so the value
-// is loaded and compared.
-func inMap(s *nftables.Set, addrLen uint32) []expr.Any {
-	return append(lookupTo(s), &expr.Cmp{Op: expr.CmpOpNeq, Register: unix.NFT_REG32_00, Data: make([]byte, addrLen)})
 }
 
 // lookupTo looks the loaded key up in map s and loads its value from
