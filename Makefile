@@ -6,7 +6,7 @@ BIN     ?= bin
 PKGS    := vsftpd lftp curl nftables conntrack iproute2 python3 procps \
            libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3 libsodium23 libcap2
 
-.PHONY: all build deps demo test unit integration fuzz soak bench bench-e2e clean \
+.PHONY: all build deps demo test unit integration fuzz soak bench bench-e2e bench-queue clean \
         deb deb-deps deb-check deb-test
 
 all: build
@@ -31,14 +31,14 @@ test: deps unit integration
 
 unit:
 	$(GO) vet ./...
-	$(GO) vet -tags integration ./integration/...
+	$(GO) vet -tags integration ./integration/... ./nfq/...
 	$(GO) test -race -count=1 ./...
 
 integration:
-	$(GO) test -tags integration -count=1 -v ./integration/...
+	$(GO) test -tags integration -count=1 -v ./integration/... ./nfq/...
 
 # Every fuzz target for FUZZTIME each (go test -fuzz takes one at a time):
-# ten targets, ten minutes in all by default.
+# eleven targets, eleven minutes in all by default.
 FUZZTIME ?= 60s
 fuzz:
 	@set -e; for pkg in ./nfq ./helpers/ftp ./config ./ipvs; do \
@@ -61,8 +61,23 @@ bench:
 bench-e2e: deps
 	$(GO) run ./integration/bench $(BENCH_ARGS)
 
+# NFQUEUE throughput (root): the C consumer on libnetfilter_queue against
+# package nfq, in a throw-away namespace; see docs/BENCHMARKS.md. Options:
+# QUEUE_BENCH_ARGS='-rounds 5 -duration 3s -impls c,nfq -queues 1,2 -v'.
+QUEUE_BENCH_PKGS := build-essential libnetfilter-queue-dev
+bench-queue:
+	@missing=$$(for p in $(QUEUE_BENCH_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	$(MAKE) -C integration/bench/cqueue
+	$(GO) build -o $(BIN)/queuebench ./integration/bench/queuebench
+	$(BIN)/queuebench -cqueue integration/bench/cqueue/cqueue $(QUEUE_BENCH_ARGS)
+
 clean:
 	rm -rf $(BIN)
+	$(MAKE) -C integration/bench/cqueue clean
 
 # Debian package (debian/): $(BIN)/nfhelper_<version>_<arch>.deb, built by
 # dpkg-buildpackage in a copy of the tree under $(BIN)/deb. The version comes

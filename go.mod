@@ -3,7 +3,6 @@ module github.com/nfhelper/nfhelper
 go 1.26
 
 require (
-	github.com/florianl/go-nfqueue/v2 v2.1.0
 	github.com/google/nftables v0.3.1-0.20251119083706-1db35da82052
 	github.com/mdlayher/netlink v1.9.0
 	github.com/ti-mo/conntrack v0.6.0

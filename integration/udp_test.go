@@ -4,6 +4,7 @@ package integration
 
 import (
 	"context"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -71,7 +72,7 @@ func TestUDPAndPlainTCP(t *testing.T) {
 		}
 		t.Cleanup(func() { cmd.Process.Kill() })
 		buf := make([]byte, 6)
-		if _, err := out.Read(buf); err != nil || string(buf) != "ready\n" {
+		if _, err := io.ReadFull(out, buf); err != nil || string(buf) != "ready\n" {
 			t.Fatalf("echo server on %s did not start: %q %v", name, buf, err)
 		}
 	}

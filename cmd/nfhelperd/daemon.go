@@ -102,7 +102,7 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 	for _, q := range queues {
 		var done <-chan error
 		if q == helperQueue {
-			done, err = startHelperQueue(ctx, q, kernelHandler(q, q.Num, engine.NewWorker(), &engine.Stats, dp, mx, log))
+			done, err = startHelperQueue(ctx, q, kernelHandler(ctQueue{q}, q.Num, engine.NewWorker(), &engine.Stats, dp, mx, log))
 		} else {
 			done, err = q.Start(ctx, handler(q, q.Num, engine.NewWorker(), &engine.Stats, dp, mx, log))
 		}
@@ -460,17 +460,16 @@ type pending struct {
 	open, close []ipvs.Channel
 	start       time.Time // when its queue handed it over
 
-	// The kernel datapath: expectations to create, and whether the
-	// verdict carries NFQA_CT (with the connection's mark as it was).
-	exps     []kernel.Expectation
-	seqAdj   bool
-	connMark uint32
+	// The kernel datapath: expectations to create, and the NFQA_CT
+	// contents the verdict carries (nil: none).
+	exps []kernel.Expectation
+	ct   []byte
 }
 
 // verdict answers for p.
 func (p *pending) verdict() error {
-	if sa, ok := p.q.(seqAdjuster); ok && p.seqAdj && !p.drop && p.pkt != nil {
-		return sa.AcceptSeqAdj(p.id, p.pkt, p.connMark)
+	if sa, ok := p.q.(seqAdjuster); ok && p.ct != nil && !p.drop && p.pkt != nil {
+		return sa.AcceptSeqAdj(p.id, p.pkt, p.ct)
 	}
 	return verdict(p.q, p.id, p.drop, p.setMark, p.mark, p.pkt)
 }

@@ -95,11 +95,11 @@ func (h *kernelHelper) unregister() error {
 
 // seqAdjuster answers with an NFQA_CT, for the kernel's seqadj.
 type seqAdjuster interface {
-	AcceptSeqAdj(id uint32, pkt []byte, connMark uint32) error
+	AcceptSeqAdj(id uint32, pkt []byte, ct []byte) error
 }
 
 // kernelHandler is the helper queue's per-packet path.
-func kernelHandler(q verdicter, num uint16, w *ipvs.Worker, stats *ipvs.Stats, dp *datapath, mx *metrics.Metrics, log *slog.Logger) nfq.CTHandler {
+func kernelHandler(q verdicter, num uint16, w *ipvs.Worker, stats *ipvs.Stats, dp *datapath, mx *metrics.Metrics, log *slog.Logger) ctHandler {
 	return func(id uint32, pkt []byte, mark uint32, ctAttrs []byte) {
 		start := time.Now()
 		defer func() {
@@ -118,8 +118,12 @@ func kernelHandler(q verdicter, num uint16, w *ipvs.Worker, stats *ipvs.Stats, d
 				log.Warn("queued packet's conntrack attributes", "err", err)
 			}
 		}
-		p := &pending{q: q, id: id, drop: v.Drop, setMark: v.SetMark, mark: v.Mark, start: start,
-			seqAdj: v.Packet != nil, connMark: ct.Mark, pkt: v.Packet}
+		p := &pending{q: q, id: id, drop: v.Drop, setMark: v.SetMark, mark: v.Mark, start: start, pkt: v.Packet}
+		if v.Packet != nil {
+			// The connection's mark as it is: the smallest NFQA_CT that
+			// has the kernel apply seqadj.
+			p.ct, _ = kernel.VerdictCTMark(ct.Mark)
+		}
 		if exps := expectations(v.Open, ct, log); len(exps) > 0 {
 			p.pkt = append([]byte(nil), v.Packet...)
 			p.exps = exps
@@ -173,9 +177,9 @@ func expectations(chs []ipvs.Channel, ct kernel.Conntrack, log *slog.Logger) []k
 	return out
 }
 
-// openQueues binds the helper's queue.
+// openHelperQueue binds the helper's queue, with conntrack attributes.
 func openHelperQueue(num uint16) (*nfq.Queue, error) {
-	q, err := nfq.OpenConntrackQueue(num, 4096)
+	q, err := nfq.Open(nfq.Config{Num: num, MaxLen: 4096, Flags: nfq.FlagFailOpen | nfq.FlagConntrack})
 	if err != nil {
 		return nil, fmt.Errorf("helper queue: %w", err)
 	}
@@ -191,9 +195,23 @@ func dialConntrack() (*conntrack.Conn, error) {
 	return c, nil
 }
 
+// ctHandler is a queue handler that gets the packet's NFQA_CT contents.
+type ctHandler func(id uint32, pkt []byte, mark uint32, ct []byte)
+
 // startHelperQueue runs the helper queue's reader.
-func startHelperQueue(ctx context.Context, q *nfq.Queue, h nfq.CTHandler) (<-chan error, error) {
-	return q.StartCT(ctx, h)
+func startHelperQueue(ctx context.Context, q *nfq.Queue, h ctHandler) (<-chan error, error) {
+	return q.Run(ctx, func(m *nfq.Message) { h(m.ID, m.Payload, m.Mark, m.CT) })
+}
+
+// ctQueue answers the helper queue's packets: a rewritten payload
+// goes back with an NFQA_CT that names the connection's helper, so that
+// the kernel's seqadj records the length change.
+type ctQueue struct {
+	*nfq.Queue
+}
+
+func (q ctQueue) AcceptSeqAdj(id uint32, pkt []byte, ct []byte) error {
+	return q.SetVerdict(&nfq.Verdict{ID: id, Verdict: nfq.VerdictAccept, Payload: pkt, CT: ct})
 }
 
 // queueExprName is how spec's rules queue: the nft queue expression or the
