@@ -103,6 +103,7 @@ type Verdict struct {
 	Mark        uint32
 	Packet      []byte // altered packet, valid until the worker's next Process
 	Open, Close []Channel
+	Kernel      *KernelState // Engine.KernelSeqAdj: the helped connection's state after the packet
 }
 
 // Worker holds one goroutine's scratch space, so that steady state does not
@@ -117,6 +118,7 @@ type Worker struct {
 	cur         *Conn
 	now         int64
 	open, close []Channel
+	kstate      KernelState
 }
 
 // NewWorker returns a worker of e.

@@ -2,6 +2,7 @@ package ipvs
 
 import (
 	"bytes"
+	"net/netip"
 
 	"github.com/nfhelper/nfhelper/nfq"
 )
@@ -22,9 +23,69 @@ import (
 //   - a retransmission of bytes already read gets the recorded edits
 //     again, so that its length change matches the one the kernel knows.
 
+// KernelState is what the kernel datapath keeps of a helped connection in
+// the kernel (its helper data), so that a restarted daemon can go on: where
+// each direction's helper has read to, and whether inspection ended.
+type KernelState struct {
+	Synced  [2]bool   // by Direction
+	Next    [2]uint32 // the first byte not yet read, in the sender's space
+	Stopped bool
+}
+
 // helpKernel is help's tail in the kernel datapath's mode; c.mu is held and
-// st is the packet's direction.
+// st is the packet's direction. The verdict carries the connection's state
+// after the packet.
 func (w *Worker) helpKernel(c *Conn, dir Direction, st *stream, seq uint32, flags uint8) Verdict {
+	v := w.editKernel(c, dir, st, seq, flags)
+	k := &w.kstate
+	for d := range c.help.streams {
+		s := &c.help.streams[d]
+		k.Synced[d], k.Next[d] = s.synced, s.next
+	}
+	k.Stopped = c.help.streams[dir].stopped
+	v.Kernel = k
+	return v
+}
+
+// AdoptKernel takes over a helped connection the kernel knows and the
+// engine does not, as a restarted daemon finds them: client and vip are
+// its original direction, server where it went, st what the kernel kept.
+// False when no running service and server match (the connection then
+// passes unread). A stream without a position is not read.
+func (e *Engine) AdoptKernel(client, vip, server netip.AddrPort, st KernelState) bool {
+	svc := e.snap.Load().services[vip]
+	if svc == nil || svc.Helper == nil {
+		return false
+	}
+	var rs *RealServer
+	svc.mu.Lock()
+	for _, r := range svc.Servers {
+		if r.Addr == server {
+			rs = r
+			rs.Conns.Add(1)
+			rs.Inactive.Add(1)
+		}
+	}
+	svc.mu.Unlock()
+	if rs == nil {
+		return false
+	}
+	c := newConn(Session{Client: client, VIP: vip, Server: server}, svc, rs)
+	for d := range c.help.streams {
+		if st.Synced[d] {
+			c.help.streams[d] = stream{synced: true, next: st.Next[d], stopped: st.Stopped}
+		}
+	}
+	c.mu.Lock()
+	c.setState(StateEstablished, now())
+	c.mu.Unlock()
+	e.Table.Insert(c)
+	e.Stats.Adopted.Add(1)
+	return true
+}
+
+// editKernel edits the packet's payload.
+func (w *Worker) editKernel(c *Conn, dir Direction, st *stream, seq uint32, flags uint8) Verdict {
 	e := w.e
 	in := w.in.PayloadBytes()
 	if !st.synced || st.stopped || c.help.helper == nil || flags&(nfq.FlagSYN|nfq.FlagRST) != 0 || len(in) == 0 {
@@ -123,3 +184,6 @@ func (w *Worker) inspectKernel(c *Conn, dir Direction, st *stream, fresh []byte,
 	}
 	return out, true
 }
+
+// Engine returns the worker's engine.
+func (w *Worker) Engine() *Engine { return w.e }

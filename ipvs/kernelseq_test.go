@@ -100,3 +100,32 @@ func TestKernelSeqAdjGapDropped(t *testing.T) {
 		t.Errorf("a segment past a gap was not dropped")
 	}
 }
+
+// TestKernelStateRestores: a restarted engine adopts a connection from the
+// state the kernel kept and goes on rewriting where the old one stopped.
+func TestKernelStateRestores(t *testing.T) {
+	w := kernelConn(t)
+	v := w.Process(seg(client, rs1, 101, isn+1, pshAck, "PASV\r\n"), 0)
+	if v.Kernel == nil || !v.Kernel.Synced[ipvs.FromClient] || !v.Kernel.Synced[ipvs.FromServer] || v.Kernel.Next != [2]uint32{107, isn + 1} {
+		t.Fatalf("state %+v", v.Kernel)
+	}
+	state := *v.Kernel
+
+	w2 := kernelConn(t) // another engine, knowing nothing of this client
+	e2 := w2.Engine()
+	if e2.AdoptKernel(client, vip, ap("10.9.9.9:21"), state) {
+		t.Error("adopted for a server the service does not have")
+	}
+	other := ap("203.0.113.9:40000")
+	if !e2.AdoptKernel(other, vip, rs1, state) {
+		t.Fatal("not adopted")
+	}
+	// The FTP helper answers a 227 only to a PASV it saw: the old one's
+	// pending command is not kept (yet), so the next PASV is the first.
+	w2.Process(seg(other, rs1, 107, isn+1, pshAck, "PASV\r\n"), 0)
+	pkt := seg(vip, other, isn+1, 113, pshAck, "227 Entering Passive Mode (10,0,0,11,156,64).\r\n")
+	v = w2.Process(pkt, 0)
+	if _, p := payload(t, v, pkt); !strings.Contains(p, "198,51,100,10,156,64") || len(v.Open) != 1 {
+		t.Errorf("after adoption: %q %+v", p, v.Open)
+	}
+}

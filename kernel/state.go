@@ -23,9 +23,10 @@ type HelperState struct {
 
 // HelperState flags.
 const (
-	StateValid   = 1 << 0 // Next holds sequence numbers
-	StateStopped = 1 << 1 // the helper ended inspection (e.g. AUTH TLS)
-	StateLost    = 1 << 2 // a stream was lost: pass on unread
+	StateValid      = 1 << 0 // Next[DirOriginal] holds a sequence number
+	StateStopped    = 1 << 1 // the helper ended inspection (e.g. AUTH TLS)
+	StateLost       = 1 << 2 // a stream was lost: pass on unread
+	StateReplyValid = 1 << 3 // Next[DirReply] holds a sequence number
 )
 
 // StateLen is the bytes of HelperState in the kernel: the helper's PrivLen.

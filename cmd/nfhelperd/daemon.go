@@ -102,7 +102,7 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 	for _, q := range queues {
 		var done <-chan error
 		if q == helperQueue {
-			done, err = startHelperQueue(ctx, q, kernelHandler(ctQueue{q}, q.Num, engine.NewWorker(), &engine.Stats, dp, mx, log))
+			done, err = startHelperQueue(ctx, q, kernelHandler(ctQueue{q}, q.Num, engine, dp, mx, log))
 		} else {
 			done, err = q.Start(ctx, handler(q, q.Num, engine.NewWorker(), &engine.Stats, dp, mx, log))
 		}
@@ -468,7 +468,7 @@ type pending struct {
 
 // verdict answers for p.
 func (p *pending) verdict() error {
-	if sa, ok := p.q.(seqAdjuster); ok && p.ct != nil && !p.drop && p.pkt != nil {
+	if sa, ok := p.q.(seqAdjuster); ok && p.ct != nil && !p.drop && !p.setMark {
 		return sa.AcceptSeqAdj(p.id, p.pkt, p.ct)
 	}
 	return verdict(p.q, p.id, p.drop, p.setMark, p.mark, p.pkt)

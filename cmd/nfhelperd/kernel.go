@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -99,7 +100,8 @@ type seqAdjuster interface {
 }
 
 // kernelHandler is the helper queue's per-packet path.
-func kernelHandler(q verdicter, num uint16, w *ipvs.Worker, stats *ipvs.Stats, dp *datapath, mx *metrics.Metrics, log *slog.Logger) ctHandler {
+func kernelHandler(q verdicter, num uint16, e *ipvs.Engine, dp *datapath, mx *metrics.Metrics, log *slog.Logger) ctHandler {
+	w, stats := e.NewWorker(), &e.Stats
 	return func(id uint32, pkt []byte, mark uint32, ctAttrs []byte) {
 		start := time.Now()
 		defer func() {
@@ -109,17 +111,23 @@ func kernelHandler(q verdicter, num uint16, w *ipvs.Worker, stats *ipvs.Stats, d
 				q.Accept(id, false, 0, nil)
 			}
 		}()
+		ct, err := kernel.ParseConntrack(ctAttrs)
+		if err != nil {
+			log.Warn("queued packet's conntrack attributes", "err", err)
+		}
+		ours := ct.Helper == helperName
+		if ours && len(ct.HelperInfo) > 0 {
+			restore(e, ct, log)
+		}
 		v := w.Process(pkt, mark)
 		mx.CountVerdict(num, v)
-		var ct kernel.Conntrack
-		if len(v.Open) > 0 || v.Packet != nil {
-			var err error
-			if ct, err = kernel.ParseConntrack(ctAttrs); err != nil {
-				log.Warn("queued packet's conntrack attributes", "err", err)
-			}
-		}
 		p := &pending{q: q, id: id, drop: v.Drop, setMark: v.SetMark, mark: v.Mark, start: start, pkt: v.Packet}
-		if v.Packet != nil {
+		switch info := stateBytes(v.Kernel); {
+		case ours && info != nil && (v.Packet != nil || !bytes.Equal(info, ct.HelperInfo[:min(len(ct.HelperInfo), len(info))])):
+			// The connection's helper data, and with a new payload the
+			// kernel's seqadj: both through NFQA_CT.
+			p.ct, _ = kernel.VerdictCT(helperName, info)
+		case v.Packet != nil:
 			// The connection's mark as it is: the smallest NFQA_CT that
 			// has the kernel apply seqadj.
 			p.ct, _ = kernel.VerdictCTMark(ct.Mark)
@@ -136,6 +144,43 @@ func kernelHandler(q verdicter, num uint16, w *ipvs.Worker, stats *ipvs.Stats, d
 			log.Warn("verdict", "err", err)
 		}
 		mx.ObserveVerdict(time.Since(start))
+	}
+}
+
+// stateBytes is the helper data for k; nil without state.
+func stateBytes(k *ipvs.KernelState) []byte {
+	if k == nil {
+		return nil
+	}
+	s := kernel.HelperState{Next: k.Next}
+	if k.Synced[ipvs.FromClient] {
+		s.Flags |= kernel.StateValid
+	}
+	if k.Synced[ipvs.FromServer] {
+		s.Flags |= kernel.StateReplyValid
+	}
+	if k.Stopped {
+		s.Flags |= kernel.StateStopped
+	}
+	return s.Encode()
+}
+
+// restore adopts a connection the kernel's helper data describes and the
+// engine does not know: the daemon restarted while it ran.
+func restore(e *ipvs.Engine, ct kernel.Conntrack, log *slog.Logger) {
+	client, vip, server := ct.Orig.Src, ct.Orig.Dst, ct.Reply.Src
+	if c, _ := e.Table.Lookup(client, server); c != nil {
+		return
+	}
+	st, err := kernel.DecodeState(ct.HelperInfo)
+	if err != nil || st.Flags&(kernel.StateValid|kernel.StateReplyValid) == 0 {
+		return
+	}
+	k := ipvs.KernelState{Next: st.Next, Stopped: st.Flags&kernel.StateStopped != 0}
+	k.Synced[ipvs.FromClient] = st.Flags&kernel.StateValid != 0
+	k.Synced[ipvs.FromServer] = st.Flags&kernel.StateReplyValid != 0
+	if e.AdoptKernel(client, vip, server, k) {
+		log.Info("connection restored from the kernel's helper data", "client", client, "vip", vip, "server", server)
 	}
 }
 
