@@ -311,7 +311,7 @@ func TestInstallKernelGolden(t *testing.T) {
 	if got != string(want) {
 		t.Errorf("ruleset differs from %s (go test -run TestInstallKernelGolden -update to accept):\n%s", golden, got)
 	}
-	for _, w := range []string{`ct helper "nfhelper-gold"`, "priority mangle", `ct helper set "nfhelper-gold"`} {
+	for _, w := range []string{"ct helper nfhelper-gold {", `type "nfhelper-gold" protocol tcp`, "priority mangle", `ct helper set "nfhelper-gold"`} {
 		if !strings.Contains(got, w) {
 			t.Errorf("%q missing", w)
 		}
