@@ -48,7 +48,7 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 		return fmt.Errorf("nftables: %w", err)
 	}
 	features := kernel.Probe(probeConn)
-	datapathName, err := chooseDatapath(features)
+	datapathName, err := chooser(cfg)(features)
 	if err != nil {
 		return err
 	}
@@ -153,7 +153,7 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 	// The control socket (nfhelperctl): the daemon runs without it if it
 	// cannot have it.
 	configPath, _ := filepath.Abs(path)
-	control := &ctl.Server{Engine: engine, Log: log, Choose: chooseDatapath, Info: ctl.Info{
+	control := &ctl.Server{Engine: engine, Log: log, Choose: chooser(cfg), Info: ctl.Info{
 		Pid: os.Getpid(), Started: started, Datapath: datapathName, Config: configPath, Table: tableName,
 		Queues: ctl.Queues{First: spec.QueueNum, Count: spec.QueueTotal},
 	}}

@@ -15,6 +15,7 @@ import (
 	"github.com/ti-mo/conntrack"
 	"golang.org/x/sys/unix"
 
+	"github.com/nfhelper/nfhelper/config"
 	"github.com/nfhelper/nfhelper/ctl"
 	"github.com/nfhelper/nfhelper/ipvs"
 	"github.com/nfhelper/nfhelper/kernel"
@@ -39,9 +40,14 @@ const helperName = "nfhelper-ftp"
 // selects it meanwhile.
 const kernelAuto = false
 
-// chooseDatapath probes the kernel and picks the datapath.
-func chooseDatapath(f kernel.Features) (string, error) {
-	return kernel.Choose(f, os.Getenv(kernel.EnvDatapath), kernelAuto)
+// chooser picks the datapath for a configuration: the kernel one only
+// where it can do all the configuration asks (add-on helpers behind the
+// user's SNAT need the map-based channels for now).
+func chooser(cfg *config.Config) func(kernel.Features) (string, error) {
+	auto := kernelAuto && len(cfg.Helpers) == 0
+	return func(f kernel.Features) (string, error) {
+		return kernel.Choose(f, os.Getenv(kernel.EnvDatapath), auto)
+	}
 }
 
 // helperPolicy is the expectation policy for services: the most channels
@@ -278,14 +284,14 @@ func boolInt(b bool) uint16 {
 // checkKernelFeatures is --check: the kernel's features, the datapath a
 // start would choose and the ruleset's visible mistakes, printed to w; 1
 // if a check failed. It changes nothing that outlives it (see kernel.Probe).
-func checkKernelFeatures(w io.Writer) int {
+func checkKernelFeatures(w io.Writer, cfg *config.Config) int {
 	conn, err := nftables.New()
 	if err != nil {
 		fmt.Fprintln(w, "FAIL  nftables", err)
 		return 1
 	}
 	f := kernel.Probe(conn)
-	chosen, err := chooseDatapath(f)
+	chosen, err := chooser(cfg)(f)
 	r := &ctl.CheckReport{Checks: ctl.KernelChecks(f, "", chosen, err)}
 	mistakes, err := ctl.LiveRulesetMistakes(conn, tableName)
 	if err != nil {

@@ -36,7 +36,13 @@ func main() {
 		os.Exit(checkConfig(*path))
 	}
 	if *checkKernel {
-		os.Exit(checkKernelFeatures(os.Stdout))
+		// The configuration, where it can be read, tells which datapath a
+		// start would choose; without it, the kernel alone.
+		cfg, err := config.Load(*path)
+		if err != nil {
+			cfg = &config.Config{}
+		}
+		os.Exit(checkKernelFeatures(os.Stdout, cfg))
 	}
 	log := newLogger(os.Stderr)
 
