@@ -1,7 +1,6 @@
 package kernel
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/mdlayher/netlink"
@@ -242,34 +241,35 @@ func (ch *Cthelper) List() ([]Helper, error) {
 	return out, nil
 }
 
-// Register adds h. An existing helper of the same name, family and
-// protocol is replaced when nothing uses it, and otherwise updated in place
-// (queue, policy, status) if its private data length matches.
+// Register adds h. A helper of the same name, family and protocol left by
+// an earlier run is updated in place (queue, policy, status) when its
+// private data length matches: the connections that carry it keep it, and
+// with it their helper data, which is what lets a restarted daemon go on
+// helping them. One of another length is replaced, if nothing holds it.
 func (ch *Cthelper) Register(h Helper) error {
 	attrs, err := h.encode(false)
 	if err != nil {
 		return err
 	}
 	what := fmt.Sprintf("register conntrack helper %s (family %d)", h.Name, h.Family)
-	if err := ch.Unregister(h.Name, h.Family, h.Proto); err != nil && !errors.Is(err, unix.ENOENT) {
-		if !errors.Is(err, unix.EBUSY) {
-			return err
+	list, err := ch.List()
+	if err != nil {
+		return err
+	}
+	for _, old := range list {
+		if old.Name != h.Name || old.Family != h.Family || old.Proto != h.Proto {
+			continue
 		}
-		// In use (a ct helper object still names it): update it.
-		list, lerr := ch.List()
-		if lerr != nil {
-			return lerr
-		}
-		for _, old := range list {
-			if old.Name == h.Name && old.Family == h.Family && old.Proto == h.Proto && old.PrivLen != h.PrivLen {
-				return fmt.Errorf("%s: a helper of that name with %d bytes of private data is in use", what, old.PrivLen)
+		if old.PrivLen == h.PrivLen {
+			upd, _ := h.encode(true)
+			if _, err := ch.c.Execute(nfnlRequest(subsysCthelper, cthMsgNew, netlink.Acknowledge, unix.AF_UNSPEC, 0, upd)); err != nil {
+				return fmt.Errorf("%s: update: %w", what, err)
 			}
+			return nil
 		}
-		upd, _ := h.encode(true)
-		if _, err := ch.c.Execute(nfnlRequest(subsysCthelper, cthMsgNew, netlink.Acknowledge, unix.AF_UNSPEC, 0, upd)); err != nil {
-			return fmt.Errorf("%s: %w", what, err)
+		if err := ch.Unregister(h.Name, h.Family, h.Proto); err != nil {
+			return fmt.Errorf("%s: a helper of that name with %d bytes of private data is registered: %w", what, old.PrivLen, err)
 		}
-		return nil
 	}
 	if _, err := ch.c.Execute(nfnlRequest(subsysCthelper, cthMsgNew, netlink.Acknowledge|netlink.Create|netlink.Excl, unix.AF_UNSPEC, 0, attrs)); err != nil {
 		return fmt.Errorf("%s: %w", what, err)

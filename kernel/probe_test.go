@@ -74,9 +74,23 @@ func TestCthelperRegister(t *testing.T) {
 		if err := ch.Register(h); err != nil {
 			t.Fatal(err)
 		}
-		// Again: a stale registration is replaced.
+		// Again, with another queue: a stale registration is updated.
+		h.Queue = 300
 		if err := ch.Register(h); err != nil {
 			t.Fatalf("again: %v", err)
+		}
+		h.Queue = 200
+		if err := ch.Register(h); err != nil {
+			t.Fatalf("back: %v", err)
+		}
+		// Another data length: replaced.
+		h.PrivLen = 8
+		if err := ch.Register(h); err != nil {
+			t.Fatalf("other length: %v", err)
+		}
+		h.PrivLen = StateLen
+		if err := ch.Register(h); err != nil {
+			t.Fatalf("length back: %v", err)
 		}
 	}
 	list, err := ch.List()
