@@ -7,7 +7,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -69,20 +68,23 @@ func TestPortFlood(t *testing.T) {
 		expect("200")
 	}
 
-	// Evicted elements are deleted right after the verdicts that replaced
-	// them: poll until the kernel holds the flood's last channel only.
-	var out []byte
-	flood := -1
+	// Evicted channels go right after the verdicts that replaced them
+	// (map elements; on the kernel datapath the kernel's max_expected):
+	// poll until the kernel holds the flood's last channel only.
+	var elems []nftElem
+	flood, last := -1, false
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
-		if out, _, err = execIn(t, 10*time.Second, tp.Router, nil, "nft", "list", "map", "inet", "nfhelper", "active4"); err != nil {
-			t.Fatalf("nft list: %v", err)
-		}
-		flood = 0
-		for _, m := range regexp.MustCompile(`203\.0\.113\.2 \. (\d+)`).FindAllStringSubmatch(string(out), -1) {
+		elems = channelElems(t, "active4")
+		flood, last = 0, false
+		for _, e := range elems {
 			var p int
-			fmt.Sscan(m[1], &p)
+			if len(e.Key) != 3 || e.Key[1] != topo.ClientV4 {
+				continue
+			}
+			fmt.Sscan(e.Key[2], &p)
 			if p >= firstPort && p < firstPort+n {
 				flood++
+				last = last || p == firstPort+n-1
 			}
 		}
 		if flood <= 1 {
@@ -90,10 +92,10 @@ func TestPortFlood(t *testing.T) {
 		}
 	}
 	if flood != 1 {
-		t.Errorf("%d of the flood's channels in the kernel, want the last one only:\n%s", flood, out)
+		t.Errorf("%d of the flood's channels in the kernel, want the last one only:\n%v", flood, elems)
 	}
-	if !strings.Contains(string(out), fmt.Sprintf("203.0.113.2 . %d", firstPort+n-1)) {
-		t.Errorf("the last announced channel is not the one kept:\n%s", out)
+	if !last {
+		t.Errorf("the last announced channel is not the one kept:\n%v", elems)
 	}
 	// The connection and the daemon go on.
 	fmt.Fprintf(conn, "NOOP\r\n")
