@@ -153,6 +153,12 @@ func ctHelperObj(t *nftables.Table, name string) *nftables.NamedObj {
 		Obj: &expr.CtHelper{Name: name, L4Proto: unix.IPPROTO_TCP}} // l3proto: the table's (inet)
 }
 
+// l4protoLoad loads the transport protocol (one byte) into the first
+// register.
+func l4protoLoad() []expr.Any {
+	return []expr.Any{&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1}}
+}
+
 // ctHelperSet assigns the ct helper object name to the packet's new
 // connection: it must run after conntrack and before NAT.
 func ctHelperSet(name string) []expr.Any {

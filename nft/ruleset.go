@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -98,6 +99,7 @@ type family struct {
 // Ruleset is an installed table.
 type Ruleset struct {
 	table *nftables.Table
+	alive *nftables.Set // the kernel datapath's heartbeat (see Heartbeat)
 	fams  [2]*family
 	fwd   *nftables.Chain
 	queue Spec // the queue numbers and kind the rules send to
@@ -151,12 +153,36 @@ func Install(c *nftables.Conn, spec *Spec) (*Ruleset, error) {
 	}
 	if spec.CtHelper != "" {
 		c.AddObj(ctHelperObj(t, spec.CtHelper))
+		rs.alive = &nftables.Set{Table: t, Name: "alive", KeyType: nftables.TypeInetProto, HasTimeout: true}
+		if err := c.AddSet(rs.alive, nil); err != nil {
+			return nil, fmt.Errorf("add set alive: %w", err)
+		}
 	}
 	rs.addChains(c, spec)
 	if err := c.Flush(); err != nil {
 		return nil, fmt.Errorf("install table inet %s: %w", spec.Table, err)
 	}
 	return rs, nil
+}
+
+// HeartbeatTTL is how long new connections keep getting the kernel
+// datapath's helper after the daemon's last Heartbeat.
+const HeartbeatTTL = 5 * time.Second
+
+// Heartbeat tells the kernel datapath's rules that the daemon runs, for
+// HeartbeatTTL; call it about every second. No-op for the compat ruleset.
+func (rs *Ruleset) Heartbeat(c *nftables.Conn) error {
+	if rs.alive == nil {
+		return nil
+	}
+	c.FlushSet(rs.alive)
+	if err := c.SetAddElements(rs.alive, []nftables.SetElement{{Key: []byte{unix.IPPROTO_TCP}, Timeout: HeartbeatTTL}}); err != nil {
+		return err
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("heartbeat: %w", err)
+	}
+	return nil
 }
 
 // Remove deletes the table if it exists.
@@ -295,7 +321,12 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 		if kernel {
 			// The kernel datapath: the helper queues every packet of
 			// these connections, after NAT.
-			rule(mangle, fam, tcp, ctStateIs(newBit), dst, lookup(f.helped), ctHelperSet(spec.CtHelper))
+			// Only while the daemon's heartbeat is fresh: a connection
+			// with a userspace helper whose queue has no reader passes
+			// its packets unconfirmed by conntrack (a new connection never
+			// completes), so with the daemon gone new connections go
+			// without the helper, like the compat datapath's.
+			rule(mangle, fam, tcp, ctStateIs(newBit), dst, lookup(f.helped), l4protoLoad(), lookup(rs.alive), ctHelperSet(spec.CtHelper))
 		} else {
 			rule(raw, fam, tcp, src, lookup(f.servers), q)
 			rule(raw, fam, tcp, src, lookup(f.watched), q)

@@ -149,6 +149,11 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 		}
 	}()
 	dp.ruleset = ruleset // before dp.run starts; no packet announced a channel before the rules existed
+	if kernelDP {
+		if err := startHeartbeat(ctx, ruleset, &wg, log); err != nil {
+			return err
+		}
+	}
 
 	// The control socket (nfhelperctl): the daemon runs without it if it
 	// cannot have it.
