@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/ti-mo/conntrack"
+	"golang.org/x/sys/unix"
 
 	"github.com/nfhelper/nfhelper/config"
 	"github.com/nfhelper/nfhelper/ctl"
@@ -121,13 +122,21 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 		return fmt.Errorf("nftables: %w", err)
 	}
 	if kernelDP {
-		// A stale table of an earlier run holds a stale helper: both go
-		// before the helper is registered afresh. The queues are ours,
-		// so the table is no other running daemon's.
-		if err := nft.Remove(nftConn, tableName); err != nil {
-			return err
+		// A helper left by a crash is updated in place (its connections
+		// keep it), and a stale table is replaced atomically by Install
+		// below: removing it first would take the NAT hooks away from
+		// running connections for a moment. Only a stale helper that
+		// cannot be updated and that the stale table holds needs the
+		// table gone first; the queues are ours, so it is no other
+		// running daemon's.
+		policy := helperPolicy(engine.Services())
+		helper, err := registerHelper(spec.QueueNum+spec.QueueTotal, policy)
+		if errors.Is(err, unix.EBUSY) {
+			if err := nft.Remove(nftConn, tableName); err != nil {
+				return err
+			}
+			helper, err = registerHelper(spec.QueueNum+spec.QueueTotal, policy)
 		}
-		helper, err := registerHelper(spec.QueueNum+spec.QueueTotal, helperPolicy(engine.Services()))
 		if err != nil {
 			return err
 		}
