@@ -3,6 +3,7 @@ package ipvs
 import (
 	"bytes"
 	"net/netip"
+	"sync"
 
 	"github.com/nfhelper/nfhelper/nfq"
 )
@@ -71,6 +72,7 @@ func (e *Engine) AdoptKernel(client, vip, server netip.AddrPort, st KernelState)
 		return false
 	}
 	c := newConn(Session{Client: client, VIP: vip, Server: server}, svc, rs)
+	resync.Store(c, &[2]bool{true, true})
 	for d := range c.help.streams {
 		if st.Synced[d] {
 			c.help.streams[d] = stream{synced: true, next: st.Next[d], stopped: st.Stopped}
@@ -84,12 +86,36 @@ func (e *Engine) AdoptKernel(client, vip, server netip.AddrPort, st KernelState)
 	return true
 }
 
+// resync holds, for connections adopted after a restart, the directions
+// whose first segment may start past the kept position: bytes passed
+// unread while no daemon ran and will never come again. Taken (and the
+// entry dropped) with each direction's first segment.
+var resync sync.Map // *Conn -> *[2]bool; c.mu guards the array
+
+func takeResync(c *Conn, dir Direction) bool {
+	v, ok := resync.Load(c)
+	if !ok {
+		return false
+	}
+	r := v.(*[2]bool)
+	was := r[dir]
+	r[dir] = false
+	if !r[0] && !r[1] {
+		resync.Delete(c)
+	}
+	return was
+}
+
 // editKernel edits the packet's payload.
 func (w *Worker) editKernel(c *Conn, dir Direction, st *stream, seq uint32, flags uint8) Verdict {
 	e := w.e
 	in := w.in.PayloadBytes()
 	if !st.synced || st.stopped || c.help.helper == nil || flags&(nfq.FlagSYN|nfq.FlagRST) != 0 || len(in) == 0 {
 		return Verdict{}
+	}
+	if takeResync(c, dir) && nfq.SeqAfter(seq, st.next) && seq-st.next <= maxGap {
+		// Passed while the daemon was down: read on from here.
+		st.next, st.carry = seq, st.carry[:0]
 	}
 	end := seq + uint32(len(in))
 	fin := flags&nfq.FlagFIN != 0

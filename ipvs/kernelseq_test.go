@@ -122,8 +122,11 @@ func TestKernelStateRestores(t *testing.T) {
 	}
 	// The FTP helper answers a 227 only to a PASV it saw: the old one's
 	// pending command is not kept (yet), so the next PASV is the first.
-	w2.Process(seg(other, rs1, 107, isn+1, pshAck, "PASV\r\n"), 0)
-	pkt := seg(vip, other, isn+1, 113, pshAck, "227 Entering Passive Mode (10,0,0,11,156,64).\r\n")
+	// Both directions moved on while no daemon ran (a NOOP and its
+	// reply): the first segments after the adoption start past the kept
+	// positions.
+	w2.Process(seg(other, rs1, 113, isn+1, pshAck, "PASV\r\n"), 0)
+	pkt := seg(vip, other, isn+21, 119, pshAck, "227 Entering Passive Mode (10,0,0,11,156,64).\r\n")
 	v = w2.Process(pkt, 0)
 	if _, p := payload(t, v, pkt); !strings.Contains(p, "198,51,100,10,156,64") || len(v.Open) != 1 {
 		t.Errorf("after adoption: %q %+v", p, v.Open)
