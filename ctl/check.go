@@ -2,7 +2,6 @@ package ctl
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -14,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nfhelper/nfhelper/ipvs"
+	"github.com/nfhelper/nfhelper/kernel"
 )
 
 // ProbeInput is what Probe needs to know about the running daemon.
@@ -24,11 +24,10 @@ type ProbeInput struct {
 	Packets      uint64 // packets the workers read so far
 	Services     []ipvs.ServiceView
 	ConntrackErr error // the daemon's conntrack listener failed
+	// Choose picks the datapath for the features found; nil: no datapath
+	// line.
+	Choose func(kernel.Features) (string, error)
 }
-
-// probeTable is the temporary table the native-queue probe adds and deletes
-// in one batch: the kernel checks the rule and commits nothing visible.
-const probeTable = "nfhelper_probe"
 
 // conntrackPriority is NF_IP_PRI_CONNTRACK: chains before it see packets
 // without a conntrack entry.
@@ -81,14 +80,13 @@ func Probe(ctx context.Context, in ProbeInput) []Check {
 	}
 	add("nfqueue-xt", CheckOK, "xt NFQUEUE target in use by datapath %s, queues %d-%d bound (%s)", in.Datapath, in.Queues.First, last, seen)
 
-	// The native nft queue expression, unused by this datapath.
-	switch err := probeNativeQueue(conn, tables); {
-	case err == nil:
-		add("nft-queue", CheckOK, "native nft queue expression available (this datapath does not need it)")
-	case errors.Is(err, errProbeSkipped):
-		add("nft-queue", CheckInfo, "unknown: %v", err)
-	default:
-		add("nft-queue", CheckInfo, "native nft queue expression unavailable (%v); the xt NFQUEUE target is used instead", err)
+	// What the kernel has, and which datapath it would get.
+	features := kernel.Probe(conn)
+	if in.Choose != nil {
+		chosen, err := in.Choose(features)
+		out = append(out, KernelChecks(features, in.Datapath, chosen, err)...)
+	} else {
+		out = append(out, KernelChecks(features, in.Datapath, in.Datapath, nil)...)
 	}
 
 	// Conntrack events: connection ends (and states, for lc/wlc/sed/nq).
@@ -149,7 +147,7 @@ func Probe(ctx context.Context, in ProbeInput) []Check {
 			continue
 		}
 		others[tableName(c.Table)] = true
-		if !beforeConntrack(c) {
+		if !chainsToCheck(c) {
 			continue
 		}
 		rules, err := conn.GetRules(c.Table, c)
@@ -165,28 +163,6 @@ func Probe(ctx context.Context, in ProbeInput) []Check {
 		add("ruleset", CheckOK, "no mistakes found in %d other tables", len(others))
 	}
 	return out
-}
-
-var errProbeSkipped = errors.New("probe skipped")
-
-// probeNativeQueue asks the kernel to accept a rule with the native queue
-// expression in a temporary table that the same batch deletes again: the
-// batch fails as a whole when the expression is unknown, and otherwise
-// leaves nothing behind.
-func probeNativeQueue(conn *nftables.Conn, tables []*nftables.Table) error {
-	for _, t := range tables {
-		if t.Name == probeTable && t.Family == nftables.TableFamilyINet {
-			// Not ours to add to or delete.
-			return fmt.Errorf("%w: a table inet %s exists", errProbeSkipped, probeTable)
-		}
-	}
-	t := conn.AddTable(&nftables.Table{Name: probeTable, Family: nftables.TableFamilyINet})
-	c := conn.AddChain(&nftables.Chain{Name: "probe", Table: t})
-	conn.AddRule(&nftables.Rule{Table: t, Chain: c, Exprs: []expr.Any{
-		&expr.Queue{Num: 65535, Total: 1, Flag: expr.QueueFlagBypass},
-	}})
-	conn.DelTable(t)
-	return conn.Flush()
 }
 
 // probeConntrackEvents subscribes to conntrack's destroy events and leaves.
@@ -237,11 +213,15 @@ func beforeConntrack(c *nftables.Chain) bool {
 
 // RulesetMistakes finds `ct helper set` in chains that run before
 // conntrack (prerouting or output at raw priority, say): the packet has no
-// conntrack entry yet, so the assignment silently does nothing.
+// conntrack entry yet, so the assignment silently does nothing; and queue
+// rules without bypass, which drop packets while the daemon is down.
 func RulesetMistakes(chains []ChainRules) []Check {
 	var out []Check
 	for _, cr := range chains {
 		c := cr.Chain
+		if chainsToCheck(c) {
+			out = append(out, queueMistakes(cr)...)
+		}
 		if !beforeConntrack(c) {
 			continue
 		}

@@ -16,9 +16,11 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/google/nftables/xt"
 	"golang.org/x/sys/unix"
 
 	"github.com/nfhelper/nfhelper/ipvs"
+	"github.com/nfhelper/nfhelper/kernel"
 )
 
 type nopHelper struct{}
@@ -364,5 +366,51 @@ func TestFormat(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("conns output lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+func TestQueueWithoutBypass(t *testing.T) {
+	user := &nftables.Table{Name: "user", Family: nftables.TableFamilyIPv4}
+	ch := &nftables.Chain{Table: user, Name: "fwd", Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter}
+	xtInfo := func(num, flags uint16) *xt.Unknown {
+		b := make(xt.Unknown, 6)
+		binary.NativeEndian.PutUint16(b, num)
+		binary.NativeEndian.PutUint16(b[2:], 1)
+		binary.NativeEndian.PutUint16(b[4:], flags)
+		return &b
+	}
+	rules := []*nftables.Rule{
+		{Exprs: []expr.Any{&expr.Queue{Num: 1, Flag: expr.QueueFlagBypass}}},
+		{Exprs: []expr.Any{&expr.Queue{Num: 2}}},
+		{Exprs: []expr.Any{&expr.Target{Name: "NFQUEUE", Rev: 3, Info: xtInfo(3, 1)}}},
+		{Exprs: []expr.Any{&expr.Target{Name: "NFQUEUE", Rev: 3, Info: xtInfo(4, 2)}}},
+		{Exprs: []expr.Any{&expr.Target{Name: "MARK", Rev: 2, Info: xtInfo(5, 0)}}},
+	}
+	found := RulesetMistakes([]ChainRules{{ch, rules}, {&nftables.Chain{Table: user, Name: "regular"}, rules}})
+	if len(found) != 2 || !strings.Contains(found[0].Detail, "queues to 2 without bypass") || !strings.Contains(found[1].Detail, "queues to 4 without bypass") {
+		t.Errorf("found %+v", found)
+	}
+}
+
+func TestKernelChecks(t *testing.T) {
+	f := kernel.Features{NativeQueue: kernel.ErrNoNativeQueue, QueueConntrack: kernel.ErrNoQueueConntrack, Cthelper: kernel.ErrNoCthelper, IPVS: kernel.ErrNoIPVS}
+	got := KernelChecks(f, "", kernel.DatapathCompat, nil)
+	last := got[len(got)-1]
+	if len(got) != 6 || last.Name != "datapath" || !strings.Contains(last.Detail, "would run xt-nfqueue+nft-maps (the kernel datapath cannot run here)") {
+		t.Errorf("%+v", got)
+	}
+	for _, c := range got {
+		if c.Status == CheckFail || c.Status == CheckWarn {
+			t.Errorf("a missing feature is a problem: %+v", c)
+		}
+	}
+	_, err := kernel.Choose(f, "kernel", false)
+	got = KernelChecks(f, "", "", err)
+	if last := got[len(got)-1]; last.Status != CheckFail {
+		t.Errorf("unavailable override: %+v", last)
+	}
+	got = KernelChecks(kernel.Features{}, kernel.DatapathCompat, kernel.DatapathKernel, nil)
+	if last := got[len(got)-1]; !strings.Contains(last.Detail, "running xt-nfqueue+nft-maps; a restart would choose kernel") {
+		t.Errorf("running: %+v", last)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nfhelper/nfhelper/ipvs"
+	"github.com/nfhelper/nfhelper/kernel"
 )
 
 // Info is what the daemon tells about itself; it does not change while it runs.
@@ -37,6 +38,8 @@ type Server struct {
 	// CheckFunc and RulesFunc replace the kernel probes (tests); nil: the
 	// real ones (Probe, ListRules) run in the daemon's network namespace.
 	CheckFunc func(ctx context.Context) []Check
+	// Choose picks the datapath a restart would run, for the check.
+	Choose    func(kernel.Features) (string, error)
 	RulesFunc func(ctx context.Context) (Rules, error)
 
 	mu           sync.Mutex
@@ -328,7 +331,7 @@ func (s *Server) Check(ctx context.Context) CheckReport {
 	s.mu.Unlock()
 	return CheckReport{Checks: Probe(ctx, ProbeInput{
 		Table: s.Info.Table, Datapath: s.Info.Datapath, Queues: s.Info.Queues,
-		Packets: s.Engine.Stats.Packets.Load(), Services: s.Engine.ServiceViews(), ConntrackErr: ctErr,
+		Packets: s.Engine.Stats.Packets.Load(), Services: s.Engine.ServiceViews(), ConntrackErr: ctErr, Choose: s.Choose,
 	})}
 }
 

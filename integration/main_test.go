@@ -43,6 +43,7 @@ var harness struct {
 	tp        *topo.Topo
 	config    string
 	quirkyBin string // integration/cmd/quirkyftpd
+	ctexpect  string // integration/cmd/ctexpect
 
 	// Why a server kind is not running ("" when it is).
 	noProFTPD, noPureFTPD, noQuirky string
@@ -253,6 +254,10 @@ func buildBinaries() error {
 	}
 	harness.quirkyBin = filepath.Join(harness.binDir, "quirkyftpd")
 	if err := goBuild(harness.quirkyBin, "./integration/cmd/quirkyftpd"); err != nil {
+		return err
+	}
+	harness.ctexpect = filepath.Join(harness.binDir, "ctexpect")
+	if err := goBuild(harness.ctexpect, "./integration/cmd/ctexpect"); err != nil {
 		return err
 	}
 

@@ -397,7 +397,7 @@ func matches(have, want []string) bool {
 func findElem(t *testing.T, name string, key, val []string) []nftElem {
 	t.Helper()
 	var out []nftElem
-	for _, e := range nftElems(t, name) {
+	for _, e := range channelElems(t, name) {
 		if matches(e.Key, key) && (val == nil || matches(e.Val, val)) {
 			out = append(out, e)
 		}
@@ -414,7 +414,7 @@ func waitElem(t *testing.T, name string, key, val []string) nftElem {
 			return e[0]
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no element %v : %v in map %s within 10s; elements:\n%v", key, val, name, nftElems(t, name))
+			t.Fatalf("no element %v : %v in map %s within 10s; elements:\n%v", key, val, name, channelElems(t, name))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -7,7 +7,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -70,29 +69,32 @@ func TestPortFlood(t *testing.T) {
 		expect("200")
 	}
 
-	// Evicted elements are deleted right after the verdicts that replaced
-	// them: poll until the kernel holds the flood's last channel only.
-	var out []byte
-	flood := -1
+	// Evicted channels go right after the verdicts that replaced them
+	// (map elements; on the kernel datapath the kernel's max_expected):
+	// poll until the kernel holds the flood's last channel only.
+	var elems []nftElem
+	flood, last := -1, false
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
-		if out, _, err = execIn(t, 10*time.Second, tp.Router, nil, "nft", "list", "map", "inet", "nfhelper", "active4"); err != nil {
-			t.Fatalf("nft list: %v", err)
-		}
+		elems = channelElems(t, "active4")
 		// Earlier tests' active transfers may have left elements whose
 		// client port falls in the flood's range: count only those of the
 		// flood's server (the one of its last channel, once that is in).
-		elems := regexp.MustCompile(`(\S+) \. 203\.0\.113\.2 \. (\d+)`).FindAllStringSubmatch(string(out), -1)
 		server := ""
-		for _, m := range elems {
-			if m[2] == strconv.Itoa(firstPort+n-1) {
-				server = m[1]
+		for _, e := range elems {
+			if len(e.Key) == 3 && e.Key[1] == topo.ClientV4 && e.Key[2] == strconv.Itoa(firstPort+n-1) {
+				server = e.Key[0]
 			}
 		}
-		flood = 0
-		for _, m := range elems {
-			p, _ := strconv.Atoi(m[2])
-			if p >= firstPort && p < firstPort+n && (server == "" || m[1] == server) {
+		flood, last = 0, false
+		for _, e := range elems {
+			var p int
+			if len(e.Key) != 3 || e.Key[1] != topo.ClientV4 || server != "" && e.Key[0] != server {
+				continue
+			}
+			fmt.Sscan(e.Key[2], &p)
+			if p >= firstPort && p < firstPort+n {
 				flood++
+				last = last || p == firstPort+n-1
 			}
 		}
 		if flood <= 1 {
@@ -100,10 +102,10 @@ func TestPortFlood(t *testing.T) {
 		}
 	}
 	if flood != 1 {
-		t.Errorf("%d of the flood's channels in the kernel, want the last one only:\n%s", flood, out)
+		t.Errorf("%d of the flood's channels in the kernel, want the last one only:\n%v", flood, elems)
 	}
-	if !strings.Contains(string(out), fmt.Sprintf("203.0.113.2 . %d", firstPort+n-1)) {
-		t.Errorf("the last announced channel is not the one kept:\n%s", out)
+	if !last {
+		t.Errorf("the last announced channel is not the one kept:\n%v", elems)
 	}
 	// The connection and the daemon go on.
 	fmt.Fprintf(conn, "NOOP\r\n")

@@ -38,6 +38,11 @@ type Engine struct {
 	channels channelTable
 	lastLog  [numRefusals]atomic.Int64
 
+	// KernelSeqAdj selects the kernel datapath's mode (kernelseq.go): the
+	// kernel's seqadj corrects sequence numbers, the worker only edits
+	// payloads. Set before the first packet.
+	KernelSeqAdj bool
+
 	mu sync.Mutex
 	// watched are the learned servers whose packets the datapath queues.
 	watched map[netip.AddrPort]bool
@@ -111,6 +116,7 @@ type Verdict struct {
 	Packet      []byte // altered packet, valid until the worker's next Process
 	Open, Close []Channel
 	Offsets     Offsets
+	Kernel      *KernelState // Engine.KernelSeqAdj: the helped connection's state after the packet
 }
 
 // Worker holds one goroutine's scratch space, so that steady state does not
@@ -125,6 +131,7 @@ type Worker struct {
 	cur         *Conn
 	now         int64
 	open, close []Channel
+	kstate      KernelState
 }
 
 // NewWorker returns a worker of e.
@@ -300,6 +307,9 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	st, peer := &c.help.streams[dir], &c.help.streams[1-dir]
 	if flags&nfq.FlagSYN != 0 {
 		st.start(seq)
+	}
+	if e.KernelSeqAdj {
+		return w.helpKernel(c, dir, st, seq, flags)
 	}
 
 	st.resynced(seq, len(w.in.PayloadBytes()), flags)

@@ -3,6 +3,7 @@ package nft
 import (
 	"encoding/binary"
 
+	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/xt"
 	"golang.org/x/sys/unix"
@@ -134,6 +135,36 @@ func ctDirectionOriginal() []expr.Any {
 // queue sends the packet to NFQUEUE through the xtables target, which works
 // where the native nft queue expression is missing. Bypass: with no reader
 // bound, packets are accepted instead of dropped (fail open).
+// queueExpr queues to the spec's queues: the nft queue expression where
+// the kernel has it and the spec asks for it, else the xtables target.
+func queueExpr(spec *Spec) expr.Any {
+	if spec.NativeQueue {
+		// More than one queue: balanced by a hash of the addresses, as
+		// the xtables target does.
+		return &expr.Queue{Num: spec.QueueNum, Total: spec.QueueTotal, Flag: expr.QueueFlagBypass}
+	}
+	return queue(spec.QueueNum, spec.QueueTotal)
+}
+
+// ctHelperObj is the table's ct helper object for the userspace helper
+// name: TCP, both address families (inet).
+func ctHelperObj(t *nftables.Table, name string) *nftables.NamedObj {
+	return &nftables.NamedObj{Table: t, Name: name, Type: nftables.ObjTypeCtHelper,
+		Obj: &expr.CtHelper{Name: name, L4Proto: unix.IPPROTO_TCP}} // l3proto: the table's (inet)
+}
+
+// l4protoLoad loads the transport protocol (one byte) into the first
+// register.
+func l4protoLoad() []expr.Any {
+	return []expr.Any{&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1}}
+}
+
+// ctHelperSet assigns the ct helper object name to the packet's new
+// connection: it must run after conntrack and before NAT.
+func ctHelperSet(name string) []expr.Any {
+	return []expr.Any{&expr.Objref{Type: unix.NFT_OBJECT_CT_HELPER, Name: name}}
+}
+
 func queue(num, total uint16) expr.Any {
 	const bypass = 1
 	info := make(xt.Unknown, 6)

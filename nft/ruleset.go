@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -22,6 +23,17 @@ type Spec struct {
 	MarkMask   uint32 // packet mark bits that carry a scheduling decision
 	Services   []Service
 	AddOns     []AddOn
+	// CtHelper, when set, selects the kernel datapath's rules: new
+	// connections to helped VIPs and add-on matches get this userspace
+	// conntrack helper (registered by the daemon) through a ct helper
+	// object at mangle priority, and the kernel queues their packets to
+	// the helper's queue; the raw and forward rules that queue server
+	// replies and client packets are left out. Data channels are then
+	// conntrack expectations: the channel maps stay empty.
+	CtHelper string
+	// NativeQueue: queue rules use the nft queue expression instead of
+	// the xtables NFQUEUE target.
+	NativeQueue bool
 	// Live are the VIPs (or matches) and real servers of helped connections
 	// still running after a reload removed them: their packets must go on
 	// reaching the daemon.
@@ -92,9 +104,10 @@ type family struct {
 // Ruleset is an installed table.
 type Ruleset struct {
 	table *nftables.Table
+	alive *nftables.Set // the kernel datapath's heartbeat (see Heartbeat)
 	fams  [2]*family
 	fwd   *nftables.Chain
-	queue Spec // the queue numbers the rules send to
+	queue Spec // the queue numbers and kind the rules send to
 }
 
 func newFamily(t *nftables.Table, v6 bool) *family {
@@ -140,7 +153,7 @@ func Install(c *nftables.Conn, spec *Spec) (*Ruleset, error) {
 	c.AddTable(t)
 	c.DelTable(t)
 	c.AddTable(t)
-	rs := &Ruleset{table: t, fams: [2]*family{newFamily(t, false), newFamily(t, true)}, queue: Spec{QueueNum: spec.QueueNum, QueueTotal: spec.QueueTotal, MarkMask: spec.MarkMask}}
+	rs := &Ruleset{table: t, fams: [2]*family{newFamily(t, false), newFamily(t, true)}, queue: Spec{QueueNum: spec.QueueNum, QueueTotal: spec.QueueTotal, MarkMask: spec.MarkMask, NativeQueue: spec.NativeQueue, CtHelper: spec.CtHelper}}
 	for _, f := range rs.fams {
 		if err := rs.addSets(c, spec, f); err != nil {
 			return nil, err
@@ -149,11 +162,38 @@ func Install(c *nftables.Conn, spec *Spec) (*Ruleset, error) {
 			return nil, err
 		}
 	}
+	if spec.CtHelper != "" {
+		c.AddObj(ctHelperObj(t, spec.CtHelper))
+		rs.alive = &nftables.Set{Table: t, Name: "alive", KeyType: nftables.TypeInetProto, HasTimeout: true}
+		if err := c.AddSet(rs.alive, nil); err != nil {
+			return nil, fmt.Errorf("add set alive: %w", err)
+		}
+	}
 	rs.addChains(c, spec)
 	if err := c.Flush(); err != nil {
 		return nil, fmt.Errorf("install table inet %s: %w", spec.Table, err)
 	}
 	return rs, nil
+}
+
+// HeartbeatTTL is how long new connections keep getting the kernel
+// datapath's helper after the daemon's last Heartbeat.
+const HeartbeatTTL = 5 * time.Second
+
+// Heartbeat tells the kernel datapath's rules that the daemon runs, for
+// HeartbeatTTL; call it about every second. No-op for the compat ruleset.
+func (rs *Ruleset) Heartbeat(c *nftables.Conn) error {
+	if rs.alive == nil {
+		return nil
+	}
+	c.FlushSet(rs.alive)
+	if err := c.SetAddElements(rs.alive, []nftables.SetElement{{Key: []byte{unix.IPPROTO_TCP}, Timeout: HeartbeatTTL}}); err != nil {
+		return err
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("heartbeat: %w", err)
+	}
+	return nil
 }
 
 // Remove deletes the table if it exists.
@@ -261,7 +301,8 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 		}
 		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: exprs})
 	}
-	q := []expr.Any{queue(spec.QueueNum, spec.QueueTotal)}
+	q := []expr.Any{queueExpr(spec)}
+	kernel := spec.CtHelper != ""
 
 	// Before conntrack: new control connections (pure SYN to a VIP) are
 	// scheduled, and replies from real servers are rewritten here so that
@@ -288,8 +329,19 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 
 		rule(raw, fam, tcp, dst, lookup(f.vips), tcpFlagsEq(syn|ack|fin|rst, syn), q)
 		rule(mangle, fam, l4protoUDP(), ctStateIs(newBit), dst, lookup(f.vipsUDP), q)
-		rule(raw, fam, tcp, src, lookup(f.servers), q)
-		rule(raw, fam, tcp, src, lookup(f.watched), q)
+		if kernel {
+			// The kernel datapath: the helper queues every packet of
+			// these connections, after NAT.
+			// Only while the daemon's heartbeat is fresh: a connection
+			// with a userspace helper whose queue has no reader passes
+			// its packets unconfirmed by conntrack (a new connection never
+			// completes), so with the daemon gone new connections go
+			// without the helper, like the compat datapath's.
+			rule(mangle, fam, tcp, ctStateIs(newBit), dst, lookup(f.helped), l4protoLoad(), lookup(rs.alive), ctHelperSet(spec.CtHelper))
+		} else {
+			rule(raw, fam, tcp, src, lookup(f.servers), q)
+			rule(raw, fam, tcp, src, lookup(f.watched), q)
+		}
 
 		rule(dnat, fam, markBits(spec.MarkMask), lookupTo(f.byMark), natTo(expr.NATTypeDestNAT, f, true))
 		// A new connection to a VIP without the daemon's mark: the daemon
@@ -326,10 +378,12 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 // conntrack and DNAT, and the SYN of each new add-on connection.
 func (rs *Ruleset) forwardRules(c *nftables.Conn, spec *Spec) {
 	const syn, ack, fin, rst = 0x02, 0x10, 0x01, 0x04
-	q := queue(rs.queue.QueueNum, rs.queue.QueueTotal)
+	q := queueExpr(&rs.queue)
 	for _, f := range rs.fams {
-		rs.rule(c, rs.fwd, nfproto(f.proto), l4protoTCP(), ctDirectionOriginal(), ctStateIs(establishedBit),
-			concat(ctOrigDst(f.v6), ctOrigDstPort()), lookup(f.helped), []expr.Any{q})
+		if rs.queue.CtHelper == "" {
+			rs.rule(c, rs.fwd, nfproto(f.proto), l4protoTCP(), ctDirectionOriginal(), ctStateIs(establishedBit),
+				concat(ctOrigDst(f.v6), ctOrigDstPort()), lookup(f.helped), []expr.Any{q})
+		}
 		for _, a := range spec.AddOns {
 			if !f.of(a.Match.Addr()) {
 				continue

@@ -2,6 +2,7 @@ package nft
 
 import (
 	"bytes"
+	"errors"
 	"flag"
 	"fmt"
 	"net/netip"
@@ -14,7 +15,10 @@ import (
 
 	"github.com/google/nftables"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/nfhelper/nfhelper/ipvs"
+	"github.com/nfhelper/nfhelper/kernel"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -258,5 +262,58 @@ func TestOpenChannelReplacesStaleElement(t *testing.T) {
 	}
 	if out, _ := nftList(t, ns, "list", "map", "inet", "nfhelper", "passive4"); !strings.Contains(out, "203.0.113.2 . 198.51.100.10 . 40001") {
 		t.Errorf("the batch's other channel is missing:\n%s", out)
+	}
+}
+
+// TestInstallKernelGolden: the kernel datapath's variant, where the kernel
+// has userspace conntrack helpers (Debian's stock kernel; skipped here).
+func TestInstallKernelGolden(t *testing.T) {
+	ns, c := testNetns(t)
+	const helper = "nfhelper-gold"
+	ch, err := kernel.DialCthelper()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		err := ch.Register(kernel.Helper{Name: helper, Family: fam, Proto: unix.IPPROTO_TCP, Queue: 100, PrivLen: kernel.StateLen, Enabled: true,
+			Policies: []kernel.ExpectPolicy{{Name: "ftp", MaxExpected: 1, Timeout: 300}}})
+		if errors.Is(err, kernel.ErrNoCthelper) {
+			t.Skip(err)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ch.Unregister(helper, fam, unix.IPPROTO_TCP)
+	}
+	spec := referenceSpec()
+	spec.CtHelper = helper
+	spec.NativeQueue = kernel.ProbeNativeQueue(c) == nil
+	if _, err := Install(c, spec); err != nil {
+		t.Fatal(err)
+	}
+	defer Remove(c, "nfhelper")
+	got, err := nftList(t, ns, "list", "table", "inet", "nfhelper")
+	if err != nil {
+		t.Fatalf("%v: %s", err, got)
+	}
+	golden := filepath.Join("testdata", "ruleset-kernel.nft")
+	if *update {
+		if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+			// A read-only tree (the VM): leave it where it can be copied from.
+			os.WriteFile(os.Getenv("NFHELPER_GOLDEN_OUT"), []byte(got), 0o644)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != string(want) {
+		t.Errorf("ruleset differs from %s (go test -run TestInstallKernelGolden -update to accept):\n%s", golden, got)
+	}
+	for _, w := range []string{"ct helper nfhelper-gold {", `type "nfhelper-gold" protocol tcp`, "priority mangle", `ct helper set "nfhelper-gold"`} {
+		if !strings.Contains(got, w) {
+			t.Errorf("%q missing", w)
+		}
 	}
 }

@@ -15,10 +15,13 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/ti-mo/conntrack"
+	"golang.org/x/sys/unix"
 
 	"github.com/nfhelper/nfhelper/config"
 	"github.com/nfhelper/nfhelper/ctl"
 	"github.com/nfhelper/nfhelper/ipvs"
+	"github.com/nfhelper/nfhelper/kernel"
 	"github.com/nfhelper/nfhelper/metrics"
 	"github.com/nfhelper/nfhelper/nfq"
 	"github.com/nfhelper/nfhelper/nft"
@@ -29,9 +32,6 @@ const (
 	// markMask holds the real server's index in the packet mark of a new
 	// connection's SYN, from the queue verdict until DNAT has used it.
 	markMask = 0x00ff0000
-	// datapathName says which datapath runs: xtables NFQUEUE (no native nft
-	// queue needed), kernel NAT by mark, data channels as nft map elements.
-	datapathName = "xt-nfqueue+nft-maps"
 )
 
 // run runs the daemon until ctx ends (a full stop: the table goes) or
@@ -45,7 +45,24 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 	}
 	engine.Log = log
 	spec := specFor(cfg, engine.Services())
-	if spec.Carried, err = restore(engine, tableName, log); err != nil {
+
+	// The datapath: what the kernel has decides (kernel.go).
+	probeConn, err := nftables.New()
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	features := kernel.Probe(probeConn)
+	datapathName, err := chooser(cfg)(features)
+	if err != nil {
+		return nil, err
+	}
+	kernelDP := datapathName == kernel.DatapathKernel
+	if kernelDP {
+		engine.KernelSeqAdj = true
+		spec.CtHelper, spec.NativeQueue = helperName, features.NativeQueue == nil
+	} else if spec.Carried, err = restore(engine, tableName, log); err != nil {
+		// The kernel datapath takes connections over from their helper
+		// data instead (kernel.go).
 		log.Warn("state left by an earlier daemon not taken over", "err", err)
 	}
 
@@ -67,6 +84,20 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 		}
 		queues = append(queues, q)
 	}
+	var helperQueue *nfq.Queue
+	if kernelDP {
+		num := spec.QueueNum + spec.QueueTotal
+		if fd, ok := inherited[num]; ok {
+			delete(inherited, num)
+			helperQueue, err = nfq.Adopt(fd, nfq.Config{Num: num})
+		} else {
+			helperQueue, err = openHelperQueue(num)
+		}
+		if err != nil {
+			return nil, err
+		}
+		queues = append(queues, helperQueue)
+	}
 	closeUnused(inherited)
 	mx := metrics.New(engine, queues)
 	// One netlink socket for every batch of data channels, not one each.
@@ -76,6 +107,12 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 	}
 	defer dpConn.CloseLasting()
 	dp := &datapath{conn: dpConn, log: log, metrics: mx, reqs: make(chan *pending, 1024)}
+	if kernelDP {
+		if dp.ct, err = dialConntrack(); err != nil {
+			return nil, err
+		}
+		defer dp.ct.Close()
+	}
 
 	// Queues are bound before the rules exist: the first queued packet
 	// finds a reader, and a second daemon stops here, before it could
@@ -86,7 +123,12 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 	readCtx, stopReading := context.WithCancel(ctx)
 	var readers sync.WaitGroup
 	for _, q := range queues {
-		done, err := q.Start(readCtx, handler(q, q.Num, engine.NewWorker(), &engine.Stats, dp, mx, log))
+		var done <-chan error
+		if q == helperQueue {
+			done, err = startHelperQueue(readCtx, q, kernelHandler(ctQueue{q}, q.Num, engine, dp, mx, log))
+		} else {
+			done, err = q.Start(readCtx, handler(q, q.Num, engine.NewWorker(), &engine.Stats, dp, mx, log))
+		}
 		if err != nil {
 			stopReading()
 			return nil, err
@@ -104,6 +146,33 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
+	if kernelDP {
+		// A helper left by a crash is updated in place (its connections
+		// keep it), and a stale table is replaced atomically by Install
+		// below: removing it first would take the NAT hooks away from
+		// running connections for a moment. Only a stale helper that
+		// cannot be updated and that the stale table holds needs the
+		// table gone first; the queues are ours, so it is no other
+		// running daemon's.
+		policy := helperPolicy(engine.Services())
+		helper, err := registerHelper(spec.QueueNum+spec.QueueTotal, policy)
+		if errors.Is(err, unix.EBUSY) {
+			if err := nft.Remove(nftConn, tableName); err != nil {
+				return nil, err
+			}
+			helper, err = registerHelper(spec.QueueNum+spec.QueueTotal, policy)
+		}
+		if err != nil {
+			return nil, err
+		}
+		defer func() {
+			// After the table (deferred below, so run first): its ct
+			// helper object holds the helper.
+			if err := helper.unregister(); err != nil {
+				log.Error("cleanup", "err", err)
+			}
+		}()
+	}
 	ruleset, err := nft.Install(nftConn, spec)
 	if err != nil {
 		return nil, err
@@ -117,11 +186,16 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 		}
 	}()
 	dp.ruleset = ruleset // before dp.run starts; no packet announced a channel before the rules existed
+	if kernelDP {
+		if err := startHeartbeat(ctx, ruleset, &wg, log); err != nil {
+			return nil, err
+		}
+	}
 
 	// The control socket (nfhelperctl): the daemon runs without it if it
 	// cannot have it.
 	configPath, _ := filepath.Abs(path)
-	control := &ctl.Server{Engine: engine, Log: log, Info: ctl.Info{
+	control := &ctl.Server{Engine: engine, Log: log, Choose: chooser(cfg), Info: ctl.Info{
 		Pid: os.Getpid(), Started: started, Datapath: datapathName, Config: configPath, Table: tableName,
 		Queues: ctl.Queues{First: spec.QueueNum, Count: spec.QueueTotal},
 	}}
@@ -152,7 +226,7 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 			}
 		})
 	}
-	log.Info("ready", "datapath", datapathName, "queues", fmt.Sprintf("%d-%d", spec.QueueNum, spec.QueueNum+spec.QueueTotal-1),
+	log.Info("ready", "datapath", datapathName, "queue_expr", queueExprName(spec), "queues", fmt.Sprintf("%d-%d", spec.QueueNum, spec.QueueNum+spec.QueueTotal-1+boolInt(kernelDP)),
 		"services", len(spec.Services), "helpers", len(spec.AddOns), "table", "inet "+tableName, "socket", control.Path())
 
 	hup, usr2 := make(chan os.Signal, 1), make(chan os.Signal, 1)
@@ -173,7 +247,7 @@ wait:
 			handover = true
 			break wait
 		case <-hup:
-			err := reload(path, cfg.Queue, engine, ruleset, nftConn)
+			err := reload(path, cfg.Queue, engine, ruleset, nftConn, kernelDP)
 			control.NoteReload(err)
 			if err != nil {
 				logErrors(log, "reload failed; the running configuration stays", err)
@@ -289,7 +363,7 @@ func drain(queues []*nfq.Queue, max time.Duration) {
 
 // reload applies a changed configuration file: the kernel's part first, in
 // one batch, then the engine's; on any error nothing changes.
-func reload(path string, queue config.Queue, engine *ipvs.Engine, ruleset *nft.Ruleset, conn *nftables.Conn) error {
+func reload(path string, queue config.Queue, engine *ipvs.Engine, ruleset *nft.Ruleset, conn *nftables.Conn, kernelDP bool) error {
 	cfg, err := config.Load(path)
 	if err != nil {
 		return err
@@ -303,6 +377,9 @@ func reload(path string, queue config.Queue, engine *ipvs.Engine, ruleset *nft.R
 		return err
 	}
 	spec := specFor(cfg, next)
+	if kernelDP {
+		spec.CtHelper = helperName
+	}
 	// Running connections keep reaching the daemon even if their service or
 	// server is gone from the file.
 	spec.LiveVIPs, spec.LiveServers = engine.Live()
@@ -454,6 +531,19 @@ type pending struct {
 	open, close []ipvs.Channel
 	offsets     ipvs.Offsets
 	start       time.Time // when its queue handed it over
+
+	// The kernel datapath: expectations to create, and the NFQA_CT
+	// contents the verdict carries (nil: none).
+	exps []kernel.Expectation
+	ct   []byte
+}
+
+// verdict answers for p.
+func (p *pending) verdict() error {
+	if sa, ok := p.q.(seqAdjuster); ok && p.ct != nil && !p.drop && !p.setMark {
+		return sa.AcceptSeqAdj(p.id, p.pkt, p.ct)
+	}
+	return verdict(p.q, p.id, p.drop, p.setMark, p.mark, p.pkt)
 }
 
 // datapath opens data channels off the queue readers' goroutines, so the
@@ -466,6 +556,7 @@ type datapath struct {
 	reqs    chan *pending
 	// inflight counts packets submitted and not yet answered.
 	inflight sync.WaitGroup
+	ct       *conntrack.Conn // the kernel datapath's expectations
 }
 
 // submit hands p to the datapath; false when its backlog is full.
@@ -515,7 +606,14 @@ func (d *datapath) run(ctx context.Context) {
 			}
 		}
 		for _, p := range batch {
-			if err := verdict(p.q, p.id, p.drop, p.setMark, p.mark, p.pkt); err != nil && !errors.Is(err, context.Canceled) {
+			for _, e := range p.exps {
+				if err := kernel.CreateExpect(d.ct, e); err != nil {
+					d.log.Error("data channel not opened", "err", err)
+				}
+			}
+		}
+		for _, p := range batch {
+			if err := p.verdict(); err != nil && !errors.Is(err, context.Canceled) {
 				d.log.Warn("verdict", "err", err)
 			}
 			d.metrics.ObserveVerdict(time.Since(p.start))

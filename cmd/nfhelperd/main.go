@@ -22,6 +22,7 @@ func main() {
 	path := flag.String("config", "/etc/nfhelper/nfhelperd.yaml", "configuration file")
 	showVersion := flag.Bool("version", false, "print the version and exit")
 	check := flag.Bool("check-config", false, "validate the configuration file, print a summary and exit (0 if valid); touches no kernel state")
+	checkKernel := flag.Bool("check", false, "print what the kernel offers, the datapath nfhelperd would run and the ruleset mistakes it can see, and exit (1 if a check fails)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "nfhelperd: unexpected arguments %q\n", flag.Args())
@@ -33,6 +34,15 @@ func main() {
 	}
 	if *check {
 		os.Exit(checkConfig(*path))
+	}
+	if *checkKernel {
+		// The configuration, where it can be read, tells which datapath a
+		// start would choose; without it, the kernel alone.
+		cfg, err := config.Load(*path)
+		if err != nil {
+			cfg = &config.Config{}
+		}
+		os.Exit(checkKernelFeatures(os.Stdout, cfg))
 	}
 	log := newLogger(os.Stderr)
 

@@ -1,0 +1,338 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/ti-mo/conntrack"
+	"golang.org/x/sys/unix"
+
+	"github.com/nfhelper/nfhelper/config"
+	"github.com/nfhelper/nfhelper/ctl"
+	"github.com/nfhelper/nfhelper/ipvs"
+	"github.com/nfhelper/nfhelper/kernel"
+	"github.com/nfhelper/nfhelper/metrics"
+	"github.com/nfhelper/nfhelper/nfq"
+	"github.com/nfhelper/nfhelper/nft"
+)
+
+// The kernel datapath (kernel.DatapathKernel): helped connections carry a
+// userspace conntrack helper, which queues their packets to one queue after
+// the scheduling queues; verdicts carry NFQA_CT so that the kernel's seqadj
+// corrects sequence numbers; data channels are conntrack expectations with
+// NAT, created before the announcing packet's verdict.
+
+// helperName is the userspace conntrack helper the daemon registers (one
+// registration per address family).
+const helperName = "nfhelper-ftp"
+
+// kernelAuto says whether the daemon picks the kernel datapath by itself
+// where the kernel has what it needs. Off until the kernel datapath passes
+// the integration suite on Debian's stock kernel; NFHELPER_DATAPATH=kernel
+// selects it meanwhile.
+const kernelAuto = false
+
+// chooser picks the datapath for a configuration: the kernel one only
+// where it can do all the configuration asks (add-on helpers behind the
+// user's SNAT need the map-based channels for now).
+func chooser(cfg *config.Config) func(kernel.Features) (string, error) {
+	auto := kernelAuto && len(cfg.Helpers) == 0
+	return func(f kernel.Features) (string, error) {
+		return kernel.Choose(f, os.Getenv(kernel.EnvDatapath), auto)
+	}
+}
+
+// helperPolicy is the expectation policy for services: the most channels
+// and the longest timeout any of them allows (the engine enforces each
+// service's own limit).
+func helperPolicy(services []*ipvs.Service) kernel.ExpectPolicy {
+	p := kernel.ExpectPolicy{Name: "ftp", MaxExpected: 1, Timeout: 300}
+	for _, s := range services {
+		p.MaxExpected = max(p.MaxExpected, uint32(s.Policy.MaxChannels))
+		p.Timeout = max(p.Timeout, uint32(s.Policy.ChannelTimeout/time.Second))
+	}
+	return p
+}
+
+// kernelHelper is the registered helper.
+type kernelHelper struct {
+	ch *kernel.Cthelper
+}
+
+// registerHelper registers the helper for both families, replacing a stale
+// registration of an earlier run.
+func registerHelper(queue uint16, policy kernel.ExpectPolicy) (*kernelHelper, error) {
+	ch, err := kernel.DialCthelper()
+	if err != nil {
+		return nil, err
+	}
+	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		err := ch.Register(kernel.Helper{
+			Name: helperName, Family: fam, Proto: unix.IPPROTO_TCP, Queue: uint32(queue),
+			PrivLen: kernel.StateLen, Enabled: true, Policies: []kernel.ExpectPolicy{policy},
+		})
+		if err != nil {
+			ch.Close()
+			return nil, err
+		}
+	}
+	return &kernelHelper{ch: ch}, nil
+}
+
+// unregister removes the helper; the table's ct helper object, which holds
+// it, must be gone first.
+func (h *kernelHelper) unregister() error {
+	var errs []error
+	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		if err := h.ch.Unregister(helperName, fam, unix.IPPROTO_TCP); err != nil && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, err)
+		}
+	}
+	h.ch.Close()
+	return errors.Join(errs...)
+}
+
+// seqAdjuster answers with an NFQA_CT, for the kernel's seqadj.
+type seqAdjuster interface {
+	AcceptSeqAdj(id uint32, pkt []byte, ct []byte) error
+}
+
+// kernelHandler is the helper queue's per-packet path.
+func kernelHandler(q verdicter, num uint16, e *ipvs.Engine, dp *datapath, mx *metrics.Metrics, log *slog.Logger) ctHandler {
+	w, stats := e.NewWorker(), &e.Stats
+	return func(id uint32, pkt []byte, mark uint32, ctAttrs []byte) {
+		start := time.Now()
+		defer func() {
+			if r := recover(); r != nil {
+				stats.Panics.Add(1)
+				log.Error("worker panic; packet accepted unmodified", "panic", r, "total", stats.Panics.Load())
+				q.Accept(id, false, 0, nil)
+			}
+		}()
+		ct, err := kernel.ParseConntrack(ctAttrs)
+		if err != nil {
+			log.Warn("queued packet's conntrack attributes", "err", err)
+		}
+		ours := ct.Helper == helperName
+		if ours && len(ct.HelperInfo) > 0 {
+			restoreFromHelperData(e, ct, log)
+		}
+		v := w.Process(pkt, mark)
+		mx.CountVerdict(num, v)
+		p := &pending{q: q, id: id, drop: v.Drop, setMark: v.SetMark, mark: v.Mark, start: start, pkt: v.Packet}
+		switch info := stateBytes(v.Kernel); {
+		case ours && info != nil && (v.Packet != nil || !bytes.Equal(info, ct.HelperInfo[:min(len(ct.HelperInfo), len(info))])):
+			// The connection's helper data, and with a new payload the
+			// kernel's seqadj: both through NFQA_CT.
+			p.ct, _ = kernel.VerdictCT(helperName, info)
+		case v.Packet != nil:
+			// The connection's mark as it is: the smallest NFQA_CT that
+			// has the kernel apply seqadj.
+			p.ct, _ = kernel.VerdictCTMark(ct.Mark)
+		}
+		if exps := expectations(v.Open, ct, log); len(exps) > 0 {
+			p.pkt = append([]byte(nil), v.Packet...)
+			p.exps = exps
+			if dp.submit(p) {
+				return
+			}
+			stats.Backlogged.Add(uint64(len(exps)))
+		}
+		if err := p.verdict(); err != nil {
+			log.Warn("verdict", "err", err)
+		}
+		mx.ObserveVerdict(time.Since(start))
+	}
+}
+
+// stateBytes is the helper data for k; nil without state.
+func stateBytes(k *ipvs.KernelState) []byte {
+	if k == nil {
+		return nil
+	}
+	s := kernel.HelperState{Next: k.Next}
+	if k.Synced[ipvs.FromClient] {
+		s.Flags |= kernel.StateValid
+	}
+	if k.Synced[ipvs.FromServer] {
+		s.Flags |= kernel.StateReplyValid
+	}
+	if k.Stopped {
+		s.Flags |= kernel.StateStopped
+	}
+	return s.Encode()
+}
+
+// restoreFromHelperData adopts a connection the kernel's helper data
+// describes and the engine does not know: the daemon restarted while it ran.
+func restoreFromHelperData(e *ipvs.Engine, ct kernel.Conntrack, log *slog.Logger) {
+	client, vip, server := ct.Orig.Src, ct.Orig.Dst, ct.Reply.Src
+	if c, _ := e.Table.Lookup(client, server); c != nil {
+		return
+	}
+	st, err := kernel.DecodeState(ct.HelperInfo)
+	if err != nil || st.Flags&(kernel.StateValid|kernel.StateReplyValid) == 0 {
+		return
+	}
+	k := ipvs.KernelState{Next: st.Next, Stopped: st.Flags&kernel.StateStopped != 0}
+	k.Synced[ipvs.FromClient] = st.Flags&kernel.StateValid != 0
+	k.Synced[ipvs.FromServer] = st.Flags&kernel.StateReplyValid != 0
+	if e.AdoptKernel(client, vip, server, k) {
+		log.Info("connection restored from the kernel's helper data", "client", client, "vip", vip, "server", server)
+	}
+}
+
+// expectations are the conntrack expectations for channels announced on
+// the connection ct: the data connection is NATed like its master
+// (nat-follow-master), to the real server's announced port (passive) or
+// from the VIP to the client's (active).
+func expectations(chs []ipvs.Channel, ct kernel.Conntrack, log *slog.Logger) []kernel.Expectation {
+	var out []kernel.Expectation
+	for _, ch := range chs {
+		if ch.Kind == ipvs.ChannelWatch {
+			continue // add-on servers: the helper queues their packets anyway
+		}
+		if !ct.Orig.Src.IsValid() {
+			log.Warn("data channel without its control connection's conntrack entry", "channel", ch)
+			continue
+		}
+		if ch.NAT.IsValid() {
+			log.Warn("data channel behind the user's SNAT: not supported by the kernel datapath yet", "channel", ch)
+			continue
+		}
+		e := kernel.Expectation{Master: ct.Orig, NAT: true}
+		switch ch.Kind {
+		case ipvs.ChannelPassive:
+			client := netip.AddrPortFrom(ch.Client.Addr(), 0)
+			e.Dir = kernel.DirOriginal
+			e.Tuple = kernel.Tuple{Src: client, Dst: ch.VIP, Proto: unix.IPPROTO_TCP}
+			e.NATTo = kernel.Tuple{Src: ch.Server, Dst: client, Proto: unix.IPPROTO_TCP}
+		case ipvs.ChannelActive:
+			server := netip.AddrPortFrom(ch.Server.Addr(), 0)
+			e.Dir = kernel.DirReply
+			e.Tuple = kernel.Tuple{Src: server, Dst: ch.Client, Proto: unix.IPPROTO_TCP}
+			e.NATTo = kernel.Tuple{Src: ch.Client, Dst: server, Proto: unix.IPPROTO_TCP}
+		default:
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// openHelperQueue binds the helper's queue, with conntrack attributes.
+func openHelperQueue(num uint16) (*nfq.Queue, error) {
+	q, err := nfq.Open(nfq.Config{Num: num, MaxLen: 4096, Flags: nfq.FlagFailOpen | nfq.FlagConntrack})
+	if err != nil {
+		return nil, fmt.Errorf("helper queue: %w", err)
+	}
+	return q, nil
+}
+
+// dialConntrack is the datapath's ctnetlink socket for expectations.
+func dialConntrack() (*conntrack.Conn, error) {
+	c, err := conntrack.Dial(nil)
+	if err != nil {
+		return nil, fmt.Errorf("ctnetlink: %w", err)
+	}
+	return c, nil
+}
+
+// ctHandler is a queue handler that gets the packet's NFQA_CT contents.
+type ctHandler func(id uint32, pkt []byte, mark uint32, ct []byte)
+
+// startHelperQueue runs the helper queue's reader.
+func startHelperQueue(ctx context.Context, q *nfq.Queue, h ctHandler) (<-chan error, error) {
+	return q.Run(ctx, func(m *nfq.Message) { h(m.ID, m.Payload, m.Mark, m.CT) })
+}
+
+// ctQueue answers the helper queue's packets: a rewritten payload
+// goes back with an NFQA_CT that names the connection's helper, so that
+// the kernel's seqadj records the length change.
+type ctQueue struct {
+	*nfq.Queue
+}
+
+func (q ctQueue) AcceptSeqAdj(id uint32, pkt []byte, ct []byte) error {
+	return q.SetVerdict(&nfq.Verdict{ID: id, Verdict: nfq.VerdictAccept, Payload: pkt, CT: ct})
+}
+
+// queueExprName is how spec's rules queue: the nft queue expression or the
+// xtables target.
+func queueExprName(spec *nft.Spec) string {
+	if spec.NativeQueue {
+		return "nft"
+	}
+	return "xt"
+}
+
+func boolInt(b bool) uint16 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// startHeartbeat keeps the kernel datapath's rules assigning the helper
+// while the daemon runs (nft.Ruleset.Heartbeat): the first beat before it
+// returns, then one a second until ctx ends.
+func startHeartbeat(ctx context.Context, rs *nft.Ruleset, wg *sync.WaitGroup, log *slog.Logger) error {
+	conn, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	if err := rs.Heartbeat(conn); err != nil {
+		return err
+	}
+	wg.Go(func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := rs.Heartbeat(conn); err != nil && ctx.Err() == nil {
+					log.Warn("heartbeat", "err", err)
+				}
+			}
+		}
+	})
+	return nil
+}
+
+// checkKernelFeatures is --check: the kernel's features, the datapath a
+// start would choose and the ruleset's visible mistakes, printed to w; 1
+// if a check failed. It changes nothing that outlives it (see kernel.Probe).
+func checkKernelFeatures(w io.Writer, cfg *config.Config) int {
+	conn, err := nftables.New()
+	if err != nil {
+		fmt.Fprintln(w, "FAIL  nftables", err)
+		return 1
+	}
+	f := kernel.Probe(conn)
+	chosen, err := chooser(cfg)(f)
+	r := &ctl.CheckReport{Checks: ctl.KernelChecks(f, "", chosen, err)}
+	mistakes, err := ctl.LiveRulesetMistakes(conn, tableName)
+	if err != nil {
+		r.Checks = append(r.Checks, ctl.Check{Name: "ruleset", Status: ctl.CheckInfo, Detail: err.Error()})
+	}
+	r.Checks = append(r.Checks, mistakes...)
+	if len(mistakes) == 0 && err == nil {
+		r.Checks = append(r.Checks, ctl.Check{Name: "ruleset", Status: ctl.CheckOK, Detail: "no mistakes found"})
+	}
+	ctl.WriteCheck(w, r)
+	if r.Failed() {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,56 @@
+package main
+
+import (
+	"io"
+	"log/slog"
+	"net/netip"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nfhelper/nfhelper/ipvs"
+	"github.com/nfhelper/nfhelper/kernel"
+)
+
+func TestExpectations(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ct := kernel.Conntrack{
+		Orig:  kernel.Tuple{Src: ap("203.0.113.2:40000"), Dst: ap("198.51.100.10:21"), Proto: unix.IPPROTO_TCP},
+		Reply: kernel.Tuple{Src: ap("10.0.0.11:21"), Dst: ap("203.0.113.2:40000"), Proto: unix.IPPROTO_TCP},
+	}
+	chs := []ipvs.Channel{
+		{Kind: ipvs.ChannelPassive, Client: ap("203.0.113.2:0"), Server: ap("10.0.0.11:30000"), VIP: ap("198.51.100.10:30001")},
+		{Kind: ipvs.ChannelActive, Client: ap("203.0.113.2:5000"), Server: ap("10.0.0.11:0"), VIP: ap("198.51.100.10:0")},
+		{Kind: ipvs.ChannelWatch, Server: ap("10.0.0.12:21")},
+		{Kind: ipvs.ChannelPassive, Client: ap("203.0.113.2:0"), Server: ap("10.0.0.11:30000"), VIP: ap("198.51.100.10:30001"), NAT: ap("10.0.0.1:0")},
+	}
+	got := expectations(chs, ct, log)
+	if len(got) != 2 {
+		t.Fatalf("%d expectations: %+v", len(got), got)
+	}
+	p, a := got[0], got[1]
+	if p.Master != ct.Orig || p.Dir != kernel.DirOriginal || !p.NAT ||
+		p.Tuple != (kernel.Tuple{Src: ap("203.0.113.2:0"), Dst: ap("198.51.100.10:30001"), Proto: unix.IPPROTO_TCP}) ||
+		p.NATTo.Src != ap("10.0.0.11:30000") {
+		t.Errorf("passive %+v", p)
+	}
+	if a.Dir != kernel.DirReply || a.Tuple != (kernel.Tuple{Src: ap("10.0.0.11:0"), Dst: ap("203.0.113.2:5000"), Proto: unix.IPPROTO_TCP}) ||
+		a.NATTo.Src != ap("203.0.113.2:5000") {
+		t.Errorf("active %+v", a)
+	}
+	if got := expectations(chs[:1], kernel.Conntrack{}, log); len(got) != 0 {
+		t.Errorf("without the master's tuple: %+v", got)
+	}
+}
+
+func TestStateBytes(t *testing.T) {
+	if stateBytes(nil) != nil {
+		t.Error("state without a connection")
+	}
+	k := &ipvs.KernelState{Synced: [2]bool{true, false}, Next: [2]uint32{7, 9}, Stopped: true}
+	s, err := kernel.DecodeState(stateBytes(k))
+	if err != nil || s.Flags != kernel.StateValid|kernel.StateStopped || s.Next != k.Next {
+		t.Errorf("%+v %v", s, err)
+	}
+}

@@ -1,0 +1,25 @@
+package kernel
+
+import "errors"
+
+// Sentinel errors of the probes: what the kernel lacks.
+var (
+	// ErrNoNativeQueue: the nft queue expression (nft_queue) is missing.
+	ErrNoNativeQueue = errors.New("native nft queue expression unavailable")
+	// ErrNoQueueConntrack: queue messages and verdicts cannot carry
+	// conntrack attributes (CONFIG_NETFILTER_NETLINK_GLUE_CT).
+	ErrNoQueueConntrack = errors.New("NFQA_CT (conntrack in queue messages) unavailable")
+	// ErrNoCthelper: userspace conntrack helpers (nfnetlink_cthelper) are
+	// missing.
+	ErrNoCthelper = errors.New("userspace conntrack helpers (nfnetlink_cthelper) unavailable")
+	// ErrNoCtnetlink: conntrack over netlink (nf_conntrack_netlink) is
+	// missing.
+	ErrNoCtnetlink = errors.New("ctnetlink unavailable")
+	// ErrNoIPVS: the kernel's IPVS is not loaded (informational only).
+	ErrNoIPVS = errors.New("IPVS not loaded")
+	// ErrProbeSkipped: a probe could not run without touching something
+	// that is not ours.
+	ErrProbeSkipped = errors.New("probe skipped")
+	// ErrDatapathUnavailable: the datapath asked for cannot run here.
+	ErrDatapathUnavailable = errors.New("datapath unavailable on this kernel")
+)

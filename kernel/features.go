@@ -1,0 +1,114 @@
+package kernel
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/google/nftables"
+)
+
+// Datapath names, as logged (`datapath=`) and reported by nfhelperctl.
+const (
+	// DatapathKernel: a userspace conntrack helper attached by an nft ct
+	// helper object queues helped connections; verdicts carry NFQA_CT so the
+	// kernel's seqadj corrects sequence numbers; data channels are
+	// conntrack expectations with NAT.
+	DatapathKernel = "kernel"
+	// DatapathCompat: the xtables NFQUEUE target, userspace sequence
+	// correction, data channels as nft map elements. Runs on any kernel
+	// with NFQUEUE, conntrack, NAT and nf_tables.
+	DatapathCompat = "xt-nfqueue+nft-maps"
+)
+
+// EnvDatapath overrides the choice, for tests only: "compat" or "kernel".
+const EnvDatapath = "NFHELPER_DATAPATH"
+
+// Features is what the probes found: nil where the kernel has the feature,
+// else why not.
+type Features struct {
+	NativeQueue    error // nft queue expression
+	QueueConntrack error // NFQA_CT in queue messages and verdicts
+	Cthelper       error // nfnetlink_cthelper
+	Ctnetlink      error // nf_conntrack_netlink
+	IPVS           error // informational: not used
+}
+
+// Probe runs every probe in the calling process's network namespace. It
+// changes nothing that outlives it (the native queue probe's table and
+// the NFQA_CT probe's queue binding are removed at once) but may make the
+// kernel load the modules it asks for.
+func Probe(conn *nftables.Conn) Features {
+	return Features{
+		NativeQueue:    ProbeNativeQueue(conn),
+		QueueConntrack: ProbeQueueConntrack(),
+		Cthelper:       ProbeCthelper(),
+		Ctnetlink:      ProbeCtnetlink(),
+		IPVS:           ProbeIPVS(ProcIPVS),
+	}
+}
+
+// Feature is one probe's result, for printing.
+type Feature struct {
+	Name, Detail string
+	Err          error
+	Needed       bool // the kernel datapath needs it
+}
+
+// List is f's results in a fixed order.
+func (f Features) List() []Feature {
+	return []Feature{
+		{"nft-queue", "native nft queue expression (else the xt NFQUEUE target)", f.NativeQueue, false},
+		{"queue-conntrack", "NFQA_CT: conntrack in queue messages and verdicts", f.QueueConntrack, true},
+		{"cthelper", "userspace conntrack helpers (nfnetlink_cthelper)", f.Cthelper, true},
+		{"ctnetlink", "conntrack over netlink (expectations, events)", f.Ctnetlink, true},
+		{"ipvs", "kernel IPVS loaded (informational, not used)", f.IPVS, false},
+	}
+}
+
+// KernelReady is nil when the kernel datapath can run, else the missing
+// features joined.
+func (f Features) KernelReady() error {
+	var missing error
+	for _, ft := range f.List() {
+		switch {
+		case !ft.Needed || ft.Err == nil:
+		case missing == nil:
+			missing = ft.Err
+		default:
+			// One line, each still found by errors.Is.
+			missing = fmt.Errorf("%w; %w", missing, ft.Err)
+		}
+	}
+	return missing
+}
+
+// QueueExpr is how the kernel datapath's rules would queue: "nft" or "xt".
+func (f Features) QueueExpr() string {
+	if f.NativeQueue == nil {
+		return "nft"
+	}
+	return "xt"
+}
+
+// Choose picks the datapath for f. override is EnvDatapath's value: empty
+// (choose), "compat" or "kernel" (an error when the kernel lacks what it
+// needs). autoKernel says whether an empty override may choose the kernel
+// datapath: false while the daemon's kernel datapath is incomplete.
+func Choose(f Features, override string, autoKernel bool) (string, error) {
+	switch strings.TrimSpace(override) {
+	case "":
+		if autoKernel && f.KernelReady() == nil {
+			return DatapathKernel, nil
+		}
+		return DatapathCompat, nil
+	case "compat", DatapathCompat:
+		return DatapathCompat, nil
+	case "kernel":
+		if err := f.KernelReady(); err != nil {
+			return "", fmt.Errorf("%s=kernel: %w: %w", EnvDatapath, ErrDatapathUnavailable, err)
+		}
+		return DatapathKernel, nil
+	default:
+		return "", fmt.Errorf("%s=%q: want compat or kernel", EnvDatapath, override)
+	}
+}
