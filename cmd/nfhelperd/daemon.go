@@ -166,6 +166,9 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 			return nil, err
 		}
 		defer func() {
+			if inherit != nil {
+				return // the successor goes on with it
+			}
 			// After the table (deferred below, so run first): its ct
 			// helper object holds the helper.
 			if err := helper.unregister(); err != nil {
