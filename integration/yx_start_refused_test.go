@@ -13,9 +13,10 @@ import (
 	"time"
 )
 
-// TestStartRefused: a daemon that cannot run says why at once and leaves
-// nothing in the kernel: no table, no bound queue. It runs in a namespace of
-// its own, where nothing else is.
+// TestStartRefused: a daemon that cannot run (a bad configuration, a
+// datapath the kernel lacks features for) says why at once and leaves
+// nothing in the kernel: no table, no bound queue. It runs in a namespace
+// of its own, where nothing else is.
 func TestStartRefused(t *testing.T) {
 	needDaemon(t) // the binary
 	ns := fmt.Sprintf("nfht-%d-refused", os.Getpid())
@@ -34,8 +35,13 @@ func TestStartRefused(t *testing.T) {
 		{"bad address", "services:\n  - name: ftp\n    vip: 198.51.100.10\n    real_servers:\n      - address: 10.0.0.11:21\n",
 			nil, []string{":3:10: services[0].vip"}},
 		{"not YAML", "services: [\n", nil, []string{"YAML"}},
+		{"missing kernel features", "services:\n  - name: ftp\n    vip: 198.51.100.10:21\n    helper: ftp\n    real_servers:\n      - address: 10.0.0.11:21\n",
+			[]string{"NFHELPER_DATAPATH=kernel"}, []string{"NFHELPER_DATAPATH=kernel: datapath unavailable on this kernel: "}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			if c.env != nil && kernelDatapathAvailable(t) {
+				t.Skip("this kernel has what the kernel datapath needs: nothing missing to refuse")
+			}
 			path := filepath.Join(dir, strings.ReplaceAll(c.name, " ", "-")+".yaml")
 			if err := os.WriteFile(path, []byte(c.config), 0o644); err != nil {
 				t.Fatal(err)
@@ -69,4 +75,11 @@ func TestStartRefused(t *testing.T) {
 			}
 		})
 	}
+}
+
+// kernelDatapathAvailable asks the daemon whether the kernel datapath could
+// run here.
+func kernelDatapathAvailable(t *testing.T) bool {
+	out, _ := exec.Command(harness.daemonBin, "--check", "--config", harness.config).CombinedOutput()
+	return !strings.Contains(string(out), "the kernel datapath cannot run here")
 }
