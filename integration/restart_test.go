@@ -4,7 +4,6 @@ package integration
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -14,7 +13,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -51,7 +49,7 @@ type resumer struct {
 	cmd   *exec.Cmd
 	stdin io.WriteCloser
 	lines *bufio.Scanner
-	trace *lockedBuffer
+	trace *topo.SyncBuffer
 	stop  context.CancelFunc
 }
 
@@ -65,7 +63,7 @@ func startResume(t *testing.T) *resumer {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	r := &resumer{trace: &lockedBuffer{}, stop: cancel}
+	r := &resumer{trace: &topo.SyncBuffer{}, stop: cancel}
 	r.cmd = tp.CommandContext(ctx, tp.Client, "python3", script, topo.VIP4)
 	r.cmd.Stderr = r.trace
 	var err error
@@ -127,22 +125,4 @@ func (r *resumer) finish(t *testing.T, log string) {
 	if t.Failed() {
 		t.Logf("client trace:\n%s", tailString(r.trace.String(), 3000))
 	}
-}
-
-// lockedBuffer is a process's output, read while the process runs.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

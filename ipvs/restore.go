@@ -53,6 +53,11 @@ func (e *Engine) Restore(client, vip, server netip.AddrPort, established bool, o
 func (s *Service) counted(addr netip.AddrPort) *RealServer {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.countedLocked(addr)
+}
+
+// countedLocked is counted with s.mu held.
+func (s *Service) countedLocked(addr netip.AddrPort) *RealServer {
 	for _, rs := range s.Servers {
 		if rs.Addr == addr {
 			rs.Conns.Add(1)

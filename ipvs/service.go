@@ -79,12 +79,8 @@ func (s *Service) policy() *Policy { return &s.Policy }
 func (s *Service) learn(addr netip.AddrPort) *RealServer {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, rs := range s.Servers {
-		if rs.Addr == addr {
-			rs.Conns.Add(1)
-			rs.Inactive.Add(1)
-			return rs
-		}
+	if rs := s.countedLocked(addr); rs != nil {
+		return rs
 	}
 	rs := &RealServer{Addr: addr, Weight: 1}
 	rs.Conns.Add(1)

@@ -83,38 +83,44 @@ func (t TCP) Options() []byte { return t[TCPMinHeaderLen:t.DataOffset()] }
 // Payload is the data after the header.
 func (t TCP) Payload() []byte { return t[t.DataOffset():] }
 
+// nextOption finds the option at or after offset i of opts: its offset,
+// kind and length; ok is false at the end. The walk follows the kernel's
+// nf_ct_sack_adjust: it stops at EOL or at an option that would run past
+// the header (nothing after a partial option can be trusted).
+func nextOption(opts []byte, i int) (at, kind, n int, ok bool) {
+	for i < len(opts) && opts[i] == tcpOptNOP {
+		i++
+	}
+	if i+1 >= len(opts) || opts[i] == tcpOptEOL {
+		return 0, 0, 0, false
+	}
+	n = int(opts[i+1])
+	if n < 2 || n > len(opts)-i {
+		return 0, 0, 0, false
+	}
+	return i, int(opts[i]), n, true
+}
+
 // LowerMSS lowers the MSS option (kind 2) by by, to no less than floor,
-// updating the checksum incrementally; false if nothing changed. The walk
-// is AdjustSACK's.
+// updating the checksum incrementally; false if nothing changed.
 func (t TCP) LowerMSS(by, floor uint16) bool {
 	opts := t.Options()
-	for i := 0; i < len(opts) && opts[i] != tcpOptEOL; {
-		if opts[i] == tcpOptNOP {
-			i++
+	for i, kind, n, ok := nextOption(opts, 0); ok; i, kind, n, ok = nextOption(opts, i+n) {
+		if kind != tcpOptMSS || n != 4 {
 			continue
 		}
-		if i+1 == len(opts) {
-			break
+		old := binary.BigEndian.Uint16(opts[i+2:])
+		v := floor
+		if old > by {
+			v = max(old-by, floor)
 		}
-		n := int(opts[i+1])
-		if n < 2 || n > len(opts)-i {
-			break
+		if v >= old {
+			return false
 		}
-		if opts[i] == tcpOptMSS && n == 4 {
-			old := binary.BigEndian.Uint16(opts[i+2:])
-			v := floor
-			if old > by {
-				v = max(old-by, floor)
-			}
-			if v >= old {
-				return false
-			}
-			binary.BigEndian.PutUint16(opts[i+2:], v)
-			rot := 8 * (i & 1) // a field at an odd offset sums rotated by a byte
-			t.SetChecksum(ChecksumUpdate16(t.Checksum(), bits.RotateLeft16(old, rot), bits.RotateLeft16(v, rot)))
-			return true
-		}
-		i += n
+		binary.BigEndian.PutUint16(opts[i+2:], v)
+		rot := 8 * (i & 1) // a field at an odd offset sums rotated by a byte
+		t.SetChecksum(ChecksumUpdate16(t.Checksum(), bits.RotateLeft16(old, rot), bits.RotateLeft16(v, rot)))
+		return true
 	}
 	return false
 }
@@ -122,43 +128,30 @@ func (t TCP) LowerMSS(by, floor uint16) bool {
 // AdjustSACK replaces every edge of every SACK block (option kind 5) with
 // f(edge), in place, updating the checksum incrementally. After payload
 // edits the peer acknowledges shifted sequence numbers, and its SACK blocks
-// must be shifted back like Ack. The walk follows the kernel's
-// nf_ct_sack_adjust: it stops at EOL or at an option that would run past
-// the header, and skips a SACK option whose length is not 2 plus a whole
-// number of blocks.
+// must be shifted back like Ack. A SACK option whose length is not 2 plus a
+// whole number of blocks is skipped, as the kernel does.
 func (t TCP) AdjustSACK(f func(edge uint32) uint32) {
 	opts := t.Options()
 	csum := t.Checksum()
-	for i := 0; i < len(opts) && opts[i] != tcpOptEOL; {
-		if opts[i] == tcpOptNOP {
-			i++
+	for i, kind, n, ok := nextOption(opts, 0); ok; i, kind, n, ok = nextOption(opts, i+n) {
+		if kind != tcpOptSACK || n == 2 || (n-2)%sackBlockLen != 0 {
 			continue
 		}
-		if i+1 == len(opts) {
-			break
-		}
-		n := int(opts[i+1])
-		if n < 2 || n > len(opts)-i {
-			break // a partial option: nothing after it can be trusted
-		}
-		if opts[i] == tcpOptSACK && n > 2 && (n-2)%sackBlockLen == 0 {
-			// Senders align SACK with NOPs, but nothing forces them to. A
-			// field at an odd offset straddles checksum words; its sum is
-			// that of the field rotated by a byte (2^8·2^8 ≡ 1 mod 2^16-1).
-			rot := 8 * (i & 1) // Options start at an even offset
-			for e := i + 2; e < i+n; e += 4 {
-				old := binary.BigEndian.Uint32(opts[e:])
-				v := f(old)
-				if v == old {
-					// Edges below the edited range stay; leaving them alone
-					// also keeps a packet byte-identical when nothing moves.
-					continue
-				}
-				binary.BigEndian.PutUint32(opts[e:], v)
-				csum = ChecksumUpdate32(csum, bits.RotateLeft32(old, rot), bits.RotateLeft32(v, rot))
+		// Senders align SACK with NOPs, but nothing forces them to. A
+		// field at an odd offset straddles checksum words; its sum is that
+		// of the field rotated by a byte (2^8·2^8 ≡ 1 mod 2^16-1).
+		rot := 8 * (i & 1) // Options start at an even offset
+		for e := i + 2; e < i+n; e += 4 {
+			old := binary.BigEndian.Uint32(opts[e:])
+			v := f(old)
+			if v == old {
+				// Edges below the edited range stay; leaving them alone
+				// also keeps a packet byte-identical when nothing moves.
+				continue
 			}
+			binary.BigEndian.PutUint32(opts[e:], v)
+			csum = ChecksumUpdate32(csum, bits.RotateLeft32(old, rot), bits.RotateLeft32(v, rot))
 		}
-		i += n
 	}
 	t.SetChecksum(csum)
 }

@@ -29,7 +29,7 @@ type Daemon struct {
 
 	t    *Topo
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *SyncBuffer
 	done chan struct{}
 }
 
@@ -55,7 +55,7 @@ func (t *Topo) StartDaemon(bin, config string) (*Daemon, error) {
 	t.mu.Unlock()
 	d := &Daemon{
 		t:       t,
-		out:     &syncBuffer{},
+		out:     &SyncBuffer{},
 		done:    make(chan struct{}),
 		LogPath: filepath.Join(t.Dir, fmt.Sprintf("nfhelperd-%d.log", n)),
 	}
@@ -193,18 +193,19 @@ func (t *Topo) TableExists(ctx context.Context) (bool, string, error) {
 	}
 }
 
-type syncBuffer struct {
+// SyncBuffer is a process's output, read while the process runs.
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *SyncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()

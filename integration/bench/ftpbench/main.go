@@ -42,7 +42,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -698,7 +697,7 @@ func (b *bench) memory(ctx context.Context) *memResult {
 			return m
 		}
 		var fd int
-		err := inNS(ns, func() error {
+		err := topo.Do(ns, func() error {
 			var err error
 			if fd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0); err != nil {
 				return err
@@ -896,38 +895,4 @@ func updateDoc(path, report string) error {
 	}
 	s = s[:i+len(beginMark)] + "\n\n" + report + "\n" + s[j:]
 	return os.WriteFile(path, []byte(s), 0o644)
-}
-
-// inNS runs fn on an OS thread in namespace ns (sockets created there stay
-// in it).
-func inNS(ns string, fn func() error) error {
-	target, err := os.Open("/run/netns/" + ns)
-	if err != nil {
-		return err
-	}
-	defer target.Close()
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		self, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
-		if err != nil {
-			runtime.UnlockOSThread()
-			done <- err
-			return
-		}
-		defer self.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			done <- err
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err != nil {
-			done <- errors.Join(ferr, err) // the thread stays locked and is discarded
-			return
-		}
-		runtime.UnlockOSThread()
-		done <- ferr
-	}()
-	return <-done
 }
