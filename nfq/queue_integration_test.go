@@ -281,7 +281,6 @@ func TestQueueConntrack(t *testing.T) {
 		t.Fatal(err)
 	}
 	var q *nfq.Queue
-	var rx, tx net.PacketConn
 	inNetns(t, ns, func() {
 		var err error
 		q, err = nfq.Open(nfq.Config{Num: itQueue, Flags: nfq.FlagConntrack})
@@ -291,16 +290,9 @@ func TestQueueConntrack(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if rx, err = net.ListenPacket("udp4", fmt.Sprintf("127.0.0.1:%d", itPort)); err != nil {
-			t.Fatal(err)
-		}
-		if tx, err = net.ListenPacket("udp4", "127.0.0.2:0"); err != nil {
-			t.Fatal(err)
-		}
 	})
 	defer q.Close()
-	defer rx.Close()
-	defer tx.Close()
+	rx, tx := udpPair(t, ns)
 	type seen struct {
 		ct     []byte
 		info   uint32
@@ -353,21 +345,13 @@ func TestQueueInheritAdopt(t *testing.T) {
 	ns := testNetns(t)
 	_, marked := itRules(t, ns)
 	var q *nfq.Queue
-	var rx, tx net.PacketConn
 	inNetns(t, ns, func() {
 		var err error
 		if q, err = nfq.Open(nfq.Config{Num: itQueue, MaxLen: 64, Flags: nfq.FlagFailOpen}); err != nil {
 			t.Fatal(err)
 		}
-		if rx, err = net.ListenPacket("udp4", fmt.Sprintf("127.0.0.1:%d", itPort)); err != nil {
-			t.Fatal(err)
-		}
-		if tx, err = net.ListenPacket("udp4", "127.0.0.2:0"); err != nil {
-			t.Fatal(err)
-		}
 	})
-	defer rx.Close()
-	defer tx.Close()
+	rx, tx := udpPair(t, ns)
 	f, err := q.Inherit()
 	if err != nil {
 		t.Fatal(err)
@@ -398,4 +382,21 @@ func TestQueueInheritAdopt(t *testing.T) {
 	if _, err := nfq.Adopt(int(os.Stdin.Fd()), nfq.Config{Num: itQueue}); err == nil {
 		t.Error("adopted a file that is no netlink socket")
 	}
+}
+
+// udpPair opens, in the namespace at ns, the receiver on itPort and a
+// sender; both close with the test.
+func udpPair(t *testing.T, ns string) (rx, tx net.PacketConn) {
+	t.Helper()
+	inNetns(t, ns, func() {
+		var err error
+		if rx, err = net.ListenPacket("udp4", fmt.Sprintf("127.0.0.1:%d", itPort)); err != nil {
+			t.Fatal(err)
+		}
+		if tx, err = net.ListenPacket("udp4", "127.0.0.2:0"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Cleanup(func() { rx.Close(); tx.Close() })
+	return rx, tx
 }
