@@ -23,7 +23,11 @@ func TestStartRefused(t *testing.T) {
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add: %v %s", err, out)
 	}
-	t.Cleanup(func() { exec.Command("ip", "netns", "delete", ns).Run() })
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "delete", ns).CombinedOutput(); err != nil {
+			t.Errorf("ip netns delete %s: %v %s", ns, err, out)
+		}
+	})
 	dir := t.TempDir()
 	for _, c := range []struct {
 		name, config string
