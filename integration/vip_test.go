@@ -67,31 +67,52 @@ func TestVIPBothServers(t *testing.T) {
 }
 
 // TestVIPManyTransfersOneControl: 50 PASV transfers on one control
-// connection. The first rewritten 227 changes the payload length
-// ("10,0,0,11" -> "198,51,100,10"), so every later segment depends on
-// nfhelperd's sequence/ack correction.
+// connection, once where the helper keeps each 227's length (vsftpd's text
+// absorbs the longer VIP) and once where it cannot (quirky "bare227":
+// "10,0,0,11" -> "198,51,100,10", +5 bytes a reply), so that every later
+// segment depends on nfhelperd's sequence/ack correction.
 func TestVIPManyTransfersOneControl(t *testing.T) {
 	needDaemon(t)
 	tp := harness.tp
 	const n = 50
-	invalid := conntrackInvalid(t, tp.Router)
-	run := runFtpget(t, tp.Client, net.JoinHostPort(topo.VIP4, "21"), "pasv", "small.bin,big.bin", n)
-	want := strings.ReplaceAll(topo.VIP4, ".", ",") + ","
-	for _, r := range run.results {
-		if r.SHA256 != tp.Files[r.File] {
-			t.Errorf("transfer %d: %s sha256 %s (%d bytes), want %s", r.I, r.File, r.SHA256, r.Bytes, tp.Files[r.File])
-		}
-		if !strings.HasPrefix(r.PassiveReply, "227 ") || !strings.Contains(r.PassiveReply, want) {
-			t.Errorf("transfer %d: 227 reply %q does not carry the VIP", r.I, r.PassiveReply)
-		}
-	}
-	// Strict window tracking stays on: conntrack must have judged no
-	// corrected packet invalid.
-	if got := conntrackInvalid(t, tp.Router); got != invalid {
-		t.Errorf("conntrack counted %d invalid packets during the transfers", got-invalid)
-	}
-	if t.Failed() {
-		t.Logf("trace:\n%s", tailString(run.trace, 8000))
+	for _, c := range []struct{ name, port, user string }{
+		// vsftpd's "227 Entering Passive Mode (...)" has text to absorb the
+		// longer VIP: the length stays.
+		{"length-kept", "21", ""},
+		// "227 h1,...,p2": every rewrite adds 5 bytes, 250 in all.
+		{"length-changed", "2321", "bare227"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if c.user != "" && harness.noQuirky != "" {
+				t.Skip(harness.noQuirky)
+			}
+			invalid := conntrackInvalid(t, tp.Router)
+			var extra []string
+			if c.user != "" {
+				extra = []string{"-user", c.user}
+			}
+			run := runFtpget(t, tp.Client, net.JoinHostPort(topo.VIP4, c.port), "pasv", "small.bin,big.bin", n, extra...)
+			want := strings.ReplaceAll(topo.VIP4, ".", ",") + ","
+			for _, r := range run.results {
+				if r.SHA256 != tp.Files[r.File] {
+					t.Errorf("transfer %d: %s sha256 %s (%d bytes), want %s", r.I, r.File, r.SHA256, r.Bytes, tp.Files[r.File])
+				}
+				if !strings.HasPrefix(r.PassiveReply, "227 ") || !strings.Contains(r.PassiveReply, want) {
+					t.Errorf("transfer %d: 227 reply %q does not carry the VIP", r.I, r.PassiveReply)
+				}
+			}
+			if len(run.results) != n {
+				t.Errorf("%d transfers, want %d", len(run.results), n)
+			}
+			// Strict window tracking stays on: conntrack must have judged
+			// no corrected packet invalid.
+			if got := conntrackInvalid(t, tp.Router); got != invalid {
+				t.Errorf("conntrack counted %d invalid packets during the transfers", got-invalid)
+			}
+			if t.Failed() {
+				t.Logf("trace:\n%s", tailString(run.trace, 8000))
+			}
+		})
 	}
 }
 
