@@ -71,6 +71,7 @@ type Match struct {
 type ChannelPolicy struct {
 	Loose              bool           `yaml:"loose"`
 	AllowLowPorts      bool           `yaml:"allow_low_ports"`
+	BlockRefused       bool           `yaml:"block_refused"`
 	MaxDataChannels    *int           `yaml:"max_data_channels"`    // default 1
 	DataChannelTimeout *time.Duration `yaml:"data_channel_timeout"` // default 300s
 }
@@ -98,7 +99,7 @@ type Service struct {
 // Policy is the data-channel policy with defaults applied.
 func (s *ChannelPolicy) Policy() ipvs.Policy {
 	p := ipvs.DefaultPolicy
-	p.Loose, p.AllowLowPorts = s.Loose, s.AllowLowPorts
+	p.Loose, p.AllowLowPorts, p.BlockRefused = s.Loose, s.AllowLowPorts, s.BlockRefused
 	if s.MaxDataChannels != nil {
 		p.MaxChannels = *s.MaxDataChannels
 	}

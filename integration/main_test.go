@@ -170,11 +170,13 @@ const testConfig = topo.ReferenceConfig + `  - name: proftpd
   - name: quirky
     vip: 198.51.100.10:2321
     helper: ftp
+    block_refused: true # quirkyftpd accepts any PORT: refused ones must not reach it
     real_servers:
       - address: 10.0.0.11:2321
   - name: quirky6
     vip: "[2001:db8:1::10]:2321"
     helper: ftp
+    block_refused: true
     real_servers:
       - address: "[fd00::11]:2321"
   - name: echo-udp

@@ -41,6 +41,10 @@ type Policy struct {
 	Loose bool
 	// AllowLowPorts lets data channels use ports below 1024.
 	AllowLowPorts bool
+	// BlockRefused keeps a refused announcement from the server as one: a
+	// refused PORT or EPRT goes on as XPRT, which servers answer with 500.
+	// Off by default: the command passes untouched, without a channel.
+	BlockRefused bool
 	// MaxChannels is how many announced, unused channels a connection may
 	// have; a new one replaces the oldest (the kernel's max_expected).
 	MaxChannels int

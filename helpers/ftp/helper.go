@@ -47,7 +47,7 @@ func (Helper) Bind(s *ipvs.Session, p *ipvs.Policy) ipvs.ConnHelper {
 	}
 	// The policy is read once: a service reconfigured later applies to new
 	// connections, and Inspect never races with the writer.
-	c.loose, c.lowPorts = p.Loose, p.AllowLowPorts
+	c.loose, c.lowPorts, c.block = p.Loose, p.AllowLowPorts, p.BlockRefused
 	return c
 }
 
@@ -55,6 +55,7 @@ func (Helper) Bind(s *ipvs.Session, p *ipvs.Policy) ipvs.ConnHelper {
 type conn struct {
 	s               ipvs.Session
 	loose, lowPorts bool
+	block           bool // refused PORT/EPRT lose their verb
 
 	// Client commands awaiting their reply. They are counters, not flags,
 	// so that a pipelining client's PASV replies are all honoured.
@@ -141,7 +142,7 @@ func (c *conn) line(dir ipvs.Direction, st *stream, data []byte, off, n int, ful
 		case hasPrefix(line, "PORT ") || hasPrefix(line, "EPRT "):
 			// Too long to read, so not what the helper would let through.
 			r.Refuse(ipvs.RefuseMalformed)
-			neutralize(off, fixed, r)
+			c.neutralize(off, fixed, r)
 		}
 		return
 	}
@@ -212,7 +213,7 @@ func (c *conn) command(data []byte, off int, line []byte, fixed int, r *ipvs.Res
 		ap, err := ParsePORT(args)
 		switch to, rewrite, ok := c.announce(ap, err, r); {
 		case !ok:
-			neutralize(off, fixed, r)
+			c.neutralize(off, fixed, r)
 		case rewrite && off+argsAt >= fixed && to.Addr().Is4():
 			var buf [len("255,255,255,255,255,255")]byte
 			r.Replace(off+argsAt, len(args), AppendHostPort(buf[:0], to))
@@ -221,7 +222,7 @@ func (c *conn) command(data []byte, off int, line []byte, fixed int, r *ipvs.Res
 		ap, err := ParseEPRT(args)
 		switch to, rewrite, ok := c.announce(ap, err, r); {
 		case !ok:
-			neutralize(off, fixed, r)
+			c.neutralize(off, fixed, r)
 		case rewrite && off+argsAt >= fixed:
 			var buf [64]byte
 			r.Replace(off+argsAt, len(args), appendEPRT(buf[:0], args[0], to))
@@ -263,15 +264,17 @@ func (c *conn) announce(ap netip.AddrPort, err error, r *ipvs.Result) (to netip.
 	return c.active(ap, r)
 }
 
-// neutralVerb replaces the verb of a refused PORT or EPRT: no server knows
-// it, so the server answers 500 rather than connect where the client
-// asked (a bounce to a host or port behind the balancer, or an address
-// the server may read otherwise than the helper did).
+// neutralVerb replaces the verb of a refused PORT or EPRT where the policy
+// blocks refused announcements: no server knows it, so the server answers
+// 500 rather than connect where the client asked (a bounce to a host or
+// port behind the balancer, or an address the server may read otherwise
+// than the helper did).
 const neutralVerb = "XPRT"
 
-// neutralize makes the command line at off in data one the server refuses.
-func neutralize(off, fixed int, r *ipvs.Result) {
-	if off >= fixed {
+// neutralize makes the command line at off in data one the server
+// refuses, where the policy says so.
+func (c *conn) neutralize(off, fixed int, r *ipvs.Result) {
+	if c.block && off >= fixed {
 		r.Replace(off, len(neutralVerb), []byte(neutralVerb))
 	}
 }

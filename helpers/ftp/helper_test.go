@@ -31,6 +31,7 @@ var (
 	lowPorts  = ipvs.Policy{AllowLowPorts: true, MaxChannels: 1}
 	noPolicy  = ipvs.DefaultPolicy
 	allPolicy = ipvs.Policy{Loose: true, AllowLowPorts: true}
+	blocking  = ipvs.Policy{BlockRefused: true, MaxChannels: 1}
 )
 
 func TestRegistered(t *testing.T) {
@@ -278,10 +279,9 @@ var cases = []testCase{
 		log:   []string{"active 203.0.113.2:40000"},
 	},
 	{
-		name:   "PORT bounce",
-		turns:  []turn{c("PORT 10,0,0,12,156,64\r\n")},
-		client: "XPRT 10,0,0,12,156,64\r\n",
-		log:    []string{"refuse bounce"},
+		name:  "PORT bounce",
+		turns: []turn{c("PORT 10,0,0,12,156,64\r\n")},
+		log:   []string{"refuse bounce"},
 	},
 	{
 		name:  "PORT bounce, loose policy",
@@ -290,10 +290,9 @@ var cases = []testCase{
 		log:   []string{"active 10.0.0.12:40000"},
 	},
 	{
-		name:   "PORT low port",
-		turns:  []turn{c("PORT 203,0,113,2,3,255\r\n")},
-		client: "XPRT 203,0,113,2,3,255\r\n",
-		log:    []string{"refuse low_port"},
+		name:  "PORT low port",
+		turns: []turn{c("PORT 203,0,113,2,3,255\r\n")},
+		log:   []string{"refuse low_port"},
 	},
 	{
 		name:  "PORT low port allowed",
@@ -302,22 +301,20 @@ var cases = []testCase{
 		log:   []string{"active 203.0.113.2:1023"},
 	},
 	{
-		name:   "PORT invalid",
-		turns:  []turn{c("PORT 203,0,113,2,256,22\r\n")},
-		client: "XPRT 203,0,113,2,256,22\r\n",
-		log:    []string{"refuse malformed"},
+		name:  "PORT invalid",
+		turns: []turn{c("PORT 203,0,113,2,256,22\r\n")},
+		log:   []string{"refuse malformed"},
 	},
 	{
 		name:  "PORT from the server",
 		turns: []turn{s("PORT 203,0,113,2,156,64\r\n")},
 	},
 	{
-		name:   "PORT in an IPv6 session, even loose",
-		s:      &session6,
-		p:      &allPolicy,
-		turns:  []turn{c("PORT 203,0,113,2,156,64\r\n")},
-		client: "XPRT 203,0,113,2,156,64\r\n",
-		log:    []string{"refuse bounce"},
+		name:  "PORT in an IPv6 session, even loose",
+		s:     &session6,
+		p:     &allPolicy,
+		turns: []turn{c("PORT 203,0,113,2,156,64\r\n")},
+		log:   []string{"refuse bounce"},
 	},
 	{
 		name:  "EPRT",
@@ -336,11 +333,10 @@ var cases = []testCase{
 		log:   []string{"active [2001:db8:2::2]:40000"},
 	},
 	{
-		name:   "EPRT bounce",
-		s:      &session6,
-		turns:  []turn{c("EPRT #2#2001:db8:2::3#40000#\r\n")},
-		client: "XPRT #2#2001:db8:2::3#40000#\r\n",
-		log:    []string{"refuse bounce"},
+		name:  "EPRT bounce",
+		s:     &session6,
+		turns: []turn{c("EPRT #2#2001:db8:2::3#40000#\r\n")},
+		log:   []string{"refuse bounce"},
 	},
 	{
 		name:  "EPRT bounce, loose policy",
@@ -350,17 +346,15 @@ var cases = []testCase{
 		log:   []string{"active [2001:db8:2::3]:40000"},
 	},
 	{
-		name:   "EPRT low port",
-		s:      &session6,
-		turns:  []turn{c("EPRT |2|2001:db8:2::2|22|\r\n")},
-		client: "XPRT |2|2001:db8:2::2|22|\r\n",
-		log:    []string{"refuse low_port"},
+		name:  "EPRT low port",
+		s:     &session6,
+		turns: []turn{c("EPRT |2|2001:db8:2::2|22|\r\n")},
+		log:   []string{"refuse low_port"},
 	},
 	{
-		name:   "EPRT family mismatch",
-		turns:  []turn{c("EPRT |1|2001:db8:2::2|40000|\r\nEPRT |3|203.0.113.2|40000|\r\n")},
-		client: "XPRT |1|2001:db8:2::2|40000|\r\nXPRT |3|203.0.113.2|40000|\r\n",
-		log:    []string{"refuse malformed", "refuse malformed"},
+		name:  "EPRT family mismatch",
+		turns: []turn{c("EPRT |1|2001:db8:2::2|40000|\r\nEPRT |3|203.0.113.2|40000|\r\n")},
+		log:   []string{"refuse malformed", "refuse malformed"},
 	},
 	{
 		name: "EPSV ALL",
@@ -369,8 +363,14 @@ var cases = []testCase{
 			c("EPRT |1|203.0.113.2|40000|\r\n"), s("500 No.\r\n"),
 			c(pasvCmd), s("500 No.\r\n"),
 			c(epsvCmd), s("229 Entering Extended Passive Mode (|||6446|)\r\n")},
-		client: "EPSV ALL\r\nXPRT 203,0,113,2,156,64\r\nXPRT |1|203.0.113.2|40000|\r\n" + pasvCmd + epsvCmd,
-		log:    []string{"refuse epsv_all", "refuse epsv_all", "refuse epsv_all", "passive 10.0.0.11:6446"},
+		log: []string{"refuse epsv_all", "refuse epsv_all", "refuse epsv_all", "passive 10.0.0.11:6446"},
+	},
+	{
+		name:   "refused announcements blocked",
+		p:      &blocking,
+		turns:  []turn{c("PORT 10,0,0,12,156,64\r\nport 203,0,113,2,0,25\r\nEPRT |3|203.0.113.2|40000|\r\nPORT 203,0,113,2,156,64\r\n")},
+		client: "XPRT 10,0,0,12,156,64\r\nXPRT 203,0,113,2,0,25\r\nXPRT |3|203.0.113.2|40000|\r\nPORT 203,0,113,2,156,64\r\n",
+		log:    []string{"refuse bounce", "refuse low_port", "refuse malformed", "active 203.0.113.2:40000"},
 	},
 	{
 		name: "AUTH TLS then 234",
@@ -403,9 +403,8 @@ var cases = []testCase{
 			c("PORT 203,0,113,2,156,64\r\n"), c(pasvCmd), s("227 (10,0,0,11,156,64)\r\n")},
 		server: "227 Entering Passive Mode" + strings.Repeat(" ", ipvs.MaxCarry) + "(10,0,0,11,156,64)\r\n227 (198,51,100,10,156,64)\r\n",
 		// A PORT too long to read is refused: the server must not act on
-		// what the helper did not check.
-		client: pasvCmd + "XPRT 203,0,113,2,156,64" + strings.Repeat(" ", ipvs.MaxCarry) + "\r\nPORT 203,0,113,2,156,64\r\n" + pasvCmd,
-		log:    []string{"refuse malformed", "active 203.0.113.2:40000", "passive 10.0.0.11:40000"},
+		// what the helper did not check. ipvs.MaxCarry) + "\r\nPORT 203,0,113,2,156,64\r\n" + pasvCmd,
+		log: []string{"refuse malformed", "active 203.0.113.2:40000", "passive 10.0.0.11:40000"},
 	},
 	{
 		name: "long line in a multi-line reply",
@@ -415,10 +414,9 @@ var cases = []testCase{
 		log:    []string{"passive 10.0.0.11:40000"},
 	},
 	{
-		name:   "incomplete line at fin",
-		turns:  []turn{c(pasvCmd), {ipvs.FromServer, "227 (10,0,0,11,156,64)", true}, {ipvs.FromClient, "PORT 203,0,113,2,156,64", true}},
-		client: pasvCmd + "XPRT 203,0,113,2,156,64",
-		log:    []string{"refuse malformed"},
+		name:  "incomplete line at fin",
+		turns: []turn{c(pasvCmd), {ipvs.FromServer, "227 (10,0,0,11,156,64)", true}, {ipvs.FromClient, "PORT 203,0,113,2,156,64", true}},
+		log:   []string{"refuse malformed"},
 	},
 }
 
@@ -494,8 +492,6 @@ var transcripts = []testCase{
 			c("PORT 10,0,0,99,0,25\r\n"), s("500 Illegal PORT command.\r\n"),
 			c("QUIT\r\n"), {ipvs.FromServer, "221 Goodbye.\r\n", true}, {ipvs.FromClient, "", true},
 		},
-		client: "USER ftp\r\nPASS \r\nSYST\r\nFEAT\r\nPWD\r\nTYPE I\r\nPASV\r\nLIST\r\nEPSV\r\nRETR f\r\n" +
-			"PORT 203,0,113,2,156,66\r\nEPRT |1|203.0.113.2|40003|\r\nXPRT 10,0,0,99,0,25\r\nQUIT\r\n",
 		log: []string{"passive 10.0.0.11:40000", "passive 10.0.0.11:40001", "active 203.0.113.2:40002",
 			"active 203.0.113.2:40003", "refuse bounce"},
 	},
@@ -559,7 +555,6 @@ var transcripts = []testCase{
 			c(pasvCmd), s("227 (10,0,0,11,156,64)\r\n"),
 			c("EPSV\r\n"), s("229-Entering\r\n229 Entering Extended Passive Mode (|||6446|)\r\n"),
 		},
-		client: "PASV\r\nPASV\r\nXPRT 203,0,113,2,0,21\r\nEPSV\r\nEPSV ALL\r\nXPRT 203,0,113,2,156,64\r\nPASV\r\nEPSV\r\n",
 		log: []string{"refuse unsolicited", "refuse bounce", "refuse low_port", "refuse low_port", "refuse low_port",
 			"refuse epsv_all", "refuse epsv_all", "refuse unsolicited", "passive 10.0.0.11:6446"},
 	},
@@ -830,7 +825,7 @@ var allocCases = map[string][]inspection{
 	"229":      {{ipvs.FromServer, []byte("229 Entering Extended Passive Mode (|||6446|)\r\n"), 0, 0, 0}},
 	"PORT":     {{ipvs.FromClient, []byte("PORT 203,0,113,2,156,64\r\n"), 0, 0, 0}},
 	"EPRT":     {{ipvs.FromClient, []byte("EPRT |1|203.0.113.2|40000|\r\n"), 0, 0, 0}},
-	"bounce":   {{ipvs.FromClient, []byte("PORT 10,0,0,12,156,64\r\n"), 0, 0, 1}},
+	"bounce":   {{ipvs.FromClient, []byte("PORT 10,0,0,12,156,64\r\n"), 0, 0, 0}},
 	"split227": split227(),
 }
 
