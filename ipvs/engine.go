@@ -469,6 +469,11 @@ func (w *Worker) inspect(c *Conn, dir Direction, st *stream, fresh []byte, fin b
 		st.stopped = true
 		return out, false
 	}
+	if e.KernelSeqAdj {
+		// The kernel's seqadj keeps one correction point per direction:
+		// nothing may be withheld, every new byte goes now.
+		r.Hold = 0
+	}
 	first := st.next - uint32(len(st.carry)) // input position of data[0]
 	cur := fixed
 	for _, ed := range r.Edits {

@@ -149,7 +149,7 @@ func (w *Worker) editKernel(c *Conn, dir Direction, st *stream, seq uint32, flag
 			}
 		}
 		var ok bool
-		if out, ok = w.inspectKernel(c, dir, st, in[st.next-seq:], fin, out); !ok {
+		if out, ok = w.inspect(c, dir, st, in[st.next-seq:], fin, out); !ok {
 			return Verdict{}
 		}
 		st.next = end
@@ -168,46 +168,6 @@ func (w *Worker) editKernel(c *Conn, dir Direction, st *stream, seq uint32, flag
 	e.Stats.Rewritten.Add(1)
 	v.Packet = w.buf
 	return v
-}
-
-// inspectKernel presents carried and new bytes to the helper and appends
-// what the receiver gets to out: every new byte, edited. Carried bytes were
-// delivered already, so the helper may not edit them (fixed covers them).
-func (w *Worker) inspectKernel(c *Conn, dir Direction, st *stream, fresh []byte, fin bool, out []byte) ([]byte, bool) {
-	e := w.e
-	data := append(append(w.data[:0], st.carry...), fresh...)
-	fixed := len(st.carry)
-	r := &w.res
-	r.Reset()
-	if !w.callHelper(c, dir, data, fixed, fin) {
-		c.help.streams[FromClient].stopped, c.help.streams[FromServer].stopped = true, true
-		return out, false
-	}
-	w.refused(c, r.Refusals)
-	if !r.valid(len(data), fixed, fin) {
-		e.Stats.HelperErrors.Add(1)
-		st.stopped = true
-		return out, false
-	}
-	first := st.next - uint32(len(st.carry)) // input position of data[0]
-	cur := fixed
-	for _, ed := range r.Edits {
-		out = append(out, data[cur:ed.Off]...)
-		out = append(out, ed.New...)
-		st.record(first+uint32(ed.Off), ed.Len, ed.New)
-		cur = ed.Off + ed.Len
-	}
-	out = append(out, data[cur:]...)
-	if st.carry == nil {
-		st.carry = make([]byte, 0, MaxCarry)
-	}
-	st.carry = append(st.carry[:0], data[len(data)-r.Carry:]...)
-	st.hold = 0
-	if r.Stop {
-		c.help.streams[FromClient].stopped, c.help.streams[FromServer].stopped = true, true
-		e.Stats.Stopped.Add(1)
-	}
-	return out, true
 }
 
 // Engine returns the worker's engine.
