@@ -135,8 +135,8 @@ deb-test: deb deps
 # nfhelperd) on a kernel with IPVS, nft_queue and NFQA_CT. The kernel is
 # fetched with apt-get download into /var/cache/nfhelper-vm (NFHVM_CACHE)
 # once; binaries are built on the host into $(VMSHARE), the guest's writable
-# share. VM_DATAPATHS='compat kernel' runs the suite once per datapath
-# (NFHELPER_DATAPATH=...); empty: once, with the datapath the daemon picks.
+# share. The suite runs once per datapath of VM_DATAPATHS
+# (NFHELPER_DATAPATH=...; `default`: the datapath the daemon picks).
 # VMTEST_ARGS go to the test binary (-test.run/-test.skip). By default the
 # VM skips TestReloadUnderTraffic: under software emulation its transfers
 # (paced at 512 KiB/s) end before the reloads are checked, which it reports
@@ -144,7 +144,7 @@ deb-test: deb deps
 VM_PKGS      := qemu-system-x86 busybox-static cpio kmod ipvsadm
 VMSHARE      ?= $(BIN)/vm
 VMTIMEOUT    ?= 45m
-VM_DATAPATHS ?=
+VM_DATAPATHS ?= compat kernel
 VMTEST_ARGS  ?= -test.skip '^TestReloadUnderTraffic$$'
 VM           := $(GO) run ./integration/vm -share $(VMSHARE) -timeout $(VMTIMEOUT)
 
@@ -161,11 +161,12 @@ vmtest: deps vm-deps
 	$(MAKE) --no-print-directory vmreport || rc=1; exit $$rc
 
 vmsuite: deps vm-deps
-	@set -e; for dp in $(or $(VM_DATAPATHS),default); do \
+	@rc=0; for dp in $(or $(VM_DATAPATHS),default); do \
 		env=; [ "$$dp" = default ] || env="-env NFHELPER_DATAPATH=$$dp"; \
 		echo "== integration suite in the VM (datapath: $$dp)"; \
-		$(VM) -prebuild $$env -- $(VMSHARE)/integration.test -test.v -test.count=1 -test.timeout 40m $(VMTEST_ARGS); \
-	done
+		$(VM) -prebuild $$env -- $(VMSHARE)/integration.test -test.v -test.count=1 -test.timeout 40m $(VMTEST_ARGS) || \
+			{ rc=1; echo "== integration suite in the VM (datapath: $$dp): FAILED"; }; \
+	done; exit $$rc
 
 # docs/REFERENCES.md is a copy of $(VMSHARE)/REFERENCES.md from this target.
 vmreport: deps vm-deps

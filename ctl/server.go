@@ -232,7 +232,7 @@ func (s *Server) Status() Status {
 var StatNames = func() []string {
 	names := []string{"packets", "scheduled", "no_server", "adopted", "snat_learned", "rewritten", "corrected", "held",
 		"dropped_out_of_order", "channels", "evicted", "stopped_tls", "conntrack_gone", "unparsed", "bad_checksum",
-		"helper_errors", "restored", "throttled", "skipped"}
+		"helper_errors", "restored", "throttled", "skipped", "seqadj_set"}
 	for r := range ipvs.Refusal(len((*ipvs.Stats)(nil).Refused)) {
 		names = append(names, "refused_"+r.String())
 	}
@@ -248,7 +248,7 @@ func StatsMap(s *ipvs.Stats) map[string]uint64 {
 		"rewritten": s.Rewritten.Load(), "corrected": s.Corrected.Load(), "held": s.Held.Load(),
 		"dropped_out_of_order": s.Dropped.Load(), "channels": s.Channels.Load(), "evicted": s.Evicted.Load(),
 		"stopped_tls": s.Stopped.Load(), "conntrack_gone": s.ConntrackGone.Load(), "unparsed": s.Unparsed.Load(),
-		"bad_checksum": s.BadChecksum.Load(), "helper_errors": s.HelperErrors.Load(), "restored": s.Restored.Load(), "throttled": s.Throttled.Load(), "skipped": s.Skipped.Load(),
+		"bad_checksum": s.BadChecksum.Load(), "helper_errors": s.HelperErrors.Load(), "restored": s.Restored.Load(), "throttled": s.Throttled.Load(), "skipped": s.Skipped.Load(), "seqadj_set": s.SeqAdjSet.Load(),
 	}
 	for r := range s.Refused {
 		m["refused_"+ipvs.Refusal(r).String()] = s.Refused[r].Load()

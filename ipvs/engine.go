@@ -39,8 +39,9 @@ type Engine struct {
 	lastLog  [numRefusals]atomic.Int64
 
 	// KernelSeqAdj selects the kernel datapath's mode (kernelseq.go): the
-	// kernel's seqadj corrects sequence numbers, the worker only edits
-	// payloads. Set before the first packet.
+	// kernel's seqadj maps sequence numbers after the verdict, and the
+	// worker writes numbers that it maps to the stream's. Set before the
+	// first packet.
 	KernelSeqAdj bool
 
 	mu sync.Mutex
@@ -70,6 +71,7 @@ type Stats struct {
 	Restored                               atomic.Uint64 // connections taken back from conntrack at start
 	Throttled                              atomic.Uint64 // segments dropped: their sender has maxEdits rewrites unacknowledged
 	Skipped                                atomic.Uint64 // streams that picked up after bytes went by the daemon (fail-open)
+	SeqAdjSet                              atomic.Uint64 // kernel datapath: seqadj records set outright before a verdict
 	Refused                                [numRefusals]atomic.Uint64
 }
 
@@ -116,7 +118,13 @@ type Verdict struct {
 	Packet      []byte // altered packet, valid until the worker's next Process
 	Open, Close []Channel
 	Offsets     Offsets
-	Kernel      *KernelState // Engine.KernelSeqAdj: the helped connection's state after the packet
+	// Engine.KernelSeqAdj: the helped connection's state after the
+	// packet; whether the packet's length change is for the kernel's
+	// seqadj to record (the verdict carries NFQA_CT; without it, the
+	// verdict must not), and seqadj records to set before the verdict.
+	Kernel     *KernelState
+	SeqAdjDiff bool
+	SeqAdj     *[2]SeqAdj // by Direction
 }
 
 // Worker holds one goroutine's scratch space, so that steady state does not
@@ -132,6 +140,8 @@ type Worker struct {
 	now         int64
 	open, close []Channel
 	kstate      KernelState
+	kadj        [2]SeqAdj
+	peer        *stream // the stream whose SACK edges sackEdge maps
 }
 
 // NewWorker returns a worker of e.
@@ -308,18 +318,14 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	if flags&nfq.FlagSYN != 0 {
 		st.start(seq)
 	}
-	if e.KernelSeqAdj {
-		return w.helpKernel(c, dir, st, seq, flags)
-	}
-
 	st.resynced(seq, len(w.in.PayloadBytes()), flags)
 	before := [2]int32{c.help.streams[0].total(), c.help.streams[1].total()}
+	read := st.next
 	outSeq, payload, drop := w.flow(c, dir, st, seq, flags)
 	if drop {
 		return Verdict{Drop: true}
 	}
 	v := Verdict{Open: w.open, Close: w.close}
-	c.offsets(before, &v)
 	e.Stats.Channels.Add(uint64(len(w.open)))
 
 	outAck, sack := ack, false
@@ -331,6 +337,21 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 		}
 		peer.prune(outAck)
 		sack = (peer.base != 0 || len(peer.edits) > 0) && tcp.DataOffset() > nfq.TCPMinHeaderLen
+	}
+	if e.KernelSeqAdj {
+		inLen := len(w.in.PayloadBytes())
+		outLen := inLen
+		if payload != nil {
+			outLen = len(payload)
+		}
+		outSeq = w.kernelNumbers(st, seq, outSeq, inLen, outLen, st.next != read, &v)
+		if flags&nfq.FlagACK != 0 {
+			outAck = w.kernelAck(peer, ack, outAck, &v)
+		}
+		sack = (sack || peer.kadj != SeqAdj{}) && tcp.DataOffset() > nfq.TCPMinHeaderLen
+		v.Kernel = w.kernelState(c, dir)
+	} else {
+		c.offsets(before, &v)
 	}
 	syn := flags&nfq.FlagSYN != 0
 	if payload == nil && outSeq == seq && outAck == ack && !sack {
@@ -362,12 +383,25 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	if flags&nfq.FlagACK != 0 {
 		t.SetAck(outAck)
 		if sack {
-			t.AdjustSACK(peer.input)
+			w.peer = peer
+			t.AdjustSACK(w.sackEdge)
 		}
 	}
 	e.Stats.Corrected.Add(1)
 	v.Packet = w.buf
 	return v
+}
+
+// sackEdge maps a SACK edge of the peer stream's bytes, as the receiver
+// wrote it, to what to write instead.
+func (w *Worker) sackEdge(edge uint32) uint32 {
+	x := w.peer.input(edge)
+	if w.e.KernelSeqAdj {
+		if a, ok := w.peer.kadj.ackFor(x); ok {
+			return a
+		}
+	}
+	return x
 }
 
 // flow runs one segment through its stream: it returns the sequence number
@@ -468,11 +502,6 @@ func (w *Worker) inspect(c *Conn, dir Direction, st *stream, fresh []byte, fin b
 		e.Stats.HelperErrors.Add(1)
 		st.stopped = true
 		return out, false
-	}
-	if e.KernelSeqAdj {
-		// The kernel's seqadj keeps one correction point per direction:
-		// nothing may be withheld, every new byte goes now.
-		r.Hold = 0
 	}
 	first := st.next - uint32(len(st.carry)) // input position of data[0]
 	cur := fixed

@@ -80,6 +80,17 @@ type ConnHelper interface {
 	Inspect(dir Direction, data []byte, fixed int, fin bool, r *Result)
 }
 
+// StateSaver is a ConnHelper whose state fits in a word, which the kernel
+// datapath keeps in the kernel with the connection (its helper data): a
+// restarted daemon goes on where the old one stopped, e.g. rewriting the
+// reply to a command the old one saw.
+type StateSaver interface {
+	SaveState() uint64
+	// LoadState takes a word SaveState returned, possibly by another
+	// process of the same version.
+	LoadState(uint64)
+}
+
 // Refusal is why a helper declined an announced data channel.
 type Refusal uint8
 

@@ -1,82 +1,216 @@
 package ipvs
 
 import (
-	"bytes"
 	"net/netip"
-	"sync"
 
 	"github.com/nfhelper/nfhelper/nfq"
 )
 
 // The kernel datapath's mode (Engine.KernelSeqAdj): packets reach the
-// worker from a userspace conntrack helper's queue, after NAT, and the
-// verdict hands rewritten payloads back with NFQA_CT, so that the kernel's
-// seqadj records each length change and corrects sequence numbers,
-// acknowledgements and SACK blocks itself. The worker then only edits
-// payloads:
+// worker from a userspace conntrack helper's queue, after NAT, and once the
+// verdict is in, the kernel's seqadj maps the packet's sequence number, its
+// acknowledgement and its SACK blocks. The worker runs the same stream as
+// in the other datapath (withheld split lines included) and mirrors the
+// kernel's seqadj record of each direction, so that it can write numbers
+// which the kernel's mapping turns into the stream's.
 //
-//   - sequence and acknowledgement numbers stay as they are;
-//   - nothing is withheld: a line split over segments is delivered as it
-//     comes, and its carried start can no longer be edited (seqadj keeps
-//     one correction point per direction, so a later edit cannot reach
-//     back before a delivered segment). Like ip_vs_ftp, a 227 reply split
-//     over two segments is not rewritten;
-//   - a retransmission of bytes already read gets the recorded edits
-//     again, so that its length change matches the one the kernel knows.
+// seqadj keeps one correction point per direction: bytes after it move by
+// one offset, bytes up to it by another. Each new segment whose length
+// changes moves the point to itself, through the verdict's NFQA_CT (the
+// kernel records the length change), so that if the daemon goes away the
+// kernel goes on correcting every later segment by itself. Where one
+// recorded length change cannot express what the stream did (a line held
+// back in one segment and delivered with the next, a retransmission cut
+// anew), the worker asks for the record to be set outright (ctnetlink)
+// before the verdict.
+
+// SeqAdj is one direction's seqadj record (struct nf_ct_seqadj): a sequence
+// number after Pos moves by After, one up to it by Before.
+type SeqAdj struct {
+	Pos           uint32
+	Before, After int32
+}
+
+// seq is what the kernel makes of a sequence number of this direction.
+func (a SeqAdj) seq(v uint32) uint32 {
+	if nfq.SeqAfter(v, a.Pos) {
+		return v + uint32(a.After)
+	}
+	return v + uint32(a.Before)
+}
+
+// ack is what the kernel makes of an acknowledgement (or a SACK edge) of
+// this direction's bytes.
+func (a SeqAdj) ack(v uint32) uint32 {
+	if nfq.SeqAfter(v-uint32(a.Before), a.Pos) {
+		return v - uint32(a.After)
+	}
+	return v - uint32(a.Before)
+}
+
+// seqFor is a sequence number that seq turns into want; false if none does
+// (want lies in bytes the correction point inserted).
+func (a SeqAdj) seqFor(want uint32) (uint32, bool) {
+	if v := want - uint32(a.Before); !nfq.SeqAfter(v, a.Pos) {
+		return v, true
+	}
+	if v := want - uint32(a.After); nfq.SeqAfter(v, a.Pos) {
+		return v, true
+	}
+	return 0, false
+}
+
+// ackFor is an acknowledgement that ack turns into want; false if none does
+// (want lies in bytes the correction point removed).
+func (a SeqAdj) ackFor(want uint32) (uint32, bool) {
+	if !nfq.SeqAfter(want, a.Pos) {
+		return want + uint32(a.Before), true
+	}
+	if nfq.SeqAfter(want+uint32(a.After-a.Before), a.Pos) {
+		return want + uint32(a.After), true
+	}
+	return 0, false
+}
+
+// record is the kernel's nf_ct_seqadj_set: a segment at seq changed length
+// by diff. A point before the current one is not recorded.
+func (a *SeqAdj) record(seq uint32, diff int32) {
+	if diff == 0 {
+		return
+	}
+	if a.Before == a.After || nfq.SeqBefore(a.Pos, seq) {
+		a.Pos, a.Before, a.After = seq, a.After, a.After+diff
+	}
+}
 
 // KernelState is what the kernel datapath keeps of a helped connection in
-// the kernel (its helper data), so that a restarted daemon can go on: where
-// each direction's helper has read to, and whether inspection ended.
+// the kernel, so that a restarted daemon can go on: where each direction's
+// helper has read to, whether inspection ended, and (read from conntrack,
+// not the helper data) the seqadj records.
 type KernelState struct {
 	Synced  [2]bool   // by Direction
 	Next    [2]uint32 // the first byte not yet read, in the sender's space
 	Stopped bool
+	SeqAdj  [2]SeqAdj // by Direction
+	Helper  uint64    // the helper's own state (StateSaver)
 }
 
-// helpKernel is help's tail in the kernel datapath's mode; c.mu is held and
-// st is the packet's direction. The verdict carries the connection's state
-// after the packet.
-func (w *Worker) helpKernel(c *Conn, dir Direction, st *stream, seq uint32, flags uint8) Verdict {
-	v := w.editKernel(c, dir, st, seq, flags)
+// kernelNumbers turns the stream's numbers for the packet into what to
+// write, given what the kernel will do to them; c.mu is held, st is the
+// packet's direction and peer the other. fresh: the segment brought bytes
+// the stream had not read, and inLen and outLen are its payload's length
+// before and after. Sets v.SeqAdjDiff (the length change goes to the
+// kernel's record) or v.SeqAdj (the records are to be set first).
+func (w *Worker) kernelNumbers(st *stream, seq, outSeq uint32, inLen, outLen int, fresh bool, v *Verdict) (wseq uint32) {
+	a := &st.kadj
+	diff := int32(outLen - inLen)
+	if fresh {
+		// Later bytes of this direction must move by what this segment
+		// moved its end by.
+		end := seq + uint32(inLen)
+		steady := int32(outSeq + uint32(outLen) - end)
+		// IPv6 records are always set outright: for an NFQA_CT length
+		// change the kernel reads the TCP sequence number at the IPv4
+		// header's length (nf_ct_tcp_seqadj_set), from the IPv6 header.
+		if diff != 0 && outLen > 0 && !w.in.V6 && a.After == int32(outSeq-seq) && (a.Before == a.After || nfq.SeqBefore(a.Pos, seq)) {
+			a.record(seq, diff)
+			v.SeqAdjDiff = true
+			return seq
+		}
+		if a.After == steady {
+			if s, ok := a.seqFor(outSeq); ok {
+				return s
+			}
+		}
+		if outLen == 0 && inLen > 0 {
+			// All withheld: the receiver's ACK of what came before must
+			// reach the sender as one of this segment too (see
+			// stream.acked), so the point goes just before the segment.
+			*a = SeqAdj{Pos: seq - 1, Before: int32(outSeq - seq), After: steady}
+			w.setSeqAdj(v)
+			return end
+		}
+		*a = SeqAdj{Pos: seq, Before: int32(outSeq - seq), After: steady}
+		w.setSeqAdj(v)
+		return seq
+	}
+	if s, ok := a.seqFor(outSeq); ok {
+		return s
+	}
+	// A retransmission that starts in bytes the last point inserted: a
+	// point of its own, later bytes moving as before.
+	*a = SeqAdj{Pos: seq, Before: int32(outSeq - seq), After: a.After}
+	w.setSeqAdj(v)
+	return seq
+}
+
+// kernelAck is what to write for an acknowledgement the receiver wrote as
+// ack and the stream reads as want, of peer's bytes.
+func (w *Worker) kernelAck(peer *stream, ack, want uint32, v *Verdict) uint32 {
+	if a, ok := peer.kadj.ackFor(want); ok {
+		return a
+	}
+	// The receiver acknowledges part of a segment whose length changed
+	// (the sender cut its retransmission anew): the kernel's point sits
+	// at the segment's start. A point of its own, later bytes moving as
+	// before.
+	peer.kadj = SeqAdj{Pos: want, Before: int32(ack - want), After: peer.kadj.After}
+	w.setSeqAdj(v)
+	return ack
+}
+
+// setSeqAdj asks for the connection's records to be set before the verdict.
+func (w *Worker) setSeqAdj(v *Verdict) {
+	c := w.cur
+	w.kadj = [2]SeqAdj{c.help.streams[FromClient].kadj, c.help.streams[FromServer].kadj}
+	if v.SeqAdj == nil {
+		v.SeqAdj = &w.kadj
+		w.e.Stats.SeqAdjSet.Add(1)
+	}
+}
+
+// kernelState is the helped connection's state after the packet.
+func (w *Worker) kernelState(c *Conn, dir Direction) *KernelState {
 	k := &w.kstate
 	for d := range c.help.streams {
 		s := &c.help.streams[d]
-		k.Synced[d], k.Next[d] = s.synced, s.next
+		k.Synced[d], k.Next[d], k.SeqAdj[d] = s.synced, s.next, s.kadj
 	}
 	k.Stopped = c.help.streams[dir].stopped
-	v.Kernel = k
-	return v
+	k.Helper = 0
+	if s, ok := c.help.helper.(StateSaver); ok {
+		k.Helper = s.SaveState()
+	}
+	return k
 }
 
 // AdoptKernel takes over a helped connection the kernel knows and the
 // engine does not, as a restarted daemon finds them: client and vip are
 // its original direction, server where it went, st what the kernel kept.
 // False when no running service and server match (the connection then
-// passes unread). A stream without a position is not read.
+// passes unread). A stream without a position is not read; one with a
+// position picks up at its next data segment (bytes may have passed unread
+// while no daemon ran), moved as the kernel's record moves new bytes.
 func (e *Engine) AdoptKernel(client, vip, server netip.AddrPort, st KernelState) bool {
 	svc := e.snap.Load().services[vip]
 	if svc == nil || svc.Helper == nil {
 		return false
 	}
-	var rs *RealServer
-	svc.mu.Lock()
-	for _, r := range svc.Servers {
-		if r.Addr == server {
-			rs = r
-			rs.Conns.Add(1)
-			rs.Inactive.Add(1)
-		}
-	}
-	svc.mu.Unlock()
+	rs := svc.counted(server)
 	if rs == nil {
 		return false
 	}
 	c := newConn(Session{Client: client, VIP: vip, Server: server}, svc, rs)
-	resync.Store(c, &[2]bool{true, true})
 	for d := range c.help.streams {
+		s := &c.help.streams[d]
 		if st.Synced[d] {
-			c.help.streams[d] = stream{synced: true, next: st.Next[d], stopped: st.Stopped}
+			s.resume(st.SeqAdj[d].After)
+			s.stopped = st.Stopped
 		}
+		s.kadj = st.SeqAdj[d]
+	}
+	if s, ok := c.help.helper.(StateSaver); ok {
+		s.LoadState(st.Helper)
 	}
 	c.mu.Lock()
 	c.setState(StateEstablished, now())
@@ -84,90 +218,6 @@ func (e *Engine) AdoptKernel(client, vip, server netip.AddrPort, st KernelState)
 	e.Table.Insert(c)
 	e.Stats.Adopted.Add(1)
 	return true
-}
-
-// resync holds, for connections adopted after a restart, the directions
-// whose first segment may start past the kept position: bytes passed
-// unread while no daemon ran and will never come again. Taken (and the
-// entry dropped) with each direction's first segment.
-var resync sync.Map // *Conn -> *[2]bool; c.mu guards the array
-
-func takeResync(c *Conn, dir Direction) bool {
-	v, ok := resync.Load(c)
-	if !ok {
-		return false
-	}
-	r := v.(*[2]bool)
-	was := r[dir]
-	r[dir] = false
-	if !r[0] && !r[1] {
-		resync.Delete(c)
-	}
-	return was
-}
-
-// editKernel edits the packet's payload.
-func (w *Worker) editKernel(c *Conn, dir Direction, st *stream, seq uint32, flags uint8) Verdict {
-	e := w.e
-	in := w.in.PayloadBytes()
-	if !st.synced || st.stopped || c.help.helper == nil || flags&(nfq.FlagSYN|nfq.FlagRST) != 0 || len(in) == 0 {
-		return Verdict{}
-	}
-	if takeResync(c, dir) && nfq.SeqAfter(seq, st.next) && seq-st.next <= maxGap {
-		// Passed while the daemon was down: read on from here.
-		st.next, st.carry = seq, st.carry[:0]
-	}
-	end := seq + uint32(len(in))
-	fin := flags&nfq.FlagFIN != 0
-	out := w.pay[:0]
-	switch {
-	case !nfq.SeqAfter(end, st.next):
-		// All read before: a retransmission. One that starts inside an
-		// edit cannot be mapped on its own: it goes as it is.
-		var from uint32
-		if out, from = st.replay(out, seq, in); from != seq {
-			return Verdict{}
-		}
-	case nfq.SeqAfter(seq, st.next):
-		if seq-st.next > maxGap {
-			st.synced = false
-			return Verdict{}
-		}
-		// Its line may have begun in the missing bytes: the sender
-		// resends it once the gap is filled.
-		e.Stats.Dropped.Add(1)
-		return Verdict{Drop: true}
-	default:
-		if !w.in.TCPChecksumValid() {
-			e.Stats.BadChecksum.Add(1)
-			return Verdict{}
-		}
-		if nfq.SeqBefore(seq, st.next) {
-			var from uint32
-			if out, from = st.replay(out, seq, in[:st.next-seq]); from != seq {
-				return Verdict{}
-			}
-		}
-		var ok bool
-		if out, ok = w.inspect(c, dir, st, in[st.next-seq:], fin, out); !ok {
-			return Verdict{}
-		}
-		st.next = end
-	}
-	v := Verdict{Open: w.open, Close: w.close}
-	e.Stats.Channels.Add(uint64(len(w.open)))
-	if bytes.Equal(out, in) {
-		return v
-	}
-	pkt, err := nfq.Rewrite(w.buf[:0], &w.in, []nfq.Edit{{Off: 0, Len: len(in), New: out}})
-	if err != nil {
-		e.Stats.HelperErrors.Add(1)
-		return Verdict{Drop: true}
-	}
-	w.buf = pkt
-	e.Stats.Rewritten.Add(1)
-	v.Packet = w.buf
-	return v
 }
 
 // Engine returns the worker's engine.

@@ -6,6 +6,7 @@ import (
 
 	"github.com/nfhelper/nfhelper/ipvs"
 	"github.com/nfhelper/nfhelper/nfq"
+	"github.com/nfhelper/nfhelper/nfq/nfqtest"
 )
 
 // kernelConn is ftpConn in the kernel datapath's mode: packets come from
@@ -42,26 +43,32 @@ func seqAck(tb testing.TB, v ipvs.Verdict, orig []byte) (uint32, uint32) {
 	return p.TCP().Seq(), p.TCP().Ack()
 }
 
-func TestKernelSeqAdjLeavesSequenceNumbers(t *testing.T) {
+// TestKernelSeqAdjRecordsLengthChange: a rewrite that changes a new
+// segment's length goes to the kernel's seqadj with the verdict (NFQA_CT);
+// later numbers are left for the kernel to map.
+func TestKernelSeqAdjRecordsLengthChange(t *testing.T) {
 	w := kernelConn(t)
 	w.Process(seg(client, rs1, 101, isn+1, pshAck, "PASV\r\n"), 0)
-	reply := "227 Entering Passive Mode (10,0,0,11,156,64).\r\n"
+	reply := "227 10,0,0,11,156,64\r\n" // no text to shorten: the rewrite is longer
 	pkt := seg(vip, client, isn+1, 107, pshAck, reply)
 	v := w.Process(pkt, 0)
 	s, p := payload(t, v, pkt)
 	if s != isn+1 || !strings.Contains(p, "198,51,100,10,156,64") {
 		t.Fatalf("227: seq %d %q", s, p)
 	}
-	if _, a := seqAck(t, v, pkt); a != 107 {
-		t.Errorf("ack moved to %d", a)
+	delta := len(p) - len(reply)
+	if delta == 0 || !v.SeqAdjDiff || v.SeqAdj != nil {
+		t.Fatalf("227 of %+d bytes: SeqAdjDiff %v, SeqAdj %v", delta, v.SeqAdjDiff, v.SeqAdj)
 	}
 	if len(v.Open) != 1 || v.Open[0].Server != ap("10.0.0.11:40000") {
 		t.Errorf("channel %+v", v.Open)
 	}
-	delta := len(p) - len(reply)
-
-	// Later segments and the client's acknowledgements are left to the
-	// kernel's seqadj.
+	// A retransmission before the client's ACK gets the same edit, and
+	// goes without a length change for the kernel to record again.
+	v = w.Process(pkt, 0)
+	if s, p2 := payload(t, v, pkt); s != isn+1 || p2 != p || v.SeqAdjDiff || v.SeqAdj != nil {
+		t.Errorf("retransmission: seq %d %q (want %q), SeqAdjDiff %v, SeqAdj %v", s, p2, p, v.SeqAdjDiff, v.SeqAdj)
+	}
 	next := seg(vip, client, isn+1+uint32(len(reply)), 107, pshAck, "150 ok\r\n")
 	if s, _ := payload(t, w.Process(next, 0), next); s != isn+1+uint32(len(reply)) {
 		t.Errorf("later segment moved to %d", s)
@@ -70,26 +77,30 @@ func TestKernelSeqAdjLeavesSequenceNumbers(t *testing.T) {
 	if v := w.Process(cack, 0); v.Packet != nil {
 		t.Errorf("client ACK altered")
 	}
-	// A retransmitted 227 gets the same edit (its length change is the
-	// one the kernel recorded).
-	v = w.Process(pkt, 0)
-	if s, p2 := payload(t, v, pkt); s != isn+1 || p2 != p {
-		t.Errorf("retransmission: seq %d %q, want %q", s, p2, p)
-	}
 }
 
-func TestKernelSeqAdjSplitReplyPassesUnedited(t *testing.T) {
+// TestKernelSeqAdjSplitReply: a 227 split over two segments is withheld
+// and rewritten whole, with the records set so that the kernel's mapping
+// puts the whole line where the first half began.
+func TestKernelSeqAdjSplitReply(t *testing.T) {
 	w := kernelConn(t)
 	w.Process(seg(client, rs1, 101, isn+1, pshAck, "PASV\r\n"), 0)
 	first := seg(vip, client, isn+1, 107, pshAck, "227 Entering Passive Mode (10,0,")
 	v := w.Process(first, 0)
-	if s, p := payload(t, v, first); s != isn+1 || p != "227 Entering Passive Mode (10,0," {
-		t.Fatalf("first half withheld or moved: %d %q", s, p)
+	s, p1 := payload(t, v, first)
+	if s != isn+1 || len(p1) >= 32 || !v.SeqAdjDiff {
+		t.Fatalf("first half: seq %d %q, SeqAdjDiff %v", s, p1, v.SeqAdjDiff)
 	}
 	second := seg(vip, client, isn+33, 107, pshAck, "0,11,156,64).\r\n")
 	v = w.Process(second, 0)
-	if s, _ := payload(t, v, second); s != isn+33 {
-		t.Errorf("second half moved to %d", s)
+	s, p2 := payload(t, v, second)
+	// Written at its own number, which the recorded shortening of the
+	// first half maps to where the withheld bytes begin.
+	if p1+p2 != "227 Entering Passive  (198,51,100,10,156,64).\r\n" || !v.SeqAdjDiff || v.SeqAdj != nil || s != isn+33 {
+		t.Errorf("second half: seq %d %q, SeqAdjDiff %v, SeqAdj %v", s, p1+p2, v.SeqAdjDiff, v.SeqAdj)
+	}
+	if len(v.Open) != 1 {
+		t.Errorf("channels %+v", v.Open)
 	}
 }
 
@@ -120,15 +131,108 @@ func TestKernelStateRestores(t *testing.T) {
 	if !e2.AdoptKernel(other, vip, rs1, state) {
 		t.Fatal("not adopted")
 	}
-	// The FTP helper answers a 227 only to a PASV it saw: the old one's
-	// pending command is not kept (yet), so the next PASV is the first.
-	// Both directions moved on while no daemon ran (a NOOP and its
-	// reply): the first segments after the adoption start past the kept
-	// positions.
-	w2.Process(seg(other, rs1, 113, isn+1, pshAck, "PASV\r\n"), 0)
+	// The old daemon saw the PASV; the kernel kept the FTP helper's state
+	// with the positions. The reply came after the restart, past the kept
+	// position (a NOOP and its reply passed while no daemon ran).
 	pkt := seg(vip, other, isn+21, 119, pshAck, "227 Entering Passive Mode (10,0,0,11,156,64).\r\n")
 	v = w2.Process(pkt, 0)
 	if _, p := payload(t, v, pkt); !strings.Contains(p, "198,51,100,10,156,64") || len(v.Open) != 1 {
 		t.Errorf("after adoption: %q %+v", p, v.Open)
+	}
+}
+
+// kernelPath is a helped connection in the kernel datapath's mode with the
+// kernel's seqadj after the worker: what each side receives.
+type kernelPath struct {
+	t      *testing.T
+	w      *ipvs.Worker
+	k      nfqtest.SeqAdj
+	next   [2]uint32 // each sender's next sequence number
+	got    [2]string // each receiver's byte stream
+	recv   [2]uint32 // each receiver's next expected sequence number
+	sndAck [2]uint32 // what each sender last saw acknowledged
+}
+
+func newKernelPath(t *testing.T) *kernelPath {
+	return &kernelPath{t: t, w: kernelConn(t), next: [2]uint32{101, isn + 1}, recv: [2]uint32{isn + 1, 101}}
+}
+
+// send is one segment from dir's sender, carrying an ACK of all the
+// receiver got so far, delivered in order.
+func (kp *kernelPath) send(dir ipvs.Direction, data string) {
+	kp.t.Helper()
+	src, dst := client, rs1
+	if dir == ipvs.FromServer {
+		src, dst = vip, client
+	}
+	pkt := seg(src, dst, kp.next[dir], kp.recv[dir], pshAck, data)
+	kp.next[dir] += uint32(len(data))
+	v := kp.w.Process(pkt, 0)
+	if v.Drop {
+		kp.t.Fatalf("%q dropped", data)
+	}
+	b := pkt
+	if v.Packet != nil {
+		b = v.Packet
+	}
+	var p nfq.Packet
+	if err := nfq.Parse(b, &p); err != nil {
+		kp.t.Fatal(err)
+	}
+	if v.SeqAdj != nil {
+		for d, a := range v.SeqAdj {
+			kp.k.Set(d, a.Pos, a.Before, a.After)
+		}
+	}
+	out := string(p.PayloadBytes())
+	if diff := int32(len(out) - len(data)); diff != 0 && v.SeqAdjDiff {
+		kp.k.Record(int(dir), p.TCP().Seq(), diff)
+	}
+	seq, ack := kp.k.Map(int(dir), p.TCP().Seq(), p.TCP().Ack())
+	peer := 1 - dir
+	switch have := kp.got[peer]; {
+	case out == "":
+	case seq == kp.recv[peer]:
+		kp.got[peer] += out
+		kp.recv[peer] += uint32(len(out))
+	case int32(seq+uint32(len(out))-kp.recv[peer]) <= 0 && strings.HasSuffix(have[:len(have)-int(kp.recv[peer]-seq)+len(out)], out):
+		// Bytes it has, again (a withheld segment's repeated last byte).
+	default:
+		kp.t.Fatalf("%q from %d arrives at %d, receiver expects %d", out, dir, seq, kp.recv[peer])
+	}
+	kp.sndAck[peer] = ack
+	if int32(ack-kp.next[peer]) > 0 {
+		kp.t.Fatalf("%d's sender told %d arrived, it sent up to %d", peer, ack, kp.next[peer])
+	}
+}
+
+// TestKernelSeqAdjSplitReplies: 227 replies cut as quirkyftpd cuts them
+// reach the client rewritten whole, and the stream goes on in place.
+func TestKernelSeqAdjSplitReplies(t *testing.T) {
+	std := "227 Entering Passive Mode (10,0,0,11,156,64).\r\n"
+	for name, parts := range map[string][]string{
+		"crlf":    {std[:len(std)-1], std[len(std)-1:]},
+		"numbers": {std[:33], std[33:]},
+		"bytes":   strings.Split(std, ""),
+	} {
+		t.Run(name, func(t *testing.T) {
+			kp := newKernelPath(t)
+			kp.send(ipvs.FromServer, "220 hi\r\n")
+			kp.send(ipvs.FromClient, "PASV\r\n")
+			for _, p := range parts {
+				kp.send(ipvs.FromServer, p)
+				kp.send(ipvs.FromClient, "") // the client's ACK
+			}
+			kp.send(ipvs.FromClient, "RETR x\r\n")
+			kp.send(ipvs.FromServer, "150 ok\r\n")
+			kp.send(ipvs.FromClient, "")
+			want := "220 hi\r\n227 Entering Passive  (198,51,100,10,156,64).\r\n150 ok\r\n"
+			if kp.got[ipvs.FromClient] != want {
+				t.Errorf("client got %q\nwant %q", kp.got[ipvs.FromClient], want)
+			}
+			if kp.sndAck[ipvs.FromServer] != kp.next[ipvs.FromServer] {
+				t.Errorf("server told %d arrived, sent up to %d", kp.sndAck[ipvs.FromServer], kp.next[ipvs.FromServer])
+			}
+		})
 	}
 }

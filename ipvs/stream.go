@@ -47,6 +47,7 @@ type stream struct {
 	relFrom uint32
 	base    int32 // offset of edits folded away
 	edits   []streamEdit
+	kadj    SeqAdj // the kernel datapath: the kernel's seqadj record of this direction
 }
 
 // start begins the stream at the first data byte after the SYN.

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/nfhelper/nfhelper/nfq"
+	"github.com/nfhelper/nfhelper/nfq/nfqtest"
 )
 
 // tcpSim runs a sender and a receiver through the worker over a lossy,
@@ -33,6 +34,34 @@ type tcpSim struct {
 
 	toClient []simSeg // middlebox -> receiver, in flight
 	toServer []uint32 // receiver's ACKs (output space) not yet through the middlebox
+
+	// The kernel datapath: the kernel's seqadj after the worker's verdict.
+	kernel bool
+	kadj   nfqtest.SeqAdj // by Direction
+}
+
+// throughKernel is what the kernel does with a verdict's packet b in
+// direction dir whose payload was inLen bytes long: set the records the
+// verdict asks for, record a length change carried with NFQA_CT, map.
+func (s *tcpSim) throughKernel(v Verdict, dir Direction, b []byte, inLen int) (seq, ack uint32, payload []byte) {
+	var p nfq.Packet
+	if err := nfq.Parse(b, &p); err != nil {
+		s.fail("parse: %v", err)
+	}
+	seq, ack, payload = p.TCP().Seq(), p.TCP().Ack(), p.PayloadBytes()
+	if !s.kernel {
+		return seq, ack, payload
+	}
+	if v.SeqAdj != nil {
+		for d, a := range v.SeqAdj {
+			s.kadj.Set(d, a.Pos, a.Before, a.After)
+		}
+	}
+	if diff := int32(len(payload) - inLen); diff != 0 && v.SeqAdjDiff {
+		s.kadj.Record(int(dir), seq, diff)
+	}
+	seq, ack = s.kadj.Map(int(dir), seq, ack)
+	return seq, ack, payload
 }
 
 type simSeg struct {
@@ -55,7 +84,7 @@ func (s *tcpSim) fail(format string, a ...any) {
 func (s *tcpSim) transmit(from, n uint32) {
 	seq := s.isn + 1 + from
 	payload := string(s.data[from : from+n])
-	pkt := seg(rs1, client, seq, 101, pshAck, payload)
+	pkt := seg(s.c.srv, client, seq, 101, pshAck, payload)
 	v := s.c.w.Process(pkt, 0)
 	if v.Drop {
 		s.logf("S %d+%d %q: dropped", from, n, payload)
@@ -65,11 +94,8 @@ func (s *tcpSim) transmit(from, n uint32) {
 	if v.Packet != nil {
 		b = v.Packet
 	}
-	var p nfq.Packet
-	if err := nfq.Parse(b, &p); err != nil {
-		s.fail("parse: %v", err)
-	}
-	out := simSeg{p.TCP().Seq(), append([]byte(nil), p.PayloadBytes()...)}
+	outSeq, _, data := s.throughKernel(v, FromServer, b, int(n))
+	out := simSeg{outSeq, append([]byte(nil), data...)}
 	s.logf("S %d+%d %q -> %d %q", from, n, payload, out.seq-s.isn-1, out.data)
 	s.toClient = append(s.toClient, out)
 }
@@ -116,9 +142,8 @@ func (s *tcpSim) ackBack(a uint32) {
 	if v.Packet != nil {
 		b = v.Packet
 	}
-	var p nfq.Packet
-	nfq.Parse(b, &p)
-	in := p.TCP().Ack() - s.isn - 1
+	_, outAck, _ := s.throughKernel(v, FromClient, b, 0)
+	in := outAck - s.isn - 1
 	s.logf("A %d -> %d (una %d nxt %d)", a-s.isn-1, in, s.sndUna, s.sndNx)
 	if int32(in-s.sndNx) > 0 {
 		s.fail("ACK %d of bytes the sender never sent (next %d)", in, s.sndNx)
@@ -152,16 +177,17 @@ func simWant(data []byte, repl string) []byte {
 	return out.Bytes()
 }
 
-func runTCPSim(t *testing.T, seed uint64, loss, dup int) {
-	runTCPSimWith(t, seed, loss, dup, 40, 0)
+func runTCPSim(t *testing.T, seed uint64, loss, dup int, kernel bool) {
+	runTCPSimWith(t, seed, loss, dup, 40, 0, kernel)
 }
 
-// runTCPSimWith: lines of data; a window of 0 is 4 segments.
-func runTCPSimWith(t *testing.T, seed uint64, loss, dup, lines int, window uint32) {
+// runTCPSimWith: lines of data; a window of 0 is 4 segments; kernel: the
+// kernel datapath's mode, with the kernel's seqadj after the worker.
+func runTCPSimWith(t *testing.T, seed uint64, loss, dup, lines int, window uint32, kernel bool) {
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	const repl = "0123456789"
 	isn := rng.Uint32()
-	s := &tcpSim{t: t, c: openConn(t, repl, isn), rng: rng, data: simData(rng, lines), isn: isn, ooo: map[uint32][]byte{}}
+	s := &tcpSim{t: t, c: openConnMode(t, repl, isn, kernel), rng: rng, data: simData(rng, lines), isn: isn, ooo: map[uint32][]byte{}, kernel: kernel}
 	want := simWant(s.data, repl)
 	// Tiny segments make lines split often and withhold whole segments.
 	mss := []uint32{3, 8, 24, 200}[seed%4]
@@ -222,11 +248,17 @@ func TestStreamTCPSimulation(t *testing.T) {
 		name      string
 		loss, dup int
 	}{{"clean", 0, 0}, {"lossy", 10, 0}, {"lossy-dup", 10, 10}, {"very-lossy", 30, 5}} {
-		t.Run(tc.name, func(t *testing.T) {
-			for seed := range uint64(seeds) {
-				runTCPSim(t, seed, tc.loss, tc.dup)
+		for _, kernel := range []bool{false, true} {
+			name := tc.name
+			if kernel {
+				name += "/kernel-seqadj"
 			}
-		})
+			t.Run(name, func(t *testing.T) {
+				for seed := range uint64(seeds) {
+					runTCPSim(t, seed, tc.loss, tc.dup, kernel)
+				}
+			})
+		}
 	}
 }
 
@@ -234,6 +266,6 @@ func TestStreamTCPSimulation(t *testing.T) {
 // in flight than the stream keeps edits for is held back, never corrupted.
 func TestStreamTCPSimulationPipelined(t *testing.T) {
 	for seed := range uint64(40) {
-		runTCPSimWith(t, seed, int(seed%3)*5, 0, 600, 20000)
+		runTCPSimWith(t, seed, int(seed%3)*5, 0, 600, 20000, seed%2 == 1)
 	}
 }

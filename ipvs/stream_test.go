@@ -53,12 +53,20 @@ type tconn struct {
 	t    testing.TB
 	e    *Engine
 	w    *Worker
-	sISN uint32 // server's initial sequence number
+	sISN uint32         // server's initial sequence number
+	srv  netip.AddrPort // the server as its packets show it to the worker
 }
 
 // openConn sets up a helped connection with the server's stream starting at
 // sISN+1 and the client's at 101.
 func openConn(t testing.TB, repl string, sISN uint32) *tconn {
+	t.Helper()
+	return openConnMode(t, repl, sISN, false)
+}
+
+// openConnMode is openConn, in the kernel datapath's mode where kernel is
+// set: the worker sees packets after NAT (the server's from the VIP).
+func openConnMode(t testing.TB, repl string, sISN uint32, kernel bool) *tconn {
 	t.Helper()
 	svc, err := NewService("line", vip, "rr", lineHelper{repl}, []*RealServer{{Addr: rs1, Weight: 1, Mark: 1 << 16}})
 	if err != nil {
@@ -68,9 +76,14 @@ func openConn(t testing.TB, repl string, sISN uint32) *tconn {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &tconn{t: t, e: e, w: e.NewWorker(), sISN: sISN}
+	e.KernelSeqAdj = kernel
+	c := &tconn{t: t, e: e, w: e.NewWorker(), sISN: sISN, srv: rs1}
 	if v := c.w.Process(seg(client, vip, 100, 0, syn, ""), 0); !v.SetMark {
 		t.Fatal("SYN not scheduled")
+	}
+	if kernel {
+		c.srv = vip
+		c.w.Process(seg(client, rs1, 100, 0, syn, ""), 0) // the helper's queue: after DNAT
 	}
 	if v := c.server(sISN, syn|ack, ""); v.Packet != nil || v.Drop {
 		t.Fatal("SYN-ACK altered")
@@ -83,7 +96,7 @@ func seg(src, dst netip.AddrPort, seq, ackn uint32, flags uint8, payload string,
 }
 
 func (c *tconn) server(seq uint32, flags uint8, payload string) Verdict {
-	return c.w.Process(seg(rs1, client, seq, 101, flags, payload), 0)
+	return c.w.Process(seg(c.srv, client, seq, 101, flags, payload), 0)
 }
 
 func (c *tconn) clientAck(ackn uint32, opts ...byte) Verdict {

@@ -59,6 +59,10 @@ type Conntrack struct {
 	// helper).
 	Helper     string
 	HelperInfo []byte
+	// SeqAdj are the seqadj records by direction, where the kernel sent
+	// them (HasSeqAdj).
+	SeqAdj    [2]SeqAdj
+	HasSeqAdj bool
 }
 
 // ParseConntrack decodes NFQA_CT's contents. Attributes it does not know
@@ -81,6 +85,13 @@ func ParseConntrack(b []byte) (Conntrack, error) {
 			ct.Mark, ct.HasMark = ad.Uint32(), true
 		case ctaID:
 			ct.ID = ad.Uint32()
+		case ctaSeqAdjOrig, ctaSeqAdjRepl:
+			a := &ct.SeqAdj[DirOriginal]
+			if ad.Type() == ctaSeqAdjRepl {
+				a = &ct.SeqAdj[DirReply]
+			}
+			ad.Nested(func(n *netlink.AttributeDecoder) error { return parseSeqAdj(n, a) })
+			ct.HasSeqAdj = true
 		case ctaHelp:
 			ad.Nested(func(n *netlink.AttributeDecoder) error {
 				for n.Next() {

@@ -93,6 +93,14 @@ func nfqaCT(t *testing.T, info []byte) []byte {
 	ae.Uint32(ctaMark, 7)
 	ae.Uint32(ctaID, 0xdeadbeef)
 	ae.Uint32(99, 1) // unknown: skipped
+	for typ, a := range map[uint16]SeqAdj{ctaSeqAdjOrig: {Pos: 5, Before: 0, After: -4}, ctaSeqAdjRepl: {Pos: 0xfffffffe, Before: 3, After: 9}} {
+		ae.Nested(typ, func(n *netlink.AttributeEncoder) error {
+			n.Uint32(ctaSeqAdjPos, a.Pos)
+			n.Uint32(ctaSeqAdjBefore, uint32(a.Before))
+			n.Uint32(ctaSeqAdjAfter, uint32(a.After))
+			return nil
+		})
+	}
 	ae.Nested(ctaHelp, func(n *netlink.AttributeEncoder) error {
 		n.String(ctaHelpName, "nfhelper-ftp")
 		n.Bytes(ctaHelpInfo, info)
@@ -106,7 +114,7 @@ func nfqaCT(t *testing.T, info []byte) []byte {
 }
 
 func TestParseConntrack(t *testing.T) {
-	st := HelperState{Flags: StateValid, Next: [2]uint32{1, 0xfffffff0}, Pending: 3, Server: 2}
+	st := HelperState{Flags: StateValid, Next: [2]uint32{1, 0xfffffff0}, Helper: 3, Server: 2}
 	ct, err := ParseConntrack(nfqaCT(t, st.Encode()))
 	if err != nil {
 		t.Fatal(err)
@@ -116,6 +124,7 @@ func TestParseConntrack(t *testing.T) {
 		Orig:   Tuple{netip.MustParseAddrPort("10.0.0.1:40000"), netip.MustParseAddrPort("192.0.2.10:21"), unix.IPPROTO_TCP},
 		Reply:  Tuple{netip.MustParseAddrPort("[2001:db8::2]:21"), netip.MustParseAddrPort("[2001:db8::1]:40000"), unix.IPPROTO_TCP},
 		Helper: "nfhelper-ftp", HelperInfo: st.Encode(),
+		SeqAdj: [2]SeqAdj{{Pos: 5, Before: 0, After: -4}, {Pos: 0xfffffffe, Before: 3, After: 9}}, HasSeqAdj: true,
 	}
 	if !reflect.DeepEqual(ct, want) {
 		t.Errorf("got  %+v\nwant %+v", ct, want)
@@ -219,7 +228,7 @@ func TestExpectation(t *testing.T) {
 }
 
 func TestState(t *testing.T) {
-	s := HelperState{Flags: StateValid | StateLost, Next: [2]uint32{10, 20}, Pending: 0x50415356, Server: 65535}
+	s := HelperState{Flags: StateValid | StateLost, Next: [2]uint32{10, 20}, Helper: 0x5041535600000001, Server: 65535}
 	b := s.Encode()
 	if len(b) != StateLen || StateLen > PrivDataMax {
 		t.Fatalf("%d bytes", len(b))

@@ -15,8 +15,9 @@ type HelperState struct {
 	// Next is, per direction (DirOriginal, DirReply), the sequence number
 	// after the last byte the helper has read, in the sender's space.
 	Next [2]uint32
-	// Pending is the helper's own word: the command awaiting its reply.
-	Pending uint32
+	// Helper is the protocol helper's own state (e.g. the FTP commands
+	// awaiting their reply), as ipvs.StateSaver encodes it.
+	Helper uint64
 	// Server is the index of the real server the connection went to.
 	Server uint16
 }
@@ -45,8 +46,7 @@ func (s HelperState) Encode() []byte {
 	binary.BigEndian.PutUint16(b[2:], s.Server)
 	binary.BigEndian.PutUint32(b[4:], s.Next[0])
 	binary.BigEndian.PutUint32(b[8:], s.Next[1])
-	binary.BigEndian.PutUint32(b[12:], s.Pending)
-	// b[16:20] reserved, zero.
+	binary.BigEndian.PutUint64(b[12:], s.Helper)
 	return b
 }
 
@@ -73,6 +73,6 @@ func DecodeState(b []byte) (HelperState, error) {
 	s.Server = binary.BigEndian.Uint16(b[2:])
 	s.Next[0] = binary.BigEndian.Uint32(b[4:])
 	s.Next[1] = binary.BigEndian.Uint32(b[8:])
-	s.Pending = binary.BigEndian.Uint32(b[12:])
+	s.Helper = binary.BigEndian.Uint64(b[12:])
 	return s, nil
 }

@@ -232,6 +232,7 @@ var engineCounters = [...]struct {
 	{"nfhelper_restored_connections_total", "Connections taken back from conntrack at start (a restart after a crash).", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Restored }},
 	{"nfhelper_throttled_segments_total", "Segments dropped because their sender had too many rewrites unacknowledged (it resends them).", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Throttled }},
 	{"nfhelper_skipped_streams_total", "Times a helped stream picked up after bytes went by the daemon (the queue failed open).", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Skipped }},
+	{"nfhelper_seqadj_set_total", "Kernel datapath: times the kernel's seqadj records were set outright before a verdict (a withheld line, a retransmission cut anew).", func(s *ipvs.Stats) *atomic.Uint64 { return &s.SeqAdjSet }},
 	{"nfhelper_data_channels_opened_total", "Data channels opened.", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Channels }},
 	{"nfhelper_data_channels_evicted_total", "Unused data channels evicted by the per-connection limit.", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Evicted }},
 	{"nfhelper_inspections_stopped_total", "Connections whose inspection stopped (TLS).", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Stopped }},

@@ -496,6 +496,17 @@ func (q *Queue) SetVerdict(v *Verdict) error {
 	return nil
 }
 
+// Flush sends the verdicts collected so far, before the batch ends: for a
+// handler that must change kernel state only after they took effect.
+func (q *Queue) Flush() error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return ErrClosed
+	}
+	return q.flushLocked()
+}
+
 func (q *Queue) verdictErr(id uint32, err error) error {
 	return fmt.Errorf("nfqueue %d: verdict for packet %d: %w", q.Num, id, err)
 }

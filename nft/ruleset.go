@@ -337,7 +337,9 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 			// its packets unconfirmed by conntrack (a new connection never
 			// completes), so with the daemon gone new connections go
 			// without the helper, like the compat datapath's.
-			rule(mangle, fam, tcp, ctStateIs(newBit), dst, lookup(f.helped), l4protoLoad(), lookup(rs.alive), ctHelperSet(spec.CtHelper))
+			// The control connection carries ChannelMark: its data
+			// connections, expected, take their master's mark.
+			rule(mangle, fam, tcp, ctStateIs(newBit), dst, lookup(f.helped), l4protoLoad(), lookup(rs.alive), ctHelperSet(spec.CtHelper), setCtMark(ChannelMark))
 		} else {
 			rule(raw, fam, tcp, src, lookup(f.servers), q)
 			rule(raw, fam, tcp, src, lookup(f.watched), q)

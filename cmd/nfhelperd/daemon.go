@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
 	"github.com/ti-mo/conntrack"
 	"golang.org/x/sys/unix"
 
@@ -112,6 +113,10 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 			return nil, err
 		}
 		defer dp.ct.Close()
+		if dp.ctnl, err = kernel.DialCtnetlink(); err != nil {
+			return nil, err
+		}
+		defer dp.ctnl.Close()
 	}
 
 	// Queues are bound before the rules exist: the first queued packet
@@ -312,7 +317,7 @@ func statsAttrs(s *ipvs.Stats) []any {
 		"rewritten", s.Rewritten.Load(), "corrected", s.Corrected.Load(), "held", s.Held.Load(),
 		"dropped_out_of_order", s.Dropped.Load(), "channels", s.Channels.Load(), "evicted", s.Evicted.Load(),
 		"stopped_tls", s.Stopped.Load(), "conntrack_gone", s.ConntrackGone.Load(), "unparsed", s.Unparsed.Load(), "bad_checksum", s.BadChecksum.Load(),
-		"helper_errors", s.HelperErrors.Load(), "panics", s.Panics.Load(), "backlogged", s.Backlogged.Load(), "restored", s.Restored.Load(), "throttled", s.Throttled.Load(), "skipped", s.Skipped.Load(),
+		"helper_errors", s.HelperErrors.Load(), "panics", s.Panics.Load(), "backlogged", s.Backlogged.Load(), "restored", s.Restored.Load(), "throttled", s.Throttled.Load(), "skipped", s.Skipped.Load(), "seqadj_set", s.SeqAdjSet.Load(),
 	}
 	for r := range s.Refused {
 		attrs = append(attrs, "refused_"+ipvs.Refusal(r).String(), s.Refused[r].Load())
@@ -560,6 +565,7 @@ type datapath struct {
 	// inflight counts packets submitted and not yet answered.
 	inflight sync.WaitGroup
 	ct       *conntrack.Conn // the kernel datapath's expectations
+	ctnl     *netlink.Conn   // the kernel datapath's seqadj records
 }
 
 // submit hands p to the datapath; false when its backlog is full.

@@ -35,17 +35,11 @@ import (
 // registration per address family).
 const helperName = "nfhelper-ftp"
 
-// kernelAuto says whether the daemon picks the kernel datapath by itself
-// where the kernel has what it needs. Off until the kernel datapath passes
-// the integration suite on Debian's stock kernel; NFHELPER_DATAPATH=kernel
-// selects it meanwhile.
-const kernelAuto = false
-
-// chooser picks the datapath for a configuration: the kernel one only
-// where it can do all the configuration asks (add-on helpers behind the
-// user's SNAT need the map-based channels for now).
+// chooser picks the datapath for a configuration: the kernel one where
+// the kernel has every part of it and the configuration no add-on helpers
+// (behind the user's SNAT their channels need the compat datapath's maps).
 func chooser(cfg *config.Config) func(kernel.Features) (string, error) {
-	auto := kernelAuto && len(cfg.Helpers) == 0
+	auto := len(cfg.Helpers) == 0
 	return func(f kernel.Features) (string, error) {
 		return kernel.Choose(f, os.Getenv(kernel.EnvDatapath), auto)
 	}
@@ -106,6 +100,9 @@ type seqAdjuster interface {
 	AcceptSeqAdj(id uint32, pkt []byte, ct []byte) error
 }
 
+// flusher sends the verdicts it collected.
+type flusher interface{ Flush() error }
+
 // kernelHandler is the helper queue's per-packet path.
 func kernelHandler(q verdicter, num uint16, e *ipvs.Engine, dp *datapath, mx *metrics.Metrics, log *slog.Logger) ctHandler {
 	w, stats := e.NewWorker(), &e.Stats
@@ -128,24 +125,53 @@ func kernelHandler(q verdicter, num uint16, e *ipvs.Engine, dp *datapath, mx *me
 		}
 		v := w.Process(pkt, mark)
 		mx.CountVerdict(num, v)
+		if v.SeqAdj != nil {
+			// After the verdicts before (the kernel maps each packet by
+			// the records at its verdict), before this one's.
+			if f, ok := q.(flusher); ok {
+				if err := f.Flush(); err != nil {
+					log.Warn("verdicts", "err", err)
+				}
+			}
+			adj := [2]kernel.SeqAdj{kernel.SeqAdj(v.SeqAdj[ipvs.FromClient]), kernel.SeqAdj(v.SeqAdj[ipvs.FromServer])}
+			if err := kernel.SetSeqAdj(dp.ctnl, ct.Orig, adj); err != nil {
+				stats.HelperErrors.Add(1)
+				log.Warn("seqadj", "err", err)
+			}
+		}
 		p := &pending{q: q, id: id, drop: v.Drop, setMark: v.SetMark, mark: v.Mark, start: start, pkt: v.Packet}
+		resized := v.Packet != nil && len(v.Packet) != len(pkt)
 		switch info := stateBytes(v.Kernel); {
-		case ours && info != nil && (v.Packet != nil || !bytes.Equal(info, ct.HelperInfo[:min(len(ct.HelperInfo), len(info))])):
-			// The connection's helper data, and with a new payload the
+		case resized && !v.SeqAdjDiff:
+			// No NFQA_CT: with it the kernel would record this length
+			// change, which its records already hold.
+		case ours && info != nil && (resized || !bytes.Equal(info, ct.HelperInfo[:min(len(ct.HelperInfo), len(info))])):
+			// The connection's helper data, and with a new length the
 			// kernel's seqadj: both through NFQA_CT.
 			p.ct, _ = kernel.VerdictCT(helperName, info)
-		case v.Packet != nil:
+		case resized:
 			// The connection's mark as it is: the smallest NFQA_CT that
-			// has the kernel apply seqadj.
+			// has the kernel record the length change.
 			p.ct, _ = kernel.VerdictCTMark(ct.Mark)
 		}
 		if exps := expectations(v.Open, ct, log); len(exps) > 0 {
-			p.pkt = append([]byte(nil), v.Packet...)
-			p.exps = exps
-			if dp.submit(p) {
-				return
+			if v.SeqAdjDiff || v.SeqAdj != nil {
+				// The packet changes the records by which the kernel
+				// maps the connection's later packets: none may overtake
+				// its verdict, so the expectations are made here.
+				for _, x := range exps {
+					if err := kernel.CreateExpect(dp.ct, x); err != nil {
+						log.Warn("data channel", "err", err)
+					}
+				}
+			} else {
+				p.pkt = append([]byte(nil), v.Packet...)
+				p.exps = exps
+				if dp.submit(p) {
+					return
+				}
+				stats.Backlogged.Add(uint64(len(exps)))
 			}
-			stats.Backlogged.Add(uint64(len(exps)))
 		}
 		if err := p.verdict(); err != nil {
 			log.Warn("verdict", "err", err)
@@ -159,7 +185,7 @@ func stateBytes(k *ipvs.KernelState) []byte {
 	if k == nil {
 		return nil
 	}
-	s := kernel.HelperState{Next: k.Next}
+	s := kernel.HelperState{Next: k.Next, Helper: k.Helper}
 	if k.Synced[ipvs.FromClient] {
 		s.Flags |= kernel.StateValid
 	}
@@ -183,7 +209,14 @@ func restoreFromHelperData(e *ipvs.Engine, ct kernel.Conntrack, log *slog.Logger
 	if err != nil || st.Flags&(kernel.StateValid|kernel.StateReplyValid) == 0 {
 		return
 	}
-	k := ipvs.KernelState{Next: st.Next, Stopped: st.Flags&kernel.StateStopped != 0}
+	if ct.Status&kernel.StatusSeqAdjust != 0 && !ct.HasSeqAdj {
+		log.Warn("connection not restored: the kernel did not send its seqadj records", "client", client, "vip", vip)
+		return
+	}
+	k := ipvs.KernelState{Next: st.Next, Stopped: st.Flags&kernel.StateStopped != 0, Helper: st.Helper}
+	for d := range k.SeqAdj {
+		k.SeqAdj[d] = ipvs.SeqAdj(ct.SeqAdj[d])
+	}
 	k.Synced[ipvs.FromClient] = st.Flags&kernel.StateValid != 0
 	k.Synced[ipvs.FromServer] = st.Flags&kernel.StateReplyValid != 0
 	if e.AdoptKernel(client, vip, server, k) {

@@ -81,6 +81,41 @@ type stream struct {
 	found bool
 }
 
+// SaveState implements ipvs.StateSaver: the pending commands in bits 0-31,
+// the flags from bit 32, each direction's stream in 12 bits from bit 40
+// (skip, found, then the 10-bit code of a multi-line reply). Zero is the
+// state of a new connection.
+func (c *conn) SaveState() uint64 {
+	w := uint64(c.pasv) | uint64(c.epsv)<<16
+	for i, b := range []bool{c.epsvAll, c.auth, c.stopped} {
+		if b {
+			w |= 1 << (32 + i)
+		}
+	}
+	for d := range c.dir {
+		st := &c.dir[d]
+		v := uint64(st.multi&0x3ff) << 2
+		if st.skip {
+			v |= 1
+		}
+		if st.found {
+			v |= 2
+		}
+		w |= v << (40 + 12*d)
+	}
+	return w
+}
+
+// LoadState implements ipvs.StateSaver.
+func (c *conn) LoadState(w uint64) {
+	c.pasv, c.epsv = uint16(w), uint16(w>>16)
+	c.epsvAll, c.auth, c.stopped = w&(1<<32) != 0, w&(1<<33) != 0, w&(1<<34) != 0
+	for d := range c.dir {
+		v := w >> (40 + 12*d)
+		c.dir[d] = stream{skip: v&1 != 0, found: v&2 != 0, multi: uint16(v>>2) & 0x3ff}
+	}
+}
+
 // Inspect implements ipvs.ConnHelper.
 func (c *conn) Inspect(dir ipvs.Direction, data []byte, fixed int, fin bool, r *ipvs.Result) {
 	if c.stopped || dir > ipvs.FromServer {

@@ -879,3 +879,34 @@ func benchmarkInspect(b *testing.B, seq []inspection) {
 func BenchmarkInspect227(b *testing.B)      { benchmarkInspect(b, allocCases["227"]) }
 func BenchmarkInspectPORT(b *testing.B)     { benchmarkInspect(b, allocCases["PORT"]) }
 func BenchmarkInspectSplit227(b *testing.B) { benchmarkInspect(b, allocCases["split227"]) }
+
+// TestStateSaveLoad: a connection bound afresh and loaded with another's
+// saved state goes on as that one would: a 227 to a PASV the first saw is
+// rewritten, and the word survives a second round trip unchanged.
+func TestStateSaveLoad(t *testing.T) {
+	h := Helper{}.Bind(&session4, &noPolicy)
+	r := quietResult()
+	h.Inspect(ipvs.FromClient, []byte("AUTH XYZ\r\nPASV\r\nEPSV\r\nPASV\r\n"), 0, false, r)
+	h.Inspect(ipvs.FromServer, []byte("504 no\r\n230-multi\r\n"), 0, false, r)
+	w := h.(ipvs.StateSaver).SaveState()
+	if w == 0 {
+		t.Fatal("state of a connection with pending commands saved as zero")
+	}
+	h2 := Helper{}.Bind(&session4, &noPolicy)
+	h2.(ipvs.StateSaver).LoadState(w)
+	if w2 := h2.(ipvs.StateSaver).SaveState(); w2 != w {
+		t.Fatalf("round trip %#x -> %#x", w, w2)
+	}
+	rec := recorder{}
+	var res ipvs.Result
+	rec.r, rec.vip, res.Opener = &res, session4.VIP.Addr(), &rec
+	h2.Inspect(ipvs.FromServer, []byte("230 end\r\n227 Entering Passive Mode (10,0,0,11,156,64).\r\n"), 0, false, &res)
+	rec.flush()
+	if n := len(res.Edits); n == 0 || !strings.Contains(string(res.Edits[n-1].New), "198,51,100,10") || !slices.Equal(rec.log, []string{"passive 10.0.0.11:40000"}) {
+		t.Errorf("227 after LoadState: edits %+v, log %q", res.Edits, rec.log)
+	}
+	fresh := Helper{}.Bind(&session4, &noPolicy)
+	if w := fresh.(ipvs.StateSaver).SaveState(); w != 0 {
+		t.Errorf("a new connection's state is %#x, want 0", w)
+	}
+}
