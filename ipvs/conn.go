@@ -19,6 +19,24 @@ type helped struct {
 	clientNAT netip.AddrPort
 	// offsetsStored: the kernel holds this connection's stream offsets.
 	offsetsStored bool
+	// acksQueued: the datapath was asked to queue this connection's pure
+	// ACKs (ChannelAcks); until then the kernel passes them by.
+	acksQueued bool
+}
+
+// needsAcks reports whether the receivers' acknowledgements now matter to
+// a stream: its edits shift them and are forgotten by them, withheld bytes
+// are released by them, bytes kept for resending are dropped by them.
+// Until then an ACK without payload changes nothing the daemon keeps that
+// the connection's next segment with payload, FIN or RST would not.
+func (h *helped) needsAcks() bool {
+	for i := range h.streams {
+		st := &h.streams[i]
+		if st.base != 0 || len(st.edits) > 0 || st.hold > 0 || len(st.rel) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // TCPState is the coarse state IPVS keeps per connection to pick a timeout.

@@ -116,7 +116,11 @@ type Verdict struct {
 	Packet      []byte // altered packet, valid until the worker's next Process
 	Open, Close []Channel
 	Offsets     Offsets
-	Kernel      *KernelState // Engine.KernelSeqAdj: the helped connection's state after the packet
+	// Acks, of kind ChannelAcks, asks for the connection's pure ACKs from
+	// now on; opened like Open, before the verdict, so before any ACK of
+	// this packet. Zero: nothing to open.
+	Acks   Channel
+	Kernel *KernelState // Engine.KernelSeqAdj: the helped connection's state after the packet
 }
 
 // Worker holds one goroutine's scratch space, so that steady state does not
@@ -321,6 +325,10 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	v := Verdict{Open: w.open, Close: w.close}
 	c.offsets(before, &v)
 	e.Stats.Channels.Add(uint64(len(w.open)))
+	if !c.help.acksQueued && c.help.needsAcks() {
+		c.help.acksQueued = true
+		v.Acks = Channel{Kind: ChannelAcks, Client: c.Client, Server: c.Server, NAT: c.help.clientNAT}
+	}
 
 	outAck, sack := ack, false
 	if flags&nfq.FlagACK != 0 && (peer.synced || peer.resync) {

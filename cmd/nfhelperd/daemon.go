@@ -482,11 +482,15 @@ func handler(q verdicter, num uint16, w *ipvs.Worker, stats *ipvs.Stats, dp *dat
 		}()
 		v := w.Process(pkt, mark)
 		mx.CountVerdict(num, v)
-		if len(v.Open) > 0 || len(v.Close) > 0 || v.Offsets.Store {
+		if len(v.Open) > 0 || len(v.Close) > 0 || v.Offsets.Store || v.Acks.Kind != 0 {
+			open := append([]ipvs.Channel(nil), v.Open...)
+			if v.Acks.Kind != 0 {
+				open = append(open, v.Acks)
+			}
 			queued := dp.submit(&pending{
 				q: q, id: id, drop: v.Drop, setMark: v.SetMark, mark: v.Mark, start: start, offsets: v.Offsets,
 				pkt:   append([]byte(nil), v.Packet...),
-				open:  append([]ipvs.Channel(nil), v.Open...),
+				open:  open,
 				close: append([]ipvs.Channel(nil), v.Close...),
 			})
 			if queued {
