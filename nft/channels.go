@@ -55,6 +55,17 @@ func (rs *Ruleset) OpenChannels(c *nftables.Conn, chs []ipvs.Channel) error {
 	return nil
 }
 
+// AddChannels adds the channels' elements to c's batch without sending
+// it: the caller sends them with other changes in one batch. Where that
+// batch fails, OpenChannels sorts out which element was in the way.
+func (rs *Ruleset) AddChannels(c *nftables.Conn, chs []ipvs.Channel) error {
+	all, err := rs.channelElements(chs)
+	if err != nil {
+		return err
+	}
+	return queueAdd(c, all)
+}
+
 // channelElements are the elements of chs, with their timeouts.
 func (rs *Ruleset) channelElements(chs []ipvs.Channel) ([]element, error) {
 	var all []element
@@ -79,12 +90,19 @@ func (rs *Ruleset) channelElements(chs []ipvs.Channel) ([]element, error) {
 }
 
 func add(c *nftables.Conn, els []element) error {
+	if err := queueAdd(c, els); err != nil {
+		return err
+	}
+	return c.Flush()
+}
+
+func queueAdd(c *nftables.Conn, els []element) error {
 	for _, e := range els {
 		if err := c.SetAddElements(e.set, []nftables.SetElement{e.el}); err != nil {
 			return fmt.Errorf("add element to %s: %w", e.set.Name, err)
 		}
 	}
-	return c.Flush()
+	return nil
 }
 
 // CloseChannels deletes channels' elements, in one batch. An element gone

@@ -606,10 +606,12 @@ func (d *datapath) run(ctx context.Context) {
 			open = append(open, p.open...)
 			close = append(close, p.close...)
 		}
-		d.storeOffsets(batch)
-		if len(open) > 0 {
-			if err := d.ruleset.OpenChannels(d.conn, open); err != nil {
-				d.log.Error("data channels not opened", "count", len(open), "err", err)
+		if !d.commit(batch, open) {
+			d.storeOffsets(batch)
+			if len(open) > 0 {
+				if err := d.ruleset.OpenChannels(d.conn, open); err != nil {
+					d.log.Error("data channels not opened", "count", len(open), "err", err)
+				}
 			}
 		}
 		for _, p := range batch {
@@ -634,6 +636,28 @@ func (d *datapath) run(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// commit sends the stream offsets and channel elements of the batch's
+// packets in one nftables batch: a length-changing 227 needs both, and each
+// batch costs a round trip through the kernel's nftables transaction. False
+// when that failed (an element to replace timed out, a stale channel holds
+// a key): then nothing of it is in, and storeOffsets and OpenChannels sort
+// it out.
+func (d *datapath) commit(batch []*pending, open []ipvs.Channel) bool {
+	n := 0
+	for _, p := range batch {
+		if o := p.offsets; o.Store {
+			d.ruleset.StoreOffsets(d.conn, o.Client, o.VIP, o.Off, o.Replace)
+			n++
+		}
+	}
+	if len(open) > 0 {
+		if err := d.ruleset.AddChannels(d.conn, open); err != nil {
+			d.log.Error("data channels not opened", "count", len(open), "err", err)
+		}
+	}
+	return n == 0 && len(open) == 0 || d.conn.Flush() == nil
 }
 
 // storeOffsets records the stream offsets the batch's packets changed, in
