@@ -24,16 +24,29 @@ type helped struct {
 	acksQueued bool
 }
 
+// acksEdits is how many unacknowledged edits that keep the stream's length
+// a connection may have before its pure ACKs are queued: well below the
+// throttle (maxEdits/2), which only the receiver's ACKs lift.
+const acksEdits = 16
+
 // needsAcks reports whether the receivers' acknowledgements now matter to
-// a stream: its edits shift them and are forgotten by them, withheld bytes
-// are released by them, bytes kept for resending are dropped by them.
-// Until then an ACK without payload changes nothing the daemon keeps that
-// the connection's next segment with payload, FIN or RST would not.
+// a stream: an edit that changed a length shifts them, withheld bytes are
+// released by them, bytes kept for resending are dropped by them, and many
+// unacknowledged edits must be forgotten by them before the throttle stops
+// the sender. Until then an ACK without payload passes unchanged and
+// changes nothing the connection's next segment with payload, FIN or RST
+// would not (a rewrite of the same length, recorded as one edit, maps no
+// position; its edit is forgotten with that segment's ACK).
 func (h *helped) needsAcks() bool {
 	for i := range h.streams {
 		st := &h.streams[i]
-		if st.base != 0 || len(st.edits) > 0 || st.hold > 0 || len(st.rel) > 0 {
+		if st.base != 0 || st.hold > 0 || len(st.rel) > 0 || len(st.edits) >= acksEdits {
 			return true
+		}
+		for j := range st.edits {
+			if st.edits[j].cum != 0 {
+				return true
+			}
 		}
 	}
 	return false

@@ -484,11 +484,24 @@ func (w *Worker) inspect(c *Conn, dir Direction, st *stream, fresh []byte, fin b
 	}
 	first := st.next - uint32(len(st.carry)) // input position of data[0]
 	cur := fixed
-	for _, ed := range r.Edits {
+	// Edits that keep the length together (a 227 whose free text gave way
+	// to a longer address) are recorded as one: then no position is
+	// shifted, and the receiver's ACKs need no mapping (needsAcks).
+	one := len(r.Edits) > 1 && r.Delta() == 0 && r.Edits[len(r.Edits)-1].Off+r.Edits[len(r.Edits)-1].Len-r.Edits[0].Off <= maxEditText
+	from := 0
+	for i, ed := range r.Edits {
 		out = append(out, data[cur:ed.Off]...)
+		if i == 0 {
+			from = len(out)
+		}
 		out = append(out, ed.New...)
-		st.record(first+uint32(ed.Off), ed.Len, ed.New)
+		if !one {
+			st.record(first+uint32(ed.Off), ed.Len, ed.New)
+		}
 		cur = ed.Off + ed.Len
+	}
+	if one {
+		st.record(first+uint32(r.Edits[0].Off), cur-r.Edits[0].Off, out[from:])
 	}
 	keep := len(data) - r.Hold
 	out = append(out, data[cur:keep]...)
