@@ -66,3 +66,21 @@ func TestAcksAskedWhenWithholding(t *testing.T) {
 		t.Fatalf("first half withheld: acks %+v open %v", v.Acks, v.Open)
 	}
 }
+
+// TestAcksAskedAgainWhenLost: a request that did not reach the kernel is
+// made again with the connection's next packet.
+func TestAcksAskedAgainWhenLost(t *testing.T) {
+	w := ftpConn(t)
+	w.Process(seg(client, rs1, 101, isn+1, pshAck, "PASV\r\n"), 0)
+	v := w.Process(seg(rs1, client, isn+1, 107, pshAck, "227 10,0,0,11,156,64\r\n"), 0)
+	if v.Acks.Kind != ipvs.ChannelAcks {
+		t.Fatalf("length-changing 227: acks %+v", v.Acks)
+	}
+	w.AcksNotOpened(v.Acks)
+	if v := w.Process(seg(client, rs1, 107, isn+23, ack, ""), 0); v.Acks.Kind != ipvs.ChannelAcks {
+		t.Errorf("after the lost request: acks %+v", v.Acks)
+	}
+	if v := w.Process(seg(client, rs1, 107, isn+23, ack, ""), 0); v.Acks.Kind != 0 {
+		t.Errorf("asked twice: %+v", v.Acks)
+	}
+}

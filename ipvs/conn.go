@@ -24,6 +24,24 @@ type helped struct {
 	acksQueued bool
 }
 
+// AcksNotOpened takes back the request of a Verdict.Acks that did not reach
+// the kernel (the datapath's backlog was full, or nftables refused it): the
+// connection asks again with its next packet.
+func (e *Engine) AcksNotOpened(ch Channel) {
+	c, _ := e.Table.Lookup(ch.Client, ch.Server)
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	if c.help != nil {
+		c.help.acksQueued = false
+	}
+	c.mu.Unlock()
+}
+
+// AcksNotOpened is Engine.AcksNotOpened, for a queue's handler.
+func (w *Worker) AcksNotOpened(ch Channel) { w.e.AcksNotOpened(ch) }
+
 // acksEdits is how many unacknowledged edits that keep the stream's length
 // a connection may have before its pure ACKs are queued: well below the
 // throttle (maxEdits/2), which only the receiver's ACKs lift.

@@ -106,7 +106,7 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
 	defer dpConn.CloseLasting()
-	dp := &datapath{conn: dpConn, log: log, metrics: mx, reqs: make(chan *pending, 1024)}
+	dp := &datapath{conn: dpConn, log: log, metrics: mx, reqs: make(chan *pending, 1024), engine: engine}
 	if kernelDP {
 		if dp.ct, err = dialConntrack(); err != nil {
 			return nil, err
@@ -500,6 +500,9 @@ func handler(q verdicter, num uint16, w *ipvs.Worker, stats *ipvs.Stats, dp *dat
 			// the packet goes on without its channels rather than stall
 			// every other packet of this queue.
 			stats.Backlogged.Add(uint64(len(v.Open)))
+			if v.Acks.Kind != 0 {
+				w.AcksNotOpened(v.Acks)
+			}
 		}
 		if err := verdict(q, id, v.Drop, v.SetMark, v.Mark, v.Packet); err != nil {
 			log.Warn("verdict", "err", err)
@@ -564,6 +567,7 @@ type datapath struct {
 	// inflight counts packets submitted and not yet answered.
 	inflight sync.WaitGroup
 	ct       *conntrack.Conn // the kernel datapath's expectations
+	engine   *ipvs.Engine    // told of acks channels that did not open
 }
 
 // submit hands p to the datapath; false when its backlog is full.
@@ -611,6 +615,11 @@ func (d *datapath) run(ctx context.Context) {
 			if len(open) > 0 {
 				if err := d.ruleset.OpenChannels(d.conn, open); err != nil {
 					d.log.Error("data channels not opened", "count", len(open), "err", err)
+					for _, ch := range open {
+						if ch.Kind == ipvs.ChannelAcks {
+							d.engine.AcksNotOpened(ch)
+						}
+					}
 				}
 			}
 		}
