@@ -19,6 +19,13 @@ const (
 	// ChannelWatch is no data channel: it asks the datapath to queue the
 	// packets of real server Server, learned in add-on mode.
 	ChannelWatch
+	// ChannelAcks is no data channel: it asks the datapath to queue the pure
+	// ACKs (no payload, no SYN, FIN or RST) of the control connection
+	// between Client and Server (and NAT, the client's address as the
+	// server sees it, where valid), which otherwise skip the daemon: its
+	// streams now have edits or withheld bytes that the receivers'
+	// acknowledgements concern.
+	ChannelAcks
 )
 
 // Channel is a data connection the datapath must allow.

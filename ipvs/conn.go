@@ -19,6 +19,55 @@ type helped struct {
 	clientNAT netip.AddrPort
 	// offsetsStored: the kernel holds this connection's stream offsets.
 	offsetsStored bool
+	// acksQueued: the datapath was asked to queue this connection's pure
+	// ACKs (ChannelAcks); until then the kernel passes them by.
+	acksQueued bool
+}
+
+// AcksNotOpened takes back the request of a Verdict.Acks that did not reach
+// the kernel (the datapath's backlog was full, or nftables refused it): the
+// connection asks again with its next packet.
+func (e *Engine) AcksNotOpened(ch Channel) {
+	c, _ := e.Table.Lookup(ch.Client, ch.Server)
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	if c.help != nil {
+		c.help.acksQueued = false
+	}
+	c.mu.Unlock()
+}
+
+// AcksNotOpened is Engine.AcksNotOpened, for a queue's handler.
+func (w *Worker) AcksNotOpened(ch Channel) { w.e.AcksNotOpened(ch) }
+
+// acksEdits is how many unacknowledged edits that keep the stream's length
+// a connection may have before its pure ACKs are queued: well below the
+// throttle (maxEdits/2), which only the receiver's ACKs lift.
+const acksEdits = 16
+
+// needsAcks reports whether the receivers' acknowledgements now matter to
+// a stream: an edit that changed a length shifts them, withheld bytes are
+// released by them, bytes kept for resending are dropped by them, and many
+// unacknowledged edits must be forgotten by them before the throttle stops
+// the sender. Until then an ACK without payload passes unchanged and
+// changes nothing the connection's next segment with payload, FIN or RST
+// would not (a rewrite of the same length, recorded as one edit, maps no
+// position; its edit is forgotten with that segment's ACK).
+func (h *helped) needsAcks() bool {
+	for i := range h.streams {
+		st := &h.streams[i]
+		if st.base != 0 || st.hold > 0 || len(st.rel) > 0 || len(st.edits) >= acksEdits {
+			return true
+		}
+		for j := range st.edits {
+			if st.edits[j].cum != 0 {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // TCPState is the coarse state IPVS keeps per connection to pick a timeout.

@@ -118,6 +118,10 @@ type Verdict struct {
 	Packet      []byte // altered packet, valid until the worker's next Process
 	Open, Close []Channel
 	Offsets     Offsets
+	// Acks, of kind ChannelAcks, asks for the connection's pure ACKs from
+	// now on; opened like Open, before the verdict, so before any ACK of
+	// this packet. Zero: nothing to open.
+	Acks Channel
 	// Engine.KernelSeqAdj: the helped connection's state after the
 	// packet; whether the packet's length change is for the kernel's
 	// seqadj to record (the verdict carries NFQA_CT; without it, the
@@ -327,6 +331,11 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	}
 	v := Verdict{Open: w.open, Close: w.close}
 	e.Stats.Channels.Add(uint64(len(w.open)))
+	if !e.KernelSeqAdj && !c.help.acksQueued && c.help.needsAcks() {
+		// (The kernel datapath's helper queue has every packet.)
+		c.help.acksQueued = true
+		v.Acks = Channel{Kind: ChannelAcks, Client: c.Client, Server: c.Server, NAT: c.help.clientNAT}
+	}
 
 	outAck, sack := ack, false
 	if flags&nfq.FlagACK != 0 && (peer.synced || peer.resync) {
@@ -505,11 +514,24 @@ func (w *Worker) inspect(c *Conn, dir Direction, st *stream, fresh []byte, fin b
 	}
 	first := st.next - uint32(len(st.carry)) // input position of data[0]
 	cur := fixed
-	for _, ed := range r.Edits {
+	// Edits that keep the length together (a 227 whose free text gave way
+	// to a longer address) are recorded as one: then no position is
+	// shifted, and the receiver's ACKs need no mapping (needsAcks).
+	one := len(r.Edits) > 1 && r.Delta() == 0 && r.Edits[len(r.Edits)-1].Off+r.Edits[len(r.Edits)-1].Len-r.Edits[0].Off <= maxEditText
+	from := 0
+	for i, ed := range r.Edits {
 		out = append(out, data[cur:ed.Off]...)
+		if i == 0 {
+			from = len(out)
+		}
 		out = append(out, ed.New...)
-		st.record(first+uint32(ed.Off), ed.Len, ed.New)
+		if !one {
+			st.record(first+uint32(ed.Off), ed.Len, ed.New)
+		}
 		cur = ed.Off + ed.Len
+	}
+	if one {
+		st.record(first+uint32(r.Edits[0].Off), cur-r.Edits[0].Off, out[from:])
 	}
 	keep := len(data) - r.Hold
 	out = append(out, data[cur:keep]...)

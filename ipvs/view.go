@@ -54,7 +54,7 @@ type ChannelView struct {
 	ExpiresIn time.Duration
 }
 
-// String is the channel kind as a word: passive, active or watch.
+// String is the channel kind as a word: passive, active, watch or acks.
 func (k ChannelKind) String() string {
 	switch k {
 	case ChannelPassive:
@@ -63,6 +63,8 @@ func (k ChannelKind) String() string {
 		return "active"
 	case ChannelWatch:
 		return "watch"
+	case ChannelAcks:
+		return "acks"
 	}
 	return "unknown"
 }

@@ -20,7 +20,7 @@ type Carried struct {
 
 // carriedSets are the sets whose elements the daemon adds at run time.
 func (f *family) carriedSets() []*nftables.Set {
-	return []*nftables.Set{f.watched, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets}
+	return []*nftables.Set{f.watched, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets, f.acks}
 }
 
 // ReadStale reads the run-time elements of table inet name; nil if there
@@ -134,7 +134,7 @@ func (rs *Ruleset) StoreOffsets(c *nftables.Conn, client, vip netip.AddrPort, of
 	return c.SetAddElements(f.offsets, []nftables.SetElement{{Key: key, Val: val, Timeout: offsetsTimeout}})
 }
 
-// connKey is a client . client port . VIP . port map key.
+// connKey is a client . client port . VIP (or real server) . port key.
 func connKey(client, vip netip.AddrPort) []byte {
 	return appendPort(appendAddr(appendPort(appendAddr(nil, client.Addr()), client.Port()), vip.Addr()), vip.Port())
 }

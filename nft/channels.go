@@ -16,27 +16,19 @@ import (
 // passive channel DNATs client -> VIP:port to the real server, an active
 // one SNATs real server -> client:port to the VIP; behind the user's SNAT
 // each gets the second translation too. A watch channel adds a learned
-// server, whose packets are queued from then on.
+// server, whose packets are queued from then on; an acks channel a control
+// connection whose pure ACKs are.
 //
 // An element whose key is still in a map with other data (a channel of an
 // ended connection, not timed out yet, whose client port or VIP port comes
 // round again) makes the batch fail: then the elements are added one by
 // one, and that one replaced.
 func (rs *Ruleset) OpenChannels(c *nftables.Conn, chs []ipvs.Channel) error {
-	var all []element
-	for _, ch := range chs {
-		els, err := rs.elements(ch)
-		if err != nil {
-			return err
-		}
-		for _, e := range els {
-			if ch.Kind != ipvs.ChannelWatch {
-				e.el.Timeout = ch.Timeout
-			}
-			all = append(all, e)
-		}
+	all, err := rs.channelElements(chs)
+	if err != nil {
+		return err
 	}
-	err := add(c, all)
+	err = add(c, all)
 	if errors.Is(err, unix.EEXIST) {
 		// Add them one by one; only an element whose key is taken is
 		// deleted first (others, learned servers above all, must never
@@ -63,13 +55,54 @@ func (rs *Ruleset) OpenChannels(c *nftables.Conn, chs []ipvs.Channel) error {
 	return nil
 }
 
+// AddChannels adds the channels' elements to c's batch without sending
+// it: the caller sends them with other changes in one batch. Where that
+// batch fails, OpenChannels sorts out which element was in the way.
+func (rs *Ruleset) AddChannels(c *nftables.Conn, chs []ipvs.Channel) error {
+	all, err := rs.channelElements(chs)
+	if err != nil {
+		return err
+	}
+	return queueAdd(c, all)
+}
+
+// channelElements are the elements of chs, with their timeouts.
+func (rs *Ruleset) channelElements(chs []ipvs.Channel) ([]element, error) {
+	var all []element
+	for _, ch := range chs {
+		els, err := rs.elements(ch)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range els {
+			switch ch.Kind {
+			case ipvs.ChannelWatch:
+			case ipvs.ChannelAcks:
+				// As long as the offsets they go with.
+				e.el.Timeout = offsetsTimeout
+			default:
+				e.el.Timeout = ch.Timeout
+			}
+			all = append(all, e)
+		}
+	}
+	return all, nil
+}
+
 func add(c *nftables.Conn, els []element) error {
+	if err := queueAdd(c, els); err != nil {
+		return err
+	}
+	return c.Flush()
+}
+
+func queueAdd(c *nftables.Conn, els []element) error {
 	for _, e := range els {
 		if err := c.SetAddElements(e.set, []nftables.SetElement{e.el}); err != nil {
 			return fmt.Errorf("add element to %s: %w", e.set.Name, err)
 		}
 	}
-	return c.Flush()
+	return nil
 }
 
 // CloseChannels deletes channels' elements, in one batch. An element gone
@@ -123,6 +156,14 @@ func (rs *Ruleset) elements(ch ipvs.Channel) ([]element, error) {
 	switch ch.Kind {
 	case ipvs.ChannelWatch:
 		return []element{{f.watched, nftables.SetElement{Key: addrPortKey(ch.Server)}}}, nil
+	case ipvs.ChannelAcks:
+		// The server's segments are matched before NAT is undone, so
+		// by the address it sends to.
+		els := []element{{f.acks, nftables.SetElement{Key: connKey(ch.Client, ch.Server)}}}
+		if ch.NAT.IsValid() {
+			els = append(els, element{f.acks, nftables.SetElement{Key: connKey(ch.NAT, ch.Server)}})
+		}
+		return els, nil
 	case ipvs.ChannelPassive:
 		els := []element{{f.passive, nftables.SetElement{
 			Key: flowKey(ch.Client.Addr(), ch.VIP.Addr(), ch.VIP.Port()),

@@ -116,6 +116,30 @@ func tcpFlagsEq(mask, want byte) []expr.Any {
 	}
 }
 
+// pureAckFlags are the TCP flags of f.pureAck's keys (ACK) under
+// pureAckMask (data offset, FIN, SYN, RST and ACK).
+const (
+	pureAckMask  = 0xf017
+	pureAckFlags = 0x0010
+)
+
+// pureAck matches a TCP segment without payload, with ACK set and SYN, FIN
+// and RST clear: its data offset and flags, and the IP length, which must
+// be the headers' alone, are looked up in f.pureAck (nft cannot add).
+func pureAck(f *family) []expr.Any {
+	lenOff := uint32(2) // IPv4 total length
+	if f.v6 {
+		lenOff = 4 // IPv6 payload length
+	}
+	return []expr.Any{
+		&expr.Payload{DestRegister: unix.NFT_REG32_00, Base: expr.PayloadBaseTransportHeader, Offset: 12, Len: 2},
+		&expr.Bitwise{SourceRegister: unix.NFT_REG32_00, DestRegister: unix.NFT_REG32_00, Len: 2,
+			Mask: binary.BigEndian.AppendUint16(nil, pureAckMask), Xor: []byte{0, 0}},
+		&expr.Payload{DestRegister: unix.NFT_REG32_01, Base: expr.PayloadBaseNetworkHeader, Offset: lenOff, Len: 2},
+		&expr.Lookup{SourceRegister: unix.NFT_REG32_00, SetName: f.pureAck.Name, SetID: f.pureAck.ID},
+	}
+}
+
 // ctStateIs matches ct state against a bit set (NF_CT_STATE_BIT values).
 func ctStateIs(bits uint32) []expr.Any {
 	return []expr.Any{

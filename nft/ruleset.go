@@ -99,6 +99,13 @@ type family struct {
 	// client . port . VIP . port : the stream offsets of a connection whose
 	// rewrites changed lengths, kept for a restarted daemon.
 	offsets *nftables.Set
+	// client . port . real server . port (the client as the server sees
+	// it): control connections whose pure ACKs are queued (ChannelAcks).
+	acks *nftables.Set
+	// TCP data offset and flags . IP length (IPv6: payload length) of
+	// every segment without payload and with ACK but no SYN, FIN or RST
+	// (constant).
+	pureAck *nftables.Set
 }
 
 // Ruleset is an installed table.
@@ -139,7 +146,31 @@ func newFamily(t *nftables.Table, v6 bool) *family {
 	f.offsets = &nftables.Set{Table: t, Name: "offsets" + suffix, IsMap: true, HasTimeout: true, Concatenation: true,
 		KeyType:  nftables.MustConcatSetType(addr, nftables.TypeInetService, addr, nftables.TypeInetService),
 		DataType: nftables.MustConcatSetType(nftables.TypeMark, nftables.TypeMark)}
+	f.acks = &nftables.Set{Table: t, Name: "acks" + suffix, HasTimeout: true, Concatenation: true,
+		KeyType: nftables.MustConcatSetType(addr, nftables.TypeInetService, addr, nftables.TypeInetService)}
+	// Two 16-bit numbers; nft shows them as ports.
+	f.pureAck = &nftables.Set{Table: t, Name: "pure_ack" + suffix, Constant: true, Concatenation: true,
+		KeyType: nftables.MustConcatSetType(nftables.TypeInetService, nftables.TypeInetService),
+		Comment: "tcp doff.flags & 0xf017 . " + map[bool]string{false: "ip length", true: "ip6 payload length"}[v6]}
 	return f
+}
+
+// pureAckElements are the keys of f.pureAck: for each TCP data offset, the
+// IP length of a segment that carries nothing else, with ACK set and SYN,
+// FIN and RST clear. A longer IPv4 header or an IPv6 extension header
+// makes the length differ too (such segments are queued).
+func (f *family) pureAckElements() []nftables.SetElement {
+	var els []nftables.SetElement
+	for doff := uint16(5); doff <= 15; doff++ {
+		ipLen := 4 * doff // IPv6 payload length
+		if !f.v6 {
+			ipLen += 20
+		}
+		key := binary.BigEndian.AppendUint16(nil, doff<<12|pureAckFlags)
+		key = append(binary.BigEndian.AppendUint16(append(key, 0, 0), ipLen), 0, 0)
+		els = append(els, nftables.SetElement{Key: key})
+	}
+	return els
 }
 
 func (f *family) of(a netip.Addr) bool { return a.Unmap().Is6() == f.v6 }
@@ -209,9 +240,14 @@ func Remove(c *nftables.Conn, name string) error {
 
 func (rs *Ruleset) addSets(c *nftables.Conn, spec *Spec, f *family) error {
 	static := rs.staticElements(spec, f)
-	for _, set := range []*nftables.Set{f.vips, f.vipsUDP, f.helped, f.servers, f.watched, f.byMark, f.fallback, f.fallbackUDP, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets} {
+	for _, set := range []*nftables.Set{f.vips, f.vipsUDP, f.helped, f.servers, f.watched, f.byMark, f.fallback, f.fallbackUDP, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets, f.acks} {
 		if err := c.AddSet(set, static[set]); err != nil {
 			return fmt.Errorf("add set %s: %w", set.Name, err)
+		}
+	}
+	if spec.CtHelper == "" {
+		if err := c.AddSet(f.pureAck, f.pureAckElements()); err != nil {
+			return fmt.Errorf("add set %s: %w", f.pureAck.Name, err)
 		}
 	}
 	return nil
@@ -341,6 +377,11 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 			// connections, expected, take their master's mark.
 			rule(mangle, fam, tcp, ctStateIs(newBit), dst, lookup(f.helped), l4protoLoad(), lookup(rs.alive), ctHelperSet(spec.CtHelper), setCtMark(ChannelMark))
 		} else {
+			// A server's segment without payload that only acknowledges
+			// needs no correction while its connection has none (not in
+			// acks): it goes by the daemon. The chain's only later rules
+			// queue, so accepting here changes nothing else.
+			rule(raw, fam, tcp, pureAck(f), concat(addrField(f.v6, false), portField(false), addrField(f.v6, true), portField(true)), lookupNot(f.acks), accept())
 			rule(raw, fam, tcp, src, lookup(f.servers), q)
 			rule(raw, fam, tcp, src, lookup(f.watched), q)
 		}
@@ -383,6 +424,10 @@ func (rs *Ruleset) forwardRules(c *nftables.Conn, spec *Spec) {
 	q := queueExpr(&rs.queue)
 	for _, f := range rs.fams {
 		if rs.queue.CtHelper == "" {
+			// The client's pure ACKs likewise (the add-on rules below
+			// take SYNs only).
+			rs.rule(c, rs.fwd, nfproto(f.proto), l4protoTCP(), pureAck(f),
+				concat(addrField(f.v6, true), portField(true), addrField(f.v6, false), portField(false)), lookupNot(f.acks), accept())
 			rs.rule(c, rs.fwd, nfproto(f.proto), l4protoTCP(), ctDirectionOriginal(), ctStateIs(establishedBit),
 				concat(ctOrigDst(f.v6), ctOrigDstPort()), lookup(f.helped), []expr.Any{q})
 		}
@@ -500,6 +545,13 @@ func markBits(mask uint32) []expr.Any {
 }
 
 func drop() []expr.Any { return []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}} }
+
+func accept() []expr.Any { return []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}} }
+
+// lookupNot matches when the loaded key is not in set s.
+func lookupNot(s *nftables.Set) []expr.Any {
+	return []expr.Any{&expr.Lookup{SourceRegister: unix.NFT_REG32_00, SetName: s.Name, SetID: s.ID, Invert: true}}
+}
 
 // addrPortKey encodes address . port as a concatenated set key.
 func addrPortKey(ap netip.AddrPort) []byte {

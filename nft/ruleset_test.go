@@ -142,6 +142,10 @@ func TestOpenChannels(t *testing.T) {
 		{Kind: ipvs.ChannelPassive, Client: ap("203.0.113.3:0"), Server: ap("10.0.0.12:40003"), VIP: ap("198.51.100.20:40003"), NAT: ap("10.0.0.1:0"), Timeout: time.Minute},
 		{Kind: ipvs.ChannelActive, Client: ap("203.0.113.3:50002"), Server: ap("10.0.0.12:0"), VIP: ap("198.51.100.20:0"), NAT: ap("10.0.0.1:50002"), Timeout: time.Minute},
 		{Kind: ipvs.ChannelWatch, Server: ap("10.0.0.12:21")},
+		// Pure ACKs of a control connection, one behind the user's SNAT.
+		{Kind: ipvs.ChannelAcks, Client: ap("203.0.113.4:40000"), Server: ap("10.0.0.11:21")},
+		{Kind: ipvs.ChannelAcks, Client: ap("203.0.113.5:40000"), Server: ap("10.0.0.12:21"), NAT: ap("10.0.0.1:40001")},
+		{Kind: ipvs.ChannelAcks, Client: ap("[2001:db8:2::2]:40000"), Server: ap("[fd00::11]:21")},
 	}
 	if err := rs.OpenChannels(c, chs); err != nil {
 		t.Fatal(err)
@@ -164,6 +168,10 @@ func TestOpenChannels(t *testing.T) {
 		"10.0.0.12 . 10.0.0.1 . 50002 timeout 1m",
 		": 203.0.113.3 . 50002",
 		"elements = { 10.0.0.12 . 21 }",
+		"203.0.113.4 . 40000 . 10.0.0.11 . 21 timeout 2d",
+		"203.0.113.5 . 40000 . 10.0.0.12 . 21 timeout 2d",
+		"10.0.0.1 . 40001 . 10.0.0.12 . 21 timeout 2d",
+		"2001:db8:2::2 . 40000 . fd00::11 . 21 timeout 2d",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("element %q missing from:\n%s", want, out)
@@ -180,7 +188,7 @@ func TestOpenChannels(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, _ = nftList(t, ns, "list", "table", "inet", "nfhelper")
-	if strings.Contains(out, "203.0.113.") || strings.Contains(out, "2001:db8:2::2") {
+	if strings.Contains(out, "203.0.113.") || strings.Contains(out, "2001:db8:2::2") || strings.Contains(out, "10.0.0.1 . 40001") {
 		t.Errorf("closed channels still listed:\n%s", out)
 	}
 	if out, _ := nftList(t, ns, "list", "set", "inet", "nfhelper", "watched4"); strings.Contains(out, "elements") {

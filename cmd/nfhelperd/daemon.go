@@ -107,7 +107,7 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
 	defer dpConn.CloseLasting()
-	dp := &datapath{conn: dpConn, log: log, metrics: mx, reqs: make(chan *pending, 1024)}
+	dp := &datapath{conn: dpConn, log: log, metrics: mx, reqs: make(chan *pending, 1024), engine: engine}
 	if kernelDP {
 		if dp.ct, err = dialConntrack(); err != nil {
 			return nil, err
@@ -487,11 +487,15 @@ func handler(q verdicter, num uint16, w *ipvs.Worker, stats *ipvs.Stats, dp *dat
 		}()
 		v := w.Process(pkt, mark)
 		mx.CountVerdict(num, v)
-		if len(v.Open) > 0 || len(v.Close) > 0 || v.Offsets.Store {
+		if len(v.Open) > 0 || len(v.Close) > 0 || v.Offsets.Store || v.Acks.Kind != 0 {
+			open := append([]ipvs.Channel(nil), v.Open...)
+			if v.Acks.Kind != 0 {
+				open = append(open, v.Acks)
+			}
 			queued := dp.submit(&pending{
 				q: q, id: id, drop: v.Drop, setMark: v.SetMark, mark: v.Mark, start: start, offsets: v.Offsets,
 				pkt:   append([]byte(nil), v.Packet...),
-				open:  append([]ipvs.Channel(nil), v.Open...),
+				open:  open,
 				close: append([]ipvs.Channel(nil), v.Close...),
 			})
 			if queued {
@@ -501,6 +505,9 @@ func handler(q verdicter, num uint16, w *ipvs.Worker, stats *ipvs.Stats, dp *dat
 			// the packet goes on without its channels rather than stall
 			// every other packet of this queue.
 			stats.Backlogged.Add(uint64(len(v.Open)))
+			if v.Acks.Kind != 0 {
+				w.AcksNotOpened(v.Acks)
+			}
 		}
 		if err := verdict(q, id, v.Drop, v.SetMark, v.Mark, v.Packet); err != nil {
 			log.Warn("verdict", "err", err)
@@ -566,6 +573,7 @@ type datapath struct {
 	inflight sync.WaitGroup
 	ct       *conntrack.Conn // the kernel datapath's expectations
 	ctnl     *netlink.Conn   // the kernel datapath's seqadj records
+	engine   *ipvs.Engine    // told of acks channels that did not open
 }
 
 // submit hands p to the datapath; false when its backlog is full.
@@ -608,10 +616,17 @@ func (d *datapath) run(ctx context.Context) {
 			open = append(open, p.open...)
 			close = append(close, p.close...)
 		}
-		d.storeOffsets(batch)
-		if len(open) > 0 {
-			if err := d.ruleset.OpenChannels(d.conn, open); err != nil {
-				d.log.Error("data channels not opened", "count", len(open), "err", err)
+		if !d.commit(batch, open) {
+			d.storeOffsets(batch)
+			if len(open) > 0 {
+				if err := d.ruleset.OpenChannels(d.conn, open); err != nil {
+					d.log.Error("data channels not opened", "count", len(open), "err", err)
+					for _, ch := range open {
+						if ch.Kind == ipvs.ChannelAcks {
+							d.engine.AcksNotOpened(ch)
+						}
+					}
+				}
 			}
 		}
 		for _, p := range batch {
@@ -636,6 +651,28 @@ func (d *datapath) run(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// commit sends the stream offsets and channel elements of the batch's
+// packets in one nftables batch: a length-changing 227 needs both, and each
+// batch costs a round trip through the kernel's nftables transaction. False
+// when that failed (an element to replace timed out, a stale channel holds
+// a key): then nothing of it is in, and storeOffsets and OpenChannels sort
+// it out.
+func (d *datapath) commit(batch []*pending, open []ipvs.Channel) bool {
+	n := 0
+	for _, p := range batch {
+		if o := p.offsets; o.Store {
+			d.ruleset.StoreOffsets(d.conn, o.Client, o.VIP, o.Off, o.Replace)
+			n++
+		}
+	}
+	if len(open) > 0 {
+		if err := d.ruleset.AddChannels(d.conn, open); err != nil {
+			d.log.Error("data channels not opened", "count", len(open), "err", err)
+		}
+	}
+	return n == 0 && len(open) == 0 || d.conn.Flush() == nil
 }
 
 // storeOffsets records the stream offsets the batch's packets changed, in
