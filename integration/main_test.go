@@ -136,6 +136,13 @@ func runMain(m *testing.M) int {
 		config = testConfig + metricsConfig
 		fmt.Println("NOTE:", harness.noAddon, "- tests through the WAN addresses will be skipped")
 	}
+	if strings.TrimSpace(os.Getenv("NFHELPER_DATAPATH")) == "kernel" && harness.noAddon == "" {
+		// nfhelperd refuses to run add-on helpers on the kernel datapath;
+		// probing picks the compat datapath for a configuration with them.
+		harness.noAddon = "add-on helpers run on the compat datapath only, and this run forces the kernel datapath"
+		config = testConfig + metricsConfig
+		fmt.Println("NOTE:", harness.noAddon, "- tests through the WAN addresses will be skipped")
+	}
 	if err := os.WriteFile(harness.config, []byte(config), 0o644); err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL:", err)
 		return 1

@@ -101,19 +101,23 @@ func (r *resumer) next(t *testing.T, what string) map[string]string {
 	return res
 }
 
-// finish checks that the daemon whose log (from its start) is log took
-// the connection and its offsets back: a second transfer and QUIT on it
-// work.
-func (r *resumer) finish(t *testing.T, log string) {
+// finish checks that daemon d, whose log from byte from on is its own,
+// took the connection and its offsets back: a second transfer and QUIT on
+// it work. The compat datapath takes connections back from the stale table
+// and conntrack at start; the kernel datapath from the helper data and
+// seqadj records the kernel kept, with the connection's next packet.
+func (r *resumer) finish(t *testing.T, d *topo.Daemon, from int) {
 	tp := harness.tp
-	took := regexp.MustCompile(`took over a stale table" elements=(\d+) connections=(\d+)`).FindStringSubmatch(log)
-	if took == nil {
-		t.Fatalf("the new daemon did not take over the stale table:\n%s", log)
+	if !kernelDatapath() {
+		took := regexp.MustCompile(`took over a stale table" elements=(\d+) connections=(\d+)`).FindStringSubmatch(d.Log()[from:])
+		if took == nil {
+			t.Fatalf("the new daemon did not take over the stale table:\n%s", d.Log()[from:])
+		}
+		if n, _ := strconv.Atoi(took[2]); n < 1 {
+			t.Errorf("no connection taken back from conntrack: %s", took[0])
+		}
+		t.Logf("after the restart: %s", took[0])
 	}
-	if n, _ := strconv.Atoi(took[2]); n < 1 {
-		t.Errorf("no connection taken back from conntrack: %s", took[0])
-	}
-	t.Logf("after the restart: %s", took[0])
 	io.WriteString(r.stdin, "go\n")
 	res := r.next(t, "after the restart")
 	if res["sha256"] != tp.Files["small.bin"] {
@@ -121,6 +125,9 @@ func (r *resumer) finish(t *testing.T, log string) {
 	}
 	if !strings.HasPrefix(res["quit"], "221") {
 		t.Errorf("QUIT answered %q", res["quit"])
+	}
+	if kernelDatapath() && !strings.Contains(d.Log()[from:], "connection restored from the kernel's helper data") {
+		t.Errorf("the connection was not restored from the kernel's helper data:\n%s", tailString(d.Log()[from:], 3000))
 	}
 	if t.Failed() {
 		t.Logf("client trace:\n%s", tailString(r.trace.String(), 3000))

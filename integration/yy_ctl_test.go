@@ -57,7 +57,9 @@ func nfhelperctl(t *testing.T, socket string, args ...string) (int, string, stri
 // ctlJSON runs nfhelperctl --json cmd and decodes its output into v.
 func ctlJSON(t *testing.T, socket, cmd string, v any) {
 	t.Helper()
-	code, out, errOut := nfhelperctl(t, socket, "--json", cmd)
+	// The table may still hold TestQueueFlood's tens of thousands of UDP
+	// flows: listing them takes seconds under software emulation (the VM).
+	code, out, errOut := nfhelperctl(t, socket, "--timeout", "60s", "--json", cmd)
 	if code != 0 {
 		t.Fatalf("nfhelperctl --json %s: exit %d\nstdout:\n%s\nstderr:\n%s", cmd, code, out, errOut)
 	}

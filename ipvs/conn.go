@@ -22,6 +22,9 @@ type helped struct {
 	// acksQueued: the datapath was asked to queue this connection's pure
 	// ACKs (ChannelAcks); until then the kernel passes them by.
 	acksQueued bool
+	// liberal: the kernel datapath had the kernel's records set outright,
+	// which marks the connection's TCP tracking liberal (kernel.SetSeqAdj).
+	liberal bool
 }
 
 // AcksNotOpened takes back the request of a Verdict.Acks that did not reach

@@ -112,7 +112,12 @@ func (w *Worker) kernelNumbers(st *stream, seq, outSeq uint32, inLen, outLen int
 		// IPv6 records are always set outright: for an NFQA_CT length
 		// change the kernel reads the TCP sequence number at the IPv4
 		// header's length (nf_ct_tcp_seqadj_set), from the IPv6 header.
-		if diff != 0 && outLen > 0 && !w.in.V6 && a.After == int32(outSeq-seq) && (a.Before == a.After || nfq.SeqBefore(a.Pos, seq)) {
+		// So is the first change of a connection, to make its tracking
+		// liberal: conntrack's window check maps acknowledgements back
+		// by comparing them, unmapped, with the correction point
+		// (nf_ct_seq_offset), and finds the peer's ACKs of a segment
+		// that grew by withheld bytes beyond what the sender sent.
+		if diff != 0 && outLen > 0 && !w.in.V6 && w.cur.help.liberal && a.After == int32(outSeq-seq) && (a.Before == a.After || nfq.SeqBefore(a.Pos, seq)) {
 			a.record(seq, diff)
 			v.SeqAdjDiff = true
 			return seq
@@ -162,6 +167,7 @@ func (w *Worker) kernelAck(peer *stream, ack, want uint32, v *Verdict) uint32 {
 // setSeqAdj asks for the connection's records to be set before the verdict.
 func (w *Worker) setSeqAdj(v *Verdict) {
 	c := w.cur
+	c.help.liberal = true
 	w.kadj = [2]SeqAdj{c.help.streams[FromClient].kadj, c.help.streams[FromServer].kadj}
 	if v.SeqAdj == nil {
 		v.SeqAdj = &w.kadj

@@ -379,6 +379,9 @@ func reload(path string, queue config.Queue, engine *ipvs.Engine, ruleset *nft.R
 	if cfg.Queue != queue {
 		return fmt.Errorf("queue settings changed: restart the daemon to apply them")
 	}
+	if kernelDP && len(cfg.Helpers) > 0 {
+		return errAddonsKernel
+	}
 	next := services(cfg)
 	commit, err := engine.Prepare(next)
 	if err != nil {

@@ -41,9 +41,16 @@ const helperName = "nfhelper-ftp"
 func chooser(cfg *config.Config) func(kernel.Features) (string, error) {
 	auto := len(cfg.Helpers) == 0
 	return func(f kernel.Features) (string, error) {
-		return kernel.Choose(f, os.Getenv(kernel.EnvDatapath), auto)
+		dp, err := kernel.Choose(f, os.Getenv(kernel.EnvDatapath), auto)
+		if err == nil && dp == kernel.DatapathKernel && !auto {
+			return "", fmt.Errorf("%s=kernel: %w", kernel.EnvDatapath, errAddonsKernel)
+		}
+		return dp, err
 	}
 }
+
+// errAddonsKernel: the kernel datapath does not run add-on helpers.
+var errAddonsKernel = errors.New("add-on helpers (helpers:) need the compat datapath: restart without them, or with the datapath probing chooses")
 
 // helperPolicy is the expectation policy for services: the most channels
 // and the longest timeout any of them allows (the engine enforces each
