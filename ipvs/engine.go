@@ -437,11 +437,21 @@ func (w *Worker) flow(c *Conn, dir Direction, st *stream, seq uint32, flags uint
 			st.synced = false
 			return shifted, nil, false
 		}
-		// Its line may have begun in the missing bytes: let the sender
-		// resend it once the gap is filled.
-		e.Stats.Dropped.Add(1)
-		return 0, nil, true
+		if !st.gapped || st.gapAt != seq {
+			// Its line may have begun in the missing bytes: let the
+			// sender resend it once the gap is filled.
+			st.gapped, st.gapAt = true, seq
+			e.Stats.Dropped.Add(1)
+			return 0, nil, true
+		}
+		// Resent as it was: its sender resends from the first byte it
+		// has no ACK for, so the missing bytes arrived without the daemon
+		// (the queue failed open) and will not come again. (Their ACKs
+		// may not come either: a clean connection's pure ACKs pass by.)
+		st.next, st.carry, st.hold, st.rel = seq, st.carry[:0], 0, st.rel[:0]
+		e.Stats.Skipped.Add(1)
 	}
+	st.gapped = false
 	if !w.in.TCPChecksumValid() {
 		// The receiver discards it and the sender resends it; read it then.
 		e.Stats.BadChecksum.Add(1)

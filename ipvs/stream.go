@@ -30,11 +30,13 @@ func (e *streamEdit) newText() []byte { return e.text[:e.n] }
 // sequence numbers ("input") to what the receiver sees ("output"). Output
 // position of an input position x at a segment boundary is x + off(x).
 type stream struct {
-	synced   bool   // next is known (the SYN was seen)
-	resync   bool   // resumed after a restart: next is the next segment's
-	skipped  bool   // bytes went by unseen; reported once by the worker
-	fin      bool   // the sender's FIN was seen: it takes sequence number next
-	stopped  bool   // the helper ended inspection
+	synced   bool // next is known (the SYN was seen)
+	resync   bool // resumed after a restart: next is the next segment's
+	skipped  bool // bytes went by unseen; reported once by the worker
+	fin      bool // the sender's FIN was seen: it takes sequence number next
+	stopped  bool // the helper ended inspection
+	gapped   bool // a segment at gapAt, past bytes not seen, was dropped
+	gapAt    uint32
 	next     uint32 // first input byte not yet presented to the helper
 	carry    []byte // input [next-len(carry), next), presented again
 	hold     int    // trailing bytes of carry not yet delivered

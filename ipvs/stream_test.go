@@ -420,6 +420,31 @@ func TestStreamPicksUpAfterBytesWentBy(t *testing.T) {
 	}
 }
 
+// TestStreamPicksUpWhenResentPastAGap: bytes went by unseen and no ACK of
+// them reached the daemon (pure ACKs of a clean connection pass it by); the
+// next segment, dropped past the gap, comes again as it was: its sender was
+// told the bytes before it arrived. It passes, rewritten, and the stream
+// goes on from it.
+func TestStreamPicksUpWhenResentPastAGap(t *testing.T) {
+	const isn = 100
+	c := openConn(t, "0123456789", isn)
+	s := uint32(isn + 1)
+	c.send(s, "1 x\n")
+	// "2 y\n" went by unseen.
+	if v := c.server(s+8, pshAck, "R abc\n"); !v.Drop {
+		t.Fatal("a segment past a gap passed at once")
+	}
+	if gotSeq, got := c.send(s+8, "R abc\n"); gotSeq != s+8 || got != "R 0123456789\n" {
+		t.Errorf("resent: %d %q", gotSeq, got)
+	}
+	if _, got := c.send(s+14, "R d\n"); got != "R 0123456789\n" {
+		t.Errorf("after it: %q", got)
+	}
+	if n := c.e.Stats.Skipped.Load(); n != 1 {
+		t.Errorf("skipped = %d", n)
+	}
+}
+
 func TestStreamFINIsNoSkip(t *testing.T) {
 	const isn = 100
 	c := openConn(t, "xy", isn)
