@@ -22,6 +22,9 @@ type helped struct {
 	// acksQueued: the datapath was asked to queue this connection's pure
 	// ACKs (ChannelAcks); until then the kernel passes them by.
 	acksQueued bool
+	// ended: the connection left the table; it asks the kernel for no
+	// more elements, which nothing would delete.
+	ended bool
 	// asked is when conntrack was last asked whether it still holds the
 	// connection (checkIdle), alive when it last said so; 0: never.
 	asked, alive int64

@@ -97,6 +97,23 @@ func (cr *Carried) Offsets() map[[2]netip.AddrPort][2]int32 {
 	return m
 }
 
+// Acks are the carried pure-ACK elements, by connection (client, real
+// server).
+func (cr *Carried) Acks() map[[2]netip.AddrPort]bool {
+	m := map[[2]netip.AddrPort]bool{}
+	if cr == nil {
+		return m
+	}
+	for _, name := range []string{"acks4", "acks6"} {
+		for _, e := range cr.elems[name] {
+			if client, server, ok := parseConnKey(e.Key); ok {
+				m[[2]netip.AddrPort{client, server}] = true
+			}
+		}
+	}
+	return m
+}
+
 // addCarried adds the carried elements of f's sets to the install batch.
 func (rs *Ruleset) addCarried(c *nftables.Conn, cr *Carried, f *family) error {
 	if cr == nil {

@@ -36,7 +36,7 @@ func restore(engine *ipvs.Engine, table string, log *slog.Logger) (*nft.Carried,
 	if carried == nil {
 		return nil, nil
 	}
-	offsets := carried.Offsets()
+	offsets, acks := carried.Offsets(), carried.Acks()
 	ct, err := conntrack.Dial(nil)
 	if err != nil {
 		return carried, fmt.Errorf("conntrack: %w", err)
@@ -62,7 +62,9 @@ func restore(engine *ipvs.Engine, table string, log *slog.Logger) (*nft.Carried,
 			continue
 		}
 		established := state == tcpEstablished
-		if engine.Restore(client, vip, server, established, offsets[[2]netip.AddrPort{client, vip}]) {
+		// Its elements are deleted when it ends, as the earlier daemon's
+		// would have been.
+		if engine.Restore(client, vip, server, established, offsets[[2]netip.AddrPort{client, vip}], acks[[2]netip.AddrPort{client, server}]) {
 			n++
 		}
 	}
