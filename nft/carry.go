@@ -114,6 +114,26 @@ func (cr *Carried) Acks() map[[2]netip.AddrPort]bool {
 	return m
 }
 
+// KeepConns drops the carried offsets and acks elements of connections
+// other than those in live (client . VIP, or client . real server for
+// acks): the connections the new daemon took back. Those of connections
+// that ended while no daemon ran, or that it does not take back, would
+// only stay until their timeout, nobody to delete them.
+func (cr *Carried) KeepConns(live map[[2]netip.AddrPort]bool) {
+	if cr == nil {
+		return
+	}
+	for _, name := range []string{"offsets4", "offsets6", "acks4", "acks6"} {
+		els := cr.elems[name][:0]
+		for _, e := range cr.elems[name] {
+			if client, other, ok := parseConnKey(e.Key); ok && live[[2]netip.AddrPort{client, other}] {
+				els = append(els, e)
+			}
+		}
+		cr.elems[name] = els
+	}
+}
+
 // addCarried adds the carried elements of f's sets to the install batch.
 func (rs *Ruleset) addCarried(c *nftables.Conn, cr *Carried, f *family) error {
 	if cr == nil {

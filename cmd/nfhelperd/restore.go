@@ -47,6 +47,7 @@ func restore(engine *ipvs.Engine, table string, log *slog.Logger) (*nft.Carried,
 		return carried, fmt.Errorf("conntrack dump: %w", err)
 	}
 	n := 0
+	live := map[[2]netip.AddrPort]bool{}
 	for _, f := range flows {
 		if f.TupleOrig.Proto.Protocol != 6 {
 			continue
@@ -66,8 +67,12 @@ func restore(engine *ipvs.Engine, table string, log *slog.Logger) (*nft.Carried,
 		// would have been.
 		if engine.Restore(client, vip, server, established, offsets[[2]netip.AddrPort{client, vip}], acks[[2]netip.AddrPort{client, server}]) {
 			n++
+			live[[2]netip.AddrPort{client, vip}], live[[2]netip.AddrPort{client, server}] = true, true
 		}
 	}
+	// The elements of connections not taken back are not carried: nothing
+	// would delete them.
+	carried.KeepConns(live)
 	log.Info("took over a stale table", "elements", carried.Len(), "connections", n)
 	return carried, nil
 }
