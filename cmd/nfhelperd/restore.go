@@ -73,6 +73,7 @@ func restore(engine *ipvs.Engine, table string, log *slog.Logger) (*nft.Carried,
 	// The elements of connections not taken back are not carried: nothing
 	// would delete them.
 	carried.KeepConns(live)
-	log.Info("took over a stale table", "elements", carried.Len(), "connections", n)
+	log.Info("took over a stale table", "elements", carried.Len(), "connections", n,
+		"offsets", len(carried.Offsets()), "acks", len(carried.Acks()))
 	return carried, nil
 }
