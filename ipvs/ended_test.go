@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/nfhelper/nfhelper/nfq"
 )
 
 // lengthened opens a helped connection from cl whose server line "R x" is
@@ -39,8 +41,15 @@ func TestEndedReportsElements(t *testing.T) {
 		got[0].Client != client || got[0].VIP != vip || got[0].Server != rs1 {
 		t.Fatalf("ended %+v", got)
 	}
-	// A late packet of the ended connection asks for nothing more.
-	if v := c.server(1005, pshAck, "R y\n"); v.Offsets.Store || v.Acks.Kind != 0 {
+	// A packet of the ended connection that a worker was handling as it
+	// left asks for nothing more: nobody would delete it.
+	conn.mu.Lock()
+	conn.help.acksQueued, conn.help.offsetsStored = false, false
+	conn.mu.Unlock()
+	if err := nfq.Parse(seg(rs1, client, 1005, 101, pshAck, "R y\n"), &c.w.in); err != nil {
+		t.Fatal(err)
+	}
+	if v := c.w.help(conn, FromServer); v.Offsets.Store || v.Acks.Kind != 0 {
 		t.Errorf("after its end: offsets %+v acks %+v", v.Offsets, v.Acks)
 	}
 
