@@ -4,6 +4,8 @@ package integration
 
 import (
 	"fmt"
+	"io"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -129,3 +131,99 @@ func TestQueuedPureAcks(t *testing.T) {
 type count struct{ all, pure, queued int64 }
 
 func (c count) sub(d count) count { return count{c.all - d.all, c.pure - d.pure, c.queued - d.queued} }
+
+// TestEndedConnectionsLeaveNoElements: a connection whose 227s change length
+// gets stream offsets (offsets4) and its pure ACKs queued (acks4); once it
+// has ended (QUIT, closed, its conntrack entry gone) both elements go, not
+// just after their 48 h timeout: at hundreds of sessions a second they
+// would pile up in the kernel.
+func TestEndedConnectionsLeaveNoElements(t *testing.T) {
+	d := needDaemon(t)
+	if d.Datapath == kernel.DatapathKernel {
+		t.Skip("kernel datapath: no offsets or acks elements")
+	}
+	if harness.noQuirky != "" {
+		t.Skip(harness.noQuirky)
+	}
+	tp := harness.tp
+	// Closed connections linger in TIME_WAIT for 2 minutes: shorten it in
+	// the router for this test (longer than the daemon's 2 s grace for a
+	// destroy right after a packet).
+	const tw = "net.netfilter.nf_conntrack_tcp_timeout_time_wait"
+	old, _, err := execIn(t, 10*time.Second, tp.Router, nil, "sysctl", "-n", tw)
+	if err != nil {
+		t.Fatalf("sysctl %s: %v", tw, err)
+	}
+	if _, stderr, err := execIn(t, 10*time.Second, tp.Router, nil, "sysctl", "-w", tw+"=4"); err != nil {
+		t.Fatalf("sysctl -w %s: %v %s", tw, err, stderr)
+	}
+	t.Cleanup(func() {
+		execIn(t, 10*time.Second, tp.Router, nil, "sysctl", "-w", tw+"="+strings.TrimSpace(string(old)))
+	})
+	list := func(set string) string {
+		kind := "set"
+		if strings.HasPrefix(set, "offsets") {
+			kind = "map"
+		}
+		out, stderr, err := execIn(t, 10*time.Second, tp.Router, nil, "nft", "list", kind, "inet", "nfhelper", set)
+		if err != nil {
+			t.Fatalf("nft list set %s: %v %s", set, err, stderr)
+		}
+		return string(out)
+	}
+	// An element's key starts with the client's address and port.
+	holds := func(set string, client netip.AddrPort) bool {
+		return strings.Contains(list(set), fmt.Sprintf("%s . %d . ", client.Addr(), client.Port()))
+	}
+	var clients []netip.AddrPort
+	for range 3 {
+		f := dialRaw(t, topo.VIP4+":2321")
+		f.login("bare227")
+		if _, msg := f.cmd("PASV", 2); !strings.Contains(msg, strings.ReplaceAll(topo.VIP4, ".", ",")) {
+			t.Fatalf("227 not rewritten to the VIP: %q", msg)
+		}
+		client := netip.MustParseAddrPort(f.c.LocalAddr().String())
+		clients = append(clients, client)
+		// The lengthened 227's elements are in before its verdict.
+		for _, set := range []string{"offsets4", "acks4"} {
+			if !holds(set, client) {
+				t.Fatalf("%s has no element for %s after a lengthened 227:\n%s", set, client, list(set))
+			}
+		}
+		f.cmd("QUIT", 2)
+		// The server closes; read to its FIN, then close ours.
+		_ = f.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.Copy(io.Discard, f.c); err != nil {
+			t.Fatalf("after QUIT: %v", err)
+		}
+		f.c.Close()
+	}
+	gone := func() (string, bool) {
+		for _, e := range conntrackTCP(t, tp.Router) {
+			for _, c := range clients {
+				if e.origSrc == c {
+					return "conntrack entry " + e.line, false
+				}
+			}
+		}
+		for _, set := range []string{"offsets4", "acks4"} {
+			for _, c := range clients {
+				if holds(set, c) {
+					return fmt.Sprintf("%s element for %s", set, c), false
+				}
+			}
+		}
+		return "", true
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		what, ok := gone()
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("60 s after the sessions ended, still a %s\noffsets4:\n%s\nacks4:\n%s", what, list("offsets4"), list("acks4"))
+		}
+		time.Sleep(200 * time.Millisecond) // polling
+	}
+}

@@ -25,6 +25,12 @@ type helped struct {
 	// liberal: the kernel datapath had the kernel's records set outright,
 	// which marks the connection's TCP tracking liberal (kernel.SetSeqAdj).
 	liberal bool
+	// ended: the connection left the table; it asks the kernel for no
+	// more elements, which nothing would delete.
+	ended bool
+	// asked is when conntrack was last asked whether it still holds the
+	// connection (checkIdle), alive when it last said so; 0: never.
+	asked, alive int64
 }
 
 // AcksNotOpened takes back the request of a Verdict.Acks that did not reach
@@ -88,7 +94,8 @@ var stateNames = [...]string{"SYN_SENT", "ESTABLISHED", "FIN_WAIT", "CLOSE", "UD
 
 func (s TCPState) String() string { return stateNames[s] }
 
-// Timeouts per state, as IPVS's defaults.
+// Timeouts per state, as IPVS's defaults (a helped established
+// connection's: helpedEstablished).
 var stateTimeout = [...]time.Duration{
 	StateSynSent:     2 * time.Minute,
 	StateEstablished: 15 * time.Minute,
@@ -109,8 +116,36 @@ type Conn struct {
 	help  *helped // nil for a connection balanced without a helper
 }
 
+// helpedEstablished is how long a helped established connection stays in
+// the table after the last packet the daemon saw, or the last time
+// conntrack said it still holds the connection: conntrack's own
+// established timeout (nf_conntrack_tcp_timeout_established). Its pure
+// ACKs, keepalives too, mostly pass the daemon by, so a control connection
+// idle during a long transfer shows the daemon nothing for as long as the
+// transfer lasts, and must not be forgotten meanwhile: its next 227 would
+// pass unrewritten, its offsets would be lost. It leaves the table when
+// conntrack destroys its entry (FollowConntrackEnds); where that event was
+// lost (the event socket overflowed), checkIdle finds the entry gone.
+const helpedEstablished = 5 * 24 * time.Hour
+
+// idleCheck is how long a helped established connection may show the
+// daemon nothing before conntrack is asked whether it still holds it, and
+// how often it is asked again.
+const idleCheck = 15 * time.Minute
+
 // deadline is when the connection times out; c.mu is held.
-func (c *Conn) deadline() int64 { return c.seen + int64(stateTimeout[c.state]) }
+func (c *Conn) deadline() int64 {
+	if c.state == StateEstablished && c.help != nil {
+		return max(c.seen, c.help.alive) + int64(helpedEstablished)
+	}
+	return c.seen + int64(stateTimeout[c.state])
+}
+
+// idle reports whether conntrack is to be asked about the connection at
+// time at; c.mu is held.
+func (c *Conn) idle(at int64) bool {
+	return c.state == StateEstablished && c.help != nil && max(c.seen, c.help.asked)+int64(idleCheck) < at
+}
 
 // State returns the connection's TCP state.
 func (c *Conn) State() TCPState {

@@ -2,6 +2,7 @@ package ipvs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
@@ -50,8 +51,9 @@ func (e *Engine) follow(ctx context.Context, group netfilter.NetlinkGroup) error
 		return fmt.Errorf("conntrack events: %w", err)
 	}
 	defer c.Close()
-	// A full socket buffer loses events (the table's timeouts catch those);
-	// it must not end the listener.
+	// A full socket buffer loses events (the table's timeouts catch
+	// those, and checkIdle a helped connection's); it must not end the
+	// listener.
 	if err := c.SetOption(netlink.NoENOBUFS, true); err != nil {
 		return fmt.Errorf("conntrack events: %w", err)
 	}
@@ -142,5 +144,64 @@ func (e *Engine) destroyed(t conntrack.Tuple, counts ...conntrack.Counter) {
 	}
 	if table.Remove(c) {
 		e.Stats.ConntrackGone.Add(1)
+	}
+}
+
+// checkIdle asks conntrack, through alive, about the helped established
+// connections that showed the daemon nothing for idleCheck (Conn.idle):
+// one whose entry is gone leaves the table, as its lost destroy event
+// would have removed it; one whose entry is there stays another
+// helpedEstablished. Where conntrack cannot answer, the connection stays,
+// at most helpedEstablished after its last packet or answer. It runs off
+// the per-packet path (RunExpiry); alive is called without locks held.
+func (e *Engine) checkIdle(at int64, alive func(*Conn) (bool, error)) (gone int) {
+	for _, c := range e.Table.idle(at, nil) {
+		there, err := alive(c)
+		c.mu.Lock()
+		// A packet since it was picked: the connection goes on (a reused
+		// port's new connection would have replaced it).
+		quiet := c.seen+int64(idleCheck) < at
+		c.help.asked = at
+		if err == nil && there {
+			c.help.alive = at
+		}
+		c.mu.Unlock()
+		if err == nil && !there && quiet && e.Table.Remove(c) {
+			e.Stats.ConntrackGone.Add(1)
+			gone++
+		}
+	}
+	return gone
+}
+
+// conntrackAlive asks the kernel whether conntrack holds c's entry, by its
+// original tuple (client -> VIP, or the add-on's match). It dials its
+// socket at the first question and keeps it; close ends it.
+type conntrackAlive struct {
+	conn *conntrack.Conn
+}
+
+func (a *conntrackAlive) alive(c *Conn) (bool, error) {
+	if a.conn == nil {
+		conn, err := conntrack.Dial(nil)
+		if err != nil {
+			return false, fmt.Errorf("conntrack: %w", err)
+		}
+		a.conn = conn
+	}
+	f := conntrack.NewFlow(unix.IPPROTO_TCP, 0, c.Client.Addr(), c.VIP.Addr(), c.Client.Port(), c.VIP.Port(), 0, 0)
+	_, err := a.conn.Get(f)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, unix.ENOENT):
+		return false, nil
+	}
+	return false, err
+}
+
+func (a *conntrackAlive) close() {
+	if a.conn != nil {
+		a.conn.Close()
 	}
 }

@@ -44,6 +44,13 @@ type Engine struct {
 	// first packet.
 	KernelSeqAdj bool
 
+	// OnEnded, where set, is told of each helped connection that leaves
+	// the table with elements in the kernel (stream offsets, pure-ACK
+	// elements), for the datapath to delete them. It is called from
+	// whatever removes the connection, a queue's worker too, and must
+	// neither block nor allocate. Set before the first packet.
+	OnEnded func(Ended)
+
 	mu sync.Mutex
 	// watched are the learned servers whose packets the datapath queues.
 	watched map[netip.AddrPort]bool
@@ -97,6 +104,17 @@ func NewEngine(services []*Service, markMask uint32) (*Engine, error) {
 // removed lets go of what a connection leaving the table held.
 func (e *Engine) removed(c *Conn) {
 	e.channels.forget(c)
+	if c.help != nil {
+		c.mu.Lock()
+		x := Ended{Client: c.Client, VIP: c.VIP, Server: c.Server, NAT: c.help.clientNAT,
+			Offsets: c.help.offsetsStored, Acks: c.help.acksQueued, conn: c}
+		x.AcksNAT = x.Acks && x.NAT.IsValid()
+		c.help.ended = true
+		c.mu.Unlock()
+		if (x.Offsets || x.Acks) && e.OnEnded != nil {
+			e.OnEnded(x)
+		}
+	}
 	if c.Service.AddOn {
 		e.mu.Lock()
 		for k, u := range e.unnamed {
@@ -331,7 +349,7 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	}
 	v := Verdict{Open: w.open, Close: w.close}
 	e.Stats.Channels.Add(uint64(len(w.open)))
-	if !e.KernelSeqAdj && !c.help.acksQueued && c.help.needsAcks() {
+	if !e.KernelSeqAdj && !c.help.acksQueued && !c.help.ended && c.help.needsAcks() {
 		// (The kernel datapath's helper queue has every packet.)
 		c.help.acksQueued = true
 		v.Acks = Channel{Kind: ChannelAcks, Client: c.Client, Server: c.Server, NAT: c.help.clientNAT}

@@ -1,6 +1,7 @@
 package ipvs
 
 import (
+	"errors"
 	"net/netip"
 	"testing"
 	"time"
@@ -250,5 +251,91 @@ func TestLiveListsHelpedConnections(t *testing.T) {
 	vips, servers := c.e.Live()
 	if len(vips) != 1 || vips[0] != vip || len(servers) != 1 || servers[0] != rs1 {
 		t.Errorf("live %v %v", vips, servers)
+	}
+}
+
+// A helped control connection idle during a long transfer shows the daemon
+// nothing (its pure ACKs and keepalives pass it by): it stays as long as
+// conntrack holds it, not an IPVS timeout.
+func TestHelpedIdleLivesWithConntrack(t *testing.T) {
+	c := openConn(t, "x", 1000)
+	c.clientAck(1001)
+	conn := c.e.Table.LookupVIP(client, vip)
+	if conn.State() != StateEstablished {
+		t.Fatalf("state %v", conn.State())
+	}
+	start := now()
+	min := int64(time.Minute)
+	if n := c.e.Table.Expire(start + 16*min); n != 0 || c.e.Table.LookupVIP(client, vip) != conn {
+		t.Fatal("idle helped connection expired after 16 minutes")
+	}
+	asked := 0
+	answer := func(there bool, err error) func(*Conn) (bool, error) {
+		return func(got *Conn) (bool, error) {
+			if got != conn {
+				t.Errorf("asked about %v", got.Session)
+			}
+			asked++
+			return there, err
+		}
+	}
+	// Not idle long enough: conntrack is not asked.
+	c.e.checkIdle(start+14*min, answer(false, nil))
+	if asked != 0 {
+		t.Fatalf("asked after 14 minutes")
+	}
+	// Conntrack holds it: it stays, and is not asked again for a while.
+	if n := c.e.checkIdle(start+16*min, answer(true, nil)); n != 0 || asked != 1 {
+		t.Fatalf("gone %d, asked %d", n, asked)
+	}
+	c.e.checkIdle(start+20*min, answer(false, nil))
+	if asked != 1 || c.e.Table.LookupVIP(client, vip) != conn {
+		t.Fatalf("asked again within 15 minutes (%d), or removed", asked)
+	}
+	// Conntrack cannot answer: it stays.
+	if n := c.e.checkIdle(start+32*min, answer(false, errors.New("no conntrack"))); n != 0 || asked != 2 {
+		t.Fatalf("gone %d after an error, asked %d", n, asked)
+	}
+	// The backstop: conntrack's own established timeout after the last
+	// answer that it holds the connection.
+	day := 24 * 60 * min
+	if n := c.e.Table.Expire(start + 5*day); n != 0 {
+		t.Fatal("expired before 5 days from conntrack's last word")
+	}
+	// Gone from conntrack (its destroy event lost): it leaves.
+	if n := c.e.checkIdle(start+48*min, answer(false, nil)); n != 1 || asked != 3 {
+		t.Fatalf("gone %d, asked %d", n, asked)
+	}
+	if c.e.Table.LookupVIP(client, vip) != nil || c.e.Stats.ConntrackGone.Load() != 1 {
+		t.Fatalf("still there, or not counted (%d)", c.e.Stats.ConntrackGone.Load())
+	}
+}
+
+// With no answer from conntrack ever, a helped connection lasts no longer
+// than conntrack's own established timeout after its last packet.
+func TestHelpedIdleBackstop(t *testing.T) {
+	c := openConn(t, "x", 1000)
+	c.clientAck(1001)
+	day := 24 * int64(time.Hour)
+	if n := c.e.Table.Expire(now() + 4*day); n != 0 {
+		t.Fatal("expired within 4 days")
+	}
+	if n := c.e.Table.Expire(now() + 5*day + int64(time.Minute)); n != 1 {
+		t.Fatal("kept past 5 days")
+	}
+	// A plain balanced connection keeps IPVS's 15 minutes.
+	a := &RealServer{Addr: ap("10.0.0.11:80"), Weight: 1}
+	e, err := NewEngine([]*Service{svcOf(t, "198.51.100.10:80", "rr", a)}, 0x00ff0000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, v := ap("203.0.113.2:40000"), ap("198.51.100.10:80")
+	e.NewWorker().Process(seg(cl, v, 100, 0, syn, ""), 0)
+	pc := e.Table.LookupVIP(cl, v)
+	pc.mu.Lock()
+	pc.setState(StateEstablished, now())
+	pc.mu.Unlock()
+	if n := e.Table.Expire(now() + 16*int64(time.Minute)); n != 1 {
+		t.Fatal("plain connection kept past 15 minutes")
 	}
 }

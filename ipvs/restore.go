@@ -20,8 +20,10 @@ type Offsets struct {
 // Restore takes back a connection that an earlier daemon balanced and that
 // conntrack still holds (client -> vip, answered by server). A helped one's
 // streams pick up at their next segment with the offsets the earlier
-// daemon recorded. False when no configured service and server match.
-func (e *Engine) Restore(client, vip, server netip.AddrPort, established bool, off [2]int32) bool {
+// daemon recorded; acks: the earlier daemon had its pure ACKs queued (the
+// element is carried over). False when no configured service and server
+// match.
+func (e *Engine) Restore(client, vip, server netip.AddrPort, established bool, off [2]int32, acks bool) bool {
 	svc := e.snap.Load().services[vip]
 	if svc == nil {
 		return false
@@ -42,6 +44,7 @@ func (e *Engine) Restore(client, vip, server netip.AddrPort, established bool, o
 			c.help.streams[d].resume(off[d])
 		}
 		c.help.offsetsStored = off != [2]int32{}
+		c.help.acksQueued = acks
 	}
 	e.Table.Insert(c)
 	e.Stats.Restored.Add(1)
@@ -92,9 +95,53 @@ func (st *stream) total() int32 {
 // offsets reports a changed total offset of c's streams; c.mu is held.
 func (c *Conn) offsets(before [2]int32, v *Verdict) {
 	now := [2]int32{c.help.streams[0].total(), c.help.streams[1].total()}
-	if now == before {
+	if now == before || c.help.ended {
 		return
 	}
 	v.Offsets = Offsets{Store: true, Replace: c.help.offsetsStored, Client: c.Client, VIP: c.VIP, Off: now}
 	c.help.offsetsStored = true
+}
+
+// Ended is what a helped connection that left the table left in the
+// kernel: its stream offsets (key client . VIP) and the elements that
+// queue its pure ACKs (client . real server; NAT . real server behind the
+// user's SNAT). The datapath deletes them (Engine.OnEnded); their timeout
+// is the backstop for an end the daemon did not see.
+type Ended struct {
+	Client, VIP, Server, NAT netip.AddrPort
+	Offsets, Acks, AcksNAT   bool // which elements to delete
+	conn                     *Conn
+}
+
+// Unowned returns x without the elements that a connection now in the
+// table holds under the same keys: a client port reused by a newer
+// connection (to the same VIP, or the same server) whose own element must
+// stay. Call it in the goroutine that adds elements, just before deleting
+// x's: a connection that asks for an element after this check has it added
+// after the deletion.
+func (e *Engine) Unowned(x Ended) Ended {
+	holds := func(c *Conn, acks bool) bool {
+		if c == nil || c == x.conn {
+			return false
+		}
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.help == nil {
+			return false
+		}
+		if acks {
+			return c.help.acksQueued
+		}
+		return c.help.offsetsStored
+	}
+	if x.Offsets && holds(e.Table.get(x.Client, x.VIP), false) {
+		x.Offsets = false
+	}
+	if x.Acks && holds(e.Table.get(x.Client, x.Server), true) {
+		x.Acks = false
+	}
+	if x.AcksNAT && holds(e.Table.get(x.NAT, x.Server), true) {
+		x.AcksNAT = false
+	}
+	return x
 }

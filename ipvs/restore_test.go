@@ -11,10 +11,10 @@ func TestRestoreResumesWithOffsets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e.Restore(client, vip, ap("10.0.0.99:21"), true, [2]int32{}) {
+	if e.Restore(client, vip, ap("10.0.0.99:21"), true, [2]int32{}, false) {
 		t.Error("restored a connection to a server the service does not have")
 	}
-	if !e.Restore(client, vip, rs1, true, [2]int32{0, 7}) {
+	if !e.Restore(client, vip, rs1, true, [2]int32{0, 7}, false) {
 		t.Fatal("not restored")
 	}
 	if got := svc.Servers[0].Active.Load(); got != 1 {

@@ -191,6 +191,19 @@ func (t *Table) Expire(at int64) int {
 	return n
 }
 
+// idle appends to out the connections conntrack is to be asked about at
+// time at (Conn.idle).
+func (t *Table) idle(at int64, out []*Conn) []*Conn {
+	t.each(func(c *Conn) {
+		c.mu.Lock()
+		if c.idle(at) {
+			out = append(out, c)
+		}
+		c.mu.Unlock()
+	})
+	return out
+}
+
 func (t *Table) removed(c *Conn) {
 	c.gone()
 	if t.onRemove != nil {

@@ -97,6 +97,43 @@ func (cr *Carried) Offsets() map[[2]netip.AddrPort][2]int32 {
 	return m
 }
 
+// Acks are the carried pure-ACK elements, by connection (client, real
+// server).
+func (cr *Carried) Acks() map[[2]netip.AddrPort]bool {
+	m := map[[2]netip.AddrPort]bool{}
+	if cr == nil {
+		return m
+	}
+	for _, name := range []string{"acks4", "acks6"} {
+		for _, e := range cr.elems[name] {
+			if client, server, ok := parseConnKey(e.Key); ok {
+				m[[2]netip.AddrPort{client, server}] = true
+			}
+		}
+	}
+	return m
+}
+
+// KeepConns drops the carried offsets and acks elements of connections
+// other than those in live (client . VIP, or client . real server for
+// acks): the connections the new daemon took back. Those of connections
+// that ended while no daemon ran, or that it does not take back, would
+// only stay until their timeout, nobody to delete them.
+func (cr *Carried) KeepConns(live map[[2]netip.AddrPort]bool) {
+	if cr == nil {
+		return
+	}
+	for _, name := range []string{"offsets4", "offsets6", "acks4", "acks6"} {
+		els := cr.elems[name][:0]
+		for _, e := range cr.elems[name] {
+			if client, other, ok := parseConnKey(e.Key); ok && live[[2]netip.AddrPort{client, other}] {
+				els = append(els, e)
+			}
+		}
+		cr.elems[name] = els
+	}
+}
+
 // addCarried adds the carried elements of f's sets to the install batch.
 func (rs *Ruleset) addCarried(c *nftables.Conn, cr *Carried, f *family) error {
 	if cr == nil {

@@ -117,6 +117,15 @@ func (rs *Ruleset) CloseChannels(c *nftables.Conn, chs []ipvs.Channel) error {
 		}
 		all = append(all, els...)
 	}
+	if err := delPresent(c, all); err != nil {
+		return fmt.Errorf("close %d data channels: %w", len(chs), err)
+	}
+	return nil
+}
+
+// delPresent deletes elements in one batch; where one is gone already
+// (timed out), one by one, skipping the gone ones.
+func delPresent(c *nftables.Conn, all []element) error {
 	err := del(c, all)
 	if errors.Is(err, unix.ENOENT) {
 		err = nil
@@ -126,8 +135,40 @@ func (rs *Ruleset) CloseChannels(c *nftables.Conn, chs []ipvs.Channel) error {
 			}
 		}
 	}
-	if err != nil {
-		return fmt.Errorf("close %d data channels: %w", len(chs), err)
+	return err
+}
+
+// ForgetConns deletes the stream offsets and pure-ACK elements that ended
+// connections left (ipvs.Ended), in one batch: a restarted daemon needs
+// them only for connections that still run, and at hundreds of sessions a
+// second their timeout alone would let them pile up in the kernel. One gone
+// already (timed out) is skipped.
+func (rs *Ruleset) ForgetConns(c *nftables.Conn, ends []ipvs.Ended) error {
+	var all []element
+	for _, x := range ends {
+		if x.Offsets {
+			f := rs.fams[0]
+			if rs.fams[1].of(x.VIP.Addr()) {
+				f = rs.fams[1]
+			}
+			all = append(all, element{f.offsets, nftables.SetElement{Key: connKey(x.Client, x.VIP)}})
+		}
+		f := rs.fams[0]
+		if rs.fams[1].of(x.Server.Addr()) {
+			f = rs.fams[1]
+		}
+		if x.Acks {
+			all = append(all, element{f.acks, nftables.SetElement{Key: connKey(x.Client, x.Server)}})
+		}
+		if x.AcksNAT {
+			all = append(all, element{f.acks, nftables.SetElement{Key: connKey(x.NAT, x.Server)}})
+		}
+	}
+	if len(all) == 0 {
+		return nil
+	}
+	if err := delPresent(c, all); err != nil {
+		return fmt.Errorf("forget %d ended connections: %w", len(ends), err)
 	}
 	return nil
 }

@@ -107,7 +107,9 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
 	defer dpConn.CloseLasting()
-	dp := &datapath{conn: dpConn, log: log, metrics: mx, reqs: make(chan *pending, 1024), engine: engine}
+	dp := &datapath{conn: dpConn, log: log, metrics: mx, reqs: make(chan *pending, 1024), engine: engine, ended: make(chan ipvs.Ended, 4096)}
+	// Before any packet, restored connections aside (they end later).
+	engine.OnEnded = dp.connEnded
 	if kernelDP {
 		if dp.ct, err = dialConntrack(); err != nil {
 			return nil, err
@@ -577,6 +579,17 @@ type datapath struct {
 	ct       *conntrack.Conn // the kernel datapath's expectations
 	ctnl     *netlink.Conn   // the kernel datapath's seqadj records
 	engine   *ipvs.Engine    // told of acks channels that did not open
+	// ended are connections whose offsets and pure-ACK elements are to go.
+	ended chan ipvs.Ended
+}
+
+// connEnded hands the elements of a connection that left the table to the
+// datapath; with its backlog full they time out instead.
+func (d *datapath) connEnded(x ipvs.Ended) {
+	select {
+	case d.ended <- x:
+	default:
+	}
 }
 
 // submit hands p to the datapath; false when its backlog is full.
@@ -597,12 +610,16 @@ func (d *datapath) idle() { d.inflight.Wait() }
 func (d *datapath) run(ctx context.Context) {
 	var batch []*pending
 	var open, close []ipvs.Channel
+	var ends []ipvs.Ended
 	for {
+		batch, ends = batch[:0], ends[:0]
 		select {
 		case <-ctx.Done():
 			return
 		case p := <-d.reqs:
-			batch = append(batch[:0], p)
+			batch = append(batch, p)
+		case x := <-d.ended:
+			ends = append(ends, x)
 		}
 		// Everything queued meanwhile goes into the same nftables batch.
 	drain:
@@ -653,7 +670,35 @@ func (d *datapath) run(ctx context.Context) {
 				d.log.Warn("evicted data channels not closed", "count", len(close), "err", err)
 			}
 		}
+		ends = d.forget(ends)
 	}
+}
+
+// forget deletes, in one nftables batch, the offsets and pure-ACK elements
+// of the connections that ended since the last time (ends, and what waits
+// in d.ended). Elements a newer connection on the same ports holds stay
+// (Engine.Unowned): this goroutine adds every element, so one asked for
+// after the check is added after the deletion.
+func (d *datapath) forget(ends []ipvs.Ended) []ipvs.Ended {
+drain:
+	for len(ends) < 256 {
+		select {
+		case x := <-d.ended:
+			ends = append(ends, x)
+		default:
+			break drain
+		}
+	}
+	if len(ends) == 0 {
+		return ends
+	}
+	for i, x := range ends {
+		ends[i] = d.engine.Unowned(x)
+	}
+	if err := d.ruleset.ForgetConns(d.conn, ends); err != nil {
+		d.log.Warn("elements of ended connections not deleted; they time out", "count", len(ends), "err", err)
+	}
+	return ends
 }
 
 // commit sends the stream offsets and channel elements of the batch's

@@ -36,7 +36,7 @@ func restore(engine *ipvs.Engine, table string, log *slog.Logger) (*nft.Carried,
 	if carried == nil {
 		return nil, nil
 	}
-	offsets := carried.Offsets()
+	offsets, acks := carried.Offsets(), carried.Acks()
 	ct, err := conntrack.Dial(nil)
 	if err != nil {
 		return carried, fmt.Errorf("conntrack: %w", err)
@@ -47,6 +47,7 @@ func restore(engine *ipvs.Engine, table string, log *slog.Logger) (*nft.Carried,
 		return carried, fmt.Errorf("conntrack dump: %w", err)
 	}
 	n := 0
+	live := map[[2]netip.AddrPort]bool{}
 	for _, f := range flows {
 		if f.TupleOrig.Proto.Protocol != 6 {
 			continue
@@ -62,10 +63,17 @@ func restore(engine *ipvs.Engine, table string, log *slog.Logger) (*nft.Carried,
 			continue
 		}
 		established := state == tcpEstablished
-		if engine.Restore(client, vip, server, established, offsets[[2]netip.AddrPort{client, vip}]) {
+		// Its elements are deleted when it ends, as the earlier daemon's
+		// would have been.
+		if engine.Restore(client, vip, server, established, offsets[[2]netip.AddrPort{client, vip}], acks[[2]netip.AddrPort{client, server}]) {
 			n++
+			live[[2]netip.AddrPort{client, vip}], live[[2]netip.AddrPort{client, server}] = true, true
 		}
 	}
-	log.Info("took over a stale table", "elements", carried.Len(), "connections", n)
+	// The elements of connections not taken back are not carried: nothing
+	// would delete them.
+	carried.KeepConns(live)
+	log.Info("took over a stale table", "elements", carried.Len(), "connections", n,
+		"offsets", len(carried.Offsets()), "acks", len(carried.Acks()))
 	return carried, nil
 }
