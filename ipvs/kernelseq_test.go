@@ -1,6 +1,7 @@
 package ipvs_test
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -241,5 +242,35 @@ func TestKernelSeqAdjSplitReplies(t *testing.T) {
 				t.Errorf("server told %d arrived, sent up to %d", kp.sndAck[ipvs.FromServer], kp.next[ipvs.FromServer])
 			}
 		})
+	}
+}
+
+// TestHelperStatesHandedOver: a successor that takes the connection back
+// and is given the helper states rewrites the reply to a PASV its
+// predecessor saw; without them the reply is unsolicited.
+func TestHelperStatesHandedOver(t *testing.T) {
+	for _, pass := range []bool{true, false} {
+		w := ftpConn(t)
+		w.Process(seg(client, rs1, 101, isn+1, pshAck, "PASV\r\n"), 0)
+		type rec struct {
+			client, vip netip.AddrPort
+			w           uint64
+		}
+		var recs []rec
+		w.Engine().HelperStates(func(c, v netip.AddrPort, word uint64) { recs = append(recs, rec{c, v, word}) })
+		if len(recs) != 1 || recs[0].client != client || recs[0].vip != vip || recs[0].w == 0 {
+			t.Fatalf("states %+v", recs)
+		}
+		// The successor: its connection took the handshake, not the PASV.
+		e2 := ftpConn(t).Engine()
+		if pass && !e2.LoadHelperState(client, vip, recs[0].w) {
+			t.Fatal("state not loaded")
+		}
+		w2 := e2.NewWorker()
+		pkt := seg(rs1, client, isn+1, 107, pshAck, "227 Entering Passive Mode (10,0,0,11,156,64).\r\n")
+		_, p := payload(t, w2.Process(pkt, 0), pkt)
+		if rewritten := strings.Contains(p, "198,51,100,10"); rewritten != pass {
+			t.Errorf("states passed %v: 227 went out as %q", pass, p)
+		}
 	}
 }

@@ -145,3 +145,42 @@ func (e *Engine) Unowned(x Ended) Ended {
 	}
 	return x
 }
+
+// HelperStates calls f with every helped connection whose helper keeps a
+// state word other than zero (StateSaver): what a process handing over to
+// its successor passes on, so that a reply to a command it saw is still
+// rewritten. Call it with no packet in flight.
+func (e *Engine) HelperStates(f func(client, vip netip.AddrPort, w uint64)) {
+	e.Table.each(func(c *Conn) {
+		c.mu.Lock()
+		var w uint64
+		if c.help != nil {
+			if s, ok := c.help.helper.(StateSaver); ok {
+				w = s.SaveState()
+			}
+		}
+		c.mu.Unlock()
+		if w != 0 {
+			f(c.Client, c.VIP, w)
+		}
+	})
+}
+
+// LoadHelperState gives the helper of the connection from client to vip
+// the state word w; false if there is no such helped connection.
+func (e *Engine) LoadHelperState(client, vip netip.AddrPort, w uint64) bool {
+	c := e.Table.LookupVIP(client, vip)
+	if c == nil {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.help == nil {
+		return false
+	}
+	s, ok := c.help.helper.(StateSaver)
+	if ok {
+		s.LoadState(w)
+	}
+	return ok
+}

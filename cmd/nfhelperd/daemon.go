@@ -65,6 +65,10 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 		// The kernel datapath takes connections over from their helper
 		// data instead (kernel.go).
 		log.Warn("state left by an earlier daemon not taken over", "err", err)
+	} else if n, err := takeHelperStates(engine); err != nil {
+		log.Warn("helper states of the predecessor not taken", "taken", n, "err", err)
+	} else if n > 0 {
+		log.Info("helper states taken from the predecessor", "connections", n)
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -305,6 +309,14 @@ wait:
 		}
 	}
 	if handover {
+		// The FTP helpers' pending commands: a reply to one this process
+		// saw comes to the successor. (The kernel datapath keeps them in
+		// the connections' helper data.)
+		if !kernelDP {
+			if err := passHelperStates(engine); err != nil {
+				log.Warn("helper states not passed on", "err", err)
+			}
+		}
 		log.Info("handing over", statsAttrs(&engine.Stats)...)
 		return inherit, nil
 	}

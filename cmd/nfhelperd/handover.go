@@ -1,7 +1,11 @@
 package main
 
 import (
+	"bufio"
+	"errors"
 	"fmt"
+	"io"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,6 +13,9 @@ import (
 	"strings"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/nfhelper/nfhelper/ipvs"
 	"github.com/nfhelper/nfhelper/nfq"
 )
 
@@ -80,4 +87,65 @@ func handOver(exe string, queues map[uint16]*os.File) error {
 	}
 	env := append(os.Environ(), envQueueFDs+"="+strings.Join(fds, ","))
 	return syscall.Exec(exe, os.Args, env)
+}
+
+// envHelperState names the descriptor through which a hand-over passes the
+// helpers' state words (ipvs.StateSaver) to the successor: one line per
+// connection, "client vip word".
+const envHelperState = "NFHELPER_HELPER_STATE_FD"
+
+// passHelperStates writes e's helper states to a memory file the exec'd
+// successor inherits, named in the environment.
+func passHelperStates(e *ipvs.Engine) error {
+	fd, err := unix.MemfdCreate("nfhelper-helper-state", 0) // no CLOEXEC: the successor reads it
+	if err != nil {
+		return fmt.Errorf("memfd: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "helper-state")
+	w := bufio.NewWriter(f)
+	e.HelperStates(func(client, vip netip.AddrPort, word uint64) {
+		fmt.Fprintf(w, "%s %s %d\n", client, vip, word)
+	})
+	if err := w.Flush(); err != nil {
+		f.Close()
+		return err
+	}
+	return os.Setenv(envHelperState, strconv.Itoa(fd))
+}
+
+// takeHelperStates loads the helper states a predecessor passed on into
+// e's connections (taken back from the stale table before); how many.
+func takeHelperStates(e *ipvs.Engine) (int, error) {
+	v := os.Getenv(envHelperState)
+	if v == "" {
+		return 0, nil
+	}
+	os.Unsetenv(envHelperState)
+	fd, err := strconv.Atoi(v)
+	if err != nil {
+		return 0, fmt.Errorf("%s=%q: %w", envHelperState, v, err)
+	}
+	f := os.NewFile(uintptr(fd), "helper-state")
+	defer f.Close()
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return 0, err
+	}
+	n := 0
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var cs, vs string
+		var word uint64
+		if _, err := fmt.Sscan(sc.Text(), &cs, &vs, &word); err != nil {
+			return n, fmt.Errorf("helper state %q: %w", sc.Text(), err)
+		}
+		client, err1 := netip.ParseAddrPort(cs)
+		vip, err2 := netip.ParseAddrPort(vs)
+		if err := errors.Join(err1, err2); err != nil {
+			return n, fmt.Errorf("helper state %q: %w", sc.Text(), err)
+		}
+		if e.LoadHelperState(client, vip, word) {
+			n++
+		}
+	}
+	return n, sc.Err()
 }
