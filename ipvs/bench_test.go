@@ -27,9 +27,8 @@ func seg(src, dst netip.AddrPort, seq, ackn uint32, flags uint8, payload string,
 	return nfqtest.Build(nfqtest.Segment{Src: src, Dst: dst, Seq: seq, Ack: ackn, Flags: flags, Payload: []byte(payload), Options: opts})
 }
 
-// ftpConn returns a worker with one FTP control connection through the VIP,
-// handshake done.
-func ftpConn(tb testing.TB) *ipvs.Worker {
+// ftpEngine returns an engine with one FTP service on the VIP, over rs1.
+func ftpEngine(tb testing.TB) *ipvs.Engine {
 	tb.Helper()
 	h, _ := ipvs.LookupHelper("ftp")
 	svc, err := ipvs.NewService("ftp", vip, "rr", h, []*ipvs.RealServer{{Addr: rs1, Weight: 1, Mark: 1 << 16}})
@@ -40,7 +39,14 @@ func ftpConn(tb testing.TB) *ipvs.Worker {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	w := e.NewWorker()
+	return e
+}
+
+// ftpConn returns a worker with one FTP control connection through the VIP,
+// handshake done.
+func ftpConn(tb testing.TB) *ipvs.Worker {
+	tb.Helper()
+	w := ftpEngine(tb).NewWorker()
 	w.Process(seg(client, vip, 100, 0, nfq.FlagSYN, ""), 0)
 	w.Process(seg(rs1, client, isn, 101, nfq.FlagSYN|ack, ""), 0)
 	return w

@@ -14,34 +14,13 @@ import (
 // the helper's queue after NAT, so the server's show the VIP as source.
 func kernelConn(tb testing.TB) *ipvs.Worker {
 	tb.Helper()
-	h, _ := ipvs.LookupHelper("ftp")
-	svc, err := ipvs.NewService("ftp", vip, "rr", h, []*ipvs.RealServer{{Addr: rs1, Weight: 1, Mark: 1 << 16}})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	e, err := ipvs.NewEngine([]*ipvs.Service{svc}, 0x00ff0000)
-	if err != nil {
-		tb.Fatal(err)
-	}
+	e := ftpEngine(tb)
 	e.KernelSeqAdj = true
 	w := e.NewWorker()
 	w.Process(seg(client, vip, 100, 0, nfq.FlagSYN, ""), 0) // scheduled at raw priority
 	w.Process(seg(client, rs1, 100, 0, nfq.FlagSYN, ""), 0) // the helper's queue: after DNAT
 	w.Process(seg(vip, client, isn, 101, nfq.FlagSYN|ack, ""), 0)
 	return w
-}
-
-func seqAck(tb testing.TB, v ipvs.Verdict, orig []byte) (uint32, uint32) {
-	tb.Helper()
-	b := orig
-	if v.Packet != nil {
-		b = v.Packet
-	}
-	var p nfq.Packet
-	if err := nfq.Parse(b, &p); err != nil {
-		tb.Fatal(err)
-	}
-	return p.TCP().Seq(), p.TCP().Ack()
 }
 
 // TestKernelSeqAdjRecordsLengthChange: a rewrite that changes a new
