@@ -84,6 +84,46 @@ func TestStartRefused(t *testing.T) {
 // kernelDatapathAvailable asks the daemon whether the kernel datapath could
 // run here.
 func kernelDatapathAvailable(t *testing.T) bool {
-	out, _ := exec.Command(harness.daemonBin, "--check", "--config", harness.config).CombinedOutput()
+	out, _ := harness.tp.Exec(harness.tp.Router, harness.daemonBin, "--check", "--config", harness.config).CombinedOutput()
 	return !strings.Contains(string(out), "the kernel datapath cannot run here")
+}
+
+// TestCheckChoosesDatapath: probing picks the kernel datapath where the
+// kernel has every part of it (Debian's stock kernel, in the VM) and the
+// configuration has no add-on helpers, the compat datapath otherwise;
+// `nfhelperd --check` says which, without NFHELPER_DATAPATH.
+func TestCheckChoosesDatapath(t *testing.T) {
+	needDaemon(t) // the binary
+	tp := harness.tp
+	kernelOK := kernelDatapathAvailable(t)
+	t.Logf("the kernel datapath can run here: %v", kernelOK)
+	dir := t.TempDir()
+	for _, c := range []struct {
+		name, config string
+		kernel       bool
+	}{
+		{"services", testConfig + metricsConfig, kernelOK},
+		{"with-add-ons", testConfig + addonConfig + metricsConfig, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			path := filepath.Join(dir, c.name+".yaml")
+			if err := os.WriteFile(path, []byte(c.config), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			cmd := tp.Exec(tp.Router, harness.daemonBin, "--check", "--config", path)
+			for _, kv := range os.Environ() {
+				if !strings.HasPrefix(kv, "NFHELPER_DATAPATH=") {
+					cmd.Env = append(cmd.Env, kv)
+				}
+			}
+			out, _ := cmd.CombinedOutput()
+			want := "would run xt-nfqueue+nft-maps"
+			if c.kernel {
+				want = "would run kernel"
+			}
+			if !strings.Contains(string(out), want) {
+				t.Errorf("--check does not say %q:\n%s", want, out)
+			}
+		})
+	}
 }

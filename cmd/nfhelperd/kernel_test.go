@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -8,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nfhelper/nfhelper/config"
 	"github.com/nfhelper/nfhelper/ipvs"
 	"github.com/nfhelper/nfhelper/kernel"
 )
@@ -52,5 +54,36 @@ func TestStateBytes(t *testing.T) {
 	s, err := kernel.DecodeState(stateBytes(k))
 	if err != nil || s.Flags != kernel.StateValid|kernel.StateStopped || s.Next != k.Next {
 		t.Errorf("%+v %v", s, err)
+	}
+}
+
+// TestChooser: the kernel datapath where the kernel has it and the
+// configuration no add-on helpers; with add-on helpers compat, and asking
+// for the kernel datapath is an error.
+func TestChooser(t *testing.T) {
+	ready := kernel.Features{} // every probe succeeded
+	lacking := kernel.Features{Cthelper: errors.New("no nfnetlink_cthelper")}
+	services, addOns := &config.Config{}, &config.Config{Helpers: []config.AddOn{{}}}
+	for _, c := range []struct {
+		name     string
+		cfg      *config.Config
+		f        kernel.Features
+		override string
+		want     string
+		wantErr  error
+	}{
+		{"auto kernel", services, ready, "", kernel.DatapathKernel, nil},
+		{"auto lacking", services, lacking, "", kernel.DatapathCompat, nil},
+		{"auto add-ons", addOns, ready, "", kernel.DatapathCompat, nil},
+		{"forced add-ons", addOns, ready, "kernel", "", errAddonsKernel},
+		{"forced compat", services, ready, "compat", kernel.DatapathCompat, nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Setenv(kernel.EnvDatapath, c.override)
+			got, err := chooser(c.cfg)(c.f)
+			if got != c.want || !errors.Is(err, c.wantErr) || (err != nil) != (c.wantErr != nil) {
+				t.Errorf("got %q, %v; want %q, %v", got, err, c.want, c.wantErr)
+			}
+		})
 	}
 }
