@@ -21,6 +21,7 @@ type ProbeInput struct {
 	Table        string // the daemon's table, family inet
 	Datapath     string
 	Queues       Queues
+	QueueExpr    string // kernel.QueueNative or kernel.QueueXt
 	Packets      uint64 // packets the workers read so far
 	Services     []ipvs.ServiceView
 	ConntrackErr error // the daemon's conntrack listener failed
@@ -72,13 +73,13 @@ func Probe(ctx context.Context, in ProbeInput) []Check {
 		add("table", CheckOK, "table inet %s installed (%d chains)", in.Table, n)
 	}
 
-	// The xtables NFQUEUE target: the running datapath uses it.
+	// The queue statement the running datapath's rules use.
 	last := int(in.Queues.First) + int(in.Queues.Count) - 1
 	seen := "no packet queued yet"
 	if in.Packets > 0 {
 		seen = fmt.Sprintf("%d packets read", in.Packets)
 	}
-	add("nfqueue-xt", CheckOK, "xt NFQUEUE target in use by datapath %s, queues %d-%d bound (%s)", in.Datapath, in.Queues.First, last, seen)
+	add("queue", CheckOK, "%s in use by datapath %s, queues %d-%d bound (%s)", kernel.QueueExprDetail(in.QueueExpr), in.Datapath, in.Queues.First, last, seen)
 
 	// What the kernel has, and which datapath it would get.
 	features := kernel.Probe(conn)

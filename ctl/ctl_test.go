@@ -396,7 +396,7 @@ func TestKernelChecks(t *testing.T) {
 	f := kernel.Features{NativeQueue: kernel.ErrNoNativeQueue, QueueConntrack: kernel.ErrNoQueueConntrack, Cthelper: kernel.ErrNoCthelper, IPVS: kernel.ErrNoIPVS}
 	got := KernelChecks(f, "", kernel.DatapathCompat, nil)
 	last := got[len(got)-1]
-	if len(got) != 6 || last.Name != "datapath" || !strings.Contains(last.Detail, "would run xt-nfqueue+nft-maps (the kernel datapath cannot run here)") {
+	if len(got) != 7 || last.Name != "datapath" || !strings.Contains(last.Detail, "would run xt-nfqueue+nft-maps (the kernel datapath cannot run here), queueing with the xtables NFQUEUE target") {
 		t.Errorf("%+v", got)
 	}
 	for _, c := range got {
@@ -408,6 +408,17 @@ func TestKernelChecks(t *testing.T) {
 	got = KernelChecks(f, "", "", err)
 	if last := got[len(got)-1]; last.Status != CheckFail {
 		t.Errorf("unavailable override: %+v", last)
+	}
+	// Neither queue statement: no datapath, and the module is named.
+	f.XtQueue = kernel.ErrNoXtQueue
+	_, err = kernel.Choose(f, "", true)
+	got = KernelChecks(f, "", "", err)
+	if last := got[len(got)-1]; last.Status != CheckFail || !strings.Contains(last.Detail, "xt_NFQUEUE") {
+		t.Errorf("no queue statement: %+v", last)
+	}
+	got = KernelChecks(kernel.Features{}, "", kernel.DatapathCompat, nil)
+	if last := got[len(got)-1]; !strings.Contains(last.Detail, "queueing with the nft queue expression") {
+		t.Errorf("native queue: %+v", last)
 	}
 	got = KernelChecks(kernel.Features{}, kernel.DatapathCompat, kernel.DatapathKernel, nil)
 	if last := got[len(got)-1]; !strings.Contains(last.Detail, "running xt-nfqueue+nft-maps; a restart would choose kernel") {

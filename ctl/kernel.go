@@ -43,10 +43,8 @@ func KernelChecks(f kernel.Features, running, chosen string, chooseErr error) []
 		out = append(out, Check{Name: "datapath", Status: CheckInfo, Detail: fmt.Sprintf("running %s; a restart would choose %s (%s)", running, chosen, ready)})
 	case running != "":
 		out = append(out, Check{Name: "datapath", Status: CheckOK, Detail: fmt.Sprintf("running %s (%s)", running, ready)})
-	case chosen == kernel.DatapathKernel:
-		out = append(out, Check{Name: "datapath", Status: CheckOK, Detail: fmt.Sprintf("would run %s (queue expression %s)", chosen, f.QueueExpr())})
 	default:
-		out = append(out, Check{Name: "datapath", Status: CheckOK, Detail: fmt.Sprintf("would run %s (%s)", chosen, ready)})
+		out = append(out, Check{Name: "datapath", Status: CheckOK, Detail: fmt.Sprintf("would run %s (%s), queueing with %s", chosen, ready, kernel.QueueExprDetail(f.QueueExpr()))})
 	}
 	return out
 }

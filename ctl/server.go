@@ -25,8 +25,11 @@ type Info struct {
 	Started  time.Time
 	Datapath string
 	Queues   Queues
-	Config   string
-	Table    string // the table's name, family inet
+	// QueueExpr: how the table's rules queue (kernel.QueueNative or
+	// kernel.QueueXt).
+	QueueExpr string
+	Config    string
+	Table     string // the table's name, family inet
 }
 
 // Server answers the control API for a running engine.
@@ -330,7 +333,7 @@ func (s *Server) Check(ctx context.Context) CheckReport {
 	ctErr := s.conntrackErr
 	s.mu.Unlock()
 	return CheckReport{Checks: Probe(ctx, ProbeInput{
-		Table: s.Info.Table, Datapath: s.Info.Datapath, Queues: s.Info.Queues,
+		Table: s.Info.Table, Datapath: s.Info.Datapath, Queues: s.Info.Queues, QueueExpr: s.Info.QueueExpr,
 		Packets: s.Engine.Stats.Packets.Load(), Services: s.Engine.ServiceViews(), ConntrackErr: ctErr, Choose: s.Choose,
 	})}
 }

@@ -221,7 +221,7 @@ func TestCtl(t *testing.T) {
 				t.Errorf("failed check %+v", c)
 			}
 		}
-		for name, want := range map[string]string{"table": "ok", "nfqueue-xt": "ok", "conntrack-events": "ok"} {
+		for name, want := range map[string]string{"table": "ok", "queue": "ok", "conntrack-events": "ok"} {
 			if status[name] != want {
 				t.Errorf("check %s: %q, want %q", name, status[name], want)
 			}

@@ -6,6 +6,11 @@ import "errors"
 var (
 	// ErrNoNativeQueue: the nft queue expression (nft_queue) is missing.
 	ErrNoNativeQueue = errors.New("native nft queue expression unavailable")
+	// ErrNoXtQueue: the xtables NFQUEUE target could not be used: module
+	// xt_NFQUEUE (or nft_compat) missing or not loadable.
+	ErrNoXtQueue = errors.New("xtables NFQUEUE target unavailable (module xt_NFQUEUE through nft_compat)")
+	// ErrNoQueue: neither queue statement can be used.
+	ErrNoQueue = errors.New("no way to queue packets: neither the nft queue expression (module nft_queue) nor the xtables NFQUEUE target (module xt_NFQUEUE)")
 	// ErrNoQueueConntrack: queue messages and verdicts cannot carry
 	// conntrack attributes (CONFIG_NETFILTER_NETLINK_GLUE_CT).
 	ErrNoQueueConntrack = errors.New("NFQA_CT (conntrack in queue messages) unavailable")

@@ -268,13 +268,16 @@ func TestChoose(t *testing.T) {
 		{thisMachine, "kernel", true, "", ErrDatapathUnavailable},
 		{Features{Ctnetlink: ErrNoCtnetlink}, "kernel", true, "", ErrNoCtnetlink},
 		{all, "fast", true, "", nil},
+		// Neither queue statement: no datapath at all.
+		{Features{NativeQueue: ErrNoNativeQueue, XtQueue: ErrNoXtQueue}, "", false, "", ErrNoQueue},
+		{Features{NativeQueue: ErrNoNativeQueue, XtQueue: ErrNoXtQueue}, "compat", false, "", ErrNoXtQueue},
 	} {
 		got, err := Choose(c.f, c.override, c.auto)
 		if got != c.want || (c.err != nil && !errors.Is(err, c.err)) || (c.want == "" && err == nil) || (c.want != "" && err != nil) {
 			t.Errorf("Choose(%v, %q, %v) = %q, %v", c.f, c.override, c.auto, got, err)
 		}
 	}
-	if thisMachine.QueueExpr() != "xt" || all.QueueExpr() != "nft" {
+	if thisMachine.QueueExpr() != QueueXt || all.QueueExpr() != QueueNative {
 		t.Error("QueueExpr")
 	}
 }

@@ -5,8 +5,9 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
-	"github.com/google/nftables/xt"
 	"golang.org/x/sys/unix"
+
+	"github.com/nfhelper/nfhelper/kernel"
 )
 
 // reg1 is the first 16-byte register; concatenations address the same storage
@@ -156,18 +157,17 @@ func ctDirectionOriginal() []expr.Any {
 	}
 }
 
-// queue sends the packet to NFQUEUE through the xtables target, which works
-// where the native nft queue expression is missing. Bypass: with no reader
-// bound, packets are accepted instead of dropped (fail open).
-// queueExpr queues to the spec's queues: the nft queue expression where
-// the kernel has it and the spec asks for it, else the xtables target.
+// queueExpr queues to the spec's queues with the bypass flag (with no
+// reader bound, packets are accepted instead of dropped: fail open): the
+// nft queue expression where the kernel has it and the spec asks for it,
+// else the xtables target.
 func queueExpr(spec *Spec) expr.Any {
 	if spec.NativeQueue {
 		// More than one queue: balanced by a hash of the addresses, as
 		// the xtables target does.
 		return &expr.Queue{Num: spec.QueueNum, Total: spec.QueueTotal, Flag: expr.QueueFlagBypass}
 	}
-	return queue(spec.QueueNum, spec.QueueTotal)
+	return kernel.XtQueue(spec.QueueNum, spec.QueueTotal)
 }
 
 // ctHelperObj is the table's ct helper object for the userspace helper
@@ -187,15 +187,6 @@ func l4protoLoad() []expr.Any {
 // connection: it must run after conntrack and before NAT.
 func ctHelperSet(name string) []expr.Any {
 	return []expr.Any{&expr.Objref{Type: unix.NFT_OBJECT_CT_HELPER, Name: name}}
-}
-
-func queue(num, total uint16) expr.Any {
-	const bypass = 1
-	info := make(xt.Unknown, 6)
-	binary.NativeEndian.PutUint16(info[0:], num)
-	binary.NativeEndian.PutUint16(info[2:], total)
-	binary.NativeEndian.PutUint16(info[4:], bypass)
-	return &expr.Target{Name: "NFQUEUE", Rev: 3, Info: &info}
 }
 
 func native32(v uint32) []byte {

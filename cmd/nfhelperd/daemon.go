@@ -58,9 +58,14 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 		return nil, err
 	}
 	kernelDP := datapathName == kernel.DatapathKernel
+	// Either datapath queues with the native expression where the kernel
+	// has it: the xtables target's module cannot be autoloaded from an inet
+	// table, so it is used only where nothing else exists, after the probe
+	// loaded it (kernel.ProbeXtQueue).
+	spec.NativeQueue = features.QueueExpr() == kernel.QueueNative
 	if kernelDP {
 		engine.KernelSeqAdj = true
-		spec.CtHelper, spec.NativeQueue = helperName, features.NativeQueue == nil
+		spec.CtHelper = helperName
 	} else if spec.Carried, err = restore(engine, tableName, log); err != nil {
 		// The kernel datapath takes connections over from their helper
 		// data instead (kernel.go).
@@ -211,7 +216,7 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 	configPath, _ := filepath.Abs(path)
 	control := &ctl.Server{Engine: engine, Log: log, Choose: chooser(cfg), Info: ctl.Info{
 		Pid: os.Getpid(), Started: started, Datapath: datapathName, Config: configPath, Table: tableName,
-		Queues: ctl.Queues{First: spec.QueueNum, Count: spec.QueueTotal},
+		Queues: ctl.Queues{First: spec.QueueNum, Count: spec.QueueTotal}, QueueExpr: queueExprName(spec),
 	}}
 	if err := control.Listen(ctl.SocketPath()); err != nil {
 		log.Warn("no control socket; nfhelperctl cannot reach this daemon", "err", err)

@@ -306,13 +306,13 @@ func (q ctQueue) AcceptSeqAdj(id uint32, pkt []byte, ct []byte) error {
 	return q.SetVerdict(&nfq.Verdict{ID: id, Verdict: nfq.VerdictAccept, Payload: pkt, CT: ct})
 }
 
-// queueExprName is how spec's rules queue: the nft queue expression or the
-// xtables target.
+// queueExprName is how spec's rules queue: kernel.QueueNative or
+// kernel.QueueXt.
 func queueExprName(spec *nft.Spec) string {
 	if spec.NativeQueue {
-		return "nft"
+		return kernel.QueueNative
 	}
-	return "xt"
+	return kernel.QueueXt
 }
 
 func boolInt(b bool) uint16 {
