@@ -702,6 +702,16 @@ func (r *report) markdown(ctx context.Context, o options, e *env) string {
 	if r.datapath != "" {
 		fmt.Fprintf(&b, " nfhelperd datapath: `%s`.", r.datapath)
 	}
+	if os.Getenv("NFHVM") != "" {
+		// The guest boots like a fresh router: what the kernel's systems
+		// need beyond autoloading, their users load by hand too.
+		loaded := os.Getenv("NFHVM_MODPROBE")
+		if loaded == "" {
+			loaded = "none"
+		}
+		fmt.Fprintf(&b, " Modules loaded by hand before the run, as the users of IPVS and of the kernel's FTP helpers would: `%s`; "+
+			"every other module came through the kernel's own autoloading (nothing else was preloaded).", loaded)
+	}
 	b.WriteString("\n\n")
 	b.WriteString("Client 203.0.113.2 / 2001:db8:2::2, VIP 198.51.100.10 / 2001:db8:1::10 on the router, real servers " +
 		"rs1 and rs2 (vsftpd on port 21, round robin; quirkyftpd on rs1, port 2321) behind it; every system runs on the router " +

@@ -22,8 +22,9 @@
 //     over its own path, points /proc/sys/kernel/modprobe at a script that
 //     runs `modprobe -d <unpacked kernel>` inside the chroot, and chroots
 //     into the root share to run a generated script: it loads the modules
-//     the tests use, sets the -env variables, changes to -dir and runs the
-//     command;
+//     -modprobe names (nothing else: like a freshly booted router, every
+//     netfilter module comes through the kernel's own autoloading), sets
+//     the -env variables, changes to -dir and runs the command;
 //   - the command's exit status comes back through a file in the writable
 //     share (and a marker line on the console); then the guest powers off.
 //
@@ -68,22 +69,6 @@ var initModules = []string{
 	"netfs", "fscache", "9pnet", "9pnet_virtio", "9p", "virtio-rng",
 }
 
-// guestModules are loaded up front inside the guest (modprobe resolves their
-// dependencies); a module the kernel lacks is reported, not fatal.
-var guestModules = []string{
-	"nf_tables", "nft_compat", "nf_conntrack", "nf_conntrack_netlink", "nf_nat",
-	"nfnetlink_queue", "nft_queue", "nft_ct", "nft_nat", "nft_chain_nat",
-	"nft_numgen", "nft_objref", "nft_hash", "nft_limit", "nft_log", "nft_reject",
-	"nft_reject_inet", "nft_fib_inet", "nft_masq", "nft_redir", "nft_quota",
-	"nft_connlimit", "nfnetlink_cthelper", "nfnetlink_cttimeout",
-	"nf_conntrack_ftp", "nf_nat_ftp", "xt_NFQUEUE", "xt_conntrack", "xt_tcpudp",
-	"xt_mark", "xt_connmark", "xt_CT", "ip_tables", "ip6_tables", "iptable_filter",
-	"iptable_nat", "ip6table_filter", "ip6table_nat", "iptable_raw", "iptable_mangle",
-	"veth", "bridge", "br_netfilter:skip", "tun", "dummy",
-	"ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_lc", "ip_vs_wlc", "ip_vs_sh", "ip_vs_mh",
-	"ip_vs_ftp",
-}
-
 type multiFlag []string
 
 func (m *multiFlag) String() string     { return strings.Join(*m, " ") }
@@ -118,7 +103,7 @@ func main() {
 	flag.IntVar(&o.smp, "smp", 2, "guest CPUs")
 	flag.DurationVar(&o.timeout, "timeout", 45*time.Minute, "bound of the whole run, boot included")
 	flag.Var(&o.env, "env", "KEY=VALUE for the command (repeatable)")
-	flag.Var(&o.modprobe, "modprobe", "a module with parameters loaded before the default list, e.g. 'ip_vs_ftp ports=21,2321' (repeatable)")
+	flag.Var(&o.modprobe, "modprobe", "a module with parameters loaded before the command, e.g. 'ip_vs_ftp ports=21,2321' (repeatable); nothing else is preloaded")
 	flag.StringVar(&o.logPath, "log", "", "copy of the console (default: console.log in -share)")
 	flag.BoolVar(&o.prebuild, "prebuild", false, "build the integration test binary and the tools into -share first and point the tests at them")
 	flag.BoolVar(&o.quiet, "quiet", false, "do not copy the console to stdout")
@@ -543,17 +528,15 @@ func guestScript(o options, k kernel, env []string) string {
 	b.WriteString("export HOME=/root TERM=dumb LANG=C.UTF-8 TMPDIR=/tmp\n")
 	fmt.Fprintf(&b, "export NFHVM=1 NFHVM_MODROOT=%s NFHVM_KERNEL=%s NFHVM_SHARE=%s\n", q(k.root), q(k.version), q(o.share))
 	b.WriteString("echo \"nfhvm: guest up after $(cut -d' ' -f1 /proc/uptime)s, kernel $(uname -r)\"\n")
+	// Like a freshly booted router, the guest has loaded no netfilter
+	// module: everything else comes through the kernel's autoloading (the
+	// chroot's modprobe helper). Only what -modprobe names is loaded by
+	// hand, and the command learns which (NFHVM_MODPROBE).
 	for _, m := range o.modprobe {
 		fmt.Fprintf(&b, "modprobe -d \"$NFHVM_MODROOT\" %s || echo \"nfhvm: modprobe %s failed\"\n", m, strings.ReplaceAll(m, `"`, ""))
 	}
-	var mods []string
-	for _, m := range guestModules {
-		if !strings.HasSuffix(m, ":skip") {
-			mods = append(mods, m)
-		}
-	}
-	fmt.Fprintf(&b, "missing=\nfor m in %s; do modprobe -d \"$NFHVM_MODROOT\" $m 2>/dev/null || missing=\"$missing $m\"; done\n", strings.Join(mods, " "))
-	b.WriteString("echo \"nfhvm: modules loaded; not available:${missing:- none}\"\n")
+	fmt.Fprintf(&b, "export NFHVM_MODPROBE=%s\n", q(strings.Join(o.modprobe, "; ")))
+	b.WriteString("echo \"nfhvm: modules loaded by hand: ${NFHVM_MODPROBE:-none}\"\n")
 	for _, e := range env {
 		k, v, _ := strings.Cut(e, "=")
 		fmt.Fprintf(&b, "export %s=%s\n", k, q(v))
