@@ -7,7 +7,7 @@ PKGS    := vsftpd lftp curl nftables conntrack iproute2 python3 procps \
            libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3 libsodium23 libcap2
 
 .PHONY: all build deps demo test unit integration fuzz soak bench bench-ftp bench-all bench-e2e bench-queue clean \
-        deb deb-deps deb-check deb-test vm-deps vmtest vmsuite vmreport
+        deb deb-deps deb-check deb-test vm-deps vmtest vmsuite vmdeb vmreport
 
 all: build
 
@@ -155,9 +155,10 @@ vm-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-# Both parts run; vmtest fails if either failed.
+# Every part runs; vmtest fails if any failed.
 vmtest: deps vm-deps
-	@rc=0; $(MAKE) --no-print-directory vmsuite || rc=1; \
+	@rc=0; $(MAKE) --no-print-directory vmdeb || rc=1; \
+	$(MAKE) --no-print-directory vmsuite || rc=1; \
 	$(MAKE) --no-print-directory vmreport || rc=1; exit $$rc
 
 vmsuite: deps vm-deps
@@ -168,6 +169,17 @@ vmsuite: deps vm-deps
 			{ rc=1; echo "== integration suite in the VM (datapath: $$dp): FAILED"; }; \
 	done; exit $$rc
 
+# The package `make deb` built, unpacked in a freshly booted guest (nothing
+# preloaded, as on a router after boot), started with each configuration
+# shape the docs show (balancer, add-on helpers, both) in one boot
+# (integration/deb_package_test.go).
+vmdeb: deps vm-deps deb
+	@deb=$$(ls -t $(BIN)/nfhelper_*.deb | head -n 1); echo "== the Debian package in a fresh VM boot: $$deb"; \
+	$(VM) -prebuild -env NFH_DEB=$$(realpath $$deb) -- $(VMSHARE)/integration.test -test.v -test.count=1 -test.run '^TestDebianPackage$$'
+
 # docs/REFERENCES.md is a copy of $(VMSHARE)/REFERENCES.md from this target.
+# The guest preloads nothing; IPVS's FTP helper (with its ports) and the
+# kernel's FTP NAT helper, which nothing autoloads for an nft ct helper, are
+# loaded by hand as their users would, and the report says so.
 vmreport: deps vm-deps
-	$(VM) -prebuild -modprobe 'ip_vs_ftp ports=21,2321' -- $(VMSHARE)/reference -out $(VMSHARE)/REFERENCES.md
+	$(VM) -prebuild -modprobe 'ip_vs_ftp ports=21,2321' -modprobe nf_nat_ftp -- $(VMSHARE)/reference -out $(VMSHARE)/REFERENCES.md
