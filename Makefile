@@ -171,11 +171,13 @@ vmsuite: deps vm-deps
 
 # The package `make deb` built, unpacked in a freshly booted guest (nothing
 # preloaded, as on a router after boot), started with each configuration
-# shape the docs show (balancer, add-on helpers, both) in one boot
-# (integration/deb_package_test.go).
+# shape the docs show (balancer, add-on helpers, both) in one boot; then the
+# xtables target's module loaded by the daemon's probe where an inet table
+# cannot autoload it (integration/deb_package_test.go).
 vmdeb: deps vm-deps deb
 	@deb=$$(ls -t $(BIN)/nfhelper_*.deb | head -n 1); echo "== the Debian package in a fresh VM boot: $$deb"; \
-	$(VM) -prebuild -env NFH_DEB=$$(realpath $$deb) -- $(VMSHARE)/integration.test -test.v -test.count=1 -test.run '^TestDebianPackage$$'
+	$(VM) -prebuild -env NFH_DEB=$$(realpath $$deb) -env NFH_FRESH_BOOT=1 -- $(VMSHARE)/integration.test -test.v -test.count=1 \
+		-test.run '^(TestDebianPackage|TestXtQueueAutoload)$$'
 
 # docs/REFERENCES.md is a copy of $(VMSHARE)/REFERENCES.md from this target.
 # The guest preloads nothing; IPVS's FTP helper (with its ports) and the

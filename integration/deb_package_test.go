@@ -3,6 +3,7 @@
 package integration
 
 import (
+	"errors"
 	"net"
 	"os"
 	"os/exec"
@@ -12,7 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+
 	"github.com/nfhelper/nfhelper/integration/topo"
+	"github.com/nfhelper/nfhelper/kernel"
 )
 
 // TestDebianPackage: the installed Debian package's nfhelperd starts with
@@ -81,10 +87,12 @@ func TestDebianPackage(t *testing.T) {
 			if err := os.WriteFile(path, []byte(shape.config), 0o644); err != nil {
 				t.Fatal(err)
 			}
+			started := time.Now()
 			d, err := tp.StartDaemon(bin, path)
 			if err != nil {
 				t.Fatalf("the package's nfhelperd did not start: %v", err)
 			}
+			t.Logf("ready after %v", time.Since(started).Round(time.Millisecond))
 			stopped := false
 			defer func() {
 				if !stopped {
@@ -122,9 +130,66 @@ func readyLine(log string) string { return readyLineRE.FindString(log) }
 func checkSession(t *testing.T, ns, addr, mode string) {
 	t.Helper()
 	start := time.Now()
-	r := runFtpget(t, ns, addr, mode, "big.bin", 1)
-	if got, want := r.results[0].SHA256, harness.tp.Files["big.bin"]; got != want {
-		t.Errorf("%s %s: big.bin sha256 %s, want %s", addr, mode, got, want)
+	r := runFtpget(t, ns, addr, mode, "small.bin", 1)
+	if got, want := r.results[0].SHA256, harness.tp.Files["small.bin"]; got != want {
+		t.Errorf("%s %s: small.bin sha256 %s, want %s", addr, mode, got, want)
 	}
-	t.Logf("%s %s: big.bin in %v", addr, mode, time.Since(start).Round(time.Millisecond))
+	t.Logf("%s %s: small.bin in %v", addr, mode, time.Since(start).Round(time.Millisecond))
+}
+
+// TestXtQueueAutoload: where the xtables NFQUEUE target must be used (no
+// native queue expression), kernel.ProbeXtQueue makes it usable in an inet
+// table whatever was loaded before. With NFH_FRESH_BOOT=1 (make vmdeb runs it
+// after TestDebianPackage in a fresh boot of Debian's kernel, where the
+// package's daemon queued natively and so left xt_NFQUEUE unloaded) the
+// kernel must first refuse the target in an inet table, the failure the
+// daemon's start met before: its autoload asks for "(null)t_NFQUEUE".
+func TestXtQueueAutoload(t *testing.T) {
+	tp := needTopo(t)
+	fresh := os.Getenv("NFH_FRESH_BOOT") == "1"
+	addInet := func() (err error) {
+		err = topo.Do(tp.Router, func() error {
+			conn, err := nftables.New()
+			if err != nil {
+				return err
+			}
+			tb := conn.AddTable(&nftables.Table{Name: "nfht_xtqueue", Family: nftables.TableFamilyINet})
+			c := conn.AddChain(&nftables.Chain{Name: "c", Table: tb})
+			conn.AddRule(&nftables.Rule{Table: tb, Chain: c, Exprs: []expr.Any{kernel.XtQueue(65535, 1)}})
+			conn.DelTable(tb)
+			return conn.Flush()
+		})
+		return err
+	}
+	err := addInet()
+	t.Logf("xt NFQUEUE in an inet table before the probe: %v", err)
+	if fresh {
+		if _, serr := os.Stat("/sys/module/xt_NFQUEUE"); serr == nil {
+			t.Fatal("xt_NFQUEUE is loaded in what should be a fresh boot")
+		}
+		if err == nil || !errors.Is(err, unix.ENOENT) && !strings.Contains(err.Error(), "no such file") {
+			t.Errorf("inet table with the xt target on a fresh kernel: %v, want ENOENT", err)
+		}
+	}
+	if err := topo.Do(tp.Router, func() error {
+		conn, err := nftables.New()
+		if err != nil {
+			return err
+		}
+		return kernel.ProbeXtQueue(conn)
+	}); err != nil {
+		t.Fatalf("ProbeXtQueue: %v", err)
+	}
+	if err := addInet(); err != nil {
+		t.Errorf("xt NFQUEUE in an inet table after the probe: %v", err)
+	}
+	if fresh {
+		if _, err := os.Stat("/sys/module/xt_NFQUEUE"); err != nil {
+			t.Errorf("the probe did not load xt_NFQUEUE: %v", err)
+		}
+	}
+	out, _, err := execIn(t, 10*time.Second, tp.Router, nil, "nft", "list", "tables")
+	if err != nil || strings.Contains(string(out), "nfht_xtqueue") || strings.Contains(string(out), kernel.ProbeTable) {
+		t.Errorf("tables left: %s %v", out, err)
+	}
 }

@@ -17,8 +17,16 @@ import (
 	"time"
 )
 
-// DaemonReadyTimeout bounds how long StartDaemon waits for the ready line.
-var DaemonReadyTimeout = 30 * time.Second
+// DaemonReadyTimeout bounds how long StartDaemon waits for the ready line:
+// longer inside integration/vm, where a start on a freshly booted guest makes
+// the kernel autoload a dozen modules, each through modprobe over the 9p
+// root under software emulation.
+var DaemonReadyTimeout = func() time.Duration {
+	if os.Getenv("NFHVM") != "" {
+		return 2 * time.Minute
+	}
+	return 30 * time.Second
+}()
 
 // Daemon is a running nfhelperd in the router namespace.
 type Daemon struct {
