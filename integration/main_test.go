@@ -369,8 +369,11 @@ func tailString(s string, n int) string {
 }
 
 // execIn runs name in ns with a timeout and returns stdout and stderr.
+// The timeout is topo.Scaled: a command's first use of a kernel feature in
+// the VM waits for the module's autoloading.
 func execIn(t *testing.T, timeout time.Duration, ns string, env []string, name string, args ...string) (stdout, stderr []byte, err error) {
 	t.Helper()
+	timeout = topo.Scaled(timeout)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	c := harness.tp.CommandContext(ctx, ns, name, args...)

@@ -82,7 +82,7 @@ type Options struct {
 	Logf func(format string, args ...any)
 	// NoServers leaves out vsftpd.
 	NoServers bool
-	// Timeout bounds the setup; 30s when zero.
+	// Timeout bounds the setup; 30s (Scaled) when zero.
 	Timeout time.Duration
 }
 
@@ -136,7 +136,7 @@ func New(opts Options) (t *Topo, err error) {
 		opts.Prefix = DefaultPrefix
 	}
 	if opts.Timeout == 0 {
-		opts.Timeout = 30 * time.Second
+		opts.Timeout = Scaled(30 * time.Second)
 	}
 	logf := opts.Logf
 	if logf == nil {
