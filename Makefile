@@ -130,9 +130,11 @@ deb-test: deb deps
 	debian/tests/systemd-test.sh $(BIN)/nfhelper_*.deb
 
 # Debian's stock kernel (linux-image-amd64) under qemu, software emulation,
-# with this machine's userland over 9p (integration/vm): the integration
-# suite and the reference report (IPVS + ip_vs_ftp, nft DNAT + nf_nat_ftp,
-# nfhelperd) on a kernel with IPVS, nft_queue and NFQA_CT. The kernel is
+# with this machine's userland over 9p (integration/vm): the Debian package
+# on a fresh boot, the integration suite and the reference report (IPVS +
+# ip_vs_ftp, nft DNAT + nf_nat_ftp, nfhelperd) on a kernel with IPVS,
+# nft_queue and NFQA_CT. Each boots like a fresh router: no netfilter module
+# is preloaded, the kernel autoloads what is used. The kernel is
 # fetched with apt-get download into /var/cache/nfhelper-vm (NFHVM_CACHE)
 # once; binaries are built on the host into $(VMSHARE), the guest's writable
 # share. The suite runs once per datapath of VM_DATAPATHS
