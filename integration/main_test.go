@@ -208,7 +208,9 @@ const metricsConfig = `metrics:
 
 // addonConfig is the add-on part of the test config: nfhelperd only helps FTP
 // control connections that the user's own ruleset port-forwards from the
-// router's WAN addresses (topo.WAN4, topo.WAN6) to rs2; see wan_addon_test.go.
+// router's WAN addresses (topo.WAN4, topo.WAN6) to rs2 (see wan_addon_test.go)
+// and from its client-side addresses' ports 2121 and 2123 (see
+// wan_fixedport_test.go).
 // NFH_ADDON=0 leaves it out (for a daemon without add-on mode).
 const addonConfig = `helpers:
   - name: router-ftp
@@ -219,6 +221,22 @@ const addonConfig = `helpers:
     helper: ftp
     match:
       destination: "[2001:db8:1::20]:21"
+  - name: router-ftp-2121
+    helper: ftp
+    match:
+      destination: 203.0.113.1:2121
+  - name: router-ftp6-2121
+    helper: ftp
+    match:
+      destination: "[2001:db8:2::1]:2121"
+  - name: router-ftp-2123
+    helper: ftp
+    match:
+      destination: 203.0.113.1:2123
+  - name: router-ftp6-2123
+    helper: ftp
+    match:
+      destination: "[2001:db8:2::1]:2123"
 `
 
 // startExtraServers starts proftpd, pure-ftpd and quirkyftpd next to vsftpd.
