@@ -121,7 +121,13 @@ func runMain(m *testing.M) int {
 		fmt.Println("NOTE:", harness.noDaemon, "- tests through the VIP will be skipped")
 	}
 
-	tp, err := topo.New(topo.Options{})
+	var opts topo.Options
+	// NFH_TOPO_TIMEOUT (a Go duration) gives building the topology longer
+	// than its default, for an emulated VM on a busy host.
+	if d, err := time.ParseDuration(os.Getenv("NFH_TOPO_TIMEOUT")); err == nil {
+		opts.Timeout = d
+	}
+	tp, err := topo.New(opts)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL: build topology:", err)
 		return 1
