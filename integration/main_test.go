@@ -121,7 +121,13 @@ func runMain(m *testing.M) int {
 		fmt.Println("NOTE:", harness.noDaemon, "- tests through the VIP will be skipped")
 	}
 
-	tp, err := topo.New(topo.Options{})
+	var opts topo.Options
+	// NFH_TOPO_TIMEOUT (a Go duration) gives building the topology longer
+	// than its default, for an emulated VM on a busy host.
+	if d, err := time.ParseDuration(os.Getenv("NFH_TOPO_TIMEOUT")); err == nil {
+		opts.Timeout = d
+	}
+	tp, err := topo.New(opts)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL: build topology:", err)
 		return 1
@@ -208,7 +214,9 @@ const metricsConfig = `metrics:
 
 // addonConfig is the add-on part of the test config: nfhelperd only helps FTP
 // control connections that the user's own ruleset port-forwards from the
-// router's WAN addresses (topo.WAN4, topo.WAN6) to rs2; see wan_addon_test.go.
+// router's WAN addresses (topo.WAN4, topo.WAN6) to rs2 (see wan_addon_test.go)
+// and from its client-side addresses' ports 2121 and 2123 (see
+// wan_fixedport_test.go).
 // NFH_ADDON=0 leaves it out (for a daemon without add-on mode).
 const addonConfig = `helpers:
   - name: router-ftp
@@ -219,6 +227,22 @@ const addonConfig = `helpers:
     helper: ftp
     match:
       destination: "[2001:db8:1::20]:21"
+  - name: router-ftp-2121
+    helper: ftp
+    match:
+      destination: 203.0.113.1:2121
+  - name: router-ftp6-2121
+    helper: ftp
+    match:
+      destination: "[2001:db8:2::1]:2121"
+  - name: router-ftp-2123
+    helper: ftp
+    match:
+      destination: 203.0.113.1:2123
+  - name: router-ftp6-2123
+    helper: ftp
+    match:
+      destination: "[2001:db8:2::1]:2123"
 `
 
 // startExtraServers starts proftpd, pure-ftpd and quirkyftpd next to vsftpd.

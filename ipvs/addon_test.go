@@ -64,3 +64,53 @@ func TestAddOnBehindSNAT(t *testing.T) {
 		t.Errorf("passive channel %+v", v.Open)
 	}
 }
+
+// TestAddOnSNATPortTakenOver: the user's rules SNAT every client to one
+// fixed address and port, so a new control connection has the server-side
+// tuple of the previous one, which the kernel's NAT evicts from TIME_WAIT
+// (nf_nat_used_tuple_harder). The new SYN-ACK must name the new connection,
+// not find the old one under that tuple.
+func TestAddOnSNATPortTakenOver(t *testing.T) {
+	const addOnMark = 0x00040000
+	match, server, nat := ap("198.51.100.20:2121"), ap("10.0.0.12:21"), ap("10.0.0.1:16500")
+	h, _ := ipvs.LookupHelper("ftp")
+	e, err := ipvs.NewEngine([]*ipvs.Service{ipvs.NewAddOn("router-ftp", match, h, addOnMark)}, 0x00ff0000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := e.NewWorker()
+
+	// The first session, closed by both sides.
+	w.Process(seg(client, server, 100, 0, nfq.FlagSYN, ""), addOnMark)
+	w.Process(seg(server, nat, isn, 101, nfq.FlagSYN|ack, ""), 0)
+	w.Process(seg(client, server, 101, isn+1, ack, ""), 0)
+	w.Process(seg(client, server, 101, isn+1, nfq.FlagFIN|ack, ""), 0)
+	w.Process(seg(server, nat, isn+1, 102, nfq.FlagFIN|ack, ""), 0)
+	w.Process(seg(client, server, 102, isn+2, ack, ""), 0)
+
+	// The next one, from another client port, leaves by the same port.
+	client2 := ap("203.0.113.2:40002")
+	const isn2 = 90000
+	w.Process(seg(client2, server, 7000, 0, nfq.FlagSYN, ""), addOnMark)
+	if v := w.Process(seg(server, nat, isn2, 7001, nfq.FlagSYN|ack, ""), 0); v.Drop {
+		t.Fatalf("second SYN-ACK dropped: %+v", v)
+	}
+	if n := e.Stats.SNATLearned.Load(); n != 2 {
+		t.Fatalf("snat learned %d times, want 2 (the second SYN-ACK went to the first connection)", n)
+	}
+	w.Process(seg(client2, server, 7001, isn2+1, ack, ""), 0)
+	port := seg(client2, server, 7001, isn2+1, pshAck, "PORT 203,0,113,2,195,80\r\n")
+	v := w.Process(port, 0)
+	if _, p := payload(t, v, port); p != "PORT 10,0,0,1,195,80\r\n" {
+		t.Errorf("PORT of the second connection sent as %q, want the translated address", p)
+	}
+	// The server's reply reaches the second connection's stream: its 227
+	// is rewritten.
+	w.Process(seg(server, nat, isn2+1, 7023, pshAck, "200 ok\r\n"), 0)
+	w.Process(seg(client2, server, 7026, isn2+9, pshAck, "PASV\r\n"), 0)
+	reply := seg(server, nat, isn2+9, 7029, pshAck, "227 Entering Passive Mode (10,0,0,12,156,64).\r\n")
+	v = w.Process(reply, 0)
+	if _, p := payload(t, v, reply); p != "227 Entering Passive  (198,51,100,20,156,64).\r\n" {
+		t.Errorf("227 of the second connection sent as %q", p)
+	}
+}

@@ -204,8 +204,15 @@ func (w *Worker) Process(pkt []byte, mark uint32) Verdict {
 		return v
 	}
 	c, dir := e.Table.Lookup(src, dst)
-	if c == nil && flags == nfq.FlagSYN|nfq.FlagACK {
-		c, dir = w.named(src, dst), FromServer
+	if flags == nfq.FlagSYN|nfq.FlagACK && (c == nil || dir == FromServer && dst != c.Client) {
+		// A SYN-ACK to a translated address answers an add-on SYN that
+		// awaits it, if any, even where an older connection holds that
+		// address: the user's SNAT to one fixed port gives every
+		// connection the same one, and the kernel's NAT lets a new
+		// connection take it over from one in TIME_WAIT.
+		if n := w.named(src, dst); n != nil {
+			c, dir = n, FromServer
+		}
 	}
 	if c == nil {
 		return Verdict{}
