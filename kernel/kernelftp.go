@@ -14,8 +14,8 @@ import (
 // KernelFTPHelper is the name of the kernel's own FTP conntrack helper.
 const KernelFTPHelper = "ftp"
 
-// SysModule is where loaded modules show (tests point it elsewhere).
-var SysModule = "/sys/module"
+// sysModule is where the kernel lists its modules.
+const sysModule = "/sys/module"
 
 // ProbeKernelFTP asks whether the kernel's FTP helper can be attached
 // from nftables and would translate what it reads: a ct helper object
@@ -36,7 +36,7 @@ func ProbeKernelFTP(conn *nftables.Conn) error {
 	if err := conn.Flush(); err != nil {
 		return fmt.Errorf("%w (ct helper %q: %v)", ErrNoKernelFTP, KernelFTPHelper, err)
 	}
-	return natFTPLoaded(SysModule)
+	return natFTPLoaded(sysModule)
 }
 
 // natFTPLoaded tells whether nf_nat_ftp is there, once nf_conntrack_ftp is.
