@@ -121,7 +121,10 @@ func runMain(m *testing.M) int {
 		fmt.Println("NOTE:", harness.noDaemon, "- tests through the VIP will be skipped")
 	}
 
-	tp, err := topo.New(topo.Options{})
+	// A bound, not a wait: under software emulation (the VM) on a busy
+	// host, setting up the namespaces alone can take more than the default
+	// 30 s.
+	tp, err := topo.New(topo.Options{Timeout: 3 * time.Minute})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL: build topology:", err)
 		return 1
