@@ -405,7 +405,8 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 		// still has the add-on's mark bits only if it bypassed the
 		// daemon (its verdict clears them); the kernel's FTP helper
 		// takes it. Its sequence adjustment comes with the user's SNAT,
-		// if any, or (kernels from 6.18) with the assignment itself.
+		// if any, or (kernels with nft_ct's fix of late 2025, Debian's
+		// 6.1.0-57 among them) with the assignment itself.
 		unseen := chain("forward_unseen", nftables.ChainTypeFilter, nftables.ChainHookForward, *nftables.ChainPriorityFilter+1)
 		for _, f := range rs.fams {
 			rule(unseen, nfproto(f.proto), l4protoTCP(), ctStateIs(newBit), markBitsSet(spec.MarkMask),
