@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -396,13 +397,26 @@ func TestKernelChecks(t *testing.T) {
 	f := kernel.Features{NativeQueue: kernel.ErrNoNativeQueue, QueueConntrack: kernel.ErrNoQueueConntrack, Cthelper: kernel.ErrNoCthelper, IPVS: kernel.ErrNoIPVS}
 	got := KernelChecks(f, "", kernel.DatapathCompat, nil)
 	last := got[len(got)-1]
-	if len(got) != 7 || last.Name != "datapath" || !strings.Contains(last.Detail, "would run xt-nfqueue+nft-maps (the kernel datapath cannot run here), queueing with the xtables NFQUEUE target") {
+	if len(got) != 8 || last.Name != "datapath" || !strings.Contains(last.Detail, "would run xt-nfqueue+nft-maps (the kernel datapath cannot run here), queueing with the xtables NFQUEUE target") {
 		t.Errorf("%+v", got)
 	}
 	for _, c := range got {
 		if c.Status == CheckFail || c.Status == CheckWarn {
 			t.Errorf("a missing feature is a problem: %+v", c)
 		}
+	}
+	// Without the kernel's FTP helper the daemon runs, but the check says
+	// what fail-open then covers.
+	noFTP := f
+	noFTP.KernelFTP = fmt.Errorf("%w: module nf_nat_ftp not loaded", kernel.ErrNoKernelFTP)
+	warned := false
+	for _, c := range KernelChecks(noFTP, "", kernel.DatapathCompat, nil) {
+		if c.Name == "kernel-ftp" {
+			warned = c.Status == CheckWarn && strings.Contains(c.Detail, "fail-open covers control connections only")
+		}
+	}
+	if !warned {
+		t.Errorf("no kernel FTP helper: %+v", KernelChecks(noFTP, "", kernel.DatapathCompat, nil))
 	}
 	_, err := kernel.Choose(f, "kernel", false)
 	got = KernelChecks(f, "", "", err)

@@ -28,3 +28,8 @@ var (
 	// ErrDatapathUnavailable: the datapath asked for cannot run here.
 	ErrDatapathUnavailable = errors.New("datapath unavailable on this kernel")
 )
+
+// ErrNoKernelFTP: the kernel's own FTP helper (nf_conntrack_ftp) or its
+// NAT part (nf_nat_ftp) is missing; fail-open then covers control
+// connections only.
+var ErrNoKernelFTP = errors.New("the kernel's FTP helper (nf_conntrack_ftp + nf_nat_ftp) unavailable")

@@ -34,6 +34,9 @@ type Features struct {
 	Cthelper       error // nfnetlink_cthelper
 	Ctnetlink      error // nf_conntrack_netlink
 	IPVS           error // informational: not used
+	// KernelFTP: the kernel's own FTP helper, which the table attaches
+	// to new control connections the daemon did not see (it is down).
+	KernelFTP error
 }
 
 // Probe runs every probe in the calling process's network namespace. It
@@ -48,6 +51,7 @@ func Probe(conn *nftables.Conn) Features {
 		Cthelper:       ProbeCthelper(),
 		Ctnetlink:      ProbeCtnetlink(),
 		IPVS:           ProbeIPVS(ProcIPVS),
+		KernelFTP:      ProbeKernelFTP(conn),
 	}
 	if f.NativeQueue != nil {
 		f.XtQueue = ProbeXtQueue(conn)
@@ -76,6 +80,7 @@ func (f Features) List() []Feature {
 		{"cthelper", "userspace conntrack helpers (nfnetlink_cthelper)", f.Cthelper, true},
 		{"ctnetlink", "conntrack over netlink (expectations, events)", f.Ctnetlink, true},
 		{"ipvs", "kernel IPVS loaded (informational, not used)", f.IPVS, false},
+		{"kernel-ftp", "the kernel's FTP helper, for new sessions while the daemon is down", f.KernelFTP, false},
 	}...)
 }
 

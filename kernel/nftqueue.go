@@ -21,14 +21,8 @@ const ProbeTable = "nfhelper_probe"
 // whole when the expression is unknown, and otherwise leaves nothing
 // behind. nil, or an error wrapping ErrNoNativeQueue or ErrProbeSkipped.
 func ProbeNativeQueue(conn *nftables.Conn) error {
-	tables, err := conn.ListTables()
-	if err != nil {
-		return fmt.Errorf("list tables: %w", err)
-	}
-	for _, t := range tables {
-		if t.Name == ProbeTable && t.Family == nftables.TableFamilyINet {
-			return fmt.Errorf("%w: a table inet %s exists", ErrProbeSkipped, ProbeTable)
-		}
+	if err := probeTableFree(conn); err != nil {
+		return err
 	}
 	t := conn.AddTable(&nftables.Table{Name: ProbeTable, Family: nftables.TableFamilyINet})
 	c := conn.AddChain(&nftables.Chain{Name: "probe", Table: t})

@@ -177,10 +177,18 @@ func ctHelperObj(t *nftables.Table, name string) *nftables.NamedObj {
 		Obj: &expr.CtHelper{Name: name, L4Proto: unix.IPPROTO_TCP}} // l3proto: the table's (inet)
 }
 
-// l4protoLoad loads the transport protocol (one byte) into the first
-// register.
-func l4protoLoad() []expr.Any {
-	return []expr.Any{&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1}}
+// KernelFTPHelper is the kernel's own FTP helper, and the name of the
+// table's ct helper object for it.
+const KernelFTPHelper = kernel.KernelFTPHelper
+
+// ctHelperIs matches a connection whose helper is name.
+func ctHelperIs(name string) []expr.Any {
+	data := make([]byte, 16) // NF_CT_HELPER_NAME_LEN, zero padded
+	copy(data, name)
+	return []expr.Any{
+		&expr.Ct{Key: expr.CtKeyHELPER, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: data},
+	}
 }
 
 // ctHelperSet assigns the ct helper object name to the packet's new

@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
-	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -34,6 +33,11 @@ type Spec struct {
 	// NativeQueue: queue rules use the nft queue expression instead of
 	// the xtables NFQUEUE target.
 	NativeQueue bool
+	// KernelFTP: the kernel has its own FTP helper (kernel.ProbeKernelFTP).
+	// New control connections that the daemon did not see (it is down, its
+	// queue was bypassed) get it, and the kernel then rewrites their
+	// replies and opens their data channels; the daemon leaves them alone.
+	KernelFTP bool
 	// Live are the VIPs (or matches) and real servers of helped connections
 	// still running after a reload removed them: their packets must go on
 	// reaching the daemon.
@@ -111,7 +115,6 @@ type family struct {
 // Ruleset is an installed table.
 type Ruleset struct {
 	table *nftables.Table
-	alive *nftables.Set // the kernel datapath's heartbeat (see Heartbeat)
 	fams  [2]*family
 	fwd   *nftables.Chain
 	queue Spec // the queue numbers and kind the rules send to
@@ -184,7 +187,7 @@ func Install(c *nftables.Conn, spec *Spec) (*Ruleset, error) {
 	c.AddTable(t)
 	c.DelTable(t)
 	c.AddTable(t)
-	rs := &Ruleset{table: t, fams: [2]*family{newFamily(t, false), newFamily(t, true)}, queue: Spec{QueueNum: spec.QueueNum, QueueTotal: spec.QueueTotal, MarkMask: spec.MarkMask, NativeQueue: spec.NativeQueue, CtHelper: spec.CtHelper}}
+	rs := &Ruleset{table: t, fams: [2]*family{newFamily(t, false), newFamily(t, true)}, queue: Spec{QueueNum: spec.QueueNum, QueueTotal: spec.QueueTotal, MarkMask: spec.MarkMask, NativeQueue: spec.NativeQueue, CtHelper: spec.CtHelper, KernelFTP: spec.KernelFTP}}
 	for _, f := range rs.fams {
 		if err := rs.addSets(c, spec, f); err != nil {
 			return nil, err
@@ -195,36 +198,15 @@ func Install(c *nftables.Conn, spec *Spec) (*Ruleset, error) {
 	}
 	if spec.CtHelper != "" {
 		c.AddObj(ctHelperObj(t, spec.CtHelper))
-		rs.alive = &nftables.Set{Table: t, Name: "alive", KeyType: nftables.TypeInetProto, HasTimeout: true}
-		if err := c.AddSet(rs.alive, nil); err != nil {
-			return nil, fmt.Errorf("add set alive: %w", err)
-		}
+	}
+	if spec.KernelFTP {
+		c.AddObj(ctHelperObj(t, KernelFTPHelper))
 	}
 	rs.addChains(c, spec)
 	if err := c.Flush(); err != nil {
 		return nil, fmt.Errorf("install table inet %s: %w", spec.Table, err)
 	}
 	return rs, nil
-}
-
-// HeartbeatTTL is how long new connections keep getting the kernel
-// datapath's helper after the daemon's last Heartbeat.
-const HeartbeatTTL = 5 * time.Second
-
-// Heartbeat tells the kernel datapath's rules that the daemon runs, for
-// HeartbeatTTL; call it about every second. No-op for the compat ruleset.
-func (rs *Ruleset) Heartbeat(c *nftables.Conn) error {
-	if rs.alive == nil {
-		return nil
-	}
-	c.FlushSet(rs.alive)
-	if err := c.SetAddElements(rs.alive, []nftables.SetElement{{Key: []byte{unix.IPPROTO_TCP}, Timeout: HeartbeatTTL}}); err != nil {
-		return err
-	}
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("heartbeat: %w", err)
-	}
-	return nil
 }
 
 // Remove deletes the table if it exists.
@@ -368,14 +350,15 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 		if kernel {
 			// The kernel datapath: the helper queues every packet of
 			// these connections, after NAT.
-			// Only while the daemon's heartbeat is fresh: a connection
-			// with a userspace helper whose queue has no reader passes
-			// its packets unconfirmed by conntrack (a new connection never
-			// completes), so with the daemon gone new connections go
-			// without the helper, like the compat datapath's.
+			// Only to those the daemon scheduled (its verdict set the
+			// mark bits): a connection with a userspace helper whose
+			// queue has no reader passes its packets unconfirmed by
+			// conntrack (a new connection never completes), so one that
+			// bypassed the daemon goes without, like the compat
+			// datapath's (and gets the kernel's helper in dstnat).
 			// The control connection carries ChannelMark: its data
 			// connections, expected, take their master's mark.
-			rule(mangle, fam, tcp, ctStateIs(newBit), dst, lookup(f.helped), l4protoLoad(), lookup(rs.alive), ctHelperSet(spec.CtHelper), setCtMark(ChannelMark))
+			rule(mangle, fam, tcp, ctStateIs(newBit), markBitsSet(spec.MarkMask), dst, lookup(f.helped), ctHelperSet(spec.CtHelper), setCtMark(ChannelMark))
 		} else {
 			// A server's segment without payload that only acknowledges
 			// needs no correction while its connection has none (not in
@@ -387,6 +370,14 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 		}
 
 		rule(dnat, fam, markBits(spec.MarkMask), lookupTo(f.byMark), natTo(expr.NATTypeDestNAT, f, true))
+		if spec.KernelFTP {
+			// A new control connection to a helped VIP that the daemon
+			// did not mark bypassed it: the kernel's FTP helper reads
+			// it for its whole life. Assigned before its NAT, which
+			// then gives it the sequence adjustment the helper's
+			// rewrites need (nf_nat_setup_info), on every kernel.
+			rule(dnat, fam, tcp, markBitsClear(spec.MarkMask), dst, lookup(f.helped), lookup(f.vips), ctHelperSet(KernelFTPHelper))
+		}
 		// A new connection to a VIP without the daemon's mark: the daemon
 		// is down and the queue was bypassed. Fail open to a server.
 		rule(dnat, fam, tcp, concat(addrField(f.v6, false), portField(false), bucketField()), lookupTo(f.fallback), natTo(expr.NATTypeDestNAT, f, true))
@@ -409,8 +400,20 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 		rule(snat, fam, tcp, flow, lookupTo(f.passiveSNAT), natTo(expr.NATTypeSourceNAT, f, false))
 	}
 	rs.forwardRules(c, spec)
-	rule(clean, markBits(spec.MarkMask), []expr.Any{
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: native32(0)},
+	if spec.KernelFTP && !kernel {
+		// After the forward chain: the SYN of a new add-on connection
+		// still has the add-on's mark bits only if it bypassed the
+		// daemon (its verdict clears them); the kernel's FTP helper
+		// takes it. Its sequence adjustment comes with the user's SNAT,
+		// if any, or (kernels with nft_ct's fix of late 2025, Debian's
+		// 6.1.0-57 among them) with the assignment itself.
+		unseen := chain("forward_unseen", nftables.ChainTypeFilter, nftables.ChainHookForward, *nftables.ChainPriorityFilter+1)
+		for _, f := range rs.fams {
+			rule(unseen, nfproto(f.proto), l4protoTCP(), ctStateIs(newBit), markBitsSet(spec.MarkMask),
+				concat(ctOrigDst(f.v6), ctOrigDstPort()), lookup(f.helped), ctHelperSet(KernelFTPHelper))
+		}
+	}
+	rule(clean, markBitsSet(spec.MarkMask), []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: reg1},
 		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: native32(^spec.MarkMask), Xor: native32(0)},
 		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: reg1},
@@ -422,6 +425,11 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 func (rs *Ruleset) forwardRules(c *nftables.Conn, spec *Spec) {
 	const syn, ack, fin, rst = 0x02, 0x10, 0x01, 0x04
 	q := queueExpr(&rs.queue)
+	if rs.queue.KernelFTP && rs.queue.CtHelper == "" {
+		// The kernel's FTP helper reads these: the daemon must not (the
+		// kernel datapath queues only its own helper's connections).
+		rs.rule(c, rs.fwd, ctHelperIs(KernelFTPHelper), accept())
+	}
 	for _, f := range rs.fams {
 		if rs.queue.CtHelper == "" {
 			// The client's pure ACKs likewise (the add-on rules below
@@ -542,6 +550,16 @@ func markBits(mask uint32) []expr.Any {
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: unix.NFT_REG32_00},
 		&expr.Bitwise{SourceRegister: unix.NFT_REG32_00, DestRegister: unix.NFT_REG32_00, Len: 4, Mask: native32(mask), Xor: native32(0)},
 	}
+}
+
+// markBitsSet matches a packet with some of the mark bits within mask set:
+// the daemon's verdict (or, on an add-on SYN, the forward rule) put them.
+func markBitsSet(mask uint32) []expr.Any {
+	return append(markBits(mask), &expr.Cmp{Op: expr.CmpOpNeq, Register: unix.NFT_REG32_00, Data: native32(0)})
+}
+
+func markBitsClear(mask uint32) []expr.Any {
+	return append(markBits(mask), &expr.Cmp{Op: expr.CmpOpEq, Register: unix.NFT_REG32_00, Data: native32(0)})
 }
 
 func drop() []expr.Any { return []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}} }

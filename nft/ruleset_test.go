@@ -67,7 +67,7 @@ func nftList(t *testing.T, ns string, args ...string) (string, error) {
 func referenceSpec() *Spec {
 	ap := netip.MustParseAddrPort
 	return &Spec{
-		Table: "nfhelper", QueueNum: 100, QueueTotal: 2, MarkMask: 0x00ff0000,
+		Table: "nfhelper", QueueNum: 100, QueueTotal: 2, MarkMask: 0x00ff0000, KernelFTP: true,
 		Services: []Service{
 			{VIP: ap("198.51.100.10:21"), Helped: true, Servers: []Server{{ap("10.0.0.11:21"), 0x10000, 1}, {ap("10.0.0.12:21"), 0x20000, 3}}},
 			{VIP: ap("[2001:db8:1::10]:21"), Helped: true, Servers: []Server{{ap("[fd00::11]:21"), 0x30000, 1}}},
@@ -319,7 +319,7 @@ func TestInstallKernelGolden(t *testing.T) {
 	if got != string(want) {
 		t.Errorf("ruleset differs from %s (go test -run TestInstallKernelGolden -update to accept):\n%s", golden, got)
 	}
-	for _, w := range []string{"ct helper nfhelper-gold {", `type "nfhelper-gold" protocol tcp`, "priority mangle", `ct helper set "nfhelper-gold"`} {
+	for _, w := range []string{"ct helper nfhelper-gold {", `type "nfhelper-gold" protocol tcp`, "priority mangle", `ct helper set "nfhelper-gold"`, `ct helper set "ftp"`} {
 		if !strings.Contains(got, w) {
 			t.Errorf("%q missing", w)
 		}

@@ -63,6 +63,11 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 	// table, so it is used only where nothing else exists, after the probe
 	// loaded it (kernel.ProbeXtQueue).
 	spec.NativeQueue = features.QueueExpr() == kernel.QueueNative
+	// Fail-open for new sessions: the kernel's FTP helper takes the control
+	// connections that bypass the daemon.
+	if spec.KernelFTP = features.KernelFTP == nil; !spec.KernelFTP {
+		log.Warn("fail-open covers control connections only: new FTP sessions cannot transfer while the daemon is down", "err", features.KernelFTP)
+	}
 	if kernelDP {
 		engine.KernelSeqAdj = true
 		spec.CtHelper = helperName
@@ -205,11 +210,6 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 		}
 	}()
 	dp.ruleset = ruleset // before dp.run starts; no packet announced a channel before the rules existed
-	if kernelDP {
-		if err := startHeartbeat(ctx, ruleset, &wg, log); err != nil {
-			return nil, err
-		}
-	}
 
 	// The control socket (nfhelperctl): the daemon runs without it if it
 	// cannot have it.

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/google/nftables"
@@ -320,34 +319,6 @@ func boolInt(b bool) uint16 {
 		return 1
 	}
 	return 0
-}
-
-// startHeartbeat keeps the kernel datapath's rules assigning the helper
-// while the daemon runs (nft.Ruleset.Heartbeat): the first beat before it
-// returns, then one a second until ctx ends.
-func startHeartbeat(ctx context.Context, rs *nft.Ruleset, wg *sync.WaitGroup, log *slog.Logger) error {
-	conn, err := nftables.New()
-	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
-	}
-	if err := rs.Heartbeat(conn); err != nil {
-		return err
-	}
-	wg.Go(func() {
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				if err := rs.Heartbeat(conn); err != nil && ctx.Err() == nil {
-					log.Warn("heartbeat", "err", err)
-				}
-			}
-		}
-	})
-	return nil
 }
 
 // checkKernelFeatures is --check: the kernel's features, the datapath a

@@ -62,6 +62,11 @@ func restore(engine *ipvs.Engine, table string, log *slog.Logger) (*nft.Carried,
 		if state == tcpTimeWait || state == tcpClose {
 			continue
 		}
+		// The kernel's own FTP helper took it while no daemon ran
+		// (fail-open): it rewrites that connection, the daemon must not.
+		if f.Helper.Name == nft.KernelFTPHelper {
+			continue
+		}
 		established := state == tcpEstablished
 		// Its elements are deleted when it ends, as the earlier daemon's
 		// would have been.

@@ -145,6 +145,8 @@ loop:
 			if !crash {
 				err = handOver(d)
 			} else if err = d.Kill(); err == nil {
+				// The outage runs from here to the restart's event.
+				events = append(events, event{"SIGKILL", time.Now()})
 				d, err = tp.StartDaemon(bin, cfg)
 			}
 			mu.Unlock()

@@ -1,0 +1,314 @@
+//go:build integration
+
+package integration
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nfhelper/nfhelper/ctl"
+	"github.com/nfhelper/nfhelper/integration/topo"
+)
+
+// holdClient logs in (anonymous), fetches small.bin with the data command
+// argv[3] names (pasv, epsv, port or eprt, forced whatever the family),
+// reports, waits for a line on stdin, fetches it again on the same control
+// connection and quits. A passive transfer connects to the address the
+// 227 names, so an unrewritten reply fails the check on it.
+const holdClient = `import ftplib, hashlib, json, socket, sys
+host, port, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+out = sys.stdout
+sys.stdout = sys.stderr
+ftp = ftplib.FTP(timeout=20)
+ftp.set_debuglevel(1)
+ftp.connect(host, port)
+ftp.login()
+seen = {}
+def makepasv():
+    if mode == "pasv":
+        seen["reply"] = ftp.sendcmd("PASV")
+        return ftplib.parse227(seen["reply"])
+    seen["reply"] = ftp.sendcmd("EPSV")
+    return ftplib.parse229(seen["reply"], ftp.sock.getpeername())
+def makeport():
+    sock = socket.create_server((ftp.sock.getsockname()[0], 0), family=ftp.af)
+    h, p = sock.getsockname()[:2]
+    seen["reply"] = ftp.sendport(h, p) if mode == "port" else ftp.sendeprt(h, p)
+    return sock
+ftp.makepasv, ftp.makeport = makepasv, makeport
+ftp.set_pasv(mode in ("pasv", "epsv"))
+def get():
+    h = hashlib.sha256()
+    conn, size = ftp.ntransfercmd("RETR small.bin")
+    with conn:
+        peer = conn.getpeername()[0]
+        while True:
+            b = conn.recv(65536)
+            if not b:
+                break
+            h.update(b)
+    ftp.voidresp()
+    return {"sha256": h.hexdigest(), "peer": peer, "reply": seen.get("reply", "")}
+first = get()
+first["client"] = ftp.sock.getsockname()[0]
+first["client_port"] = ftp.sock.getsockname()[1]
+out.write(json.dumps(first) + "\n"); out.flush()
+sys.stdin.readline()
+second = get()
+second["quit"] = ftp.quit()
+out.write(json.dumps(second) + "\n"); out.flush()
+`
+
+// failOpenSession is one holdClient run.
+type failOpenSession struct {
+	name, host, mode string
+	v6, addon        bool
+	cmd              *exec.Cmd
+	stdin            io.WriteCloser
+	lines            *bufio.Scanner
+	trace            *topo.SyncBuffer
+	client           netip.AddrPort
+}
+
+func (s *failOpenSession) result(t *testing.T, what string) map[string]any {
+	t.Helper()
+	if !s.lines.Scan() {
+		t.Fatalf("%s %s: the client ended: %v\n%s", s.name, what, s.lines.Err(), tailString(s.trace.String(), 3000))
+	}
+	var res map[string]any
+	if err := json.Unmarshal(s.lines.Bytes(), &res); err != nil {
+		t.Fatalf("%s %s: %q: %v", s.name, what, s.lines.Text(), err)
+	}
+	return res
+}
+
+// check: the right bytes, a passive reply naming the address the client
+// dialled, an active connection coming from it.
+func (s *failOpenSession) check(t *testing.T, what string, res map[string]any) {
+	t.Helper()
+	if res["sha256"] != harness.tp.Files["small.bin"] {
+		t.Errorf("%s %s: sha256 %v, want %s\n%s", s.name, what, res["sha256"], harness.tp.Files["small.bin"], tailString(s.trace.String(), 3000))
+	}
+	reply, _ := res["reply"].(string)
+	switch s.mode {
+	case "pasv":
+		if want := strings.ReplaceAll(s.host, ".", ",") + ","; !strings.Contains(reply, want) {
+			t.Errorf("%s %s: 227 %q does not name %s", s.name, what, reply, s.host)
+		}
+	case "port", "eprt":
+		if peer, _ := res["peer"].(string); peer != s.host {
+			t.Errorf("%s %s: active data connection from %s, want %s", s.name, what, peer, s.host)
+		}
+	}
+}
+
+func startFailOpenSession(t *testing.T, script, host, mode string, v6, addon bool) *failOpenSession {
+	t.Helper()
+	tp := harness.tp
+	kind := "vip"
+	if addon {
+		kind = "addon"
+	}
+	fam := "4"
+	if v6 {
+		fam = "6"
+	}
+	s := &failOpenSession{name: kind + fam + "-" + mode, host: host, mode: mode, v6: v6, addon: addon, trace: &topo.SyncBuffer{}}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	s.cmd = tp.CommandContext(ctx, tp.Client, "python3", script, host, "21", mode)
+	s.cmd.Stderr = s.trace
+	var err error
+	if s.stdin, err = s.cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := s.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		s.stdin.Close()
+		cancel()
+		s.cmd.Wait()
+	})
+	s.lines = bufio.NewScanner(stdout)
+	return s
+}
+
+// failOpenModes are the data commands each family is tried with.
+var failOpenModes = []struct {
+	mode string
+	v6   bool
+}{{"pasv", false}, {"epsv", false}, {"port", false}, {"eprt", false}, {"epsv", true}, {"eprt", true}}
+
+// TestFailOpenNewSessions: with the daemon killed, new FTP sessions through
+// the VIP and through an add-on port forward work end to end in every
+// mode, both families: the table gives their control connections the
+// kernel's own FTP helper. The daemon started again leaves those sessions
+// to the kernel (their second transfer works, helped once) and helps new
+// sessions itself, without the kernel's helper.
+func TestFailOpenNewSessions(t *testing.T) {
+	d := needDaemon(t)
+	tp := harness.tp
+	if strings.Contains(d.Log(), "fail-open covers control connections only") {
+		t.Skip("the kernel has no FTP helper: fail-open covers control connections only")
+	}
+	addon := harness.noAddon == ""
+	if addon {
+		installUserRules(t, userRules{})
+	} else {
+		t.Logf("add-on sessions left out: %s", harness.noAddon)
+	}
+	script := filepath.Join(t.TempDir(), "hold.py")
+	if err := os.WriteFile(script, []byte(holdClient), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	targets := func() (out []struct {
+		host      string
+		v6, addon bool
+		mode      string
+	}) {
+		for _, m := range failOpenModes {
+			host, wan := topo.VIP4, topo.WAN4
+			if m.v6 {
+				host, wan = topo.VIP6, topo.WAN6
+			}
+			out = append(out, struct {
+				host      string
+				v6, addon bool
+				mode      string
+			}{host, m.v6, false, m.mode})
+			if addon {
+				out = append(out, struct {
+					host      string
+					v6, addon bool
+					mode      string
+				}{wan, m.v6, true, m.mode})
+			}
+		}
+		return out
+	}()
+
+	harness.mu.Lock()
+	harness.stopped = true
+	harness.mu.Unlock()
+	if err := d.Kill(); err != nil {
+		t.Fatalf("SIGKILL: %v", err)
+	}
+	t.Logf("datapath %s: daemon killed; %d new sessions", d.Datapath, len(targets))
+
+	// All at once: each holds its control connection open until the
+	// restart, within vsftpd's idle timeout even under emulation.
+	startAll := func(what string) []*failOpenSession {
+		var all []*failOpenSession
+		for _, tg := range targets {
+			all = append(all, startFailOpenSession(t, script, tg.host, tg.mode, tg.v6, tg.addon))
+		}
+		for _, s := range all {
+			res := s.result(t, what)
+			s.check(t, what, res)
+			ip, _ := res["client"].(string)
+			port, _ := res["client_port"].(float64)
+			s.client = netip.AddrPortFrom(netip.MustParseAddr(ip), uint16(port))
+		}
+		return all
+	}
+	// helpers maps each control connection's client to its conntrack
+	// helper ("none" without one).
+	helpers := func() map[netip.AddrPort]string {
+		out := map[netip.AddrPort]string{}
+		for _, e := range conntrackTCP(t, tp.Router) {
+			out[e.origSrc] = "none"
+			for _, f := range strings.Fields(e.line) {
+				if h, ok := strings.CutPrefix(f, "helper="); ok {
+					out[e.origSrc] = h
+				}
+			}
+		}
+		return out
+	}
+	held := startAll("during the outage")
+	// Each control connection carries the kernel's helper.
+	seen := helpers()
+	for _, s := range held {
+		if h := seen[s.client]; h != "ftp" {
+			t.Errorf("%s: control connection %s has helper %q, want the kernel's ftp", s.name, s.client, h)
+		}
+	}
+
+	d2, err := tp.StartDaemon(harness.daemonBin, harness.config)
+	if err != nil {
+		t.Fatalf("start after SIGKILL: %v", err)
+	}
+	setDaemon(d2)
+	harness.mu.Lock()
+	harness.stopped = false
+	harness.mu.Unlock()
+	reportDatapath(t, d2)
+	sock := tp.ControlSocket()
+	var before ctl.Status
+	ctlJSON(t, sock, "status", &before)
+
+	// The sessions of the outage go on, helped by the kernel only: the
+	// daemon neither took them back nor sees them.
+	for _, s := range held {
+		io.WriteString(s.stdin, "go\n")
+		res := s.result(t, "after the restart")
+		s.check(t, "after the restart", res)
+		if q, _ := res["quit"].(string); !strings.HasPrefix(q, "221") {
+			t.Errorf("%s: QUIT answered %q", s.name, q)
+		}
+	}
+	var conns ctl.Conns
+	ctlJSON(t, sock, "conns", &conns)
+	for _, c := range conns.Conns {
+		for _, s := range held {
+			if c.Client == s.client {
+				t.Errorf("%s: the restarted daemon holds the kernel-helped connection %+v", s.name, c)
+			}
+		}
+	}
+
+	// New sessions are the daemon's again, without the kernel's helper.
+	fresh := startAll("after the restart")
+	seen = helpers()
+	for _, s := range fresh {
+		if h := seen[s.client]; h == "ftp" || h == "" {
+			t.Errorf("%s: new control connection %s has helper %q with the daemon running", s.name, s.client, h)
+		}
+	}
+	for _, s := range fresh {
+		io.WriteString(s.stdin, "go\n")
+		s.check(t, "second transfer", s.result(t, "second transfer"))
+	}
+	var after ctl.Status
+	ctlJSON(t, sock, "status", &after)
+	var balanced, addons uint64
+	for _, tg := range targets {
+		if tg.addon {
+			addons++
+		} else {
+			balanced++
+		}
+	}
+	if got := after.Stats["scheduled"] - before.Stats["scheduled"]; got < balanced {
+		t.Errorf("the daemon scheduled %d new connections, want at least the %d new balanced sessions", got, balanced)
+	}
+	if got := after.Stats["adopted"] - before.Stats["adopted"]; got < addons {
+		t.Errorf("the daemon adopted %d new connections, want at least the %d new add-on sessions", got, addons)
+	}
+	t.Logf("daemon counters over the new sessions: scheduled +%d, adopted +%d, rewritten +%d, channels +%d",
+		after.Stats["scheduled"]-before.Stats["scheduled"], after.Stats["adopted"]-before.Stats["adopted"],
+		after.Stats["rewritten"]-before.Stats["rewritten"], after.Stats["channels"]-before.Stats["channels"])
+}
