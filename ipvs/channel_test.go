@@ -139,3 +139,88 @@ func TestRefusalLoggedAtOnceThenRateLimited(t *testing.T) {
 		t.Errorf("after 2 s: %d lines, %d counted", n, e.Stats.Refused[RefuseBounce].Load())
 	}
 }
+
+// TestUsedChannelFreesPort: a channel whose data connection conntrack
+// confirmed gives its VIP port back at once (the kernel removes an
+// expectation that matched), and the datapath is told which to delete.
+func TestUsedChannelFreesPort(t *testing.T) {
+	e := portEngine(t, Policy{MaxChannels: 4, ChannelTimeout: time.Minute})
+	w := e.NewWorker()
+	announce(t, e, w, client, 1000, "40000")
+	other := ap("203.0.113.2:40001")
+	// Not a channel's data connection: nothing happens.
+	if _, ok := e.ChannelUsed(client.Addr(), ap("198.51.100.10:40001")); ok {
+		t.Fatal("a connection to an unannounced port ended a channel")
+	}
+	ch, ok := e.ChannelUsed(client.Addr(), ap("198.51.100.10:40000"))
+	if !ok || ch.Kind != ChannelPassive || ch.VIP.Port() != 40000 || ch.Server.Port() != 40000 {
+		t.Fatalf("used: %+v %v", ch, ok)
+	}
+	if e.Stats.Used.Load() != 1 || e.Claimed(ch) {
+		t.Errorf("used %d, still claimed %v", e.Stats.Used.Load(), e.Claimed(ch))
+	}
+	if c := e.Table.LookupVIP(client, vip); len(c.help.open) != 0 {
+		t.Errorf("channel still open: %+v", c.help.open)
+	}
+	// Once: a second event for the same tuple finds nothing.
+	if _, ok := e.ChannelUsed(client.Addr(), ap("198.51.100.10:40000")); ok {
+		t.Error("used twice")
+	}
+	// Another control connection of the same client gets the server's
+	// own port again, and its element is then not deleted.
+	v := announce(t, e, w, other, 2000, "40000")
+	if len(v.Open) != 1 || v.Open[0].VIP.Port() != 40000 || !e.Claimed(ch) {
+		t.Errorf("freed port not reused: %+v", v.Open)
+	}
+}
+
+// TestControlEndFreesPorts: the server's FIN (or a reset) ends the
+// channels its connection has not used; the client's FIN alone does not
+// (a half-closed client may still connect).
+func TestControlEndFreesPorts(t *testing.T) {
+	e := portEngine(t, Policy{MaxChannels: 4, ChannelTimeout: time.Minute})
+	w := e.NewWorker()
+	announce(t, e, w, client, 1000, "40000")
+	c := e.Table.LookupVIP(client, vip)
+	w.Process(seg(c.Server, client, 1009, 101, pshAck, "P 40001\n"), 0)
+	if v := w.Process(seg(client, c.Server, 101, 1017, finAck, ""), 0); len(v.Close) != 0 {
+		t.Fatalf("client's FIN closed %+v", v.Close)
+	}
+	v := w.Process(seg(c.Server, client, 1017, 102, finAck, ""), 0)
+	if len(v.Close) != 2 || len(e.channels.passive) != 0 || len(c.help.open) != 0 {
+		t.Fatalf("server's FIN: close %+v, claims %v", v.Close, e.channels.passive)
+	}
+}
+
+// TestPortSearchWholeRange: a client address holding thousands of pending
+// channels still gets a free port, found past them; only when every
+// unprivileged port is held is the channel refused.
+func TestPortSearchWholeRange(t *testing.T) {
+	e := portEngine(t, DefaultPolicy)
+	w := e.NewWorker()
+	hold := func(port int) {
+		key := passiveKey{client.Addr(), netip.AddrPortFrom(vip.Addr(), uint16(port))}
+		e.channels.passive[key] = passiveClaim{conn: &Conn{}, expires: now() + int64(time.Hour)}
+	}
+	for p := 40000; p < 45000; p++ {
+		hold(p)
+	}
+	v := announce(t, e, w, client, 1000, "40000")
+	if len(v.Open) != 1 || v.Open[0].VIP.Port() != 45000 {
+		t.Fatalf("past 5000 held ports: %+v", v.Open)
+	}
+	// Wrapping round at the top, clear of the privileged range.
+	for p := 1024; p < 65536; p++ {
+		if p != 2000 {
+			hold(p)
+		}
+	}
+	v = announce(t, e, w, ap("203.0.113.2:40001"), 2000, "65000")
+	if len(v.Open) != 1 || v.Open[0].VIP.Port() != 2000 {
+		t.Fatalf("wrapped search: %+v", v.Open)
+	}
+	v = announce(t, e, w, ap("203.0.113.2:40002"), 3000, "65000")
+	if len(v.Open) != 0 {
+		t.Fatalf("every port held, yet opened %+v", v.Open)
+	}
+}
