@@ -128,3 +128,62 @@ func TestManySessionsOneClient(t *testing.T) {
 		t.Errorf("%d of %d channels ended by their data connection", used, opened)
 	}
 }
+
+// TestManySessionsBehindSNAT: many client hosts behind one NAT address (an
+// office, a NAT gateway in front of the VIP) run many passive sessions, 8 at
+// a time: every one transfers its file. The client namespace plays both
+// the hosts (16 addresses of its own per family) and their gateway (nft
+// SNAT to its one routed address): the VIP sees one client address, with
+// source ports the NAT picked. Active modes would need the gateway's own
+// FTP helper to rewrite PORT; they are left to TestManySessionsOneClient.
+func TestManySessionsBehindSNAT(t *testing.T) {
+	d := needDaemon(t)
+	reportDatapath(t, d)
+	tp := harness.tp
+	n := manySessions(t)
+	var hosts4, hosts6 []string
+	for i := 2; i < 18; i++ {
+		hosts4 = append(hosts4, fmt.Sprintf("192.168.77.%d", i))
+		hosts6 = append(hosts6, fmt.Sprintf("fd77::%x", i))
+	}
+	run := func(args ...string) {
+		t.Helper()
+		if _, stderr, err := execIn(t, 10*time.Second, tp.Client, nil, args[0], args[1:]...); err != nil {
+			t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, stderr)
+		}
+	}
+	t.Cleanup(func() {
+		execIn(t, 10*time.Second, tp.Client, nil, "nft", "delete", "table", "inet", "nfht_gateway")
+		for _, a := range hosts4 {
+			execIn(t, 10*time.Second, tp.Client, nil, "ip", "addr", "del", a+"/32", "dev", "lo")
+		}
+		for _, a := range hosts6 {
+			execIn(t, 10*time.Second, tp.Client, nil, "ip", "addr", "del", a+"/128", "dev", "lo")
+		}
+	})
+	for _, a := range hosts4 {
+		run("ip", "addr", "add", a+"/32", "dev", "lo")
+	}
+	for _, a := range hosts6 {
+		run("ip", "addr", "add", a+"/128", "dev", "lo", "nodad")
+	}
+	run("nft", "add table inet nfht_gateway; "+
+		"add chain inet nfht_gateway post { type nat hook postrouting priority srcnat; }; "+
+		"add rule inet nfht_gateway post ip saddr 192.168.77.0/24 snat ip to "+topo.ClientV4+"; "+
+		"add rule inet nfht_gateway post ip6 saddr fd77::/64 snat ip6 to "+topo.ClientV6)
+	before := engineStats(t)
+	for _, c := range []struct {
+		mode, vip string
+		hosts     []string
+	}{
+		{"epsv", topo.VIP4, hosts4}, {"pasv", topo.VIP4, hosts4}, {"epsv", topo.VIP6, hosts6},
+	} {
+		t.Run(fmt.Sprintf("%s/%s", c.mode, c.vip), func(t *testing.T) {
+			runLoad(t, net.JoinHostPort(c.vip, "21"), c.mode, n, "-bind", strings.Join(c.hosts, ","))
+		})
+	}
+	after := engineStats(t)
+	if got := after["refused_no_port"] - before["refused_no_port"]; got != 0 {
+		t.Errorf("refused_no_port moved by %d", got)
+	}
+}
