@@ -11,7 +11,8 @@ import (
 )
 
 // portHelper opens a passive channel for each server line "P <port>" and
-// rewrites the port when the core chose another.
+// rewrites the port when the core chose another, or the line to "425 no
+// port" when none was to be had.
 type portHelper struct{ s *Session }
 
 func (portHelper) Name() string                          { return "port" }
@@ -27,7 +28,14 @@ func (h portHelper) Inspect(dir Direction, data []byte, fixed int, fin bool, r *
 		return
 	}
 	vip, ok := r.OpenPassive(netip.AddrPortFrom(h.s.Server.Addr(), uint16(port)))
-	if ok && int(vip.Port()) != port {
+	if !ok {
+		// As the FTP helper's 425: the announcement gives way to a
+		// longer reply that opens nothing.
+		r.Refuse(RefuseNoPort)
+		r.Replace(0, len(data)-1, []byte("425 no port"))
+		return
+	}
+	if int(vip.Port()) != port {
 		r.Replace(2, len(text), strconv.AppendUint(nil, uint64(vip.Port()), 10))
 	}
 }
@@ -219,8 +227,19 @@ func TestPortSearchWholeRange(t *testing.T) {
 	if len(v.Open) != 1 || v.Open[0].VIP.Port() != 2000 {
 		t.Fatalf("wrapped search: %+v", v.Open)
 	}
-	v = announce(t, e, w, ap("203.0.113.2:40002"), 3000, "65000")
-	if len(v.Open) != 0 {
-		t.Fatalf("every port held, yet opened %+v", v.Open)
+	third := ap("203.0.113.2:40002")
+	v = announce(t, e, w, third, 3000, "65000")
+	if len(v.Open) != 0 || e.Stats.Refused[RefuseNoPort].Load() != 1 {
+		t.Fatalf("every port held, yet opened %+v (refused %d)", v.Open, e.Stats.Refused[RefuseNoPort].Load())
+	}
+	// The refusal's longer reply shifts the server's later bytes.
+	tc := &tconn{t: t}
+	if _, p := tc.out(v, nil); p != "425 no port\n" {
+		t.Errorf("refused announcement sent as %q", p)
+	}
+	c := e.Table.LookupVIP(third, vip)
+	next := seg(c.Server, third, 3009, 101, pshAck, "ok\n")
+	if seq, _ := tc.out(w.Process(next, 0), next); seq != 3009+4 {
+		t.Errorf("next segment at %d, want %d", seq, 3009+4)
 	}
 }
