@@ -52,7 +52,7 @@ func TestAddOnBehindSNAT(t *testing.T) {
 	}
 	// The server's data connection to that port starts: the channel is
 	// done, and its port on the translated address free again.
-	if ch, ok := e.ChannelUsed(server.Addr(), want.NAT); !ok || ch.Kind != ipvs.ChannelActive || ch.NAT != want.NAT {
+	if ch, ok := e.ChannelUsed(server.Addr(), want.NAT, want.Client); !ok || ch.Kind != ipvs.ChannelActive || ch.NAT != want.NAT {
 		t.Errorf("active data connection started: %+v %v", ch, ok)
 	}
 	if e.Claimed(want) || e.Stats.Used.Load() != 1 {

@@ -58,7 +58,19 @@ type passiveKey struct {
 type passiveClaim struct {
 	conn    *Conn
 	expires int64
+	// ended: the channel ended without word of its data connection
+	// (evicted, or its control connection ended); the claim only waits
+	// out usedGrace.
+	ended bool
 }
+
+// usedGrace is how long the claim of a channel that ended without word of
+// its data connection stays: conntrack's event for a data connection that
+// did start may still be on its way (a busy follower lags), and must not
+// be taken for the data connection of the next channel on the same port,
+// which is often the same server port too. The word, when it comes, ends
+// the wait.
+const usedGrace = int64(10 * time.Second)
 
 // channelTable keeps passive claims, so that two connections of one client
 // (from two control connections, or many users behind one NAT address)
@@ -98,7 +110,7 @@ func (w *Worker) OpenPassive(server netip.AddrPort) (netip.AddrPort, bool) {
 	for range portSpan + 1 {
 		key := passiveKey{c.Client.Addr(), netip.AddrPortFrom(c.VIP.Addr(), port)}
 		claim, taken := t.passive[key]
-		if services[key.vip] == nil && (!taken || claim.conn == c || claim.expires < at) {
+		if services[key.vip] == nil && (!taken || claim.conn == c && !claim.ended || claim.expires < at) {
 			ch := Channel{Kind: ChannelPassive, Client: netip.AddrPortFrom(key.client, 0), Server: server, VIP: key.vip, NAT: c.help.clientNAT, Timeout: pol.ChannelTimeout}
 			t.passive[key] = passiveClaim{conn: c, expires: at + int64(pol.ChannelTimeout)}
 			w.admit(c, ch)
@@ -131,7 +143,7 @@ func (w *Worker) OpenActive(client netip.AddrPort) (netip.AddrPort, bool) {
 	port := client.Port()
 	for range portSpan + 1 {
 		key := passiveKey{c.Server.Addr(), netip.AddrPortFrom(c.help.clientNAT.Addr(), port)}
-		if claim, taken := t.active[key]; !taken || claim.conn == c || claim.expires < at {
+		if claim, taken := t.active[key]; !taken || claim.conn == c && !claim.ended || claim.expires < at {
 			t.active[key] = passiveClaim{conn: c, expires: at + int64(ch.Timeout)}
 			ch.NAT = key.vip
 			w.admit(c, ch)
@@ -159,7 +171,7 @@ func (w *Worker) admit(c *Conn, ch Channel) {
 	limit := max(c.Service.policy().MaxChannels, 1)
 	for len(keep) >= limit {
 		w.close = append(w.close, keep[0].ch)
-		w.e.channels.release(c, keep[0].ch)
+		w.e.channels.release(c, keep[0].ch, at+usedGrace)
 		keep = keep[:copy(keep, keep[1:])]
 		w.e.Stats.Evicted.Add(1)
 	}
@@ -188,6 +200,15 @@ func (ch Channel) claimKey() passiveKey {
 	return passiveKey{ch.Server.Addr(), ch.Client}
 }
 
+// leadsTo is where the channel's data connection goes after NAT: its
+// reply's source in conntrack.
+func (ch Channel) leadsTo() netip.AddrPort {
+	if ch.Kind == ChannelPassive {
+		return ch.Server
+	}
+	return ch.Client
+}
+
 // claims is the claim table of channels of kind k.
 func (t *channelTable) claims(k ChannelKind) map[passiveKey]passiveClaim {
 	if k == ChannelPassive {
@@ -196,11 +217,17 @@ func (t *channelTable) claims(k ChannelKind) map[passiveKey]passiveClaim {
 	return t.active
 }
 
-// release drops c's claim on a channel's port; t.mu is held.
-func (t *channelTable) release(c *Conn, ch Channel) {
+// release drops c's claim on a channel's port, at once (until 0) or when
+// until has passed (an ended claim); t.mu is held.
+func (t *channelTable) release(c *Conn, ch Channel, until int64) {
 	claims, key := t.claims(ch.Kind), ch.claimKey()
-	if claim, ok := claims[key]; ok && claim.conn == c {
+	claim, ok := claims[key]
+	switch {
+	case !ok || claim.conn != c:
+	case until == 0:
 		delete(claims, key)
+	default:
+		claims[key] = passiveClaim{conn: c, expires: min(claim.expires, until), ended: true}
 	}
 }
 
@@ -221,11 +248,12 @@ func (e *Engine) Claimed(ch Channel) bool {
 
 // ChannelUsed is told of a data connection conntrack has just confirmed
 // (its conntrack mark has ChannelMark) by its original source address and
-// destination. The channel it used, if the daemon announced it, is done,
-// as the kernel removes an expectation that matched: its claim goes, so
-// that its port is free for the client's next channel, and the channel is
-// returned for the datapath to delete its kernel elements.
-func (e *Engine) ChannelUsed(src netip.Addr, dst netip.AddrPort) (Channel, bool) {
+// destination and its reply's source (where the kernel sent it). The
+// channel it used, if the daemon announced it, is done, as the kernel
+// removes an expectation that matched: its claim goes, so that its port is
+// free for the client's next channel, and the channel is returned for the
+// datapath to delete its kernel elements.
+func (e *Engine) ChannelUsed(src netip.Addr, dst, to netip.AddrPort) (Channel, bool) {
 	t := &e.channels
 	key := passiveKey{src, dst}
 	t.mu.Lock()
@@ -246,12 +274,20 @@ func (e *Engine) ChannelUsed(src netip.Addr, dst netip.AddrPort) (Channel, bool)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	claims := t.claims(kind)
-	if now, ok := claims[key]; !ok || now.conn != c {
+	switch now, ok := claims[key]; {
+	case !ok || now.conn != c:
 		return Channel{}, false // released or claimed anew meanwhile
+	case now.ended:
+		// The channel ended before this word came: what it waited
+		// for is here, its port free.
+		delete(claims, key)
+		return Channel{}, false
 	}
-	delete(claims, key)
 	for i, o := range c.help.open {
-		if o.ch.Kind == kind && o.ch.claimKey() == key {
+		// A data connection that went elsewhere than this channel leads
+		// (its event came late, after the port changed hands) leaves it.
+		if o.ch.Kind == kind && o.ch.claimKey() == key && o.ch.leadsTo() == to {
+			delete(claims, key)
 			c.help.open = append(c.help.open[:i], c.help.open[i+1:]...)
 			e.Stats.Used.Add(1)
 			return o.ch, true
@@ -269,7 +305,7 @@ func (w *Worker) closeOpen(c *Conn) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, o := range c.help.open {
-		t.release(c, o.ch)
+		t.release(c, o.ch, w.now+usedGrace)
 		w.close = append(w.close, o.ch)
 	}
 	c.help.open = c.help.open[:0]
@@ -283,6 +319,6 @@ func (t *channelTable) forget(c *Conn) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, o := range c.help.open {
-		t.release(c, o.ch)
+		t.release(c, o.ch, 0)
 	}
 }

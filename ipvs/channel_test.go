@@ -104,10 +104,14 @@ func TestChannelLimitEvictsOldest(t *testing.T) {
 	if e.Stats.Evicted.Load() != 1 {
 		t.Errorf("evicted = %d", e.Stats.Evicted.Load())
 	}
-	// The evicted port is free again for another connection of the client.
-	v2 := announce(t, e, w, ap("203.0.113.2:40001"), 2000, "40000")
-	if len(v2.Open) != 1 || v2.Open[0].VIP.Port() != 40000 {
-		t.Errorf("released port not reused: %+v", v2.Open)
+	// The evicted port is free again for another connection of the
+	// client once word of its data connection came (or usedGrace passed).
+	if v2 := announce(t, e, w, ap("203.0.113.2:40001"), 2000, "40000"); len(v2.Open) != 1 || v2.Open[0].VIP.Port() == 40000 {
+		t.Errorf("evicted port reused at once: %+v", v2.Open)
+	}
+	e.ChannelUsed(client.Addr(), ap("198.51.100.10:40000"), netip.AddrPortFrom(c.Server.Addr(), 40000))
+	if v3 := announce(t, e, w, ap("203.0.113.2:40002"), 3000, "40000"); len(v3.Open) != 1 || v3.Open[0].VIP.Port() != 40000 {
+		t.Errorf("released port not reused: %+v", v3.Open)
 	}
 }
 
@@ -157,21 +161,27 @@ func TestUsedChannelFreesPort(t *testing.T) {
 	announce(t, e, w, client, 1000, "40000")
 	other := ap("203.0.113.2:40001")
 	// Not a channel's data connection: nothing happens.
-	if _, ok := e.ChannelUsed(client.Addr(), ap("198.51.100.10:40001")); ok {
+	if _, ok := e.ChannelUsed(client.Addr(), ap("198.51.100.10:40001"), rs1); ok {
 		t.Fatal("a connection to an unannounced port ended a channel")
 	}
-	ch, ok := e.ChannelUsed(client.Addr(), ap("198.51.100.10:40000"))
+	c := e.Table.LookupVIP(client, vip)
+	// One that went elsewhere (its event late, the port another's by
+	// now) does not end it.
+	if _, ok := e.ChannelUsed(client.Addr(), ap("198.51.100.10:40000"), netip.AddrPortFrom(c.Server.Addr(), 40001)); ok {
+		t.Fatal("a data connection to another server port ended the channel")
+	}
+	ch, ok := e.ChannelUsed(client.Addr(), ap("198.51.100.10:40000"), netip.AddrPortFrom(c.Server.Addr(), 40000))
 	if !ok || ch.Kind != ChannelPassive || ch.VIP.Port() != 40000 || ch.Server.Port() != 40000 {
 		t.Fatalf("used: %+v %v", ch, ok)
 	}
 	if e.Stats.Used.Load() != 1 || e.Claimed(ch) {
 		t.Errorf("used %d, still claimed %v", e.Stats.Used.Load(), e.Claimed(ch))
 	}
-	if c := e.Table.LookupVIP(client, vip); len(c.help.open) != 0 {
+	if len(c.help.open) != 0 {
 		t.Errorf("channel still open: %+v", c.help.open)
 	}
 	// Once: a second event for the same tuple finds nothing.
-	if _, ok := e.ChannelUsed(client.Addr(), ap("198.51.100.10:40000")); ok {
+	if _, ok := e.ChannelUsed(client.Addr(), ap("198.51.100.10:40000"), netip.AddrPortFrom(c.Server.Addr(), 40000)); ok {
 		t.Error("used twice")
 	}
 	// Another control connection of the same client gets the server's
@@ -195,8 +205,26 @@ func TestControlEndFreesPorts(t *testing.T) {
 		t.Fatalf("client's FIN closed %+v", v.Close)
 	}
 	v := w.Process(seg(c.Server, client, 1017, 102, finAck, ""), 0)
-	if len(v.Close) != 2 || len(e.channels.passive) != 0 || len(c.help.open) != 0 {
-		t.Fatalf("server's FIN: close %+v, claims %v", v.Close, e.channels.passive)
+	if len(v.Close) != 2 || len(c.help.open) != 0 {
+		t.Fatalf("server's FIN: close %+v, open %+v", v.Close, c.help.open)
+	}
+	// The ports stay held a moment: word of a data connection that did
+	// start may still come, and must not end the next channel on them.
+	other := ap("203.0.113.2:40001")
+	if v := announce(t, e, w, other, 2000, "40000"); len(v.Open) != 1 || v.Open[0].VIP.Port() == 40000 {
+		t.Errorf("port taken during the grace: %+v", v.Open)
+	}
+	if _, ok := e.ChannelUsed(client.Addr(), ap("198.51.100.10:40000"), netip.AddrPortFrom(c.Server.Addr(), 40000)); ok {
+		t.Error("late word ended a channel")
+	}
+	// That word frees the port; so does the grace running out.
+	if v := announce(t, e, w, ap("203.0.113.2:40002"), 3000, "40000"); len(v.Open) != 1 || v.Open[0].VIP.Port() != 40000 {
+		t.Errorf("port still held after its word came: %+v", v.Open)
+	}
+	for k, claim := range e.channels.passive {
+		if claim.conn == c && (!claim.ended || claim.expires > now()+usedGrace) {
+			t.Errorf("claim %v %+v held past the grace", k, claim)
+		}
 	}
 }
 

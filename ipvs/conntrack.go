@@ -86,7 +86,7 @@ func (e *Engine) follow(ctx context.Context, groups ...netfilter.NetlinkGroup) e
 				e.destroyed(ev.Flow.TupleOrig, ev.Flow.CountersOrig, ev.Flow.CountersReply)
 			case ev.Type == conntrack.EventNew:
 				if ev.Flow.Mark&ChannelMark != 0 {
-					e.started(ev.Flow.TupleOrig)
+					e.started(ev.Flow.TupleOrig, ev.Flow.TupleReply)
 				}
 			case ev.Type != conntrack.EventUpdate:
 			case ev.Flow.ProtoInfo.TCP != nil:
@@ -97,12 +97,13 @@ func (e *Engine) follow(ctx context.Context, groups ...netfilter.NetlinkGroup) e
 }
 
 // started ends the data channel, if any, that the data connection with
-// original tuple t used (ChannelUsed).
-func (e *Engine) started(t conntrack.Tuple) {
+// original tuple t and reply tuple reply used (ChannelUsed).
+func (e *Engine) started(t, reply conntrack.Tuple) {
 	if t.Proto.Protocol != unix.IPPROTO_TCP {
 		return
 	}
-	ch, ok := e.ChannelUsed(t.IP.SourceAddress.Unmap(), netip.AddrPortFrom(t.IP.DestinationAddress.Unmap(), t.Proto.DestinationPort))
+	ch, ok := e.ChannelUsed(t.IP.SourceAddress.Unmap(), netip.AddrPortFrom(t.IP.DestinationAddress.Unmap(), t.Proto.DestinationPort),
+		netip.AddrPortFrom(reply.IP.SourceAddress.Unmap(), reply.Proto.SourcePort))
 	if ok && e.OnChannelUsed != nil {
 		e.OnChannelUsed(ch)
 	}
