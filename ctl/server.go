@@ -234,7 +234,7 @@ func (s *Server) Status() Status {
 // StatNames are the engine's counters in the order status prints them.
 var StatNames = func() []string {
 	names := []string{"packets", "scheduled", "no_server", "adopted", "snat_learned", "rewritten", "corrected", "held",
-		"dropped_out_of_order", "channels", "evicted", "stopped_tls", "conntrack_gone", "unparsed", "bad_checksum",
+		"dropped_out_of_order", "channels", "evicted", "channels_used", "stopped_tls", "conntrack_gone", "unparsed", "bad_checksum",
 		"helper_errors", "restored", "throttled", "skipped", "seqadj_set"}
 	for r := range ipvs.Refusal(len((*ipvs.Stats)(nil).Refused)) {
 		names = append(names, "refused_"+r.String())
@@ -250,7 +250,7 @@ func StatsMap(s *ipvs.Stats) map[string]uint64 {
 		"adopted": s.Adopted.Load(), "snat_learned": s.SNATLearned.Load(),
 		"rewritten": s.Rewritten.Load(), "corrected": s.Corrected.Load(), "held": s.Held.Load(),
 		"dropped_out_of_order": s.Dropped.Load(), "channels": s.Channels.Load(), "evicted": s.Evicted.Load(),
-		"stopped_tls": s.Stopped.Load(), "conntrack_gone": s.ConntrackGone.Load(), "unparsed": s.Unparsed.Load(),
+		"channels_used": s.Used.Load(), "stopped_tls": s.Stopped.Load(), "conntrack_gone": s.ConntrackGone.Load(), "unparsed": s.Unparsed.Load(),
 		"bad_checksum": s.BadChecksum.Load(), "helper_errors": s.HelperErrors.Load(), "restored": s.Restored.Load(), "throttled": s.Throttled.Load(), "skipped": s.Skipped.Load(), "seqadj_set": s.SeqAdjSet.Load(),
 	}
 	for r := range s.Refused {

@@ -50,6 +50,14 @@ func TestAddOnBehindSNAT(t *testing.T) {
 	if len(v.Open) != 1 || v.Open[0].NAT != want.NAT || v.Open[0].Client != want.Client || v.Open[0].VIP != want.VIP {
 		t.Errorf("active channel %+v, want %+v", v.Open, want)
 	}
+	// The server's data connection to that port starts: the channel is
+	// done, and its port on the translated address free again.
+	if ch, ok := e.ChannelUsed(server.Addr(), want.NAT, want.Client); !ok || ch.Kind != ipvs.ChannelActive || ch.NAT != want.NAT {
+		t.Errorf("active data connection started: %+v %v", ch, ok)
+	}
+	if e.Claimed(want) || e.Stats.Used.Load() != 1 {
+		t.Errorf("port on the translated address still claimed, or not counted (%d)", e.Stats.Used.Load())
+	}
 
 	// The server's reply, from its side of the SNAT; it acknowledges the
 	// client's bytes as it got them (the PORT line 3 bytes shorter).

@@ -58,7 +58,19 @@ type passiveKey struct {
 type passiveClaim struct {
 	conn    *Conn
 	expires int64
+	// ended: the channel ended without word of its data connection
+	// (evicted, or its control connection ended); the claim only waits
+	// out usedGrace.
+	ended bool
 }
+
+// usedGrace is how long the claim of a channel that ended without word of
+// its data connection stays: conntrack's event for a data connection that
+// did start may still be on its way (a busy follower lags), and must not
+// be taken for the data connection of the next channel on the same port,
+// which is often the same server port too. The word, when it comes, ends
+// the wait.
+const usedGrace = int64(10 * time.Second)
 
 // channelTable keeps passive claims, so that two connections of one client
 // (from two control connections, or many users behind one NAT address)
@@ -71,32 +83,41 @@ type channelTable struct {
 	active map[passiveKey]passiveClaim
 }
 
-// maxPortTries bounds the search for a free VIP port.
-const maxPortTries = 64
+// portSpan is how many ports a search for a free VIP port (or translated
+// client port) tries: every unprivileged one. Claims end when their data
+// connection starts or their control connection ends, so a search only
+// goes far when one client address really holds that many pending channels.
+const portSpan = 65536 - 1024
+
+// nextPort is the port a search tries after p: the next one, clear of the
+// privileged range, wrapping round at the top.
+func nextPort(p uint16) uint16 {
+	if p == 65535 || p < 1024 {
+		return 1024
+	}
+	return p + 1
+}
 
 // OpenPassive implements ChannelOpener for the connection being processed.
 func (w *Worker) OpenPassive(server netip.AddrPort) (netip.AddrPort, bool) {
 	c, e, at := w.cur, w.e, w.now
 	pol := c.Service.policy()
+	services := e.snap.Load().services
 	t := &e.channels
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	port := server.Port()
-	for range maxPortTries {
+	for range portSpan + 1 {
 		key := passiveKey{c.Client.Addr(), netip.AddrPortFrom(c.VIP.Addr(), port)}
 		claim, taken := t.passive[key]
-		if e.snap.Load().services[key.vip] == nil && (!taken || claim.conn == c || claim.expires < at) {
+		if services[key.vip] == nil && (!taken || claim.conn == c && !claim.ended || claim.expires < at) {
 			ch := Channel{Kind: ChannelPassive, Client: netip.AddrPortFrom(key.client, 0), Server: server, VIP: key.vip, NAT: c.help.clientNAT, Timeout: pol.ChannelTimeout}
 			t.passive[key] = passiveClaim{conn: c, expires: at + int64(pol.ChannelTimeout)}
 			w.admit(c, ch)
 			return key.vip, true
 		}
-		// Another port, clear of the privileged range.
-		if port++; port < 1024 {
-			port = 1024
-		}
+		port = nextPort(port)
 	}
-	w.e.Stats.Refused[RefuseNoPort].Add(1)
 	return netip.AddrPort{}, false
 }
 
@@ -111,25 +132,25 @@ func (w *Worker) OpenActive(client netip.AddrPort) (netip.AddrPort, bool) {
 		VIP: netip.AddrPortFrom(c.VIP.Addr(), 0), Timeout: c.Service.policy().ChannelTimeout,
 	}
 	if !c.help.clientNAT.IsValid() {
+		// The client's own port, whoever announced it before: the claim
+		// only finds the channel again when its data connection starts.
+		t.active[ch.claimKey()] = passiveClaim{conn: c, expires: at + int64(ch.Timeout)}
 		w.admit(c, ch)
 		return client, true
 	}
 	// The server sees the client as ClientNAT: announce a port there that
 	// leads back to the client, the client's own where it is free.
 	port := client.Port()
-	for range maxPortTries {
+	for range portSpan + 1 {
 		key := passiveKey{c.Server.Addr(), netip.AddrPortFrom(c.help.clientNAT.Addr(), port)}
-		if claim, taken := t.active[key]; !taken || claim.conn == c || claim.expires < at {
+		if claim, taken := t.active[key]; !taken || claim.conn == c && !claim.ended || claim.expires < at {
 			t.active[key] = passiveClaim{conn: c, expires: at + int64(ch.Timeout)}
 			ch.NAT = key.vip
 			w.admit(c, ch)
 			return key.vip, true
 		}
-		if port++; port < 1024 {
-			port = 1024
-		}
+		port = nextPort(port)
 	}
-	e.Stats.Refused[RefuseNoPort].Add(1)
 	return netip.AddrPort{}, false
 }
 
@@ -150,7 +171,7 @@ func (w *Worker) admit(c *Conn, ch Channel) {
 	limit := max(c.Service.policy().MaxChannels, 1)
 	for len(keep) >= limit {
 		w.close = append(w.close, keep[0].ch)
-		w.e.channels.release(c, keep[0].ch)
+		w.e.channels.release(c, keep[0].ch, at+usedGrace)
 		keep = keep[:copy(keep, keep[1:])]
 		w.e.Stats.Evicted.Add(1)
 	}
@@ -164,18 +185,130 @@ func (ch Channel) key() Channel {
 	return ch
 }
 
-// release drops c's claim on a channel's port; t.mu is held.
-func (t *channelTable) release(c *Conn, ch Channel) {
-	claims, key := t.passive, passiveKey{ch.Client.Addr(), ch.VIP}
-	if ch.Kind == ChannelActive {
-		if !ch.NAT.IsValid() {
-			return
-		}
-		claims, key = t.active, passiveKey{ch.Server.Addr(), ch.NAT}
+// claimKey is the claim a channel holds, which is also the original
+// source address and destination of its data connection in conntrack:
+// passive, the client's address and the VIP port; active, the server's
+// address and the port it connects to (on the client's translated address
+// behind the user's SNAT).
+func (ch Channel) claimKey() passiveKey {
+	if ch.Kind == ChannelPassive {
+		return passiveKey{ch.Client.Addr(), ch.VIP}
 	}
-	if claim, ok := claims[key]; ok && claim.conn == c {
+	if ch.NAT.IsValid() {
+		return passiveKey{ch.Server.Addr(), ch.NAT}
+	}
+	return passiveKey{ch.Server.Addr(), ch.Client}
+}
+
+// leadsTo is where the channel's data connection goes after NAT: its
+// reply's source in conntrack.
+func (ch Channel) leadsTo() netip.AddrPort {
+	if ch.Kind == ChannelPassive {
+		return ch.Server
+	}
+	return ch.Client
+}
+
+// claims is the claim table of channels of kind k.
+func (t *channelTable) claims(k ChannelKind) map[passiveKey]passiveClaim {
+	if k == ChannelPassive {
+		return t.passive
+	}
+	return t.active
+}
+
+// release drops c's claim on a channel's port, at once (until 0) or when
+// until has passed (an ended claim); t.mu is held.
+func (t *channelTable) release(c *Conn, ch Channel, until int64) {
+	claims, key := t.claims(ch.Kind), ch.claimKey()
+	claim, ok := claims[key]
+	switch {
+	case !ok || claim.conn != c:
+	case until == 0:
 		delete(claims, key)
+	default:
+		claims[key] = passiveClaim{conn: c, expires: min(claim.expires, until), ended: true}
 	}
+}
+
+// Claimed reports whether a connection holds the claim of ch's key: the
+// datapath then keeps the key's kernel element when it closes ch (an
+// evicted or used channel), as that connection's channel replaced it or
+// is about to.
+func (e *Engine) Claimed(ch Channel) bool {
+	if ch.Kind != ChannelPassive && ch.Kind != ChannelActive {
+		return false
+	}
+	t := &e.channels
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_, ok := t.claims(ch.Kind)[ch.claimKey()]
+	return ok
+}
+
+// ChannelUsed is told of a data connection conntrack has just confirmed
+// (its conntrack mark has ChannelMark) by its original source address and
+// destination and its reply's source (where the kernel sent it). The
+// channel it used, if the daemon announced it, is done, as the kernel
+// removes an expectation that matched: its claim goes, so that its port is
+// free for the client's next channel, and the channel is returned for the
+// datapath to delete its kernel elements.
+func (e *Engine) ChannelUsed(src netip.Addr, dst, to netip.AddrPort) (Channel, bool) {
+	t := &e.channels
+	key := passiveKey{src, dst}
+	t.mu.Lock()
+	kind := ChannelPassive
+	claim, ok := t.passive[key]
+	if !ok {
+		kind = ChannelActive
+		claim, ok = t.active[key]
+	}
+	t.mu.Unlock()
+	if !ok {
+		return Channel{}, false
+	}
+	c := claim.conn
+	// c.mu before t.mu, as the workers take them.
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	claims := t.claims(kind)
+	switch now, ok := claims[key]; {
+	case !ok || now.conn != c:
+		return Channel{}, false // released or claimed anew meanwhile
+	case now.ended:
+		// The channel ended before this word came: what it waited
+		// for is here, its port free.
+		delete(claims, key)
+		return Channel{}, false
+	}
+	for i, o := range c.help.open {
+		// A data connection that went elsewhere than this channel leads
+		// (its event came late, after the port changed hands) leaves it.
+		if o.ch.Kind == kind && o.ch.claimKey() == key && o.ch.leadsTo() == to {
+			delete(claims, key)
+			c.help.open = append(c.help.open[:i], c.help.open[i+1:]...)
+			e.Stats.Used.Add(1)
+			return o.ch, true
+		}
+	}
+	return Channel{}, false
+}
+
+// closeOpen ends every channel the connection announced and its data
+// connection has not used: its control connection ends (the server's FIN,
+// or a reset), after which no data connection can follow. Their claims go
+// now, and their kernel elements with the verdict (w.close). c.mu is held.
+func (w *Worker) closeOpen(c *Conn) {
+	t := &w.e.channels
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, o := range c.help.open {
+		t.release(c, o.ch, w.now+usedGrace)
+		w.close = append(w.close, o.ch)
+	}
+	c.help.open = c.help.open[:0]
 }
 
 // forget drops every claim of a connection leaving the table.
@@ -186,6 +319,6 @@ func (t *channelTable) forget(c *Conn) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, o := range c.help.open {
-		t.release(c, o.ch)
+		t.release(c, o.ch, 0)
 	}
 }

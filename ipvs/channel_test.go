@@ -11,7 +11,8 @@ import (
 )
 
 // portHelper opens a passive channel for each server line "P <port>" and
-// rewrites the port when the core chose another.
+// rewrites the port when the core chose another, or the line to "425 no
+// port" when none was to be had.
 type portHelper struct{ s *Session }
 
 func (portHelper) Name() string                          { return "port" }
@@ -27,7 +28,14 @@ func (h portHelper) Inspect(dir Direction, data []byte, fixed int, fin bool, r *
 		return
 	}
 	vip, ok := r.OpenPassive(netip.AddrPortFrom(h.s.Server.Addr(), uint16(port)))
-	if ok && int(vip.Port()) != port {
+	if !ok {
+		// As the FTP helper's 425: the announcement gives way to a
+		// longer reply that opens nothing.
+		r.Refuse(RefuseNoPort)
+		r.Replace(0, len(data)-1, []byte("425 no port"))
+		return
+	}
+	if int(vip.Port()) != port {
 		r.Replace(2, len(text), strconv.AppendUint(nil, uint64(vip.Port()), 10))
 	}
 }
@@ -96,10 +104,14 @@ func TestChannelLimitEvictsOldest(t *testing.T) {
 	if e.Stats.Evicted.Load() != 1 {
 		t.Errorf("evicted = %d", e.Stats.Evicted.Load())
 	}
-	// The evicted port is free again for another connection of the client.
-	v2 := announce(t, e, w, ap("203.0.113.2:40001"), 2000, "40000")
-	if len(v2.Open) != 1 || v2.Open[0].VIP.Port() != 40000 {
-		t.Errorf("released port not reused: %+v", v2.Open)
+	// The evicted port is free again for another connection of the
+	// client once word of its data connection came (or usedGrace passed).
+	if v2 := announce(t, e, w, ap("203.0.113.2:40001"), 2000, "40000"); len(v2.Open) != 1 || v2.Open[0].VIP.Port() == 40000 {
+		t.Errorf("evicted port reused at once: %+v", v2.Open)
+	}
+	e.ChannelUsed(client.Addr(), ap("198.51.100.10:40000"), netip.AddrPortFrom(c.Server.Addr(), 40000))
+	if v3 := announce(t, e, w, ap("203.0.113.2:40002"), 3000, "40000"); len(v3.Open) != 1 || v3.Open[0].VIP.Port() != 40000 {
+		t.Errorf("released port not reused: %+v", v3.Open)
 	}
 }
 
@@ -137,5 +149,125 @@ func TestRefusalLoggedAtOnceThenRateLimited(t *testing.T) {
 	w.refused(c, []Refusal{RefuseBounce})
 	if n := strings.Count(buf.String(), "refused data channel"); n != 2 || e.Stats.Refused[RefuseBounce].Load() != 3 {
 		t.Errorf("after 2 s: %d lines, %d counted", n, e.Stats.Refused[RefuseBounce].Load())
+	}
+}
+
+// TestUsedChannelFreesPort: a channel whose data connection conntrack
+// confirmed gives its VIP port back at once (the kernel removes an
+// expectation that matched), and the datapath is told which to delete.
+func TestUsedChannelFreesPort(t *testing.T) {
+	e := portEngine(t, Policy{MaxChannels: 4, ChannelTimeout: time.Minute})
+	w := e.NewWorker()
+	announce(t, e, w, client, 1000, "40000")
+	other := ap("203.0.113.2:40001")
+	// Not a channel's data connection: nothing happens.
+	if _, ok := e.ChannelUsed(client.Addr(), ap("198.51.100.10:40001"), rs1); ok {
+		t.Fatal("a connection to an unannounced port ended a channel")
+	}
+	c := e.Table.LookupVIP(client, vip)
+	// One that went elsewhere (its event late, the port another's by
+	// now) does not end it.
+	if _, ok := e.ChannelUsed(client.Addr(), ap("198.51.100.10:40000"), netip.AddrPortFrom(c.Server.Addr(), 40001)); ok {
+		t.Fatal("a data connection to another server port ended the channel")
+	}
+	ch, ok := e.ChannelUsed(client.Addr(), ap("198.51.100.10:40000"), netip.AddrPortFrom(c.Server.Addr(), 40000))
+	if !ok || ch.Kind != ChannelPassive || ch.VIP.Port() != 40000 || ch.Server.Port() != 40000 {
+		t.Fatalf("used: %+v %v", ch, ok)
+	}
+	if e.Stats.Used.Load() != 1 || e.Claimed(ch) {
+		t.Errorf("used %d, still claimed %v", e.Stats.Used.Load(), e.Claimed(ch))
+	}
+	if len(c.help.open) != 0 {
+		t.Errorf("channel still open: %+v", c.help.open)
+	}
+	// Once: a second event for the same tuple finds nothing.
+	if _, ok := e.ChannelUsed(client.Addr(), ap("198.51.100.10:40000"), netip.AddrPortFrom(c.Server.Addr(), 40000)); ok {
+		t.Error("used twice")
+	}
+	// Another control connection of the same client gets the server's
+	// own port again, and its element is then not deleted.
+	v := announce(t, e, w, other, 2000, "40000")
+	if len(v.Open) != 1 || v.Open[0].VIP.Port() != 40000 || !e.Claimed(ch) {
+		t.Errorf("freed port not reused: %+v", v.Open)
+	}
+}
+
+// TestControlEndFreesPorts: the server's FIN (or a reset) ends the
+// channels its connection has not used; the client's FIN alone does not
+// (a half-closed client may still connect).
+func TestControlEndFreesPorts(t *testing.T) {
+	e := portEngine(t, Policy{MaxChannels: 4, ChannelTimeout: time.Minute})
+	w := e.NewWorker()
+	announce(t, e, w, client, 1000, "40000")
+	c := e.Table.LookupVIP(client, vip)
+	w.Process(seg(c.Server, client, 1009, 101, pshAck, "P 40001\n"), 0)
+	if v := w.Process(seg(client, c.Server, 101, 1017, finAck, ""), 0); len(v.Close) != 0 {
+		t.Fatalf("client's FIN closed %+v", v.Close)
+	}
+	v := w.Process(seg(c.Server, client, 1017, 102, finAck, ""), 0)
+	if len(v.Close) != 2 || len(c.help.open) != 0 {
+		t.Fatalf("server's FIN: close %+v, open %+v", v.Close, c.help.open)
+	}
+	// The ports stay held a moment: word of a data connection that did
+	// start may still come, and must not end the next channel on them.
+	other := ap("203.0.113.2:40001")
+	if v := announce(t, e, w, other, 2000, "40000"); len(v.Open) != 1 || v.Open[0].VIP.Port() == 40000 {
+		t.Errorf("port taken during the grace: %+v", v.Open)
+	}
+	if _, ok := e.ChannelUsed(client.Addr(), ap("198.51.100.10:40000"), netip.AddrPortFrom(c.Server.Addr(), 40000)); ok {
+		t.Error("late word ended a channel")
+	}
+	// That word frees the port; so does the grace running out.
+	if v := announce(t, e, w, ap("203.0.113.2:40002"), 3000, "40000"); len(v.Open) != 1 || v.Open[0].VIP.Port() != 40000 {
+		t.Errorf("port still held after its word came: %+v", v.Open)
+	}
+	for k, claim := range e.channels.passive {
+		if claim.conn == c && (!claim.ended || claim.expires > now()+usedGrace) {
+			t.Errorf("claim %v %+v held past the grace", k, claim)
+		}
+	}
+}
+
+// TestPortSearchWholeRange: a client address holding thousands of pending
+// channels still gets a free port, found past them; only when every
+// unprivileged port is held is the channel refused.
+func TestPortSearchWholeRange(t *testing.T) {
+	e := portEngine(t, DefaultPolicy)
+	w := e.NewWorker()
+	hold := func(port int) {
+		key := passiveKey{client.Addr(), netip.AddrPortFrom(vip.Addr(), uint16(port))}
+		e.channels.passive[key] = passiveClaim{conn: &Conn{}, expires: now() + int64(time.Hour)}
+	}
+	for p := 40000; p < 45000; p++ {
+		hold(p)
+	}
+	v := announce(t, e, w, client, 1000, "40000")
+	if len(v.Open) != 1 || v.Open[0].VIP.Port() != 45000 {
+		t.Fatalf("past 5000 held ports: %+v", v.Open)
+	}
+	// Wrapping round at the top, clear of the privileged range.
+	for p := 1024; p < 65536; p++ {
+		if p != 2000 {
+			hold(p)
+		}
+	}
+	v = announce(t, e, w, ap("203.0.113.2:40001"), 2000, "65000")
+	if len(v.Open) != 1 || v.Open[0].VIP.Port() != 2000 {
+		t.Fatalf("wrapped search: %+v", v.Open)
+	}
+	third := ap("203.0.113.2:40002")
+	v = announce(t, e, w, third, 3000, "65000")
+	if len(v.Open) != 0 || e.Stats.Refused[RefuseNoPort].Load() != 1 {
+		t.Fatalf("every port held, yet opened %+v (refused %d)", v.Open, e.Stats.Refused[RefuseNoPort].Load())
+	}
+	// The refusal's longer reply shifts the server's later bytes.
+	tc := &tconn{t: t}
+	if _, p := tc.out(v, nil); p != "425 no port\n" {
+		t.Errorf("refused announcement sent as %q", p)
+	}
+	c := e.Table.LookupVIP(third, vip)
+	next := seg(c.Server, third, 3009, 101, pshAck, "ok\n")
+	if seq, _ := tc.out(w.Process(next, 0), next); seq != 3009+4 {
+		t.Errorf("next segment at %d, want %d", seq, 3009+4)
 	}
 }

@@ -18,12 +18,20 @@ import (
 // the kernel destroy the old entry just as the new connection starts.
 const destroyGrace = 2 * time.Second
 
+// ChannelMark is the conntrack mark bit (nft.ChannelMark) of the data
+// connections of the daemon's channels: the datapath sets it (on the kernel
+// datapath, on the control connection, whose expected connections inherit
+// it).
+const ChannelMark = 0x01000000
+
 // FollowConntrackEnds removes connections from the table as soon as the
 // kernel destroys their conntrack entry (closed and timed out, flushed,
-// deleted by hand) instead of when their own timeout runs out. It returns
-// when ctx ends, or with an error when the event socket fails.
+// deleted by hand) instead of when their own timeout runs out, and ends
+// data channels as soon as conntrack confirms their data connection
+// (ChannelUsed). It returns when ctx ends, or with an error when the event
+// socket fails.
 func (e *Engine) FollowConntrackEnds(ctx context.Context) error {
-	return e.follow(ctx, netfilter.GroupCTDestroy)
+	return e.follow(ctx, netfilter.GroupCTDestroy, netfilter.GroupCTNew)
 }
 
 // FollowConntrackStates gives balanced connections without a helper, whose
@@ -45,7 +53,7 @@ func (e *Engine) NeedsConntrackStates() bool {
 	return false
 }
 
-func (e *Engine) follow(ctx context.Context, group netfilter.NetlinkGroup) error {
+func (e *Engine) follow(ctx context.Context, groups ...netfilter.NetlinkGroup) error {
 	c, err := conntrack.Dial(nil)
 	if err != nil {
 		return fmt.Errorf("conntrack events: %w", err)
@@ -61,7 +69,7 @@ func (e *Engine) follow(ctx context.Context, group netfilter.NetlinkGroup) error
 		return fmt.Errorf("conntrack events: %w", err)
 	}
 	events := make(chan conntrack.Event, 1024)
-	errs, err := c.Listen(events, 1, []netfilter.NetlinkGroup{group})
+	errs, err := c.Listen(events, 1, groups)
 	if err != nil {
 		return fmt.Errorf("conntrack events: %w", err)
 	}
@@ -76,10 +84,28 @@ func (e *Engine) follow(ctx context.Context, group netfilter.NetlinkGroup) error
 			case ev.Flow == nil:
 			case ev.Type == conntrack.EventDestroy:
 				e.destroyed(ev.Flow.TupleOrig, ev.Flow.CountersOrig, ev.Flow.CountersReply)
+			case ev.Type == conntrack.EventNew:
+				if ev.Flow.Mark&ChannelMark != 0 {
+					e.started(ev.Flow.TupleOrig, ev.Flow.TupleReply)
+				}
+			case ev.Type != conntrack.EventUpdate:
 			case ev.Flow.ProtoInfo.TCP != nil:
 				e.updated(ev.Flow.TupleOrig, ev.Flow.ProtoInfo.TCP.State)
 			}
 		}
+	}
+}
+
+// started ends the data channel, if any, that the data connection with
+// original tuple t and reply tuple reply used (ChannelUsed).
+func (e *Engine) started(t, reply conntrack.Tuple) {
+	if t.Proto.Protocol != unix.IPPROTO_TCP {
+		return
+	}
+	ch, ok := e.ChannelUsed(t.IP.SourceAddress.Unmap(), netip.AddrPortFrom(t.IP.DestinationAddress.Unmap(), t.Proto.DestinationPort),
+		netip.AddrPortFrom(reply.IP.SourceAddress.Unmap(), reply.Proto.SourcePort))
+	if ok && e.OnChannelUsed != nil {
+		e.OnChannelUsed(ch)
 	}
 }
 

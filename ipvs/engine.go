@@ -50,6 +50,11 @@ type Engine struct {
 	// whatever removes the connection, a queue's worker too, and must
 	// neither block nor allocate. Set before the first packet.
 	OnEnded func(Ended)
+	// OnChannelUsed, where set, is told of each data channel whose data
+	// connection started (ChannelUsed), for the datapath to delete its
+	// kernel elements. It is called from the conntrack follower and must
+	// not block. Set before FollowConntrackEnds.
+	OnChannelUsed func(Channel)
 
 	mu sync.Mutex
 	// watched are the learned servers whose packets the datapath queues.
@@ -72,6 +77,7 @@ type Stats struct {
 	Rewritten, Corrected, Held, Dropped    atomic.Uint64 // packets altered, shifted, withholding, dropped out of order
 	BadChecksum, HelperErrors              atomic.Uint64
 	Channels, Evicted, Stopped             atomic.Uint64 // data channels opened, evicted by the limit; inspections stopped (TLS)
+	Used                                   atomic.Uint64 // data channels whose data connection started (their claim freed at once)
 	ConntrackGone                          atomic.Uint64 // connections removed because the kernel destroyed their conntrack entry
 	Panics                                 atomic.Uint64 // packets whose handling panicked (a bug), passed on unmodified
 	Backlogged                             atomic.Uint64 // data channels not opened: the datapath's backlog was full
@@ -353,6 +359,12 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	outSeq, payload, drop := w.flow(c, dir, st, seq, flags)
 	if drop {
 		return Verdict{Drop: true}
+	}
+	if len(c.help.open) > 0 && !e.KernelSeqAdj && (flags&nfq.FlagRST != 0 || dir == FromServer && flags&nfq.FlagFIN != 0) {
+		// (The kernel keeps its expectations until the control
+		// connection's entry goes, and refuses another master's for the
+		// same tuple until then: there the claims stay as long.)
+		w.closeOpen(c)
 	}
 	v := Verdict{Open: w.open, Close: w.close}
 	e.Stats.Channels.Add(uint64(len(w.open)))

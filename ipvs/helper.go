@@ -112,12 +112,15 @@ func (r Refusal) String() string { return refusalNames[r] }
 type ChannelOpener interface {
 	// OpenPassive lets the client connect to the returned VIP address and
 	// port, which reach server. The port is server's own unless another
-	// pending channel of the same client holds it.
+	// pending channel of the same client holds it. !ok: every port is held
+	// (RefuseNoPort); the announcement must not reach the client as one.
 	OpenPassive(server netip.AddrPort) (vip netip.AddrPort, ok bool)
 	// OpenActive lets the real server connect to client, from the VIP. The
 	// announcement to the server must name the returned address and port,
 	// which differ from client when the server sees the client through
-	// source NAT (add-on mode behind the user's SNAT).
+	// source NAT (add-on mode behind the user's SNAT). !ok: no port on the
+	// translated address is free (RefuseNoPort); the announcement must not
+	// reach the server as one.
 	OpenActive(client netip.AddrPort) (announce netip.AddrPort, ok bool)
 }
 

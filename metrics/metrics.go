@@ -234,6 +234,7 @@ var engineCounters = [...]struct {
 	{"nfhelper_skipped_streams_total", "Times a helped stream picked up after bytes went by the daemon (the queue failed open).", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Skipped }},
 	{"nfhelper_seqadj_set_total", "Kernel datapath: times the kernel's seqadj records were set outright before a verdict (a withheld line, a retransmission cut anew).", func(s *ipvs.Stats) *atomic.Uint64 { return &s.SeqAdjSet }},
 	{"nfhelper_data_channels_opened_total", "Data channels opened.", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Channels }},
+	{"nfhelper_data_channels_used_total", "Data channels whose data connection started, which frees their port at once.", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Used }},
 	{"nfhelper_data_channels_evicted_total", "Unused data channels evicted by the per-connection limit.", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Evicted }},
 	{"nfhelper_inspections_stopped_total", "Connections whose inspection stopped (TLS).", func(s *ipvs.Stats) *atomic.Uint64 { return &s.Stopped }},
 	{"nfhelper_conntrack_gone_total", "Connections removed because the kernel destroyed their conntrack entry.", func(s *ipvs.Stats) *atomic.Uint64 { return &s.ConntrackGone }},

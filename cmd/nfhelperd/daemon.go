@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -121,9 +122,13 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
 	defer dpConn.CloseLasting()
-	dp := &datapath{conn: dpConn, log: log, metrics: mx, reqs: make(chan *pending, 1024), engine: engine, ended: make(chan ipvs.Ended, 4096)}
+	dp := &datapath{conn: dpConn, log: log, metrics: mx, reqs: make(chan *pending, 1024), engine: engine, ended: make(chan ipvs.Ended, 4096), used: make(chan ipvs.Channel, 4096)}
 	// Before any packet, restored connections aside (they end later).
 	engine.OnEnded = dp.connEnded
+	if !kernelDP {
+		// (The kernel removes an expectation itself when it matches.)
+		engine.OnChannelUsed = dp.channelUsed
+	}
 	if kernelDP {
 		if dp.ct, err = dialConntrack(); err != nil {
 			return nil, err
@@ -335,7 +340,7 @@ func statsAttrs(s *ipvs.Stats) []any {
 		"adopted", s.Adopted.Load(), "snat_learned", s.SNATLearned.Load(),
 		"rewritten", s.Rewritten.Load(), "corrected", s.Corrected.Load(), "held", s.Held.Load(),
 		"dropped_out_of_order", s.Dropped.Load(), "channels", s.Channels.Load(), "evicted", s.Evicted.Load(),
-		"stopped_tls", s.Stopped.Load(), "conntrack_gone", s.ConntrackGone.Load(), "unparsed", s.Unparsed.Load(), "bad_checksum", s.BadChecksum.Load(),
+		"channels_used", s.Used.Load(), "stopped_tls", s.Stopped.Load(), "conntrack_gone", s.ConntrackGone.Load(), "unparsed", s.Unparsed.Load(), "bad_checksum", s.BadChecksum.Load(),
 		"helper_errors", s.HelperErrors.Load(), "panics", s.Panics.Load(), "backlogged", s.Backlogged.Load(), "restored", s.Restored.Load(), "throttled", s.Throttled.Load(), "skipped", s.Skipped.Load(), "seqadj_set", s.SeqAdjSet.Load(),
 	}
 	for r := range s.Refused {
@@ -598,6 +603,17 @@ type datapath struct {
 	engine   *ipvs.Engine    // told of acks channels that did not open
 	// ended are connections whose offsets and pure-ACK elements are to go.
 	ended chan ipvs.Ended
+	// used are channels whose data connection started: their elements go.
+	used chan ipvs.Channel
+}
+
+// channelUsed hands the elements of a channel whose data connection
+// started to the datapath; with its backlog full they time out instead.
+func (d *datapath) channelUsed(ch ipvs.Channel) {
+	select {
+	case d.used <- ch:
+	default:
+	}
 }
 
 // connEnded hands the elements of a connection that left the table to the
@@ -630,6 +646,7 @@ func (d *datapath) run(ctx context.Context) {
 	var ends []ipvs.Ended
 	for {
 		batch, ends = batch[:0], ends[:0]
+		open, close = open[:0], close[:0]
 		select {
 		case <-ctx.Done():
 			return
@@ -637,6 +654,8 @@ func (d *datapath) run(ctx context.Context) {
 			batch = append(batch, p)
 		case x := <-d.ended:
 			ends = append(ends, x)
+		case ch := <-d.used:
+			close = append(close, ch)
 		}
 		// Everything queued meanwhile goes into the same nftables batch.
 	drain:
@@ -648,7 +667,15 @@ func (d *datapath) run(ctx context.Context) {
 				break drain
 			}
 		}
-		open, close = open[:0], close[:0]
+	used:
+		for len(close) < 256 {
+			select {
+			case ch := <-d.used:
+				close = append(close, ch)
+			default:
+				break used
+			}
+		}
 		for _, p := range batch {
 			open = append(open, p.open...)
 			close = append(close, p.close...)
@@ -680,11 +707,15 @@ func (d *datapath) run(ctx context.Context) {
 			d.metrics.ObserveVerdict(time.Since(p.start))
 			d.inflight.Done()
 		}
-		// Evicted channels may go after the verdicts: nothing waits on them.
-		// One that timed out already fails the batch; the rest time out too.
+		// Evicted, used and ended channels may go after the verdicts:
+		// nothing waits on them. A key claimed again keeps its element:
+		// the new channel's replaced it or is about to (this goroutine
+		// adds every element, so one asked for after the check comes
+		// after the deletion).
+		close = slices.DeleteFunc(close, d.engine.Claimed)
 		if len(close) > 0 {
 			if err := d.ruleset.CloseChannels(d.conn, close); err != nil {
-				d.log.Warn("evicted data channels not closed", "count", len(close), "err", err)
+				d.log.Warn("data channels not closed; they time out", "count", len(close), "err", err)
 			}
 		}
 		ends = d.forget(ends)

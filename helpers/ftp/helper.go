@@ -177,7 +177,7 @@ func (c *conn) line(dir ipvs.Direction, st *stream, data []byte, off, n int, ful
 		case hasPrefix(line, "PORT ") || hasPrefix(line, "EPRT "):
 			// Too long to read, so not what the helper would let through.
 			r.Refuse(ipvs.RefuseMalformed)
-			c.neutralize(off, fixed, r)
+			c.neutralize(off, fixed, false, r)
 		}
 		return
 	}
@@ -246,18 +246,18 @@ func (c *conn) command(data []byte, off int, line []byte, fixed int, r *ipvs.Res
 	switch {
 	case hasPrefix(line, "PORT "):
 		ap, err := ParsePORT(args)
-		switch to, rewrite, ok := c.announce(ap, err, r); {
+		switch to, rewrite, ok, must := c.announce(ap, err, r); {
 		case !ok:
-			c.neutralize(off, fixed, r)
+			c.neutralize(off, fixed, must, r)
 		case rewrite && off+argsAt >= fixed && to.Addr().Is4():
 			var buf [len("255,255,255,255,255,255")]byte
 			r.Replace(off+argsAt, len(args), AppendHostPort(buf[:0], to))
 		}
 	case hasPrefix(line, "EPRT "):
 		ap, err := ParseEPRT(args)
-		switch to, rewrite, ok := c.announce(ap, err, r); {
+		switch to, rewrite, ok, must := c.announce(ap, err, r); {
 		case !ok:
-			c.neutralize(off, fixed, r)
+			c.neutralize(off, fixed, must, r)
 		case rewrite && off+argsAt >= fixed:
 			var buf [64]byte
 			r.Replace(off+argsAt, len(args), appendEPRT(buf[:0], args[0], to))
@@ -286,15 +286,17 @@ func (c *conn) command(data []byte, off int, line []byte, fixed int, r *ipvs.Res
 
 // announce checks a PORT or EPRT announcement (ap, or the error parsing
 // it) and opens its channel; rewrite reports that the server must be told
-// to instead, and !ok that the command must not reach the server as one.
-func (c *conn) announce(ap netip.AddrPort, err error, r *ipvs.Result) (to netip.AddrPort, rewrite, ok bool) {
+// to instead, !ok that the command must not reach the server as one where
+// the policy blocks refused announcements, and must that it must not
+// whatever the policy.
+func (c *conn) announce(ap netip.AddrPort, err error, r *ipvs.Result) (to netip.AddrPort, rewrite, ok, must bool) {
 	switch {
 	case c.epsvAll:
 		r.Refuse(ipvs.RefuseEPSVAll)
-		return to, false, false
+		return to, false, false, false
 	case err != nil:
 		r.Refuse(ipvs.RefuseMalformed)
-		return to, false, false
+		return to, false, false, false
 	}
 	return c.active(ap, r)
 }
@@ -307,9 +309,9 @@ func (c *conn) announce(ap netip.AddrPort, err error, r *ipvs.Result) (to netip.
 const neutralVerb = "XPRT"
 
 // neutralize makes the command line at off in data one the server
-// refuses, where the policy says so.
-func (c *conn) neutralize(off, fixed int, r *ipvs.Result) {
-	if c.block && off >= fixed {
+// refuses, where the policy says so or must says it must.
+func (c *conn) neutralize(off, fixed int, must bool, r *ipvs.Result) {
+	if (c.block || must) && off >= fixed {
 		r.Replace(off, len(neutralVerb), []byte(neutralVerb))
 	}
 }
@@ -328,8 +330,9 @@ func appendEPRT(b []byte, d byte, ap netip.AddrPort) []byte {
 }
 
 // active handles the address a PORT or EPRT command announces; rewrite
-// reports that the server must be told to instead, !ok a refusal.
-func (c *conn) active(ap netip.AddrPort, r *ipvs.Result) (to netip.AddrPort, rewrite, ok bool) {
+// reports that the server must be told to instead, !ok a refusal, must one
+// the server must not see as an announcement whatever the policy.
+func (c *conn) active(ap netip.AddrPort, r *ipvs.Result) (to netip.AddrPort, rewrite, ok, must bool) {
 	client := c.s.Client.Addr()
 	addr := ap.Addr()
 	switch {
@@ -339,20 +342,28 @@ func (c *conn) active(ap netip.AddrPort, r *ipvs.Result) (to netip.AddrPort, rew
 		// Even a loose policy cannot send an IPv4 session's data to an
 		// IPv6 host or back.
 		r.Refuse(ipvs.RefuseBounce)
-		return netip.AddrPort{}, false, false
+		return netip.AddrPort{}, false, false, false
 	case client.Is4():
 		addr = addr.Unmap()
 	}
 	if ap.Port() < minDataPort && !c.lowPorts {
 		r.Refuse(ipvs.RefuseLowPort)
-		return netip.AddrPort{}, false, false
+		return netip.AddrPort{}, false, false, false
 	}
 	if r.Opener == nil {
-		return netip.AddrPort{}, false, true
+		return netip.AddrPort{}, false, true, false
 	}
 	announced := netip.AddrPortFrom(addr, ap.Port())
 	to, opened := r.OpenActive(announced)
-	return to, opened && to != announced, opened
+	if !opened {
+		// No port on the client's translated address leads back to it:
+		// the server, told the untranslated one, would connect where the
+		// client is not. It answers 500 instead, which the client
+		// understands.
+		r.Refuse(ipvs.RefuseNoPort)
+		return netip.AddrPort{}, false, false, true
+	}
+	return to, to != announced, true, false
 }
 
 // reply handles one server line, without its terminator, that starts at off
@@ -386,12 +397,16 @@ func (c *conn) reply(st *stream, data []byte, off int, line []byte, full bool, f
 			}
 			if ap, start, end, err := scanHostPort(line, from); err == nil {
 				st.found = true
-				c.passive227(data, off, from, start, end, ap, fixed, r)
+				if !c.passive227(data, off, from, start, end, ap, fixed, r) {
+					noPort(data, off, len(line), last && code == 227, start, end, "0,0,0,0,0,0", fixed, r)
+				}
 			}
 		case reply == 229 && last && code == 229 && sep == ' ':
 			if port, paren, start, end, err := parse229(line); err == nil {
 				st.found = true
-				c.passive229(data, off, paren, start, end, port, fixed, r)
+				if !c.passive229(data, off, paren, start, end, port, fixed, r) {
+					noPort(data, off, len(line), true, start, end, "0", fixed, r)
+				}
 			}
 		}
 	}
@@ -419,13 +434,32 @@ func (c *conn) reply(st *stream, data []byte, off int, line []byte, full bool, f
 	st.multi, st.found = 0, false
 }
 
+// noReply replaces a 227 or 229 reply for which no VIP port could be had,
+// so that it names neither the real server nor a port that leads nowhere.
+const noReply = "425 Can't open data connection."
+
+// noPort makes the 227 or 229 line data[off:off+n], with its numbers at
+// [start:end) of the line, one that opens no data connection: the whole
+// line becomes noReply where it is the reply's only line and none of it
+// was delivered, otherwise the numbers become zero (no address, no port).
+// The stream's sequence numbers follow the length change (the core).
+func noPort(data []byte, off, n int, whole bool, start, end int, zero string, fixed int, r *ipvs.Result) {
+	switch {
+	case whole && off >= fixed:
+		r.Replace(off, n, []byte(noReply))
+	case off+start >= fixed:
+		r.Replace(off+start, end-start, []byte(zero))
+	}
+}
+
 // passive227 handles the numbers found at line[start:end] of a 227 reply
 // line starting at off in data; free text (which may be resized to keep the
-// line's length) runs from line[from] to them.
-func (c *conn) passive227(data []byte, off, from, start, end int, ap netip.AddrPort, fixed int, r *ipvs.Result) {
+// line's length) runs from line[from] to them. False: no VIP port was to
+// be had for the channel.
+func (c *conn) passive227(data []byte, off, from, start, end int, ap netip.AddrPort, fixed int, r *ipvs.Result) bool {
 	if c.pasv == 0 {
 		r.Refuse(ipvs.RefuseUnsolicited)
-		return
+		return true
 	}
 	c.pasv--
 	server := c.s.Server.Addr()
@@ -433,20 +467,24 @@ func (c *conn) passive227(data []byte, off, from, start, end int, ap netip.AddrP
 		ap = netip.AddrPortFrom(server, ap.Port()) // the form the core knows
 	} else if !c.loose {
 		r.Refuse(ipvs.RefuseBounce)
-		return
+		return true
 	}
 	if ap.Port() < minDataPort && !c.lowPorts {
 		r.Refuse(ipvs.RefuseLowPort)
-		return
+		return true
 	}
 	// A 227 can only name an IPv4 VIP, and only bytes not yet delivered can
 	// be rewritten: a channel the client cannot learn of is not opened.
 	if !c.s.VIP.Addr().Unmap().Is4() || off+start < fixed || r.Opener == nil {
-		return
+		return true
 	}
 	vip, ok := r.OpenPassive(ap)
-	if !ok || !vip.Addr().Unmap().Is4() {
-		return
+	if !ok {
+		r.Refuse(ipvs.RefuseNoPort)
+		return false
+	}
+	if !vip.Addr().Unmap().Is4() {
+		return true
 	}
 	var buf [len("255,255,255,255,255,255")]byte
 	text := AppendHostPort(buf[:0], netip.AddrPortFrom(vip.Addr().Unmap(), vip.Port()))
@@ -456,30 +494,37 @@ func (c *conn) passive227(data []byte, off, from, start, end int, ap netip.AddrP
 		anchor = from + i
 	}
 	rewrite(r, data, fixed, off+from, off+anchor, off+start, off+end, text)
+	return true
 }
 
 // passive229 handles the port found at line[start:end] of a 229 reply line
-// starting at off in data, whose "(" is at line[paren].
-func (c *conn) passive229(data []byte, off, paren, start, end int, port uint16, fixed int, r *ipvs.Result) {
+// starting at off in data, whose "(" is at line[paren]. False: no VIP port
+// was to be had for the channel.
+func (c *conn) passive229(data []byte, off, paren, start, end int, port uint16, fixed int, r *ipvs.Result) bool {
 	if c.epsv == 0 {
 		r.Refuse(ipvs.RefuseUnsolicited)
-		return
+		return true
 	}
 	c.epsv--
 	if port < minDataPort && !c.lowPorts {
 		r.Refuse(ipvs.RefuseLowPort)
-		return
+		return true
 	}
 	if off+start < fixed || r.Opener == nil {
-		return
+		return true
 	}
 	vip, ok := r.OpenPassive(netip.AddrPortFrom(c.s.Server.Addr(), port))
-	if !ok || vip.Port() == port {
-		return
+	if !ok {
+		r.Refuse(ipvs.RefuseNoPort)
+		return false
+	}
+	if vip.Port() == port {
+		return true
 	}
 	var buf [len("65535")]byte
 	text := strconv.AppendUint(buf[:0], uint64(vip.Port()), 10)
 	rewrite(r, data, fixed, off+4, off+paren, off+start, off+end, text)
+	return true
 }
 
 // rewrite replaces data[start:end] with text, keeping the line's length when

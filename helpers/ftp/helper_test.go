@@ -764,8 +764,13 @@ func TestOpenerRefuses(t *testing.T) {
 	m.feed(ipvs.FromClient, []byte(pasvCmd), false)
 	in := "227 Entering Passive Mode (10,0,0,11,156,64).\r\n"
 	m.feed(ipvs.FromServer, []byte(in), false)
-	if out := string(m.dir[ipvs.FromServer].out); out != in {
-		t.Errorf("refused channel: %q rewritten to %q", in, out)
+	// No VIP port to be had: the real server's address must not reach
+	// the client, which is told what it understands instead.
+	if out, want := string(m.dir[ipvs.FromServer].out), noReply+"\r\n"; out != want {
+		t.Errorf("refused channel: %q rewritten to %q, want %q", in, out, want)
+	}
+	if got := strings.Join(m.rec.log, "; "); !strings.Contains(got, "refuse no_port") {
+		t.Errorf("log %q: no no_port refusal", got)
 	}
 	// Without an opener nothing is opened, and nothing panics.
 	h := Helper{}.Bind(&session4, nil)
@@ -908,5 +913,50 @@ func TestStateSaveLoad(t *testing.T) {
 	fresh := Helper{}.Bind(&session4, &noPolicy)
 	if w := fresh.(ipvs.StateSaver).SaveState(); w != 0 {
 		t.Errorf("a new connection's state is %#x, want 0", w)
+	}
+}
+
+// TestNoPortReplies: a 227 or 229 whose channel gets no VIP port never
+// reaches the client as an announcement, however it is cut; a PORT or EPRT
+// whose channel gets no port on the translated address never reaches the
+// server as one, whatever the policy.
+func TestNoPortReplies(t *testing.T) {
+	for _, c := range []struct {
+		name, cmd string
+		segs      []string
+		want      string
+	}{
+		{"229", "EPSV\r\n", []string{"229 Entering Extended Passive Mode (|||40000|)\r\n"}, noReply + "\r\n"},
+		// Cut after its code, which was delivered: its numbers go.
+		{"227 split", pasvCmd, []string{"227 Entering Pass", "ive Mode (10,0,0,11,156,64).\r\n"},
+			"227 Entering Passive Mode (0,0,0,0,0,0).\r\n"},
+		{"229 split", "EPSV\r\n", []string{"229 Entering Ext", "ended Passive Mode (|||40000|)\r\n"},
+			"229 Entering Extended Passive Mode (|||0|)\r\n"},
+		{"227 multi-line", pasvCmd, []string{"227-Entering Passive Mode\r\n227-(10,0,0,11,156,64)\r\n227 Go\r\n"},
+			"227-Entering Passive Mode\r\n227-(0,0,0,0,0,0)\r\n227 Go\r\n"},
+	} {
+		m := newSim(t, &session4, &noPolicy)
+		m.rec.refuse = true
+		m.feed(ipvs.FromClient, []byte(c.cmd), false)
+		for _, seg := range c.segs {
+			m.feed(ipvs.FromServer, []byte(seg), false)
+		}
+		if got := string(m.dir[ipvs.FromServer].out); got != c.want {
+			t.Errorf("%s: client got %q, want %q", c.name, got, c.want)
+		}
+		if got := strings.Join(m.rec.log, "; "); !strings.Contains(got, "refuse no_port") {
+			t.Errorf("%s: log %q: no no_port refusal", c.name, got)
+		}
+	}
+	for _, cmd := range []string{"PORT 203,0,113,2,156,64\r\n", "EPRT |1|203.0.113.2|40000|\r\n"} {
+		m := newSim(t, &session4, &noPolicy) // refused announcements are not blocked
+		m.rec.refuse, m.rec.nat = true, netip.MustParseAddr("192.0.2.1")
+		m.feed(ipvs.FromClient, []byte(cmd), false)
+		if got, want := string(m.dir[ipvs.FromClient].out), neutralVerb+cmd[4:]; got != want {
+			t.Errorf("server got %q, want %q", got, want)
+		}
+		if got := strings.Join(m.rec.log, "; "); !strings.HasSuffix(got, "refuse no_port") {
+			t.Errorf("%q: log %q: no no_port refusal", cmd, got)
+		}
 	}
 }

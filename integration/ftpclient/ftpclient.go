@@ -333,7 +333,9 @@ func (c *Client) openPassive(ctx context.Context) (net.Conn, error) {
 	}
 	dctx, cancel := c.stepCtx(ctx)
 	defer cancel()
-	var d net.Dialer
+	// From the control connection's address, as a host with several
+	// would (and as the server expects of one client).
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: addrPortOf(c.conn.LocalAddr()).Addr().AsSlice()}}
 	conn, err := d.DialContext(dctx, "tcp", target.String())
 	if err != nil {
 		return nil, fmt.Errorf("data connection to %s: %w", target, err)

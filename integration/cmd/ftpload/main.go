@@ -1,7 +1,11 @@
 // Command ftpload measures the FTP session rate through one address: each of
-// -workers goroutines logs in (anonymous), fetches -file over one passive
-// (PASV or EPSV) data connection, checks its size, quits, and starts over
-// until -duration has passed. It prints one JSON line:
+// -workers goroutines logs in (anonymous), fetches -file over one data
+// connection (-mode pasv, epsv, port or eprt), checks its size, quits, and
+// starts over until -duration has passed or -sessions sessions are done.
+// -bind gives local addresses for the control connections, used in turn
+// (the data connections follow them). A passive session fails whose data
+// connection goes elsewhere than its control connection (a 227 that named a
+// balancer's real server). It prints one JSON line:
 //
 //	{"label":"…","sessions":1234,"failures":0,"elapsed_s":10.0,"sessions_per_s":123.4,"p50_ms":…,"p99_ms":…,"errors":{…}}
 //
@@ -13,13 +17,17 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nfhelper/nfhelper/integration/ftpclient"
@@ -38,7 +46,9 @@ type result struct {
 
 func main() {
 	addrs := flag.String("addr", "", "comma-separated host:port addresses, used in turn")
-	mode := flag.String("mode", "pasv", "pasv or epsv")
+	mode := flag.String("mode", "pasv", "pasv, epsv, port or eprt")
+	sessions := flag.Int64("sessions", 0, "stop after this many sessions (0: run for -duration)")
+	bind := flag.String("bind", "", "comma-separated local addresses for the control connections, used in turn")
 	file := flag.String("file", "small.bin", "file to fetch")
 	size := flag.Int64("size", -1, "expected size of the file (-1: any)")
 	workers := flag.Int("workers", 8, "concurrent sessions")
@@ -46,16 +56,30 @@ func main() {
 	timeout := flag.Duration("timeout", 10*time.Second, "timeout of each protocol step")
 	label := flag.String("label", "", "copied into the result")
 	flag.Parse()
-	if *addrs == "" || *workers < 1 || *duration <= 0 || *duration > 10*time.Minute {
-		fmt.Fprintln(os.Stderr, "ftpload: -addr required; workers >= 1; 0 < duration <= 10m")
+	if *addrs == "" || *workers < 1 || *duration <= 0 || *duration > time.Hour || *sessions < 0 {
+		fmt.Fprintln(os.Stderr, "ftpload: -addr required; workers >= 1; 0 < duration <= 1h; sessions >= 0")
 		os.Exit(2)
 	}
 	m, err := ftpclient.ParseMode(*mode)
-	if err != nil || !m.Passive() {
-		fmt.Fprintln(os.Stderr, "ftpload: -mode must be pasv or epsv")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ftpload: -mode must be pasv, epsv, port or eprt")
 		os.Exit(2)
 	}
 	targets := strings.Split(*addrs, ",")
+	var locals []net.IP
+	if *bind != "" {
+		for _, a := range strings.Split(*bind, ",") {
+			ip := net.ParseIP(a)
+			if ip == nil {
+				fmt.Fprintf(os.Stderr, "ftpload: -bind: %q is no address\n", a)
+				os.Exit(2)
+			}
+			locals = append(locals, ip)
+		}
+	}
+	// started counts sessions begun, so that -sessions ends the run at
+	// exactly that many.
+	var started atomic.Int64
 
 	ctx, cancel := context.WithTimeout(context.Background(), *duration)
 	defer cancel()
@@ -75,8 +99,15 @@ func main() {
 		go func() {
 			defer wg.Done()
 			for i := w; !over(); i += *workers {
+				if *sessions > 0 && started.Add(1) > *sessions {
+					return
+				}
 				t0 := time.Now()
-				err := session(ctx, targets[i%len(targets)], m, *file, *size, *timeout)
+				d := &net.Dialer{}
+				if len(locals) > 0 {
+					d.LocalAddr = &net.TCPAddr{IP: locals[i%len(locals)]}
+				}
+				err := session(ctx, targets[i%len(targets)], d, m, *file, *size, *timeout)
 				if over() {
 					return // cut off by the end of the run: not counted
 				}
@@ -109,8 +140,8 @@ func main() {
 	fmt.Println(string(out))
 }
 
-func session(ctx context.Context, addr string, mode ftpclient.Mode, file string, size int64, timeout time.Duration) error {
-	c, err := ftpclient.Dial(ctx, addr)
+func session(ctx context.Context, addr string, d *net.Dialer, mode ftpclient.Mode, file string, size int64, timeout time.Duration) error {
+	c, err := ftpclient.DialWith(ctx, addr, d)
 	if err != nil {
 		return fmt.Errorf("dial: %w", err)
 	}
@@ -125,6 +156,13 @@ func session(ctx context.Context, addr string, mode ftpclient.Mode, file string,
 	}
 	if size >= 0 && n != size {
 		return fmt.Errorf("retr: got %d bytes, want %d", n, size)
+	}
+	// A 227 naming another host than the one the client talks to (a
+	// balancer's real server) is a leak, even where that host answers.
+	if mode.Passive() {
+		if peer, err := netip.ParseAddrPort(c.LastDataPeer); err != nil || peer.Addr().Unmap() != netip.MustParseAddrPort(c.RemoteAddr().String()).Addr().Unmap() {
+			return errors.New("retr: data connection not to the control connection's peer")
+		}
 	}
 	return c.Quit(ctx)
 }
