@@ -245,6 +245,9 @@ const addonConfig = `helpers:
       destination: "[2001:db8:2::1]:2123"
 `
 
+// addOnHelpers is how many add-on helpers addonConfig binds.
+var addOnHelpers = strings.Count(addonConfig, "\n  - name: ")
+
 // startExtraServers starts proftpd, pure-ftpd and quirkyftpd next to vsftpd.
 // A server that cannot run here is noted in harness.no*: its tests skip
 // with that reason.

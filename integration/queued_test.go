@@ -176,8 +176,9 @@ func TestEndedConnectionsLeaveNoElements(t *testing.T) {
 		return strings.Contains(list(set), fmt.Sprintf("%s . %d . ", client.Addr(), client.Port()))
 	}
 	var clients []netip.AddrPort
+	vip := netip.MustParseAddrPort(topo.VIP4 + ":2321")
 	for range 3 {
-		f := dialRaw(t, topo.VIP4+":2321")
+		f := dialRaw(t, vip.String())
 		f.login("bare227")
 		if _, msg := f.cmd("PASV", 2); !strings.Contains(msg, strings.ReplaceAll(topo.VIP4, ".", ",")) {
 			t.Fatalf("227 not rewritten to the VIP: %q", msg)
@@ -201,7 +202,10 @@ func TestEndedConnectionsLeaveNoElements(t *testing.T) {
 	gone := func() (string, bool) {
 		for _, e := range conntrackTCP(t, tp.Router) {
 			for _, c := range clients {
-				if e.origSrc == c {
+				// By destination too: earlier tests' connections from the
+				// same client port may still be in TIME_WAIT (2 minutes,
+				// set before the shorter timeout above).
+				if e.origSrc == c && e.origDst == vip {
 					return "conntrack entry " + e.line, false
 				}
 			}

@@ -112,7 +112,7 @@ func TestCtl(t *testing.T) {
 				rs.Address, rs.Weight, rs.Conns, rs.Active, rs.Inactive, rs.Packets, rs.Bytes)
 		}
 		if harness.noAddon == "" {
-			if len(svcs.Helpers) != 2 || svcs.Helpers[0].Name != "router-ftp" ||
+			if len(svcs.Helpers) != addOnHelpers || svcs.Helpers[0].Name != "router-ftp" ||
 				svcs.Helpers[0].Match != netip.MustParseAddrPort(topo.WAN4+":21") {
 				t.Errorf("helpers %+v", svcs.Helpers)
 			}
@@ -187,8 +187,8 @@ func TestCtl(t *testing.T) {
 		if st.Pid != d.Pid() || st.Datapath != d.Datapath || st.Services == 0 || st.Queues.Count == 0 || st.Stats["packets"] == 0 {
 			t.Errorf("status JSON %+v", st)
 		}
-		if harness.noAddon == "" && st.Helpers != 2 {
-			t.Errorf("status JSON: %d helpers, want 2", st.Helpers)
+		if harness.noAddon == "" && st.Helpers != addOnHelpers {
+			t.Errorf("status JSON: %d helpers, want %d", st.Helpers, addOnHelpers)
 		}
 	})
 

@@ -231,7 +231,7 @@ func (t *channelTable) release(c *Conn, ch Channel, until int64) {
 	}
 }
 
-// Claimed reports whether a connection holds the claim of ch's key: the
+// Claimed reports whether a connection holds a live claim of ch's key: the
 // datapath then keeps the key's kernel element when it closes ch (an
 // evicted or used channel), as that connection's channel replaced it or
 // is about to.
@@ -242,8 +242,10 @@ func (e *Engine) Claimed(ch Channel) bool {
 	t := &e.channels
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	_, ok := t.claims(ch.Kind)[ch.claimKey()]
-	return ok
+	// An ended claim only waits for late word of a data connection: its
+	// channel is gone, and so must its element be.
+	claim, ok := t.claims(ch.Kind)[ch.claimKey()]
+	return ok && !claim.ended
 }
 
 // ChannelUsed is told of a data connection conntrack has just confirmed

@@ -104,6 +104,14 @@ func TestChannelLimitEvictsOldest(t *testing.T) {
 	if e.Stats.Evicted.Load() != 1 {
 		t.Errorf("evicted = %d", e.Stats.Evicted.Load())
 	}
+	// Its claim waits for late word of a data connection, but the channel
+	// is gone: the datapath must delete its element.
+	if e.Claimed(v.Close[0]) {
+		t.Errorf("evicted channel still claimed: its element would stay")
+	}
+	if !e.Claimed(v.Open[0]) {
+		t.Errorf("the new channel is not claimed")
+	}
 	// The evicted port is free again for another connection of the
 	// client once word of its data connection came (or usedGrace passed).
 	if v2 := announce(t, e, w, ap("203.0.113.2:40001"), 2000, "40000"); len(v2.Open) != 1 || v2.Open[0].VIP.Port() == 40000 {
