@@ -20,7 +20,7 @@ type Carried struct {
 
 // carriedSets are the sets whose elements the daemon adds at run time.
 func (f *family) carriedSets() []*nftables.Set {
-	return []*nftables.Set{f.watched, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets, f.acks}
+	return []*nftables.Set{f.watched, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets, f.acks, f.bypassed, f.bypassedActive}
 }
 
 // ReadStale reads the run-time elements of table inet name; nil if there

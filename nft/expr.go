@@ -158,6 +158,32 @@ func ctDirectionOriginal() []expr.Any {
 	}
 }
 
+func ctDirectionReply() []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: reg1, Key: expr.CtKeyDIRECTION},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{1}},
+	}
+}
+
+// ctOrigSrc loads the original-direction source address of the connection.
+func ctOrigSrc(v6 bool) field {
+	key, n := expr.CtKeySRCIP, uint32(4)
+	if v6 {
+		key, n = expr.CtKeySRCIP6, 16
+	}
+	return field{len: n, load: func(reg uint32) expr.Any {
+		return &expr.Ct{Register: reg, Key: key, Direction: 0}
+	}}
+}
+
+// dportUnprivileged matches a TCP or UDP destination port of 1024 or more.
+func dportUnprivileged() []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpGte, Register: reg1, Data: []byte{0x04, 0x00}},
+	}
+}
+
 // queue sends the packet to NFQUEUE through the xtables target, which works
 // where the native nft queue expression is missing. Bypass: with no reader
 // bound, packets are accepted instead of dropped (fail open).
