@@ -336,7 +336,8 @@ func TestFailOpenNewSessions(t *testing.T) {
 // must carry its data connection (the session's server learned from the
 // bypassed reply). A 227 naming the real server cannot be saved for a
 // client that trusts it (plain pasv is left out); one that connects to its
-// control peer is (pasv-peer).
+// control peer is (pasv-peer). Through the VIP and through an add-on port
+// forward.
 func TestFailOpenStraddle(t *testing.T) {
 	d := needDaemon(t)
 	tp := harness.tp
@@ -348,13 +349,22 @@ func TestFailOpenStraddle(t *testing.T) {
 		mode string
 		v6   bool
 	}{{"epsv", false}, {"pasv-peer", false}, {"port", false}, {"eprt", false}, {"epsv", true}, {"eprt", true}}
+	addon := harness.noAddon == ""
+	if addon {
+		installUserRules(t, userRules{})
+	} else {
+		t.Logf("add-on sessions left out: %s", harness.noAddon)
+	}
 	var held []*failOpenSession
 	for _, m := range modes {
-		host := topo.VIP4
+		host, wan := topo.VIP4, topo.WAN4
 		if m.v6 {
-			host = topo.VIP6
+			host, wan = topo.VIP6, topo.WAN6
 		}
 		held = append(held, startFailOpenSession(t, script, host, m.mode, m.v6, false))
+		if addon {
+			held = append(held, startFailOpenSession(t, script, wan, m.mode, m.v6, true))
+		}
 	}
 	for _, s := range held {
 		s.check(t, "with the daemon", s.result(t, "with the daemon"))

@@ -176,6 +176,15 @@ func ctOrigSrc(v6 bool) field {
 	}}
 }
 
+// replyIs matches a TCP segment whose payload starts with code and a space
+// (an FTP reply's last or only line).
+func replyIs(code string) []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBase(unix.NFT_PAYLOAD_INNER_HEADER), Offset: 0, Len: 4},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte(code + " ")},
+	}
+}
+
 // dportUnprivileged matches a TCP or UDP destination port of 1024 or more.
 func dportUnprivileged() []expr.Any {
 	return []expr.Any{

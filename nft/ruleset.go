@@ -58,6 +58,13 @@ type AddOn struct {
 // with and the daemon's verdict clears.
 const UnseenMark = 0x02000000
 
+// passiveReplies and activeReply are the FTP replies whose segments fill
+// the bypassed maps: 227 and 229 name a passive port, 200 accepts PORT or
+// EPRT (and TYPE, which comes before them in the same session).
+var passiveReplies = []string{"227", "229"}
+
+const activeReply = "200"
+
 // bypassedTimeout is how long a bypassed element stays after the last server
 // segment that renewed it: the default data_channel_timeout.
 const bypassedTimeout = 300 * time.Second
@@ -384,9 +391,11 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 			// client's data connections to this VIP go, used only by one
 			// that no expectation took (its reply passed while the
 			// daemon was down).
-			rule(clean, fam, tcp, ctHelperIs(spec.CtHelper), ctDirectionReply(),
-				concat(ctOrigSrc(f.v6), ctOrigDst(f.v6), addrField(f.v6, true)), bypassedUpdate(f, f.bypassed))
-			rule(clean, fam, tcp, ctHelperIs(spec.CtHelper), ctDirectionReply(),
+			for _, code := range passiveReplies {
+				rule(clean, fam, tcp, ctHelperIs(spec.CtHelper), ctDirectionReply(), replyIs(code),
+					concat(ctOrigSrc(f.v6), ctOrigDst(f.v6), addrField(f.v6, true)), bypassedUpdate(f, f.bypassed))
+			}
+			rule(clean, fam, tcp, ctHelperIs(spec.CtHelper), ctDirectionReply(), replyIs(activeReply),
 				concat(addrField(f.v6, true), ctOrigSrc(f.v6), ctOrigDst(f.v6)), bypassedUpdate(f, f.bypassedActive))
 		} else {
 			// A server's segment without payload that only acknowledges
@@ -401,11 +410,16 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 			// Its 227 or 229 went to the client unrewritten and opened no
 			// channel: remember where this client's data connections to
 			// this VIP must go (the port it names is the server's own).
-			rule(clean, fam, tcp, markBitsSet(UnseenMark), ctDirectionReply(),
-				concat(ctOrigSrc(f.v6), ctOrigDst(f.v6), addrField(f.v6, true)), bypassedUpdate(f, f.bypassed))
+			// Only the reply itself: a client's sessions with other
+			// servers of the VIP share the key, and the last reply
+			// before a data connection names the right one.
+			for _, code := range passiveReplies {
+				rule(clean, fam, tcp, markBitsSet(UnseenMark), ctDirectionReply(), replyIs(code),
+					concat(ctOrigSrc(f.v6), ctOrigDst(f.v6), addrField(f.v6, true)), bypassedUpdate(f, f.bypassed))
+			}
 			// Its PORT or EPRT opened no channel either: the server's
 			// connection to the client must come from the VIP.
-			rule(clean, fam, tcp, markBitsSet(UnseenMark), ctDirectionReply(),
+			rule(clean, fam, tcp, markBitsSet(UnseenMark), ctDirectionReply(), replyIs(activeReply),
 				concat(addrField(f.v6, true), ctOrigSrc(f.v6), ctOrigDst(f.v6)), bypassedUpdate(f, f.bypassedActive))
 		}
 
@@ -614,11 +628,19 @@ func markBitsClear(mask uint32) []expr.Any {
 	return append(markBits(mask), &expr.Cmp{Op: expr.CmpOpEq, Register: unix.NFT_REG32_00, Data: native32(0)})
 }
 
-// bypassedUpdate adds or renews in set the element a preceding concat of
-// three addresses loaded: the first two the key, the third the value.
+// bypassedUpdate replaces in set the element a preceding concat of three
+// addresses loaded: the first two the key, the third the value. An update
+// alone would keep an existing element's value (it only renews its
+// timeout), so the element is deleted first: the last reply wins.
 func bypassedUpdate(f *family, set *nftables.Set) []expr.Any {
-	return []expr.Any{&expr.Dynset{SrcRegKey: unix.NFT_REG32_00, SrcRegData: unix.NFT_REG32_00 + 2*words(f.addrLen),
-		SetName: set.Name, SetID: set.ID, Operation: uint32(unix.NFT_DYNSET_OP_UPDATE), Timeout: bypassedTimeout}}
+	const opDelete = 2 // NFT_DYNSET_OP_DELETE
+	data := unix.NFT_REG32_00 + 2*words(f.addrLen)
+	return []expr.Any{
+		// A map's dynset names a data register even to delete.
+		&expr.Dynset{SrcRegKey: unix.NFT_REG32_00, SrcRegData: data, SetName: set.Name, SetID: set.ID, Operation: opDelete},
+		&expr.Dynset{SrcRegKey: unix.NFT_REG32_00, SrcRegData: data,
+			SetName: set.Name, SetID: set.ID, Operation: uint32(unix.NFT_DYNSET_OP_UPDATE), Timeout: bypassedTimeout},
+	}
 }
 
 func drop() []expr.Any { return []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}} }
