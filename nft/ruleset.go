@@ -65,8 +65,8 @@ var passiveReplies = []string{"227", "229"}
 
 const activeReply = "200"
 
-// bypassedTimeout is how long a bypassed element stays after the last server
-// segment that renewed it: the default data_channel_timeout.
+// bypassedTimeout is how long a bypassed element stays after the reply that
+// wrote it: the default data_channel_timeout.
 const bypassedTimeout = 300 * time.Second
 
 // ChannelMark is the conntrack mark bit of data connections the daemon
@@ -173,9 +173,10 @@ func newFamily(t *nftables.Table, v6 bool) *family {
 		DataType: nftables.MustConcatSetType(nftables.TypeMark, nftables.TypeMark)}
 	f.acks = &nftables.Set{Table: t, Name: "acks" + suffix, HasTimeout: true, Concatenation: true,
 		KeyType: nftables.MustConcatSetType(addr, nftables.TypeInetService, addr, nftables.TypeInetService)}
-	f.bypassed = &nftables.Set{Table: t, Name: "bypassed" + suffix, IsMap: true, HasTimeout: true, Concatenation: true,
+	// Written from the packet path (dynamic).
+	f.bypassed = &nftables.Set{Table: t, Name: "bypassed" + suffix, IsMap: true, HasTimeout: true, Dynamic: true, Concatenation: true,
 		KeyType: nftables.MustConcatSetType(addr, addr), DataType: addr}
-	f.bypassedActive = &nftables.Set{Table: t, Name: "bypassed_active" + suffix, IsMap: true, HasTimeout: true, Concatenation: true,
+	f.bypassedActive = &nftables.Set{Table: t, Name: "bypassed_active" + suffix, IsMap: true, HasTimeout: true, Dynamic: true, Concatenation: true,
 		KeyType: nftables.MustConcatSetType(addr, addr), DataType: addr}
 	// Two 16-bit numbers; nft shows them as ports.
 	f.pureAck = &nftables.Set{Table: t, Name: "pure_ack" + suffix, Constant: true, Concatenation: true,
@@ -387,10 +388,10 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 			rule(mangle, fam, tcp, ctStateIs(newBit), markBitsSet(spec.MarkMask), dst, lookup(f.helped), ctHelperSet(spec.CtHelper), setCtMark(ChannelMark))
 			// Its queue runs last (conntrack confirmation), after every
 			// chain: no rule can tell a segment that bypassed it. Every
-			// server segment of such a connection renews where this
-			// client's data connections to this VIP go, used only by one
-			// that no expectation took (its reply passed while the
-			// daemon was down).
+			// 227, 229 and 200 of such a connection writes where this
+			// client's data connections go, used only by one that no
+			// expectation took (its reply passed while the daemon was
+			// down).
 			for _, code := range passiveReplies {
 				rule(clean, fam, tcp, ctHelperIs(spec.CtHelper), ctDirectionReply(), replyIs(code),
 					concat(ctOrigSrc(f.v6), ctOrigDst(f.v6), addrField(f.v6, true)), bypassedUpdate(f, f.bypassed))
@@ -410,9 +411,9 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 			// Its 227 or 229 went to the client unrewritten and opened no
 			// channel: remember where this client's data connections to
 			// this VIP must go (the port it names is the server's own).
-			// Only the reply itself: a client's sessions with other
-			// servers of the VIP share the key, and the last reply
-			// before a data connection names the right one.
+			// The reply itself only: a client's sessions with other
+			// servers of the VIP share the key, and the reply just
+			// before a data connection names that connection's server.
 			for _, code := range passiveReplies {
 				rule(clean, fam, tcp, markBitsSet(UnseenMark), ctDirectionReply(), replyIs(code),
 					concat(ctOrigSrc(f.v6), ctOrigDst(f.v6), addrField(f.v6, true)), bypassedUpdate(f, f.bypassed))
