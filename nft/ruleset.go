@@ -388,15 +388,17 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 			rule(mangle, fam, tcp, ctStateIs(newBit), markBitsSet(spec.MarkMask), dst, lookup(f.helped), ctHelperSet(spec.CtHelper), setCtMark(ChannelMark))
 			// Its queue runs last (conntrack confirmation), after every
 			// chain: no rule can tell a segment that bypassed it. Every
-			// 227, 229 and 200 of such a connection writes where this
-			// client's data connections go, used only by one that no
-			// expectation took (its reply passed while the daemon was
-			// down).
+			// server's 227, 229 and 200 on a helped control connection
+			// writes where this client's data connections go, used only
+			// by one that no expectation took (its reply passed while
+			// the daemon was down). By destination: `ct helper` reads
+			// the master's helper, matching data connections only.
+			ctrl := concat(ctOrigDst(f.v6), ctOrigDstPort())
 			for _, code := range passiveReplies {
-				rule(clean, fam, tcp, ctHelperIs(spec.CtHelper), ctDirectionReply(), replyIs(code),
+				rule(clean, fam, tcp, ctDirectionReply(), ctrl, lookup(f.helped), replyIs(code),
 					concat(ctOrigSrc(f.v6), ctOrigDst(f.v6), addrField(f.v6, true)), bypassedUpdate(f, f.bypassed))
 			}
-			rule(clean, fam, tcp, ctHelperIs(spec.CtHelper), ctDirectionReply(), replyIs(activeReply),
+			rule(clean, fam, tcp, ctDirectionReply(), ctrl, lookup(f.helped), replyIs(activeReply),
 				concat(addrField(f.v6, true), ctOrigSrc(f.v6), ctOrigDst(f.v6)), bypassedUpdate(f, f.bypassedActive))
 		} else {
 			// A server's segment without payload that only acknowledges
