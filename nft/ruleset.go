@@ -208,6 +208,7 @@ func (f *family) of(a netip.Addr) bool { return a.Unmap().Is6() == f.v6 }
 // Install replaces any table of the same name (a stale copy left by a crash)
 // with a fresh one, in one atomic batch that keeps spec.Carried.
 func Install(c *nftables.Conn, spec *Spec) (*Ruleset, error) {
+	spec.Carried.refreshBypassed(c, spec.Table)
 	t := &nftables.Table{Name: spec.Table, Family: nftables.TableFamilyINet}
 	// Adding an existing table is a no-op, so add+delete removes any old copy
 	// on every kernel (the destroy command is newer than Debian 12's kernel).
