@@ -20,7 +20,9 @@ import (
 )
 
 // holdClient logs in (anonymous), fetches small.bin with the data command
-// argv[3] names (pasv, epsv, port or eprt, forced whatever the family),
+// argv[3] names (pasv, epsv, port or eprt, forced whatever the family;
+// pasv-peer: PASV, connecting to the control connection's peer as most
+// clients do, python's ftplib among them),
 // reports, waits for a line on stdin, fetches it again on the same control
 // connection and quits. A passive transfer connects to the address the
 // 227 names, so an unrewritten reply fails the check on it.
@@ -37,6 +39,9 @@ def makepasv():
     if mode == "pasv":
         seen["reply"] = ftp.sendcmd("PASV")
         return ftplib.parse227(seen["reply"])
+    if mode == "pasv-peer":
+        seen["reply"] = ftp.sendcmd("PASV")
+        return ftp.sock.getpeername()[0], ftplib.parse227(seen["reply"])[1]
     seen["reply"] = ftp.sendcmd("EPSV")
     return ftplib.parse229(seen["reply"], ftp.sock.getpeername())
 def makeport():
@@ -45,7 +50,7 @@ def makeport():
     seen["reply"] = ftp.sendport(h, p) if mode == "port" else ftp.sendeprt(h, p)
     return sock
 ftp.makepasv, ftp.makeport = makepasv, makeport
-ftp.set_pasv(mode in ("pasv", "epsv"))
+ftp.set_pasv(mode in ("pasv", "pasv-peer", "epsv"))
 def get():
     h = hashlib.sha256()
     conn, size = ftp.ntransfercmd("RETR small.bin")
@@ -81,12 +86,24 @@ type failOpenSession struct {
 
 func (s *failOpenSession) result(t *testing.T, what string) map[string]any {
 	t.Helper()
+	res := s.tryResult(t, what)
+	if res == nil {
+		t.FailNow()
+	}
+	return res
+}
+
+// tryResult is result, going on (nil) when the client ended.
+func (s *failOpenSession) tryResult(t *testing.T, what string) map[string]any {
+	t.Helper()
 	if !s.lines.Scan() {
-		t.Fatalf("%s %s: the client ended: %v\n%s", s.name, what, s.lines.Err(), tailString(s.trace.String(), 3000))
+		t.Errorf("%s %s: the client ended: %v\n%s", s.name, what, s.lines.Err(), tailString(s.trace.String(), 3000))
+		return nil
 	}
 	var res map[string]any
 	if err := json.Unmarshal(s.lines.Bytes(), &res); err != nil {
-		t.Fatalf("%s %s: %q: %v", s.name, what, s.lines.Text(), err)
+		t.Errorf("%s %s: %q: %v", s.name, what, s.lines.Text(), err)
+		return nil
 	}
 	return res
 }
@@ -311,4 +328,74 @@ func TestFailOpenNewSessions(t *testing.T) {
 	t.Logf("daemon counters over the new sessions: scheduled +%d, adopted +%d, rewritten +%d, channels +%d",
 		after.Stats["scheduled"]-before.Stats["scheduled"], after.Stats["adopted"]-before.Stats["adopted"],
 		after.Stats["rewritten"]-before.Stats["rewritten"], after.Stats["channels"]-before.Stats["channels"])
+}
+
+// TestFailOpenStraddle: sessions whose control connection the daemon
+// scheduled, helped once, then the daemon killed (kill -9) before the next
+// data command: that command's reply passes unread, and the kernel alone
+// must carry its data connection (the session's server learned from the
+// bypassed reply). A 227 naming the real server cannot be saved for a
+// client that trusts it (plain pasv is left out); one that connects to its
+// control peer is (pasv-peer). Through the VIP and through an add-on port
+// forward.
+func TestFailOpenStraddle(t *testing.T) {
+	d := needDaemon(t)
+	tp := harness.tp
+	script := filepath.Join(t.TempDir(), "hold.py")
+	if err := os.WriteFile(script, []byte(holdClient), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	modes := []struct {
+		mode string
+		v6   bool
+	}{{"epsv", false}, {"pasv-peer", false}, {"port", false}, {"eprt", false}, {"epsv", true}, {"eprt", true}}
+	addon := harness.noAddon == ""
+	if addon {
+		installUserRules(t, userRules{})
+	} else {
+		t.Logf("add-on sessions left out: %s", harness.noAddon)
+	}
+	var held []*failOpenSession
+	for _, m := range modes {
+		host, wan := topo.VIP4, topo.WAN4
+		if m.v6 {
+			host, wan = topo.VIP6, topo.WAN6
+		}
+		held = append(held, startFailOpenSession(t, script, host, m.mode, m.v6, false))
+		if addon {
+			held = append(held, startFailOpenSession(t, script, wan, m.mode, m.v6, true))
+		}
+	}
+	for _, s := range held {
+		s.check(t, "with the daemon", s.result(t, "with the daemon"))
+	}
+
+	harness.mu.Lock()
+	harness.stopped = true
+	harness.mu.Unlock()
+	if err := d.Kill(); err != nil {
+		t.Fatalf("SIGKILL: %v", err)
+	}
+	t.Logf("datapath %s: daemon killed; %d sessions go on", d.Datapath, len(held))
+	for _, s := range held {
+		io.WriteString(s.stdin, "go\n")
+		res := s.tryResult(t, "after the kill")
+		if res == nil {
+			continue
+		}
+		s.check(t, "after the kill", res)
+		if q, _ := res["quit"].(string); !strings.HasPrefix(q, "221") {
+			t.Errorf("%s: QUIT answered %q", s.name, q)
+		}
+	}
+
+	d2, err := tp.StartDaemon(harness.daemonBin, harness.config)
+	if err != nil {
+		t.Fatalf("start after SIGKILL: %v", err)
+	}
+	setDaemon(d2)
+	harness.mu.Lock()
+	harness.stopped = false
+	harness.mu.Unlock()
+	reportDatapath(t, d2)
 }

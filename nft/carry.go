@@ -20,12 +20,37 @@ type Carried struct {
 
 // carriedSets are the sets whose elements the daemon adds at run time.
 func (f *family) carriedSets() []*nftables.Set {
-	return []*nftables.Set{f.watched, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets, f.acks}
+	return []*nftables.Set{f.watched, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets, f.acks, f.bypassed, f.bypassedActive}
+}
+
+// bypassedSets are the carried sets the kernel fills from the packet path,
+// also while a restarting daemon restores.
+func (f *family) bypassedSets() []*nftables.Set {
+	return []*nftables.Set{f.bypassed, f.bypassedActive}
 }
 
 // ReadStale reads the run-time elements of table inet name; nil if there
 // is no such table.
 func ReadStale(c *nftables.Conn, name string) (*Carried, error) {
+	return readStale(c, name, (*family).carriedSets)
+}
+
+// refreshBypassed reads cr's bypassed maps again from the stale table, just
+// before it is replaced: the kernel went on writing them since ReadStale.
+// On error the earlier copy stays.
+func (cr *Carried) refreshBypassed(c *nftables.Conn, name string) {
+	fresh, err := readStale(c, name, (*family).bypassedSets)
+	if cr == nil || err != nil || fresh == nil {
+		return
+	}
+	for _, f := range []*family{newFamily(nil, false), newFamily(nil, true)} {
+		for _, s := range f.bypassedSets() {
+			cr.elems[s.Name] = fresh.elems[s.Name]
+		}
+	}
+}
+
+func readStale(c *nftables.Conn, name string, which func(*family) []*nftables.Set) (*Carried, error) {
 	t, err := c.ListTableOfFamily(name, nftables.TableFamilyINet)
 	if errors.Is(err, unix.ENOENT) || t == nil {
 		return nil, nil
@@ -39,7 +64,7 @@ func ReadStale(c *nftables.Conn, name string) (*Carried, error) {
 	}
 	want := map[string]bool{}
 	for _, f := range []*family{newFamily(t, false), newFamily(t, true)} {
-		for _, s := range f.carriedSets() {
+		for _, s := range which(f) {
 			want[s.Name] = true
 		}
 	}

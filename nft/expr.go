@@ -157,6 +157,41 @@ func ctDirectionOriginal() []expr.Any {
 	}
 }
 
+func ctDirectionReply() []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: reg1, Key: expr.CtKeyDIRECTION},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{1}},
+	}
+}
+
+// ctOrigSrc loads the original-direction source address of the connection.
+func ctOrigSrc(v6 bool) field {
+	key, n := expr.CtKeySRCIP, uint32(4)
+	if v6 {
+		key, n = expr.CtKeySRCIP6, 16
+	}
+	return field{len: n, load: func(reg uint32) expr.Any {
+		return &expr.Ct{Register: reg, Key: key, Direction: 0}
+	}}
+}
+
+// replyIs matches a TCP segment whose payload starts with code and a space
+// (an FTP reply's last or only line).
+func replyIs(code string) []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBase(unix.NFT_PAYLOAD_INNER_HEADER), Offset: 0, Len: 4},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte(code + " ")},
+	}
+}
+
+// dportUnprivileged matches a TCP or UDP destination port of 1024 or more.
+func dportUnprivileged() []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpGte, Register: reg1, Data: []byte{0x04, 0x00}},
+	}
+}
+
 // queueExpr queues to the spec's queues with the bypass flag (with no
 // reader bound, packets are accepted instead of dropped: fail open): the
 // nft queue expression where the kernel has it and the spec asks for it,

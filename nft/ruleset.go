@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -52,6 +53,21 @@ type AddOn struct {
 	Match netip.AddrPort
 	Mark  uint32
 }
+
+// UnseenMark is the packet mark bit a server's control segment is queued
+// with and the daemon's verdict clears.
+const UnseenMark = 0x02000000
+
+// passiveReplies and activeReply are the FTP replies whose segments fill
+// the bypassed maps: 227 and 229 name a passive port, 200 accepts PORT or
+// EPRT (and TYPE, which comes before them in the same session).
+var passiveReplies = []string{"227", "229"}
+
+const activeReply = "200"
+
+// bypassedTimeout is how long a bypassed element stays after the reply that
+// wrote it: the default data_channel_timeout.
+const bypassedTimeout = 300 * time.Second
 
 // ChannelMark is the conntrack mark bit of data connections the daemon
 // opened: a forward chain that drops all but established and related
@@ -106,6 +122,12 @@ type family struct {
 	// client . port . real server . port (the client as the server sees
 	// it): control connections whose pure ACKs are queued (ChannelAcks).
 	acks *nftables.Set
+	// client . VIP (or the add-on's address) : real server, learned by the
+	// kernel from a server's control segment that bypassed the daemon.
+	bypassed *nftables.Set
+	// real server . client : VIP, its reverse, for the server's active
+	// data connections.
+	bypassedActive *nftables.Set
 	// TCP data offset and flags . IP length (IPv6: payload length) of
 	// every segment without payload and with ACK but no SYN, FIN or RST
 	// (constant).
@@ -151,6 +173,11 @@ func newFamily(t *nftables.Table, v6 bool) *family {
 		DataType: nftables.MustConcatSetType(nftables.TypeMark, nftables.TypeMark)}
 	f.acks = &nftables.Set{Table: t, Name: "acks" + suffix, HasTimeout: true, Concatenation: true,
 		KeyType: nftables.MustConcatSetType(addr, nftables.TypeInetService, addr, nftables.TypeInetService)}
+	// Written from the packet path (dynamic).
+	f.bypassed = &nftables.Set{Table: t, Name: "bypassed" + suffix, IsMap: true, HasTimeout: true, Dynamic: true, Concatenation: true,
+		KeyType: nftables.MustConcatSetType(addr, addr), DataType: addr}
+	f.bypassedActive = &nftables.Set{Table: t, Name: "bypassed_active" + suffix, IsMap: true, HasTimeout: true, Dynamic: true, Concatenation: true,
+		KeyType: nftables.MustConcatSetType(addr, addr), DataType: addr}
 	// Two 16-bit numbers; nft shows them as ports.
 	f.pureAck = &nftables.Set{Table: t, Name: "pure_ack" + suffix, Constant: true, Concatenation: true,
 		KeyType: nftables.MustConcatSetType(nftables.TypeInetService, nftables.TypeInetService),
@@ -181,6 +208,7 @@ func (f *family) of(a netip.Addr) bool { return a.Unmap().Is6() == f.v6 }
 // Install replaces any table of the same name (a stale copy left by a crash)
 // with a fresh one, in one atomic batch that keeps spec.Carried.
 func Install(c *nftables.Conn, spec *Spec) (*Ruleset, error) {
+	spec.Carried.refreshBypassed(c, spec.Table)
 	t := &nftables.Table{Name: spec.Table, Family: nftables.TableFamilyINet}
 	// Adding an existing table is a no-op, so add+delete removes any old copy
 	// on every kernel (the destroy command is newer than Debian 12's kernel).
@@ -222,7 +250,7 @@ func Remove(c *nftables.Conn, name string) error {
 
 func (rs *Ruleset) addSets(c *nftables.Conn, spec *Spec, f *family) error {
 	static := rs.staticElements(spec, f)
-	for _, set := range []*nftables.Set{f.vips, f.vipsUDP, f.helped, f.servers, f.watched, f.byMark, f.fallback, f.fallbackUDP, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets, f.acks} {
+	for _, set := range []*nftables.Set{f.vips, f.vipsUDP, f.helped, f.servers, f.watched, f.byMark, f.fallback, f.fallbackUDP, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets, f.acks, f.bypassed, f.bypassedActive} {
 		if err := c.AddSet(set, static[set]); err != nil {
 			return fmt.Errorf("add set %s: %w", set.Name, err)
 		}
@@ -359,14 +387,44 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 			// The control connection carries ChannelMark: its data
 			// connections, expected, take their master's mark.
 			rule(mangle, fam, tcp, ctStateIs(newBit), markBitsSet(spec.MarkMask), dst, lookup(f.helped), ctHelperSet(spec.CtHelper), setCtMark(ChannelMark))
+			// Its queue runs last (conntrack confirmation), after every
+			// chain: no rule can tell a segment that bypassed it. Every
+			// server's 227, 229 and 200 on a helped control connection
+			// writes where this client's data connections go, used only
+			// by one that no expectation took (its reply passed while
+			// the daemon was down). By destination: `ct helper` reads
+			// the master's helper, matching data connections only.
+			ctrl := concat(ctOrigDst(f.v6), ctOrigDstPort())
+			for _, code := range passiveReplies {
+				rule(clean, fam, tcp, ctDirectionReply(), ctrl, lookup(f.helped), replyIs(code),
+					concat(ctOrigSrc(f.v6), ctOrigDst(f.v6), addrField(f.v6, true)), bypassedUpdate(f, f.bypassed))
+			}
+			rule(clean, fam, tcp, ctDirectionReply(), ctrl, lookup(f.helped), replyIs(activeReply),
+				concat(addrField(f.v6, true), ctOrigSrc(f.v6), ctOrigDst(f.v6)), bypassedUpdate(f, f.bypassedActive))
 		} else {
 			// A server's segment without payload that only acknowledges
 			// needs no correction while its connection has none (not in
 			// acks): it goes by the daemon. The chain's only later rules
 			// queue, so accepting here changes nothing else.
 			rule(raw, fam, tcp, pureAck(f), concat(addrField(f.v6, false), portField(false), addrField(f.v6, true), portField(true)), lookupNot(f.acks), accept())
-			rule(raw, fam, tcp, src, lookup(f.servers), q)
-			rule(raw, fam, tcp, src, lookup(f.watched), q)
+			// Queued with UnseenMark, which the daemon's verdict clears:
+			// a segment that still has it bypassed a dead daemon.
+			rule(raw, fam, tcp, src, lookup(f.servers), setMark(UnseenMark, UnseenMark), q)
+			rule(raw, fam, tcp, src, lookup(f.watched), setMark(UnseenMark, UnseenMark), q)
+			// Its 227 or 229 went to the client unrewritten and opened no
+			// channel: remember where this client's data connections to
+			// this VIP must go (the port it names is the server's own).
+			// The reply itself only: a client's sessions with other
+			// servers of the VIP share the key, and the reply just
+			// before a data connection names that connection's server.
+			for _, code := range passiveReplies {
+				rule(clean, fam, tcp, markBitsSet(UnseenMark), ctDirectionReply(), replyIs(code),
+					concat(ctOrigSrc(f.v6), ctOrigDst(f.v6), addrField(f.v6, true)), bypassedUpdate(f, f.bypassed))
+			}
+			// Its PORT or EPRT opened no channel either: the server's
+			// connection to the client must come from the VIP.
+			rule(clean, fam, tcp, markBitsSet(UnseenMark), ctDirectionReply(), replyIs(activeReply),
+				concat(addrField(f.v6, true), ctOrigSrc(f.v6), ctOrigDst(f.v6)), bypassedUpdate(f, f.bypassedActive))
 		}
 
 		rule(dnat, fam, markBits(spec.MarkMask), lookupTo(f.byMark), natTo(expr.NATTypeDestNAT, f, true))
@@ -388,6 +446,12 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 		rule(dnat, fam, tcp, flow, lookupTo(f.passive), setCtMark(ChannelMark))
 		rule(dnat, fam, tcp, flow, lookupTo(f.passive), natTo(expr.NATTypeDestNAT, f, true))
 		rule(dnat, fam, tcp, flow, lookupTo(f.activeDNAT), natTo(expr.NATTypeDestNAT, f, true))
+		// Last: a data connection that no channel announced, from a
+		// client whose session's reply passed while the daemon was down,
+		// goes to that session's server, port unchanged.
+		clientVIP := concat(addrField(f.v6, true), addrField(f.v6, false))
+		rule(dnat, fam, tcp, dportUnprivileged(), clientVIP, lookupTo(f.bypassed), setCtMark(ChannelMark))
+		rule(dnat, fam, tcp, dportUnprivileged(), clientVIP, lookupTo(f.bypassed), natTo(expr.NATTypeDestNAT, f, false))
 
 		rule(clean, fam, tcp, ctStateIs(invalidBit), dst, lookup(f.helped), drop())
 		rule(clean, fam, tcp, ctStateIs(invalidBit), src, lookup(f.servers), drop())
@@ -398,6 +462,12 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 
 		rule(snat, fam, tcp, flow, lookupTo(f.active), natTo(expr.NATTypeSourceNAT, f, false))
 		rule(snat, fam, tcp, flow, lookupTo(f.passiveSNAT), natTo(expr.NATTypeSourceNAT, f, false))
+		// Last: a server's connection to a client that no channel
+		// announced, after its session's reply passed while the daemon was
+		// down, comes from the VIP the client knows.
+		serverClient := concat(addrField(f.v6, true), addrField(f.v6, false))
+		rule(clean, fam, tcp, ctStateIs(newBit), serverClient, lookupTo(f.bypassedActive), setCtMark(ChannelMark))
+		rule(snat, fam, tcp, serverClient, lookupTo(f.bypassedActive), natTo(expr.NATTypeSourceNAT, f, false))
 	}
 	rs.forwardRules(c, spec)
 	if spec.KernelFTP && !kernel {
@@ -413,9 +483,9 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 				concat(ctOrigDst(f.v6), ctOrigDstPort()), lookup(f.helped), ctHelperSet(KernelFTPHelper))
 		}
 	}
-	rule(clean, markBitsSet(spec.MarkMask), []expr.Any{
+	rule(clean, markBitsSet(spec.MarkMask|UnseenMark), []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: reg1},
-		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: native32(^spec.MarkMask), Xor: native32(0)},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: native32(^(spec.MarkMask | UnseenMark)), Xor: native32(0)},
 		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: reg1},
 	})
 }
@@ -560,6 +630,21 @@ func markBitsSet(mask uint32) []expr.Any {
 
 func markBitsClear(mask uint32) []expr.Any {
 	return append(markBits(mask), &expr.Cmp{Op: expr.CmpOpEq, Register: unix.NFT_REG32_00, Data: native32(0)})
+}
+
+// bypassedUpdate replaces in set the element a preceding concat of three
+// addresses loaded: the first two the key, the third the value. An update
+// alone would keep an existing element's value (it only renews its
+// timeout), so the element is deleted first: the last reply wins.
+func bypassedUpdate(f *family, set *nftables.Set) []expr.Any {
+	const opDelete = 2 // NFT_DYNSET_OP_DELETE
+	data := unix.NFT_REG32_00 + 2*words(f.addrLen)
+	return []expr.Any{
+		// A map's dynset names a data register even to delete.
+		&expr.Dynset{SrcRegKey: unix.NFT_REG32_00, SrcRegData: data, SetName: set.Name, SetID: set.ID, Operation: opDelete},
+		&expr.Dynset{SrcRegKey: unix.NFT_REG32_00, SrcRegData: data,
+			SetName: set.Name, SetID: set.ID, Operation: uint32(unix.NFT_DYNSET_OP_UPDATE), Timeout: bypassedTimeout},
+	}
 }
 
 func drop() []expr.Any { return []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}} }

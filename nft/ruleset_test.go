@@ -325,3 +325,35 @@ func TestInstallKernelGolden(t *testing.T) {
 		}
 	}
 }
+
+// TestInstallKeepsLateBypassed: a bypassed element the kernel wrote after
+// ReadStale (while the restarting daemon restored) is in the new table.
+func TestInstallKeepsLateBypassed(t *testing.T) {
+	ns, c := testNetns(t)
+	if _, err := Install(c, referenceSpec()); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := nftList(t, ns, "add", "element", "inet", "nfhelper", "bypassed4", "{ 203.0.113.2 . 198.51.100.10 timeout 1m : 10.0.0.11 }"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	carried, err := ReadStale(c, "nfhelper")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Written by the packet path after the read: replaces the first.
+	if out, err := nftList(t, ns, "delete", "element", "inet", "nfhelper", "bypassed4", "{ 203.0.113.2 . 198.51.100.10 }"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if out, err := nftList(t, ns, "add", "element", "inet", "nfhelper", "bypassed4", "{ 203.0.113.2 . 198.51.100.10 timeout 1m : 10.0.0.12 }"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	spec := referenceSpec()
+	spec.Carried = carried
+	if _, err := Install(c, spec); err != nil {
+		t.Fatal(err)
+	}
+	out, _ := nftList(t, ns, "list", "map", "inet", "nfhelper", "bypassed4")
+	if !strings.Contains(out, ": 10.0.0.12") || strings.Contains(out, ": 10.0.0.11") {
+		t.Errorf("bypassed4 after the restart:\n%s", out)
+	}
+}

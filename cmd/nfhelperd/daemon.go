@@ -509,11 +509,19 @@ func handler(q verdicter, num uint16, w *ipvs.Worker, stats *ipvs.Stats, dp *dat
 			if r := recover(); r != nil {
 				stats.Panics.Add(1)
 				log.Error("worker panic; packet accepted unmodified", "panic", r, "total", stats.Panics.Load())
-				q.Accept(id, false, 0, nil)
+				q.Accept(id, mark&nft.UnseenMark != 0, mark&^nft.UnseenMark, nil)
 			}
 		}()
 		v := w.Process(pkt, mark)
 		mx.CountVerdict(num, v)
+		if mark&nft.UnseenMark != 0 {
+			// The daemon saw this server segment: it must not look
+			// bypassed to the rules after conntrack.
+			if !v.SetMark {
+				v.SetMark, v.Mark = true, mark
+			}
+			v.Mark &^= nft.UnseenMark
+		}
 		if len(v.Open) > 0 || len(v.Close) > 0 || v.Offsets.Store || v.Acks.Kind != 0 {
 			open := append([]ipvs.Channel(nil), v.Open...)
 			if v.Acks.Kind != 0 {

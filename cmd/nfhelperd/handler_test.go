@@ -12,15 +12,23 @@ import (
 	"github.com/nfhelper/nfhelper/metrics"
 	"github.com/nfhelper/nfhelper/nfq"
 	"github.com/nfhelper/nfhelper/nfq/nfqtest"
+	"github.com/nfhelper/nfhelper/nft"
 )
 
 // fakeQueue records verdicts.
 type fakeQueue struct {
 	accepted, dropped, altered []uint32
+	marks                      map[uint32]uint32 // by id, for verdicts that set the mark
 }
 
-func (f *fakeQueue) Accept(id uint32, _ bool, _ uint32, pkt []byte) error {
+func (f *fakeQueue) Accept(id uint32, setMark bool, mark uint32, pkt []byte) error {
 	f.accepted = append(f.accepted, id)
+	if setMark {
+		if f.marks == nil {
+			f.marks = map[uint32]uint32{}
+		}
+		f.marks[id] = mark
+	}
 	if pkt != nil {
 		f.altered = append(f.altered, id)
 	}
@@ -112,5 +120,39 @@ func TestBacklogDoesNotStall(t *testing.T) {
 	}
 	if e.Stats.Backlogged.Load() != 1 {
 		t.Errorf("backlogged %d", e.Stats.Backlogged.Load())
+	}
+}
+
+// TestHandlerClearsUnseen: every verdict on a packet queued with
+// nft.UnseenMark clears that bit and keeps the others, whatever the worker
+// decided or if it panicked: a bit left set would make the kernel take the
+// segment for one that bypassed a dead daemon.
+func TestHandlerClearsUnseen(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	client, vip, rs := ap("203.0.113.2:40000"), ap("198.51.100.10:21"), ap("10.0.0.11:21")
+	svc, err := ipvs.NewService("ftp", vip, "rr", panicky{}, []*ipvs.RealServer{{Addr: rs, Weight: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := ipvs.NewEngine([]*ipvs.Service{svc}, markMask)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	q := &fakeQueue{}
+	h := handler(q, 100, e.NewWorker(), &e.Stats, nil, metrics.New(e, nil), log)
+	const other = 0x5
+	h(1, nfqtest.Build(nfqtest.Segment{Src: rs, Dst: client, Seq: 1, Ack: 1, Flags: nfq.FlagACK, Payload: []byte("x")}), nft.UnseenMark|other) // no connection: a plain accept
+	h(2, []byte{0x45}, nft.UnseenMark|other)                                                                                                   // unparsed
+	broken := handler(q, 100, nil, &e.Stats, nil, metrics.New(nil, nil), log)
+	broken(3, []byte{0x45}, nft.UnseenMark|other) // a panic on the way
+	h(4, nfqtest.Build(nfqtest.Segment{Src: rs, Dst: client, Seq: 1, Ack: 1, Flags: nfq.FlagACK, Payload: []byte("x")}), other)
+	for _, id := range []uint32{1, 2, 3} {
+		if m, ok := q.marks[id]; !ok || m != other {
+			t.Errorf("packet %d: verdict mark %#x (set: %v), want %#x", id, m, ok, other)
+		}
+	}
+	if m, ok := q.marks[4]; ok {
+		t.Errorf("packet 4, queued without the bit: verdict set mark %#x", m)
 	}
 }
