@@ -216,16 +216,6 @@ func ctHelperObj(t *nftables.Table, name string) *nftables.NamedObj {
 // table's ct helper object for it.
 const KernelFTPHelper = kernel.KernelFTPHelper
 
-// ctHelperIs matches a connection whose helper is name.
-func ctHelperIs(name string) []expr.Any {
-	data := make([]byte, 16) // NF_CT_HELPER_NAME_LEN, zero padded
-	copy(data, name)
-	return []expr.Any{
-		&expr.Ct{Key: expr.CtKeyHELPER, Register: reg1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: data},
-	}
-}
-
 // ctHelperSet assigns the ct helper object name to the packet's new
 // connection: it must run after conntrack and before NAT.
 func ctHelperSet(name string) []expr.Any {

@@ -434,7 +434,7 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 			// it for its whole life. Assigned before its NAT, which
 			// then gives it the sequence adjustment the helper's
 			// rewrites need (nf_nat_setup_info), on every kernel.
-			rule(dnat, fam, tcp, markBitsClear(spec.MarkMask), dst, lookup(f.helped), lookup(f.vips), ctHelperSet(KernelFTPHelper))
+			rule(dnat, fam, tcp, markBitsClear(spec.MarkMask), dst, lookup(f.helped), lookup(f.vips), ctHelperSet(KernelFTPHelper), setCtMark(ChannelMark))
 		}
 		// A new connection to a VIP without the daemon's mark: the daemon
 		// is down and the queue was bypassed. Fail open to a server.
@@ -480,7 +480,7 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 		unseen := chain("forward_unseen", nftables.ChainTypeFilter, nftables.ChainHookForward, *nftables.ChainPriorityFilter+1)
 		for _, f := range rs.fams {
 			rule(unseen, nfproto(f.proto), l4protoTCP(), ctStateIs(newBit), markBitsSet(spec.MarkMask),
-				concat(ctOrigDst(f.v6), ctOrigDstPort()), lookup(f.helped), ctHelperSet(KernelFTPHelper))
+				concat(ctOrigDst(f.v6), ctOrigDstPort()), lookup(f.helped), ctHelperSet(KernelFTPHelper), setCtMark(ChannelMark))
 		}
 	}
 	rule(clean, markBitsSet(spec.MarkMask|UnseenMark), []expr.Any{
@@ -496,9 +496,13 @@ func (rs *Ruleset) forwardRules(c *nftables.Conn, spec *Spec) {
 	const syn, ack, fin, rst = 0x02, 0x10, 0x01, 0x04
 	q := queueExpr(&rs.queue)
 	if rs.queue.KernelFTP && rs.queue.CtHelper == "" {
-		// The kernel's FTP helper reads these: the daemon must not (the
-		// kernel datapath queues only its own helper's connections).
-		rs.rule(c, rs.fwd, ctHelperIs(KernelFTPHelper), accept())
+		// Control connections the kernel's FTP helper reads carry
+		// ChannelMark (given with the helper; nft's `ct helper` names a
+		// master's helper, so it cannot find them): the daemon must not
+		// read them. Data connections, which carry it too, are never
+		// queued anyway. (The kernel datapath queues only its own
+		// helper's connections.)
+		rs.rule(c, rs.fwd, ctMarkHas(ChannelMark), accept())
 	}
 	for _, f := range rs.fams {
 		if rs.queue.CtHelper == "" {
@@ -587,6 +591,15 @@ func setMark(mask, bits uint32) []expr.Any {
 }
 
 // setCtMark sets bit in the connection's mark.
+// ctMarkHas matches a connection whose conntrack mark has bit.
+func ctMarkHas(bit uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Key: expr.CtKeyMARK, Register: reg1},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: native32(bit), Xor: native32(0)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: native32(0)},
+	}
+}
+
 func setCtMark(bit uint32) []expr.Any {
 	return []expr.Any{
 		&expr.Ct{Key: expr.CtKeyMARK, Register: reg1},
