@@ -279,3 +279,31 @@ func TestPortSearchWholeRange(t *testing.T) {
 		t.Errorf("next segment at %d, want %d", seq, 3009+4)
 	}
 }
+
+// A copy of an announcing segment resent while the original waits in the
+// datapath would reach the client, with its recorded edits, before the
+// kernel has the channel: it is dropped until the original's verdict.
+func TestResentAnnouncementWaits(t *testing.T) {
+	e := portEngine(t, DefaultPolicy)
+	w := e.NewWorker()
+	v := announce(t, e, w, client, 1000, "40000")
+	if len(v.Open) != 1 || v.Announcing == nil {
+		t.Fatalf("announcement: %+v", v)
+	}
+	c := e.Table.LookupVIP(client, vip)
+	resend := func() Verdict { return w.Process(seg(c.Server, client, 1001, 101, pshAck, "P 40000\n"), 0) }
+	if r := resend(); !r.Drop {
+		t.Errorf("copy released while the announcement waits: %+v", r)
+	}
+	// The client's packets and the server's later bytes go on meanwhile.
+	if r := w.Process(seg(client, vip, 101, 1009, ack, ""), 0); r.Drop {
+		t.Errorf("client's ACK dropped")
+	}
+	if r := w.Process(seg(c.Server, client, 1009, 101, pshAck, "X\n"), 0); r.Drop {
+		t.Errorf("next segment dropped")
+	}
+	e.Announced(v.Announcing)
+	if r := resend(); r.Drop || len(r.Open) != 0 {
+		t.Errorf("copy after the verdict: %+v", r)
+	}
+}

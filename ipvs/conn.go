@@ -28,6 +28,14 @@ type helped struct {
 	// ended: the connection left the table; it asks the kernel for no
 	// more elements, which nothing would delete.
 	ended bool
+	// announcing: a segment of stream annDir, sequence numbers
+	// [annSeq, annEnd) as sent, announced data channels and waits in the
+	// datapath for their elements (compat datapath). A copy of it resent
+	// meanwhile is dropped: released with its recorded edits, it would
+	// tell the client of a channel the kernel does not have yet.
+	announcing     bool
+	annDir         Direction
+	annSeq, annEnd uint32
 	// asked is when conntrack was last asked whether it still holds the
 	// connection (checkIdle), alive when it last said so; 0: never.
 	asked, alive int64
@@ -47,6 +55,20 @@ func (e *Engine) AcksNotOpened(ch Channel) {
 	}
 	c.mu.Unlock()
 }
+
+// Announced tells the connection of a Verdict.Announcing that the
+// verdict carrying its channels has been given (or the channels will not
+// come): copies of that segment pass again.
+func (e *Engine) Announced(c *Conn) {
+	c.mu.Lock()
+	if c.help != nil {
+		c.help.announcing = false
+	}
+	c.mu.Unlock()
+}
+
+// Announced is Engine.Announced, for a queue's handler.
+func (w *Worker) Announced(c *Conn) { w.e.Announced(c) }
 
 // AcksNotOpened is Engine.AcksNotOpened, for a queue's handler.
 func (w *Worker) AcksNotOpened(ch Channel) { w.e.AcksNotOpened(ch) }

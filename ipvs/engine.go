@@ -153,6 +153,10 @@ type Verdict struct {
 	Kernel     *KernelState
 	SeqAdjDiff bool
 	SeqAdj     *[2]SeqAdj // by Direction
+	// Announcing (compat datapath, with Open): the connection drops copies
+	// of this segment until Engine.Announced is called for it, after this
+	// verdict.
+	Announcing *Conn
 }
 
 // Worker holds one goroutine's scratch space, so that steady state does not
@@ -356,6 +360,15 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	st.resynced(seq, len(w.in.PayloadBytes()), flags)
 	before := [2]int32{c.help.streams[0].total(), c.help.streams[1].total()}
 	read := st.next
+	inLen := uint32(len(w.in.PayloadBytes()))
+	if h := c.help; h.announcing && h.annDir == dir && inLen > 0 &&
+		nfq.SeqBefore(seq, h.annEnd) && nfq.SeqAfter(seq+inLen, h.annSeq) {
+		// A copy of the segment still waiting for its channels' elements
+		// (the sender's retransmission timer fired first): the held one
+		// goes on when the kernel has them.
+		e.Stats.Dropped.Add(1)
+		return Verdict{Drop: true}
+	}
 	outSeq, payload, drop := w.flow(c, dir, st, seq, flags)
 	if drop {
 		return Verdict{Drop: true}
@@ -368,6 +381,12 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	}
 	v := Verdict{Open: w.open, Close: w.close}
 	e.Stats.Channels.Add(uint64(len(w.open)))
+	if len(w.open) > 0 && !e.KernelSeqAdj && inLen > 0 {
+		// (The kernel datapath's reader makes the expectations before
+		// this verdict: nothing waits.)
+		c.help.announcing, c.help.annDir, c.help.annSeq, c.help.annEnd = true, dir, seq, seq+inLen
+		v.Announcing = c
+	}
 	if !e.KernelSeqAdj && !c.help.acksQueued && !c.help.ended && c.help.needsAcks() {
 		// (The kernel datapath's helper queue has every packet.)
 		c.help.acksQueued = true
@@ -385,12 +404,11 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 		sack = (peer.base != 0 || len(peer.edits) > 0) && tcp.DataOffset() > nfq.TCPMinHeaderLen
 	}
 	if e.KernelSeqAdj {
-		inLen := len(w.in.PayloadBytes())
-		outLen := inLen
+		outLen := int(inLen)
 		if payload != nil {
 			outLen = len(payload)
 		}
-		outSeq = w.kernelNumbers(st, seq, outSeq, inLen, outLen, st.next != read, &v)
+		outSeq = w.kernelNumbers(st, seq, outSeq, int(inLen), outLen, st.next != read, &v)
 		if flags&nfq.FlagACK != 0 {
 			outAck = w.kernelAck(peer, ack, outAck, &v)
 		}

@@ -529,9 +529,10 @@ func handler(q verdicter, num uint16, w *ipvs.Worker, stats *ipvs.Stats, dp *dat
 			}
 			queued := dp.submit(&pending{
 				q: q, id: id, drop: v.Drop, setMark: v.SetMark, mark: v.Mark, start: start, offsets: v.Offsets,
-				pkt:   append([]byte(nil), v.Packet...),
-				open:  open,
-				close: append([]ipvs.Channel(nil), v.Close...),
+				pkt:        append([]byte(nil), v.Packet...),
+				open:       open,
+				close:      append([]ipvs.Channel(nil), v.Close...),
+				announcing: v.Announcing,
 			})
 			if queued {
 				return
@@ -546,6 +547,9 @@ func handler(q verdicter, num uint16, w *ipvs.Worker, stats *ipvs.Stats, dp *dat
 		}
 		if err := verdict(q, id, v.Drop, v.SetMark, v.Mark, v.Packet); err != nil {
 			log.Warn("verdict", "err", err)
+		}
+		if v.Announcing != nil {
+			w.Announced(v.Announcing)
 		}
 		mx.ObserveVerdict(time.Since(start))
 	}
@@ -581,6 +585,9 @@ type pending struct {
 	open, close []ipvs.Channel
 	offsets     ipvs.Offsets
 	start       time.Time // when its queue handed it over
+	// announcing: the connection drops copies of this packet until its
+	// verdict is given (ipvs.Verdict.Announcing).
+	announcing *ipvs.Conn
 
 	// The kernel datapath: expectations to create, and the NFQA_CT
 	// contents the verdict carries (nil: none).
@@ -711,6 +718,9 @@ func (d *datapath) run(ctx context.Context) {
 		for _, p := range batch {
 			if err := p.verdict(); err != nil && !errors.Is(err, context.Canceled) {
 				d.log.Warn("verdict", "err", err)
+			}
+			if p.announcing != nil {
+				d.engine.Announced(p.announcing)
 			}
 			d.metrics.ObserveVerdict(time.Since(p.start))
 			d.inflight.Done()
