@@ -443,6 +443,26 @@ func checkDataTranslations(t *testing.T, seen4, seen6 string) {
 	}
 }
 
+// keepClosedConnections keeps the router's closed TCP entries (CLOSE, 10 s
+// by default) for two minutes while the test runs, so that
+// checkDataTranslations still finds the first data connections of the
+// matrix on a slow machine (the emulated VM).
+func keepClosedConnections(t *testing.T) {
+	t.Helper()
+	const closeTimeout = "net.netfilter.nf_conntrack_tcp_timeout_close"
+	router := harness.tp.Router
+	old, _, err := execIn(t, 10*time.Second, router, nil, "sysctl", "-n", closeTimeout)
+	if err != nil {
+		t.Fatalf("sysctl %s: %v", closeTimeout, err)
+	}
+	if _, stderr, err := execIn(t, 10*time.Second, router, nil, "sysctl", "-w", closeTimeout+"=120"); err != nil {
+		t.Fatalf("sysctl -w %s: %v %s", closeTimeout, err, stderr)
+	}
+	t.Cleanup(func() {
+		execIn(t, 10*time.Second, router, nil, "sysctl", "-w", closeTimeout+"="+strings.TrimSpace(string(old)))
+	})
+}
+
 // TestWANPortForward: the user's ruleset DNATs the WAN addresses' port 21 to
 // rs2; the server sees the client's own address. curl and the Go client in
 // every mode, through nfhelperd's add-on helpers.
@@ -468,6 +488,7 @@ func TestWANPortForward(t *testing.T) {
 	}
 
 	needAddon(t)
+	keepClosedConnections(t)
 	mark := logMark(t, rs2(t).Log)
 	t.Run("curl", func(t *testing.T) { runMatrix(t, wanTarget(tp), "curl") })
 	t.Run("go", func(t *testing.T) { runMatrix(t, wanTarget(tp), "go") })
@@ -494,6 +515,7 @@ func TestWANFullNAT(t *testing.T) {
 	})
 
 	needAddon(t)
+	keepClosedConnections(t)
 	mark := logMark(t, rs2(t).Log)
 	t.Run("curl", func(t *testing.T) { runMatrix(t, wanTarget(tp), "curl") })
 	t.Run("go", func(t *testing.T) { runMatrix(t, wanTarget(tp), "go") })
