@@ -588,7 +588,8 @@ func prebuild(ctx context.Context, dir string) ([]string, error) {
 	steps := [][]string{
 		{"go", "test", "-c", "-tags", "integration", "-o", filepath.Join(dir, "integration.test"), "./integration"},
 		{"go", "build", "-o", dir + "/", "./cmd/nfhelperd", "./cmd/nfhelperctl",
-			"./integration/cmd/ftpget", "./integration/cmd/quirkyftpd", "./integration/cmd/connbench"},
+			"./integration/cmd/ftpget", "./integration/cmd/quirkyftpd", "./integration/cmd/connbench",
+			"./integration/cmd/ctexpect", "./integration/cmd/ftpload"},
 	}
 	if _, err := os.Stat(filepath.Join(root, "integration", "reference")); err == nil {
 		steps = append(steps, []string{"go", "build", "-o", dir + "/", "./integration/reference"})
