@@ -569,10 +569,9 @@ type pending struct {
 	offsets     ipvs.Offsets
 	start       time.Time // when its queue handed it over
 
-	// The kernel datapath: expectations to create, and the NFQA_CT
-	// contents the verdict carries (nil: none).
-	exps []kernel.Expectation
-	ct   []byte
+	// The kernel datapath: the NFQA_CT contents the verdict carries (nil:
+	// none).
+	ct []byte
 }
 
 // verdict answers for p.
@@ -685,13 +684,6 @@ func (d *datapath) run(ctx context.Context) {
 							d.engine.AcksNotOpened(ch)
 						}
 					}
-				}
-			}
-		}
-		for _, p := range batch {
-			for _, e := range p.exps {
-				if err := kernel.CreateExpect(d.ct, e); err != nil {
-					d.log.Error("data channel not opened", "err", err)
 				}
 			}
 		}
