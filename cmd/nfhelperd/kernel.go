@@ -167,7 +167,7 @@ func kernelHandler(q verdicter, num uint16, e *ipvs.Engine, dp *datapath, mx *me
 		// this very announcement, released with its recorded edits) can
 		// reach the client before the kernel expects its data connection.
 		for _, x := range expectations(v.Open, ct, log) {
-			if err := kernel.CreateExpect(dp.ct, x); err != nil {
+			if err := kernel.ReplaceExpect(dp.ct, dp.ctnl, x); err != nil {
 				log.Error("data channel not opened", "err", err)
 			}
 		}
