@@ -87,7 +87,7 @@ func runLoad(t *testing.T, addr, mode string, n int, extra ...string) loadResult
 	}
 	t.Logf("%s %s: %d sessions, %d failed, %.1f s, %.0f sessions/s, errors %v", mode, addr, r.Sessions, r.Failures, r.Elapsed, r.Rate, r.Errors)
 	if r.Failures != 0 || r.Sessions != int64(n) {
-		t.Errorf("%s: %d of %d sessions failed (%d done): %v", mode, r.Failures, n, r.Sessions, r.Errors)
+		t.Errorf("%s: %d of %d sessions failed (%d done): %v\n%s", mode, r.Failures, n, r.Sessions, r.Errors, stderr)
 	}
 	return r
 }

@@ -20,6 +20,9 @@ const (
 
 	ctaExpectNATDir   = 1
 	ctaExpectNATTuple = 2
+
+	subsysCtnetlinkExp = 2 // NFNL_SUBSYS_CTNETLINK_EXP
+	ctExpMsgDelete     = 2 // IPCTNL_MSG_EXP_DELETE
 )
 
 // FollowMaster is the kernel's expectation function that NATs a data
@@ -125,4 +128,43 @@ func CreateExpect(c *conntrack.Conn, e Expectation) error {
 		return fmt.Errorf("create expectation %v -> %v: %w", e.Tuple.Src.Addr(), e.Tuple.Dst, err)
 	}
 	return nil
+}
+
+// deleteExpectRequest asks ctnetlink to delete the expectation whose tuple
+// is e's, whichever connection it belongs to.
+func deleteExpectRequest(e Expectation) (netlink.Message, error) {
+	ae := encoder()
+	if err := encodeTupleAttr(ae, ctaExpectTuple, e.Tuple); err != nil {
+		return netlink.Message{}, err
+	}
+	attrs, err := ae.Encode()
+	if err != nil {
+		return netlink.Message{}, err
+	}
+	family := uint8(unix.AF_INET)
+	if e.Tuple.Src.Addr().Unmap().Is6() {
+		family = unix.AF_INET6
+	}
+	return nfnlRequest(subsysCtnetlinkExp, ctExpMsgDelete, netlink.Acknowledge, family, 0, attrs), nil
+}
+
+// ReplaceExpect creates e through ct, first deleting through nl an
+// expectation that holds e's tuple: the kernel keeps an expectation until
+// it matches, times out or its master's entry goes, which for one whose
+// data connection never came (the client gave up, or announced again on
+// the same port) outlasts the daemon's claim on the port. Left there, it
+// would refuse e (EEXIST) and take e's data connection to where it led.
+func ReplaceExpect(ct *conntrack.Conn, nl *netlink.Conn, e Expectation) error {
+	err := CreateExpect(ct, e)
+	if !isErrno(err, unix.EEXIST) {
+		return err
+	}
+	req, err := deleteExpectRequest(e)
+	if err != nil {
+		return err
+	}
+	if _, err := nl.Execute(req); err != nil && !isErrno(err, unix.ENOENT) {
+		return fmt.Errorf("delete the expectation %v -> %v holding the tuple: %w", e.Tuple.Src.Addr(), e.Tuple.Dst, err)
+	}
+	return CreateExpect(ct, e)
 }

@@ -281,3 +281,44 @@ func TestChoose(t *testing.T) {
 		t.Error("QueueExpr")
 	}
 }
+
+func TestDeleteExpectRequest(t *testing.T) {
+	for _, c := range []struct {
+		client, vip string
+		family      uint8
+	}{
+		{"10.0.0.1:0", "192.0.2.10:50000", unix.AF_INET},
+		{"[2001:db8:2::2]:0", "[2001:db8:1::10]:40961", unix.AF_INET6},
+	} {
+		e := Expectation{Tuple: Tuple{netip.MustParseAddrPort(c.client), netip.MustParseAddrPort(c.vip), unix.IPPROTO_TCP}}
+		m, err := deleteExpectRequest(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Header.Type != netlink.HeaderType(subsysCtnetlinkExp<<8|ctExpMsgDelete) || m.Header.Flags&netlink.Acknowledge == 0 {
+			t.Errorf("%s: header %+v", c.vip, m.Header)
+		}
+		if len(m.Data) < 4 || m.Data[0] != c.family {
+			t.Fatalf("%s: nfgenmsg % x", c.vip, m.Data)
+		}
+		ad, _ := decoder(m.Data[4:])
+		var got Tuple
+		n := 0
+		for ad.Next() {
+			n++
+			if ad.Type() != ctaExpectTuple {
+				t.Errorf("%s: attribute %d", c.vip, ad.Type())
+				continue
+			}
+			ad.Nested(func(nd *netlink.AttributeDecoder) error { return parseTuple(nd, &got) })
+		}
+		if err := ad.Err(); err != nil {
+			t.Fatal(err)
+		}
+		// The tuple alone: the kernel then deletes the expectation that
+		// holds it, whichever connection announced it.
+		if n != 1 || got != e.Tuple {
+			t.Errorf("%s: %d attributes, tuple %+v", c.vip, n, got)
+		}
+	}
+}

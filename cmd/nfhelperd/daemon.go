@@ -589,10 +589,9 @@ type pending struct {
 	// verdict is given (ipvs.Verdict.Announcing).
 	announcing *ipvs.Conn
 
-	// The kernel datapath: expectations to create, and the NFQA_CT
-	// contents the verdict carries (nil: none).
-	exps []kernel.Expectation
-	ct   []byte
+	// The kernel datapath: the NFQA_CT contents the verdict carries (nil:
+	// none).
+	ct []byte
 }
 
 // verdict answers for p.
@@ -705,13 +704,6 @@ func (d *datapath) run(ctx context.Context) {
 							d.engine.AcksNotOpened(ch)
 						}
 					}
-				}
-			}
-		}
-		for _, p := range batch {
-			for _, e := range p.exps {
-				if err := kernel.CreateExpect(d.ct, e); err != nil {
-					d.log.Error("data channel not opened", "err", err)
 				}
 			}
 		}

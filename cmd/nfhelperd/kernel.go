@@ -160,23 +160,14 @@ func kernelHandler(q verdicter, num uint16, e *ipvs.Engine, dp *datapath, mx *me
 			// has the kernel record the length change.
 			p.ct, _ = kernel.VerdictCTMark(ct.Mark)
 		}
-		if exps := expectations(v.Open, ct, log); len(exps) > 0 {
-			if v.SeqAdjDiff || v.SeqAdj != nil {
-				// The packet changes the records by which the kernel
-				// maps the connection's later packets: none may overtake
-				// its verdict, so the expectations are made here.
-				for _, x := range exps {
-					if err := kernel.CreateExpect(dp.ct, x); err != nil {
-						log.Warn("data channel", "err", err)
-					}
-				}
-			} else {
-				p.pkt = append([]byte(nil), v.Packet...)
-				p.exps = exps
-				if dp.submit(p) {
-					return
-				}
-				stats.Backlogged.Add(uint64(len(exps)))
+		// The expectations are made here, before the verdict, never handed
+		// to the datapath: this reader is the only one of the helper's
+		// queue, so no later packet of the connection (a retransmission of
+		// this very announcement, released with its recorded edits) can
+		// reach the client before the kernel expects its data connection.
+		for _, x := range expectations(v.Open, ct, log) {
+			if err := kernel.ReplaceExpect(dp.ct, dp.ctnl, x); err != nil {
+				log.Error("data channel not opened", "err", err)
 			}
 		}
 		if err := p.verdict(); err != nil {

@@ -9,6 +9,9 @@
 //
 //	{"label":"…","sessions":1234,"failures":0,"elapsed_s":10.0,"sessions_per_s":123.4,"p50_ms":…,"p99_ms":…,"errors":{…}}
 //
+// and each failure whole on stderr, with its time and session number (the
+// ports it names lead to the kernel's expectations and conntrack events).
+//
 // Run it inside the client namespace (ip netns exec NS ftpload ...): the
 // data connections are dialled from the process's own namespace. The
 // reference report (integration/reference) uses it.
@@ -115,6 +118,7 @@ func main() {
 				if err != nil {
 					res.Failures++
 					res.Errors[errKind(err)]++
+					fmt.Fprintf(os.Stderr, "%s session %d: %v\n", time.Now().Format("15:04:05.000000"), i, err)
 				} else {
 					res.Sessions++
 					latencies = append(latencies, time.Since(t0))
