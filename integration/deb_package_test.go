@@ -51,16 +51,9 @@ func TestDebianPackage(t *testing.T) {
 	// Probing chooses, as for a user.
 	t.Setenv("NFHELPER_DATAPATH", "")
 
-	const addon = `helpers:
-  - name: router-ftp
-    helper: ftp
-    match:
-      destination: 198.51.100.20:21
-  - name: router-ftp6
-    helper: ftp
-    match:
-      destination: "[2001:db8:1::20]:21"
-`
+	// The suite's add-on helpers (addonConfig): the test forwards the WAN
+	// addresses' port 21 as a user would.
+	addon := addonConfig
 	balanced := func(t *testing.T) {
 		for _, addr := range []string{net.JoinHostPort(topo.VIP4, "21"), net.JoinHostPort(topo.VIP6, "21")} {
 			checkSession(t, tp.Client, addr, "epsv")

@@ -7,10 +7,8 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -45,23 +43,9 @@ func manySessions(t *testing.T) int {
 	return n
 }
 
-var ftploadBin struct {
-	once sync.Once
-	path string
-	err  error
-}
+var ftploadTool = tool{name: "ftpload", pkg: "./integration/cmd/ftpload"}
 
-func needFtpload(t *testing.T) string {
-	t.Helper()
-	ftploadBin.once.Do(func() {
-		ftploadBin.path = filepath.Join(harness.binDir, "ftpload")
-		ftploadBin.err = goBuild(ftploadBin.path, "./integration/cmd/ftpload")
-	})
-	if ftploadBin.err != nil {
-		t.Fatal(ftploadBin.err)
-	}
-	return ftploadBin.path
-}
+func needFtpload(t *testing.T) string { return ftploadTool.need(t) }
 
 // loadResult is ftpload's JSON line.
 type loadResult struct {

@@ -20,24 +20,30 @@ import (
 // This file sorts after the traffic tests (direct_test.go must run before
 // any daemon exists) and before zz_shutdown_test.go, which stops the daemon.
 
-var ctlBin struct {
-	once sync.Once
-	path string
-	err  error
+// tool is a program of this module the tests build once, on first use.
+type tool struct {
+	name, pkg string
+	once      sync.Once
+	path      string
+	err       error
 }
 
-// needCtl builds cmd/nfhelperctl once.
-func needCtl(t *testing.T) string {
+func (b *tool) need(t *testing.T) string {
 	t.Helper()
-	ctlBin.once.Do(func() {
-		ctlBin.path = filepath.Join(harness.binDir, "nfhelperctl")
-		ctlBin.err = goBuild(ctlBin.path, "./cmd/nfhelperctl")
+	b.once.Do(func() {
+		b.path = filepath.Join(harness.binDir, b.name)
+		b.err = goBuild(b.path, b.pkg)
 	})
-	if ctlBin.err != nil {
-		t.Fatal(ctlBin.err)
+	if b.err != nil {
+		t.Fatal(b.err)
 	}
-	return ctlBin.path
+	return b.path
 }
+
+var ctlTool = tool{name: "nfhelperctl", pkg: "./cmd/nfhelperctl"}
+
+// needCtl builds cmd/nfhelperctl once.
+func needCtl(t *testing.T) string { return ctlTool.need(t) }
 
 // nfhelperctl runs nfhelperctl in the router namespace against socket and
 // returns its exit code, stdout and stderr.

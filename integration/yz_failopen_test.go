@@ -264,15 +264,7 @@ func TestFailOpenNewSessions(t *testing.T) {
 		}
 	}
 
-	d2, err := tp.StartDaemon(harness.daemonBin, harness.config)
-	if err != nil {
-		t.Fatalf("start after SIGKILL: %v", err)
-	}
-	setDaemon(d2)
-	harness.mu.Lock()
-	harness.stopped = false
-	harness.mu.Unlock()
-	reportDatapath(t, d2)
+	restartAfterKill(t)
 	sock := tp.ControlSocket()
 	var before ctl.Status
 	ctlJSON(t, sock, "status", &before)
@@ -340,7 +332,6 @@ func TestFailOpenNewSessions(t *testing.T) {
 // forward.
 func TestFailOpenStraddle(t *testing.T) {
 	d := needDaemon(t)
-	tp := harness.tp
 	script := filepath.Join(t.TempDir(), "hold.py")
 	if err := os.WriteFile(script, []byte(holdClient), 0o644); err != nil {
 		t.Fatal(err)
@@ -389,13 +380,5 @@ func TestFailOpenStraddle(t *testing.T) {
 		}
 	}
 
-	d2, err := tp.StartDaemon(harness.daemonBin, harness.config)
-	if err != nil {
-		t.Fatalf("start after SIGKILL: %v", err)
-	}
-	setDaemon(d2)
-	harness.mu.Lock()
-	harness.stopped = false
-	harness.mu.Unlock()
-	reportDatapath(t, d2)
+	restartAfterKill(t)
 }

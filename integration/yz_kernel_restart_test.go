@@ -43,15 +43,7 @@ func TestKernelRestartKeepsHelping(t *testing.T) {
 	if err := d.Kill(); err != nil {
 		t.Fatalf("SIGKILL: %v", err)
 	}
-	d2, err := tp.StartDaemon(harness.daemonBin, harness.config)
-	if err != nil {
-		t.Fatalf("start after SIGKILL: %v", err)
-	}
-	setDaemon(d2)
-	harness.mu.Lock()
-	harness.stopped = false
-	harness.mu.Unlock()
-	reportDatapath(t, d2)
+	d2 := restartAfterKill(t)
 	if err := os.WriteFile(ready, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}

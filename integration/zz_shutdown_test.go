@@ -127,6 +127,22 @@ func checkFailOpen(t *testing.T, running *slowTransfer) {
 
 // setDaemon makes d the suite's daemon. The refusals counted so far were
 // the old process's counters: d starts from zero.
+// restartAfterKill starts the daemon again after a test killed it (kill -9)
+// and makes it the suite's daemon.
+func restartAfterKill(t *testing.T) *topo.Daemon {
+	t.Helper()
+	d, err := harness.tp.StartDaemon(harness.daemonBin, harness.config)
+	if err != nil {
+		t.Fatalf("start after SIGKILL: %v", err)
+	}
+	setDaemon(d)
+	harness.mu.Lock()
+	harness.stopped = false
+	harness.mu.Unlock()
+	reportDatapath(t, d)
+	return d
+}
+
 func setDaemon(d *topo.Daemon) {
 	harness.mu.Lock()
 	harness.daemon = d

@@ -44,19 +44,25 @@ func (panicky) Name() string                                            { return
 func (panicky) Bind(*ipvs.Session, *ipvs.Policy) ipvs.ConnHelper        { return panicky{} }
 func (panicky) Inspect(ipvs.Direction, []byte, int, bool, *ipvs.Result) { panic("bug") }
 
-// TestHelperPanic: a helper that panics costs its connection the help, not
-// a packet: every packet is accepted unmodified and the panics counted.
-func TestHelperPanic(t *testing.T) {
+// panickyEngine has one FTP service on vip, at rs, whose helper panics.
+func panickyEngine(t *testing.T) (client, vip, rs netip.AddrPort, e *ipvs.Engine) {
+	t.Helper()
 	ap := netip.MustParseAddrPort
-	client, vip, rs := ap("203.0.113.2:40000"), ap("198.51.100.10:21"), ap("10.0.0.11:21")
+	client, vip, rs = ap("203.0.113.2:40000"), ap("198.51.100.10:21"), ap("10.0.0.11:21")
 	svc, err := ipvs.NewService("ftp", vip, "rr", panicky{}, []*ipvs.RealServer{{Addr: rs, Weight: 1}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := ipvs.NewEngine([]*ipvs.Service{svc}, markMask)
-	if err != nil {
+	if e, err = ipvs.NewEngine([]*ipvs.Service{svc}, markMask); err != nil {
 		t.Fatal(err)
 	}
+	return client, vip, rs, e
+}
+
+// TestHelperPanic: a helper that panics costs its connection the help, not
+// a packet: every packet is accepted unmodified and the panics counted.
+func TestHelperPanic(t *testing.T) {
+	client, vip, rs, e := panickyEngine(t)
 	var logs bytes.Buffer
 	e.Log = slog.New(slog.NewTextHandler(&logs, nil))
 	q := &fakeQueue{}
@@ -128,16 +134,7 @@ func TestBacklogDoesNotStall(t *testing.T) {
 // decided or if it panicked: a bit left set would make the kernel take the
 // segment for one that bypassed a dead daemon.
 func TestHandlerClearsUnseen(t *testing.T) {
-	ap := netip.MustParseAddrPort
-	client, vip, rs := ap("203.0.113.2:40000"), ap("198.51.100.10:21"), ap("10.0.0.11:21")
-	svc, err := ipvs.NewService("ftp", vip, "rr", panicky{}, []*ipvs.RealServer{{Addr: rs, Weight: 1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := ipvs.NewEngine([]*ipvs.Service{svc}, markMask)
-	if err != nil {
-		t.Fatal(err)
-	}
+	client, _, rs, e := panickyEngine(t)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	q := &fakeQueue{}
 	h := handler(q, 100, e.NewWorker(), &e.Stats, nil, metrics.New(e, nil), log)
