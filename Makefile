@@ -134,7 +134,10 @@ deb-test: deb deps
 # on a fresh boot, the integration suite and the reference report (IPVS +
 # ip_vs_ftp, nft DNAT + nf_nat_ftp, nfhelperd) on a kernel with IPVS,
 # nft_queue and NFQA_CT. Each boots like a fresh router: no netfilter module
-# is preloaded, the kernel autoloads what is used. The kernel is
+# is preloaded, the kernel autoloads what is used; the suite's guest loads
+# nf_nat_ftp first, as the package's unit does before the daemon starts
+# (no nftables rule loads it; the kernel's FTP helper needs it to serve
+# new sessions while the daemon is down). The kernel is
 # fetched with apt-get download into /var/cache/nfhelper-vm (NFHVM_CACHE)
 # once; binaries are built on the host into $(VMSHARE), the guest's writable
 # share. The suite runs once per datapath of VM_DATAPATHS
@@ -167,7 +170,7 @@ vmsuite: deps vm-deps
 	@rc=0; for dp in $(or $(VM_DATAPATHS),default); do \
 		env=; [ "$$dp" = default ] || env="-env NFHELPER_DATAPATH=$$dp"; \
 		echo "== integration suite in the VM (datapath: $$dp)"; \
-		$(VM) -prebuild $$env -- $(VMSHARE)/integration.test -test.v -test.count=1 -test.timeout 40m $(VMTEST_ARGS) || \
+		$(VM) -prebuild -modprobe nf_nat_ftp $$env -- $(VMSHARE)/integration.test -test.v -test.count=1 -test.timeout 40m $(VMTEST_ARGS) || \
 			{ rc=1; echo "== integration suite in the VM (datapath: $$dp): FAILED"; }; \
 	done; exit $$rc
 
