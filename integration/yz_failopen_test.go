@@ -241,25 +241,32 @@ func TestFailOpenNewSessions(t *testing.T) {
 		}
 		return all
 	}
-	// helpers maps each control connection's client to its conntrack
-	// helper ("none" without one).
-	helpers := func() map[netip.AddrPort]string {
-		out := map[netip.AddrPort]string{}
+	// helpers maps each control connection (client, and the address and
+	// port 21 it dialled: earlier tests' connections from the same client
+	// port may still be in TIME_WAIT) to its conntrack helper ("none"
+	// without one).
+	type control struct{ client, dialled netip.AddrPort }
+	helpers := func() map[control]string {
+		out := map[control]string{}
 		for _, e := range conntrackTCP(t, tp.Router) {
-			out[e.origSrc] = "none"
+			k := control{e.origSrc, e.origDst}
+			out[k] = "none"
 			for _, f := range strings.Fields(e.line) {
 				if h, ok := strings.CutPrefix(f, "helper="); ok {
-					out[e.origSrc] = h
+					out[k] = h
 				}
 			}
 		}
 		return out
 	}
+	controlOf := func(s *failOpenSession) control {
+		return control{s.client, netip.AddrPortFrom(netip.MustParseAddr(s.host), 21)}
+	}
 	held := startAll("during the outage")
 	// Each control connection carries the kernel's helper.
 	seen := helpers()
 	for _, s := range held {
-		if h := seen[s.client]; h != "ftp" {
+		if h := seen[controlOf(s)]; h != "ftp" {
 			t.Errorf("%s: control connection %s has helper %q, want the kernel's ftp", s.name, s.client, h)
 		}
 	}
@@ -293,7 +300,7 @@ func TestFailOpenNewSessions(t *testing.T) {
 	fresh := startAll("after the restart")
 	seen = helpers()
 	for _, s := range fresh {
-		if h := seen[s.client]; h == "ftp" || h == "" {
+		if h := seen[controlOf(s)]; h == "ftp" || h == "" {
 			t.Errorf("%s: new control connection %s has helper %q with the daemon running", s.name, s.client, h)
 		}
 	}
