@@ -41,7 +41,7 @@ integration:
 # every target of these packages, a minute each by default.
 FUZZTIME ?= 60s
 fuzz:
-	@set -e; for pkg in ./nfq ./helpers/ftp ./config ./ipvs ./kernel; do \
+	@set -e; for pkg in ./nfq ./nfq/packet ./helpers/ftp ./config ./ipvs ./kernel; do \
 		for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
 			echo "== $$pkg $$t"; $(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) $$pkg; \
 		done; \

@@ -4,7 +4,7 @@ import (
 	"testing"
 
 	"github.com/nfhelper/nfhelper/ipvs"
-	"github.com/nfhelper/nfhelper/nfq"
+	"github.com/nfhelper/nfhelper/nfq/packet"
 )
 
 // TestAddOnBehindSNAT follows a control connection the user's own rules
@@ -21,19 +21,19 @@ func TestAddOnBehindSNAT(t *testing.T) {
 
 	// The SYN after DNAT, marked by the forward rule: the server is learned
 	// and watched, and our mark bits are cleared again.
-	v := w.Process(seg(client, server, 100, 0, nfq.FlagSYN, ""), 0x1|addOnMark)
+	v := w.Process(seg(client, server, 100, 0, packet.FlagSYN, ""), 0x1|addOnMark)
 	if !v.SetMark || v.Mark != 0x1 {
 		t.Errorf("mark %#x, want our bits cleared (0x1)", v.Mark)
 	}
 	if len(v.Open) != 1 || v.Open[0].Kind != ipvs.ChannelWatch || v.Open[0].Server != server {
 		t.Fatalf("open %+v, want a watch of the server", v.Open)
 	}
-	if v := w.Process(seg(ap("203.0.113.9:1234"), server, 7, 0, nfq.FlagSYN, ""), addOnMark); len(v.Open) != 0 {
+	if v := w.Process(seg(ap("203.0.113.9:1234"), server, 7, 0, packet.FlagSYN, ""), addOnMark); len(v.Open) != 0 {
 		t.Errorf("server watched twice: %+v", v.Open)
 	}
 
 	// The SYN-ACK goes to the client's translated address.
-	if v := w.Process(seg(server, nat, isn, 101, nfq.FlagSYN|ack, ""), 0); v.Drop || v.Packet != nil {
+	if v := w.Process(seg(server, nat, isn, 101, packet.FlagSYN|ack, ""), 0); v.Drop || v.Packet != nil {
 		t.Fatalf("SYN-ACK: %+v", v)
 	}
 	if e.Stats.SNATLearned.Load() != 1 || e.Stats.Adopted.Load() != 2 {
@@ -89,18 +89,18 @@ func TestAddOnSNATPortTakenOver(t *testing.T) {
 	w := e.NewWorker()
 
 	// The first session, closed by both sides.
-	w.Process(seg(client, server, 100, 0, nfq.FlagSYN, ""), addOnMark)
-	w.Process(seg(server, nat, isn, 101, nfq.FlagSYN|ack, ""), 0)
+	w.Process(seg(client, server, 100, 0, packet.FlagSYN, ""), addOnMark)
+	w.Process(seg(server, nat, isn, 101, packet.FlagSYN|ack, ""), 0)
 	w.Process(seg(client, server, 101, isn+1, ack, ""), 0)
-	w.Process(seg(client, server, 101, isn+1, nfq.FlagFIN|ack, ""), 0)
-	w.Process(seg(server, nat, isn+1, 102, nfq.FlagFIN|ack, ""), 0)
+	w.Process(seg(client, server, 101, isn+1, packet.FlagFIN|ack, ""), 0)
+	w.Process(seg(server, nat, isn+1, 102, packet.FlagFIN|ack, ""), 0)
 	w.Process(seg(client, server, 102, isn+2, ack, ""), 0)
 
 	// The next one, from another client port, leaves by the same port.
 	client2 := ap("203.0.113.2:40002")
 	const isn2 = 90000
-	w.Process(seg(client2, server, 7000, 0, nfq.FlagSYN, ""), addOnMark)
-	if v := w.Process(seg(server, nat, isn2, 7001, nfq.FlagSYN|ack, ""), 0); v.Drop {
+	w.Process(seg(client2, server, 7000, 0, packet.FlagSYN, ""), addOnMark)
+	if v := w.Process(seg(server, nat, isn2, 7001, packet.FlagSYN|ack, ""), 0); v.Drop {
 		t.Fatalf("second SYN-ACK dropped: %+v", v)
 	}
 	if n := e.Stats.SNATLearned.Load(); n != 2 {

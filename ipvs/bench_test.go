@@ -6,8 +6,8 @@ import (
 
 	_ "github.com/nfhelper/nfhelper/helpers/ftp"
 	"github.com/nfhelper/nfhelper/ipvs"
-	"github.com/nfhelper/nfhelper/nfq"
 	"github.com/nfhelper/nfhelper/nfq/nfqtest"
+	"github.com/nfhelper/nfhelper/nfq/packet"
 )
 
 var (
@@ -19,8 +19,8 @@ var (
 
 const (
 	isn    = 5000
-	ack    = nfq.FlagACK
-	pshAck = nfq.FlagPSH | nfq.FlagACK
+	ack    = packet.FlagACK
+	pshAck = packet.FlagPSH | packet.FlagACK
 )
 
 func seg(src, dst netip.AddrPort, seq, ackn uint32, flags uint8, payload string, opts ...byte) []byte {
@@ -47,8 +47,8 @@ func ftpEngine(tb testing.TB) *ipvs.Engine {
 func ftpConn(tb testing.TB) *ipvs.Worker {
 	tb.Helper()
 	w := ftpEngine(tb).NewWorker()
-	w.Process(seg(client, vip, 100, 0, nfq.FlagSYN, ""), 0)
-	w.Process(seg(rs1, client, isn, 101, nfq.FlagSYN|ack, ""), 0)
+	w.Process(seg(client, vip, 100, 0, packet.FlagSYN, ""), 0)
+	w.Process(seg(rs1, client, isn, 101, packet.FlagSYN|ack, ""), 0)
 	return w
 }
 
@@ -58,8 +58,8 @@ func payload(tb testing.TB, v ipvs.Verdict, orig []byte) (uint32, string) {
 	if v.Packet != nil {
 		b = v.Packet
 	}
-	var p nfq.Packet
-	if err := nfq.Parse(b, &p); err != nil || !p.TCPChecksumValid() {
+	var p packet.Packet
+	if err := packet.Parse(b, &p); err != nil || !p.TCPChecksumValid() {
 		tb.Fatalf("verdict packet: %v", err)
 	}
 	return p.TCP().Seq(), string(p.PayloadBytes())
@@ -130,9 +130,9 @@ func BenchmarkStream(b *testing.B) {
 	const cmd, reply = "PASV\r\n", "227 Entering Passive Mode (10,0,0,11,156,64).\r\n"
 	cseq, sseq := uint32(101), uint32(isn+1)
 	pasv, pkt227, pktAck := seg(client, rs1, 0, 0, pshAck, cmd), seg(rs1, client, 0, 0, pshAck, reply), seg(client, rs1, 0, 0, ack, "")
-	var p nfq.Packet
+	var p packet.Packet
 	at := func(pkt []byte, seq, ackn uint32) []byte {
-		nfq.Parse(pkt, &p)
+		packet.Parse(pkt, &p)
 		p.TCP().SetSeq(seq)
 		p.TCP().SetAck(ackn)
 		return pkt

@@ -5,7 +5,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nfhelper/nfhelper/nfq"
+	"github.com/nfhelper/nfhelper/nfq/packet"
 )
 
 // helped is what a connection read by a helper has besides: kept apart so
@@ -211,11 +211,11 @@ func (c *Conn) startClient(isn uint32) {
 func (c *Conn) track(flags uint8, now int64) {
 	next := c.state
 	switch {
-	case flags&nfq.FlagRST != 0:
+	case flags&packet.FlagRST != 0:
 		next = StateClose
-	case flags&nfq.FlagFIN != 0:
+	case flags&packet.FlagFIN != 0:
 		next = max(c.state, StateFinWait)
-	case flags&nfq.FlagSYN != 0:
+	case flags&packet.FlagSYN != 0:
 		// SYN and SYN-ACK keep the state.
 	case c.state == StateSynSent:
 		next = StateEstablished

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nfhelper/nfhelper/nfq"
+	"github.com/nfhelper/nfhelper/nfq/packet"
 )
 
 // lengthened opens a helped connection from cl whose server line "R x" is
@@ -46,7 +46,7 @@ func TestEndedReportsElements(t *testing.T) {
 	conn.mu.Lock()
 	conn.help.acksQueued, conn.help.offsetsStored = false, false
 	conn.mu.Unlock()
-	if err := nfq.Parse(seg(rs1, client, 1005, 101, pshAck, "R y\n"), &c.w.in); err != nil {
+	if err := packet.Parse(seg(rs1, client, 1005, 101, pshAck, "R y\n"), &c.w.in); err != nil {
 		t.Fatal(err)
 	}
 	if v := c.w.help(conn, FromServer); v.Offsets.Store || v.Acks.Kind != 0 {

@@ -8,7 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/nfhelper/nfhelper/nfq"
+	"github.com/nfhelper/nfhelper/nfq/packet"
 )
 
 // mssRoom is how much a helped connection's segments may grow on the way:
@@ -163,7 +163,7 @@ type Verdict struct {
 // allocate. It is the ChannelOpener of the connection it is processing.
 type Worker struct {
 	e           *Engine
-	in, out     nfq.Packet
+	in, out     packet.Packet
 	res         Result
 	buf         []byte // the altered packet
 	data, pay   []byte // a helper's input; the new payload
@@ -188,33 +188,33 @@ func (e *Engine) NewWorker() *Worker {
 func (w *Worker) Process(pkt []byte, mark uint32) Verdict {
 	e := w.e
 	e.Stats.Packets.Add(1)
-	if err := nfq.Parse(pkt, &w.in); err != nil {
-		if errors.Is(err, nfq.ErrNotTCP) {
+	if err := packet.Parse(pkt, &w.in); err != nil {
+		if errors.Is(err, packet.ErrNotTCP) {
 			return w.scheduleUDP(pkt, mark)
 		}
 		e.Stats.Unparsed.Add(1)
 		return Verdict{}
 	}
 	src, dst := w.in.Src(), w.in.Dst()
-	const handshake = nfq.FlagSYN | nfq.FlagACK | nfq.FlagFIN | nfq.FlagRST
+	const handshake = packet.FlagSYN | packet.FlagACK | packet.FlagFIN | packet.FlagRST
 	flags := w.in.TCP().Flags() & handshake
 	snap := e.snap.Load()
 	if svc := snap.services[dst]; svc != nil {
-		if flags != nfq.FlagSYN {
+		if flags != packet.FlagSYN {
 			return Verdict{}
 		}
 		return w.schedule(svc, src, mark)
 	}
 	if svc := snap.addOns[mark&e.markMask]; svc != nil {
 		v := Verdict{SetMark: true, Mark: mark &^ e.markMask}
-		if flags == nfq.FlagSYN {
+		if flags == packet.FlagSYN {
 			w.adopt(svc, src, dst, &v)
 			v.Packet = w.roomier()
 		}
 		return v
 	}
 	c, dir := e.Table.Lookup(src, dst)
-	if flags == nfq.FlagSYN|nfq.FlagACK && (c == nil || dir == FromServer && dst != c.Client) {
+	if flags == packet.FlagSYN|packet.FlagACK && (c == nil || dir == FromServer && dst != c.Client) {
 		// A SYN-ACK to a translated address answers an add-on SYN that
 		// awaits it, if any, even where an older connection holds that
 		// address: the user's SNAT to one fixed port gives every
@@ -303,7 +303,7 @@ func (w *Worker) schedule(svc *Service, client netip.AddrPort, mark uint32) Verd
 // or nil if it has no MSS to lower.
 func (w *Worker) roomier() []byte {
 	w.buf = append(w.buf[:0], w.in.Buf...)
-	nfq.Parse(w.buf, &w.out)
+	packet.Parse(w.buf, &w.out)
 	if !w.out.TCP().LowerMSS(mssRoom, minMSS) {
 		return nil
 	}
@@ -314,7 +314,7 @@ func (w *Worker) roomier() []byte {
 // the datapath queues after conntrack (ct state new).
 func (w *Worker) scheduleUDP(pkt []byte, mark uint32) Verdict {
 	e := w.e
-	client, vip, err := nfq.UDPEndpoints(pkt)
+	client, vip, err := packet.UDPEndpoints(pkt)
 	svc := e.snap.Load().udp[vip]
 	if err != nil || svc == nil {
 		e.Stats.Unparsed.Add(1)
@@ -345,7 +345,7 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	w.cur, w.now = c, now()
 	w.open, w.close = w.open[:0], w.close[:0]
 	c.track(flags, w.now)
-	if flags&nfq.FlagSYN != 0 && c.Service.AddOn && dir == FromServer && !c.help.clientNAT.IsValid() {
+	if flags&packet.FlagSYN != 0 && c.Service.AddOn && dir == FromServer && !c.help.clientNAT.IsValid() {
 		e.mu.Lock()
 		delete(e.unnamed, synAck{c.Server, ack})
 		e.mu.Unlock()
@@ -354,7 +354,7 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 		return Verdict{} // balanced without a helper: nothing is ever edited
 	}
 	st, peer := &c.help.streams[dir], &c.help.streams[1-dir]
-	if flags&nfq.FlagSYN != 0 {
+	if flags&packet.FlagSYN != 0 {
 		st.start(seq)
 	}
 	st.resynced(seq, len(w.in.PayloadBytes()), flags)
@@ -362,7 +362,7 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	read := st.next
 	inLen := uint32(len(w.in.PayloadBytes()))
 	if h := c.help; h.announcing && h.annDir == dir && inLen > 0 &&
-		nfq.SeqBefore(seq, h.annEnd) && nfq.SeqAfter(seq+inLen, h.annSeq) {
+		seqBefore(seq, h.annEnd) && seqAfter(seq+inLen, h.annSeq) {
 		// A copy of the segment still waiting for its channels' elements
 		// (the sender's retransmission timer fired first): the held one
 		// goes on when the kernel has them.
@@ -373,7 +373,7 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	if drop {
 		return Verdict{Drop: true}
 	}
-	if len(c.help.open) > 0 && !e.KernelSeqAdj && (flags&nfq.FlagRST != 0 || dir == FromServer && flags&nfq.FlagFIN != 0) {
+	if len(c.help.open) > 0 && !e.KernelSeqAdj && (flags&packet.FlagRST != 0 || dir == FromServer && flags&packet.FlagFIN != 0) {
 		// (The kernel keeps its expectations until the control
 		// connection's entry goes, and refuses another master's for the
 		// same tuple until then: there the claims stay as long.)
@@ -394,14 +394,14 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	}
 
 	outAck, sack := ack, false
-	if flags&nfq.FlagACK != 0 && (peer.synced || peer.resync) {
+	if flags&packet.FlagACK != 0 && (peer.synced || peer.resync) {
 		outAck = peer.acked(ack)
 		if peer.skipped {
 			peer.skipped = false
 			e.Stats.Skipped.Add(1)
 		}
 		peer.prune(outAck)
-		sack = (peer.base != 0 || len(peer.edits) > 0) && tcp.DataOffset() > nfq.TCPMinHeaderLen
+		sack = (peer.base != 0 || len(peer.edits) > 0) && tcp.DataOffset() > packet.TCPMinHeaderLen
 	}
 	if e.KernelSeqAdj {
 		outLen := int(inLen)
@@ -409,15 +409,15 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 			outLen = len(payload)
 		}
 		outSeq = w.kernelNumbers(st, seq, outSeq, int(inLen), outLen, st.next != read, &v)
-		if flags&nfq.FlagACK != 0 {
+		if flags&packet.FlagACK != 0 {
 			outAck = w.kernelAck(peer, ack, outAck, &v)
 		}
-		sack = (sack || peer.kadj != SeqAdj{}) && tcp.DataOffset() > nfq.TCPMinHeaderLen
+		sack = (sack || peer.kadj != SeqAdj{}) && tcp.DataOffset() > packet.TCPMinHeaderLen
 		v.Kernel = w.kernelState(c, dir)
 	} else {
 		c.offsets(before, &v)
 	}
-	syn := flags&nfq.FlagSYN != 0
+	syn := flags&packet.FlagSYN != 0
 	if payload == nil && outSeq == seq && outAck == ack && !sack {
 		if syn {
 			v.Packet = w.roomier()
@@ -426,7 +426,7 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	}
 
 	if payload != nil {
-		out, err := nfq.Rewrite(w.buf[:0], &w.in, []nfq.Edit{{Off: 0, Len: len(w.in.PayloadBytes()), New: payload}})
+		out, err := packet.Rewrite(w.buf[:0], &w.in, []packet.Edit{{Off: 0, Len: len(w.in.PayloadBytes()), New: payload}})
 		if err != nil {
 			// Cannot happen for payloads the stream bounded; never send a
 			// half-corrected packet.
@@ -438,13 +438,13 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	} else {
 		w.buf = append(w.buf[:0], w.in.Buf...)
 	}
-	nfq.Parse(w.buf, &w.out)
+	packet.Parse(w.buf, &w.out)
 	t := w.out.TCP()
 	if syn {
 		t.LowerMSS(mssRoom, minMSS)
 	}
 	t.SetSeq(outSeq)
-	if flags&nfq.FlagACK != 0 {
+	if flags&packet.FlagACK != 0 {
 		t.SetAck(outAck)
 		if sack {
 			w.peer = peer
@@ -474,20 +474,20 @@ func (w *Worker) sackEdge(edge uint32) uint32 {
 func (w *Worker) flow(c *Conn, dir Direction, st *stream, seq uint32, flags uint8) (outSeq uint32, payload []byte, drop bool) {
 	e := w.e
 	in := w.in.PayloadBytes()
-	fin := flags&nfq.FlagFIN != 0
+	fin := flags&packet.FlagFIN != 0
 	if fin && st.synced {
 		st.fin = true
 	}
 	shifted := seq + uint32(st.off(seq))
-	if !st.synced || st.stopped || c.help.helper == nil || flags&(nfq.FlagSYN|nfq.FlagRST) != 0 {
+	if !st.synced || st.stopped || c.help.helper == nil || flags&(packet.FlagSYN|packet.FlagRST) != 0 {
 		return shifted, nil, false
 	}
 	end := seq + uint32(len(in))
-	newData := len(in) > 0 && nfq.SeqAfter(end, st.next) || (fin && end == st.next && len(st.carry) > 0)
+	newData := len(in) > 0 && seqAfter(end, st.next) || (fin && end == st.next && len(st.carry) > 0)
 	if len(in) == 0 && !newData {
 		return shifted, nil, false
 	}
-	if nfq.SeqAfter(seq, st.next) {
+	if seqAfter(seq, st.next) {
 		if seq-st.next > maxGap {
 			st.synced = false
 			return shifted, nil, false
@@ -513,7 +513,7 @@ func (w *Worker) flow(c *Conn, dir Direction, st *stream, seq uint32, flags uint
 		return shifted, nil, false
 	}
 	origSeq, origIn := seq, in
-	if relEnd := st.relFrom + uint32(len(st.rel)); len(st.rel) > 0 && nfq.SeqAfter(seq, st.relFrom) && !nfq.SeqAfter(seq, relEnd) {
+	if relEnd := st.relFrom + uint32(len(st.rel)); len(st.rel) > 0 && seqAfter(seq, st.relFrom) && !seqAfter(seq, relEnd) {
 		// The sender resends from the end of bytes it believes delivered:
 		// resend them too.
 		in = append(append(w.resent[:0], st.rel[:seq-st.relFrom]...), in...)
@@ -522,9 +522,9 @@ func (w *Worker) flow(c *Conn, dir Direction, st *stream, seq uint32, flags uint
 
 	out := w.pay[:0]
 	start := st.heldFrom()
-	if nfq.SeqBefore(seq, start) {
+	if seqBefore(seq, start) {
 		n := uint32(len(in))
-		if nfq.SeqBefore(start, end) {
+		if seqBefore(start, end) {
 			n = start - seq
 		}
 		out, start = st.replay(out, seq, in[:n])

@@ -3,7 +3,7 @@ package ipvs_test
 import (
 	"testing"
 
-	"github.com/nfhelper/nfhelper/nfq"
+	"github.com/nfhelper/nfhelper/nfq/packet"
 )
 
 // FuzzProcess feeds a helped FTP control connection a fuzzed run of
@@ -13,7 +13,7 @@ import (
 func FuzzProcess(f *testing.F) {
 	f.Add([]byte("227 Entering Passive Mode (10,0,0,11,156,64).\r\n"), []byte("PASV\r\n"), uint32(0), uint32(0), uint8(pshAck), []byte{0x45})
 	f.Add([]byte("227-Entering\r\n227 (10,0,0,11,1,2)\r\n"), []byte("PORT 203,0,113,2,4,1\r\n"), uint32(3), uint32(1<<31), uint8(ack), []byte{})
-	f.Add([]byte("229 (|||4000|)\r\n"), []byte("EPSV\r\nAUTH TLS\r\n"), uint32(1), uint32(7), uint8(nfq.FlagFIN|ack), []byte{0x60, 0, 0})
+	f.Add([]byte("229 (|||4000|)\r\n"), []byte("EPSV\r\nAUTH TLS\r\n"), uint32(1), uint32(7), uint8(packet.FlagFIN|ack), []byte{0x60, 0, 0})
 	f.Fuzz(func(t *testing.T, fromServer, fromClient []byte, skipS, skipC uint32, flags uint8, raw []byte) {
 		w := ftpConn(t)
 		sseq, cseq := uint32(isn+1), uint32(101)
@@ -27,8 +27,8 @@ func FuzzProcess(f *testing.F) {
 			} {
 				v := w.Process(pkt, 0)
 				if v.Packet != nil {
-					var p nfq.Packet
-					if err := nfq.Parse(v.Packet, &p); err != nil || !p.TCPChecksumValid() {
+					var p packet.Packet
+					if err := packet.Parse(v.Packet, &p); err != nil || !p.TCPChecksumValid() {
 						t.Fatalf("verdict packet does not parse or has a bad checksum: %v", err)
 					}
 				}

@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nfhelper/nfhelper/nfq"
+	"github.com/nfhelper/nfhelper/nfq/packet"
 )
 
 // Direction tells which peer sent a packet of a balanced connection.
@@ -127,7 +127,7 @@ type ChannelOpener interface {
 // Result collects what a helper found in one Inspect call. Workers reuse one
 // Result per goroutine (Reset) so that steady state does not allocate.
 type Result struct {
-	Edits    []nfq.Edit // offsets into Inspect's data
+	Edits    []packet.Edit // offsets into Inspect's data
 	Refusals []Refusal
 	// Carry is how many trailing bytes of data to present again, before the
 	// next segment's payload; Hold (<= Carry) how many of those to withhold
@@ -153,7 +153,7 @@ func (r *Result) Reset() {
 func (r *Result) Replace(off, length int, text []byte) {
 	start := len(r.text)
 	r.text = append(r.text, text...)
-	r.Edits = append(r.Edits, nfq.Edit{Off: off, Len: length, New: r.text[start:len(r.text):len(r.text)]})
+	r.Edits = append(r.Edits, packet.Edit{Off: off, Len: length, New: r.text[start:len(r.text):len(r.text)]})
 }
 
 // OpenPassive asks the core for a passive channel, see ChannelOpener.

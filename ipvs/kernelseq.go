@@ -2,8 +2,6 @@ package ipvs
 
 import (
 	"net/netip"
-
-	"github.com/nfhelper/nfhelper/nfq"
 )
 
 // The kernel datapath's mode (Engine.KernelSeqAdj): packets reach the
@@ -33,7 +31,7 @@ type SeqAdj struct {
 
 // seq is what the kernel makes of a sequence number of this direction.
 func (a SeqAdj) seq(v uint32) uint32 {
-	if nfq.SeqAfter(v, a.Pos) {
+	if seqAfter(v, a.Pos) {
 		return v + uint32(a.After)
 	}
 	return v + uint32(a.Before)
@@ -42,7 +40,7 @@ func (a SeqAdj) seq(v uint32) uint32 {
 // ack is what the kernel makes of an acknowledgement (or a SACK edge) of
 // this direction's bytes.
 func (a SeqAdj) ack(v uint32) uint32 {
-	if nfq.SeqAfter(v-uint32(a.Before), a.Pos) {
+	if seqAfter(v-uint32(a.Before), a.Pos) {
 		return v - uint32(a.After)
 	}
 	return v - uint32(a.Before)
@@ -51,10 +49,10 @@ func (a SeqAdj) ack(v uint32) uint32 {
 // seqFor is a sequence number that seq turns into want; false if none does
 // (want lies in bytes the correction point inserted).
 func (a SeqAdj) seqFor(want uint32) (uint32, bool) {
-	if v := want - uint32(a.Before); !nfq.SeqAfter(v, a.Pos) {
+	if v := want - uint32(a.Before); !seqAfter(v, a.Pos) {
 		return v, true
 	}
-	if v := want - uint32(a.After); nfq.SeqAfter(v, a.Pos) {
+	if v := want - uint32(a.After); seqAfter(v, a.Pos) {
 		return v, true
 	}
 	return 0, false
@@ -63,10 +61,10 @@ func (a SeqAdj) seqFor(want uint32) (uint32, bool) {
 // ackFor is an acknowledgement that ack turns into want; false if none does
 // (want lies in bytes the correction point removed).
 func (a SeqAdj) ackFor(want uint32) (uint32, bool) {
-	if !nfq.SeqAfter(want, a.Pos) {
+	if !seqAfter(want, a.Pos) {
 		return want + uint32(a.Before), true
 	}
-	if nfq.SeqAfter(want+uint32(a.After-a.Before), a.Pos) {
+	if seqAfter(want+uint32(a.After-a.Before), a.Pos) {
 		return want + uint32(a.After), true
 	}
 	return 0, false
@@ -78,7 +76,7 @@ func (a *SeqAdj) record(seq uint32, diff int32) {
 	if diff == 0 {
 		return
 	}
-	if a.Before == a.After || nfq.SeqBefore(a.Pos, seq) {
+	if a.Before == a.After || seqBefore(a.Pos, seq) {
 		a.Pos, a.Before, a.After = seq, a.After, a.After+diff
 	}
 }
@@ -117,7 +115,7 @@ func (w *Worker) kernelNumbers(st *stream, seq, outSeq uint32, inLen, outLen int
 		// by comparing them, unmapped, with the correction point
 		// (nf_ct_seq_offset), and finds the peer's ACKs of a segment
 		// that grew by withheld bytes beyond what the sender sent.
-		if diff != 0 && outLen > 0 && !w.in.V6 && w.cur.help.liberal && a.After == int32(outSeq-seq) && (a.Before == a.After || nfq.SeqBefore(a.Pos, seq)) {
+		if diff != 0 && outLen > 0 && !w.in.V6 && w.cur.help.liberal && a.After == int32(outSeq-seq) && (a.Before == a.After || seqBefore(a.Pos, seq)) {
 			a.record(seq, diff)
 			v.SeqAdjDiff = true
 			return seq

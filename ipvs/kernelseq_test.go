@@ -6,8 +6,8 @@ import (
 	"testing"
 
 	"github.com/nfhelper/nfhelper/ipvs"
-	"github.com/nfhelper/nfhelper/nfq"
 	"github.com/nfhelper/nfhelper/nfq/nfqtest"
+	"github.com/nfhelper/nfhelper/nfq/packet"
 )
 
 // kernelConn is ftpConn in the kernel datapath's mode: packets come from
@@ -17,9 +17,9 @@ func kernelConn(tb testing.TB) *ipvs.Worker {
 	e := ftpEngine(tb)
 	e.KernelSeqAdj = true
 	w := e.NewWorker()
-	w.Process(seg(client, vip, 100, 0, nfq.FlagSYN, ""), 0) // scheduled at raw priority
-	w.Process(seg(client, rs1, 100, 0, nfq.FlagSYN, ""), 0) // the helper's queue: after DNAT
-	w.Process(seg(vip, client, isn, 101, nfq.FlagSYN|ack, ""), 0)
+	w.Process(seg(client, vip, 100, 0, packet.FlagSYN, ""), 0) // scheduled at raw priority
+	w.Process(seg(client, rs1, 100, 0, packet.FlagSYN, ""), 0) // the helper's queue: after DNAT
+	w.Process(seg(vip, client, isn, 101, packet.FlagSYN|ack, ""), 0)
 	return w
 }
 
@@ -162,8 +162,8 @@ func (kp *kernelPath) send(dir ipvs.Direction, data string) {
 	if v.Packet != nil {
 		b = v.Packet
 	}
-	var p nfq.Packet
-	if err := nfq.Parse(b, &p); err != nil {
+	var p packet.Packet
+	if err := packet.Parse(b, &p); err != nil {
 		kp.t.Fatal(err)
 	}
 	if v.SeqAdj != nil {

@@ -3,7 +3,7 @@ package ipvs
 import (
 	"net/netip"
 
-	"github.com/nfhelper/nfhelper/nfq"
+	"github.com/nfhelper/nfhelper/nfq/packet"
 )
 
 // Offsets asks the datapath to record a connection's stream offsets in the
@@ -79,7 +79,7 @@ func (st *stream) resume(off int32) {
 
 // resynced starts a resumed stream at a segment's first byte.
 func (st *stream) resynced(seq uint32, payload int, flags uint8) {
-	if st.resync && payload > 0 && flags&(nfq.FlagSYN|nfq.FlagRST) == 0 {
+	if st.resync && payload > 0 && flags&(packet.FlagSYN|packet.FlagRST) == 0 {
 		st.resync, st.synced, st.next = false, true, seq
 	}
 }

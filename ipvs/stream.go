@@ -1,7 +1,5 @@
 package ipvs
 
-import "github.com/nfhelper/nfhelper/nfq"
-
 // maxEditText bounds one edit's replacement text, so that a stream records
 // its edits without allocating.
 const maxEditText = 32
@@ -66,7 +64,7 @@ func (st *stream) heldFrom() uint32 { return st.next - uint32(st.hold) }
 // off is the offset at input position x, which must not lie inside an edit.
 func (st *stream) off(x uint32) int32 {
 	for i := len(st.edits) - 1; i >= 0; i-- {
-		if e := &st.edits[i]; !nfq.SeqAfter(e.end(), x) {
+		if e := &st.edits[i]; !seqAfter(e.end(), x) {
 			return e.cum
 		}
 	}
@@ -80,10 +78,10 @@ func (st *stream) input(y uint32) uint32 {
 	for i := len(st.edits) - 1; i >= 0; i-- {
 		e := &st.edits[i]
 		outEnd := e.end() + uint32(e.cum)
-		if !nfq.SeqBefore(y, outEnd) {
+		if !seqBefore(y, outEnd) {
 			return y - uint32(e.cum)
 		}
-		if outStart := e.pos + uint32(e.cum-e.delta()); nfq.SeqAfter(y, outStart) {
+		if outStart := e.pos + uint32(e.cum-e.delta()); seqAfter(y, outStart) {
 			return e.pos
 		}
 	}
@@ -97,14 +95,14 @@ func (st *stream) input(y uint32) uint32 {
 // since the sender no longer will resend them.
 func (st *stream) acked(y uint32) uint32 {
 	x := st.input(y)
-	if st.synced && nfq.SeqAfter(x, st.next) && !(st.fin && x == st.next+1) {
+	if st.synced && seqAfter(x, st.next) && !(st.fin && x == st.next+1) {
 		// The receiver has bytes the stream never saw: they went by (the
 		// queue failed open, full or without a reader). Segments after
 		// them would wait forever for the gap to fill: pick up at x.
 		st.next, st.carry, st.hold, st.rel = x, st.carry[:0], 0, st.rel[:0]
 		st.skipped = true
 	}
-	if len(st.rel) > 0 && !nfq.SeqBefore(x, st.relFrom+uint32(len(st.rel))) {
+	if len(st.rel) > 0 && !seqBefore(x, st.relFrom+uint32(len(st.rel))) {
 		st.rel = st.rel[:0]
 	}
 	if st.hold > 0 && x == st.heldFrom() {
@@ -121,7 +119,7 @@ func (st *stream) acked(y uint32) uint32 {
 // acknowledged: the sender never retransmits before it.
 func (st *stream) prune(x uint32) {
 	n := 0
-	for n < len(st.edits) && !nfq.SeqAfter(st.edits[n].end(), x) {
+	for n < len(st.edits) && !seqAfter(st.edits[n].end(), x) {
 		n++
 	}
 	st.fold(n)
@@ -169,13 +167,13 @@ func (st *stream) replay(dst []byte, seq uint32, data []byte) (out []byte, from 
 	from, cur := seq, seq
 	for i := range st.edits {
 		e := &st.edits[i]
-		if !nfq.SeqAfter(e.end(), cur) {
+		if !seqAfter(e.end(), cur) {
 			continue
 		}
-		if !nfq.SeqBefore(e.pos, end) {
+		if !seqBefore(e.pos, end) {
 			break
 		}
-		if nfq.SeqBefore(e.pos, cur) {
+		if seqBefore(e.pos, cur) {
 			from = e.pos // only the first edit can begin before seq
 		} else {
 			dst = append(dst, data[cur-seq:e.pos-seq]...)
@@ -183,7 +181,7 @@ func (st *stream) replay(dst []byte, seq uint32, data []byte) (out []byte, from 
 		dst = append(dst, e.newText()...)
 		cur = e.end()
 	}
-	if nfq.SeqBefore(cur, end) {
+	if seqBefore(cur, end) {
 		dst = append(dst, data[cur-seq:]...)
 	}
 	return dst, from

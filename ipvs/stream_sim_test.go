@@ -7,8 +7,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nfhelper/nfhelper/nfq"
 	"github.com/nfhelper/nfhelper/nfq/nfqtest"
+	"github.com/nfhelper/nfhelper/nfq/packet"
 )
 
 // tcpSim runs a sender and a receiver through the worker over a lossy,
@@ -44,8 +44,8 @@ type tcpSim struct {
 // direction dir whose payload was inLen bytes long: set the records the
 // verdict asks for, record a length change carried with NFQA_CT, map.
 func (s *tcpSim) throughKernel(v Verdict, dir Direction, b []byte, inLen int) (seq, ack uint32, payload []byte) {
-	var p nfq.Packet
-	if err := nfq.Parse(b, &p); err != nil {
+	var p packet.Packet
+	if err := packet.Parse(b, &p); err != nil {
 		s.fail("parse: %v", err)
 	}
 	seq, ack, payload = p.TCP().Seq(), p.TCP().Ack(), p.PayloadBytes()

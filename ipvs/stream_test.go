@@ -5,8 +5,8 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/nfhelper/nfhelper/nfq"
 	"github.com/nfhelper/nfhelper/nfq/nfqtest"
+	"github.com/nfhelper/nfhelper/nfq/packet"
 )
 
 // lineHelper is a stand-in helper: a server line "R <word>" is rewritten to
@@ -43,10 +43,10 @@ var (
 )
 
 const (
-	syn    = nfq.FlagSYN
-	ack    = nfq.FlagACK
-	pshAck = nfq.FlagPSH | nfq.FlagACK
-	finAck = nfq.FlagFIN | nfq.FlagACK
+	syn    = packet.FlagSYN
+	ack    = packet.FlagACK
+	pshAck = packet.FlagPSH | packet.FlagACK
+	finAck = packet.FlagFIN | packet.FlagACK
 )
 
 type tconn struct {
@@ -113,8 +113,8 @@ func (c *tconn) out(v Verdict, orig []byte) (uint32, string) {
 	if v.Packet != nil {
 		b = v.Packet
 	}
-	var p nfq.Packet
-	if err := nfq.Parse(b, &p); err != nil {
+	var p packet.Packet
+	if err := packet.Parse(b, &p); err != nil {
 		c.t.Fatal(err)
 	}
 	if !p.TCPChecksumValid() {
@@ -135,8 +135,8 @@ func (c *tconn) acked(v Verdict, orig []byte) uint32 {
 	if v.Packet != nil {
 		b = v.Packet
 	}
-	var p nfq.Packet
-	nfq.Parse(b, &p)
+	var p packet.Packet
+	packet.Parse(b, &p)
 	return p.TCP().Ack()
 }
 
@@ -182,8 +182,8 @@ func TestStreamRewriteAndMap(t *testing.T) {
 	}
 	pkt := seg(client, rs1, 101, s, ack, "", nfqtest.SACK(next+grow, next+grow+8)...)
 	v := c.w.Process(pkt, 0)
-	var p nfq.Packet
-	nfq.Parse(v.Packet, &p)
+	var p packet.Packet
+	packet.Parse(v.Packet, &p)
 	if !bytes.Equal(p.TCP().Options(), nfqtest.SACK(next, next+8)) || !p.TCPChecksumValid() {
 		t.Errorf("SACK not mapped: % x", p.TCP().Options())
 	}
@@ -366,8 +366,8 @@ func TestHelpedSYNsLowerMSS(t *testing.T) {
 		if v.Packet == nil {
 			return 1460
 		}
-		var p nfq.Packet
-		if err := nfq.Parse(v.Packet, &p); err != nil || !p.TCPChecksumValid() {
+		var p packet.Packet
+		if err := packet.Parse(v.Packet, &p); err != nil || !p.TCPChecksumValid() {
 			t.Fatalf("altered SYN: %v, checksum valid %v", err, p.TCPChecksumValid())
 		}
 		o := p.TCP().Options()

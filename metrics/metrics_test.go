@@ -19,6 +19,7 @@ import (
 	"github.com/nfhelper/nfhelper/ipvs"
 	"github.com/nfhelper/nfhelper/nfq"
 	"github.com/nfhelper/nfhelper/nfq/nfqtest"
+	"github.com/nfhelper/nfhelper/nfq/packet"
 )
 
 var ap = netip.MustParseAddrPort
@@ -27,7 +28,7 @@ var ap = netip.MustParseAddrPort
 const weirdName = "ftp \"main\"\\prod\nline2"
 
 func syn(src, dst netip.AddrPort) []byte {
-	return nfqtest.Build(nfqtest.Segment{Src: src, Dst: dst, Seq: 100, Flags: nfq.FlagSYN})
+	return nfqtest.Build(nfqtest.Segment{Src: src, Dst: dst, Seq: 100, Flags: packet.FlagSYN})
 }
 
 // udp builds an IPv4 UDP datagram.
@@ -35,11 +36,11 @@ func udp(src, dst netip.AddrPort) []byte {
 	b := make([]byte, 28)
 	b[0] = 0x45
 	binary.BigEndian.PutUint16(b[2:], 28)
-	b[8], b[9] = 64, nfq.ProtocolUDP
+	b[8], b[9] = 64, packet.ProtocolUDP
 	s, d := src.Addr().As4(), dst.Addr().As4()
 	copy(b[12:], s[:])
 	copy(b[16:], d[:])
-	nfq.IPv4(b).SetChecksum(nfq.IPv4(b).CalculateChecksum())
+	packet.IPv4(b).SetChecksum(packet.IPv4(b).CalculateChecksum())
 	binary.BigEndian.PutUint16(b[20:], src.Port())
 	binary.BigEndian.PutUint16(b[22:], dst.Port())
 	binary.BigEndian.PutUint16(b[24:], 8)

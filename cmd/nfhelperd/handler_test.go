@@ -10,8 +10,8 @@ import (
 
 	"github.com/nfhelper/nfhelper/ipvs"
 	"github.com/nfhelper/nfhelper/metrics"
-	"github.com/nfhelper/nfhelper/nfq"
 	"github.com/nfhelper/nfhelper/nfq/nfqtest"
+	"github.com/nfhelper/nfhelper/nfq/packet"
 	"github.com/nfhelper/nfhelper/nft"
 )
 
@@ -70,10 +70,10 @@ func TestHelperPanic(t *testing.T) {
 	seg := func(src, dst netip.AddrPort, seq uint32, flags uint8, payload string) []byte {
 		return nfqtest.Build(nfqtest.Segment{Src: src, Dst: dst, Seq: seq, Ack: 1, Flags: flags, Payload: []byte(payload)})
 	}
-	h(1, seg(client, vip, 100, nfq.FlagSYN, ""), 0)
-	h(2, seg(rs, client, 5000, nfq.FlagSYN|nfq.FlagACK, ""), 0)
-	h(3, seg(rs, client, 5001, nfq.FlagPSH|nfq.FlagACK, "220 hi\r\n"), 0) // the helper panics
-	h(4, seg(rs, client, 5009, nfq.FlagPSH|nfq.FlagACK, "220 hi\r\n"), 0) // the connection goes on, unread
+	h(1, seg(client, vip, 100, packet.FlagSYN, ""), 0)
+	h(2, seg(rs, client, 5000, packet.FlagSYN|packet.FlagACK, ""), 0)
+	h(3, seg(rs, client, 5001, packet.FlagPSH|packet.FlagACK, "220 hi\r\n"), 0) // the helper panics
+	h(4, seg(rs, client, 5009, packet.FlagPSH|packet.FlagACK, "220 hi\r\n"), 0) // the connection goes on, unread
 	if len(q.accepted) != 4 || len(q.dropped) != 0 || len(q.altered) != 0 {
 		t.Errorf("accepted %v, dropped %v, altered %v; want all four accepted as they were", q.accepted, q.dropped, q.altered)
 	}
@@ -117,10 +117,10 @@ func TestBacklogDoesNotStall(t *testing.T) {
 	seg := func(src, dst netip.AddrPort, seq, ack uint32, flags uint8, payload string) []byte {
 		return nfqtest.Build(nfqtest.Segment{Src: src, Dst: dst, Seq: seq, Ack: ack, Flags: flags, Payload: []byte(payload)})
 	}
-	handle(1, seg(client, vip, 100, 0, nfq.FlagSYN, ""), 0)
-	handle(2, seg(rs, client, 5000, 101, nfq.FlagSYN|nfq.FlagACK, ""), 0)
-	handle(3, seg(client, rs, 101, 5001, nfq.FlagPSH|nfq.FlagACK, "PASV\r\n"), 0)
-	handle(4, seg(rs, client, 5001, 107, nfq.FlagPSH|nfq.FlagACK, "227 Entering Passive Mode (10,0,0,11,156,64).\r\n"), 0)
+	handle(1, seg(client, vip, 100, 0, packet.FlagSYN, ""), 0)
+	handle(2, seg(rs, client, 5000, 101, packet.FlagSYN|packet.FlagACK, ""), 0)
+	handle(3, seg(client, rs, 101, 5001, packet.FlagPSH|packet.FlagACK, "PASV\r\n"), 0)
+	handle(4, seg(rs, client, 5001, 107, packet.FlagPSH|packet.FlagACK, "227 Entering Passive Mode (10,0,0,11,156,64).\r\n"), 0)
 	if len(q.accepted) != 4 || q.altered[len(q.altered)-1] != 4 {
 		t.Errorf("accepted %v altered %v: the 227 must go on, rewritten", q.accepted, q.altered)
 	}
@@ -139,11 +139,11 @@ func TestHandlerClearsUnseen(t *testing.T) {
 	q := &fakeQueue{}
 	h := handler(q, 100, e.NewWorker(), &e.Stats, nil, metrics.New(e, nil), log)
 	const other = 0x5
-	h(1, nfqtest.Build(nfqtest.Segment{Src: rs, Dst: client, Seq: 1, Ack: 1, Flags: nfq.FlagACK, Payload: []byte("x")}), nft.UnseenMark|other) // no connection: a plain accept
-	h(2, []byte{0x45}, nft.UnseenMark|other)                                                                                                   // unparsed
+	h(1, nfqtest.Build(nfqtest.Segment{Src: rs, Dst: client, Seq: 1, Ack: 1, Flags: packet.FlagACK, Payload: []byte("x")}), nft.UnseenMark|other) // no connection: a plain accept
+	h(2, []byte{0x45}, nft.UnseenMark|other)                                                                                                      // unparsed
 	broken := handler(q, 100, nil, &e.Stats, nil, metrics.New(nil, nil), log)
 	broken(3, []byte{0x45}, nft.UnseenMark|other) // a panic on the way
-	h(4, nfqtest.Build(nfqtest.Segment{Src: rs, Dst: client, Seq: 1, Ack: 1, Flags: nfq.FlagACK, Payload: []byte("x")}), other)
+	h(4, nfqtest.Build(nfqtest.Segment{Src: rs, Dst: client, Seq: 1, Ack: 1, Flags: packet.FlagACK, Payload: []byte("x")}), other)
 	for _, id := range []uint32{1, 2, 3} {
 		if m, ok := q.marks[id]; !ok || m != other {
 			t.Errorf("packet %d: verdict mark %#x (set: %v), want %#x", id, m, ok, other)

@@ -6,7 +6,7 @@ import (
 	"encoding/binary"
 	"net/netip"
 
-	"github.com/nfhelper/nfhelper/nfq"
+	"github.com/nfhelper/nfhelper/nfq/packet"
 )
 
 // Segment describes one TCP segment. Options must be padded to 4 bytes.
@@ -28,7 +28,7 @@ func Build(s Segment) []byte {
 		b = make([]byte, 40)
 		b[0] = 0x60
 		binary.BigEndian.PutUint16(b[4:], uint16(tcpLen+len(s.Payload)))
-		b[6], b[7] = nfq.ProtocolTCP, 64
+		b[6], b[7] = packet.ProtocolTCP, 64
 		src, dst := s.Src.Addr().As16(), s.Dst.Addr().As16()
 		copy(b[8:], src[:])
 		copy(b[24:], dst[:])
@@ -36,11 +36,11 @@ func Build(s Segment) []byte {
 		b = make([]byte, 20)
 		b[0] = 0x45
 		binary.BigEndian.PutUint16(b[2:], uint16(20+tcpLen+len(s.Payload)))
-		b[8], b[9] = 64, nfq.ProtocolTCP
+		b[8], b[9] = 64, packet.ProtocolTCP
 		src, dst := s.Src.Addr().As4(), s.Dst.Addr().As4()
 		copy(b[12:], src[:])
 		copy(b[16:], dst[:])
-		nfq.IPv4(b).SetChecksum(nfq.IPv4(b).CalculateChecksum())
+		packet.IPv4(b).SetChecksum(packet.IPv4(b).CalculateChecksum())
 	}
 	tcp := make([]byte, tcpLen)
 	binary.BigEndian.PutUint16(tcp[0:], s.Src.Port())
@@ -54,11 +54,11 @@ func Build(s Segment) []byte {
 	b = append(append(b, tcp...), s.Payload...)
 
 	// A rewrite without edits computes the TCP checksum.
-	var p nfq.Packet
-	if err := nfq.Parse(b, &p); err != nil {
+	var p packet.Packet
+	if err := packet.Parse(b, &p); err != nil {
 		panic("nfqtest: built packet does not parse: " + err.Error())
 	}
-	out, err := nfq.Rewrite(nil, &p, nil)
+	out, err := packet.Rewrite(nil, &p, nil)
 	if err != nil {
 		panic("nfqtest: " + err.Error())
 	}

@@ -1,4 +1,4 @@
-package nfq
+package packet
 
 import (
 	"errors"
@@ -8,9 +8,9 @@ import (
 
 // Errors from Rewrite, wrapped with the offending values.
 var (
-	ErrBadEdit = errors.New("nfq: bad edit")
-	ErrTooLong = errors.New("nfq: rewritten packet too long")
-	ErrOverlap = errors.New("nfq: destination overlaps the packet")
+	ErrBadEdit = errors.New("packet: bad edit")
+	ErrTooLong = errors.New("packet: rewritten packet too long")
+	ErrOverlap = errors.New("packet: destination overlaps the packet")
 )
 
 // Edit replaces Len bytes at Off (an offset into the TCP payload) with New.

@@ -1,4 +1,4 @@
-package nfq
+package seqnum
 
 import "testing"
 
@@ -20,11 +20,11 @@ func TestSeqBeforeAfter(t *testing.T) {
 		{0, 0x80000000, true, true},     //
 		{0x12345678, 0x12345678 + 1e9, true, false},
 	} {
-		if got := SeqBefore(tt.a, tt.b); got != tt.before {
-			t.Errorf("SeqBefore(%#x, %#x) = %v", tt.a, tt.b, got)
+		if got := Value(tt.a).Before(Value(tt.b)); got != tt.before {
+			t.Errorf("Before(%#x, %#x) = %v", tt.a, tt.b, got)
 		}
-		if got := SeqAfter(tt.a, tt.b); got != tt.after {
-			t.Errorf("SeqAfter(%#x, %#x) = %v", tt.a, tt.b, got)
+		if got := Value(tt.a).After(Value(tt.b)); got != tt.after {
+			t.Errorf("After(%#x, %#x) = %v", tt.a, tt.b, got)
 		}
 	}
 }

@@ -2,7 +2,7 @@
 // userspace: header views over the queued bytes, wraparound-safe sequence
 // arithmetic, incremental (RFC 1624) and full checksums, and payload
 // rewriting. Nothing on the per-packet path allocates.
-package nfq
+package packet
 
 import (
 	"errors"
@@ -12,11 +12,11 @@ import (
 // Errors from Parse, returned bare so that the per-packet path does not
 // allocate; callers compare with errors.Is.
 var (
-	ErrTruncated = errors.New("nfq: packet truncated")
-	ErrNotTCP    = errors.New("nfq: not a TCP packet")
-	ErrNotUDP    = errors.New("nfq: not a UDP packet")
-	ErrFragment  = errors.New("nfq: IP fragment")
-	ErrBadHeader = errors.New("nfq: malformed header")
+	ErrTruncated = errors.New("packet: truncated")
+	ErrNotTCP    = errors.New("packet: not a TCP packet")
+	ErrNotUDP    = errors.New("packet: not a UDP packet")
+	ErrFragment  = errors.New("packet: IP fragment")
+	ErrBadHeader = errors.New("packet: malformed header")
 )
 
 // Packet is a parsed view of one IP packet (IPv4 or IPv6) carrying TCP; it
