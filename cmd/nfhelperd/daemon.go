@@ -41,12 +41,6 @@ const (
 // queue sockets for the successor (see handover.go).
 func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger) (inherit map[uint16]*os.File, err error) {
 	started := time.Now()
-	engine, err := ipvs.NewEngine(services(cfg), markMask)
-	if err != nil {
-		return nil, err
-	}
-	engine.Log = log
-	spec := specFor(cfg, engine.Services())
 
 	// The datapath: what the kernel has decides (kernel.go).
 	probeConn, err := nftables.New()
@@ -59,6 +53,21 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 		return nil, err
 	}
 	kernelDP := datapathName == kernel.DatapathKernel
+	// The datapath's backlogs exist before the engine: restored
+	// connections may end before the datapath runs.
+	dp := &datapath{log: log, reqs: make(chan *pending, 1024), ended: make(chan ipvs.Ended, 4096), used: make(chan ipvs.Channel, 4096)}
+	alive := &conntrackAlive{}
+	defer alive.close()
+	opts := ipvs.Options{MarkMask: markMask, Log: log, OnEnded: dp.connEnded, Alive: alive.alive}
+	if kernelDP {
+		opts.Datapath = ipvs.DatapathKernel
+	}
+	engine, err := ipvs.NewEngine(services(cfg), opts)
+	if err != nil {
+		return nil, err
+	}
+	dp.engine = engine
+	spec := specFor(cfg, engine.Services())
 	// Either datapath queues with the native expression where the kernel
 	// has it: the xtables target's module cannot be autoloaded from an inet
 	// table, so it is used only where nothing else exists, after the probe
@@ -70,7 +79,6 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 		log.Warn("fail-open covers control connections only: new FTP sessions cannot transfer while the daemon is down", "err", features.KernelFTP)
 	}
 	if kernelDP {
-		engine.KernelSeqAdj = true
 		spec.CtHelper = helperName
 	} else if spec.Carried, err = restore(engine, tableName, log); err != nil {
 		// The kernel datapath takes connections over from their helper
@@ -122,12 +130,11 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
 	defer dpConn.CloseLasting()
-	dp := &datapath{conn: dpConn, log: log, metrics: mx, reqs: make(chan *pending, 1024), engine: engine, ended: make(chan ipvs.Ended, 4096), used: make(chan ipvs.Channel, 4096)}
-	// Before any packet, restored connections aside (they end later).
-	engine.OnEnded = dp.connEnded
+	dp.conn, dp.metrics = dpConn, mx
+	follower := &conntrackFollower{engine: engine}
 	if !kernelDP {
 		// (The kernel removes an expectation itself when it matches.)
-		engine.OnChannelUsed = dp.channelUsed
+		follower.used = dp.channelUsed
 	}
 	if kernelDP {
 		if dp.ct, err = dialConntrack(); err != nil {
@@ -236,12 +243,12 @@ func run(ctx context.Context, path string, cfg *config.Config, log *slog.Logger)
 	wg.Go(func() { engine.RunExpiry(time.Second, ctx.Done()) })
 	wg.Go(func() {
 		// Without events the table's own timeouts still end connections.
-		if err := engine.FollowConntrackEnds(ctx); err != nil {
+		if err := follower.followEnds(ctx); err != nil {
 			control.NoteConntrack(err)
 			log.Warn("not following conntrack", "err", err)
 		}
 	})
-	states := &stateFollower{engine: engine, log: log, wg: &wg}
+	states := &stateFollower{engine: engine, follower: follower, log: log, wg: &wg}
 	states.adjust(ctx)
 	if addr := cfg.Metrics.Address; addr != "" {
 		wg.Go(func() {
@@ -352,10 +359,11 @@ func statsAttrs(s *ipvs.Stats) []any {
 // stateFollower runs conntrack's state updates while a least-connection
 // scheduler needs them: they cost several events per connection.
 type stateFollower struct {
-	engine *ipvs.Engine
-	log    *slog.Logger
-	wg     *sync.WaitGroup
-	stop   context.CancelFunc
+	engine   *ipvs.Engine
+	follower *conntrackFollower
+	log      *slog.Logger
+	wg       *sync.WaitGroup
+	stop     context.CancelFunc
 }
 
 func (f *stateFollower) adjust(ctx context.Context) {
@@ -365,7 +373,7 @@ func (f *stateFollower) adjust(ctx context.Context) {
 		var fctx context.Context
 		fctx, f.stop = context.WithCancel(ctx)
 		f.wg.Go(func() {
-			if err := f.engine.FollowConntrackStates(fctx); err != nil {
+			if err := f.follower.followStates(fctx); err != nil {
 				f.log.Warn("not following conntrack states; least-connection counts drift", "err", err)
 			}
 		})
