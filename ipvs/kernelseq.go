@@ -224,7 +224,7 @@ func (e *Engine) AdoptKernel(client, vip, server netip.AddrPort, st KernelState)
 	c.setState(StateEstablished, now())
 	c.mu.Unlock()
 	e.Table.Insert(c)
-	e.Stats.Adopted.Add(1)
+	e.Stats.Restored.Add(1)
 	return true
 }
 

@@ -117,6 +117,10 @@ func TestKernelStateRestores(t *testing.T) {
 	if !e2.AdoptKernel(other, vip, rs1, state) {
 		t.Fatal("not adopted")
 	}
+	// A restore, not an add-on connection taken over after DNAT.
+	if e2.Stats.Restored.Load() != 1 || e2.Stats.Adopted.Load() != 0 {
+		t.Errorf("restored %d, adopted %d", e2.Stats.Restored.Load(), e2.Stats.Adopted.Load())
+	}
 	// The old daemon saw the PASV; the kernel kept the FTP helper's state
 	// with the positions. The reply came after the restart, past the kept
 	// position (a NOOP and its reply passed while no daemon ran).
