@@ -139,8 +139,8 @@ func kernelHandler(q verdicter, num uint16, e *ipvs.Engine, dp *datapath, mx *me
 					log.Warn("verdicts", "err", err)
 				}
 			}
-			adj := [2]kernel.SeqAdj{kernel.SeqAdj(v.SeqAdj[ipvs.FromClient]), kernel.SeqAdj(v.SeqAdj[ipvs.FromServer])}
-			if err := kernel.SetSeqAdj(dp.ctnl, ct.Orig, adj); err != nil {
+			// (By direction: ipvs.FromClient is kernel.DirOriginal.)
+			if err := kernel.SetSeqAdj(dp.ctnl, ct.Orig, *v.SeqAdj); err != nil {
 				stats.HelperErrors.Add(1)
 				log.Warn("seqadj", "err", err)
 			}
@@ -210,10 +210,8 @@ func restoreFromHelperData(e *ipvs.Engine, ct kernel.Conntrack, log *slog.Logger
 		log.Warn("connection not restored: the kernel did not send its seqadj records", "client", client, "vip", vip)
 		return
 	}
-	k := ipvs.KernelState{Next: st.Next, Stopped: st.Flags&kernel.StateStopped != 0, Helper: st.Helper}
-	for d := range k.SeqAdj {
-		k.SeqAdj[d] = ipvs.SeqAdj(ct.SeqAdj[d])
-	}
+	// (ct.SeqAdj is by kernel direction, the same order as ipvs.Direction.)
+	k := ipvs.KernelState{Next: st.Next, Stopped: st.Flags&kernel.StateStopped != 0, Helper: st.Helper, SeqAdj: ct.SeqAdj}
 	k.Synced[ipvs.FromClient] = st.Flags&kernel.StateValid != 0
 	k.Synced[ipvs.FromServer] = st.Flags&kernel.StateReplyValid != 0
 	if e.AdoptKernel(client, vip, server, k) {
