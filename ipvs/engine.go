@@ -414,10 +414,9 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	}
 
 	outAck, sack := ack, false
-	if flags&packet.FlagACK != 0 && (peer.synced || peer.resync) {
-		outAck = peer.acked(ack)
-		if peer.skipped {
-			peer.skipped = false
+	if flags&packet.FlagACK != 0 && peer.mapsAcks() {
+		var skipped bool
+		if outAck, skipped = peer.acked(ack); skipped {
 			e.Stats.Skipped.Add(1)
 		}
 		peer.prune(outAck)
@@ -495,11 +494,11 @@ func (w *Worker) flow(c *Conn, dir Direction, st *stream, seq seqnum.Value, flag
 	e := w.e
 	in := w.in.PayloadBytes()
 	fin := flags&packet.FlagFIN != 0
-	if fin && st.synced {
+	if fin && st.sync == synced {
 		st.fin = true
 	}
 	shifted := seq.Shift(st.off(seq))
-	if !st.synced || st.stopped || c.help.helper == nil || flags&(packet.FlagSYN|packet.FlagRST) != 0 {
+	if st.sync != synced || st.stopped || c.help.helper == nil || flags&(packet.FlagSYN|packet.FlagRST) != 0 {
 		return shifted, nil, false
 	}
 	end := seq.Add(seqnum.Size(len(in)))
@@ -509,7 +508,7 @@ func (w *Worker) flow(c *Conn, dir Direction, st *stream, seq seqnum.Value, flag
 	}
 	if seq.After(st.next) {
 		if st.next.Size(seq) > maxGap {
-			st.synced = false
+			st.sync = lost
 			return shifted, nil, false
 		}
 		if !st.gapped || st.gapAt != seq {

@@ -125,7 +125,7 @@ func (w *Worker) kernelState(c *Conn, dir Direction) *KernelState {
 	k := &w.kstate
 	for d := range c.help.streams {
 		s := &c.help.streams[d]
-		k.Synced[d], k.Next[d], k.SeqAdj[d] = s.synced, uint32(s.next), s.kadj
+		k.Synced[d], k.Next[d], k.SeqAdj[d] = s.sync == synced, uint32(s.next), s.kadj
 	}
 	k.Stopped = c.help.streams[dir].stopped
 	k.Helper = 0

@@ -75,13 +75,13 @@ func (s *Service) countedLocked(addr netip.AddrPort) *RealServer {
 // resume picks a stream up mid-way: its next data segment is taken to begin
 // a line, and off is what earlier rewrites added to it.
 func (st *stream) resume(off seqnum.Delta) {
-	*st = stream{resync: true, base: off, carry: st.carry[:0], edits: st.edits[:0], rel: st.rel[:0]}
+	*st = stream{sync: resuming, base: off, carry: st.carry[:0], edits: st.edits[:0], rel: st.rel[:0]}
 }
 
 // resynced starts a resumed stream at a segment's first byte.
 func (st *stream) resynced(seq seqnum.Value, payload int, flags uint8) {
-	if st.resync && payload > 0 && flags&(packet.FlagSYN|packet.FlagRST) == 0 {
-		st.resync, st.synced, st.next = false, true, seq
+	if st.sync == resuming && payload > 0 && flags&(packet.FlagSYN|packet.FlagRST) == 0 {
+		st.sync, st.next = synced, seq
 	}
 }
 

@@ -30,12 +30,18 @@ func (e *streamEdit) newText() []byte     { return e.text[:e.n] }
 // sequence numbers ("input") to what the receiver sees ("output"). Output
 // position of an input position x at a segment boundary is x + off(x).
 type stream struct {
-	synced   bool // next is known (the SYN was seen)
-	resync   bool // resumed after a restart: next is the next segment's
-	skipped  bool // bytes went by unseen; reported once by the worker
-	fin      bool // the sender's FIN was seen: it takes sequence number next
-	stopped  bool // the helper ended inspection
-	gapped   bool // a segment at gapAt, past bytes not seen, was dropped
+	sync streamSync
+	// stopped: the helper no longer reads the stream (it ended
+	// inspection, or broke its contract). Independent of sync: a stopped
+	// stream's numbers are still mapped, and a stream resuming after a
+	// restart may have stopped before it.
+	stopped bool
+	// fin: the sender's FIN was seen (synced): it takes sequence number
+	// next.
+	fin bool
+	// gapped: the last segment, at gapAt past bytes not seen, was dropped
+	// (it is read if it comes again as it was). Any segment read clears it.
+	gapped   bool
 	gapAt    seqnum.Value
 	next     seqnum.Value // first input byte not yet presented to the helper
 	carry    []byte       // input [next-len(carry), next), presented again
@@ -52,12 +58,33 @@ type stream struct {
 	kadj    seqnum.Adj // the kernel datapath: the kernel's seqadj record of this direction
 }
 
+// streamSync is what a stream knows of its sender's position.
+type streamSync uint8
+
+const (
+	// unsynced: no position (no SYN seen yet); the stream's bytes pass
+	// unread, and its receiver's ACKs unmapped.
+	unsynced streamSync = iota
+	// resuming: taken over mid-way (a restart); the next data segment
+	// starts a line, and next is its first byte. ACKs are mapped.
+	resuming
+	// synced: next is the first byte not yet presented to the helper.
+	synced
+	// lost: a segment came too far past next (maxGap); as unsynced, the
+	// stream is no longer read.
+	lost
+)
+
+// mapsAcks reports whether the receiver's acknowledgements of the stream
+// are mapped to input.
+func (st *stream) mapsAcks() bool { return st.sync == synced || st.sync == resuming }
+
 // start begins the stream at the first data byte after the SYN.
 func (st *stream) start(isn seqnum.Value) {
-	if st.synced && st.next == isn.Add(1) {
+	if st.sync == synced && st.next == isn.Add(1) {
 		return // a retransmitted SYN
 	}
-	*st = stream{synced: true, next: isn.Add(1), carry: st.carry[:0], edits: st.edits[:0], rel: st.rel[:0]}
+	*st = stream{sync: synced, next: isn.Add(1), carry: st.carry[:0], edits: st.edits[:0], rel: st.rel[:0]}
 }
 
 // heldFrom is the input position of the first withheld byte.
@@ -93,15 +120,16 @@ func (st *stream) input(y seqnum.Value) seqnum.Value {
 // delivered also covers what is withheld: the sender must go on sending
 // (Nagle waits for it), and the withheld bytes go out with its next segment.
 // Those bytes are kept in rel until the receiver itself acknowledges them,
-// since the sender no longer will resend them.
-func (st *stream) acked(y seqnum.Value) seqnum.Value {
-	x := st.input(y)
-	if st.synced && x.After(st.next) && !(st.fin && x == st.next.Add(1)) {
+// since the sender no longer will resend them. skipped: the ACK showed
+// that bytes went by the stream unseen.
+func (st *stream) acked(y seqnum.Value) (x seqnum.Value, skipped bool) {
+	x = st.input(y)
+	if st.sync == synced && x.After(st.next) && !(st.fin && x == st.next.Add(1)) {
 		// The receiver has bytes the stream never saw: they went by (the
 		// queue failed open, full or without a reader). Segments after
 		// them would wait forever for the gap to fill: pick up at x.
 		st.next, st.carry, st.hold, st.rel = x, st.carry[:0], 0, st.rel[:0]
-		st.skipped = true
+		skipped = true
 	}
 	if len(st.rel) > 0 && !x.Before(st.relEnd()) {
 		st.rel = st.rel[:0]
@@ -111,9 +139,9 @@ func (st *stream) acked(y seqnum.Value) seqnum.Value {
 			st.rel = make([]byte, 0, MaxCarry)
 		}
 		st.rel, st.relFrom = append(st.rel[:0], st.carry[len(st.carry)-st.hold:]...), x
-		return st.next
+		return st.next, skipped
 	}
-	return x
+	return x, skipped
 }
 
 // relEnd is the input position after the bytes kept for resending.
