@@ -3,6 +3,7 @@ package ipvs
 import (
 	"net/netip"
 
+	"github.com/nfhelper/nfhelper/nfq/packet"
 	"github.com/nfhelper/nfhelper/nfq/seqnum"
 )
 
@@ -24,9 +25,36 @@ import (
 // anew), the worker asks for the record to be set outright (ctnetlink)
 // before the verdict.
 
-// kernelSeqAdj reports whether the engine runs in the kernel datapath's
-// mode.
-func (e *Engine) kernelSeqAdj() bool { return e.datapath == DatapathKernel }
+// kernelMode is DatapathKernel's datapathMode.
+type kernelMode struct{}
+
+// channels asks for nothing. The kernel keeps its expectations until the
+// control connection's entry goes, and refuses another master's for the
+// same tuple until then: the claims stay as long, a FIN or RST closes
+// none. The datapath's reader makes the expectations before the verdict:
+// no copy of the segment waits for them. The helper's queue has every
+// packet, pure ACKs too.
+func (kernelMode) channels(*Worker, *Conn, *segment, *Verdict) {}
+
+func (kernelMode) numbers(w *Worker, c *Conn, s *segment, v *Verdict) {
+	outLen := int(s.inLen)
+	if s.payload != nil {
+		outLen = len(s.payload)
+	}
+	s.outSeq = w.kernelNumbers(s.st, s.seq, s.outSeq, int(s.inLen), outLen, s.st.next != s.read, v)
+	if s.flags&packet.FlagACK != 0 {
+		s.outAck = w.kernelAck(s.peer, s.ack, s.outAck, v)
+	}
+	s.sack = (s.sack || s.peer.kadj != seqnum.Adj{}) && w.hasSACKRoom()
+	v.Kernel = w.kernelState(c, s.dir)
+}
+
+func (kernelMode) sackEdge(peer *stream, x seqnum.Value) seqnum.Value {
+	if a, ok := peer.kadj.AckFor(x); ok {
+		return a
+	}
+	return x
+}
 
 // KernelState is what the kernel datapath keeps of a helped connection in
 // the kernel, so that a restarted daemon can go on: where each direction's

@@ -62,17 +62,15 @@ type stream struct {
 type streamSync uint8
 
 const (
-	// unsynced: no position (no SYN seen yet); the stream's bytes pass
-	// unread, and its receiver's ACKs unmapped.
+	// unsynced: no position: no SYN seen yet, or the stream lost it (a
+	// segment came too far past next, maxGap). Its bytes pass unread,
+	// its receiver's ACKs unmapped.
 	unsynced streamSync = iota
 	// resuming: taken over mid-way (a restart); the next data segment
 	// starts a line, and next is its first byte. ACKs are mapped.
 	resuming
 	// synced: next is the first byte not yet presented to the helper.
 	synced
-	// lost: a segment came too far past next (maxGap); as unsynced, the
-	// stream is no longer read.
-	lost
 )
 
 // mapsAcks reports whether the receiver's acknowledgements of the stream
