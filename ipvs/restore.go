@@ -111,7 +111,7 @@ func (c *Conn) offsets(before [2]seqnum.Delta, v *Verdict) {
 // Ended is what a helped connection that left the table left in the
 // kernel: its stream offsets (key client . VIP) and the elements that
 // queue its pure ACKs (client . real server; NAT . real server behind the
-// user's SNAT). The datapath deletes them (Engine.OnEnded); their timeout
+// user's SNAT). The datapath deletes them (Options.OnEnded); their timeout
 // is the backstop for an end the daemon did not see.
 type Ended struct {
 	Client, VIP, Server, NAT netip.AddrPort
