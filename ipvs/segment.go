@@ -37,8 +37,8 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	w.open, w.close = w.open[:0], w.close[:0]
 	c.track(flags, w.now)
 	if flags&packet.FlagSYN != 0 && c.Service.AddOn && dir == FromServer && !c.help.clientNAT.IsValid() {
-		// The server answered without the user's SNAT: nobody is to
-		// learn the client's translated address.
+		// The server's SYN-ACK came to the client's own address (no
+		// SNAT): the connection no longer waits to learn another.
 		e.mu.Lock()
 		delete(e.unnamed, synAck{c.Server, seqnum.Value(w.in.TCP().Ack())})
 		e.mu.Unlock()
