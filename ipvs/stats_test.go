@@ -113,3 +113,49 @@ func TestLogAttrs(t *testing.T) {
 		t.Errorf("log line %s", b.String())
 	}
 }
+
+// TestCounterNames pins the names that exist: scripts reading status or the
+// log lines, and dashboards, depend on them. New counters need no entry.
+func TestCounterNames(t *testing.T) {
+	want := []struct{ name, metric, label string }{ // label: of "reason"
+		{"packets", "nfhelper_packets_total", ""},
+		{"scheduled", "nfhelper_scheduled_connections_total", ""},
+		{"no_server", "nfhelper_no_server_total", ""},
+		{"adopted", "nfhelper_adopted_connections_total", ""},
+		{"snat_learned", "nfhelper_snat_learned_total", ""},
+		{"rewritten", "nfhelper_rewritten_packets_total", ""},
+		{"corrected", "nfhelper_corrected_packets_total", ""},
+		{"held", "nfhelper_held_packets_total", ""},
+		{"dropped_out_of_order", "nfhelper_dropped_out_of_order_total", ""},
+		{"channels", "nfhelper_data_channels_opened_total", ""},
+		{"evicted", "nfhelper_data_channels_evicted_total", ""},
+		{"channels_used", "nfhelper_data_channels_used_total", ""},
+		{"stopped_tls", "nfhelper_inspections_stopped_total", ""},
+		{"conntrack_gone", "nfhelper_conntrack_gone_total", ""},
+		{"unparsed", "nfhelper_unparsed_packets_total", ""},
+		{"bad_checksum", "nfhelper_bad_checksum_total", ""},
+		{"helper_errors", "nfhelper_helper_errors_total", ""},
+		{"panics", "nfhelper_worker_panics_total", ""},
+		{"backlogged", "nfhelper_data_channels_backlogged_total", ""},
+		{"restored", "nfhelper_restored_connections_total", ""},
+		{"throttled", "nfhelper_throttled_segments_total", ""},
+		{"skipped", "nfhelper_skipped_streams_total", ""},
+		{"seqadj_set", "nfhelper_seqadj_set_total", ""},
+		{"refused_bounce", "nfhelper_refusals_total", "bounce"},
+		{"refused_low_port", "nfhelper_refusals_total", "low_port"},
+		{"refused_unsolicited", "nfhelper_refusals_total", "unsolicited"},
+		{"refused_epsv_all", "nfhelper_refusals_total", "epsv_all"},
+		{"refused_no_port", "nfhelper_refusals_total", "no_port"},
+		{"refused_malformed", "nfhelper_refusals_total", "malformed"},
+	}
+	byName := map[string]Counter{}
+	for _, c := range Counters() {
+		byName[c.Name] = c
+	}
+	for _, w := range want {
+		c, ok := byName[w.name]
+		if !ok || c.Metric != w.metric || c.LabelValue != w.label || (w.label != "" && c.LabelName != "reason") {
+			t.Errorf("%s: %v %s %q, want %s %q", w.name, ok, c.Metric, c.LabelValue, w.metric, w.label)
+		}
+	}
+}
