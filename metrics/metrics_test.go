@@ -179,8 +179,8 @@ func addHistogram(name string, m *dto.Metric, add func(string, []*dto.LabelPair,
 			return err
 		}
 	}
-	if last > h.GetSampleCount() {
-		return fmt.Errorf("%s: buckets above the count", name)
+	if last > h.GetSampleCount() || (inf && last != h.GetSampleCount()) {
+		return fmt.Errorf("%s: buckets rise to %d, count %d", name, last, h.GetSampleCount())
 	}
 	if !inf {
 		if err := add(name+"_bucket", m.Label, float64(h.GetSampleCount()), "le", "+Inf"); err != nil {
