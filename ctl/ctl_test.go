@@ -259,6 +259,48 @@ func TestRoundTrip(t *testing.T) {
 	}
 }
 
+// TestStatusCounters: every registry counter reaches status and status
+// --json by its name, panics and backlogged too (missing there once), and
+// the text lists them in registry order.
+func TestStatusCounters(t *testing.T) {
+	s, e := testServer(t)
+	e.Stats.Panics.Add(2)
+	e.Stats.Backlogged.Add(3)
+	e.Stats.Refused[ipvs.RefuseMalformed].Add(4)
+	st, err := NewClient(serve(t, s), 5*time.Second).Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := ipvs.Counters()
+	if len(st.Stats) != len(cs) {
+		t.Errorf("%d stats, want %d: %v", len(st.Stats), len(cs), st.Stats)
+	}
+	for _, c := range cs {
+		if v, ok := st.Stats[c.Name]; !ok || v != c.Load(&e.Stats) {
+			t.Errorf("stats[%s] = %d, %v; want %d", c.Name, v, ok, c.Load(&e.Stats))
+		}
+	}
+	if st.Stats["panics"] != 2 || st.Stats["backlogged"] != 3 || st.Stats["refused_malformed"] != 4 {
+		t.Errorf("stats %v", st.Stats)
+	}
+
+	st.Stats["from_a_newer_daemon"] = 9
+	var b bytes.Buffer
+	WriteStatus(&b, st)
+	out := b.String()
+	last := -1
+	for _, c := range cs {
+		i := strings.Index(out, fmt.Sprintf("\n  %-22s %d\n", c.Name, c.Load(&e.Stats)))
+		if i < 0 || i < last {
+			t.Errorf("%s missing or out of order:\n%s", c.Name, out)
+		}
+		last = i
+	}
+	if i := strings.Index(out, fmt.Sprintf("\n  %-22s 9\n", "from_a_newer_daemon")); i < last {
+		t.Errorf("unknown counter missing or not last:\n%s", out)
+	}
+}
+
 func TestJSONShape(t *testing.T) {
 	b, err := json.Marshal(Conn{Protocol: "TCP", Client: netip.MustParseAddrPort("192.0.2.1:1"),
 		Channels: []Channel{{Kind: "passive", Client: netip.MustParseAddrPort("192.0.2.1:0"), VIP: vip, Server: rs1, ExpiresIn: 299}}})

@@ -231,30 +231,22 @@ func (s *Server) Status() Status {
 	return st
 }
 
-// StatNames are the engine's counters in the order status prints them.
+// StatNames are the engine's counters in the order status prints them: the
+// registry's (ipvs.Counters), whose names the daemon's log lines use too.
 var StatNames = func() []string {
-	names := []string{"packets", "scheduled", "no_server", "adopted", "snat_learned", "rewritten", "corrected", "held",
-		"dropped_out_of_order", "channels", "evicted", "channels_used", "stopped_tls", "conntrack_gone", "unparsed", "bad_checksum",
-		"helper_errors", "restored", "throttled", "skipped", "seqadj_set"}
-	for r := range ipvs.Refusal(len((*ipvs.Stats)(nil).Refused)) {
-		names = append(names, "refused_"+r.String())
+	var names []string
+	for _, c := range ipvs.Counters() {
+		names = append(names, c.Name)
 	}
 	return names
 }()
 
-// StatsMap is the engine's counters by the names of StatNames (the same
-// names the daemon's msg=stopping line uses).
+// StatsMap is the engine's counters by the names of StatNames.
 func StatsMap(s *ipvs.Stats) map[string]uint64 {
-	m := map[string]uint64{
-		"packets": s.Packets.Load(), "scheduled": s.Scheduled.Load(), "no_server": s.NoServer.Load(),
-		"adopted": s.Adopted.Load(), "snat_learned": s.SNATLearned.Load(),
-		"rewritten": s.Rewritten.Load(), "corrected": s.Corrected.Load(), "held": s.Held.Load(),
-		"dropped_out_of_order": s.Dropped.Load(), "channels": s.Channels.Load(), "evicted": s.Evicted.Load(),
-		"channels_used": s.Used.Load(), "stopped_tls": s.Stopped.Load(), "conntrack_gone": s.ConntrackGone.Load(), "unparsed": s.Unparsed.Load(),
-		"bad_checksum": s.BadChecksum.Load(), "helper_errors": s.HelperErrors.Load(), "restored": s.Restored.Load(), "throttled": s.Throttled.Load(), "skipped": s.Skipped.Load(), "seqadj_set": s.SeqAdjSet.Load(),
-	}
-	for r := range s.Refused {
-		m["refused_"+ipvs.Refusal(r).String()] = s.Refused[r].Load()
+	cs := ipvs.Counters()
+	m := make(map[string]uint64, len(cs))
+	for i := range cs {
+		m[cs[i].Name] = cs[i].Load(s)
 	}
 	return m
 }

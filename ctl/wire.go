@@ -58,7 +58,8 @@ type Status struct {
 	UDP           int       `json:"udp"`
 	Reloads       int       `json:"reloads"` // successful SIGHUP reloads
 	LastReload    *Reload   `json:"last_reload,omitempty"`
-	// Stats are the engine's counters by name; StatNames gives their order.
+	// Stats are the engine's counters by their registry names (ipvs.Counters);
+	// StatNames gives their order.
 	Stats map[string]uint64 `json:"stats"`
 }
 

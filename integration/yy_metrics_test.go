@@ -3,11 +3,15 @@
 package integration
 
 import (
-	"regexp"
-	"strconv"
+	"bytes"
+	"maps"
 	"strings"
 	"testing"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // TestMetrics scrapes the daemon's Prometheus endpoint on the router's
@@ -18,28 +22,62 @@ func TestMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatalf("scrape: %v\n%s", err, stderr)
 	}
-	text := string(out)
-	value := func(series string) float64 {
+	p := expfmt.NewTextParser(model.LegacyValidation)
+	fams, err := p.TextToMetricFamilies(bytes.NewReader(out))
+	if err != nil {
+		t.Fatalf("parse: %v\n%s", err, out)
+	}
+	// value is the sample of family name with exactly labels (name, value
+	// pairs); a histogram's is its count.
+	value := func(name string, labels ...string) float64 {
 		t.Helper()
-		m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(series) + ` (\S+)$`).FindStringSubmatch(text)
-		if m == nil {
-			t.Errorf("no series %s", series)
-			return 0
+		want := map[string]string{}
+		for i := 0; i+1 < len(labels); i += 2 {
+			want[labels[i]] = labels[i+1]
 		}
-		v, _ := strconv.ParseFloat(m[1], 64)
-		return v
+		for _, m := range fams[name].GetMetric() {
+			got := map[string]string{}
+			for _, l := range m.GetLabel() {
+				got[l.GetName()] = l.GetValue()
+			}
+			if !maps.Equal(got, want) {
+				continue
+			}
+			if m.Histogram != nil {
+				return float64(m.Histogram.GetSampleCount())
+			}
+			return m.Counter.GetValue()
+		}
+		t.Errorf("no series %s%q", name, labels)
+		return 0
 	}
-	for _, series := range []string{
-		"nfhelper_packets_total", "nfhelper_scheduled_connections_total", "nfhelper_rewritten_packets_total",
-		"nfhelper_data_channels_opened_total", `nfhelper_refusals_total{reason="bounce"}`, "nfhelper_verdict_duration_seconds_count",
-		`nfhelper_real_server_connections_total{service="ftp",server="10.0.0.11:21"}`,
+	for _, s := range []struct {
+		name   string
+		labels []string
+	}{
+		{"nfhelper_packets_total", nil},
+		{"nfhelper_scheduled_connections_total", nil},
+		{"nfhelper_rewritten_packets_total", nil},
+		{"nfhelper_data_channels_opened_total", nil},
+		{"nfhelper_refusals_total", []string{"reason", "bounce"}},
+		{"nfhelper_verdict_duration_seconds", nil}, // its count
+		{"nfhelper_real_server_connections_total", []string{"service", "ftp", "server", "10.0.0.11:21"}},
 	} {
-		if v := value(series); v <= 0 {
-			t.Errorf("%s = %v after the FTP tests, want > 0", series, v)
+		if v := value(s.name, s.labels...); v <= 0 {
+			t.Errorf("%s%q = %v after the FTP tests, want > 0", s.name, s.labels, v)
 		}
 	}
-	if !strings.Contains(text, "# TYPE nfhelper_verdict_duration_seconds histogram") {
-		t.Error("no verdict latency histogram")
+	if f := fams["nfhelper_verdict_duration_seconds"]; f.GetType() != dto.MetricType_HISTOGRAM {
+		t.Errorf("verdict latency: %v, want a histogram", f.GetType())
+	}
+	// The standard process and Go runtime families come along.
+	for _, name := range []string{"process_cpu_seconds_total", "process_open_fds", "go_goroutines"} {
+		if fams[name] == nil {
+			t.Errorf("no %s", name)
+		}
+	}
+	if !strings.Contains(string(out), "# TYPE nfhelper_verdict_duration_seconds histogram") {
+		t.Error("no verdict latency histogram in the text format")
 	}
 	// Not reachable from outside the router: the listener is on loopback.
 	if _, _, err := execIn(t, 10*time.Second, harness.tp.Client, nil, "curl", "-sS", "--max-time", "2", "http://203.0.113.1:9330/metrics"); err == nil {

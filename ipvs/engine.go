@@ -89,24 +89,6 @@ type synAck struct {
 	ack    seqnum.Value
 }
 
-// Stats counts what the engine did.
-type Stats struct {
-	Packets, Unparsed, Scheduled, NoServer atomic.Uint64
-	Adopted, SNATLearned                   atomic.Uint64 // add-on connections; of those, behind the user's SNAT
-	Rewritten, Corrected, Held, Dropped    atomic.Uint64 // packets altered, shifted, withholding, dropped out of order
-	BadChecksum, HelperErrors              atomic.Uint64
-	Channels, Evicted, Stopped             atomic.Uint64 // data channels opened, evicted by the limit; inspections stopped (TLS)
-	Used                                   atomic.Uint64 // data channels whose data connection started (their claim freed at once)
-	ConntrackGone                          atomic.Uint64 // connections removed because the kernel destroyed their conntrack entry
-	Panics                                 atomic.Uint64 // packets whose handling panicked (a bug), passed on unmodified
-	Backlogged                             atomic.Uint64 // data channels not opened: the datapath's backlog was full
-	Restored                               atomic.Uint64 // connections taken back from conntrack at start
-	Throttled                              atomic.Uint64 // segments dropped: their sender has maxEdits rewrites unacknowledged
-	Skipped                                atomic.Uint64 // streams that picked up after bytes went by the daemon (fail-open)
-	SeqAdjSet                              atomic.Uint64 // kernel datapath: seqadj records set outright before a verdict
-	Refused                                [numRefusals]atomic.Uint64
-}
-
 // NewEngine builds an engine for services. Real servers and add-ons
 // without a mark get one.
 func NewEngine(services []*Service, opts Options) (*Engine, error) {

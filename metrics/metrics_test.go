@@ -4,16 +4,26 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"reflect"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	_ "github.com/nfhelper/nfhelper/helpers/ftp"
 	"github.com/nfhelper/nfhelper/ipvs"
@@ -85,21 +95,134 @@ func newFixture(t testing.TB) *fixture {
 	return f
 }
 
-func scrape(t testing.TB, h http.Handler) (map[string]float64, map[string]*family) {
+// scrape GETs the metrics in the text format and parses them.
+func scrape(t testing.TB, h http.Handler) (map[string]float64, map[string]*dto.MetricFamily) {
 	t.Helper()
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	if rec.Code != http.StatusOK {
 		t.Fatalf("status %d", rec.Code)
 	}
-	if ct := rec.Header().Get("Content-Type"); ct != "text/plain; version=0.0.4; charset=utf-8" {
-		t.Fatalf("Content-Type %q", ct)
+	if f := expfmt.ResponseFormat(rec.Header()); f.FormatType() != expfmt.TypeTextPlain {
+		t.Fatalf("Content-Type %q", rec.Header().Get("Content-Type"))
+	}
+	if n, err := strconv.Atoi(rec.Header().Get("Content-Length")); err != nil || n != rec.Body.Len() {
+		t.Errorf("Content-Length %q for %d bytes", rec.Header().Get("Content-Length"), rec.Body.Len())
 	}
 	series, fams, err := parseExposition(rec.Body.String())
 	if err != nil {
 		t.Fatalf("%v\n%s", err, rec.Body.String())
 	}
 	return series, fams
+}
+
+// parseExposition parses the text format with names Prometheus accepts
+// without quoting, and flattens counters, gauges and histograms into
+// samples by series key (see lbl). It fails where the collector could err:
+// a series twice, a negative counter, a histogram whose buckets do not rise
+// to its count.
+func parseExposition(text string) (map[string]float64, map[string]*dto.MetricFamily, error) {
+	p := expfmt.NewTextParser(model.LegacyValidation)
+	fams, err := p.TextToMetricFamilies(strings.NewReader(text))
+	if err != nil {
+		return nil, nil, err
+	}
+	series := map[string]float64{}
+	add := func(name string, labels []*dto.LabelPair, v float64, pairs ...string) error {
+		var all []string
+		for _, l := range labels {
+			all = append(all, l.GetName(), l.GetValue())
+		}
+		k := lbl(name, append(all, pairs...)...)
+		if _, dup := series[k]; dup {
+			return fmt.Errorf("series %s twice", k)
+		}
+		series[k] = v
+		return nil
+	}
+	for name, f := range fams {
+		for _, m := range f.Metric {
+			var err error
+			switch f.GetType() {
+			case dto.MetricType_COUNTER:
+				if v := m.Counter.GetValue(); v < 0 || math.IsNaN(v) {
+					return nil, nil, fmt.Errorf("%s: counter %v", name, v)
+				}
+				err = add(name, m.Label, m.Counter.GetValue())
+			case dto.MetricType_GAUGE:
+				err = add(name, m.Label, m.Gauge.GetValue())
+			case dto.MetricType_HISTOGRAM:
+				err = addHistogram(name, m, add)
+			}
+			if err != nil {
+				return nil, nil, err
+			}
+		}
+	}
+	return series, fams, nil
+}
+
+func addHistogram(name string, m *dto.Metric, add func(string, []*dto.LabelPair, float64, ...string) error) error {
+	h := m.Histogram
+	var last uint64
+	inf := false
+	for _, b := range h.Bucket {
+		if b.GetCumulativeCount() < last {
+			return fmt.Errorf("%s: buckets not cumulative", name)
+		}
+		last = b.GetCumulativeCount()
+		le := strconv.FormatFloat(b.GetUpperBound(), 'g', -1, 64)
+		if math.IsInf(b.GetUpperBound(), 1) {
+			le, inf = "+Inf", true
+		}
+		if err := add(name+"_bucket", m.Label, float64(last), "le", le); err != nil {
+			return err
+		}
+	}
+	if last > h.GetSampleCount() || (inf && last != h.GetSampleCount()) {
+		return fmt.Errorf("%s: buckets rise to %d, count %d", name, last, h.GetSampleCount())
+	}
+	if !inf {
+		if err := add(name+"_bucket", m.Label, float64(h.GetSampleCount()), "le", "+Inf"); err != nil {
+			return err
+		}
+	}
+	if err := add(name+"_sum", m.Label, h.GetSampleSum()); err != nil {
+		return err
+	}
+	return add(name+"_count", m.Label, float64(h.GetSampleCount()))
+}
+
+// lbl names a series: name{a="x",b="y"} from name and label pairs, the
+// labels sorted.
+func lbl(name string, pairs ...string) string {
+	var ls []string
+	for i := 0; i+1 < len(pairs); i += 2 {
+		ls = append(ls, fmt.Sprintf("%s=%q", pairs[i], pairs[i+1]))
+	}
+	sort.Strings(ls)
+	if len(ls) == 0 {
+		return name
+	}
+	return name + "{" + strings.Join(ls, ",") + "}"
+}
+
+// addToStats adds distinct amounts to every counter of s.
+func addToStats(s *ipvs.Stats) {
+	n := uint64(1000)
+	v := reflect.ValueOf(s).Elem()
+	for i := range v.NumField() {
+		f := v.Field(i)
+		if f.Kind() != reflect.Array {
+			f.Addr().Interface().(*atomic.Uint64).Add(n)
+			n++
+			continue
+		}
+		for j := range f.Len() {
+			f.Index(j).Addr().Interface().(*atomic.Uint64).Add(n)
+			n++
+		}
+	}
 }
 
 func TestHandlerValues(t *testing.T) {
@@ -110,12 +233,7 @@ func TestHandlerValues(t *testing.T) {
 	}
 	w.Process(udp(ap("203.0.113.2:5353"), ap("198.51.100.10:53")), 0)
 
-	for i, c := range engineCounters {
-		c.get(&f.e.Stats).Add(uint64(1000 + i))
-	}
-	for i := range f.e.Stats.Refused {
-		f.e.Stats.Refused[i].Add(uint64(7 + i))
-	}
+	addToStats(&f.e.Stats)
 	f.q[0].ReadErrors.Add(5)
 	f.q[2].ReadErrors.Add(6)
 	f.q[1].VerdictErrors.Add(2)
@@ -184,13 +302,29 @@ func TestHandlerValues(t *testing.T) {
 		lbl("nfhelper_real_server_weight", "service", weirdName, "server", "10.0.0.12:21"):               3,
 		lbl("nfhelper_real_server_weight", "service", "dns", "server", "[fd00::53]:53"):                  2,
 	}
-	// The worker's own counting comes on top of the fixture's additions.
-	extra := map[string]uint64{"nfhelper_packets_total": 4, "nfhelper_scheduled_connections_total": 4}
-	for i, c := range engineCounters {
-		want[lbl(c.name)] = float64(uint64(1000+i) + extra[c.name])
+	for _, c := range ipvs.Counters() {
+		k := lbl(c.Metric)
+		if c.LabelName != "" {
+			k = lbl(c.Metric, c.LabelName, c.LabelValue)
+		}
+		want[k] = float64(c.Load(&f.e.Stats))
 	}
-	for i := range f.e.Stats.Refused {
-		want[lbl("nfhelper_refusals_total", "reason", ipvs.Refusal(i).String())] = float64(7 + i)
+	// Spot checks that the registry's reading lands where it should, the
+	// worker's counting on top of addToStats's.
+	st := &f.e.Stats
+	for k, v := range map[string]uint64{
+		lbl("nfhelper_packets_total"):                       st.Packets.Load(),
+		lbl("nfhelper_worker_panics_total"):                 st.Panics.Load(),
+		lbl("nfhelper_data_channels_backlogged_total"):      st.Backlogged.Load(),
+		lbl("nfhelper_refusals_total", "reason", "no_port"): st.Refused[ipvs.RefuseNoPort].Load(),
+		lbl("nfhelper_dropped_out_of_order_total"):          st.Dropped.Load(),
+	} {
+		if want[k] != float64(v) || v < 1000 {
+			t.Errorf("%s: registry reads %v, Stats has %d", k, want[k], v)
+		}
+	}
+	if st.Packets.Load() != 1000+4 {
+		t.Errorf("packets %d: the worker's 4 on top of addToStats's 1000", st.Packets.Load())
 	}
 	for k, v := range want {
 		got, ok := s[k]
@@ -205,16 +339,22 @@ func TestHandlerValues(t *testing.T) {
 	if _, ok := s[lbl("nfhelper_queue_packets_total", "queue", "102")]; ok {
 		t.Error("queue 102 was not given to New but is exported")
 	}
-	if n := len(fams["nfhelper_refusals_total"].samples); n != len(f.e.Stats.Refused) {
+	if n := len(fams["nfhelper_refusals_total"].Metric); n != len(f.e.Stats.Refused) {
 		t.Errorf("%d refusal reasons, want %d", n, len(f.e.Stats.Refused))
 	}
-	// Every family this package writes has samples and a HELP text.
+	// Every family this package writes has a HELP text and a counter's
+	// name ends in _total; the standard ones are there too.
 	for name, fam := range fams {
-		if !strings.HasPrefix(name, "nfhelper_") {
-			t.Errorf("%s: no nfhelper_ prefix", name)
+		if !strings.HasPrefix(name, "nfhelper_") && !strings.HasPrefix(name, "process_") && !strings.HasPrefix(name, "go_") {
+			t.Errorf("%s: not nfhelper_, process_ or go_", name)
 		}
-		if len(fam.samples) == 0 {
-			t.Errorf("%s: no samples", name)
+		if fam.GetHelp() == "" || (fam.GetType() == dto.MetricType_COUNTER && !strings.HasSuffix(name, "_total")) {
+			t.Errorf("%s: %s, help %q", name, fam.GetType(), fam.GetHelp())
+		}
+	}
+	for _, name := range []string{"process_cpu_seconds_total", "process_resident_memory_bytes", "go_goroutines", "go_memstats_heap_alloc_bytes"} {
+		if fams[name] == nil {
+			t.Errorf("no %s", name)
 		}
 	}
 }
@@ -238,35 +378,34 @@ func TestHandlerMethods(t *testing.T) {
 	}
 }
 
-func TestChecker(t *testing.T) {
-	const good = "# HELP x_total h\n# TYPE x_total counter\nx_total{a=\"q\\\"\\\\\\n\"} 1\n" +
-		"# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 3\nh_count 2\n"
-	s, _, err := parseExposition(good)
+// TestCollectorPedantic: the collector collects only what it describes,
+// once each (the pedantic registry checks every metric against Describe).
+func TestCollectorPedantic(t *testing.T) {
+	f := newFixture(t)
+	f.e.Stats.Refused[ipvs.RefuseBounce].Add(1)
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(collector{f.m}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.Gather(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestNotUTF8: a service name that is no UTF-8 cannot be a label value;
+// its series are left out and the rest is served.
+func TestNotUTF8(t *testing.T) {
+	svc, err := ipvs.NewService("bad\xff", ap("198.51.100.30:80"), "rr", nil, []*ipvs.RealServer{{Addr: ap("10.0.0.30:80"), Weight: 1}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s[lbl("x_total", "a", "q\"\\\n")] != 1 {
-		t.Errorf("label value not unescaped: %v", s)
+	e, err := ipvs.NewEngine([]*ipvs.Service{svc}, ipvs.Options{MarkMask: 0x00ff0000})
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, bad := range []string{
-		"x_total 1\n",                                    // no TYPE
-		"# TYPE x_total counter\ny_total 1\n",            // another family
-		"# TYPE x_total counter\nx_total{a=\"\"\"} 1\n",  // bare quote
-		"# TYPE x_total counter\nx_total{a=\"\\t\"} 1\n", // bad escape
-		"# TYPE x_total counter\nx_total{a=\"1\"} 1\nx_total{a=\"1\"} 2\n",
-		"# TYPE x counter\nx 1\n",        // counter without _total
-		"# TYPE 1x gauge\n1x 1\n",        // bad name
-		"# TYPE x gauge\nx{1a=\"\"} 1\n", // bad label name
-		"# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_sum 0\nh_count 1\n", // not cumulative
-		"# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 0\nh_count 3\n", // +Inf != count
-		"# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_sum 0\nh_count 1\n",                          // no +Inf
-		"# TYPE x gauge\nx 1",                             // no final line feed
-		"# TYPE x gauge\n# TYPE x gauge\nx 1\n",           // declared twice
-		"# TYPE x gauge\nx 1\n# TYPE y gauge\ny 1\nx 2\n", // not contiguous
-	} {
-		if _, _, err := parseExposition(bad); err == nil {
-			t.Errorf("accepted %q", bad)
-		}
+	s, fams := scrape(t, New(e, nil).Handler())
+	if _, ok := s[lbl("nfhelper_connections", "proto", "tcp")]; !ok || fams["nfhelper_service_info"] != nil {
+		t.Errorf("series %v", s)
 	}
 }
 
@@ -463,4 +602,18 @@ func BenchmarkObserveVerdict(b *testing.B) {
 			d = (d + 7*time.Microsecond) % (200 * time.Millisecond)
 		}
 	})
+}
+
+func BenchmarkScrape(b *testing.B) {
+	f := newFixture(b)
+	h := f.m.Handler()
+	req := httptest.NewRequest("GET", "/metrics", nil)
+	b.ReportAllocs()
+	for b.Loop() {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != http.StatusOK {
+			b.Fatal(rec.Code)
+		}
+	}
 }

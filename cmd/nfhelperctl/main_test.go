@@ -20,7 +20,8 @@ func ctlRun(args ...string) (code int, stdout, stderr string) {
 	return code, o.String(), e.String()
 }
 
-// daemon serves a small engine on a socket in a temp dir.
+// daemon serves a small engine on a socket in a temp dir; its panics and
+// backlogged counters are 5 and 6.
 func daemon(t *testing.T, checks []ctl.Check) string {
 	t.Helper()
 	svc, err := ipvs.NewService("ftp", netip.MustParseAddrPort("198.51.100.10:21"), "rr", nil,
@@ -32,6 +33,8 @@ func daemon(t *testing.T, checks []ctl.Check) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.Stats.Panics.Add(5)
+	e.Stats.Backlogged.Add(6)
 	s := &ctl.Server{Engine: e, Info: ctl.Info{Pid: 77, Started: time.Now(), Datapath: "dp", Table: "nfhelper", Queues: ctl.Queues{First: 100, Count: 1}},
 		CheckFunc: func(context.Context) []ctl.Check { return checks },
 		RulesFunc: func(context.Context) (ctl.Rules, error) {
@@ -122,5 +125,25 @@ func TestCheckFailedExit(t *testing.T) {
 	var r ctl.CheckReport
 	if err := json.Unmarshal([]byte(out), &r); code != 1 || err != nil || !r.Failed() {
 		t.Errorf("json: exit %d, %v, %q", code, err, out)
+	}
+}
+
+// TestStatusCounters: status shows every engine counter, panics and
+// backlogged too, in text and JSON.
+func TestStatusCounters(t *testing.T) {
+	path := daemon(t, nil)
+	code, out, errOut := ctlRun("--socket", path, "status")
+	for _, want := range []string{"\n  panics                 5\n", "\n  backlogged             6\n", "\n  refused_bounce         0\n"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("exit %d, stdout lacks %q:\n%s\nstderr %q", code, want, out, errOut)
+		}
+	}
+	code, out, errOut = ctlRun("--socket", path, "status", "--json")
+	var st ctl.Status
+	if err := json.Unmarshal([]byte(out), &st); code != 0 || err != nil {
+		t.Fatalf("exit %d, %v, stdout %q, stderr %q", code, err, out, errOut)
+	}
+	if st.Stats["panics"] != 5 || st.Stats["backlogged"] != 6 || len(st.Stats) != len(ipvs.Counters()) {
+		t.Errorf("stats %v", st.Stats)
 	}
 }
