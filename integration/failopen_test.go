@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/netip"
 	"os"
@@ -177,6 +178,7 @@ var failOpenModes = []struct {
 // sessions itself, without the kernel's helper.
 func TestFailOpenNewSessions(t *testing.T) {
 	d := needDaemon(t)
+	forgetOutageAfter(t)
 	tp := harness.tp
 	if strings.Contains(d.Log(), "fail-open covers control connections only") {
 		t.Skip("the kernel has no FTP helper: fail-open covers control connections only")
@@ -339,6 +341,7 @@ func TestFailOpenNewSessions(t *testing.T) {
 // forward.
 func TestFailOpenStraddle(t *testing.T) {
 	d := needDaemon(t)
+	forgetOutageAfter(t)
 	script := filepath.Join(t.TempDir(), "hold.py")
 	if err := os.WriteFile(script, []byte(holdClient), 0o644); err != nil {
 		t.Fatal(err)
@@ -388,4 +391,35 @@ func TestFailOpenStraddle(t *testing.T) {
 	}
 
 	restartAfterKill(t)
+}
+
+// forgetOutageAfter removes, when t ends, what its outage left in the
+// router's kernel for the tests after it: the control connections the
+// kernel's FTP helper took (in TIME_WAIT for two minutes after they end),
+// and the bypassed maps, where a reply that passed while the daemon was
+// down sends its client's unannounced data connections to its server for
+// five minutes.
+func forgetOutageAfter(t *testing.T) {
+	t.Cleanup(func() {
+		tp := harness.tp
+		for _, e := range conntrackTCP(t, tp.Router) {
+			if !strings.Contains(e.line, " helper=ftp") {
+				continue
+			}
+			fam := "ipv4"
+			if e.origSrc.Addr().Is6() {
+				fam = "ipv6"
+			}
+			if out, err := tp.Run(context.Background(), tp.Router, "conntrack", "-D", "-f", fam, "-p", "tcp",
+				"-s", e.origSrc.Addr().String(), "--sport", fmt.Sprint(e.origSrc.Port()),
+				"-d", e.origDst.Addr().String(), "--dport", fmt.Sprint(e.origDst.Port())); err != nil {
+				t.Logf("conntrack -D %s -> %s: %v %s", e.origSrc, e.origDst, err, out)
+			}
+		}
+		for _, m := range []string{"bypassed4", "bypassed6", "bypassed_active4", "bypassed_active6"} {
+			if out, err := tp.Run(context.Background(), tp.Router, "nft", "flush", "map", "inet", "nfhelper", m); err != nil {
+				t.Logf("flush map %s: %v %s", m, err, out)
+			}
+		}
+	})
 }
