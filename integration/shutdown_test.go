@@ -33,6 +33,7 @@ import (
 func TestDaemonShutdown(t *testing.T) {
 	d := needDaemon(t)
 	tp := harness.tp
+	provokeRefusal(t) // for refusal-counters, whichever tests ran before
 
 	harness.mu.Lock()
 	harness.stopped = true
