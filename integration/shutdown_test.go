@@ -32,6 +32,7 @@ import (
 //     cleanly.
 func TestDaemonShutdown(t *testing.T) {
 	d := needDaemon(t)
+	forgetOutageAfter(t)
 	tp := harness.tp
 	provokeRefusal(t) // for refusal-counters, whichever tests ran before
 
