@@ -398,17 +398,11 @@ func TestFailOpenStraddle(t *testing.T) {
 // 1 to 3 in 2,500 (a 229's data connection refused, a 227 passing
 // unrewritten), none once they were flushed. And the bypassed maps, where a
 // reply that passed while the daemon was down sends its client's
-// unannounced data connections to its server for five minutes. No other
-// test runs meanwhile: the flush takes only ended connections.
+// unannounced data connections to its server for five minutes.
 func forgetOutageAfter(t *testing.T) {
 	t.Cleanup(func() {
-		tp := harness.tp
-		ctx := context.Background()
-		for _, fam := range []string{"ipv4", "ipv6"} {
-			if out, err := tp.Run(ctx, tp.Router, "conntrack", "-F", "-f", fam); err != nil {
-				t.Errorf("conntrack -F -f %s: %v %s", fam, err, out)
-			}
-		}
+		flushConntrack(t)
+		tp, ctx := harness.tp, context.Background()
 		for _, m := range []string{"bypassed4", "bypassed6", "bypassed_active4", "bypassed_active6"} {
 			// The table is gone where t ended with the daemon stopped.
 			if out, err := tp.Run(ctx, tp.Router, "nft", "flush", "map", "inet", "nfhelper", m); err != nil {
@@ -416,4 +410,15 @@ func forgetOutageAfter(t *testing.T) {
 			}
 		}
 	})
+}
+
+// flushConntrack empties the router's conntrack table. No other test runs
+// meanwhile: it takes only connections that ended or were abandoned.
+func flushConntrack(t *testing.T) {
+	t.Helper()
+	for _, fam := range []string{"ipv4", "ipv6"} {
+		if out, err := harness.tp.Run(context.Background(), harness.tp.Router, "conntrack", "-F", "-f", fam); err != nil {
+			t.Errorf("conntrack -F -f %s: %v %s", fam, err, out)
+		}
+	}
 }
