@@ -199,136 +199,17 @@ func (c *Config) validate(r *report) {
 	if len(c.Services) == 0 && len(c.Helpers) == 0 {
 		r.at("", "no services and no helpers")
 	}
-	names := map[string]int{} // name -> line
-	claimName := func(path, name string) {
-		np := child(path, "name")
-		if name == "" {
-			r.at(np, "missing: each entry needs a name")
-			return
-		}
-		if line, dup := names[name]; dup {
-			r.at(np, "name %q used twice (first at line %d)", name, line)
-			return
-		}
-		names[name] = r.line(np)
-	}
-	vips := map[netip.AddrPort]owner{} // TCP VIPs and add-on destinations
-	udpVIPs := map[netip.AddrPort]owner{}
-	total := 0
-	countServer := func(path string) {
-		if total++; total == MaxRealServers+1 {
-			r.at(path, "more than %d real servers and helpers together (the packet mark names each)", MaxRealServers)
-		}
+	v := validator{
+		r:       r,
+		names:   map[string]int{},
+		vips:    map[netip.AddrPort]owner{},
+		udpVIPs: map[netip.AddrPort]owner{},
 	}
 	for i := range c.Services {
-		s := &c.Services[i]
-		sp := index("services", i)
-		claimName(sp, s.Name)
-		switch s.Protocol {
-		case "":
-			s.Protocol = "tcp"
-		case "tcp", "udp":
-		default:
-			r.at(child(sp, "protocol"), "%q is not a protocol (have tcp, udp)", s.Protocol)
-		}
-		vp := child(sp, "vip")
-		if ap, ok := parseAddrPort(r, vp, s.VIP); ok {
-			s.VIPAddr = ap
-			taken := vips
-			what := "vip"
-			if s.Protocol == "udp" {
-				taken, what = udpVIPs, "udp vip"
-			}
-			if o, dup := taken[ap]; dup {
-				r.at(vp, "%s %s already used by %s", what, ap, o)
-			} else {
-				taken[ap] = owner{"service", s.Name, r.line(vp)}
-			}
-		}
-		if s.Scheduler == "" {
-			s.Scheduler = "rr"
-		}
-		if _, err := ipvs.NewScheduler(s.Scheduler); err != nil {
-			r.at(child(sp, "scheduler"), "%v", err)
-		}
-		if s.Helper != "" {
-			hp := child(sp, "helper")
-			if _, ok := ipvs.LookupHelper(s.Helper); !ok {
-				r.at(hp, "unknown helper %q (have %s)", s.Helper, strings.Join(ipvs.HelperNames(), ", "))
-			} else if s.Protocol == "udp" {
-				r.at(hp, "helper %q reads TCP streams; a udp service has none", s.Helper)
-			}
-		}
-		s.ChannelPolicy.validate(r, sp)
-		if p := s.Persistence; p != nil {
-			pp := child(sp, "persistence")
-			v4, v6 := p.Prefixes()
-			if p.Timeout < time.Second || p.Timeout > 30*24*time.Hour {
-				if p.Timeout == 0 {
-					r.at(child(pp, "timeout"), "missing: persistence needs a timeout in 1s..720h")
-				} else {
-					r.at(child(pp, "timeout"), "%s out of 1s..720h", p.Timeout)
-				}
-			}
-			if v4 < 1 || v4 > 32 {
-				r.at(child(pp, "prefix4"), "%d out of 1..32", v4)
-			}
-			if v6 < 1 || v6 > 128 {
-				r.at(child(pp, "prefix6"), "%d out of 1..128", v6)
-			}
-		}
-		rp := child(sp, "real_servers")
-		if len(s.RealServers) == 0 {
-			what := "missing"
-			if r.values[rp] != nil {
-				what = "empty"
-			}
-			r.at(rp, "%s: a service needs at least one real server", what)
-		}
-		seen := map[netip.AddrPort]int{}
-		for j := range s.RealServers {
-			rs := &s.RealServers[j]
-			ip := index(rp, j)
-			countServer(ip)
-			ap := child(ip, "address")
-			if a, ok := parseAddrPort(r, ap, rs.Address); ok {
-				rs.Addr = a
-				if s.VIPAddr.IsValid() && a.Addr().Is4() != s.VIPAddr.Addr().Is4() {
-					r.at(ap, "%s is not of the vip's address family (vip %s)", a, s.VIPAddr)
-				} else if line, dup := seen[a]; dup {
-					r.at(ap, "real server %s listed twice (first at line %d)", a, line)
-				} else {
-					seen[a] = r.line(ap)
-				}
-			}
-			if w := rs.EffectiveWeight(); w < 0 || w > 65535 {
-				r.at(child(ip, "weight"), "%d out of 0..65535", w)
-			}
-		}
+		v.service(&c.Services[i], index("services", i))
 	}
 	for i := range c.Helpers {
-		h := &c.Helpers[i]
-		hp := index("helpers", i)
-		countServer(hp)
-		claimName(hp, h.Name)
-		switch {
-		case h.Helper == "":
-			r.at(child(hp, "helper"), "missing (have %s)", strings.Join(ipvs.HelperNames(), ", "))
-		default:
-			if _, ok := ipvs.LookupHelper(h.Helper); !ok {
-				r.at(child(hp, "helper"), "unknown helper %q (have %s)", h.Helper, strings.Join(ipvs.HelperNames(), ", "))
-			}
-		}
-		dp := child(hp, "match.destination")
-		if a, ok := parseAddrPort(r, dp, h.Match.Destination); ok {
-			h.MatchAddr = a
-			if o, dup := vips[a]; dup {
-				r.at(dp, "destination %s already used by %s", a, o)
-			} else {
-				vips[a] = owner{"add-on", h.Name, r.line(dp)}
-			}
-		}
-		h.ChannelPolicy.validate(r, hp)
+		v.addOn(&c.Helpers[i], index("helpers", i))
 	}
 	if a := c.Metrics.Address; a != "" {
 		if _, _, err := net.SplitHostPort(a); err != nil {
@@ -341,6 +222,153 @@ func (c *Config) validate(r *report) {
 			r.at("queue.count", "queues %d..%d: past 65535", first, int(first)+int(q.Count)-1)
 		}
 	}
+}
+
+// validator is what checking one entry needs to know of the entries
+// before it.
+type validator struct {
+	r       *report
+	names   map[string]int           // name -> line
+	vips    map[netip.AddrPort]owner // TCP VIPs and add-on destinations
+	udpVIPs map[netip.AddrPort]owner
+	total   int // real servers and helpers so far
+}
+
+func (v *validator) claimName(path, name string) {
+	np := child(path, "name")
+	if name == "" {
+		v.r.at(np, "missing: each entry needs a name")
+		return
+	}
+	if line, dup := v.names[name]; dup {
+		v.r.at(np, "name %q used twice (first at line %d)", name, line)
+		return
+	}
+	v.names[name] = v.r.line(np)
+}
+
+func (v *validator) countServer(path string) {
+	if v.total++; v.total == MaxRealServers+1 {
+		v.r.at(path, "more than %d real servers and helpers together (the packet mark names each)", MaxRealServers)
+	}
+}
+
+func (v *validator) service(s *Service, sp string) {
+	r := v.r
+	v.claimName(sp, s.Name)
+	switch s.Protocol {
+	case "":
+		s.Protocol = "tcp"
+	case "tcp", "udp":
+	default:
+		r.at(child(sp, "protocol"), "%q is not a protocol (have tcp, udp)", s.Protocol)
+	}
+	vp := child(sp, "vip")
+	if ap, ok := parseAddrPort(r, vp, s.VIP); ok {
+		s.VIPAddr = ap
+		taken := v.vips
+		what := "vip"
+		if s.Protocol == "udp" {
+			taken, what = v.udpVIPs, "udp vip"
+		}
+		if o, dup := taken[ap]; dup {
+			r.at(vp, "%s %s already used by %s", what, ap, o)
+		} else {
+			taken[ap] = owner{"service", s.Name, r.line(vp)}
+		}
+	}
+	if s.Scheduler == "" {
+		s.Scheduler = "rr"
+	}
+	if _, err := ipvs.NewScheduler(s.Scheduler); err != nil {
+		r.at(child(sp, "scheduler"), "%v", err)
+	}
+	if s.Helper != "" {
+		hp := child(sp, "helper")
+		if _, ok := ipvs.LookupHelper(s.Helper); !ok {
+			r.at(hp, "unknown helper %q (have %s)", s.Helper, strings.Join(ipvs.HelperNames(), ", "))
+		} else if s.Protocol == "udp" {
+			r.at(hp, "helper %q reads TCP streams; a udp service has none", s.Helper)
+		}
+	}
+	s.ChannelPolicy.validate(r, sp)
+	if p := s.Persistence; p != nil {
+		p.validate(r, child(sp, "persistence"))
+	}
+	v.realServers(s, child(sp, "real_servers"))
+}
+
+func (p *Persistence) validate(r *report, pp string) {
+	v4, v6 := p.Prefixes()
+	if p.Timeout < time.Second || p.Timeout > 30*24*time.Hour {
+		if p.Timeout == 0 {
+			r.at(child(pp, "timeout"), "missing: persistence needs a timeout in 1s..720h")
+		} else {
+			r.at(child(pp, "timeout"), "%s out of 1s..720h", p.Timeout)
+		}
+	}
+	if v4 < 1 || v4 > 32 {
+		r.at(child(pp, "prefix4"), "%d out of 1..32", v4)
+	}
+	if v6 < 1 || v6 > 128 {
+		r.at(child(pp, "prefix6"), "%d out of 1..128", v6)
+	}
+}
+
+// realServers checks s's real servers (at rp), after its VIP.
+func (v *validator) realServers(s *Service, rp string) {
+	r := v.r
+	if len(s.RealServers) == 0 {
+		what := "missing"
+		if r.values[rp] != nil {
+			what = "empty"
+		}
+		r.at(rp, "%s: a service needs at least one real server", what)
+	}
+	seen := map[netip.AddrPort]int{}
+	for j := range s.RealServers {
+		rs := &s.RealServers[j]
+		ip := index(rp, j)
+		v.countServer(ip)
+		ap := child(ip, "address")
+		if a, ok := parseAddrPort(r, ap, rs.Address); ok {
+			rs.Addr = a
+			if s.VIPAddr.IsValid() && a.Addr().Is4() != s.VIPAddr.Addr().Is4() {
+				r.at(ap, "%s is not of the vip's address family (vip %s)", a, s.VIPAddr)
+			} else if line, dup := seen[a]; dup {
+				r.at(ap, "real server %s listed twice (first at line %d)", a, line)
+			} else {
+				seen[a] = r.line(ap)
+			}
+		}
+		if w := rs.EffectiveWeight(); w < 0 || w > 65535 {
+			r.at(child(ip, "weight"), "%d out of 0..65535", w)
+		}
+	}
+}
+
+func (v *validator) addOn(h *AddOn, hp string) {
+	r := v.r
+	v.countServer(hp)
+	v.claimName(hp, h.Name)
+	switch {
+	case h.Helper == "":
+		r.at(child(hp, "helper"), "missing (have %s)", strings.Join(ipvs.HelperNames(), ", "))
+	default:
+		if _, ok := ipvs.LookupHelper(h.Helper); !ok {
+			r.at(child(hp, "helper"), "unknown helper %q (have %s)", h.Helper, strings.Join(ipvs.HelperNames(), ", "))
+		}
+	}
+	dp := child(hp, "match.destination")
+	if a, ok := parseAddrPort(r, dp, h.Match.Destination); ok {
+		h.MatchAddr = a
+		if o, dup := v.vips[a]; dup {
+			r.at(dp, "destination %s already used by %s", a, o)
+		} else {
+			v.vips[a] = owner{"add-on", h.Name, r.line(dp)}
+		}
+	}
+	h.ChannelPolicy.validate(r, hp)
 }
 
 func (p *ChannelPolicy) validate(r *report, path string) {

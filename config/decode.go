@@ -114,17 +114,7 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) {
 	t := v.Type()
 	switch {
 	case t == durationType:
-		if s, ok := d.scalar(n, pos, path, "a duration such as 300s"); ok {
-			dur, err := time.ParseDuration(s)
-			switch {
-			case err == nil:
-				v.SetInt(int64(dur))
-			case n.ShortTag() == "!!int" || n.ShortTag() == "!!float":
-				d.r.addAt(pos, path, "%s is not a duration: give a unit, as %ss", s, s)
-			default:
-				d.r.addAt(pos, path, "%q is not a duration (as 300s, 5m or 1h30m)", s)
-			}
-		}
+		d.duration(n, pos, v, path)
 	case t.Kind() == reflect.Struct:
 		d.mapping(n, pos, v, path)
 	case t.Kind() == reflect.Slice:
@@ -151,25 +141,50 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) {
 			v.SetBool(b)
 		}
 	case t.Kind() >= reflect.Int && t.Kind() <= reflect.Uint64:
-		if s, ok := d.scalar(n, pos, path, "an integer"); ok {
-			var i int64
-			if n.ShortTag() != "!!int" || n.Decode(&i) != nil {
-				d.r.addAt(pos, path, "%q is not an integer", s)
-				return
-			}
-			lo, hi := intRange(t)
-			if i < lo || i > hi {
-				d.r.addAt(pos, path, "%d out of %d..%d", i, lo, hi)
-				return
-			}
-			if v.CanUint() {
-				v.SetUint(uint64(i))
-			} else {
-				v.SetInt(i)
-			}
-		}
+		d.integer(n, pos, v, path)
 	default:
 		panic(fmt.Sprintf("config: no decoding for %s", t))
+	}
+}
+
+// duration decodes scalar n (pos: where it was written) into v.
+func (d *decoder) duration(n, pos *yaml.Node, v reflect.Value, path string) {
+	s, ok := d.scalar(n, pos, path, "a duration such as 300s")
+	if !ok {
+		return
+	}
+	dur, err := time.ParseDuration(s)
+	switch {
+	case err == nil:
+		v.SetInt(int64(dur))
+	case n.ShortTag() == "!!int" || n.ShortTag() == "!!float":
+		d.r.addAt(pos, path, "%s is not a duration: give a unit, as %ss", s, s)
+	default:
+		d.r.addAt(pos, path, "%q is not a duration (as 300s, 5m or 1h30m)", s)
+	}
+}
+
+// integer decodes scalar n (pos: where it was written) into v, an integer
+// of any size, within its range.
+func (d *decoder) integer(n, pos *yaml.Node, v reflect.Value, path string) {
+	s, ok := d.scalar(n, pos, path, "an integer")
+	if !ok {
+		return
+	}
+	var i int64
+	if n.ShortTag() != "!!int" || n.Decode(&i) != nil {
+		d.r.addAt(pos, path, "%q is not an integer", s)
+		return
+	}
+	lo, hi := intRange(v.Type())
+	if i < lo || i > hi {
+		d.r.addAt(pos, path, "%d out of %d..%d", i, lo, hi)
+		return
+	}
+	if v.CanUint() {
+		v.SetUint(uint64(i))
+	} else {
+		v.SetInt(i)
 	}
 }
 

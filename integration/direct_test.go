@@ -13,8 +13,8 @@ import (
 
 // TestTopologyDirect needs no daemon: from the router namespace every client
 // fetches big.bin from rs1 directly, in every mode, proving the topology, the
-// vsftpd configuration and the clients. It runs first, before nfhelperd's
-// rules exist.
+// vsftpd configuration and the clients. The router's own connections are
+// not the daemon's: a running daemon passes their packets unchanged.
 func TestTopologyDirect(t *testing.T) {
 	tp := needTopo(t)
 	tg := target{

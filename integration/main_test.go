@@ -7,8 +7,11 @@
 //	go test -tags integration -v ./integration/
 //
 // Set NFH_DAEMON_BIN to test a prebuilt nfhelperd instead of building
-// ./cmd/nfhelperd. Tests run in file order; the daemon shutdown tests are last
-// (zz_shutdown_test.go), so do not use -shuffle.
+// ./cmd/nfhelperd. The tests share one topology (built in TestMain) and one
+// daemon, which needDaemon starts when none runs; a test that stops or kills
+// it leaves the next one to start it again, and a test that leaves state in
+// the kernel beyond itself removes it when it ends. So they run in any
+// order: make integration runs them with -shuffle on.
 package integration
 
 import (
@@ -368,6 +371,7 @@ func needDaemon(t *testing.T) *topo.Daemon {
 			t.Fatalf("nfhelperd did not start: %v", err)
 		}
 		harness.daemon, harness.stopped = d, false
+		resetRefusals()
 		reportDatapath(t, d)
 	}
 	d := harness.daemon
@@ -419,13 +423,4 @@ func execIn(t *testing.T, timeout time.Duration, ns string, env []string, name s
 func sha256Hex(b []byte) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
-}
-
-func fileSHA256(t *testing.T, path string) string {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("read downloaded file: %v", err)
-	}
-	return sha256Hex(b)
 }

@@ -92,6 +92,10 @@ func engineStats(t *testing.T) map[string]uint64 {
 // real server.
 func TestManySessionsOneClient(t *testing.T) {
 	d := needDaemon(t)
+	// Its sessions go through the whole ephemeral port range: a tuple an
+	// earlier test left in conntrack (a connection abandoned, not in
+	// TIME_WAIT) would take a new connection to that test's server.
+	flushConntrack(t)
 	reportDatapath(t, d)
 	n := manySessions(t)
 	before := engineStats(t)
@@ -130,6 +134,10 @@ func TestManySessionsOneClient(t *testing.T) {
 // FTP helper to rewrite PORT; they are left to TestManySessionsOneClient.
 func TestManySessionsBehindSNAT(t *testing.T) {
 	d := needDaemon(t)
+	// Its sessions go through the whole ephemeral port range: a tuple an
+	// earlier test left in conntrack (a connection abandoned, not in
+	// TIME_WAIT) would take a new connection to that test's server.
+	flushConntrack(t)
 	reportDatapath(t, d)
 	tp := harness.tp
 	n := manySessions(t)

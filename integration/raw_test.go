@@ -453,6 +453,31 @@ func countRefusal(reason string) {
 	refusals.n[reason]++
 }
 
+// provokeRefusal sends the running daemon one bounce (a PORT naming rs2,
+// through the quirky server, which would accept it) and counts it, so that
+// a test checking the daemon's refusal counters has one whatever ran
+// before. It returns false where quirkyftpd does not run.
+func provokeRefusal(t *testing.T) bool {
+	t.Helper()
+	if harness.noQuirky != "" {
+		return false
+	}
+	f := dialRaw(t, net.JoinHostPort(topo.VIP4, fmt.Sprint(topo.QuirkyPort)))
+	f.login("anonymous")
+	// The server's reply comes after the daemon refused the command.
+	f.send("PORT 10,0,0,12,156,64\r\n")
+	code, msg, err := f.reply()
+	if err != nil {
+		t.Fatalf("bounce: no reply: %v", err)
+	}
+	if code/100 == 2 {
+		t.Errorf("a bounce reached the server and was accepted: %d %s", code, msg)
+	}
+	countRefusal("bounce")
+	f.cmd("QUIT", 2)
+	return true
+}
+
 func refusedLogRE(reason string) *regexp.Regexp {
 	return regexp.MustCompile(`(?m)^.*msg="refused data channel".*\breason="?` + reason + `\b.*$`)
 }

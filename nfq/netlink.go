@@ -25,7 +25,7 @@ const (
 	nlaTypeMask  = 0x3fff
 	subsysQueue  = 3 // NFNL_SUBSYS_QUEUE
 	nfnetlinkV0  = 0
-	msgPacket    = subsysQueue<<8 | 0 // NFQNL_MSG_PACKET
+	msgPacket    = subsysQueue << 8   // | NFQNL_MSG_PACKET (0)
 	msgVerdict   = subsysQueue<<8 | 1 // NFQNL_MSG_VERDICT
 	msgConfig    = subsysQueue<<8 | 2 // NFQNL_MSG_CONFIG
 	msgVerdictBa = subsysQueue<<8 | 3 // NFQNL_MSG_VERDICT_BATCH

@@ -364,8 +364,17 @@ func TestQueueInheritAdopt(t *testing.T) {
 	if _, err := tx.WriteTo([]byte("handed over"), &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: itPort}); err != nil {
 		t.Fatal(err)
 	}
-	next, err := nfq.Adopt(int(f.Fd()), nfq.Config{Num: itQueue})
+	// Adopt owns the descriptor it is given, as a successor after exec
+	// does: f must not close it again (its finalizer would, later, close
+	// whatever a later test opened under that number).
+	fd, err := unix.Dup(int(f.Fd()))
 	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	next, err := nfq.Adopt(fd, nfq.Config{Num: itQueue})
+	if err != nil {
+		unix.Close(fd)
 		t.Fatal(err)
 	}
 	defer next.Close()

@@ -335,159 +335,223 @@ func (rs *Ruleset) Update(c *nftables.Conn, spec *Spec) error {
 	return nil
 }
 
-func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
-	t := rs.table
-	chain := func(name string, typ nftables.ChainType, hook *nftables.ChainHook, prio nftables.ChainPriority) *nftables.Chain {
-		return c.AddChain(&nftables.Chain{Name: name, Table: t, Type: typ, Hooknum: hook, Priority: nftables.ChainPriorityRef(prio)})
-	}
-	rule := func(ch *nftables.Chain, parts ...[]expr.Any) {
-		var exprs []expr.Any
-		for _, p := range parts {
-			exprs = append(exprs, p...)
-		}
-		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: exprs})
-	}
-	q := []expr.Any{queueExpr(spec)}
-	kernel := spec.CtHelper != ""
+// ruleAdder adds chains and rules to the table in one batch. Within a
+// chain, the order rules are added is the order the kernel tries them.
+type ruleAdder struct {
+	c *nftables.Conn
+	t *nftables.Table
+}
 
+func (a ruleAdder) chain(name string, typ nftables.ChainType, hook *nftables.ChainHook, prio nftables.ChainPriority) *nftables.Chain {
+	return a.c.AddChain(&nftables.Chain{Name: name, Table: a.t, Type: typ, Hooknum: hook, Priority: nftables.ChainPriorityRef(prio)})
+}
+
+func (a ruleAdder) rule(ch *nftables.Chain, parts ...[]expr.Any) {
+	var exprs []expr.Any
+	for _, p := range parts {
+		exprs = append(exprs, p...)
+	}
+	a.c.AddRule(&nftables.Rule{Table: a.t, Chain: ch, Exprs: exprs})
+}
+
+// famMatch is one family's matches that most rules start with.
+type famMatch struct {
+	f              *family
+	fam, tcp       []expr.Any
+	dst, src, flow []expr.Any // daddr . dport, saddr . sport, saddr . daddr . dport
+}
+
+func newFamMatch(f *family) famMatch {
+	return famMatch{
+		f:    f,
+		fam:  nfproto(f.proto),
+		tcp:  l4protoTCP(),
+		dst:  concat(addrField(f.v6, false), portField(false)),
+		src:  concat(addrField(f.v6, true), portField(true)),
+		flow: concat(addrField(f.v6, true), addrField(f.v6, false), portField(false)),
+	}
+}
+
+// addChains adds the table's chains, then their rules chain by chain, one
+// family after the other.
+func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
+	a := ruleAdder{c: c, t: rs.table}
 	// Before conntrack: new control connections (pure SYN to a VIP) are
 	// scheduled, and replies from real servers are rewritten here so that
 	// conntrack only ever sees them in the client's sequence space.
-	raw := chain("raw_prerouting", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, *nftables.ChainPriorityRaw)
+	raw := a.chain("raw_prerouting", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, *nftables.ChainPriorityRaw)
 	// After DNAT: mark bits are ours only until NAT has used them; invalid
 	// packets on VIP paths would skip NAT and leak real addresses.
-	clean := chain("prerouting", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, *nftables.ChainPriorityNATDest+1)
+	clean := a.chain("prerouting", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, *nftables.ChainPriorityNATDest+1)
 	// After conntrack: the first packet of a UDP flow, which conntrack
 	// tells from the rest.
-	mangle := chain("mangle_prerouting", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, *nftables.ChainPriorityMangle)
-	dnat := chain("dstnat", nftables.ChainTypeNAT, nftables.ChainHookPrerouting, *nftables.ChainPriorityNATDest)
+	mangle := a.chain("mangle_prerouting", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, *nftables.ChainPriorityMangle)
+	dnat := a.chain("dstnat", nftables.ChainTypeNAT, nftables.ChainHookPrerouting, *nftables.ChainPriorityNATDest)
 	// Client to server packets are corrected after conntrack has judged them
 	// in the client's sequence space.
-	rs.fwd = chain("forward", nftables.ChainTypeFilter, nftables.ChainHookForward, *nftables.ChainPriorityFilter)
-	snat := chain("srcnat", nftables.ChainTypeNAT, nftables.ChainHookPostrouting, *nftables.ChainPriorityNATSource)
+	rs.fwd = a.chain("forward", nftables.ChainTypeFilter, nftables.ChainHookForward, *nftables.ChainPriorityFilter)
+	snat := a.chain("srcnat", nftables.ChainTypeNAT, nftables.ChainHookPostrouting, *nftables.ChainPriorityNATSource)
 
-	const syn, ack, fin, rst = 0x02, 0x10, 0x01, 0x04
+	q := []expr.Any{queueExpr(spec)}
 	for _, f := range rs.fams {
-		fam := nfproto(f.proto)
-		tcp := l4protoTCP()
-		dst, src := concat(addrField(f.v6, false), portField(false)), concat(addrField(f.v6, true), portField(true))
-		flow := concat(addrField(f.v6, true), addrField(f.v6, false), portField(false)) // saddr . daddr . dport
-
-		rule(raw, fam, tcp, dst, lookup(f.vips), tcpFlagsEq(syn|ack|fin|rst, syn), q)
-		rule(mangle, fam, l4protoUDP(), ctStateIs(newBit), dst, lookup(f.vipsUDP), q)
-		if kernel {
-			// The kernel datapath: the helper queues every packet of
-			// these connections, after NAT.
-			// Only to those the daemon scheduled (its verdict set the
-			// mark bits): a connection with a userspace helper whose
-			// queue has no reader passes its packets unconfirmed by
-			// conntrack (a new connection never completes), so one that
-			// bypassed the daemon goes without, like the compat
-			// datapath's (and gets the kernel's helper in dstnat).
-			// The control connection carries ChannelMark: its data
-			// connections, expected, take their master's mark.
-			rule(mangle, fam, tcp, ctStateIs(newBit), markBitsSet(spec.MarkMask), dst, lookup(f.helped), ctHelperSet(spec.CtHelper), setCtMark(ChannelMark))
-			// Its queue runs last (conntrack confirmation), after every
-			// chain: no rule can tell a segment that bypassed it. Every
-			// server's 227, 229 and 200 on a helped control connection
-			// writes where this client's data connections go, used only
-			// by one that no expectation took (its reply passed while
-			// the daemon was down). By destination: `ct helper` reads
-			// the master's helper, matching data connections only.
-			ctrl := concat(ctOrigDst(f.v6), ctOrigDstPort())
-			for _, code := range passiveReplies {
-				rule(clean, fam, tcp, ctDirectionReply(), ctrl, lookup(f.helped), replyIs(code),
-					concat(ctOrigSrc(f.v6), ctOrigDst(f.v6), addrField(f.v6, true)), bypassedUpdate(f, f.bypassed))
-			}
-			rule(clean, fam, tcp, ctDirectionReply(), ctrl, lookup(f.helped), replyIs(activeReply),
-				concat(addrField(f.v6, true), ctOrigSrc(f.v6), ctOrigDst(f.v6)), bypassedUpdate(f, f.bypassedActive))
-		} else {
-			// A server's segment without payload that only acknowledges
-			// needs no correction while its connection has none (not in
-			// acks): it goes by the daemon. The chain's only later rules
-			// queue, so accepting here changes nothing else.
-			rule(raw, fam, tcp, pureAck(f), concat(addrField(f.v6, false), portField(false), addrField(f.v6, true), portField(true)), lookupNot(f.acks), accept())
-			// Queued with UnseenMark, which the daemon's verdict clears:
-			// a segment that still has it bypassed a dead daemon.
-			rule(raw, fam, tcp, src, lookup(f.servers), setMark(UnseenMark, UnseenMark), q)
-			rule(raw, fam, tcp, src, lookup(f.watched), setMark(UnseenMark, UnseenMark), q)
-			// Its 227 or 229 went to the client unrewritten and opened no
-			// channel: remember where this client's data connections to
-			// this VIP must go (the port it names is the server's own).
-			// The reply itself only: a client's sessions with other
-			// servers of the VIP share the key, and the reply just
-			// before a data connection names that connection's server.
-			for _, code := range passiveReplies {
-				rule(clean, fam, tcp, markBitsSet(UnseenMark), ctDirectionReply(), replyIs(code),
-					concat(ctOrigSrc(f.v6), ctOrigDst(f.v6), addrField(f.v6, true)), bypassedUpdate(f, f.bypassed))
-			}
-			// Its PORT or EPRT opened no channel either: the server's
-			// connection to the client must come from the VIP.
-			rule(clean, fam, tcp, markBitsSet(UnseenMark), ctDirectionReply(), replyIs(activeReply),
-				concat(addrField(f.v6, true), ctOrigSrc(f.v6), ctOrigDst(f.v6)), bypassedUpdate(f, f.bypassedActive))
-		}
-
-		rule(dnat, fam, markBits(spec.MarkMask), lookupTo(f.byMark), natTo(expr.NATTypeDestNAT, f, true))
-		if spec.KernelFTP {
-			// A new control connection to a helped VIP that the daemon
-			// did not mark bypassed it: the kernel's FTP helper reads
-			// it for its whole life. Assigned before its NAT, which
-			// then gives it the sequence adjustment the helper's
-			// rewrites need (nf_nat_setup_info), on every kernel.
-			rule(dnat, fam, tcp, markBitsClear(spec.MarkMask), dst, lookup(f.helped), lookup(f.vips), ctHelperSet(KernelFTPHelper), setCtMark(ChannelMark))
-		}
-		// A new connection to a VIP without the daemon's mark: the daemon
-		// is down and the queue was bypassed. Fail open to a server.
-		rule(dnat, fam, tcp, concat(addrField(f.v6, false), portField(false), bucketField()), lookupTo(f.fallback), natTo(expr.NATTypeDestNAT, f, true))
-		rule(dnat, fam, l4protoUDP(), concat(addrField(f.v6, false), portField(false), bucketField()), lookupTo(f.fallbackUDP), natTo(expr.NATTypeDestNAT, f, true))
-		// Maps are tested with a lookup that loads the value: kernels
-		// before 6.4 or so (Debian 12's 6.1) refuse a map in a plain
-		// membership lookup (EINVAL).
-		rule(dnat, fam, tcp, flow, lookupTo(f.passive), setCtMark(ChannelMark))
-		rule(dnat, fam, tcp, flow, lookupTo(f.passive), natTo(expr.NATTypeDestNAT, f, true))
-		rule(dnat, fam, tcp, flow, lookupTo(f.activeDNAT), natTo(expr.NATTypeDestNAT, f, true))
-		// Last: a data connection that no channel announced, from a
-		// client whose session's reply passed while the daemon was down,
-		// goes to that session's server, port unchanged.
-		clientVIP := concat(addrField(f.v6, true), addrField(f.v6, false))
-		rule(dnat, fam, tcp, dportUnprivileged(), clientVIP, lookupTo(f.bypassed), setCtMark(ChannelMark))
-		rule(dnat, fam, tcp, dportUnprivileged(), clientVIP, lookupTo(f.bypassed), natTo(expr.NATTypeDestNAT, f, false))
-
-		rule(clean, fam, tcp, ctStateIs(invalidBit), dst, lookup(f.helped), drop())
-		rule(clean, fam, tcp, ctStateIs(invalidBit), src, lookup(f.servers), drop())
-		rule(clean, fam, tcp, ctStateIs(invalidBit), src, lookup(f.watched), drop())
-		// After DNAT an active data connection, announced to the server
-		// directly or through the user's SNAT, goes to the client.
-		rule(clean, fam, tcp, ctStateIs(newBit), flow, lookupTo(f.active), setCtMark(ChannelMark))
-
-		rule(snat, fam, tcp, flow, lookupTo(f.active), natTo(expr.NATTypeSourceNAT, f, false))
-		rule(snat, fam, tcp, flow, lookupTo(f.passiveSNAT), natTo(expr.NATTypeSourceNAT, f, false))
-		// Last: a server's connection to a client that no channel
-		// announced, after its session's reply passed while the daemon was
-		// down, comes from the VIP the client knows.
-		serverClient := concat(addrField(f.v6, true), addrField(f.v6, false))
-		rule(clean, fam, tcp, ctStateIs(newBit), serverClient, lookupTo(f.bypassedActive), setCtMark(ChannelMark))
-		rule(snat, fam, tcp, serverClient, lookupTo(f.bypassedActive), natTo(expr.NATTypeSourceNAT, f, false))
+		m := newFamMatch(f)
+		rawRules(a, raw, m, spec, q)
+		mangleRules(a, mangle, m, spec, q)
+		cleanRules(a, clean, m, spec)
+		dnatRules(a, dnat, m, spec)
+		snatRules(a, snat, m)
 	}
 	rs.forwardRules(c, spec)
-	if spec.KernelFTP && !kernel {
+	if spec.KernelFTP && spec.CtHelper == "" {
 		// After the forward chain: the SYN of a new add-on connection
 		// still has the add-on's mark bits only if it bypassed the
 		// daemon (its verdict clears them); the kernel's FTP helper
 		// takes it. Its sequence adjustment comes with the user's SNAT,
 		// if any, or (kernels with nft_ct's fix of late 2025, Debian's
 		// 6.1.0-57 among them) with the assignment itself.
-		unseen := chain("forward_unseen", nftables.ChainTypeFilter, nftables.ChainHookForward, *nftables.ChainPriorityFilter+1)
+		unseen := a.chain("forward_unseen", nftables.ChainTypeFilter, nftables.ChainHookForward, *nftables.ChainPriorityFilter+1)
 		for _, f := range rs.fams {
-			rule(unseen, nfproto(f.proto), l4protoTCP(), ctStateIs(newBit), markBitsSet(spec.MarkMask),
+			a.rule(unseen, nfproto(f.proto), l4protoTCP(), ctStateIs(newBit), markBitsSet(spec.MarkMask),
 				concat(ctOrigDst(f.v6), ctOrigDstPort()), lookup(f.helped), ctHelperSet(KernelFTPHelper), setCtMark(ChannelMark))
 		}
 	}
-	rule(clean, markBitsSet(spec.MarkMask|UnseenMark), []expr.Any{
+	a.rule(clean, markBitsSet(spec.MarkMask|UnseenMark), []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: reg1},
 		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: native32(^(spec.MarkMask | UnseenMark)), Xor: native32(0)},
 		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: reg1},
 	})
+}
+
+// rawRules: new control connections are queued for scheduling; on the
+// compat datapath, servers' segments are queued for rewriting.
+func rawRules(a ruleAdder, raw *nftables.Chain, m famMatch, spec *Spec, q []expr.Any) {
+	const syn, ack, fin, rst = 0x02, 0x10, 0x01, 0x04
+	f := m.f
+	a.rule(raw, m.fam, m.tcp, m.dst, lookup(f.vips), tcpFlagsEq(syn|ack|fin|rst, syn), q)
+	if spec.CtHelper != "" {
+		return
+	}
+	// A server's segment without payload that only acknowledges
+	// needs no correction while its connection has none (not in
+	// acks): it goes by the daemon. The chain's only later rules
+	// queue, so accepting here changes nothing else.
+	a.rule(raw, m.fam, m.tcp, pureAck(f), concat(addrField(f.v6, false), portField(false), addrField(f.v6, true), portField(true)), lookupNot(f.acks), accept())
+	// Queued with UnseenMark, which the daemon's verdict clears:
+	// a segment that still has it bypassed a dead daemon.
+	a.rule(raw, m.fam, m.tcp, m.src, lookup(f.servers), setMark(UnseenMark, UnseenMark), q)
+	a.rule(raw, m.fam, m.tcp, m.src, lookup(f.watched), setMark(UnseenMark, UnseenMark), q)
+}
+
+// mangleRules: a new UDP flow is queued for scheduling; on the kernel
+// datapath, helped connections get the userspace helper.
+func mangleRules(a ruleAdder, mangle *nftables.Chain, m famMatch, spec *Spec, q []expr.Any) {
+	f := m.f
+	a.rule(mangle, m.fam, l4protoUDP(), ctStateIs(newBit), m.dst, lookup(f.vipsUDP), q)
+	if spec.CtHelper == "" {
+		return
+	}
+	// The kernel datapath: the helper queues every packet of
+	// these connections, after NAT.
+	// Only to those the daemon scheduled (its verdict set the
+	// mark bits): a connection with a userspace helper whose
+	// queue has no reader passes its packets unconfirmed by
+	// conntrack (a new connection never completes), so one that
+	// bypassed the daemon goes without, like the compat
+	// datapath's (and gets the kernel's helper in dstnat).
+	// The control connection carries ChannelMark: its data
+	// connections, expected, take their master's mark.
+	a.rule(mangle, m.fam, m.tcp, ctStateIs(newBit), markBitsSet(spec.MarkMask), m.dst, lookup(f.helped), ctHelperSet(spec.CtHelper), setCtMark(ChannelMark))
+}
+
+// cleanRules (after DNAT): where a reply that bypassed the daemon sends
+// its session's data connections, invalid packets on VIP paths dropped,
+// data connections marked.
+func cleanRules(a ruleAdder, clean *nftables.Chain, m famMatch, spec *Spec) {
+	f := m.f
+	if spec.CtHelper != "" {
+		// Its queue runs last (conntrack confirmation), after every
+		// chain: no rule can tell a segment that bypassed it. Every
+		// server's 227, 229 and 200 on a helped control connection
+		// writes where this client's data connections go, used only
+		// by one that no expectation took (its reply passed while
+		// the daemon was down). By destination: `ct helper` reads
+		// the master's helper, matching data connections only.
+		ctrl := concat(ctOrigDst(f.v6), ctOrigDstPort())
+		for _, code := range passiveReplies {
+			a.rule(clean, m.fam, m.tcp, ctDirectionReply(), ctrl, lookup(f.helped), replyIs(code),
+				concat(ctOrigSrc(f.v6), ctOrigDst(f.v6), addrField(f.v6, true)), bypassedUpdate(f, f.bypassed))
+		}
+		a.rule(clean, m.fam, m.tcp, ctDirectionReply(), ctrl, lookup(f.helped), replyIs(activeReply),
+			concat(addrField(f.v6, true), ctOrigSrc(f.v6), ctOrigDst(f.v6)), bypassedUpdate(f, f.bypassedActive))
+	} else {
+		// Its 227 or 229 went to the client unrewritten and opened no
+		// channel: remember where this client's data connections to
+		// this VIP must go (the port it names is the server's own).
+		// The reply itself only: a client's sessions with other
+		// servers of the VIP share the key, and the reply just
+		// before a data connection names that connection's server.
+		for _, code := range passiveReplies {
+			a.rule(clean, m.fam, m.tcp, markBitsSet(UnseenMark), ctDirectionReply(), replyIs(code),
+				concat(ctOrigSrc(f.v6), ctOrigDst(f.v6), addrField(f.v6, true)), bypassedUpdate(f, f.bypassed))
+		}
+		// Its PORT or EPRT opened no channel either: the server's
+		// connection to the client must come from the VIP.
+		a.rule(clean, m.fam, m.tcp, markBitsSet(UnseenMark), ctDirectionReply(), replyIs(activeReply),
+			concat(addrField(f.v6, true), ctOrigSrc(f.v6), ctOrigDst(f.v6)), bypassedUpdate(f, f.bypassedActive))
+	}
+	a.rule(clean, m.fam, m.tcp, ctStateIs(invalidBit), m.dst, lookup(f.helped), drop())
+	a.rule(clean, m.fam, m.tcp, ctStateIs(invalidBit), m.src, lookup(f.servers), drop())
+	a.rule(clean, m.fam, m.tcp, ctStateIs(invalidBit), m.src, lookup(f.watched), drop())
+	// After DNAT an active data connection, announced to the server
+	// directly or through the user's SNAT, goes to the client.
+	a.rule(clean, m.fam, m.tcp, ctStateIs(newBit), m.flow, lookupTo(f.active), setCtMark(ChannelMark))
+	// Last: a server's connection to a client that no channel announced
+	// (see snatRules) carries ChannelMark.
+	serverClient := concat(addrField(f.v6, true), addrField(f.v6, false))
+	a.rule(clean, m.fam, m.tcp, ctStateIs(newBit), serverClient, lookupTo(f.bypassedActive), setCtMark(ChannelMark))
+}
+
+// dnatRules: the daemon's scheduling decision, the fail-open fallbacks,
+// and data connections to the servers their channels name.
+func dnatRules(a ruleAdder, dnat *nftables.Chain, m famMatch, spec *Spec) {
+	f := m.f
+	a.rule(dnat, m.fam, markBits(spec.MarkMask), lookupTo(f.byMark), natTo(expr.NATTypeDestNAT, f, true))
+	if spec.KernelFTP {
+		// A new control connection to a helped VIP that the daemon
+		// did not mark bypassed it: the kernel's FTP helper reads
+		// it for its whole life. Assigned before its NAT, which
+		// then gives it the sequence adjustment the helper's
+		// rewrites need (nf_nat_setup_info), on every kernel.
+		a.rule(dnat, m.fam, m.tcp, markBitsClear(spec.MarkMask), m.dst, lookup(f.helped), lookup(f.vips), ctHelperSet(KernelFTPHelper), setCtMark(ChannelMark))
+	}
+	// A new connection to a VIP without the daemon's mark: the daemon
+	// is down and the queue was bypassed. Fail open to a server.
+	a.rule(dnat, m.fam, m.tcp, concat(addrField(f.v6, false), portField(false), bucketField()), lookupTo(f.fallback), natTo(expr.NATTypeDestNAT, f, true))
+	a.rule(dnat, m.fam, l4protoUDP(), concat(addrField(f.v6, false), portField(false), bucketField()), lookupTo(f.fallbackUDP), natTo(expr.NATTypeDestNAT, f, true))
+	// Maps are tested with a lookup that loads the value: kernels
+	// before 6.4 or so (Debian 12's 6.1) refuse a map in a plain
+	// membership lookup (EINVAL).
+	a.rule(dnat, m.fam, m.tcp, m.flow, lookupTo(f.passive), setCtMark(ChannelMark))
+	a.rule(dnat, m.fam, m.tcp, m.flow, lookupTo(f.passive), natTo(expr.NATTypeDestNAT, f, true))
+	a.rule(dnat, m.fam, m.tcp, m.flow, lookupTo(f.activeDNAT), natTo(expr.NATTypeDestNAT, f, true))
+	// Last: a data connection that no channel announced, from a
+	// client whose session's reply passed while the daemon was down,
+	// goes to that session's server, port unchanged.
+	clientVIP := concat(addrField(f.v6, true), addrField(f.v6, false))
+	a.rule(dnat, m.fam, m.tcp, dportUnprivileged(), clientVIP, lookupTo(f.bypassed), setCtMark(ChannelMark))
+	a.rule(dnat, m.fam, m.tcp, dportUnprivileged(), clientVIP, lookupTo(f.bypassed), natTo(expr.NATTypeDestNAT, f, false))
+}
+
+// snatRules: active data connections come from the VIP the client knows.
+func snatRules(a ruleAdder, snat *nftables.Chain, m famMatch) {
+	f := m.f
+	a.rule(snat, m.fam, m.tcp, m.flow, lookupTo(f.active), natTo(expr.NATTypeSourceNAT, f, false))
+	a.rule(snat, m.fam, m.tcp, m.flow, lookupTo(f.passiveSNAT), natTo(expr.NATTypeSourceNAT, f, false))
+	// Last: a server's connection to a client that no channel
+	// announced, after its session's reply passed while the daemon was
+	// down, comes from the VIP the client knows.
+	serverClient := concat(addrField(f.v6, true), addrField(f.v6, false))
+	a.rule(snat, m.fam, m.tcp, serverClient, lookupTo(f.bypassedActive), natTo(expr.NATTypeSourceNAT, f, false))
 }
 
 // forwardRules queue the client's packets of helped connections, after

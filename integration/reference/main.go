@@ -160,16 +160,8 @@ func run(o options) int {
 		return topo.ExitCode(err)
 	}
 	defer done()
-	e := &env{tmp: tmp, tools: map[string]string{}}
-	for _, t := range []string{"ftpget", "quirkyftpd", "ftpload"} {
-		p := filepath.Join(tmp, t)
-		if err := topo.GoBuild(ctx, p, "./integration/cmd/"+t); err != nil {
-			fmt.Fprintln(os.Stderr, "reference:", err)
-			return 1
-		}
-		e.tools[t] = p
-	}
-	if e.daemonBin, err = topo.DaemonBinary(ctx, tmp, o.bin); err != nil {
+	e, err := buildTools(ctx, tmp, o.bin)
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "reference:", err)
 		return 1
 	}
@@ -185,18 +177,69 @@ func run(o options) int {
 		return 1
 	}
 
-	all := e.systems()
+	systems, err := pickSystems(e.systems(), o.systems)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "reference:", err)
+		return 2
+	}
+	rep := &report{scenarios: scenarios(), results: map[string]map[string]outcome{}, unavailable: map[string]string{}}
+	status := e.runScenarios(ctx, rep, systems)
+	rep.datapath = e.datapath
+
+	if o.duration > 0 && ctx.Err() == nil {
+		rep.rates = e.measureRates(ctx, o, rep.systems)
+	}
+	if ctx.Err() != nil {
+		logf("interrupted")
+		return 130
+	}
+	rep.took = time.Since(began)
+	text := rep.markdown(ctx, o, e)
+	fmt.Print(text)
+	if o.out != "" {
+		if err := os.WriteFile(o.out, []byte(text), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "reference:", err)
+			return 1
+		}
+		logf("report written to %s", o.out)
+	}
+	return status
+}
+
+// buildTools builds the clients, quirkyftpd and (unless bin names one) the
+// daemon into tmp.
+func buildTools(ctx context.Context, tmp, bin string) (*env, error) {
+	e := &env{tmp: tmp, tools: map[string]string{}}
+	for _, t := range []string{"ftpget", "quirkyftpd", "ftpload"} {
+		p := filepath.Join(tmp, t)
+		if err := topo.GoBuild(ctx, p, "./integration/cmd/"+t); err != nil {
+			return nil, err
+		}
+		e.tools[t] = p
+	}
+	var err error
+	e.daemonBin, err = topo.DaemonBinary(ctx, tmp, bin)
+	return e, err
+}
+
+// pickSystems is the systems -systems names (keys, comma-separated), in
+// its order.
+func pickSystems(all []system, keys string) ([]system, error) {
 	var systems []system
-	for _, k := range strings.Split(o.systems, ",") {
+	for _, k := range strings.Split(keys, ",") {
 		i := slices.IndexFunc(all, func(s system) bool { return s.key == strings.TrimSpace(k) })
 		if i < 0 {
-			fmt.Fprintf(os.Stderr, "reference: unknown system %q\n", k)
-			return 2
+			return nil, fmt.Errorf("unknown system %q", k)
 		}
 		systems = append(systems, all[i])
 	}
+	return systems, nil
+}
 
-	rep := &report{scenarios: scenarios(), results: map[string]map[string]outcome{}, unavailable: map[string]string{}}
+// runScenarios runs every scenario on each available system in turn,
+// recording the outcomes in rep. Its status is 1 when a setup failed or
+// nfhelperd failed a scenario.
+func (e *env) runScenarios(ctx context.Context, rep *report, systems []system) int {
 	status := 0
 	for _, sys := range systems {
 		if ctx.Err() != nil {
@@ -233,25 +276,6 @@ func run(o options) int {
 			logf("%-22s %-50s %s (%.1fs)", sys.name, sc.label(), verdict, out.took.Seconds())
 		}
 		e.down(ctx, sys)
-	}
-	rep.datapath = e.datapath
-
-	if o.duration > 0 && ctx.Err() == nil {
-		rep.rates = e.measureRates(ctx, o, rep.systems)
-	}
-	if ctx.Err() != nil {
-		logf("interrupted")
-		return 130
-	}
-	rep.took = time.Since(began)
-	text := rep.markdown(ctx, o, e)
-	fmt.Print(text)
-	if o.out != "" {
-		if err := os.WriteFile(o.out, []byte(text), 0o644); err != nil {
-			fmt.Fprintln(os.Stderr, "reference:", err)
-			return 1
-		}
-		logf("report written to %s", o.out)
 	}
 	return status
 }
@@ -297,12 +321,18 @@ func (e *env) down(ctx context.Context, s system) {
 const ipvsFTPPorts = "/sys/module/ip_vs_ftp/parameters/ports"
 
 func (e *env) systems() []system {
-	r := e.tp.Router
-	run := func(ctx context.Context, name string, args ...string) error {
-		_, err := e.tp.Run(ctx, r, name, args...)
-		return err
-	}
-	ipvs := system{
+	return []system{e.ipvsSystem(), e.nftSystem(), e.daemonSystem()}
+}
+
+// routerRun runs a command in the router's namespace.
+func (e *env) routerRun(ctx context.Context, name string, args ...string) error {
+	_, err := e.tp.Run(ctx, e.tp.Router, name, args...)
+	return err
+}
+
+func (e *env) ipvsSystem() system {
+	run := e.routerRun
+	return system{
 		name: "IPVS + ip_vs_ftp", key: "ipvs",
 		avail: func(ctx context.Context) string {
 			if _, err := exec.LookPath("ipvsadm"); err != nil {
@@ -353,7 +383,10 @@ func (e *env) systems() []system {
 			"ip_vs_ftp expects an active data connection from the port below the control port (RFC 959's L-1: 20 for vsftpd); " +
 			"quirkyftpd connects from an ephemeral port, which is consistent with its PORT failure",
 	}
-	nftSys := system{
+}
+
+func (e *env) nftSystem() system {
+	return system{
 		name: "nft DNAT + nf_nat_ftp", key: "nft",
 		avail: func(ctx context.Context) string {
 			// The helper must exist: a ct helper object of type "ftp"
@@ -369,7 +402,10 @@ func (e *env) systems() []system {
 		down: func(ctx context.Context) { _ = e.nft(ctx, "delete table inet nfhref") },
 		note: "nft `dnat to numgen inc mod 2 map {...}`, `ct helper set` of an `ftp` ct helper object in a prerouting chain at mangle priority (nf_conntrack_ftp, nf_nat_ftp); ruleset in integration/reference",
 	}
-	nfh := system{
+}
+
+func (e *env) daemonSystem() system {
+	return system{
 		name: "nfhelperd", key: "nfhelperd",
 		avail: func(ctx context.Context) string { return "" },
 		up: func(ctx context.Context) error {
@@ -395,7 +431,6 @@ func (e *env) systems() []system {
 		},
 		note: "services `ftp`/`ftp6` (rr over rs1, rs2) and `quirky`/`quirky6` (rs1), helper ftp",
 	}
-	return []system{ipvs, nftSys, nfh}
 }
 
 // nftRules: DNAT round robin, the kernel's FTP helper attached by a ct
@@ -689,18 +724,29 @@ type report struct {
 
 func (r *report) markdown(ctx context.Context, o options, e *env) string {
 	var b strings.Builder
+	r.intro(ctx, &b, o)
+	r.resultTable(&b)
+	if len(r.rates) > 0 {
+		r.rateTable(&b, o)
+	}
+	fmt.Fprintf(&b, "\nThe run took %v.\n", r.took.Round(time.Second))
+	return b.String()
+}
+
+// intro is the title and how the report was made: where, on what, how.
+func (r *report) intro(ctx context.Context, b *strings.Builder, o options) {
 	kernel := "unknown"
 	if out, err := exec.CommandContext(ctx, "uname", "-r").Output(); err == nil {
 		kernel = strings.TrimSpace(string(out))
 	}
 	b.WriteString("# nfhelperd and the kernel's FTP helpers, side by side\n\n")
-	fmt.Fprintf(&b, "Generated by `%s` (integration/reference", o.command)
+	fmt.Fprintf(b, "Generated by `%s` (integration/reference", o.command)
 	if os.Getenv("NFHVM") != "" {
 		b.WriteString(", inside integration/vm")
 	}
-	fmt.Fprintf(&b, ") on kernel %s, %s.", kernel, time.Now().UTC().Format("2006-01-02"))
+	fmt.Fprintf(b, ") on kernel %s, %s.", kernel, time.Now().UTC().Format("2006-01-02"))
 	if r.datapath != "" {
-		fmt.Fprintf(&b, " nfhelperd datapath: `%s`.", r.datapath)
+		fmt.Fprintf(b, " nfhelperd datapath: `%s`.", r.datapath)
 	}
 	if os.Getenv("NFHVM") != "" {
 		// The guest boots like a fresh router: what the kernel's systems
@@ -709,7 +755,7 @@ func (r *report) markdown(ctx context.Context, o options, e *env) string {
 		if loaded == "" {
 			loaded = "none"
 		}
-		fmt.Fprintf(&b, " Modules loaded by hand before the run, as the users of IPVS and of the kernel's FTP helpers would: `%s`; "+
+		fmt.Fprintf(b, " Modules loaded by hand before the run, as the users of IPVS and of the kernel's FTP helpers would: `%s`; "+
 			"every other module came through the kernel's own autoloading (nothing else was preloaded).", loaded)
 	}
 	b.WriteString("\n\n")
@@ -723,9 +769,14 @@ func (r *report) markdown(ctx context.Context, o options, e *env) string {
 		"two TCP segments, split inside the address), split227crlf (split between CR and LF), multi227 (`227-...` then " +
 		"`227 (h1,...,p2)`), multi227first (the address on the first line), split229 (the 229 in two segments).\n\n")
 
+}
+
+// resultTable is every scenario's outcome per system, the failures' notes
+// and each system's setup.
+func (r *report) resultTable(b *strings.Builder) {
 	b.WriteString("| scenario |")
 	for _, s := range r.systems {
-		fmt.Fprintf(&b, " %s |", s.name)
+		fmt.Fprintf(b, " %s |", s.name)
 	}
 	b.WriteString("\n|---|")
 	for range r.systems {
@@ -734,7 +785,7 @@ func (r *report) markdown(ctx context.Context, o options, e *env) string {
 	b.WriteString("\n")
 	var notes []string
 	for _, sc := range r.scenarios {
-		fmt.Fprintf(&b, "| %s |", sc.label())
+		fmt.Fprintf(b, "| %s |", sc.label())
 		for _, s := range r.systems {
 			out, ok := r.results[s.name][sc.label()]
 			switch {
@@ -744,53 +795,52 @@ func (r *report) markdown(ctx context.Context, o options, e *env) string {
 				b.WriteString(" pass |")
 			default:
 				notes = append(notes, fmt.Sprintf("%s / %s: %s", s.name, sc.label(), out.why))
-				fmt.Fprintf(&b, " **FAIL** [%d] |", len(notes))
+				fmt.Fprintf(b, " **FAIL** [%d] |", len(notes))
 			}
 		}
 		b.WriteString("\n")
 	}
 	b.WriteString("\n")
 	for i, n := range notes {
-		fmt.Fprintf(&b, "%d. %s\n", i+1, strings.ReplaceAll(n, "|", "\\|"))
+		fmt.Fprintf(b, "%d. %s\n", i+1, strings.ReplaceAll(n, "|", "\\|"))
 	}
 	if len(notes) > 0 {
 		b.WriteString("\n")
 	}
 	for _, s := range r.systems {
-		fmt.Fprintf(&b, "- %s: %s\n", s.name, s.note)
+		fmt.Fprintf(b, "- %s: %s\n", s.name, s.note)
 	}
 	for name, why := range r.unavailable {
-		fmt.Fprintf(&b, "- %s: not measured: %s\n", name, why)
+		fmt.Fprintf(b, "- %s: not measured: %s\n", name, why)
 	}
+}
 
-	if len(r.rates) > 0 {
-		fmt.Fprintf(&b, "\n## Session rate\n\nintegration/cmd/ftpload in the client namespace, %d concurrent sessions, each: connect, "+
-			"anonymous login, PASV, RETR small.bin (4 KiB), QUIT; %d round(s) of %v per system, alternating; median of the rounds. "+
-			"The baseline, %q, logs in to rs1 and rs2 directly. Software-emulated CPUs (qemu TCG) when run by make vmreport: "+
-			"compare the ratios, not the absolute numbers, and expect them to move by tens of percent from run to run when the "+
-			"machine is shared.\n\n", o.workers, o.rounds, o.duration, directName)
-		b.WriteString("| system | sessions/s (median) | rounds | ratio to direct | failed sessions | p50 ms | p99 ms |\n|---|---|---|---|---|---|---|\n")
-		base := r.rates[0].median
-		for _, rt := range r.rates {
-			if rt.err != "" && len(rt.runs) == 0 {
-				fmt.Fprintf(&b, "| %s | error: %s | | | | | |\n", rt.system, strings.ReplaceAll(rt.err, "|", "\\|"))
-				continue
-			}
-			ratio := "n/a"
-			if base > 0 {
-				ratio = fmt.Sprintf("%.2f", rt.median/base)
-			}
-			var p50, p99 []float64
-			var each []string
-			for _, x := range rt.runs {
-				p50, p99 = append(p50, x.P50), append(p99, x.P99)
-				each = append(each, fmt.Sprintf("%.1f", x.Rate))
-			}
-			fmt.Fprintf(&b, "| %s | %.1f | %s | %s | %d | %.1f | %.1f |\n", rt.system, rt.median, strings.Join(each, ", "), ratio, rt.failures, median(p50), median(p99))
+// rateTable is the session rates ftpload measured.
+func (r *report) rateTable(b *strings.Builder, o options) {
+	fmt.Fprintf(b, "\n## Session rate\n\nintegration/cmd/ftpload in the client namespace, %d concurrent sessions, each: connect, "+
+		"anonymous login, PASV, RETR small.bin (4 KiB), QUIT; %d round(s) of %v per system, alternating; median of the rounds. "+
+		"The baseline, %q, logs in to rs1 and rs2 directly. Software-emulated CPUs (qemu TCG) when run by make vmreport: "+
+		"compare the ratios, not the absolute numbers, and expect them to move by tens of percent from run to run when the "+
+		"machine is shared.\n\n", o.workers, o.rounds, o.duration, directName)
+	b.WriteString("| system | sessions/s (median) | rounds | ratio to direct | failed sessions | p50 ms | p99 ms |\n|---|---|---|---|---|---|---|\n")
+	base := r.rates[0].median
+	for _, rt := range r.rates {
+		if rt.err != "" && len(rt.runs) == 0 {
+			fmt.Fprintf(b, "| %s | error: %s | | | | | |\n", rt.system, strings.ReplaceAll(rt.err, "|", "\\|"))
+			continue
 		}
+		ratio := "n/a"
+		if base > 0 {
+			ratio = fmt.Sprintf("%.2f", rt.median/base)
+		}
+		var p50, p99 []float64
+		var each []string
+		for _, x := range rt.runs {
+			p50, p99 = append(p50, x.P50), append(p99, x.P99)
+			each = append(each, fmt.Sprintf("%.1f", x.Rate))
+		}
+		fmt.Fprintf(b, "| %s | %.1f | %s | %s | %d | %.1f | %.1f |\n", rt.system, rt.median, strings.Join(each, ", "), ratio, rt.failures, median(p50), median(p99))
 	}
-	fmt.Fprintf(&b, "\nThe run took %v.\n", r.took.Round(time.Second))
-	return b.String()
 }
 
 func firstLine(s string) string {

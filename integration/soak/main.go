@@ -84,19 +84,53 @@ func run(o options) int {
 		logf("%v", err)
 		return 1
 	}
-	var mu sync.Mutex // guards d
 	d, err := tp.StartDaemon(bin, cfg)
 	if err != nil {
 		logf("start: %v", err)
 		return 1
 	}
+	dis := &disturber{tp: tp, bin: bin, cfg: cfg, crash: o.crash, d: d, logf: logf}
 
 	run, cancel := context.WithTimeout(ctx, o.duration)
 	defer cancel()
-	var ok, failed atomic.Int64
-	failures := make(chan session, 1024)
+	ss := sessions{failures: make(chan session, 1024)}
 	var wg sync.WaitGroup
-	for c := range o.clients {
+	ss.start(run, &wg, o.clients, tp, ftpget)
+	dis.disturb(run, cancel, o)
+	wg.Wait()
+	close(ss.failures)
+	dis.mu.Lock()
+	dis.d.Stop()
+	if ss.failed.Load() > 0 {
+		log := dis.d.Log()
+		logf("the last daemon's log (tail):\n%s", log[max(0, len(log)-4000):])
+	}
+	dis.mu.Unlock()
+
+	logf("%d sessions ok, %d failed; %d reloads, %d restarts (crashes: %v) in %s with %d clients",
+		ss.ok.Load(), ss.failed.Load(), dis.reloads, dis.restarts, o.crash, o.duration, o.clients)
+	for s := range ss.failures {
+		logf("failed at %s: %s %s: %v", s.at.Format("15:04:05.000"), s.mode, s.addr, s.err)
+	}
+	for _, e := range dis.events {
+		logf("%s at %s", e.what, e.at.Format("15:04:05.000"))
+	}
+	fmt.Printf("soak: %d passed, %d failed\n", ss.ok.Load(), ss.failed.Load())
+	if ss.failed.Load() > 0 {
+		return 1
+	}
+	return 0
+}
+
+// sessions counts the clients' sessions and keeps the first failures.
+type sessions struct {
+	ok, failed atomic.Int64
+	failures   chan session
+}
+
+// start runs n client loops of sessions until run ends.
+func (ss *sessions) start(run context.Context, wg *sync.WaitGroup, n int, tp *topo.Topo, ftpget string) {
+	for c := range n {
 		wg.Go(func() {
 			rng := rand.New(rand.NewPCG(uint64(c), uint64(time.Now().UnixNano())))
 			for run.Err() == nil {
@@ -105,83 +139,88 @@ func run(o options) int {
 					return // cut off by the end of the run, not a failure
 				}
 				if s.err != nil {
-					failed.Add(1)
+					ss.failed.Add(1)
 					select {
-					case failures <- s:
+					case ss.failures <- s:
 					default:
 					}
 				} else {
-					ok.Add(1)
+					ss.ok.Add(1)
 				}
 			}
 		})
 	}
+}
 
-	reloads, restarts := 0, 0
-	var events []event
+// disturber reloads and restarts the daemon under the clients' sessions.
+type disturber struct {
+	tp       *topo.Topo
+	bin, cfg string
+	crash    bool
+	logf     func(format string, args ...any)
+
+	mu                sync.Mutex // guards d
+	d                 *topo.Daemon
+	events            []event
+	reloads, restarts int
+}
+
+// disturb reloads and restarts the daemon on their ticks until run ends; a
+// failed restart ends the run.
+func (s *disturber) disturb(run context.Context, cancel context.CancelFunc, o options) {
 	reload := tick(o.reloadEvery)
 	restart := tick(o.restartE)
-loop:
 	for {
 		select {
 		case <-run.Done():
-			break loop
+			return
 		case <-reload:
-			// Each reload changes a weight, so that it changes something.
-			if err := toggleWeight(cfg); err != nil {
-				logf("reload: %v", err)
-				break
-			}
-			mu.Lock()
-			err := syscall.Kill(d.Pid(), syscall.SIGHUP)
-			mu.Unlock()
-			if err != nil {
-				logf("reload: %v", err)
-			}
-			reloads++
+			s.reload()
 		case <-restart:
-			mu.Lock()
-			crash := o.crash && restarts%2 == 1
-			if !crash {
-				err = handOver(d)
-			} else if err = d.Kill(); err == nil {
-				// The outage runs from here to the restart's event.
-				events = append(events, event{"SIGKILL", time.Now()})
-				d, err = tp.StartDaemon(bin, cfg)
-			}
-			mu.Unlock()
-			if err != nil {
-				logf("restart: %v", err)
+			if err := s.restart(); err != nil {
+				s.logf("restart: %v", err)
 				cancel()
-				break loop
+				return
 			}
-			restarts++
-			events = append(events, event{map[bool]string{false: "SIGUSR2 hand-over", true: "SIGKILL restart"}[crash], time.Now()})
 		}
 	}
-	wg.Wait()
-	close(failures)
-	mu.Lock()
-	d.Stop()
-	if failed.Load() > 0 {
-		log := d.Log()
-		logf("the last daemon's log (tail):\n%s", log[max(0, len(log)-4000):])
-	}
-	mu.Unlock()
+}
 
-	logf("%d sessions ok, %d failed; %d reloads, %d restarts (crashes: %v) in %s with %d clients",
-		ok.Load(), failed.Load(), reloads, restarts, o.crash, o.duration, o.clients)
-	for s := range failures {
-		logf("failed at %s: %s %s: %v", s.at.Format("15:04:05.000"), s.mode, s.addr, s.err)
+func (s *disturber) reload() {
+	// Each reload changes a weight, so that it changes something.
+	if err := toggleWeight(s.cfg); err != nil {
+		s.logf("reload: %v", err)
+		return
 	}
-	for _, e := range events {
-		logf("%s at %s", e.what, e.at.Format("15:04:05.000"))
+	s.mu.Lock()
+	err := syscall.Kill(s.d.Pid(), syscall.SIGHUP)
+	s.mu.Unlock()
+	if err != nil {
+		s.logf("reload: %v", err)
 	}
-	fmt.Printf("soak: %d passed, %d failed\n", ok.Load(), failed.Load())
-	if failed.Load() > 0 {
-		return 1
+	s.reloads++
+}
+
+// restart hands the daemon over in place, or with -crash every other time
+// kills it and starts a new one.
+func (s *disturber) restart() error {
+	s.mu.Lock()
+	crash := s.crash && s.restarts%2 == 1
+	var err error
+	if !crash {
+		err = handOver(s.d)
+	} else if err = s.d.Kill(); err == nil {
+		// The outage runs from here to the restart's event.
+		s.events = append(s.events, event{"SIGKILL", time.Now()})
+		s.d, err = s.tp.StartDaemon(s.bin, s.cfg)
 	}
-	return 0
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	s.restarts++
+	s.events = append(s.events, event{map[bool]string{false: "SIGUSR2 hand-over", true: "SIGKILL restart"}[crash], time.Now()})
+	return nil
 }
 
 // toggleWeight switches rs2's weight in the reference config between 2 and 1.

@@ -139,13 +139,8 @@ func logf(format string, args ...any) {
 }
 
 func run(o options) (int, error) {
-	if os.Geteuid() != 0 {
-		return 2, errors.New("needs root (qemu's 9p export of / and the cache)")
-	}
-	for _, tool := range []string{"qemu-system-x86_64", "cpio", "depmod", "modprobe", "apt-get", "apt-cache", "dpkg-deb"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return 2, fmt.Errorf("%s not found (make vm-deps)", tool)
-		}
+	if err := checkHost(); err != nil {
+		return 2, err
 	}
 	busybox, err := staticBusybox()
 	if err != nil {
@@ -172,27 +167,8 @@ func run(o options) (int, error) {
 		defer os.RemoveAll(d)
 		o.share = d
 	}
-	if o.share, err = filepath.Abs(o.share); err != nil {
-		return 1, err
-	}
-	for _, bad := range []string{"/tmp", "/run", "/var/tmp", "/proc", "/sys", "/dev"} {
-		if o.share == bad || strings.HasPrefix(o.share, bad+"/") {
-			return 2, fmt.Errorf("-share %s: the guest mounts a fresh filesystem on %s", o.share, bad)
-		}
-	}
-	if strings.ContainsAny(o.share, " \t\n'\"\\,") {
-		return 2, fmt.Errorf("-share %q: no spaces, quotes, backslashes or commas", o.share)
-	}
-	if err := os.MkdirAll(o.share, 0o755); err != nil {
-		return 1, err
-	}
-	if o.dir == "" {
-		if o.dir, err = os.Getwd(); err != nil {
-			return 1, err
-		}
-	}
-	if o.logPath == "" {
-		o.logPath = filepath.Join(o.share, "console.log")
+	if code, err := o.settlePaths(); err != nil {
+		return code, err
 	}
 
 	env := []string{}
@@ -220,7 +196,55 @@ func run(o options) (int, error) {
 	if err := buildInitramfs(ctx, initrd, busybox, krn, o.share, guest, exitFile); err != nil {
 		return 1, err
 	}
+	return boot(ctx, o, krn, initrd, exitFile)
+}
 
+// checkHost: run needs root and the tools of make vm-deps.
+func checkHost() error {
+	if os.Geteuid() != 0 {
+		return errors.New("needs root (qemu's 9p export of / and the cache)")
+	}
+	for _, tool := range []string{"qemu-system-x86_64", "cpio", "depmod", "modprobe", "apt-get", "apt-cache", "dpkg-deb"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s not found (make vm-deps)", tool)
+		}
+	}
+	return nil
+}
+
+// settlePaths makes the share absolute and checks it, and fills in the
+// defaults of the working directory and the console log. Its exit code
+// is 2 for a -share the guest cannot use.
+func (o *options) settlePaths() (int, error) {
+	var err error
+	if o.share, err = filepath.Abs(o.share); err != nil {
+		return 1, err
+	}
+	for _, bad := range []string{"/tmp", "/run", "/var/tmp", "/proc", "/sys", "/dev"} {
+		if o.share == bad || strings.HasPrefix(o.share, bad+"/") {
+			return 2, fmt.Errorf("-share %s: the guest mounts a fresh filesystem on %s", o.share, bad)
+		}
+	}
+	if strings.ContainsAny(o.share, " \t\n'\"\\,") {
+		return 2, fmt.Errorf("-share %q: no spaces, quotes, backslashes or commas", o.share)
+	}
+	if err := os.MkdirAll(o.share, 0o755); err != nil {
+		return 1, err
+	}
+	if o.dir == "" {
+		if o.dir, err = os.Getwd(); err != nil {
+			return 1, err
+		}
+	}
+	if o.logPath == "" {
+		o.logPath = filepath.Join(o.share, "console.log")
+	}
+	return 0, nil
+}
+
+// boot runs the guest under qemu, copying its console to the log (and
+// stdout), and returns the command's exit status the guest reported.
+func boot(ctx context.Context, o options, krn kernel, initrd, exitFile string) (int, error) {
 	logFile, err := os.Create(o.logPath)
 	if err != nil {
 		return 1, err

@@ -676,43 +676,25 @@ const perDialer = 16000
 // address 203.0.113.10+.
 func (b *bench) memory(ctx context.Context) *memResult {
 	m := &memResult{}
-	var targets []int
-	for _, f := range strings.Split(b.o.conns, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 || n > 120000 {
-			m.err = "bad -conns " + b.o.conns + " (1..120000 each)"
-			return m
-		}
-		targets = append(targets, n)
+	targets, err := parseConns(b.o.conns)
+	if err != nil {
+		m.err = err.Error()
+		return m
 	}
-	slices.Sort(targets)
 	self, err := os.Executable()
 	if err != nil {
 		m.err = err.Error()
 		return m
 	}
-	for _, ns := range []string{b.tp.RS1, b.tp.RS2} {
-		if _, err := b.tp.Run(ctx, ns, "sysctl", "-qw", "net.core.somaxconn=65535", "net.ipv4.tcp_max_syn_backlog=65535"); err != nil {
-			m.err = err.Error()
-			return m
+	fds, err := b.holdListeners(ctx)
+	defer func() {
+		for _, fd := range fds {
+			unix.Close(fd)
 		}
-		var fd int
-		err := topo.Do(ns, func() error {
-			var err error
-			if fd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0); err != nil {
-				return err
-			}
-			_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
-			if err := unix.Bind(fd, &unix.SockaddrInet4{Port: holdPort}); err != nil {
-				return err
-			}
-			return unix.Listen(fd, 65535)
-		})
-		if err != nil {
-			m.err = "listener: " + err.Error()
-			return m
-		}
-		defer unix.Close(fd)
+	}()
+	if err != nil {
+		m.err = err.Error()
+		return m
 	}
 	if err := b.up(ctx, "nfhelperd"); err != nil {
 		m.err = err.Error()
@@ -730,65 +712,126 @@ func (b *bench) memory(ctx context.Context) *memResult {
 	time.Sleep(300 * time.Millisecond)
 	m.points = append(m.points, memPoint{target: 0, tracked: tracked(), rssKB: rssKB(b.daemon.Pid())})
 	logf("memory: idle RSS %d kB", m.points[0].rssKB)
-	var dialers []*exec.Cmd
-	defer func() {
-		for _, d := range dialers {
-			_ = d.Process.Kill()
-		}
-	}()
-	open, nsrc := 0, 0
+	ds := &dialers{b: b, self: self}
+	defer ds.kill()
 	for _, n := range targets {
 		t0 := time.Now()
-		var wg sync.WaitGroup
-		var mu sync.Mutex
-		var errs []error
-		for open < n {
-			k := min(perDialer, n-open)
-			src := fmt.Sprintf("203.0.113.%d", 10+nsrc)
-			nsrc++
-			if _, err := b.tp.Run(ctx, b.tp.Client, "ip", "addr", "add", src+"/32", "dev", "eth0"); err != nil {
-				errs = append(errs, err)
-				break
-			}
-			c := b.tp.Exec(b.tp.Client, self, "-hold-dial", net.JoinHostPort(topo.VIP4, strconv.Itoa(holdPort)), "-hold-src", src, "-hold-n", strconv.Itoa(k))
-			stdout, err := c.StdoutPipe()
-			if err != nil {
-				errs = append(errs, err)
-				break
-			}
-			stdin, _ := c.StdinPipe()
-			_ = stdin // held open: the dialer holds its connections until stdin closes or it is killed
-			c.Stderr = os.Stderr
-			if err := b.tp.Start(c); err != nil {
-				errs = append(errs, err)
-				break
-			}
-			dialers = append(dialers, c)
-			open += k
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				line, err := bufio.NewReader(stdout).ReadString('\n')
-				if err != nil || !strings.HasPrefix(line, "held ") {
-					mu.Lock()
-					errs = append(errs, fmt.Errorf("dialer from %s: %q %v", src, line, err))
-					mu.Unlock()
-				}
-			}()
-		}
-		wg.Wait()
+		errs := ds.grow(ctx, n)
 		took := time.Since(t0)
 		time.Sleep(2 * time.Second) // let the table settle
-		p := memPoint{target: n, open: open, tracked: tracked(), rssKB: rssKB(b.daemon.Pid()), took: took}
+		p := memPoint{target: n, open: ds.open, tracked: tracked(), rssKB: rssKB(b.daemon.Pid()), took: took}
 		logf("memory: %d connections opened (%v), daemon tracks %d, RSS %d kB", p.open, took.Round(time.Millisecond), p.tracked, p.rssKB)
 		m.points = append(m.points, p)
 		if len(errs) > 0 {
-			m.err = fmt.Sprintf("at %d connections: %v", open, errors.Join(errs...))
+			m.err = fmt.Sprintf("at %d connections: %v", ds.open, errors.Join(errs...))
 			logf("memory: %s", m.err)
 			break
 		}
 	}
 	return m
+}
+
+// parseConns reads -conns: connection counts, ascending.
+func parseConns(s string) ([]int, error) {
+	var targets []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 || n > 120000 {
+			return nil, errors.New("bad -conns " + s + " (1..120000 each)")
+		}
+		targets = append(targets, n)
+	}
+	slices.Sort(targets)
+	return targets, nil
+}
+
+// holdListeners opens the never-accepting listeners on holdPort in rs1 and
+// rs2, with room for the connections in their backlogs. The caller closes
+// the returned sockets, also on error.
+func (b *bench) holdListeners(ctx context.Context) ([]int, error) {
+	var fds []int
+	for _, ns := range []string{b.tp.RS1, b.tp.RS2} {
+		if _, err := b.tp.Run(ctx, ns, "sysctl", "-qw", "net.core.somaxconn=65535", "net.ipv4.tcp_max_syn_backlog=65535"); err != nil {
+			return fds, err
+		}
+		var fd int
+		err := topo.Do(ns, func() error {
+			var err error
+			if fd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0); err != nil {
+				return err
+			}
+			_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+			if err := unix.Bind(fd, &unix.SockaddrInet4{Port: holdPort}); err != nil {
+				return err
+			}
+			return unix.Listen(fd, 65535)
+		})
+		if err != nil {
+			return fds, errors.New("listener: " + err.Error())
+		}
+		fds = append(fds, fd)
+	}
+	return fds, nil
+}
+
+// dialers are the -hold-dial processes in the client namespace that hold
+// the connections open, each from its own source address.
+type dialers struct {
+	b          *bench
+	self       string // this program
+	cmds       []*exec.Cmd
+	open, nsrc int // connections held, source addresses used
+}
+
+// grow starts dialers until open reaches n and waits until each says it
+// holds its connections.
+func (ds *dialers) grow(ctx context.Context, n int) []error {
+	tp := ds.b.tp
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	for ds.open < n {
+		k := min(perDialer, n-ds.open)
+		src := fmt.Sprintf("203.0.113.%d", 10+ds.nsrc)
+		ds.nsrc++
+		if _, err := tp.Run(ctx, tp.Client, "ip", "addr", "add", src+"/32", "dev", "eth0"); err != nil {
+			errs = append(errs, err)
+			break
+		}
+		c := tp.Exec(tp.Client, ds.self, "-hold-dial", net.JoinHostPort(topo.VIP4, strconv.Itoa(holdPort)), "-hold-src", src, "-hold-n", strconv.Itoa(k))
+		stdout, err := c.StdoutPipe()
+		if err != nil {
+			errs = append(errs, err)
+			break
+		}
+		stdin, _ := c.StdinPipe()
+		_ = stdin // held open: the dialer holds its connections until stdin closes or it is killed
+		c.Stderr = os.Stderr
+		if err := tp.Start(c); err != nil {
+			errs = append(errs, err)
+			break
+		}
+		ds.cmds = append(ds.cmds, c)
+		ds.open += k
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			line, err := bufio.NewReader(stdout).ReadString('\n')
+			if err != nil || !strings.HasPrefix(line, "held ") {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("dialer from %s: %q %v", src, line, err))
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return errs
+}
+
+func (ds *dialers) kill() {
+	for _, d := range ds.cmds {
+		_ = d.Process.Kill()
+	}
 }
 
 // holdDial is the -hold-dial mode: open n connections to addr from src with

@@ -56,57 +56,85 @@ func (b *bench) command() string {
 		b.o.rounds, b.o.duration, b.o.warmup, b.o.workers, b.o.bigSize, b.o.rtt, b.o.conns)
 }
 
+// report is the Markdown of the results: one section per measure, then
+// every round's raw figures.
 func (b *bench) report(samples []*sample, mem *memResult, took time.Duration) string {
-	var w strings.Builder
-	p := func(format string, args ...any) { fmt.Fprintf(&w, format, args...) }
+	rep := &reporter{b: b, samples: samples}
+	rep.header(took)
+	rep.sessions()
+	rep.packets()
+	rep.throughput()
+	rep.latency()
+	rep.memory(mem)
+	rep.perRound()
+	return rep.w.String()
+}
+
+// reporter writes the report's sections.
+type reporter struct {
+	b       *bench
+	samples []*sample
+	w       strings.Builder
+}
+
+func (rep *reporter) p(format string, args ...any) { fmt.Fprintf(&rep.w, format, args...) }
+
+// by is the samples of the system with key.
+func (rep *reporter) by(key string) []*sample {
+	var out []*sample
+	for _, s := range rep.samples {
+		if systems[s.sys].key == key {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// vals is f of the samples that have it.
+func vals(ss []*sample, f func(*sample) (float64, bool)) []float64 {
+	var v []float64
+	for _, s := range ss {
+		if x, ok := f(s); ok {
+			v = append(v, x)
+		}
+	}
+	return v
+}
+
+// ratio is, per round, f of system a over f of system c.
+func (rep *reporter) ratio(a, c string, f func(*sample) (float64, bool)) []float64 {
+	var v []float64
+	for r := 1; r <= rep.b.o.rounds; r++ {
+		var x, y float64
+		var okx, oky bool
+		for _, s := range rep.samples {
+			if s.round != r {
+				continue
+			}
+			switch systems[s.sys].key {
+			case a:
+				x, okx = f(s)
+			case c:
+				y, oky = f(s)
+			}
+		}
+		if okx && oky && y != 0 {
+			v = append(v, x/y)
+		}
+	}
+	return v
+}
+
+func (rep *reporter) header(took time.Duration) {
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
 	la, _ := os.ReadFile("/proc/loadavg")
-	p("Run %s, %v, kernel %s, %d CPUs, Go %s; load average at the end: %s.\n\n",
+	rep.p("Run %s, %v, kernel %s, %d CPUs, Go %s; load average at the end: %s.\n\n",
 		time.Now().UTC().Format("2006-01-02 15:04 UTC"), took.Round(time.Second), strings.TrimSpace(string(kernel)),
 		runtime.NumCPU(), runtime.Version(), strings.TrimSpace(string(la)))
-	p("Command (as root, from the module root; `make bench-ftp` runs it with these defaults):\n\n    %s\n\n", b.command())
-	by := func(key string) []*sample {
-		var out []*sample
-		for _, s := range samples {
-			if systems[s.sys].key == key {
-				out = append(out, s)
-			}
-		}
-		return out
-	}
-	vals := func(ss []*sample, f func(*sample) (float64, bool)) []float64 {
-		var v []float64
-		for _, s := range ss {
-			if x, ok := f(s); ok {
-				v = append(v, x)
-			}
-		}
-		return v
-	}
-	// ratio per round of key a over key b.
-	ratio := func(a, c string, f func(*sample) (float64, bool)) []float64 {
-		var v []float64
-		for r := 1; r <= b.o.rounds; r++ {
-			var x, y float64
-			var okx, oky bool
-			for _, s := range samples {
-				if s.round != r {
-					continue
-				}
-				switch systems[s.sys].key {
-				case a:
-					x, okx = f(s)
-				case c:
-					y, oky = f(s)
-				}
-			}
-			if okx && oky && y != 0 {
-				v = append(v, x/y)
-			}
-		}
-		return v
-	}
+	rep.p("Command (as root, from the module root; `make bench-ftp` runs it with these defaults):\n\n    %s\n\n", rep.b.command())
+}
 
+func (rep *reporter) sessions() {
 	// Sessions.
 	rate := func(s *sample) (float64, bool) {
 		if s.sess == nil {
@@ -114,15 +142,15 @@ func (b *bench) report(samples []*sample, mem *memResult, took time.Duration) st
 		}
 		return s.sess.Rate, true
 	}
-	p("#### FTP sessions per second\n\n")
-	p("%d concurrent sessions (ftpload, client namespace), each: connect to %s:21, anonymous login, PASV, RETR small.bin (4 KiB), QUIT; %v measured after %v warm-up, per system and round; %d rounds, systems alternating within each round.\n\n",
-		b.o.workers, "198.51.100.10", b.o.duration, b.o.warmup, b.o.rounds)
-	p("| system | sessions/s median (min–max) | spread | session p50 ms | session p99 ms | failed sessions | ÷ kernel helper, per round: median (min–max) |\n|---|---|---|---|---|---|---|\n")
+	rep.p("#### FTP sessions per second\n\n")
+	rep.p("%d concurrent sessions (ftpload, client namespace), each: connect to %s:21, anonymous login, PASV, RETR small.bin (4 KiB), QUIT; %v measured after %v warm-up, per system and round; %d rounds, systems alternating within each round.\n\n",
+		rep.b.o.workers, "198.51.100.10", rep.b.o.duration, rep.b.o.warmup, rep.b.o.rounds)
+	rep.p("| system | sessions/s median (min–max) | spread | session p50 ms | session p99 ms | failed sessions | ÷ kernel helper, per round: median (min–max) |\n|---|---|---|---|---|---|---|\n")
 	for _, sys := range systems {
 		if !sys.sessions {
 			continue
 		}
-		ss := by(sys.key)
+		ss := rep.by(sys.key)
 		var fails int64
 		for _, s := range ss {
 			if s.sess != nil {
@@ -131,27 +159,32 @@ func (b *bench) report(samples []*sample, mem *memResult, took time.Duration) st
 		}
 		r := "1"
 		if sys.key != "kernel" {
-			r = mm(ratio(sys.key, "kernel", rate), "%.2f")
+			r = mm(rep.ratio(sys.key, "kernel", rate), "%.2f")
 		}
-		p("| %s | %s | %s | %s | %s | %d | %s |\n", sys.name, mm(vals(ss, rate), "%.0f"), spread(vals(ss, rate)),
+		rep.p("| %s | %s | %s | %s | %s | %d | %s |\n", sys.name, mm(vals(ss, rate), "%.0f"), spread(vals(ss, rate)),
 			mm(vals(ss, func(s *sample) (float64, bool) { return sessF(s, func(r *sessRes) float64 { return r.P50 }) }), "%.1f"),
 			mm(vals(ss, func(s *sample) (float64, bool) { return sessF(s, func(r *sessRes) float64 { return r.P99 }) }), "%.1f"),
 			fails, r)
 	}
-	nf := by("nfhelperd")
+	nf := rep.by("nfhelperd")
 	cpu := vals(nf, func(s *sample) (float64, bool) {
 		if s.sess == nil || s.sess.Sessions == 0 {
 			return 0, false
 		}
 		return s.daemonCPU / float64(s.sess.Sessions) * 1e6, true
 	})
+	rep.p("\nnfhelperd CPU time per session (utime+stime of its process over the measured run ÷ completed sessions, 10 ms clock): **%s µs**.\n\n", mm(cpu, "%.0f"))
+
+}
+
+func (rep *reporter) packets() {
+	nf := rep.by("nfhelperd")
 	pkts := vals(nf, func(s *sample) (float64, bool) {
 		if s.sess == nil || s.sess.Sessions == 0 {
 			return 0, false
 		}
 		return float64(s.queued) / float64(s.sess.Sessions), true
 	})
-	p("\nnfhelperd CPU time per session (utime+stime of its process over the measured run ÷ completed sessions, 10 ms clock): **%s µs**.\n\n", mm(cpu, "%.0f"))
 
 	c2s := vals(nf, func(s *sample) (float64, bool) {
 		if s.sess == nil || s.sess.Sessions == 0 || s.ctrlC2S == 0 {
@@ -165,32 +198,36 @@ func (b *bench) report(samples []*sample, mem *memResult, took time.Duration) st
 		}
 		return float64(s.ctrlS2C) / float64(s.sess.Sessions), true
 	})
-	p("#### Packets per FTP session that reach userspace\n\n")
-	p("Packets the router's kernel queued to nfhelperd during the measured session runs (sum of `id_sequence` over its queues in `/proc/net/netfilter/nfnetlink_queue`) ÷ completed sessions, median (min–max) over rounds:\n\n")
-	p("| per session | packets |\n|---|---|\n")
-	p("| queued to nfhelperd (both directions) | **%s** |\n", mm(pkts, "%.1f"))
-	p("| control-connection packets forwarded client → server (nft counter, `meta l4proto tcp ct original proto-dst 21 ct direction original`) | %s |\n", mm(c2s, "%.1f"))
-	p("| control-connection packets forwarded server → client (`ct direction reply`) | %s |\n\n", mm(s2c, "%.1f"))
-	p("The queue's count is not split by direction; the forwarded control packets are (a separate counting table in the router during the same runs). Sessions cut off at the end of a run are not counted but their packets are, which inflates these figures slightly (at most %d sessions' worth per run).\n\n", b.o.workers)
+	rep.p("#### Packets per FTP session that reach userspace\n\n")
+	rep.p("Packets the router's kernel queued to nfhelperd during the measured session runs (sum of `id_sequence` over its queues in `/proc/net/netfilter/nfnetlink_queue`) ÷ completed sessions, median (min–max) over rounds:\n\n")
+	rep.p("| per session | packets |\n|---|---|\n")
+	rep.p("| queued to nfhelperd (both directions) | **%s** |\n", mm(pkts, "%.1f"))
+	rep.p("| control-connection packets forwarded client → server (nft counter, `meta l4proto tcp ct original proto-dst 21 ct direction original`) | %s |\n", mm(c2s, "%.1f"))
+	rep.p("| control-connection packets forwarded server → client (`ct direction reply`) | %s |\n\n", mm(s2c, "%.1f"))
+	rep.p("The queue's count is not split by direction; the forwarded control packets are (a separate counting table in the router during the same runs). Sessions cut off at the end of a run are not counted but their packets are, which inflates these figures slightly (at most %d sessions' worth per run).\n\n", rep.b.o.workers)
 
-	// Throughput.
+}
+
+func (rep *reporter) throughput() {
 	tput := func(s *sample) (float64, bool) { return s.mbps, s.mbps > 0 }
-	p("#### Data-channel throughput\n\n")
-	p("One passive RETR of a sparse file of %d MiB (served by vsftpd, read into io.Discard by the bench in the client namespace), per system and round; MB/s = 10^6 bytes/s from the RETR to the end of the data.\n\n", b.o.bigSize>>20)
-	p("| system | MB/s median (min–max) | spread | ÷ plain DNAT, per round |\n|---|---|---|---|\n")
+	rep.p("#### Data-channel throughput\n\n")
+	rep.p("One passive RETR of a sparse file of %d MiB (served by vsftpd, read into io.Discard by the bench in the client namespace), per system and round; MB/s = 10^6 bytes/s from the RETR to the end of the data.\n\n", rep.b.o.bigSize>>20)
+	rep.p("| system | MB/s median (min–max) | spread | ÷ plain DNAT, per round |\n|---|---|---|---|\n")
 	for _, sys := range systems {
-		ss := by(sys.key)
+		ss := rep.by(sys.key)
 		r := "1"
 		if sys.key != "dnat" {
-			r = mm(ratio(sys.key, "dnat", tput), "%.2f")
+			r = mm(rep.ratio(sys.key, "dnat", tput), "%.2f")
 		}
-		p("| %s | %s | %s | %s |\n", sys.name, mm(vals(ss, tput), "%.0f"), spread(vals(ss, tput)), r)
+		rep.p("| %s | %s | %s | %s |\n", sys.name, mm(vals(ss, tput), "%.0f"), spread(vals(ss, tput)), r)
 	}
 
-	// Latency.
-	p("\n#### Control-channel round trip\n\n")
-	p("One logged-in control connection per system and round, %d NOOP → 200 then %d PASV → 227 round trips back to back (after 20 unmeasured NOOPs); per-round p50/p99, then median (min–max) over rounds, in µs.\n\n", b.o.rtt, b.o.rtt)
-	p("| system | NOOP p50 | NOOP p99 | PASV p50 | PASV p99 | PASV p50 − plain DNAT's, per round |\n|---|---|---|---|---|---|\n")
+}
+
+func (rep *reporter) latency() {
+	rep.p("\n#### Control-channel round trip\n\n")
+	rep.p("One logged-in control connection per system and round, %d NOOP → 200 then %d PASV → 227 round trips back to back (after 20 unmeasured NOOPs); per-round p50/p99, then median (min–max) over rounds, in µs.\n\n", rep.b.o.rtt, rep.b.o.rtt)
+	rep.p("| system | NOOP p50 | NOOP p99 | PASV p50 | PASV p99 | PASV p50 − plain DNAT's, per round |\n|---|---|---|---|---|---|\n")
 	q := func(pick func(*sample) []time.Duration, qq float64) func(*sample) (float64, bool) {
 		return func(s *sample) (float64, bool) {
 			v := pick(s)
@@ -200,14 +237,14 @@ func (b *bench) report(samples []*sample, mem *memResult, took time.Duration) st
 	noop := func(s *sample) []time.Duration { return s.noop }
 	pasv := func(s *sample) []time.Duration { return s.pasv }
 	for _, sys := range systems {
-		ss := by(sys.key)
+		ss := rep.by(sys.key)
 		diff := "–"
 		if sys.key != "dnat" {
 			var d []float64
-			for r := 1; r <= b.o.rounds; r++ {
+			for r := 1; r <= rep.b.o.rounds; r++ {
 				var x, y float64
 				var okx, oky bool
-				for _, s := range samples {
+				for _, s := range rep.samples {
 					if s.round == r && systems[s.sys].key == sys.key {
 						x, okx = q(pasv, .5)(s)
 					}
@@ -221,37 +258,43 @@ func (b *bench) report(samples []*sample, mem *memResult, took time.Duration) st
 			}
 			diff = mm(d, "%+.0f")
 		}
-		p("| %s | %s | %s | %s | %s | %s |\n", sys.name,
+		rep.p("| %s | %s | %s | %s | %s | %s |\n", sys.name,
 			mm(vals(ss, q(noop, .5)), "%.0f"), mm(vals(ss, q(noop, .99)), "%.0f"),
 			mm(vals(ss, q(pasv, .5)), "%.0f"), mm(vals(ss, q(pasv, .99)), "%.0f"), diff)
 	}
 
-	// Memory.
-	p("\n#### Memory\n\n")
+}
+
+func (rep *reporter) memory(mem *memResult) {
+	nf := rep.by("nfhelperd")
+	rep.p("\n#### Memory\n\n")
 	idle := vals(nf, func(s *sample) (float64, bool) { return float64(s.rssIdle), s.rssIdle > 0 })
 	after := vals(nf, func(s *sample) (float64, bool) { return float64(s.rssAfter), s.rssAfter > 0 })
-	p("nfhelperd RSS (VmRSS) right after start: %s kB; after the round's round trips, throughput and session runs: %s kB.\n\n", mm(idle, "%.0f"), mm(after, "%.0f"))
+	rep.p("nfhelperd RSS (VmRSS) right after start: %s kB; after the round's round trips, throughput and session runs: %s kB.\n\n", mm(idle, "%.0f"), mm(after, "%.0f"))
 	if mem != nil {
-		p("Connections held open through the VIP to a plain TCP service (%s:%d, rr over rs1/rs2, no helper), held by dialer processes in the client namespace (%d connections each, each from its own source address 203.0.113.10+; 16 dialing goroutines each); the real servers never accept them (they wait established in listen backlogs of 65535, so no file descriptor limit applies on their side); a fresh daemon, one run:\n\n", "198.51.100.10", holdPort, perDialer)
-		p("| connections open | daemon's table (`status` connections) | nfhelperd RSS kB | RSS growth per connection (bytes) | time to open |\n|---|---|---|---|---|\n")
+		rep.p("Connections held open through the VIP to a plain TCP service (%s:%d, rr over rs1/rs2, no helper), held by dialer processes in the client namespace (%d connections each, each from its own source address 203.0.113.10+; 16 dialing goroutines each); the real servers never accept them (they wait established in listen backlogs of 65535, so no file descriptor limit applies on their side); a fresh daemon, one run:\n\n", "198.51.100.10", holdPort, perDialer)
+		rep.p("| connections open | daemon's table (`status` connections) | nfhelperd RSS kB | RSS growth per connection (bytes) | time to open |\n|---|---|---|---|---|\n")
 		var base int64
 		for i, pt := range mem.points {
 			if i == 0 {
 				base = pt.rssKB
-				p("| 0 | %d | %d | – | – |\n", pt.tracked, pt.rssKB)
+				rep.p("| 0 | %d | %d | – | – |\n", pt.tracked, pt.rssKB)
 				continue
 			}
 			per := float64(pt.rssKB-base) * 1024 / float64(max(pt.open, 1))
-			p("| %d | %d | %d | %.0f | %v |\n", pt.open, pt.tracked, pt.rssKB, per, pt.took.Round(100*time.Millisecond))
+			rep.p("| %d | %d | %d | %.0f | %v |\n", pt.open, pt.tracked, pt.rssKB, per, pt.took.Round(100*time.Millisecond))
 		}
 		if mem.err != "" {
-			p("\nIncomplete: %s\n", mem.err)
+			rep.p("\nIncomplete: %s\n", mem.err)
 		}
 	}
 
-	// Errors and raw rows.
-	p("\n#### Per round\n\n| round | system | sessions/s | daemon CPU µs/session | queued pkts/session | MB/s | NOOP p50/p99 µs | PASV p50/p99 µs | errors |\n|---|---|---|---|---|---|---|---|---|\n")
-	for _, s := range samples {
+}
+
+// perRound is every round's figures and errors.
+func (rep *reporter) perRound() {
+	rep.p("\n#### Per round\n\n| round | system | sessions/s | daemon CPU µs/session | queued pkts/session | MB/s | NOOP p50/p99 µs | PASV p50/p99 µs | errors |\n|---|---|---|---|---|---|---|---|---|\n")
+	for _, s := range rep.samples {
 		sr, cpuS, pk := "–", "–", "–"
 		if s.sess != nil {
 			sr = fmt.Sprintf("%.0f", s.sess.Rate)
@@ -263,10 +306,9 @@ func (b *bench) report(samples []*sample, mem *memResult, took time.Duration) st
 				s.err = append(s.err, fmt.Sprintf("%d failed sessions %v", s.sess.Failures, s.sess.Errors))
 			}
 		}
-		p("| %d | %s | %s | %s | %s | %.0f | %.0f / %.0f | %.0f / %.0f | %s |\n", s.round, systems[s.sys].key, sr, cpuS, pk, s.mbps,
+		rep.p("| %d | %s | %s | %s | %s | %.0f | %.0f / %.0f | %.0f / %.0f | %s |\n", s.round, systems[s.sys].key, sr, cpuS, pk, s.mbps,
 			us(quant(s.noop, .5)), us(quant(s.noop, .99)), us(quant(s.pasv, .5)), us(quant(s.pasv, .99)), strings.Join(s.err, "; "))
 	}
-	return w.String()
 }
 
 func sessF(s *sample, f func(*sessRes) float64) (float64, bool) {

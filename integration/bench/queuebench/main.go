@@ -201,14 +201,13 @@ func kernel() string {
 }
 
 type bench struct {
-	o     options
-	ns    string
-	self  string
-	conn  *nftables.Conn
-	qrule *nftables.Rule
-	out   *nftables.Chain
-	in    *nftables.Chain
-	tbl   *nftables.Table
+	o    options
+	ns   string
+	self string
+	conn *nftables.Conn
+	out  *nftables.Chain
+	in   *nftables.Chain
+	tbl  *nftables.Table
 	// lastCPU is the CPU time the consumers used in the last run, per
 	// second of it (1 = one CPU busy).
 	lastCPU float64

@@ -60,11 +60,9 @@ func main() {
 		os.Exit(2)
 	}
 	if *serve != "" {
-		if err := runServer(*serve, *mode, *banner); err != nil {
-			fmt.Fprintln(os.Stderr, "connbench:", err)
-			os.Exit(1)
-		}
-		return
+		// runServer serves until it fails.
+		fmt.Fprintln(os.Stderr, "connbench:", runServer(*serve, *mode, *banner))
+		os.Exit(1)
 	}
 	cfg := clientConfig{
 		addr: *addr, workers: *workers, duration: *duration, count: *count,

@@ -68,80 +68,112 @@ func main() {
 		fmt.Fprintln(os.Stderr, "ftpload: -mode must be pasv, epsv, port or eprt")
 		os.Exit(2)
 	}
-	targets := strings.Split(*addrs, ",")
-	var locals []net.IP
-	if *bind != "" {
-		for _, a := range strings.Split(*bind, ",") {
-			ip := net.ParseIP(a)
-			if ip == nil {
-				fmt.Fprintf(os.Stderr, "ftpload: -bind: %q is no address\n", a)
-				os.Exit(2)
-			}
-			locals = append(locals, ip)
-		}
+	locals, err := parseBind(*bind)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ftpload: -bind:", err)
+		os.Exit(2)
 	}
-	// started counts sessions begun, so that -sessions ends the run at
-	// exactly that many.
-	var started atomic.Int64
-
+	l := &load{
+		targets: strings.Split(*addrs, ","), locals: locals, mode: m,
+		file: *file, size: *size, timeout: *timeout, workers: *workers, sessions: *sessions,
+		res: result{Label: *label, Errors: map[string]int64{}},
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), *duration)
 	defer cancel()
+	out, _ := json.Marshal(l.run(ctx))
+	fmt.Println(string(out))
+}
+
+// parseBind reads -bind: local addresses, comma-separated ("": none).
+func parseBind(s string) ([]net.IP, error) {
+	var locals []net.IP
+	if s == "" {
+		return nil, nil
+	}
+	for _, a := range strings.Split(s, ",") {
+		ip := net.ParseIP(a)
+		if ip == nil {
+			return nil, fmt.Errorf("%q is no address", a)
+		}
+		locals = append(locals, ip)
+	}
+	return locals, nil
+}
+
+// load is one run: what each session does, and the tally.
+type load struct {
+	targets  []string
+	locals   []net.IP
+	mode     ftpclient.Mode
+	file     string
+	size     int64
+	timeout  time.Duration
+	workers  int
+	sessions int64
+	// started counts sessions begun, so that -sessions ends the run at
+	// exactly that many.
+	started atomic.Int64
+
+	mu        sync.Mutex
+	res       result
+	latencies []time.Duration
+}
+
+// run runs the workers' sessions until ctx's deadline (or -sessions) and
+// returns the result.
+func (l *load) run(ctx context.Context) result {
 	end, _ := ctx.Deadline()
 	// A step cut off by the deadline can return before ctx's own timer has
 	// fired: the clock, not ctx.Err, decides whether a session counts.
 	over := func() bool { return ctx.Err() != nil || !time.Now().Before(end) }
-	var (
-		mu        sync.Mutex
-		res       = result{Label: *label, Errors: map[string]int64{}}
-		latencies []time.Duration
-	)
 	start := time.Now()
 	var wg sync.WaitGroup
-	for w := range *workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := w; !over(); i += *workers {
-				if *sessions > 0 && started.Add(1) > *sessions {
-					return
-				}
-				t0 := time.Now()
-				d := &net.Dialer{}
-				if len(locals) > 0 {
-					d.LocalAddr = &net.TCPAddr{IP: locals[i%len(locals)]}
-				}
-				err := session(ctx, targets[i%len(targets)], d, m, *file, *size, *timeout)
-				if over() {
-					return // cut off by the end of the run: not counted
-				}
-				mu.Lock()
-				if err != nil {
-					res.Failures++
-					res.Errors[errKind(err)]++
-					fmt.Fprintf(os.Stderr, "%s session %d: %v\n", time.Now().Format("15:04:05.000000"), i, err)
-				} else {
-					res.Sessions++
-					latencies = append(latencies, time.Since(t0))
-				}
-				mu.Unlock()
-			}
-		}()
+	for w := range l.workers {
+		wg.Go(func() { l.worker(ctx, w, over) })
 	}
 	wg.Wait()
+	res := l.res
 	res.Elapsed = time.Since(start).Seconds()
 	res.Rate = float64(res.Sessions) / res.Elapsed
-	if len(latencies) > 0 {
-		slices.Sort(latencies)
+	if len(l.latencies) > 0 {
+		slices.Sort(l.latencies)
 		q := func(p float64) float64 {
-			return float64(latencies[min(len(latencies)-1, int(p*float64(len(latencies))))].Microseconds()) / 1000
+			return float64(l.latencies[min(len(l.latencies)-1, int(p*float64(len(l.latencies))))].Microseconds()) / 1000
 		}
 		res.P50, res.P99 = q(0.50), q(0.99)
 	}
 	if len(res.Errors) == 0 {
 		res.Errors = nil
 	}
-	out, _ := json.Marshal(res)
-	fmt.Println(string(out))
+	return res
+}
+
+// worker w runs sessions w, w+workers, ... one after the other.
+func (l *load) worker(ctx context.Context, w int, over func() bool) {
+	for i := w; !over(); i += l.workers {
+		if l.sessions > 0 && l.started.Add(1) > l.sessions {
+			return
+		}
+		t0 := time.Now()
+		d := &net.Dialer{}
+		if len(l.locals) > 0 {
+			d.LocalAddr = &net.TCPAddr{IP: l.locals[i%len(l.locals)]}
+		}
+		err := session(ctx, l.targets[i%len(l.targets)], d, l.mode, l.file, l.size, l.timeout)
+		if over() {
+			return // cut off by the end of the run: not counted
+		}
+		l.mu.Lock()
+		if err != nil {
+			l.res.Failures++
+			l.res.Errors[errKind(err)]++
+			fmt.Fprintf(os.Stderr, "%s session %d: %v\n", time.Now().Format("15:04:05.000000"), i, err)
+		} else {
+			l.res.Sessions++
+			l.latencies = append(l.latencies, time.Since(t0))
+		}
+		l.mu.Unlock()
+	}
 }
 
 func session(ctx context.Context, addr string, d *net.Dialer, mode ftpclient.Mode, file string, size int64, timeout time.Duration) error {

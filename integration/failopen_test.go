@@ -177,6 +177,7 @@ var failOpenModes = []struct {
 // sessions itself, without the kernel's helper.
 func TestFailOpenNewSessions(t *testing.T) {
 	d := needDaemon(t)
+	forgetOutageAfter(t)
 	tp := harness.tp
 	if strings.Contains(d.Log(), "fail-open covers control connections only") {
 		t.Skip("the kernel has no FTP helper: fail-open covers control connections only")
@@ -339,6 +340,7 @@ func TestFailOpenNewSessions(t *testing.T) {
 // forward.
 func TestFailOpenStraddle(t *testing.T) {
 	d := needDaemon(t)
+	forgetOutageAfter(t)
 	script := filepath.Join(t.TempDir(), "hold.py")
 	if err := os.WriteFile(script, []byte(holdClient), 0o644); err != nil {
 		t.Fatal(err)
@@ -388,4 +390,35 @@ func TestFailOpenStraddle(t *testing.T) {
 	}
 
 	restartAfterKill(t)
+}
+
+// forgetOutageAfter removes, when t ends, what a daemon outage during t left
+// in the router's kernel for the tests after it. Its sessions' conntrack
+// entries: left in place, later passive sessions from the same client lost
+// 1 to 3 in 2,500 (a 229's data connection refused, a 227 passing
+// unrewritten), none once they were flushed. And the bypassed maps, where a
+// reply that passed while the daemon was down sends its client's
+// unannounced data connections to its server for five minutes.
+func forgetOutageAfter(t *testing.T) {
+	t.Cleanup(func() {
+		flushConntrack(t)
+		tp, ctx := harness.tp, context.Background()
+		for _, m := range []string{"bypassed4", "bypassed6", "bypassed_active4", "bypassed_active6"} {
+			// The table is gone where t ended with the daemon stopped.
+			if out, err := tp.Run(ctx, tp.Router, "nft", "flush", "map", "inet", "nfhelper", m); err != nil {
+				t.Logf("flush map %s: %v %s", m, err, out)
+			}
+		}
+	})
+}
+
+// flushConntrack empties the router's conntrack table. No other test runs
+// meanwhile: it takes only connections that ended or were abandoned.
+func flushConntrack(t *testing.T) {
+	t.Helper()
+	for _, fam := range []string{"ipv4", "ipv6"} {
+		if out, err := harness.tp.Run(context.Background(), harness.tp.Router, "conntrack", "-F", "-f", fam); err != nil {
+			t.Errorf("conntrack -F -f %s: %v %s", fam, err, out)
+		}
+	}
 }

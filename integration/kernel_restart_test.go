@@ -22,6 +22,7 @@ func TestKernelRestartKeepsHelping(t *testing.T) {
 	if !kernelDatapath() {
 		t.Skip("compat datapath: a restarted daemon does not know running connections")
 	}
+	forgetOutageAfter(t)
 	tp := harness.tp
 	// The client's last command waits until the new daemon runs: while
 	// none does, nothing can help it.

@@ -17,9 +17,6 @@ import (
 	"github.com/nfhelper/nfhelper/integration/topo"
 )
 
-// This file sorts after the traffic tests (direct_test.go must run before
-// any daemon exists) and before zz_shutdown_test.go, which stops the daemon.
-
 // tool is a program of this module the tests build once, on first use.
 type tool struct {
 	name, pkg string

@@ -18,8 +18,8 @@ import (
 	"github.com/nfhelper/nfhelper/integration/topo"
 )
 
-// TestDaemonShutdown must stay last (this file sorts last): it takes the
-// daemon down.
+// TestDaemonShutdown takes the daemon down (the next test's needDaemon
+// starts another):
 //
 //  1. SIGTERM: exit status 0 and no inet nfhelper table left.
 //  2. Start again, SIGKILL (a crash) during a transfer: the transfer
@@ -32,7 +32,9 @@ import (
 //     cleanly.
 func TestDaemonShutdown(t *testing.T) {
 	d := needDaemon(t)
+	forgetOutageAfter(t)
 	tp := harness.tp
+	provokeRefusal(t) // for refusal-counters, whichever tests ran before
 
 	harness.mu.Lock()
 	harness.stopped = true
@@ -125,8 +127,6 @@ func checkFailOpen(t *testing.T, running *slowTransfer) {
 	}
 }
 
-// setDaemon makes d the suite's daemon. The refusals counted so far were
-// the old process's counters: d starts from zero.
 // restartAfterKill starts the daemon again after a test killed it (kill -9)
 // and makes it the suite's daemon.
 func restartAfterKill(t *testing.T) *topo.Daemon {
@@ -143,10 +143,17 @@ func restartAfterKill(t *testing.T) *topo.Daemon {
 	return d
 }
 
+// setDaemon makes d the suite's daemon. The refusals counted so far were
+// the old process's counters: d starts from zero.
 func setDaemon(d *topo.Daemon) {
 	harness.mu.Lock()
 	harness.daemon = d
 	harness.mu.Unlock()
+	resetRefusals()
+}
+
+// resetRefusals: a new daemon process counts from zero.
+func resetRefusals() {
 	refusals.Lock()
 	refusals.n = nil
 	refusals.Unlock()
