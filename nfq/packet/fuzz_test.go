@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"testing"
-	"unsafe"
 )
 
 func fuzzSeeds(f *testing.F) [][]byte {
@@ -76,11 +75,4 @@ func FuzzRewrite(f *testing.F) {
 			t.Fatal("IPv4 header checksum broken")
 		}
 	})
-}
-
-// within reports whether s lies inside b's memory.
-func within(s, b []byte) bool {
-	base := uintptr(unsafe.Pointer(unsafe.SliceData(b)))
-	p := uintptr(unsafe.Pointer(unsafe.SliceData(s)))
-	return p >= base && p+uintptr(len(s)) <= base+uintptr(len(b))
 }

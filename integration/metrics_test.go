@@ -15,9 +15,14 @@ import (
 )
 
 // TestMetrics scrapes the daemon's Prometheus endpoint on the router's
-// loopback after the FTP tests: the counters they drove are there and move.
+// loopback after sessions of its own (whatever ran before): the counters
+// they drove are there and move.
 func TestMetrics(t *testing.T) {
 	needDaemon(t)
+	// Two sessions: round robin reaches both real servers; each rewrites
+	// a 227 and opens a data channel.
+	seen := newConnServers(t, 2)
+	refused := provokeRefusal(t)
 	out, stderr, err := execIn(t, 10*time.Second, harness.tp.Router, nil, "curl", "-sS", "--max-time", "5", "http://127.0.0.1:9330/metrics")
 	if err != nil {
 		t.Fatalf("scrape: %v\n%s", err, stderr)
@@ -62,9 +67,13 @@ func TestMetrics(t *testing.T) {
 		{"nfhelper_refusals_total", []string{"reason", "bounce"}},
 		{"nfhelper_verdict_duration_seconds", nil}, // its count
 		{"nfhelper_real_server_connections_total", []string{"service", "ftp", "server", "10.0.0.11:21"}},
+		{"nfhelper_real_server_connections_total", []string{"service", "ftp", "server", "10.0.0.12:21"}},
 	} {
+		if s.name == "nfhelper_refusals_total" && !refused {
+			continue // no quirky server to bounce through
+		}
 		if v := value(s.name, s.labels...); v <= 0 {
-			t.Errorf("%s%q = %v after the FTP tests, want > 0", s.name, s.labels, v)
+			t.Errorf("%s%q = %v after sessions to %v, want > 0", s.name, s.labels, v, seen)
 		}
 	}
 	if f := fams["nfhelper_verdict_duration_seconds"]; f.GetType() != dto.MetricType_HISTOGRAM {
