@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"fmt"
@@ -9,14 +9,8 @@ import (
 	"github.com/ti-mo/conntrack"
 
 	"github.com/nfhelper/nfhelper/ipvs"
+	"github.com/nfhelper/nfhelper/kernel"
 	"github.com/nfhelper/nfhelper/nft"
-)
-
-// conntrack's TCP states (TCP_CONNTRACK_*) that matter here.
-const (
-	tcpEstablished = 3
-	tcpTimeWait    = 7
-	tcpClose       = 8
 )
 
 // restore takes over what a daemon that did not stop cleanly left: the run-
@@ -55,11 +49,11 @@ func restore(engine *ipvs.Engine, table string, log *slog.Logger) (*nft.Carried,
 		client := netip.AddrPortFrom(f.TupleOrig.IP.SourceAddress, f.TupleOrig.Proto.SourcePort)
 		vip := netip.AddrPortFrom(f.TupleOrig.IP.DestinationAddress, f.TupleOrig.Proto.DestinationPort)
 		server := netip.AddrPortFrom(f.TupleReply.IP.SourceAddress, f.TupleReply.Proto.SourcePort)
-		var state uint8
+		var state kernel.CtTCPState
 		if f.ProtoInfo.TCP != nil {
-			state = f.ProtoInfo.TCP.State
+			state = kernel.CtTCPState(f.ProtoInfo.TCP.State)
 		}
-		if state == tcpTimeWait || state == tcpClose {
+		if state == kernel.CtTCPTimeWait || state == kernel.CtTCPClose {
 			continue
 		}
 		// The kernel's own FTP helper took it while no daemon ran
@@ -67,7 +61,7 @@ func restore(engine *ipvs.Engine, table string, log *slog.Logger) (*nft.Carried,
 		if f.Helper.Name == nft.KernelFTPHelper {
 			continue
 		}
-		established := state == tcpEstablished
+		established := state == kernel.CtTCPEstablished
 		// Its elements are deleted when it ends, as the earlier daemon's
 		// would have been.
 		if engine.Restore(client, vip, server, established, offsets[[2]netip.AddrPort{client, vip}], acks[[2]netip.AddrPort{client, server}]) {
