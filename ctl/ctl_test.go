@@ -56,7 +56,7 @@ func testEngine(t *testing.T) *ipvs.Engine {
 	}
 	udp.UDP = true
 	addon := ipvs.NewAddOn("router-ftp", match, nopHelper{}, 0)
-	e, err := ipvs.NewEngine([]*ipvs.Service{svc, udp, addon}, 0x00ff0000)
+	e, err := ipvs.NewEngine([]*ipvs.Service{svc, udp, addon}, ipvs.Options{MarkMask: 0x00ff0000})
 	if err != nil {
 		t.Fatal(err)
 	}

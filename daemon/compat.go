@@ -54,12 +54,18 @@ type pending struct {
 
 func (c *compatPath) name() string { return kernel.DatapathCompat }
 
-func (c *compatPath) configure(e *ipvs.Engine) {
+// options: the elements of ended connections go (connEnded). The backlog
+// exists before the engine: restored connections may end before run runs.
+func (c *compatPath) options(o *ipvs.Options) {
+	o.Datapath = ipvs.DatapathCompat
+	o.OnEnded = c.connEnded
+}
+
+// attach: the elements of used channels go (channelUsed). (The kernel
+// datapath's expectations go when they match.)
+func (c *compatPath) attach(e *ipvs.Engine, f *conntrackFollower) {
 	c.engine = e
-	// Before any packet, restored connections aside (they end later).
-	e.OnEnded = c.connEnded
-	// (The kernel datapath's expectations go when they match.)
-	e.OnChannelUsed = c.channelUsed
+	f.used = c.channelUsed
 }
 
 func (c *compatPath) shape(*nft.Spec) {}

@@ -45,6 +45,8 @@ type Daemon struct {
 	features kernel.Features
 	dp       datapath
 	engine   *ipvs.Engine
+	alive    *conntrackAlive    // the engine's conntrack lookups
+	follower *conntrackFollower // conntrack's events to the engine
 	spec     *nft.Spec
 	queues   []*nfq.Queue // the scheduling queues, then the datapath's
 	metrics  *metrics.Metrics
@@ -135,11 +137,14 @@ func (d *Daemon) chooseDatapath() error {
 // newEngine builds the engine for the configured services, and the
 // ruleset's spec for what the engine assigned them.
 func (d *Daemon) newEngine() (err error) {
-	if d.engine, err = ipvs.NewEngine(services(d.cfg), markMask); err != nil {
+	d.alive = &conntrackAlive{}
+	opts := ipvs.Options{MarkMask: markMask, Log: d.log, Alive: d.alive.alive}
+	d.dp.options(&opts)
+	if d.engine, err = ipvs.NewEngine(services(d.cfg), opts); err != nil {
 		return err
 	}
-	d.engine.Log = d.log
-	d.dp.configure(d.engine)
+	d.follower = &conntrackFollower{engine: d.engine}
+	d.dp.attach(d.engine, d.follower)
 	d.spec = specFor(d.cfg, d.engine.Services())
 	d.dp.shape(d.spec)
 	// Either datapath queues with the native expression where the kernel
@@ -234,12 +239,12 @@ func (d *Daemon) serve() {
 	d.background.Go(func() { d.engine.RunExpiry(time.Second, ctx.Done()) })
 	d.background.Go(func() {
 		// Without events the table's own timeouts still end connections.
-		if err := d.engine.FollowConntrackEnds(ctx); err != nil {
+		if err := d.follower.followEnds(ctx); err != nil {
 			d.control.NoteConntrack(err)
 			d.log.Warn("not following conntrack", "err", err)
 		}
 	})
-	d.states = &stateFollower{engine: d.engine, log: d.log, wg: &d.background}
+	d.states = &stateFollower{engine: d.engine, follower: d.follower, log: d.log, wg: &d.background}
 	d.states.adjust(ctx)
 	if addr := d.cfg.Metrics.Address; addr != "" {
 		d.background.Go(func() {
@@ -341,6 +346,9 @@ func (d *Daemon) close() {
 	}
 	d.readers.Wait()
 	d.background.Wait()
+	if d.alive != nil {
+		d.alive.close()
+	}
 	if d.dp != nil {
 		d.dp.close()
 	}
@@ -375,10 +383,11 @@ func statsAttrs(s *ipvs.Stats) []any {
 // stateFollower runs conntrack's state updates while a least-connection
 // scheduler needs them: they cost several events per connection.
 type stateFollower struct {
-	engine *ipvs.Engine
-	log    *slog.Logger
-	wg     *sync.WaitGroup
-	stop   context.CancelFunc
+	engine   *ipvs.Engine
+	follower *conntrackFollower
+	log      *slog.Logger
+	wg       *sync.WaitGroup
+	stop     context.CancelFunc
 }
 
 func (f *stateFollower) adjust(ctx context.Context) {
@@ -388,7 +397,7 @@ func (f *stateFollower) adjust(ctx context.Context) {
 		var fctx context.Context
 		fctx, f.stop = context.WithCancel(ctx)
 		f.wg.Go(func() {
-			if err := f.engine.FollowConntrackStates(fctx); err != nil {
+			if err := f.follower.followStates(fctx); err != nil {
 				f.log.Warn("not following conntrack states; least-connection counts drift", "err", err)
 			}
 		})

@@ -35,16 +35,19 @@ func TestDatapathChoice(t *testing.T) {
 			if dp.name() != c.name {
 				t.Fatalf("datapath %q for %q", dp.name(), c.name)
 			}
-			e, err := ipvs.NewEngine(nil, markMask)
+			var opts ipvs.Options
+			dp.options(&opts)
+			if kernelSeqAdj := opts.Datapath == ipvs.DatapathKernel; kernelSeqAdj != c.seqAdj {
+				t.Errorf("engine's datapath %v", opts.Datapath)
+			}
+			e, err := ipvs.NewEngine(nil, opts)
 			if err != nil {
 				t.Fatal(err)
 			}
-			dp.configure(e)
-			if e.KernelSeqAdj != c.seqAdj {
-				t.Errorf("engine's KernelSeqAdj %v", e.KernelSeqAdj)
-			}
-			if compat := !c.seqAdj; (e.OnEnded != nil) != compat || (e.OnChannelUsed != nil) != compat {
-				t.Errorf("engine tells of ended connections: %v, of used channels: %v; want %v", e.OnEnded != nil, e.OnChannelUsed != nil, compat)
+			f := &conntrackFollower{engine: e}
+			dp.attach(e, f)
+			if compat := !c.seqAdj; (opts.OnEnded != nil) != compat || (f.used != nil) != compat {
+				t.Errorf("engine tells of ended connections: %v, conntrack of used channels: %v; want %v", opts.OnEnded != nil, f.used != nil, compat)
 			}
 			spec := &nft.Spec{}
 			dp.shape(spec)
@@ -80,7 +83,7 @@ func (f *fakeDatapath) run(ctx context.Context, _ *nft.Ruleset) {
 func TestHandOverOrder(t *testing.T) {
 	var logs bytes.Buffer
 	dp := &fakeDatapath{}
-	e, err := ipvs.NewEngine(nil, markMask)
+	e, err := ipvs.NewEngine(nil, ipvs.Options{MarkMask: markMask})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,4 +142,3 @@ func TestVerdictCT(t *testing.T) {
 		}
 	}
 }
-

@@ -21,8 +21,11 @@ import (
 type datapath interface {
 	// name is kernel.DatapathCompat or kernel.DatapathKernel.
 	name() string
-	// configure prepares the engine, before its first packet.
-	configure(e *ipvs.Engine)
+	// options sets the engine's options that concern the datapath.
+	options(o *ipvs.Options)
+	// attach gives the datapath the engine, once built, and has the
+	// conntrack follower tell it what it needs.
+	attach(e *ipvs.Engine, f *conntrackFollower)
 	// shape makes spec (a start's or a reload's) the datapath's ruleset.
 	shape(spec *nft.Spec)
 	// allows refuses a configuration this datapath cannot run (reload).

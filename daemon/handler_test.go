@@ -61,8 +61,9 @@ func (panicky) Name() string                                            { return
 func (panicky) Bind(*ipvs.Session, *ipvs.Policy) ipvs.ConnHelper        { return panicky{} }
 func (panicky) Inspect(ipvs.Direction, []byte, int, bool, *ipvs.Result) { panic("bug") }
 
-// panickyEngine has one FTP service on vip, at rs, whose helper panics.
-func panickyEngine(t *testing.T) (client, vip, rs netip.AddrPort, e *ipvs.Engine) {
+// panickyEngine has one FTP service on vip, at rs, whose helper panics;
+// it logs to log.
+func panickyEngine(t *testing.T, log *slog.Logger) (client, vip, rs netip.AddrPort, e *ipvs.Engine) {
 	t.Helper()
 	ap := netip.MustParseAddrPort
 	client, vip, rs = ap("203.0.113.2:40000"), ap("198.51.100.10:21"), ap("10.0.0.11:21")
@@ -70,7 +71,7 @@ func panickyEngine(t *testing.T) (client, vip, rs netip.AddrPort, e *ipvs.Engine
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e, err = ipvs.NewEngine([]*ipvs.Service{svc}, markMask); err != nil {
+	if e, err = ipvs.NewEngine([]*ipvs.Service{svc}, ipvs.Options{MarkMask: markMask, Log: log}); err != nil {
 		t.Fatal(err)
 	}
 	return client, vip, rs, e
@@ -79,9 +80,8 @@ func panickyEngine(t *testing.T) (client, vip, rs netip.AddrPort, e *ipvs.Engine
 // TestHelperPanic: a helper that panics costs its connection the help, not
 // a packet: every packet is accepted unmodified and the panics counted.
 func TestHelperPanic(t *testing.T) {
-	client, vip, rs, e := panickyEngine(t)
 	var logs bytes.Buffer
-	e.Log = slog.New(slog.NewTextHandler(&logs, nil))
+	client, vip, rs, e := panickyEngine(t, slog.New(slog.NewTextHandler(&logs, nil)))
 	q := &fakeQueue{}
 	h := newHandler(q, e.NewWorker(), &e.Stats, nil, metrics.New(e, nil), slog.New(slog.NewTextHandler(&logs, nil)))
 	seg := func(src, dst netip.AddrPort, seq uint32, flags uint8, payload string) []byte {
@@ -124,7 +124,7 @@ func TestBacklogDoesNotStall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := ipvs.NewEngine([]*ipvs.Service{svc}, markMask)
+	e, err := ipvs.NewEngine([]*ipvs.Service{svc}, ipvs.Options{MarkMask: markMask})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +151,7 @@ func TestBacklogDoesNotStall(t *testing.T) {
 // decided or if it panicked: a bit left set would make the kernel take the
 // segment for one that bypassed a dead daemon.
 func TestHandlerClearsUnseen(t *testing.T) {
-	client, _, rs, e := panickyEngine(t)
+	client, _, rs, e := panickyEngine(t, nil)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	q := &fakeQueue{}
 	h := newHandler(q, e.NewWorker(), &e.Stats, nil, metrics.New(e, nil), log)

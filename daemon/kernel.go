@@ -46,10 +46,11 @@ var errAddonsKernel = errors.New("add-on helpers (helpers:) need the compat data
 
 func (k *kernelPath) name() string { return kernel.DatapathKernel }
 
-func (k *kernelPath) configure(e *ipvs.Engine) {
-	k.engine = e
-	e.KernelSeqAdj = true
-}
+// options: the engine leaves sequence numbers to the kernel's seqadj.
+// (Its connections store no offsets and no pure-ACK elements: none end.)
+func (k *kernelPath) options(o *ipvs.Options) { o.Datapath = ipvs.DatapathKernel }
+
+func (k *kernelPath) attach(e *ipvs.Engine, _ *conntrackFollower) { k.engine = e }
 
 // shape has the table's helped connections carry the helper.
 func (k *kernelPath) shape(spec *nft.Spec) { spec.CtHelper = helperName }

@@ -13,7 +13,7 @@ func TestAddOnBehindSNAT(t *testing.T) {
 	const addOnMark = 0x00040000
 	match, server, nat := ap("198.51.100.20:21"), ap("10.0.0.12:21"), ap("10.0.0.1:40000")
 	h, _ := ipvs.LookupHelper("ftp")
-	e, err := ipvs.NewEngine([]*ipvs.Service{ipvs.NewAddOn("router-ftp", match, h, addOnMark)}, 0x00ff0000)
+	e, err := ipvs.NewEngine([]*ipvs.Service{ipvs.NewAddOn("router-ftp", match, h, addOnMark)}, ipvs.Options{MarkMask: 0x00ff0000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +82,7 @@ func TestAddOnSNATPortTakenOver(t *testing.T) {
 	const addOnMark = 0x00040000
 	match, server, nat := ap("198.51.100.20:2121"), ap("10.0.0.12:21"), ap("10.0.0.1:16500")
 	h, _ := ipvs.LookupHelper("ftp")
-	e, err := ipvs.NewEngine([]*ipvs.Service{ipvs.NewAddOn("router-ftp", match, h, addOnMark)}, 0x00ff0000)
+	e, err := ipvs.NewEngine([]*ipvs.Service{ipvs.NewAddOn("router-ftp", match, h, addOnMark)}, ipvs.Options{MarkMask: 0x00ff0000})
 	if err != nil {
 		t.Fatal(err)
 	}

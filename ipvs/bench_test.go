@@ -28,14 +28,14 @@ func seg(src, dst netip.AddrPort, seq, ackn uint32, flags uint8, payload string,
 }
 
 // ftpEngine returns an engine with one FTP service on the VIP, over rs1.
-func ftpEngine(tb testing.TB) *ipvs.Engine {
+func ftpEngine(tb testing.TB, dp ipvs.Datapath) *ipvs.Engine {
 	tb.Helper()
 	h, _ := ipvs.LookupHelper("ftp")
 	svc, err := ipvs.NewService("ftp", vip, "rr", h, []*ipvs.RealServer{{Addr: rs1, Weight: 1, Mark: 1 << 16}})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	e, err := ipvs.NewEngine([]*ipvs.Service{svc}, 0x00ff0000)
+	e, err := ipvs.NewEngine([]*ipvs.Service{svc}, ipvs.Options{MarkMask: 0x00ff0000, Datapath: dp})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -46,7 +46,7 @@ func ftpEngine(tb testing.TB) *ipvs.Engine {
 // handshake done.
 func ftpConn(tb testing.TB) *ipvs.Worker {
 	tb.Helper()
-	w := ftpEngine(tb).NewWorker()
+	w := ftpEngine(tb, ipvs.DatapathCompat).NewWorker()
 	w.Process(seg(client, vip, 100, 0, packet.FlagSYN, ""), 0)
 	w.Process(seg(rs1, client, isn, 101, packet.FlagSYN|ack, ""), 0)
 	return w

@@ -249,7 +249,7 @@ func (e *Engine) Claimed(ch Channel) bool {
 }
 
 // ChannelUsed is told of a data connection conntrack has just confirmed
-// (its conntrack mark has ChannelMark) by its original source address and
+// (its conntrack mark has nft.ChannelMark) by its original source address and
 // destination and its reply's source (where the kernel sent it). The
 // channel it used, if the daemon announced it, is done, as the kernel
 // removes an expectation that matched: its claim goes, so that its port is

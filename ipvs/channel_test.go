@@ -42,13 +42,20 @@ func (h portHelper) Inspect(dir Direction, data []byte, fixed int, fin bool, r *
 
 func portEngine(t *testing.T, pol Policy) *Engine {
 	t.Helper()
+	return portEngineWith(t, pol, Options{})
+}
+
+// portEngineWith is portEngine built with opts (its mark mask aside).
+func portEngineWith(t *testing.T, pol Policy, opts Options) *Engine {
+	t.Helper()
 	rs := []*RealServer{{Addr: rs1, Weight: 1, Mark: 1 << 16}, {Addr: ap("10.0.0.12:21"), Weight: 1, Mark: 2 << 16}}
 	svc, err := NewService("port", vip, "rr", portHelper{}, rs)
 	if err != nil {
 		t.Fatal(err)
 	}
 	svc.Policy = pol
-	e, err := NewEngine([]*Service{svc}, 0x00ff0000)
+	opts.MarkMask = 0x00ff0000
+	e, err := NewEngine([]*Service{svc}, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,8 +151,7 @@ func payloadOf(t *testing.T, b []byte) string {
 
 func TestRefusalLoggedAtOnceThenRateLimited(t *testing.T) {
 	var buf bytes.Buffer
-	e := portEngine(t, DefaultPolicy)
-	e.Log = slog.New(slog.NewTextHandler(&buf, nil))
+	e := portEngineWith(t, DefaultPolicy, Options{Log: slog.New(slog.NewTextHandler(&buf, nil))})
 	w := e.NewWorker()
 	w.now = 5 // right after start
 	c := &Conn{Service: e.Services()[0]}

@@ -146,7 +146,7 @@ type Conn struct {
 // idle during a long transfer shows the daemon nothing for as long as the
 // transfer lasts, and must not be forgotten meanwhile: its next 227 would
 // pass unrewritten, its offsets would be lost. It leaves the table when
-// conntrack destroys its entry (FollowConntrackEnds); where that event was
+// conntrack destroys its entry (ConntrackDestroyed); where that event was
 // lost (the event socket overflowed), checkIdle finds the entry gone.
 const helpedEstablished = 5 * 24 * time.Hour
 

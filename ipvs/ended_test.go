@@ -26,9 +26,8 @@ func lengthened(t *testing.T, e *Engine, w *Worker, cl uint16) *Conn {
 // A connection that leaves the table reports the elements it left in the
 // kernel, however it leaves; one that never had any reports nothing.
 func TestEndedReportsElements(t *testing.T) {
-	c := openConn(t, "longer text", 1000)
 	var got []Ended
-	c.e.OnEnded = func(x Ended) { got = append(got, x) }
+	c := openConnWith(t, "longer text", 1000, Options{OnEnded: func(x Ended) { got = append(got, x) }})
 	c.clientAck(1001)
 	c.e.Table.Expire(now() + int64(time.Hour)) // established: stays
 	if len(got) != 0 {
@@ -55,8 +54,7 @@ func TestEndedReportsElements(t *testing.T) {
 
 	// Never rewritten: nothing to delete.
 	got = got[:0]
-	d := openConn(t, "x", 1000)
-	d.e.OnEnded = func(x Ended) { got = append(got, x) }
+	d := openConnWith(t, "x", 1000, Options{OnEnded: func(x Ended) { got = append(got, x) }})
 	d.e.Table.Expire(now() + int64(time.Hour))
 	if d.e.Table.Len() != 0 || len(got) != 0 {
 		t.Fatalf("plain end: %d left, reported %+v", d.e.Table.Len(), got)
@@ -66,9 +64,8 @@ func TestEndedReportsElements(t *testing.T) {
 // A client port reused at once by a new connection with elements under
 // the same keys: the old connection's deletion must leave them.
 func TestUnownedKeepsNewerConnectionsElements(t *testing.T) {
-	c := openConn(t, "longer text", 1000)
 	var got []Ended
-	c.e.OnEnded = func(x Ended) { got = append(got, x) }
+	c := openConnWith(t, "longer text", 1000, Options{OnEnded: func(x Ended) { got = append(got, x) }})
 	old := lengthened(t, c.e, c.w, 50000)
 	old.mu.Lock()
 	old.state = StateClose // closed: the next SYN on its port is a new connection

@@ -31,30 +31,15 @@ type Engine struct {
 	Table    *Table // TCP connections
 	UDP      *Table // UDP flows
 	Stats    Stats
-	Log      *slog.Logger // refusals, rate-limited; nil: not logged
+	log      *slog.Logger // Options.Log
 	snap     atomic.Pointer[snapshot]
 	schedMu  sync.Mutex // every service's mu (see Service)
 	markMask uint32
 	channels channelTable
 	lastLog  [numRefusals]atomic.Int64
-
-	// KernelSeqAdj selects the kernel datapath's mode (kernelseq.go): the
-	// kernel's seqadj maps sequence numbers after the verdict, and the
-	// worker writes numbers that it maps to the stream's. Set before the
-	// first packet.
-	KernelSeqAdj bool
-
-	// OnEnded, where set, is told of each helped connection that leaves
-	// the table with elements in the kernel (stream offsets, pure-ACK
-	// elements), for the datapath to delete them. It is called from
-	// whatever removes the connection, a queue's worker too, and must
-	// neither block nor allocate. Set before the first packet.
-	OnEnded func(Ended)
-	// OnChannelUsed, where set, is told of each data channel whose data
-	// connection started (ChannelUsed), for the datapath to delete its
-	// kernel elements. It is called from the conntrack follower and must
-	// not block. Set before FollowConntrackEnds.
-	OnChannelUsed func(Channel)
+	datapath Datapath
+	onEnded  func(Ended)                                    // Options.OnEnded
+	alive    func(client, vip netip.AddrPort) (bool, error) // Options.Alive
 
 	mu sync.Mutex
 	// watched are the learned servers whose packets the datapath queues.
@@ -63,6 +48,40 @@ type Engine struct {
 	// by the server and the ACK number its SYN-ACK will carry: that reply
 	// shows the client's address after the user's SNAT, if any.
 	unnamed map[synAck]*Conn
+}
+
+// Datapath is how the kernel carries out the engine's verdicts, which
+// decides what the worker writes into packets and asks of the kernel.
+type Datapath uint8
+
+const (
+	// DatapathCompat: nftables maps hold data channels, stream offsets
+	// and pure-ACK elements; the worker writes the receiver's numbers
+	// itself (Verdict.Offsets, Open, Acks, Announcing).
+	DatapathCompat Datapath = iota
+	// DatapathKernel: the kernel's seqadj maps sequence numbers after
+	// the verdict, and the worker writes numbers that it maps to the
+	// stream's (kernelseq.go); ctnetlink expectations are the channels.
+	DatapathKernel
+)
+
+// Options are what an engine is built with, fixed for its life.
+type Options struct {
+	MarkMask uint32       // the packet-mark bits that carry a scheduling decision
+	Log      *slog.Logger // refusals and helper panics, rate-limited; nil: not logged
+	Datapath Datapath
+	// OnEnded, where set, is told of each helped connection that leaves
+	// the table with elements in the kernel (stream offsets, pure-ACK
+	// elements), for the datapath to delete them. It is called from
+	// whatever removes the connection, a queue's worker too, and must
+	// neither block nor allocate.
+	OnEnded func(Ended)
+	// Alive, where set, asks conntrack whether it still holds the entry
+	// of the connection with original direction client -> vip (the VIP,
+	// or the add-on's match), for helped connections idle too long
+	// (checkIdle). Called off the per-packet path, without locks held.
+	// Nil: such connections stay until their timeout.
+	Alive func(client, vip netip.AddrPort) (bool, error)
 }
 
 type synAck struct {
@@ -88,12 +107,12 @@ type Stats struct {
 	Refused                                [numRefusals]atomic.Uint64
 }
 
-// NewEngine builds an engine for services; markMask holds the bits of the
-// packet mark that carry a scheduling decision. Real servers and add-ons
+// NewEngine builds an engine for services. Real servers and add-ons
 // without a mark get one.
-func NewEngine(services []*Service, markMask uint32) (*Engine, error) {
+func NewEngine(services []*Service, opts Options) (*Engine, error) {
 	e := &Engine{
-		Table: NewTable(), UDP: NewTable(), markMask: markMask,
+		Table: NewTable(), UDP: NewTable(), markMask: opts.MarkMask, log: opts.Log,
+		datapath: opts.Datapath, onEnded: opts.OnEnded, alive: opts.Alive,
 		watched: make(map[netip.AddrPort]bool), unnamed: make(map[synAck]*Conn),
 	}
 	e.channels.passive = make(map[passiveKey]passiveClaim)
@@ -117,8 +136,8 @@ func (e *Engine) removed(c *Conn) {
 		x.AcksNAT = x.Acks && x.NAT.IsValid()
 		c.help.ended = true
 		c.mu.Unlock()
-		if (x.Offsets || x.Acks) && e.OnEnded != nil {
-			e.OnEnded(x)
+		if (x.Offsets || x.Acks) && e.onEnded != nil {
+			e.onEnded(x)
 		}
 	}
 	if c.Service.AddOn {
@@ -146,7 +165,7 @@ type Verdict struct {
 	// now on; opened like Open, before the verdict, so before any ACK of
 	// this packet. Zero: nothing to open.
 	Acks Channel
-	// Engine.KernelSeqAdj: the helped connection's state after the
+	// DatapathKernel: the helped connection's state after the
 	// packet; whether the packet's length change is for the kernel's
 	// seqadj to record (the verdict carries NFQA_CT; without it, the
 	// verdict must not), and seqadj records to set before the verdict.
@@ -373,7 +392,7 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	if drop {
 		return Verdict{Drop: true}
 	}
-	if len(c.help.open) > 0 && !e.KernelSeqAdj && (flags&packet.FlagRST != 0 || dir == FromServer && flags&packet.FlagFIN != 0) {
+	if len(c.help.open) > 0 && !e.kernelSeqAdj() && (flags&packet.FlagRST != 0 || dir == FromServer && flags&packet.FlagFIN != 0) {
 		// (The kernel keeps its expectations until the control
 		// connection's entry goes, and refuses another master's for the
 		// same tuple until then: there the claims stay as long.)
@@ -381,13 +400,13 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	}
 	v := Verdict{Open: w.open, Close: w.close}
 	e.Stats.Channels.Add(uint64(len(w.open)))
-	if len(w.open) > 0 && !e.KernelSeqAdj && inLen > 0 {
+	if len(w.open) > 0 && !e.kernelSeqAdj() && inLen > 0 {
 		// (The kernel datapath's reader makes the expectations before
 		// this verdict: nothing waits.)
 		c.help.announcing, c.help.annDir, c.help.annSeq, c.help.annEnd = true, dir, seq, seq+inLen
 		v.Announcing = c
 	}
-	if !e.KernelSeqAdj && !c.help.acksQueued && !c.help.ended && c.help.needsAcks() {
+	if !e.kernelSeqAdj() && !c.help.acksQueued && !c.help.ended && c.help.needsAcks() {
 		// (The kernel datapath's helper queue has every packet.)
 		c.help.acksQueued = true
 		v.Acks = Channel{Kind: ChannelAcks, Client: c.Client, Server: c.Server, NAT: c.help.clientNAT}
@@ -403,7 +422,7 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 		peer.prune(outAck)
 		sack = (peer.base != 0 || len(peer.edits) > 0) && tcp.DataOffset() > packet.TCPMinHeaderLen
 	}
-	if e.KernelSeqAdj {
+	if e.kernelSeqAdj() {
 		outLen := int(inLen)
 		if payload != nil {
 			outLen = len(payload)
@@ -460,7 +479,7 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 // wrote it, to what to write instead.
 func (w *Worker) sackEdge(edge uint32) uint32 {
 	x := w.peer.input(edge)
-	if w.e.KernelSeqAdj {
+	if w.e.kernelSeqAdj() {
 		if a, ok := w.peer.kadj.ackFor(x); ok {
 			return a
 		}
@@ -623,8 +642,8 @@ func (w *Worker) callHelper(c *Conn, dir Direction, data []byte, fixed int, fin 
 	defer func() {
 		if p := recover(); p != nil {
 			w.e.Stats.Panics.Add(1)
-			if w.e.Log != nil {
-				w.e.Log.Error("helper panic; connection no longer read", "panic", p, "service", c.Service.Name,
+			if w.e.log != nil {
+				w.e.log.Error("helper panic; connection no longer read", "panic", p, "service", c.Service.Name,
 					"client", c.Client, "server", c.Server, "total", w.e.Stats.Panics.Load())
 			}
 			ok = false
@@ -657,13 +676,13 @@ func (w *Worker) refused(c *Conn, why []Refusal) {
 	e := w.e
 	for _, r := range why {
 		e.Stats.Refused[r].Add(1)
-		if e.Log == nil {
+		if e.log == nil {
 			continue
 		}
 		// 0: never logged (now() starts near 0, so 0 cannot mean "at 0").
 		last := e.lastLog[r].Load()
 		if (last == 0 || w.now-last >= 1e9) && e.lastLog[r].CompareAndSwap(last, max(w.now, 1)) {
-			e.Log.Warn("refused data channel", "reason", r.String(), "service", c.Service.Name,
+			e.log.Warn("refused data channel", "reason", r.String(), "service", c.Service.Name,
 				"client", c.Client, "server", c.Server, "total", e.Stats.Refused[r].Load())
 		}
 	}

@@ -4,7 +4,7 @@ import (
 	"net/netip"
 )
 
-// The kernel datapath's mode (Engine.KernelSeqAdj): packets reach the
+// The kernel datapath's mode (DatapathKernel): packets reach the
 // worker from a userspace conntrack helper's queue, after NAT, and once the
 // verdict is in, the kernel's seqadj maps the packet's sequence number, its
 // acknowledgement and its SACK blocks. The worker runs the same stream as
@@ -21,6 +21,10 @@ import (
 // back in one segment and delivered with the next, a retransmission cut
 // anew), the worker asks for the record to be set outright (ctnetlink)
 // before the verdict.
+
+// kernelSeqAdj reports whether the engine runs in the kernel datapath's
+// mode.
+func (e *Engine) kernelSeqAdj() bool { return e.datapath == DatapathKernel }
 
 // SeqAdj is one direction's seqadj record (struct nf_ct_seqadj): a sequence
 // number after Pos moves by After, one up to it by Before.

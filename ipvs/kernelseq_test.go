@@ -14,8 +14,7 @@ import (
 // the helper's queue after NAT, so the server's show the VIP as source.
 func kernelConn(tb testing.TB) *ipvs.Worker {
 	tb.Helper()
-	e := ftpEngine(tb)
-	e.KernelSeqAdj = true
+	e := ftpEngine(tb, ipvs.DatapathKernel)
 	w := e.NewWorker()
 	w.Process(seg(client, vip, 100, 0, packet.FlagSYN, ""), 0) // scheduled at raw priority
 	w.Process(seg(client, rs1, 100, 0, packet.FlagSYN, ""), 0) // the helper's queue: after DNAT

@@ -159,19 +159,17 @@ func (e *Engine) Prepare(next []*Service) (commit func(), err error) {
 
 // RunExpiry drops timed-out connections and persistence templates every
 // interval until stop is closed, a shard at a time, and helped connections
-// conntrack no longer holds (checkIdle).
+// conntrack no longer holds (checkIdle, through Options.Alive).
 func (e *Engine) RunExpiry(interval time.Duration, stop <-chan struct{}) {
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
-	var ct conntrackAlive
-	defer ct.close()
 	for {
 		select {
 		case <-stop:
 			return
 		case <-tick.C:
 			at := now()
-			e.checkIdle(at, ct.alive)
+			e.checkIdle(at)
 			e.Table.Expire(at)
 			e.UDP.Expire(at)
 			for _, s := range e.Services() {

@@ -5,9 +5,6 @@ import (
 	"net/netip"
 	"testing"
 	"time"
-
-	"github.com/ti-mo/conntrack"
-	"golang.org/x/sys/unix"
 )
 
 func svcOf(t *testing.T, vip string, sched string, servers ...*RealServer) *Service {
@@ -21,7 +18,7 @@ func svcOf(t *testing.T, vip string, sched string, servers ...*RealServer) *Serv
 
 func TestReconfigure(t *testing.T) {
 	a, b := &RealServer{Addr: ap("10.0.0.11:21"), Weight: 1}, &RealServer{Addr: ap("10.0.0.12:21"), Weight: 1}
-	e, err := NewEngine([]*Service{svcOf(t, "198.51.100.10:21", "rr", a, b), NewAddOn("fwd", ap("198.51.100.20:21"), nil, 0)}, 0x00ff0000)
+	e, err := NewEngine([]*Service{svcOf(t, "198.51.100.10:21", "rr", a, b), NewAddOn("fwd", ap("198.51.100.20:21"), nil, 0)}, Options{MarkMask: 0x00ff0000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +74,7 @@ func TestReconfigureKeepsPersistence(t *testing.T) {
 	a, b := &RealServer{Addr: ap("10.0.0.11:21"), Weight: 1}, &RealServer{Addr: ap("10.0.0.12:21"), Weight: 1}
 	s := svcOf(t, "198.51.100.10:21", "rr", a, b)
 	s.Persist = NewPersistence(time.Hour, 32, 128)
-	e, err := NewEngine([]*Service{s}, 0x00ff0000)
+	e, err := NewEngine([]*Service{s}, Options{MarkMask: 0x00ff0000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,19 +125,19 @@ func TestActiveInactiveCounts(t *testing.T) {
 func TestConntrackDestroyRemoves(t *testing.T) {
 	c := openConn(t, "x", 1000)
 	conn := c.e.Table.LookupVIP(client, vip)
-	tuple := conntrack.Tuple{
-		IP:    conntrack.IPTuple{SourceAddress: client.Addr(), DestinationAddress: vip.Addr()},
-		Proto: conntrack.ProtoTuple{Protocol: unix.IPPROTO_TCP, SourcePort: client.Port(), DestinationPort: vip.Port()},
-	}
 	// Just active: a reused tuple's old entry going must not take it.
-	c.e.destroyed(tuple)
+	c.e.ConntrackDestroyed(false, client, vip, 0, 0)
 	if c.e.Table.LookupVIP(client, vip) != conn {
 		t.Fatal("a connection active right now was removed")
 	}
 	conn.mu.Lock()
 	conn.seen -= int64(time.Minute)
 	conn.mu.Unlock()
-	c.e.destroyed(tuple, conntrack.Counter{Packets: 10, Bytes: 1000}, conntrack.Counter{Direction: true, Packets: 20, Bytes: 30000})
+	c.e.ConntrackDestroyed(true, client, vip, 30, 31000) // a UDP flow's: not this connection's
+	if c.e.Table.LookupVIP(client, vip) != conn {
+		t.Fatal("a UDP flow's end removed the TCP connection")
+	}
+	c.e.ConntrackDestroyed(false, client, vip, 30, 31000)
 	if c.e.Table.LookupVIP(client, vip) != nil || c.e.Table.Len() != 0 {
 		t.Fatal("connection kept after its conntrack entry went")
 	}
@@ -165,7 +162,7 @@ func TestUDPFlowScheduledOnce(t *testing.T) {
 	s := svcOf(t, "198.51.100.10:53", "rr", a, b)
 	s.UDP = true
 	tcp := svcOf(t, "198.51.100.10:53", "rr", &RealServer{Addr: ap("10.0.0.13:53"), Weight: 1})
-	e, err := NewEngine([]*Service{s, tcp}, 0x00ff0000)
+	e, err := NewEngine([]*Service{s, tcp}, Options{MarkMask: 0x00ff0000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,10 +192,7 @@ func TestUDPFlowScheduledOnce(t *testing.T) {
 	c.mu.Lock()
 	c.seen -= int64(time.Minute)
 	c.mu.Unlock()
-	e.destroyed(conntrack.Tuple{
-		IP:    conntrack.IPTuple{SourceAddress: cl.Addr(), DestinationAddress: netip.MustParseAddr("198.51.100.10")},
-		Proto: conntrack.ProtoTuple{Protocol: unix.IPPROTO_UDP, SourcePort: cl.Port(), DestinationPort: 53},
-	})
+	e.ConntrackDestroyed(true, cl, ap("198.51.100.10:53"), 1, 28)
 	if e.UDP.Len() != 1 || a.Inactive.Load() != 0 {
 		t.Errorf("after destroy: %d flows, a inactive %d", e.UDP.Len(), a.Inactive.Load())
 	}
@@ -206,21 +200,17 @@ func TestUDPFlowScheduledOnce(t *testing.T) {
 
 func TestPlainConnectionStateFromConntrack(t *testing.T) {
 	a := &RealServer{Addr: ap("10.0.0.11:80"), Weight: 1}
-	e, err := NewEngine([]*Service{svcOf(t, "198.51.100.10:80", "lc", a)}, 0x00ff0000)
+	e, err := NewEngine([]*Service{svcOf(t, "198.51.100.10:80", "lc", a)}, Options{MarkMask: 0x00ff0000})
 	if err != nil {
 		t.Fatal(err)
 	}
 	cl, v := ap("203.0.113.2:40000"), ap("198.51.100.10:80")
 	e.NewWorker().Process(seg(cl, v, 100, 0, syn, ""), 0)
-	tuple := conntrack.Tuple{
-		IP:    conntrack.IPTuple{SourceAddress: cl.Addr(), DestinationAddress: v.Addr()},
-		Proto: conntrack.ProtoTuple{Protocol: unix.IPPROTO_TCP, SourcePort: cl.Port(), DestinationPort: v.Port()},
-	}
-	e.updated(tuple, ctTCPEstablished)
+	e.ConntrackUpdated(cl, v, StateEstablished)
 	if a.Active.Load() != 1 || a.Inactive.Load() != 0 {
 		t.Fatalf("established: active %d inactive %d", a.Active.Load(), a.Inactive.Load())
 	}
-	e.updated(tuple, 7) // TIME_WAIT
+	e.ConntrackUpdated(cl, v, StateFinWait)
 	if a.Active.Load() != 0 || a.Inactive.Load() != 1 {
 		t.Fatalf("time wait: active %d inactive %d", a.Active.Load(), a.Inactive.Load())
 	}
@@ -236,7 +226,7 @@ func TestNeedsConntrackStates(t *testing.T) {
 		if c.helped {
 			s.Helper = lineHelper{}
 		}
-		e, err := NewEngine([]*Service{s}, 0x00ff0000)
+		e, err := NewEngine([]*Service{s}, Options{MarkMask: 0x00ff0000})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -258,7 +248,17 @@ func TestLiveListsHelpedConnections(t *testing.T) {
 // nothing (its pure ACKs and keepalives pass it by): it stays as long as
 // conntrack holds it, not an IPVS timeout.
 func TestHelpedIdleLivesWithConntrack(t *testing.T) {
-	c := openConn(t, "x", 1000)
+	asked := 0
+	var there bool
+	var err error
+	alive := func(cl, v netip.AddrPort) (bool, error) {
+		if cl != client || v != vip {
+			t.Errorf("asked about %v -> %v", cl, v)
+		}
+		asked++
+		return there, err
+	}
+	c := openConnWith(t, "x", 1000, Options{Alive: alive})
 	c.clientAck(1001)
 	conn := c.e.Table.LookupVIP(client, vip)
 	if conn.State() != StateEstablished {
@@ -269,31 +269,26 @@ func TestHelpedIdleLivesWithConntrack(t *testing.T) {
 	if n := c.e.Table.Expire(start + 16*min); n != 0 || c.e.Table.LookupVIP(client, vip) != conn {
 		t.Fatal("idle helped connection expired after 16 minutes")
 	}
-	asked := 0
-	answer := func(there bool, err error) func(*Conn) (bool, error) {
-		return func(got *Conn) (bool, error) {
-			if got != conn {
-				t.Errorf("asked about %v", got.Session)
-			}
-			asked++
-			return there, err
-		}
+	// check runs checkIdle at at, conntrack answering there, err.
+	check := func(at int64, answer bool, answerErr error) int {
+		there, err = answer, answerErr
+		return c.e.checkIdle(at)
 	}
 	// Not idle long enough: conntrack is not asked.
-	c.e.checkIdle(start+14*min, answer(false, nil))
+	check(start+14*min, false, nil)
 	if asked != 0 {
 		t.Fatalf("asked after 14 minutes")
 	}
 	// Conntrack holds it: it stays, and is not asked again for a while.
-	if n := c.e.checkIdle(start+16*min, answer(true, nil)); n != 0 || asked != 1 {
+	if n := check(start+16*min, true, nil); n != 0 || asked != 1 {
 		t.Fatalf("gone %d, asked %d", n, asked)
 	}
-	c.e.checkIdle(start+20*min, answer(false, nil))
+	check(start+20*min, false, nil)
 	if asked != 1 || c.e.Table.LookupVIP(client, vip) != conn {
 		t.Fatalf("asked again within 15 minutes (%d), or removed", asked)
 	}
 	// Conntrack cannot answer: it stays.
-	if n := c.e.checkIdle(start+32*min, answer(false, errors.New("no conntrack"))); n != 0 || asked != 2 {
+	if n := check(start+32*min, false, errors.New("no conntrack")); n != 0 || asked != 2 {
 		t.Fatalf("gone %d after an error, asked %d", n, asked)
 	}
 	// The backstop: conntrack's own established timeout after the last
@@ -303,7 +298,7 @@ func TestHelpedIdleLivesWithConntrack(t *testing.T) {
 		t.Fatal("expired before 5 days from conntrack's last word")
 	}
 	// Gone from conntrack (its destroy event lost): it leaves.
-	if n := c.e.checkIdle(start+48*min, answer(false, nil)); n != 1 || asked != 3 {
+	if n := check(start+48*min, false, nil); n != 1 || asked != 3 {
 		t.Fatalf("gone %d, asked %d", n, asked)
 	}
 	if c.e.Table.LookupVIP(client, vip) != nil || c.e.Stats.ConntrackGone.Load() != 1 {
@@ -317,6 +312,10 @@ func TestHelpedIdleBackstop(t *testing.T) {
 	c := openConn(t, "x", 1000)
 	c.clientAck(1001)
 	day := 24 * int64(time.Hour)
+	// Without Options.Alive nobody is asked.
+	if n := c.e.checkIdle(now() + day); n != 0 || c.e.Table.Len() != 1 {
+		t.Fatal("idle check without a conntrack to ask removed the connection")
+	}
 	if n := c.e.Table.Expire(now() + 4*day); n != 0 {
 		t.Fatal("expired within 4 days")
 	}
@@ -325,7 +324,7 @@ func TestHelpedIdleBackstop(t *testing.T) {
 	}
 	// A plain balanced connection keeps IPVS's 15 minutes.
 	a := &RealServer{Addr: ap("10.0.0.11:80"), Weight: 1}
-	e, err := NewEngine([]*Service{svcOf(t, "198.51.100.10:80", "rr", a)}, 0x00ff0000)
+	e, err := NewEngine([]*Service{svcOf(t, "198.51.100.10:80", "rr", a)}, Options{MarkMask: 0x00ff0000})
 	if err != nil {
 		t.Fatal(err)
 	}

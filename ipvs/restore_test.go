@@ -7,7 +7,7 @@ func TestRestoreResumesWithOffsets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := NewEngine([]*Service{svc}, 0x00ff0000)
+	e, err := NewEngine([]*Service{svc}, Options{MarkMask: 0x00ff0000})
 	if err != nil {
 		t.Fatal(err)
 	}

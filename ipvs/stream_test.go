@@ -68,15 +68,27 @@ func openConn(t testing.TB, repl string, sISN uint32) *tconn {
 // set: the worker sees packets after NAT (the server's from the VIP).
 func openConnMode(t testing.TB, repl string, sISN uint32, kernel bool) *tconn {
 	t.Helper()
+	opts := Options{}
+	if kernel {
+		opts.Datapath = DatapathKernel
+	}
+	return openConnWith(t, repl, sISN, opts)
+}
+
+// openConnWith is openConn on an engine built with opts (its mark mask
+// aside).
+func openConnWith(t testing.TB, repl string, sISN uint32, opts Options) *tconn {
+	t.Helper()
 	svc, err := NewService("line", vip, "rr", lineHelper{repl}, []*RealServer{{Addr: rs1, Weight: 1, Mark: 1 << 16}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := NewEngine([]*Service{svc}, 0x00ff0000)
+	opts.MarkMask = 0x00ff0000
+	e, err := NewEngine([]*Service{svc}, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.KernelSeqAdj = kernel
+	kernel := opts.Datapath == DatapathKernel
 	c := &tconn{t: t, e: e, w: e.NewWorker(), sISN: sISN, srv: rs1}
 	if v := c.w.Process(seg(client, vip, 100, 0, syn, ""), 0); !v.SetMark {
 		t.Fatal("SYN not scheduled")
@@ -381,7 +393,7 @@ func TestHelpedSYNsLowerMSS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := NewEngine([]*Service{svc, plain}, 0x00ff0000)
+	e, err := NewEngine([]*Service{svc, plain}, Options{MarkMask: 0x00ff0000})
 	if err != nil {
 		t.Fatal(err)
 	}

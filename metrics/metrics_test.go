@@ -77,7 +77,7 @@ func newFixture(t testing.TB) *fixture {
 	}
 	f.dns.UDP = true
 	f.addOn = ipvs.NewAddOn("router-ftp", ap("198.51.100.20:21"), h, 0)
-	if f.e, err = ipvs.NewEngine([]*ipvs.Service{f.tcp, f.dns, f.addOn}, 0x00ff0000); err != nil {
+	if f.e, err = ipvs.NewEngine([]*ipvs.Service{f.tcp, f.dns, f.addOn}, ipvs.Options{MarkMask: 0x00ff0000}); err != nil {
 		t.Fatal(err)
 	}
 	f.q = []*nfq.Queue{{Num: 100}, {Num: 101}, {Num: 103}}

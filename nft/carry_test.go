@@ -5,8 +5,6 @@ import (
 	"testing"
 
 	"github.com/google/nftables"
-
-	"github.com/nfhelper/nfhelper/ipvs"
 )
 
 // A restarted daemon carries the offsets and acks elements of the
@@ -29,13 +27,5 @@ func TestKeepConns(t *testing.T) {
 	}
 	if cr.Len() != 3 {
 		t.Errorf("%d elements carried, want 3", cr.Len())
-	}
-}
-
-// The daemon's conntrack follower knows data connections by the bit the
-// rules set.
-func TestChannelMarkAgrees(t *testing.T) {
-	if ChannelMark != ipvs.ChannelMark {
-		t.Fatalf("nft.ChannelMark %#x, ipvs.ChannelMark %#x", ChannelMark, ipvs.ChannelMark)
 	}
 }

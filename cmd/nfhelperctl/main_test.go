@@ -28,7 +28,7 @@ func daemon(t *testing.T, checks []ctl.Check) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := ipvs.NewEngine([]*ipvs.Service{svc}, 0x00ff0000)
+	e, err := ipvs.NewEngine([]*ipvs.Service{svc}, ipvs.Options{MarkMask: 0x00ff0000})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,154 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/mdlayher/netlink"
+	"github.com/ti-mo/conntrack"
+	"github.com/ti-mo/netfilter"
+	"golang.org/x/sys/unix"
+
+	"github.com/nfhelper/nfhelper/ipvs"
+	"github.com/nfhelper/nfhelper/kernel"
+	"github.com/nfhelper/nfhelper/nft"
+)
+
+// conntrackFollower hands conntrack's events to the engine, which keeps no
+// conntrack socket of its own.
+type conntrackFollower struct {
+	engine *ipvs.Engine
+	// used, where set, is told of each data channel whose data connection
+	// started, for the datapath to delete its kernel elements (the compat
+	// datapath: the kernel removes an expectation itself when it
+	// matches). It must not block.
+	used func(ipvs.Channel)
+	// netns is the network namespace to follow (a file descriptor); 0:
+	// the daemon's own.
+	netns int
+}
+
+// followEnds removes connections from the engine's table as soon as the
+// kernel destroys their conntrack entry (closed and timed out, flushed,
+// deleted by hand) instead of when their own timeout runs out, and ends
+// data channels as soon as conntrack confirms their data connection
+// (Engine.ChannelUsed). It returns when ctx ends, or with an error when the
+// event socket fails.
+func (f *conntrackFollower) followEnds(ctx context.Context) error {
+	return f.follow(ctx, netfilter.GroupCTDestroy, netfilter.GroupCTNew)
+}
+
+// followStates gives balanced connections without a helper, whose packets
+// after the SYN are never queued, the TCP state of their conntrack entry,
+// which the least-connection schedulers weigh. Several events per
+// connection: run it only while Engine.NeedsConntrackStates.
+func (f *conntrackFollower) followStates(ctx context.Context) error {
+	return f.follow(ctx, netfilter.GroupCTUpdate)
+}
+
+func (f *conntrackFollower) follow(ctx context.Context, groups ...netfilter.NetlinkGroup) error {
+	c, err := conntrack.Dial(&netlink.Config{NetNS: f.netns})
+	if err != nil {
+		return fmt.Errorf("conntrack events: %w", err)
+	}
+	defer c.Close()
+	// A full socket buffer loses events (the table's timeouts catch
+	// those, and the engine's idle check a helped connection's); it must
+	// not end the listener.
+	if err := c.SetOption(netlink.NoENOBUFS, true); err != nil {
+		return fmt.Errorf("conntrack events: %w", err)
+	}
+	if err := c.SetReadBuffer(4 << 20); err != nil {
+		return fmt.Errorf("conntrack events: %w", err)
+	}
+	events := make(chan conntrack.Event, 1024)
+	errs, err := c.Listen(events, 1, groups)
+	if err != nil {
+		return fmt.Errorf("conntrack events: %w", err)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-errs:
+			return fmt.Errorf("conntrack events: %w", err)
+		case ev := <-events:
+			f.handle(ev)
+		}
+	}
+}
+
+// handle hands one event to the engine.
+func (f *conntrackFollower) handle(ev conntrack.Event) {
+	if ev.Flow == nil {
+		return
+	}
+	t := ev.Flow.TupleOrig
+	tcp := t.Proto.Protocol == unix.IPPROTO_TCP
+	client := netip.AddrPortFrom(t.IP.SourceAddress.Unmap(), t.Proto.SourcePort)
+	dst := netip.AddrPortFrom(t.IP.DestinationAddress.Unmap(), t.Proto.DestinationPort)
+	switch {
+	case ev.Type == conntrack.EventDestroy && (tcp || t.Proto.Protocol == unix.IPPROTO_UDP):
+		orig, reply := ev.Flow.CountersOrig, ev.Flow.CountersReply
+		f.engine.ConntrackDestroyed(!tcp, client, dst, orig.Packets+reply.Packets, orig.Bytes+reply.Bytes)
+	case !tcp:
+	case ev.Type == conntrack.EventNew && ev.Flow.Mark&nft.ChannelMark != 0:
+		// A data connection of one of the daemon's channels.
+		r := ev.Flow.TupleReply
+		ch, ok := f.engine.ChannelUsed(client.Addr(), dst, netip.AddrPortFrom(r.IP.SourceAddress.Unmap(), r.Proto.SourcePort))
+		if ok && f.used != nil {
+			f.used(ch)
+		}
+	case ev.Type == conntrack.EventUpdate && ev.Flow.ProtoInfo.TCP != nil:
+		f.engine.ConntrackUpdated(client, dst, engineState(kernel.CtTCPState(ev.Flow.ProtoInfo.TCP.State)))
+	}
+}
+
+// engineState is the engine's coarser view of conntrack's TCP state.
+func engineState(s kernel.CtTCPState) ipvs.TCPState {
+	switch {
+	case s < kernel.CtTCPEstablished:
+		return ipvs.StateSynSent
+	case s == kernel.CtTCPEstablished:
+		return ipvs.StateEstablished
+	case s == kernel.CtTCPClose:
+		return ipvs.StateClose
+	}
+	return ipvs.StateFinWait
+}
+
+// conntrackAlive asks the kernel whether conntrack holds a connection's
+// entry, by its original tuple (client -> VIP, or the add-on's match): the
+// engine's Options.Alive. It dials its socket at the first question and
+// keeps it; close ends it. One goroutine asks (Engine.RunExpiry).
+type conntrackAlive struct {
+	conn  *conntrack.Conn
+	netns int // as conntrackFollower's
+}
+
+func (a *conntrackAlive) alive(client, vip netip.AddrPort) (bool, error) {
+	if a.conn == nil {
+		conn, err := conntrack.Dial(&netlink.Config{NetNS: a.netns})
+		if err != nil {
+			return false, fmt.Errorf("conntrack: %w", err)
+		}
+		a.conn = conn
+	}
+	f := conntrack.NewFlow(unix.IPPROTO_TCP, 0, client.Addr(), vip.Addr(), client.Port(), vip.Port(), 0, 0)
+	_, err := a.conn.Get(f)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, unix.ENOENT):
+		return false, nil
+	}
+	return false, err
+}
+
+func (a *conntrackAlive) close() {
+	if a.conn != nil {
+		a.conn.Close()
+	}
+}
