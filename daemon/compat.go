@@ -104,7 +104,7 @@ func (c *compatPath) inspect([]byte) kernel.Conntrack { return kernel.Conntrack{
 
 // answer gives the verdict at once, or hands the packet to the batches of
 // run when it needs elements first.
-func (c *compatPath) answer(h *handler, id uint32, _ []byte, v *ipvs.Verdict, _ kernel.Conntrack) bool {
+func (c *compatPath) answer(h *handler, id uint32, _ []byte, v ipvs.Verdict, _ kernel.Conntrack) bool {
 	if len(v.Open) > 0 || len(v.Close) > 0 || v.Offsets.Store || v.Acks.Kind != 0 {
 		open := append([]ipvs.Channel(nil), v.Open...)
 		if v.Acks.Kind != 0 {
@@ -128,7 +128,7 @@ func (c *compatPath) answer(h *handler, id uint32, _ []byte, v *ipvs.Verdict, _ 
 			h.w.AcksNotOpened(v.Acks)
 		}
 	}
-	h.verdict(id, v)
+	h.verdict(id, &v)
 	if v.Announcing != nil {
 		h.w.Announced(v.Announcing)
 	}

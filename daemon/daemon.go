@@ -71,9 +71,10 @@ func New(cfg *config.Config, opts Options) *Daemon {
 	return &Daemon{cfg: cfg, opts: opts, log: opts.Log, started: time.Now()}
 }
 
-// Start brings the daemon up until ctx ends (then only Stop is left to
-// call). When a step fails, what the steps before set up is undone, and
-// the step's error returned.
+// Start brings the daemon up, step by step (start). Its work goes on until
+// Stop or HandOver; when ctx ends, the queue readers and the background
+// work end at once, and Stop is left to do. When a step fails, what the
+// steps before set up is undone, and the step's error returned.
 func (d *Daemon) Start(ctx context.Context) error {
 	d.ctx, d.cancel = context.WithCancel(ctx)
 	if err := d.start(); err != nil {

@@ -50,7 +50,7 @@ type datapath interface {
 	// answer gives packet id, which the worker turned into v, its verdict,
 	// after whatever v asks of the kernel; false when the packet waits in
 	// the datapath, which then observes its latency itself.
-	answer(h *handler, id uint32, pkt []byte, v *ipvs.Verdict, ct kernel.Conntrack) (answered bool)
+	answer(h *handler, id uint32, pkt []byte, v ipvs.Verdict, ct kernel.Conntrack) (answered bool)
 	// run does the datapath's background work until ctx ends; ruleset is
 	// the table register readied the kernel for.
 	run(ctx context.Context, ruleset *nft.Ruleset)

@@ -59,7 +59,7 @@ func (h *handler) handle(id uint32, pkt []byte, mark uint32, ct []byte) {
 		}
 		v.Mark &^= nft.UnseenMark
 	}
-	if h.dp.answer(h, id, pkt, &v, conn) {
+	if h.dp.answer(h, id, pkt, v, conn) {
 		h.mx.ObserveVerdict(time.Since(h.start))
 	}
 }

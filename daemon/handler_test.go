@@ -10,6 +10,7 @@ import (
 
 	_ "github.com/nfhelper/nfhelper/helpers/ftp"
 	"github.com/nfhelper/nfhelper/ipvs"
+	"github.com/nfhelper/nfhelper/kernel"
 	"github.com/nfhelper/nfhelper/metrics"
 	"github.com/nfhelper/nfhelper/nfq/nfqtest"
 	"github.com/nfhelper/nfhelper/nfq/packet"
@@ -168,5 +169,28 @@ func TestHandlerClearsUnseen(t *testing.T) {
 	}
 	if m, ok := q.marks[4]; ok {
 		t.Errorf("packet 4, queued without the bit: verdict set mark %#x", m)
+	}
+}
+
+// nullQueue takes verdicts and keeps nothing.
+type nullQueue struct{}
+
+func (nullQueue) Accept(uint32, bool, uint32, []byte) error { return nil }
+func (nullQueue) Drop(uint32) error                         { return nil }
+func (nullQueue) AcceptCT(uint32, []byte, []byte) error     { return nil }
+func (nullQueue) Flush() error                              { return nil }
+
+// TestHandlerDoesNotAllocate: the per-packet path itself allocates
+// nothing, on either datapath, for a packet that needs no more than its
+// verdict.
+func TestHandlerDoesNotAllocate(t *testing.T) {
+	_, _, rs, e := panickyEngine(t, nil)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	pkt := nfqtest.Build(nfqtest.Segment{Src: rs, Dst: netip.MustParseAddrPort("192.0.2.1:1"), Seq: 1, Ack: 1, Flags: packet.FlagACK, Payload: []byte("x")})
+	for _, name := range []string{kernel.DatapathCompat, kernel.DatapathKernel} {
+		h := &handler{q: nullQueue{}, num: 100, w: e.NewWorker(), stats: &e.Stats, dp: newDatapath(name, log), mx: metrics.New(e, nil), log: log}
+		if n := testing.AllocsPerRun(100, func() { h.handle(1, pkt, nft.UnseenMark, nil) }); n != 0 {
+			t.Errorf("%s: %v allocations per packet", name, n)
+		}
 	}
 }

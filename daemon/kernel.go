@@ -174,7 +174,7 @@ func (k *kernelPath) inspect(attrs []byte) kernel.Conntrack {
 // answer sets the seqadj records and makes the expectations v asks for,
 // then gives the verdict, with NFQA_CT where the kernel is to record a
 // length change or the connection's helper data.
-func (k *kernelPath) answer(h *handler, id uint32, pkt []byte, v *ipvs.Verdict, ct kernel.Conntrack) bool {
+func (k *kernelPath) answer(h *handler, id uint32, pkt []byte, v ipvs.Verdict, ct kernel.Conntrack) bool {
 	if v.SeqAdj != nil {
 		// After the verdicts before (the kernel maps each packet by
 		// the records at its verdict), before this one's.
@@ -187,7 +187,7 @@ func (k *kernelPath) answer(h *handler, id uint32, pkt []byte, v *ipvs.Verdict, 
 			k.log.Warn("seqadj", "err", err)
 		}
 	}
-	ctAttrs := verdictCT(len(pkt), v, ct)
+	ctAttrs := verdictCT(len(pkt), &v, ct)
 	// The expectations are made here, before the verdict, never handed to
 	// a background goroutine: this reader is the only one of the helper's
 	// queue, so no later packet of the connection (a retransmission of
@@ -204,7 +204,7 @@ func (k *kernelPath) answer(h *handler, id uint32, pkt []byte, v *ipvs.Verdict, 
 		}
 		return true
 	}
-	h.verdict(id, v)
+	h.verdict(id, &v)
 	return true
 }
 
