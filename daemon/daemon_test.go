@@ -61,19 +61,44 @@ func TestDatapathChoice(t *testing.T) {
 	}
 }
 
-// fakeDatapath records the lifecycle calls a daemon makes.
+// fakeDatapath records the lifecycle calls a daemon makes, each with what
+// state says at the time, where set.
 type fakeDatapath struct {
 	compatPath
 	calls []string
+	state func() string
 }
 
-func (f *fakeDatapath) idle()       { f.calls = append(f.calls, "idle") }
-func (f *fakeDatapath) handOver()   { f.calls = append(f.calls, "handOver") }
-func (f *fakeDatapath) unregister() { f.calls = append(f.calls, "unregister") }
-func (f *fakeDatapath) close()      { f.calls = append(f.calls, "close") }
+func (f *fakeDatapath) record(call string) {
+	if f.state != nil {
+		call += " (" + f.state() + ")"
+	}
+	f.calls = append(f.calls, call)
+}
+
+func (f *fakeDatapath) idle()       { f.record("idle") }
+func (f *fakeDatapath) handOver()   { f.record("handOver") }
+func (f *fakeDatapath) unregister() { f.record("unregister") }
+func (f *fakeDatapath) close()      { f.record("close") }
 func (f *fakeDatapath) run(ctx context.Context, _ *nft.Ruleset) {
 	<-ctx.Done()
-	f.calls = append(f.calls, "run ended")
+	f.record("run ended")
+}
+
+// started is a daemon on dp, its start done as far as the lifecycle's
+// teardown cares: the background work runs.
+func started(t *testing.T, dp *fakeDatapath, log *slog.Logger) *Daemon {
+	t.Helper()
+	e, err := ipvs.NewEngine(nil, ipvs.Options{MarkMask: markMask})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := New(&config.Config{}, Options{Log: log})
+	d.dp, d.engine = dp, e
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	_, d.stopReading = context.WithCancel(d.ctx)
+	d.background.Go(func() { dp.run(d.ctx, nil) })
+	return d
 }
 
 // TestHandOverOrder: a hand-over waits for the datapath's held packets
@@ -83,15 +108,7 @@ func (f *fakeDatapath) run(ctx context.Context, _ *nft.Ruleset) {
 func TestHandOverOrder(t *testing.T) {
 	var logs bytes.Buffer
 	dp := &fakeDatapath{}
-	e, err := ipvs.NewEngine(nil, ipvs.Options{MarkMask: markMask})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := New(&config.Config{}, Options{Log: slog.New(slog.NewTextHandler(&logs, nil))})
-	d.dp, d.engine = dp, e
-	d.ctx, d.cancel = context.WithCancel(context.Background())
-	_, d.stopReading = context.WithCancel(d.ctx)
-	d.background.Go(func() { dp.run(d.ctx, nil) })
+	d := started(t, dp, slog.New(slog.NewTextHandler(&logs, nil)))
 	if inherit := d.HandOver(); inherit == nil || len(inherit) != 0 {
 		t.Errorf("sockets handed over: %v, want none (no queues)", inherit)
 	}
