@@ -4,6 +4,17 @@
 // socket and the metrics, reloads, hands over to a successor in place and
 // stops. Each step is a method of Daemon, in the order Start and Stop call
 // them.
+//
+// Where things are:
+//   - daemon.go: Daemon, its steps and its teardown.
+//   - datapath.go: the datapath interface; compat.go and kernel.go, its two
+//     implementations (nftables maps; conntrack expectations and seqadj).
+//   - handler.go: the per-packet path every queue runs.
+//   - conntrack.go: conntrack's events and lookups for the engine.
+//   - restore.go, handover.go: taking over from a crashed predecessor; the
+//     hand-over in place (queue sockets, helper states, exec).
+//   - services.go: the configuration as engine services and ruleset spec.
+//   - check.go: the datapath choice and --check.
 package daemon
 
 import (
