@@ -181,8 +181,8 @@ func (k *kernelPath) answer(h *handler, id uint32, pkt []byte, v ipvs.Verdict, c
 		if err := h.q.Flush(); err != nil {
 			k.log.Warn("verdicts", "err", err)
 		}
-		adj := [2]kernel.SeqAdj{kernel.SeqAdj(v.SeqAdj[ipvs.FromClient]), kernel.SeqAdj(v.SeqAdj[ipvs.FromServer])}
-		if err := kernel.SetSeqAdj(k.ctnl, ct.Orig, adj); err != nil {
+		// (By direction: ipvs.FromClient is kernel.DirOriginal.)
+		if err := kernel.SetSeqAdj(k.ctnl, ct.Orig, *v.SeqAdj); err != nil {
 			h.stats.HelperErrors.Add(1)
 			k.log.Warn("seqadj", "err", err)
 		}
@@ -262,10 +262,8 @@ func restoreFromHelperData(e *ipvs.Engine, ct kernel.Conntrack, log *slog.Logger
 		log.Warn("connection not restored: the kernel did not send its seqadj records", "client", client, "vip", vip)
 		return
 	}
-	k := ipvs.KernelState{Next: st.Next, Stopped: st.Flags&kernel.StateStopped != 0, Helper: st.Helper}
-	for d := range k.SeqAdj {
-		k.SeqAdj[d] = ipvs.SeqAdj(ct.SeqAdj[d])
-	}
+	// (ct.SeqAdj is by kernel direction, the same order as ipvs.Direction.)
+	k := ipvs.KernelState{Next: st.Next, Stopped: st.Flags&kernel.StateStopped != 0, Helper: st.Helper, SeqAdj: ct.SeqAdj}
 	k.Synced[ipvs.FromClient] = st.Flags&kernel.StateValid != 0
 	k.Synced[ipvs.FromServer] = st.Flags&kernel.StateReplyValid != 0
 	if e.AdoptKernel(client, vip, server, k) {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/nfhelper/nfhelper/nfq/packet"
+	"github.com/nfhelper/nfhelper/nfq/seqnum"
 )
 
 // helped is what a connection read by a helper has besides: kept apart so
@@ -35,7 +36,7 @@ type helped struct {
 	// tell the client of a channel the kernel does not have yet.
 	announcing     bool
 	annDir         Direction
-	annSeq, annEnd uint32
+	annSeq, annEnd seqnum.Value
 	// asked is when conntrack was last asked whether it still holds the
 	// connection (checkIdle), alive when it last said so; 0: never.
 	asked, alive int64
@@ -176,17 +177,6 @@ func (c *Conn) State() TCPState {
 	return c.state
 }
 
-// Offset is how far the receiver's view of direction dir's sequence numbers
-// is from the sender's at input position seq.
-func (c *Conn) Offset(dir Direction, seq uint32) int32 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.help == nil {
-		return 0
-	}
-	return c.help.streams[dir].off(seq)
-}
-
 // newConn is a new connection of svc to rs.
 func newConn(s Session, svc *Service, rs *RealServer) *Conn {
 	c := &Conn{Session: s, Service: svc, Real: rs}
@@ -198,7 +188,7 @@ func newConn(s Session, svc *Service, rs *RealServer) *Conn {
 }
 
 // startClient starts the client's stream at the SYN's sequence number.
-func (c *Conn) startClient(isn uint32) {
+func (c *Conn) startClient(isn seqnum.Value) {
 	if c.help == nil {
 		return
 	}

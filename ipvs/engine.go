@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	"github.com/nfhelper/nfhelper/nfq/packet"
+	"github.com/nfhelper/nfhelper/nfq/seqnum"
 )
 
 // mssRoom is how much a helped connection's segments may grow on the way:
@@ -86,7 +87,7 @@ type Options struct {
 
 type synAck struct {
 	server netip.AddrPort
-	ack    uint32
+	ack    seqnum.Value
 }
 
 // Stats counts what the engine did.
@@ -171,7 +172,7 @@ type Verdict struct {
 	// verdict must not), and seqadj records to set before the verdict.
 	Kernel     *KernelState
 	SeqAdjDiff bool
-	SeqAdj     *[2]SeqAdj // by Direction
+	SeqAdj     *[2]seqnum.Adj // by Direction
 	// Announcing (compat datapath, with Open): the connection drops copies
 	// of this segment until Engine.Announced is called for it, after this
 	// verdict.
@@ -191,7 +192,7 @@ type Worker struct {
 	now         int64
 	open, close []Channel
 	kstate      KernelState
-	kadj        [2]SeqAdj
+	kadj        [2]seqnum.Adj
 	peer        *stream // the stream whose SACK edges sackEdge maps
 }
 
@@ -253,7 +254,7 @@ func (w *Worker) Process(pkt []byte, mark uint32) Verdict {
 // goes from client to server: the first packet that shows both.
 func (w *Worker) adopt(svc *Service, client, server netip.AddrPort, v *Verdict) {
 	e := w.e
-	seq := w.in.TCP().Seq()
+	seq := seqnum.Value(w.in.TCP().Seq())
 	c := e.Table.LookupVIP(client, svc.VIP)
 	if c == nil || c.Server != server || c.State() != StateSynSent {
 		c = newConn(Session{Client: client, VIP: svc.VIP, Server: server}, svc, svc.learn(server))
@@ -262,7 +263,7 @@ func (w *Worker) adopt(svc *Service, client, server netip.AddrPort, v *Verdict) 
 	}
 	c.startClient(seq)
 	e.mu.Lock()
-	e.unnamed[synAck{server, seq + 1}] = c
+	e.unnamed[synAck{server, seq.Add(1)}] = c
 	if !e.watched[server] {
 		// Its replies must be queued before conntrack from now on.
 		e.watched[server] = true
@@ -276,7 +277,7 @@ func (w *Worker) adopt(svc *Service, client, server netip.AddrPort, v *Verdict) 
 // when the user's SNAT changed the client's address, and learns it.
 func (w *Worker) named(server, client netip.AddrPort) *Conn {
 	e := w.e
-	key := synAck{server, w.in.TCP().Ack()}
+	key := synAck{server, seqnum.Value(w.in.TCP().Ack())}
 	e.mu.Lock()
 	c := e.unnamed[key]
 	delete(e.unnamed, key)
@@ -308,7 +309,7 @@ func (w *Worker) schedule(svc *Service, client netip.AddrPort, mark uint32) Verd
 		e.Table.Insert(c)
 		e.Stats.Scheduled.Add(1)
 	}
-	c.startClient(w.in.TCP().Seq())
+	c.startClient(seqnum.Value(w.in.TCP().Seq()))
 	// A retransmitted SYN gets the same server's mark; the kernel has bound
 	// NAT on the first one anyway.
 	v := Verdict{SetMark: true, Mark: mark&^e.markMask | c.Real.Mark}
@@ -357,7 +358,7 @@ func (w *Worker) scheduleUDP(pkt []byte, mark uint32) Verdict {
 func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	e := w.e
 	tcp := w.in.TCP()
-	seq, ack, flags := tcp.Seq(), tcp.Ack(), tcp.Flags()
+	seq, ack, flags := seqnum.Value(tcp.Seq()), seqnum.Value(tcp.Ack()), tcp.Flags()
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -377,11 +378,11 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 		st.start(seq)
 	}
 	st.resynced(seq, len(w.in.PayloadBytes()), flags)
-	before := [2]int32{c.help.streams[0].total(), c.help.streams[1].total()}
+	before := c.help.totals()
 	read := st.next
-	inLen := uint32(len(w.in.PayloadBytes()))
+	inLen := seqnum.Size(len(w.in.PayloadBytes()))
 	if h := c.help; h.announcing && h.annDir == dir && inLen > 0 &&
-		seqBefore(seq, h.annEnd) && seqAfter(seq+inLen, h.annSeq) {
+		seq.Before(h.annEnd) && seq.Add(inLen).After(h.annSeq) {
 		// A copy of the segment still waiting for its channels' elements
 		// (the sender's retransmission timer fired first): the held one
 		// goes on when the kernel has them.
@@ -403,7 +404,7 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	if len(w.open) > 0 && !e.kernelSeqAdj() && inLen > 0 {
 		// (The kernel datapath's reader makes the expectations before
 		// this verdict: nothing waits.)
-		c.help.announcing, c.help.annDir, c.help.annSeq, c.help.annEnd = true, dir, seq, seq+inLen
+		c.help.announcing, c.help.annDir, c.help.annSeq, c.help.annEnd = true, dir, seq, seq.Add(inLen)
 		v.Announcing = c
 	}
 	if !e.kernelSeqAdj() && !c.help.acksQueued && !c.help.ended && c.help.needsAcks() {
@@ -413,10 +414,9 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	}
 
 	outAck, sack := ack, false
-	if flags&packet.FlagACK != 0 && (peer.synced || peer.resync) {
-		outAck = peer.acked(ack)
-		if peer.skipped {
-			peer.skipped = false
+	if flags&packet.FlagACK != 0 && peer.mapsAcks() {
+		var skipped bool
+		if outAck, skipped = peer.acked(ack); skipped {
 			e.Stats.Skipped.Add(1)
 		}
 		peer.prune(outAck)
@@ -431,7 +431,7 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 		if flags&packet.FlagACK != 0 {
 			outAck = w.kernelAck(peer, ack, outAck, &v)
 		}
-		sack = (sack || peer.kadj != SeqAdj{}) && tcp.DataOffset() > packet.TCPMinHeaderLen
+		sack = (sack || peer.kadj != seqnum.Adj{}) && tcp.DataOffset() > packet.TCPMinHeaderLen
 		v.Kernel = w.kernelState(c, dir)
 	} else {
 		c.offsets(before, &v)
@@ -462,9 +462,9 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	if syn {
 		t.LowerMSS(mssRoom, minMSS)
 	}
-	t.SetSeq(outSeq)
+	t.SetSeq(uint32(outSeq))
 	if flags&packet.FlagACK != 0 {
-		t.SetAck(outAck)
+		t.SetAck(uint32(outAck))
 		if sack {
 			w.peer = peer
 			t.AdjustSACK(w.sackEdge)
@@ -478,37 +478,37 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 // sackEdge maps a SACK edge of the peer stream's bytes, as the receiver
 // wrote it, to what to write instead.
 func (w *Worker) sackEdge(edge uint32) uint32 {
-	x := w.peer.input(edge)
+	x := w.peer.input(seqnum.Value(edge))
 	if w.e.kernelSeqAdj() {
-		if a, ok := w.peer.kadj.ackFor(x); ok {
-			return a
+		if a, ok := w.peer.kadj.AckFor(x); ok {
+			return uint32(a)
 		}
 	}
-	return x
+	return uint32(x)
 }
 
 // flow runs one segment through its stream: it returns the sequence number
 // the receiver must see, and the payload it must get when that differs from
 // the packet's (nil: unchanged), or drop for a segment past a gap.
-func (w *Worker) flow(c *Conn, dir Direction, st *stream, seq uint32, flags uint8) (outSeq uint32, payload []byte, drop bool) {
+func (w *Worker) flow(c *Conn, dir Direction, st *stream, seq seqnum.Value, flags uint8) (outSeq seqnum.Value, payload []byte, drop bool) {
 	e := w.e
 	in := w.in.PayloadBytes()
 	fin := flags&packet.FlagFIN != 0
-	if fin && st.synced {
+	if fin && st.sync == synced {
 		st.fin = true
 	}
-	shifted := seq + uint32(st.off(seq))
-	if !st.synced || st.stopped || c.help.helper == nil || flags&(packet.FlagSYN|packet.FlagRST) != 0 {
+	shifted := seq.Shift(st.off(seq))
+	if st.sync != synced || st.stopped || c.help.helper == nil || flags&(packet.FlagSYN|packet.FlagRST) != 0 {
 		return shifted, nil, false
 	}
-	end := seq + uint32(len(in))
-	newData := len(in) > 0 && seqAfter(end, st.next) || (fin && end == st.next && len(st.carry) > 0)
+	end := seq.Add(seqnum.Size(len(in)))
+	newData := len(in) > 0 && end.After(st.next) || (fin && end == st.next && len(st.carry) > 0)
 	if len(in) == 0 && !newData {
 		return shifted, nil, false
 	}
-	if seqAfter(seq, st.next) {
-		if seq-st.next > maxGap {
-			st.synced = false
+	if seq.After(st.next) {
+		if st.next.Size(seq) > maxGap {
+			st.sync = lost
 			return shifted, nil, false
 		}
 		if !st.gapped || st.gapAt != seq {
@@ -532,23 +532,23 @@ func (w *Worker) flow(c *Conn, dir Direction, st *stream, seq uint32, flags uint
 		return shifted, nil, false
 	}
 	origSeq, origIn := seq, in
-	if relEnd := st.relFrom + uint32(len(st.rel)); len(st.rel) > 0 && seqAfter(seq, st.relFrom) && !seqAfter(seq, relEnd) {
+	if len(st.rel) > 0 && seq.After(st.relFrom) && !seq.After(st.relEnd()) {
 		// The sender resends from the end of bytes it believes delivered:
 		// resend them too.
-		in = append(append(w.resent[:0], st.rel[:seq-st.relFrom]...), in...)
+		in = append(append(w.resent[:0], st.rel[:st.relFrom.Size(seq)]...), in...)
 		seq = st.relFrom
 	}
 
 	out := w.pay[:0]
 	start := st.heldFrom()
-	if seqBefore(seq, start) {
-		n := uint32(len(in))
-		if seqBefore(start, end) {
-			n = start - seq
+	if seq.Before(start) {
+		n := seqnum.Size(len(in))
+		if start.Before(end) {
+			n = seq.Size(start)
 		}
 		out, start = st.replay(out, seq, in[:n])
 	}
-	outSeq = start + uint32(st.off(start))
+	outSeq = start.Shift(st.off(start))
 	if newData {
 		if len(st.edits) >= maxEdits/2 {
 			// The receiver has yet to acknowledge that many rewrites: take
@@ -559,7 +559,7 @@ func (w *Worker) flow(c *Conn, dir Direction, st *stream, seq uint32, flags uint
 			return 0, nil, true
 		}
 		var ok bool
-		if out, ok = w.inspect(c, dir, st, in[st.next-seq:], fin, out); !ok {
+		if out, ok = w.inspect(c, dir, st, in[seq.Size(st.next):], fin, out); !ok {
 			return shifted, nil, false
 		}
 		st.next = end
@@ -568,7 +568,7 @@ func (w *Worker) flow(c *Conn, dir Direction, st *stream, seq uint32, flags uint
 		// All withheld: repeat the last delivered byte, so that the
 		// receiver acknowledges and the sender sees its bytes taken.
 		out = append(out, st.last)
-		outSeq--
+		outSeq = outSeq.Shift(-1)
 	}
 	if outSeq == origSeq && bytes.Equal(out, origIn) {
 		return outSeq, nil, false
@@ -596,7 +596,7 @@ func (w *Worker) inspect(c *Conn, dir Direction, st *stream, fresh []byte, fin b
 		st.stopped = true
 		return out, false
 	}
-	first := st.next - uint32(len(st.carry)) // input position of data[0]
+	first := st.next.Shift(-seqnum.Delta(len(st.carry))) // input position of data[0]
 	cur := fixed
 	// Edits that keep the length together (a 227 whose free text gave way
 	// to a longer address) are recorded as one: then no position is
@@ -610,12 +610,12 @@ func (w *Worker) inspect(c *Conn, dir Direction, st *stream, fresh []byte, fin b
 		}
 		out = append(out, ed.New...)
 		if !one {
-			st.record(first+uint32(ed.Off), ed.Len, ed.New)
+			st.record(first.Add(seqnum.Size(ed.Off)), ed.Len, ed.New)
 		}
 		cur = ed.Off + ed.Len
 	}
 	if one {
-		st.record(first+uint32(r.Edits[0].Off), cur-r.Edits[0].Off, out[from:])
+		st.record(first.Add(seqnum.Size(r.Edits[0].Off)), cur-r.Edits[0].Off, out[from:])
 	}
 	keep := len(data) - r.Hold
 	out = append(out, data[cur:keep]...)

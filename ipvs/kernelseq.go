@@ -2,6 +2,8 @@ package ipvs
 
 import (
 	"net/netip"
+
+	"github.com/nfhelper/nfhelper/nfq/seqnum"
 )
 
 // The kernel datapath's mode (DatapathKernel): packets reach the
@@ -26,75 +28,16 @@ import (
 // mode.
 func (e *Engine) kernelSeqAdj() bool { return e.datapath == DatapathKernel }
 
-// SeqAdj is one direction's seqadj record (struct nf_ct_seqadj): a sequence
-// number after Pos moves by After, one up to it by Before.
-type SeqAdj struct {
-	Pos           uint32
-	Before, After int32
-}
-
-// seq is what the kernel makes of a sequence number of this direction.
-func (a SeqAdj) seq(v uint32) uint32 {
-	if seqAfter(v, a.Pos) {
-		return v + uint32(a.After)
-	}
-	return v + uint32(a.Before)
-}
-
-// ack is what the kernel makes of an acknowledgement (or a SACK edge) of
-// this direction's bytes.
-func (a SeqAdj) ack(v uint32) uint32 {
-	if seqAfter(v-uint32(a.Before), a.Pos) {
-		return v - uint32(a.After)
-	}
-	return v - uint32(a.Before)
-}
-
-// seqFor is a sequence number that seq turns into want; false if none does
-// (want lies in bytes the correction point inserted).
-func (a SeqAdj) seqFor(want uint32) (uint32, bool) {
-	if v := want - uint32(a.Before); !seqAfter(v, a.Pos) {
-		return v, true
-	}
-	if v := want - uint32(a.After); seqAfter(v, a.Pos) {
-		return v, true
-	}
-	return 0, false
-}
-
-// ackFor is an acknowledgement that ack turns into want; false if none does
-// (want lies in bytes the correction point removed).
-func (a SeqAdj) ackFor(want uint32) (uint32, bool) {
-	if !seqAfter(want, a.Pos) {
-		return want + uint32(a.Before), true
-	}
-	if seqAfter(want+uint32(a.After-a.Before), a.Pos) {
-		return want + uint32(a.After), true
-	}
-	return 0, false
-}
-
-// record is the kernel's nf_ct_seqadj_set: a segment at seq changed length
-// by diff. A point before the current one is not recorded.
-func (a *SeqAdj) record(seq uint32, diff int32) {
-	if diff == 0 {
-		return
-	}
-	if a.Before == a.After || seqBefore(a.Pos, seq) {
-		a.Pos, a.Before, a.After = seq, a.After, a.After+diff
-	}
-}
-
 // KernelState is what the kernel datapath keeps of a helped connection in
 // the kernel, so that a restarted daemon can go on: where each direction's
 // helper has read to, whether inspection ended, and (read from conntrack,
 // not the helper data) the seqadj records.
 type KernelState struct {
 	Synced  [2]bool   // by Direction
-	Next    [2]uint32 // the first byte not yet read, in the sender's space
+	Next    [2]uint32 // the first byte not yet read, in the sender's space (a seqnum.Value, as the helper data holds it)
 	Stopped bool
-	SeqAdj  [2]SeqAdj // by Direction
-	Helper  uint64    // the helper's own state (StateSaver)
+	SeqAdj  [2]seqnum.Adj // by Direction
+	Helper  uint64        // the helper's own state (StateSaver)
 }
 
 // kernelNumbers turns the stream's numbers for the packet into what to
@@ -103,14 +46,14 @@ type KernelState struct {
 // the stream had not read, and inLen and outLen are its payload's length
 // before and after. Sets v.SeqAdjDiff (the length change goes to the
 // kernel's record) or v.SeqAdj (the records are to be set first).
-func (w *Worker) kernelNumbers(st *stream, seq, outSeq uint32, inLen, outLen int, fresh bool, v *Verdict) (wseq uint32) {
+func (w *Worker) kernelNumbers(st *stream, seq, outSeq seqnum.Value, inLen, outLen int, fresh bool, v *Verdict) (wseq seqnum.Value) {
 	a := &st.kadj
-	diff := int32(outLen - inLen)
+	diff := seqnum.Delta(outLen - inLen)
 	if fresh {
 		// Later bytes of this direction must move by what this segment
 		// moved its end by.
-		end := seq + uint32(inLen)
-		steady := int32(outSeq + uint32(outLen) - end)
+		end := seq.Add(seqnum.Size(inLen))
+		steady := end.Delta(outSeq.Add(seqnum.Size(outLen)))
 		// IPv6 records are always set outright: for an NFQA_CT length
 		// change the kernel reads the TCP sequence number at the IPv4
 		// header's length (nf_ct_tcp_seqadj_set), from the IPv6 header.
@@ -119,13 +62,13 @@ func (w *Worker) kernelNumbers(st *stream, seq, outSeq uint32, inLen, outLen int
 		// by comparing them, unmapped, with the correction point
 		// (nf_ct_seq_offset), and finds the peer's ACKs of a segment
 		// that grew by withheld bytes beyond what the sender sent.
-		if diff != 0 && outLen > 0 && !w.in.V6 && w.cur.help.liberal && a.After == int32(outSeq-seq) && (a.Before == a.After || seqBefore(a.Pos, seq)) {
-			a.record(seq, diff)
+		if diff != 0 && outLen > 0 && !w.in.V6 && w.cur.help.liberal && a.After == seq.Delta(outSeq) && (a.Before == a.After || a.Pos.Before(seq)) {
+			a.Record(seq, diff)
 			v.SeqAdjDiff = true
 			return seq
 		}
 		if a.After == steady {
-			if s, ok := a.seqFor(outSeq); ok {
+			if s, ok := a.SeqFor(outSeq); ok {
 				return s
 			}
 		}
@@ -133,35 +76,35 @@ func (w *Worker) kernelNumbers(st *stream, seq, outSeq uint32, inLen, outLen int
 			// All withheld: the receiver's ACK of what came before must
 			// reach the sender as one of this segment too (see
 			// stream.acked), so the point goes just before the segment.
-			*a = SeqAdj{Pos: seq - 1, Before: int32(outSeq - seq), After: steady}
+			*a = seqnum.Adj{Pos: seq.Shift(-1), Before: seq.Delta(outSeq), After: steady}
 			w.setSeqAdj(v)
 			return end
 		}
-		*a = SeqAdj{Pos: seq, Before: int32(outSeq - seq), After: steady}
+		*a = seqnum.Adj{Pos: seq, Before: seq.Delta(outSeq), After: steady}
 		w.setSeqAdj(v)
 		return seq
 	}
-	if s, ok := a.seqFor(outSeq); ok {
+	if s, ok := a.SeqFor(outSeq); ok {
 		return s
 	}
 	// A retransmission that starts in bytes the last point inserted: a
 	// point of its own, later bytes moving as before.
-	*a = SeqAdj{Pos: seq, Before: int32(outSeq - seq), After: a.After}
+	*a = seqnum.Adj{Pos: seq, Before: seq.Delta(outSeq), After: a.After}
 	w.setSeqAdj(v)
 	return seq
 }
 
 // kernelAck is what to write for an acknowledgement the receiver wrote as
 // ack and the stream reads as want, of peer's bytes.
-func (w *Worker) kernelAck(peer *stream, ack, want uint32, v *Verdict) uint32 {
-	if a, ok := peer.kadj.ackFor(want); ok {
+func (w *Worker) kernelAck(peer *stream, ack, want seqnum.Value, v *Verdict) seqnum.Value {
+	if a, ok := peer.kadj.AckFor(want); ok {
 		return a
 	}
 	// The receiver acknowledges part of a segment whose length changed
 	// (the sender cut its retransmission anew): the kernel's point sits
 	// at the segment's start. A point of its own, later bytes moving as
 	// before.
-	peer.kadj = SeqAdj{Pos: want, Before: int32(ack - want), After: peer.kadj.After}
+	peer.kadj = seqnum.Adj{Pos: want, Before: want.Delta(ack), After: peer.kadj.After}
 	w.setSeqAdj(v)
 	return ack
 }
@@ -170,7 +113,7 @@ func (w *Worker) kernelAck(peer *stream, ack, want uint32, v *Verdict) uint32 {
 func (w *Worker) setSeqAdj(v *Verdict) {
 	c := w.cur
 	c.help.liberal = true
-	w.kadj = [2]SeqAdj{c.help.streams[FromClient].kadj, c.help.streams[FromServer].kadj}
+	w.kadj = [2]seqnum.Adj{c.help.streams[FromClient].kadj, c.help.streams[FromServer].kadj}
 	if v.SeqAdj == nil {
 		v.SeqAdj = &w.kadj
 		w.e.Stats.SeqAdjSet.Add(1)
@@ -182,7 +125,7 @@ func (w *Worker) kernelState(c *Conn, dir Direction) *KernelState {
 	k := &w.kstate
 	for d := range c.help.streams {
 		s := &c.help.streams[d]
-		k.Synced[d], k.Next[d], k.SeqAdj[d] = s.synced, s.next, s.kadj
+		k.Synced[d], k.Next[d], k.SeqAdj[d] = s.sync == synced, uint32(s.next), s.kadj
 	}
 	k.Stopped = c.help.streams[dir].stopped
 	k.Helper = 0
@@ -224,7 +167,7 @@ func (e *Engine) AdoptKernel(client, vip, server netip.AddrPort, st KernelState)
 	c.setState(StateEstablished, now())
 	c.mu.Unlock()
 	e.Table.Insert(c)
-	e.Stats.Adopted.Add(1)
+	e.Stats.Restored.Add(1)
 	return true
 }
 

@@ -8,6 +8,7 @@ import (
 	"github.com/nfhelper/nfhelper/ipvs"
 	"github.com/nfhelper/nfhelper/nfq/nfqtest"
 	"github.com/nfhelper/nfhelper/nfq/packet"
+	"github.com/nfhelper/nfhelper/nfq/seqnum"
 )
 
 // kernelConn is ftpConn in the kernel datapath's mode: packets come from
@@ -38,7 +39,7 @@ func TestKernelSeqAdjRecordsLengthChange(t *testing.T) {
 	delta := len(p) - len(reply)
 	// The connection's first change sets the records outright (which
 	// makes its tracking liberal); later ones go with the verdict.
-	if want := (ipvs.SeqAdj{Pos: isn + 1, After: int32(delta)}); delta == 0 || v.SeqAdjDiff || v.SeqAdj == nil || v.SeqAdj[ipvs.FromServer] != want {
+	if want := (seqnum.Adj{Pos: seqnum.Value(isn + 1), After: seqnum.Delta(delta)}); delta == 0 || v.SeqAdjDiff || v.SeqAdj == nil || v.SeqAdj[ipvs.FromServer] != want {
 		t.Fatalf("227 of %+d bytes: SeqAdjDiff %v, SeqAdj %v", delta, v.SeqAdjDiff, v.SeqAdj)
 	}
 	if len(v.Open) != 1 || v.Open[0].Server != ap("10.0.0.11:40000") {
@@ -117,6 +118,10 @@ func TestKernelStateRestores(t *testing.T) {
 	if !e2.AdoptKernel(other, vip, rs1, state) {
 		t.Fatal("not adopted")
 	}
+	// A restore, not an add-on connection taken over after DNAT.
+	if e2.Stats.Restored.Load() != 1 || e2.Stats.Adopted.Load() != 0 {
+		t.Errorf("restored %d, adopted %d", e2.Stats.Restored.Load(), e2.Stats.Adopted.Load())
+	}
 	// The old daemon saw the PASV; the kernel kept the FTP helper's state
 	// with the positions. The reply came after the restart, past the kept
 	// position (a NOOP and its reply passed while no daemon ran).
@@ -167,14 +172,15 @@ func (kp *kernelPath) send(dir ipvs.Direction, data string) {
 	}
 	if v.SeqAdj != nil {
 		for d, a := range v.SeqAdj {
-			kp.k.Set(d, a.Pos, a.Before, a.After)
+			kp.k.Set(d, a)
 		}
 	}
 	out := string(p.PayloadBytes())
 	if diff := int32(len(out) - len(data)); diff != 0 && v.SeqAdjDiff {
-		kp.k.Record(int(dir), p.TCP().Seq(), diff)
+		kp.k.Record(int(dir), seqnum.Value(p.TCP().Seq()), seqnum.Delta(diff))
 	}
-	seq, ack := kp.k.Map(int(dir), p.TCP().Seq(), p.TCP().Ack())
+	kseq, kack := kp.k.Map(int(dir), seqnum.Value(p.TCP().Seq()), seqnum.Value(p.TCP().Ack()))
+	seq, ack := uint32(kseq), uint32(kack)
 	peer := 1 - dir
 	switch have := kp.got[peer]; {
 	case out == "":

@@ -33,51 +33,82 @@ func (e *Engine) Services() []*Service { return e.snap.Load().list }
 // service and server: a reload changes only what new connections get.
 func (e *Engine) Prepare(next []*Service) (commit func(), err error) {
 	cur := e.snap.Load()
-	var byVIP, udpByVIP map[netip.AddrPort]*Service
-	byName := map[string]*Service{}
-	if cur != nil {
-		byVIP, udpByVIP = cur.services, cur.udp
-		for _, s := range cur.addOns {
-			byName[s.Name] = s
-		}
+	weights := carryOver(cur, next)
+	if err := e.assignMarks(next); err != nil {
+		return nil, err
 	}
-	type weight struct {
-		rs *RealServer
-		w  int
-	}
-	var weights []weight
-	used := map[uint32]bool{}
+	snap := e.newSnapshot(next)
 	for _, s := range next {
-		if s.AddOn {
-			if old := byName[s.Name]; old != nil {
-				s.Mark = old.Mark
-				old.mu.Lock()
-				s.Servers = append([]*RealServer(nil), old.Servers...)
-				old.mu.Unlock()
+		s.mu = &e.schedMu
+	}
+	return func() { e.switchTo(cur, snap, weights) }, nil
+}
+
+// running is the running service that svc, of a new configuration,
+// replaces: the add-on of the same name, the service of the same protocol
+// and VIP; nil if none (or nothing runs yet).
+func (snap *snapshot) running(svc *Service) *Service {
+	switch {
+	case snap == nil:
+		return nil
+	case svc.AddOn:
+		for _, s := range snap.addOns {
+			if s.Name == svc.Name {
+				return s
 			}
+		}
+		return nil
+	case svc.UDP:
+		return snap.udp[svc.VIP]
+	}
+	return snap.services[svc.VIP]
+}
+
+// newWeight is a running real server's weight in the new configuration,
+// set at commit.
+type newWeight struct {
+	rs *RealServer
+	w  int
+}
+
+// carryOver puts into next the running objects it keeps: an add-on's mark
+// and learned servers, a service's persistence table, the real servers
+// that stay, whose new weights it returns.
+func carryOver(cur *snapshot, next []*Service) []newWeight {
+	var weights []newWeight
+	for _, s := range next {
+		old := cur.running(s)
+		if old == nil {
 			continue
 		}
-		old := byVIP[s.VIP]
-		if s.UDP {
-			old = udpByVIP[s.VIP]
+		if s.AddOn {
+			s.Mark = old.Mark
+			old.mu.Lock()
+			s.Servers = append([]*RealServer(nil), old.Servers...)
+			old.mu.Unlock()
+			continue
 		}
-		if old != nil && old.Persist != nil && s.Persist != nil {
+		if old.Persist != nil && s.Persist != nil {
 			// Clients stay where they were; templates to servers that
 			// leave are dropped at commit.
 			s.Persist = old.Persist
 		}
 		for i, rs := range s.Servers {
-			if old == nil {
-				continue
-			}
 			for _, ors := range old.Servers {
 				if ors.Addr == rs.Addr {
-					weights = append(weights, weight{ors, rs.Weight})
+					weights = append(weights, newWeight{ors, rs.Weight})
 					s.Servers[i] = ors
 				}
 			}
 		}
 	}
+	return weights
+}
+
+// assignMarks gives the add-ons and real servers of next without a mark a
+// free one of the mark mask's values.
+func (e *Engine) assignMarks(next []*Service) error {
+	used := map[uint32]bool{}
 	for _, s := range next {
 		if s.AddOn && s.Mark != 0 {
 			used[s.Mark] = true
@@ -112,9 +143,14 @@ func (e *Engine) Prepare(next []*Service) (commit func(), err error) {
 			}
 		}
 		if err != nil {
-			return nil, fmt.Errorf("%w (mask %#x)", err, e.markMask)
+			return fmt.Errorf("%w (mask %#x)", err, e.markMask)
 		}
 	}
+	return nil
+}
+
+// newSnapshot is what the workers read of the services next.
+func (e *Engine) newSnapshot(next []*Service) *snapshot {
 	snap := &snapshot{services: map[netip.AddrPort]*Service{}, udp: map[netip.AddrPort]*Service{}, addOns: map[uint32]*Service{}, list: next}
 	for _, s := range next {
 		switch {
@@ -126,35 +162,32 @@ func (e *Engine) Prepare(next []*Service) (commit func(), err error) {
 			snap.services[s.VIP] = s
 		}
 	}
-	for _, s := range next {
-		s.mu = &e.schedMu
+	return snap
+}
+
+// switchTo sets the new weights and switches the workers from cur to snap;
+// persistence tables carried over forget the servers that left.
+func (e *Engine) switchTo(cur, snap *snapshot, weights []newWeight) {
+	// A worker still picking with an old service reads the weights under
+	// the same lock.
+	e.schedMu.Lock()
+	for _, w := range weights {
+		w.rs.Weight = w.w
 	}
-	return func() {
-		// A worker still picking with an old service reads the weights
-		// under the same lock.
-		e.schedMu.Lock()
-		for _, w := range weights {
-			w.rs.Weight = w.w
+	e.schedMu.Unlock()
+	e.snap.Store(snap)
+	for _, s := range snap.list {
+		if s.Persist == nil || s.AddOn {
+			continue
 		}
-		e.schedMu.Unlock()
-		e.snap.Store(snap)
-		for _, s := range next {
-			if s.Persist == nil {
-				continue
-			}
-			old := byVIP[s.VIP]
-			if s.UDP {
-				old = udpByVIP[s.VIP]
-			}
-			if old != nil && old.Persist == s.Persist {
-				for _, ors := range old.Servers {
-					if !slices.Contains(s.Servers, ors) {
-						s.Persist.Forget(ors)
-					}
+		if old := cur.running(s); old != nil && old.Persist == s.Persist {
+			for _, ors := range old.Servers {
+				if !slices.Contains(s.Servers, ors) {
+					s.Persist.Forget(ors)
 				}
 			}
 		}
-	}, nil
+	}
 }
 
 // RunExpiry drops timed-out connections and persistence templates every

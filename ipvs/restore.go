@@ -4,6 +4,7 @@ import (
 	"net/netip"
 
 	"github.com/nfhelper/nfhelper/nfq/packet"
+	"github.com/nfhelper/nfhelper/nfq/seqnum"
 )
 
 // Offsets asks the datapath to record a connection's stream offsets in the
@@ -14,7 +15,7 @@ type Offsets struct {
 	Store       bool
 	Replace     bool // recorded before
 	Client, VIP netip.AddrPort
-	Off         [2]int32 // by the Direction that sends the stream
+	Off         [2]int32 // by the Direction that sends the stream (seqnum.Delta, as the kernel's map stores it)
 }
 
 // Restore takes back a connection that an earlier daemon balanced and that
@@ -41,7 +42,7 @@ func (e *Engine) Restore(client, vip, server netip.AddrPort, established bool, o
 	}
 	if c.help != nil {
 		for d := range c.help.streams {
-			c.help.streams[d].resume(off[d])
+			c.help.streams[d].resume(seqnum.Delta(off[d]))
 		}
 		c.help.offsetsStored = off != [2]int32{}
 		c.help.acksQueued = acks
@@ -73,32 +74,37 @@ func (s *Service) countedLocked(addr netip.AddrPort) *RealServer {
 
 // resume picks a stream up mid-way: its next data segment is taken to begin
 // a line, and off is what earlier rewrites added to it.
-func (st *stream) resume(off int32) {
-	*st = stream{resync: true, base: off, carry: st.carry[:0], edits: st.edits[:0], rel: st.rel[:0]}
+func (st *stream) resume(off seqnum.Delta) {
+	*st = stream{sync: resuming, base: off, carry: st.carry[:0], edits: st.edits[:0], rel: st.rel[:0]}
 }
 
 // resynced starts a resumed stream at a segment's first byte.
-func (st *stream) resynced(seq uint32, payload int, flags uint8) {
-	if st.resync && payload > 0 && flags&(packet.FlagSYN|packet.FlagRST) == 0 {
-		st.resync, st.synced, st.next = false, true, seq
+func (st *stream) resynced(seq seqnum.Value, payload int, flags uint8) {
+	if st.sync == resuming && payload > 0 && flags&(packet.FlagSYN|packet.FlagRST) == 0 {
+		st.sync, st.next = synced, seq
 	}
 }
 
 // total is the offset after every edit so far.
-func (st *stream) total() int32 {
+func (st *stream) total() seqnum.Delta {
 	if n := len(st.edits); n > 0 {
 		return st.edits[n-1].cum
 	}
 	return st.base
 }
 
+// totals are the total offsets of the streams, by Direction.
+func (h *helped) totals() [2]seqnum.Delta {
+	return [2]seqnum.Delta{h.streams[0].total(), h.streams[1].total()}
+}
+
 // offsets reports a changed total offset of c's streams; c.mu is held.
-func (c *Conn) offsets(before [2]int32, v *Verdict) {
-	now := [2]int32{c.help.streams[0].total(), c.help.streams[1].total()}
+func (c *Conn) offsets(before [2]seqnum.Delta, v *Verdict) {
+	now := c.help.totals()
 	if now == before || c.help.ended {
 		return
 	}
-	v.Offsets = Offsets{Store: true, Replace: c.help.offsetsStored, Client: c.Client, VIP: c.VIP, Off: now}
+	v.Offsets = Offsets{Store: true, Replace: c.help.offsetsStored, Client: c.Client, VIP: c.VIP, Off: [2]int32{int32(now[0]), int32(now[1])}}
 	c.help.offsetsStored = true
 }
 

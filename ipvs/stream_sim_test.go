@@ -9,6 +9,7 @@ import (
 
 	"github.com/nfhelper/nfhelper/nfq/nfqtest"
 	"github.com/nfhelper/nfhelper/nfq/packet"
+	"github.com/nfhelper/nfhelper/nfq/seqnum"
 )
 
 // tcpSim runs a sender and a receiver through the worker over a lossy,
@@ -54,14 +55,14 @@ func (s *tcpSim) throughKernel(v Verdict, dir Direction, b []byte, inLen int) (s
 	}
 	if v.SeqAdj != nil {
 		for d, a := range v.SeqAdj {
-			s.kadj.Set(d, a.Pos, a.Before, a.After)
+			s.kadj.Set(d, a)
 		}
 	}
 	if diff := int32(len(payload) - inLen); diff != 0 && v.SeqAdjDiff {
-		s.kadj.Record(int(dir), seq, diff)
+		s.kadj.Record(int(dir), seqnum.Value(seq), seqnum.Delta(diff))
 	}
-	seq, ack = s.kadj.Map(int(dir), seq, ack)
-	return seq, ack, payload
+	kseq, kack := s.kadj.Map(int(dir), seqnum.Value(seq), seqnum.Value(ack))
+	return uint32(kseq), uint32(kack), payload
 }
 
 type simSeg struct {

@@ -6,6 +6,8 @@ import (
 	"net/netip"
 
 	"github.com/mdlayher/netlink"
+
+	"github.com/nfhelper/nfhelper/nfq/seqnum"
 )
 
 // Conntrack attributes (linux/netfilter/nfnetlink_conntrack.h) as they
@@ -61,7 +63,7 @@ type Conntrack struct {
 	HelperInfo []byte
 	// SeqAdj are the seqadj records by direction, where the kernel sent
 	// them (HasSeqAdj).
-	SeqAdj    [2]SeqAdj
+	SeqAdj    [2]seqnum.Adj
 	HasSeqAdj bool
 }
 

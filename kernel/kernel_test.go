@@ -10,6 +10,8 @@ import (
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/nfhelper/nfhelper/nfq/seqnum"
 )
 
 func ftpHelper() Helper {
@@ -93,9 +95,9 @@ func nfqaCT(t *testing.T, info []byte) []byte {
 	ae.Uint32(ctaMark, 7)
 	ae.Uint32(ctaID, 0xdeadbeef)
 	ae.Uint32(99, 1) // unknown: skipped
-	for typ, a := range map[uint16]SeqAdj{ctaSeqAdjOrig: {Pos: 5, Before: 0, After: -4}, ctaSeqAdjRepl: {Pos: 0xfffffffe, Before: 3, After: 9}} {
+	for typ, a := range map[uint16]seqnum.Adj{ctaSeqAdjOrig: {Pos: 5, Before: 0, After: -4}, ctaSeqAdjRepl: {Pos: 0xfffffffe, Before: 3, After: 9}} {
 		ae.Nested(typ, func(n *netlink.AttributeEncoder) error {
-			n.Uint32(ctaSeqAdjPos, a.Pos)
+			n.Uint32(ctaSeqAdjPos, uint32(a.Pos))
 			n.Uint32(ctaSeqAdjBefore, uint32(a.Before))
 			n.Uint32(ctaSeqAdjAfter, uint32(a.After))
 			return nil
@@ -124,7 +126,7 @@ func TestParseConntrack(t *testing.T) {
 		Orig:   Tuple{netip.MustParseAddrPort("10.0.0.1:40000"), netip.MustParseAddrPort("192.0.2.10:21"), unix.IPPROTO_TCP},
 		Reply:  Tuple{netip.MustParseAddrPort("[2001:db8::2]:21"), netip.MustParseAddrPort("[2001:db8::1]:40000"), unix.IPPROTO_TCP},
 		Helper: "nfhelper-ftp", HelperInfo: st.Encode(),
-		SeqAdj: [2]SeqAdj{{Pos: 5, Before: 0, After: -4}, {Pos: 0xfffffffe, Before: 3, After: 9}}, HasSeqAdj: true,
+		SeqAdj: [2]seqnum.Adj{{Pos: 5, Before: 0, After: -4}, {Pos: 0xfffffffe, Before: 3, After: 9}}, HasSeqAdj: true,
 	}
 	if !reflect.DeepEqual(ct, want) {
 		t.Errorf("got  %+v\nwant %+v", ct, want)

@@ -5,6 +5,8 @@ import (
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/nfhelper/nfhelper/nfq/seqnum"
 )
 
 // Conntrack attributes of a connection's seqadj records and TCP state.
@@ -26,22 +28,16 @@ const (
 	ctMsgNew = 0 // IPCTNL_MSG_CT_NEW
 )
 
-// SeqAdj is one direction's seqadj record (struct nf_ct_seqadj): sequence
-// numbers after Pos move by After, the others by Before.
-type SeqAdj struct {
-	Pos           uint32
-	Before, After int32
-}
-
-func parseSeqAdj(ad *netlink.AttributeDecoder, a *SeqAdj) error {
+// parseSeqAdj decodes one direction's seqadj record (struct nf_ct_seqadj).
+func parseSeqAdj(ad *netlink.AttributeDecoder, a *seqnum.Adj) error {
 	for ad.Next() {
 		switch ad.Type() {
 		case ctaSeqAdjPos:
-			a.Pos = ad.Uint32()
+			a.Pos = seqnum.Value(ad.Uint32())
 		case ctaSeqAdjBefore:
-			a.Before = int32(ad.Uint32())
+			a.Before = seqnum.Delta(ad.Uint32())
 		case ctaSeqAdjAfter:
-			a.After = int32(ad.Uint32())
+			a.After = seqnum.Delta(ad.Uint32())
 		}
 	}
 	return ad.Err()
@@ -51,7 +47,7 @@ func parseSeqAdj(ad *netlink.AttributeDecoder, a *SeqAdj) error {
 // direction is orig (by direction: DirOriginal, DirReply) and marks its
 // TCP tracking liberal in both directions: the records no longer follow
 // from the segments conntrack saw, so neither do its window checks.
-func SetSeqAdj(c *netlink.Conn, orig Tuple, adj [2]SeqAdj) error {
+func SetSeqAdj(c *netlink.Conn, orig Tuple, adj [2]seqnum.Adj) error {
 	ae := encoder()
 	if err := encodeTupleAttr(ae, ctaTupleOrig, orig); err != nil {
 		return err
@@ -59,7 +55,7 @@ func SetSeqAdj(c *netlink.Conn, orig Tuple, adj [2]SeqAdj) error {
 	for d, typ := range [2]uint16{ctaSeqAdjOrig, ctaSeqAdjRepl} {
 		a := adj[d]
 		ae.Nested(typ, func(n *netlink.AttributeEncoder) error {
-			n.Uint32(ctaSeqAdjPos, a.Pos)
+			n.Uint32(ctaSeqAdjPos, uint32(a.Pos))
 			n.Uint32(ctaSeqAdjBefore, uint32(a.Before))
 			n.Uint32(ctaSeqAdjAfter, uint32(a.After))
 			return nil
