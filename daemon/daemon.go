@@ -246,7 +246,8 @@ func (d *Daemon) serve() {
 			}
 		})
 	}
-	// With the rules: no packet announced a channel before they existed.
+	// The datapath runs once the rules exist: no packet announced a
+	// channel before they did.
 	d.background.Go(func() { d.dp.run(ctx, d.ruleset) })
 	d.background.Go(func() { d.engine.RunExpiry(time.Second, ctx.Done()) })
 	d.background.Go(func() {
