@@ -1,17 +1,25 @@
 // Command nfhelperd balances TCP services to real servers through the kernel's
 // NAT and helps their FTP control connections from userspace: it rewrites
 // addresses, corrects sequence numbers and opens data channels in nftables.
+//
+// This command reads the flags and the configuration, sets up logging and
+// turns signals into the steps of a daemon.Daemon: SIGTERM and SIGINT stop
+// it, SIGHUP reloads the configuration, SIGUSR2 hands over to a successor in
+// place.
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/nfhelper/nfhelper/config"
+	"github.com/nfhelper/nfhelper/daemon"
 	_ "github.com/nfhelper/nfhelper/helpers/ftp"
 )
 
@@ -42,7 +50,7 @@ func main() {
 		if err != nil {
 			cfg = &config.Config{}
 		}
-		os.Exit(checkKernelFeatures(os.Stdout, cfg))
+		os.Exit(daemon.Check(os.Stdout, cfg))
 	}
 	log := newLogger(os.Stderr)
 
@@ -51,21 +59,78 @@ func main() {
 		logErrors(log, "configuration", err)
 		os.Exit(1)
 	}
-	exe := selfPath() // before an upgrade can replace the file
+	exe := daemon.SelfPath() // before an upgrade can replace the file
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	inherit, err := run(ctx, *path, cfg, log)
+	d := daemon.New(cfg, daemon.Options{ConfigPath: *path, Log: log})
+	if err := d.Start(ctx); err != nil {
+		log.Error("stopped", "err", err)
+		os.Exit(1)
+	}
+	inherit, err := run(ctx, d, *path, log)
 	if err != nil {
 		log.Error("stopped", "err", err)
 		os.Exit(1)
 	}
 	if inherit != nil {
-		err := handOver(exe, inherit)
+		err := daemon.Exec(exe, inherit)
 		// Still here: the queues are bound to sockets nobody reads, and
 		// the kernel bypasses them once their backlog is full. A
 		// supervisor restarts the daemon, which then binds them anew.
 		log.Error("hand-over failed", "exe", exe, "err", err)
 		os.Exit(1)
+	}
+}
+
+// run turns signals into d's steps until d stops (a full stop: the table
+// goes) or hands over, which leaves the table and returns the queue sockets
+// for the successor.
+func run(ctx context.Context, d *daemon.Daemon, path string, log *slog.Logger) (inherit map[uint16]*os.File, err error) {
+	hup, usr2 := make(chan os.Signal, 1), make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	defer signal.Stop(hup)
+	defer signal.Stop(usr2)
+	for {
+		select {
+		case <-ctx.Done():
+			d.Stop()
+			return nil, nil
+		case err := <-d.Failed():
+			d.Stop()
+			return nil, err
+		case <-usr2:
+			return d.HandOver(), nil
+		case <-hup:
+			reload(d, path, log)
+		}
+	}
+}
+
+// reload applies the configuration file as it is now; on any error the
+// running configuration stays.
+func reload(d *daemon.Daemon, path string, log *slog.Logger) {
+	cfg, err := config.Load(path)
+	if err == nil {
+		err = d.Reload(cfg)
+	}
+	d.NoteReload(err)
+	if err != nil {
+		logErrors(log, "reload failed; the running configuration stays", err)
+		return
+	}
+	log.Info("reloaded", "config", path)
+}
+
+// logErrors logs err, one entry per configuration error it holds.
+func logErrors(log *slog.Logger, msg string, err error) {
+	var errs config.Errors
+	if !errors.As(err, &errs) {
+		log.Error(msg, "err", err)
+		return
+	}
+	for _, e := range errs {
+		log.Error(msg, "err", e.Error())
 	}
 }
 

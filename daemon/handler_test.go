@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"bytes"
@@ -8,7 +8,9 @@ import (
 	"strings"
 	"testing"
 
+	_ "github.com/nfhelper/nfhelper/helpers/ftp"
 	"github.com/nfhelper/nfhelper/ipvs"
+	"github.com/nfhelper/nfhelper/kernel"
 	"github.com/nfhelper/nfhelper/metrics"
 	"github.com/nfhelper/nfhelper/nfq/nfqtest"
 	"github.com/nfhelper/nfhelper/nfq/packet"
@@ -36,6 +38,22 @@ func (f *fakeQueue) Accept(id uint32, setMark bool, mark uint32, pkt []byte) err
 }
 
 func (f *fakeQueue) Drop(id uint32) error { f.dropped = append(f.dropped, id); return nil }
+
+func (f *fakeQueue) AcceptCT(id uint32, pkt []byte, ct []byte) error {
+	return f.Accept(id, false, 0, pkt)
+}
+
+func (f *fakeQueue) Flush() error { return nil }
+
+// newHandler is queue 100's handler on the compat datapath, as the daemon
+// builds it.
+func newHandler(q verdicter, w *ipvs.Worker, stats *ipvs.Stats, dp datapath, mx *metrics.Metrics, log *slog.Logger) func(id uint32, pkt []byte, mark uint32) {
+	if dp == nil {
+		dp = &compatPath{}
+	}
+	h := &handler{q: q, num: 100, w: w, stats: stats, dp: dp, mx: mx, log: log}
+	return func(id uint32, pkt []byte, mark uint32) { h.handle(id, pkt, mark, nil) }
+}
 
 // panicky is a helper with a bug.
 type panicky struct{}
@@ -66,7 +84,7 @@ func TestHelperPanic(t *testing.T) {
 	var logs bytes.Buffer
 	client, vip, rs, e := panickyEngine(t, slog.New(slog.NewTextHandler(&logs, nil)))
 	q := &fakeQueue{}
-	h := handler(q, 100, e.NewWorker(), &e.Stats, nil, metrics.New(e, nil), slog.New(slog.NewTextHandler(&logs, nil)))
+	h := newHandler(q, e.NewWorker(), &e.Stats, nil, metrics.New(e, nil), slog.New(slog.NewTextHandler(&logs, nil)))
 	seg := func(src, dst netip.AddrPort, seq uint32, flags uint8, payload string) []byte {
 		return nfqtest.Build(nfqtest.Segment{Src: src, Dst: dst, Seq: seq, Ack: 1, Flags: flags, Payload: []byte(payload)})
 	}
@@ -89,7 +107,7 @@ func TestHandlerRecoversPanics(t *testing.T) {
 	var stats ipvs.Stats
 	var logs bytes.Buffer
 	q := &fakeQueue{}
-	h := handler(q, 100, nil, &stats, nil, metrics.New(nil, nil), slog.New(slog.NewTextHandler(&logs, nil)))
+	h := newHandler(q, nil, &stats, nil, metrics.New(nil, nil), slog.New(slog.NewTextHandler(&logs, nil)))
 	h(7, []byte{0x45}, 0)
 	h(8, []byte{0x45}, 0)
 	if len(q.accepted) != 2 || len(q.altered) != 0 || stats.Panics.Load() != 2 || strings.Count(logs.String(), "worker panic") != 2 {
@@ -112,8 +130,8 @@ func TestBacklogDoesNotStall(t *testing.T) {
 		t.Fatal(err)
 	}
 	q := &fakeQueue{}
-	full := &datapath{reqs: make(chan *pending)} // nobody reads: always full
-	handle := handler(q, 100, e.NewWorker(), &e.Stats, full, metrics.New(e, nil), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	full := &compatPath{reqs: make(chan *pending)} // nobody reads: always full
+	handle := newHandler(q, e.NewWorker(), &e.Stats, full, metrics.New(e, nil), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	seg := func(src, dst netip.AddrPort, seq, ack uint32, flags uint8, payload string) []byte {
 		return nfqtest.Build(nfqtest.Segment{Src: src, Dst: dst, Seq: seq, Ack: ack, Flags: flags, Payload: []byte(payload)})
 	}
@@ -137,11 +155,11 @@ func TestHandlerClearsUnseen(t *testing.T) {
 	client, _, rs, e := panickyEngine(t, nil)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	q := &fakeQueue{}
-	h := handler(q, 100, e.NewWorker(), &e.Stats, nil, metrics.New(e, nil), log)
+	h := newHandler(q, e.NewWorker(), &e.Stats, nil, metrics.New(e, nil), log)
 	const other = 0x5
 	h(1, nfqtest.Build(nfqtest.Segment{Src: rs, Dst: client, Seq: 1, Ack: 1, Flags: packet.FlagACK, Payload: []byte("x")}), nft.UnseenMark|other) // no connection: a plain accept
 	h(2, []byte{0x45}, nft.UnseenMark|other)                                                                                                      // unparsed
-	broken := handler(q, 100, nil, &e.Stats, nil, metrics.New(nil, nil), log)
+	broken := newHandler(q, nil, &e.Stats, nil, metrics.New(nil, nil), log)
 	broken(3, []byte{0x45}, nft.UnseenMark|other) // a panic on the way
 	h(4, nfqtest.Build(nfqtest.Segment{Src: rs, Dst: client, Seq: 1, Ack: 1, Flags: packet.FlagACK, Payload: []byte("x")}), other)
 	for _, id := range []uint32{1, 2, 3} {
@@ -151,5 +169,28 @@ func TestHandlerClearsUnseen(t *testing.T) {
 	}
 	if m, ok := q.marks[4]; ok {
 		t.Errorf("packet 4, queued without the bit: verdict set mark %#x", m)
+	}
+}
+
+// nullQueue takes verdicts and keeps nothing.
+type nullQueue struct{}
+
+func (nullQueue) Accept(uint32, bool, uint32, []byte) error { return nil }
+func (nullQueue) Drop(uint32) error                         { return nil }
+func (nullQueue) AcceptCT(uint32, []byte, []byte) error     { return nil }
+func (nullQueue) Flush() error                              { return nil }
+
+// TestHandlerDoesNotAllocate: the per-packet path itself allocates
+// nothing, on either datapath, for a packet that needs no more than its
+// verdict.
+func TestHandlerDoesNotAllocate(t *testing.T) {
+	_, _, rs, e := panickyEngine(t, nil)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	pkt := nfqtest.Build(nfqtest.Segment{Src: rs, Dst: netip.MustParseAddrPort("192.0.2.1:1"), Seq: 1, Ack: 1, Flags: packet.FlagACK, Payload: []byte("x")})
+	for _, name := range []string{kernel.DatapathCompat, kernel.DatapathKernel} {
+		h := &handler{q: nullQueue{}, num: 100, w: e.NewWorker(), stats: &e.Stats, dp: newDatapath(name, log), mx: metrics.New(e, nil), log: log}
+		if n := testing.AllocsPerRun(100, func() { h.handle(1, pkt, nft.UnseenMark, nil) }); n != 0 {
+			t.Errorf("%s: %v allocations per packet", name, n)
+		}
 	}
 }

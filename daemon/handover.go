@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"bufio"
@@ -24,6 +24,7 @@ import (
 // sockets over. The kernel keeps queueing into them meanwhile, so no
 // packet passes unhelped; the table stays, and the successor takes it and
 // the connections over as after a crash (restore.go).
+// Daemon.HandOver stops and passes things on, Exec execs.
 
 // envQueueFDs names the handed-over queue sockets: "num=fd,num=fd".
 const envQueueFDs = "NFHELPER_QUEUE_FDS"
@@ -48,13 +49,14 @@ func inheritedQueues() map[uint16]int {
 	return m
 }
 
-// openQueue adopts queue num's handed-over socket, or binds the queue.
-func openQueue(num uint16, inherited map[uint16]int) (*nfq.Queue, error) {
-	if fd, ok := inherited[num]; ok {
-		delete(inherited, num)
-		return nfq.Adopt(fd, nfq.Config{Num: num})
+// openQueue adopts queue c.Num's handed-over socket, as bound by the
+// predecessor, or binds the queue as c says.
+func openQueue(c nfq.Config, inherited map[uint16]int) (*nfq.Queue, error) {
+	if fd, ok := inherited[c.Num]; ok {
+		delete(inherited, c.Num)
+		return nfq.Adopt(fd, c)
 	}
-	return nfq.OpenQueue(num, 4096)
+	return nfq.Open(c)
 }
 
 // closeUnused closes handed-over sockets of queues the configuration no
@@ -65,9 +67,10 @@ func closeUnused(inherited map[uint16]int) {
 	}
 }
 
-// selfPath is the binary to exec at a hand-over: the one the daemon was
-// started as, by path, so that an upgraded binary takes over.
-func selfPath() string {
+// SelfPath is the binary to exec at a hand-over: the one the daemon was
+// started as, by path, so that an upgraded binary takes over. Ask before an
+// upgrade can replace the file.
+func SelfPath() string {
 	p, err := exec.LookPath(os.Args[0])
 	if err == nil {
 		p, err = filepath.Abs(p)
@@ -78,9 +81,9 @@ func selfPath() string {
 	return p
 }
 
-// handOver replaces the process with exe, passing it the queue sockets;
-// it returns only on failure.
-func handOver(exe string, queues map[uint16]*os.File) error {
+// Exec replaces the process with exe, passing it the queue sockets
+// (Daemon.HandOver); it returns only on failure.
+func Exec(exe string, queues map[uint16]*os.File) error {
 	var fds []string
 	for num, f := range queues {
 		fds = append(fds, fmt.Sprintf("%d=%d", num, f.Fd()))

@@ -1,0 +1,328 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
+	"github.com/ti-mo/conntrack"
+	"golang.org/x/sys/unix"
+
+	"github.com/nfhelper/nfhelper/config"
+	"github.com/nfhelper/nfhelper/ipvs"
+	"github.com/nfhelper/nfhelper/kernel"
+	"github.com/nfhelper/nfhelper/nfq"
+	"github.com/nfhelper/nfhelper/nft"
+)
+
+// kernelPath is the kernel datapath (kernel.DatapathKernel): helped
+// connections carry a userspace conntrack helper, which queues their
+// packets to one queue after the scheduling queues; verdicts carry NFQA_CT
+// so that the kernel's seqadj corrects sequence numbers; data channels are
+// conntrack expectations with NAT, created before the announcing packet's
+// verdict. Every packet is answered at once.
+type kernelPath struct {
+	log    *slog.Logger
+	engine *ipvs.Engine
+	// helperQueue is the helper's queue number.
+	helperQueue uint16
+	ct          *conntrack.Conn  // expectations
+	ctnl        *netlink.Conn    // seqadj records
+	helper      *kernel.Cthelper // registered; nil: not (or no longer)
+}
+
+// helperName is the userspace conntrack helper the daemon registers (one
+// registration per address family).
+const helperName = "nfhelper-ftp"
+
+// errAddonsKernel: the kernel datapath does not run add-on helpers.
+var errAddonsKernel = errors.New("add-on helpers (helpers:) need the compat datapath: restart without them, or with the datapath probing chooses")
+
+func (k *kernelPath) name() string { return kernel.DatapathKernel }
+
+// options: the engine leaves sequence numbers to the kernel's seqadj.
+// (Its connections store no offsets and no pure-ACK elements: none end.)
+func (k *kernelPath) options(o *ipvs.Options) { o.Datapath = ipvs.DatapathKernel }
+
+func (k *kernelPath) attach(e *ipvs.Engine, _ *conntrackFollower) { k.engine = e }
+
+// shape has the table's helped connections carry the helper.
+func (k *kernelPath) shape(spec *nft.Spec) { spec.CtHelper = helperName }
+
+func (k *kernelPath) allows(cfg *config.Config) error {
+	if len(cfg.Helpers) > 0 {
+		return errAddonsKernel
+	}
+	return nil
+}
+
+// takeOver has nothing to do: connections are taken over from their
+// helper data as their packets come (inspect).
+func (k *kernelPath) takeOver(*nft.Spec) {}
+
+// openQueues binds the helper's queue, with conntrack attributes.
+func (k *kernelPath) openQueues(first uint16, inherited map[uint16]int) ([]*nfq.Queue, error) {
+	q, err := openQueue(nfq.Config{Num: first, MaxLen: 4096, Flags: nfq.FlagFailOpen | nfq.FlagConntrack}, inherited)
+	if err != nil {
+		return nil, fmt.Errorf("helper queue: %w", err)
+	}
+	k.helperQueue = first
+	return []*nfq.Queue{q}, nil
+}
+
+// dial opens the ctnetlink sockets for expectations and seqadj records.
+func (k *kernelPath) dial() (err error) {
+	if k.ct, err = conntrack.Dial(nil); err != nil {
+		return fmt.Errorf("ctnetlink: %w", err)
+	}
+	k.ctnl, err = kernel.DialCtnetlink()
+	return err
+}
+
+// register registers the helper. A helper left by a crash is updated in
+// place (its connections keep it), and a stale table is replaced
+// atomically by nft.Install after: removing it first would take the NAT
+// hooks away from running connections for a moment. Only a stale helper
+// that cannot be updated and that the stale table holds needs the table
+// gone first; the queues are ours, so it is no other running daemon's.
+func (k *kernelPath) register(conn *nftables.Conn, spec *nft.Spec) error {
+	policy := helperPolicy(k.engine.Services())
+	helper, err := registerHelper(k.helperQueue, policy)
+	if errors.Is(err, unix.EBUSY) {
+		if err := nft.Remove(conn, spec.Table); err != nil {
+			return err
+		}
+		helper, err = registerHelper(k.helperQueue, policy)
+	}
+	k.helper = helper
+	return err
+}
+
+// helperPolicy is the expectation policy for services: the most channels
+// and the longest timeout any of them allows (the engine enforces each
+// service's own limit).
+func helperPolicy(services []*ipvs.Service) kernel.ExpectPolicy {
+	p := kernel.ExpectPolicy{Name: "ftp", MaxExpected: 1, Timeout: 300}
+	for _, s := range services {
+		p.MaxExpected = max(p.MaxExpected, uint32(s.Policy.MaxChannels))
+		p.Timeout = max(p.Timeout, uint32(s.Policy.ChannelTimeout/time.Second))
+	}
+	return p
+}
+
+// registerHelper registers the helper for both families, replacing a stale
+// registration of an earlier run.
+func registerHelper(queue uint16, policy kernel.ExpectPolicy) (*kernel.Cthelper, error) {
+	ch, err := kernel.DialCthelper()
+	if err != nil {
+		return nil, err
+	}
+	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		err := ch.Register(kernel.Helper{
+			Name: helperName, Family: fam, Proto: unix.IPPROTO_TCP, Queue: uint32(queue),
+			PrivLen: kernel.StateLen, Enabled: true, Policies: []kernel.ExpectPolicy{policy},
+		})
+		if err != nil {
+			ch.Close()
+			return nil, err
+		}
+	}
+	return ch, nil
+}
+
+// unregister removes the helper; the table's ct helper object, which holds
+// it, must be gone first.
+func (k *kernelPath) unregister() {
+	if k.helper == nil {
+		return
+	}
+	var errs []error
+	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		if err := k.helper.Unregister(helperName, fam, unix.IPPROTO_TCP); err != nil && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, err)
+		}
+	}
+	k.helper.Close()
+	k.helper = nil
+	if err := errors.Join(errs...); err != nil {
+		k.log.Error("cleanup", "err", err)
+	}
+}
+
+// inspect reads the packet's conntrack entry and adopts the connection its
+// helper data describes, if the engine does not know it.
+func (k *kernelPath) inspect(attrs []byte) kernel.Conntrack {
+	if attrs == nil {
+		return kernel.Conntrack{} // a scheduling queue's packet
+	}
+	ct, err := kernel.ParseConntrack(attrs)
+	if err != nil {
+		k.log.Warn("queued packet's conntrack attributes", "err", err)
+	}
+	if ct.Helper == helperName && len(ct.HelperInfo) > 0 {
+		restoreFromHelperData(k.engine, ct, k.log)
+	}
+	return ct
+}
+
+// answer sets the seqadj records and makes the expectations v asks for,
+// then gives the verdict, with NFQA_CT where the kernel is to record a
+// length change or the connection's helper data.
+func (k *kernelPath) answer(h *handler, id uint32, pkt []byte, v ipvs.Verdict, ct kernel.Conntrack) bool {
+	if v.SeqAdj != nil {
+		// After the verdicts before (the kernel maps each packet by
+		// the records at its verdict), before this one's.
+		if err := h.q.Flush(); err != nil {
+			k.log.Warn("verdicts", "err", err)
+		}
+		// (By direction: ipvs.FromClient is kernel.DirOriginal.)
+		if err := kernel.SetSeqAdj(k.ctnl, ct.Orig, *v.SeqAdj); err != nil {
+			h.stats.HelperErrors.Add(1)
+			k.log.Warn("seqadj", "err", err)
+		}
+	}
+	ctAttrs := verdictCT(len(pkt), &v, ct)
+	// The expectations are made here, before the verdict, never handed to
+	// a background goroutine: this reader is the only one of the helper's
+	// queue, so no later packet of the connection (a retransmission of
+	// this very announcement, released with its recorded edits) can reach
+	// the client before the kernel expects its data connection.
+	for _, x := range expectations(v.Open, ct, k.log) {
+		if err := kernel.ReplaceExpect(k.ct, k.ctnl, x); err != nil {
+			k.log.Error("data channel not opened", "err", err)
+		}
+	}
+	if ctAttrs != nil && !v.Drop && !v.SetMark {
+		if err := h.q.AcceptCT(id, v.Packet, ctAttrs); err != nil {
+			h.log.Warn("verdict", "err", err)
+		}
+		return true
+	}
+	h.verdict(id, &v)
+	return true
+}
+
+// verdictCT is the NFQA_CT the verdict v on a packet of inLen bytes of
+// connection ct carries; nil: none.
+func verdictCT(inLen int, v *ipvs.Verdict, ct kernel.Conntrack) []byte {
+	resized := v.Packet != nil && len(v.Packet) != inLen
+	var attrs []byte
+	switch info := stateBytes(v.Kernel); {
+	case resized && !v.SeqAdjDiff:
+		// No NFQA_CT: with it the kernel would record this length
+		// change, which its records already hold.
+	case ct.Helper == helperName && info != nil && (resized || !bytes.Equal(info, ct.HelperInfo[:min(len(ct.HelperInfo), len(info))])):
+		// The connection's helper data, and with a new length the
+		// kernel's seqadj: both through NFQA_CT.
+		attrs, _ = kernel.VerdictCT(helperName, info)
+	case resized:
+		// The connection's mark as it is: the smallest NFQA_CT that
+		// has the kernel record the length change.
+		attrs, _ = kernel.VerdictCTMark(ct.Mark)
+	}
+	return attrs
+}
+
+// stateBytes is the helper data for s; nil without state.
+func stateBytes(s *ipvs.KernelState) []byte {
+	if s == nil {
+		return nil
+	}
+	hs := kernel.HelperState{Next: s.Next, Helper: s.Helper}
+	if s.Synced[ipvs.FromClient] {
+		hs.Flags |= kernel.StateValid
+	}
+	if s.Synced[ipvs.FromServer] {
+		hs.Flags |= kernel.StateReplyValid
+	}
+	if s.Stopped {
+		hs.Flags |= kernel.StateStopped
+	}
+	return hs.Encode()
+}
+
+// restoreFromHelperData adopts a connection the kernel's helper data
+// describes and the engine does not know: the daemon restarted while it ran.
+func restoreFromHelperData(e *ipvs.Engine, ct kernel.Conntrack, log *slog.Logger) {
+	client, vip, server := ct.Orig.Src, ct.Orig.Dst, ct.Reply.Src
+	if c, _ := e.Table.Lookup(client, server); c != nil {
+		return
+	}
+	st, err := kernel.DecodeState(ct.HelperInfo)
+	if err != nil || st.Flags&(kernel.StateValid|kernel.StateReplyValid) == 0 {
+		return
+	}
+	if ct.Status&kernel.StatusSeqAdjust != 0 && !ct.HasSeqAdj {
+		log.Warn("connection not restored: the kernel did not send its seqadj records", "client", client, "vip", vip)
+		return
+	}
+	// (ct.SeqAdj is by kernel direction, the same order as ipvs.Direction.)
+	k := ipvs.KernelState{Next: st.Next, Stopped: st.Flags&kernel.StateStopped != 0, Helper: st.Helper, SeqAdj: ct.SeqAdj}
+	k.Synced[ipvs.FromClient] = st.Flags&kernel.StateValid != 0
+	k.Synced[ipvs.FromServer] = st.Flags&kernel.StateReplyValid != 0
+	if e.AdoptKernel(client, vip, server, k) {
+		log.Info("connection restored from the kernel's helper data", "client", client, "vip", vip, "server", server)
+	}
+}
+
+// expectations are the conntrack expectations for channels announced on
+// the connection ct: the data connection is NATed like its master
+// (nat-follow-master), to the real server's announced port (passive) or
+// from the VIP to the client's (active).
+func expectations(chs []ipvs.Channel, ct kernel.Conntrack, log *slog.Logger) []kernel.Expectation {
+	var out []kernel.Expectation
+	for _, ch := range chs {
+		if ch.Kind == ipvs.ChannelWatch {
+			continue // add-on servers: the helper queues their packets anyway
+		}
+		if !ct.Orig.Src.IsValid() {
+			log.Warn("data channel without its control connection's conntrack entry", "channel", ch)
+			continue
+		}
+		if ch.NAT.IsValid() {
+			log.Warn("data channel behind the user's SNAT: not supported by the kernel datapath yet", "channel", ch)
+			continue
+		}
+		e := kernel.Expectation{Master: ct.Orig, NAT: true}
+		switch ch.Kind {
+		case ipvs.ChannelPassive:
+			client := netip.AddrPortFrom(ch.Client.Addr(), 0)
+			e.Dir = kernel.DirOriginal
+			e.Tuple = kernel.Tuple{Src: client, Dst: ch.VIP, Proto: unix.IPPROTO_TCP}
+			e.NATTo = kernel.Tuple{Src: ch.Server, Dst: client, Proto: unix.IPPROTO_TCP}
+		case ipvs.ChannelActive:
+			server := netip.AddrPortFrom(ch.Server.Addr(), 0)
+			e.Dir = kernel.DirReply
+			e.Tuple = kernel.Tuple{Src: server, Dst: ch.Client, Proto: unix.IPPROTO_TCP}
+			e.NATTo = kernel.Tuple{Src: ch.Client, Dst: server, Proto: unix.IPPROTO_TCP}
+		default:
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// run has nothing to do: every packet is answered as it comes.
+func (k *kernelPath) run(context.Context, *nft.Ruleset) {}
+
+func (k *kernelPath) idle() {}
+
+// handOver has nothing to pass: the connections' helper data hold the
+// helpers' states.
+func (k *kernelPath) handOver() {}
+
+func (k *kernelPath) close() {
+	if k.ct != nil {
+		k.ct.Close()
+	}
+	if k.ctnl != nil {
+		k.ctnl.Close()
+	}
+}
