@@ -316,7 +316,7 @@ func (d *Daemon) Stop() {
 	// After the table: its ct helper object holds the helper.
 	d.dp.unregister()
 	d.logServers()
-	d.log.Info("stopping", statsAttrs(&d.engine.Stats)...)
+	d.log.Info("stopping", d.engine.Stats.LogAttrs()...)
 }
 
 // HandOver stops the daemon for a successor in place (SIGUSR2): the
@@ -346,7 +346,7 @@ func (d *Daemon) HandOver() map[uint16]*os.File {
 	d.close()
 	d.logServers()
 	d.dp.handOver()
-	d.log.Info("handing over", statsAttrs(&d.engine.Stats)...)
+	d.log.Info("handing over", d.engine.Stats.LogAttrs()...)
 	return inherit
 }
 
@@ -375,22 +375,6 @@ func (d *Daemon) logServers() {
 				"active", rs.Active.Load(), "inactive", rs.Inactive.Load(), "packets", rs.Packets.Load(), "bytes", rs.Bytes.Load())
 		}
 	}
-}
-
-// statsAttrs are the engine's counters for the stop and hand-over lines.
-func statsAttrs(s *ipvs.Stats) []any {
-	attrs := []any{
-		"packets", s.Packets.Load(), "scheduled", s.Scheduled.Load(), "no_server", s.NoServer.Load(),
-		"adopted", s.Adopted.Load(), "snat_learned", s.SNATLearned.Load(),
-		"rewritten", s.Rewritten.Load(), "corrected", s.Corrected.Load(), "held", s.Held.Load(),
-		"dropped_out_of_order", s.Dropped.Load(), "channels", s.Channels.Load(), "evicted", s.Evicted.Load(),
-		"channels_used", s.Used.Load(), "stopped_tls", s.Stopped.Load(), "conntrack_gone", s.ConntrackGone.Load(), "unparsed", s.Unparsed.Load(), "bad_checksum", s.BadChecksum.Load(),
-		"helper_errors", s.HelperErrors.Load(), "panics", s.Panics.Load(), "backlogged", s.Backlogged.Load(), "restored", s.Restored.Load(), "throttled", s.Throttled.Load(), "skipped", s.Skipped.Load(), "seqadj_set", s.SeqAdjSet.Load(),
-	}
-	for r := range s.Refused {
-		attrs = append(attrs, "refused_"+ipvs.Refusal(r).String(), s.Refused[r].Load())
-	}
-	return attrs
 }
 
 // stateFollower runs conntrack's state updates while a least-connection
