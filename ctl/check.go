@@ -38,87 +38,106 @@ const conntrackPriority = -200
 // features the datapath uses and the ruleset mistakes it can see. It
 // changes nothing but what the one probe batch adds and deletes at once.
 func Probe(ctx context.Context, in ProbeInput) []Check {
-	var out []Check
-	add := func(name, status, format string, args ...any) {
-		out = append(out, Check{Name: name, Status: status, Detail: fmt.Sprintf(format, args...)})
-	}
 	conn, err := nftables.New()
 	if err != nil {
-		add("nftables", CheckFail, "netlink: %v", err)
-		return out
+		return []Check{newCheck("nftables", CheckFail, "netlink: %v", err)}
 	}
-
-	// Our table and its chains.
 	tables, err := conn.ListTables()
 	if err != nil {
-		add("nftables", CheckFail, "listing tables: %v", err)
-		return out
+		return []Check{newCheck("nftables", CheckFail, "listing tables: %v", err)}
 	}
+	chains, chainsErr := conn.ListChains()
+	out := []Check{ownTableCheck(in.Table, tables, chains), queueCheck(in)}
+	out = append(out, datapathChecks(kernel.Probe(conn), in.Datapath, in.Choose)...)
+	out = append(out, conntrackChecks(in.ConntrackErr, probeConntrackEvents, readSysctl)...)
+	out = append(out, forwardingChecks(in.Services, readSysctl)...)
+	// A failed chain listing is reported last, by the ruleset check; the
+	// table check then counts no chains.
+	return append(out, otherTablesChecks(in.Table, chains, chainsErr, conn.GetRules)...)
+}
+
+func newCheck(name, status, format string, args ...any) Check {
+	return Check{Name: name, Status: status, Detail: fmt.Sprintf(format, args...)}
+}
+
+// ownTableCheck: our table and its chains.
+func ownTableCheck(table string, tables []*nftables.Table, chains []*nftables.Chain) Check {
 	var own *nftables.Table
 	for _, t := range tables {
-		if t.Name == in.Table && t.Family == nftables.TableFamilyINet {
+		if t.Name == table && t.Family == nftables.TableFamilyINet {
 			own = t
 		}
 	}
-	chains, chainsErr := conn.ListChains()
 	if own == nil {
-		add("table", CheckFail, "table inet %s is missing: someone deleted it; restart nfhelperd", in.Table)
-	} else {
-		n := 0
-		for _, c := range chains {
-			if c.Table.Name == own.Name && c.Table.Family == own.Family {
-				n++
-			}
-		}
-		add("table", CheckOK, "table inet %s installed (%d chains)", in.Table, n)
+		return newCheck("table", CheckFail, "table inet %s is missing: someone deleted it; restart nfhelperd", table)
 	}
+	n := 0
+	for _, c := range chains {
+		if c.Table.Name == own.Name && c.Table.Family == own.Family {
+			n++
+		}
+	}
+	return newCheck("table", CheckOK, "table inet %s installed (%d chains)", table, n)
+}
 
-	// The queue statement the running datapath's rules use.
+// queueCheck: the queue statement the running datapath's rules use.
+func queueCheck(in ProbeInput) Check {
 	last := int(in.Queues.First) + int(in.Queues.Count) - 1
 	seen := "no packet queued yet"
 	if in.Packets > 0 {
 		seen = fmt.Sprintf("%d packets read", in.Packets)
 	}
-	add("queue", CheckOK, "%s in use by datapath %s, queues %d-%d bound (%s)", kernel.QueueExprDetail(in.QueueExpr), in.Datapath, in.Queues.First, last, seen)
+	return newCheck("queue", CheckOK, "%s in use by datapath %s, queues %d-%d bound (%s)", kernel.QueueExprDetail(in.QueueExpr), in.Datapath, in.Queues.First, last, seen)
+}
 
-	// What the kernel has, and which datapath it would get.
-	features := kernel.Probe(conn)
-	if in.Choose != nil {
-		chosen, err := in.Choose(features)
-		out = append(out, KernelChecks(features, in.Datapath, chosen, err)...)
-	} else {
-		out = append(out, KernelChecks(features, in.Datapath, in.Datapath, nil)...)
+// datapathChecks: what the kernel has (features), and which datapath it
+// would get; without choose, the running one.
+func datapathChecks(features kernel.Features, running string, choose func(kernel.Features) (string, error)) []Check {
+	if choose == nil {
+		return KernelChecks(features, running, running, nil)
 	}
+	chosen, err := choose(features)
+	return KernelChecks(features, running, chosen, err)
+}
 
-	// Conntrack events: connection ends (and states, for lc/wlc/sed/nq).
+// conntrackChecks: conntrack events, which end connections (and give
+// states, for lc/wlc/sed/nq), and accounting, which counts packets and
+// bytes. listenerErr is the daemon's listener's failure; probeEvents is
+// tried only without one.
+func conntrackChecks(listenerErr error, probeEvents func() error, sysctl func(string) (string, error)) []Check {
+	var out []Check
 	switch {
-	case in.ConntrackErr != nil:
-		add("conntrack-events", CheckFail, "the daemon's listener failed: %v; connections end only by their timeouts", in.ConntrackErr)
+	case listenerErr != nil:
+		out = append(out, newCheck("conntrack-events", CheckFail, "the daemon's listener failed: %v; connections end only by their timeouts", listenerErr))
 	default:
-		if err := probeConntrackEvents(); err != nil {
-			add("conntrack-events", CheckFail, "%v; connections end only by their timeouts", err)
+		if err := probeEvents(); err != nil {
+			out = append(out, newCheck("conntrack-events", CheckFail, "%v; connections end only by their timeouts", err))
 		} else {
-			add("conntrack-events", CheckOK, "conntrack destroy and update events available")
+			out = append(out, newCheck("conntrack-events", CheckOK, "conntrack destroy and update events available"))
 		}
 	}
-	switch v, err := readSysctl("net/netfilter/nf_conntrack_acct"); {
+	switch v, err := sysctl("net/netfilter/nf_conntrack_acct"); {
 	case err != nil:
-		add("conntrack-acct", CheckInfo, "unknown: %v", err)
+		out = append(out, newCheck("conntrack-acct", CheckInfo, "unknown: %v", err))
 	case v == "0":
-		add("conntrack-acct", CheckWarn, "net.netfilter.nf_conntrack_acct=0: real servers' packet and byte counters stay 0")
+		out = append(out, newCheck("conntrack-acct", CheckWarn, "net.netfilter.nf_conntrack_acct=0: real servers' packet and byte counters stay 0"))
 	default:
-		add("conntrack-acct", CheckOK, "net.netfilter.nf_conntrack_acct=%s: real servers count packets and bytes", v)
+		out = append(out, newCheck("conntrack-acct", CheckOK, "net.netfilter.nf_conntrack_acct=%s: real servers count packets and bytes", v))
 	}
+	return out
+}
 
-	// Forwarding, for the families the services use.
+// forwardingChecks: forwarding, for the families the services use.
+func forwardingChecks(services []ipvs.ServiceView, sysctl func(string) (string, error)) []Check {
 	var v4, v6 bool
-	for _, s := range in.Services {
+	for _, s := range services {
 		if s.VIP.Addr().Unmap().Is4() {
 			v4 = true
 		} else {
 			v6 = true
 		}
 	}
+	var out []Check
 	for _, f := range []struct {
 		need         bool
 		sysctl, name string
@@ -126,34 +145,40 @@ func Probe(ctx context.Context, in ProbeInput) []Check {
 		if !f.need {
 			continue
 		}
-		switch v, err := readSysctl(f.sysctl); {
+		switch v, err := sysctl(f.sysctl); {
 		case err != nil:
-			add("forwarding", CheckInfo, "%s unknown: %v", f.name, err)
+			out = append(out, newCheck("forwarding", CheckInfo, "%s unknown: %v", f.name, err))
 		case v == "0":
-			add("forwarding", CheckFail, "%s=0: connections to real servers are not routed", f.name)
+			out = append(out, newCheck("forwarding", CheckFail, "%s=0: connections to real servers are not routed", f.name))
 		default:
-			add("forwarding", CheckOK, "%s=%s", f.name, v)
+			out = append(out, newCheck("forwarding", CheckOK, "%s=%s", f.name, v))
 		}
 	}
+	return out
+}
 
-	// Other tables' mistakes.
+// otherTablesChecks: other tables' mistakes, in chains (listing them
+// failed: chainsErr) but for those of table inet own. A chain whose rules
+// getRules cannot list is reported and skipped.
+func otherTablesChecks(own string, chains []*nftables.Chain, chainsErr error,
+	getRules func(*nftables.Table, *nftables.Chain) ([]*nftables.Rule, error)) []Check {
 	if chainsErr != nil {
-		add("ruleset", CheckInfo, "listing chains: %v", chainsErr)
-		return out
+		return []Check{newCheck("ruleset", CheckInfo, "listing chains: %v", chainsErr)}
 	}
+	var out []Check
 	var cr []ChainRules
 	others := map[string]bool{}
 	for _, c := range chains {
-		if c.Table.Name == in.Table && c.Table.Family == nftables.TableFamilyINet {
+		if c.Table.Name == own && c.Table.Family == nftables.TableFamilyINet {
 			continue
 		}
 		others[tableName(c.Table)] = true
 		if !chainsToCheck(c) {
 			continue
 		}
-		rules, err := conn.GetRules(c.Table, c)
+		rules, err := getRules(c.Table, c)
 		if err != nil {
-			add("ruleset", CheckInfo, "listing chain %s %s: %v", tableName(c.Table), c.Name, err)
+			out = append(out, newCheck("ruleset", CheckInfo, "listing chain %s %s: %v", tableName(c.Table), c.Name, err))
 			continue
 		}
 		cr = append(cr, ChainRules{Chain: c, Rules: rules})
@@ -161,7 +186,7 @@ func Probe(ctx context.Context, in ProbeInput) []Check {
 	found := RulesetMistakes(cr)
 	out = append(out, found...)
 	if len(found) == 0 {
-		add("ruleset", CheckOK, "no mistakes found in %d other tables", len(others))
+		out = append(out, newCheck("ruleset", CheckOK, "no mistakes found in %d other tables", len(others)))
 	}
 	return out
 }

@@ -53,88 +53,100 @@ func (o *options) register(fs *flag.FlagSet) {
 
 // run is nfhelperctl with its arguments; it returns the exit status.
 func run(args []string, stdout, stderr io.Writer) int {
+	o, cmd, err := parseArgs(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprint(stdout, usage)
+		return 0
+	case err != nil:
+		fmt.Fprintf(stderr, "nfhelperctl: %v\n", err)
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	return o.execute(cmd, stdout, stderr)
+}
+
+// parseArgs reads the options, before and after the command, and the
+// command. Its error is flag.ErrHelp when usage was asked for, else a
+// usage mistake.
+func parseArgs(args []string) (options, command, error) {
 	o := options{socket: ctl.SocketPath(), timeout: 10 * time.Second}
 	global := flag.NewFlagSet("nfhelperctl", flag.ContinueOnError)
 	global.SetOutput(io.Discard)
 	o.register(global)
-	bad := func(format string, a ...any) int {
-		fmt.Fprintf(stderr, "nfhelperctl: "+format+"\n", a...)
-		fmt.Fprint(stderr, usage)
-		return 2
-	}
 	if err := global.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stdout, usage)
-			return 0
-		}
-		return bad("%v", err)
+		return o, nil, err
 	}
 	rest := global.Args()
 	if len(rest) == 0 {
-		return bad("no command")
+		return o, nil, errors.New("no command")
 	}
-	cmd := rest[0]
-	if cmd == "help" {
-		fmt.Fprint(stdout, usage)
-		return 0
+	name := rest[0]
+	if name == "help" {
+		return o, nil, flag.ErrHelp
 	}
-	var show func(context.Context, *ctl.Client) (any, func(io.Writer), error)
-	switch cmd {
-	case "status":
-		show = func(ctx context.Context, c *ctl.Client) (any, func(io.Writer), error) {
-			v, err := c.Status(ctx)
-			return v, func(w io.Writer) { ctl.WriteStatus(w, v) }, err
-		}
-	case "services":
-		show = func(ctx context.Context, c *ctl.Client) (any, func(io.Writer), error) {
-			v, err := c.Services(ctx)
-			return v, func(w io.Writer) { ctl.WriteServices(w, v) }, err
-		}
-	case "conns":
-		show = func(ctx context.Context, c *ctl.Client) (any, func(io.Writer), error) {
-			v, err := c.Conns(ctx)
-			return v, func(w io.Writer) { ctl.WriteConns(w, v) }, err
-		}
-	case "check":
-		show = func(ctx context.Context, c *ctl.Client) (any, func(io.Writer), error) {
-			v, err := c.Check(ctx)
-			if err == nil && v.Failed() {
-				err = errFailedCheck
-			}
-			return v, func(w io.Writer) { ctl.WriteCheck(w, v) }, err
-		}
-	case "rules":
-		show = func(ctx context.Context, c *ctl.Client) (any, func(io.Writer), error) {
-			v, err := c.Rules(ctx)
-			return v, func(w io.Writer) { ctl.WriteRules(w, v) }, err
-		}
-	default:
-		return bad("unknown command %q", cmd)
+	cmd, ok := commands[name]
+	if !ok {
+		return o, nil, fmt.Errorf("unknown command %q", name)
 	}
-	sub := flag.NewFlagSet("nfhelperctl "+cmd, flag.ContinueOnError)
+	sub := flag.NewFlagSet("nfhelperctl "+name, flag.ContinueOnError)
 	sub.SetOutput(io.Discard)
 	o.register(sub)
-	if err := sub.Parse(rest[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stdout, usage)
-			return 0
-		}
-		return bad("%s: %v", cmd, err)
+	if err := sub.Parse(rest[1:]); errors.Is(err, flag.ErrHelp) {
+		return o, nil, err
+	} else if err != nil {
+		return o, nil, fmt.Errorf("%s: %v", name, err)
 	}
 	if sub.NArg() > 0 {
-		return bad("%s: unexpected arguments %q", cmd, sub.Args())
+		return o, nil, fmt.Errorf("%s: unexpected arguments %q", name, sub.Args())
 	}
 	if o.socket == "" {
-		return bad("--socket: empty path")
+		return o, nil, errors.New("--socket: empty path")
 	}
+	return o, cmd, nil
+}
 
+// A command asks the daemon for one reply: v to print as JSON, text to
+// print it as text. err is errFailedCheck when the reply says a check
+// failed: it is printed all the same.
+type command func(context.Context, *ctl.Client) (v any, text func(io.Writer), err error)
+
+var commands = map[string]command{
+	"status":   reply((*ctl.Client).Status, ctl.WriteStatus),
+	"services": reply((*ctl.Client).Services, ctl.WriteServices),
+	"conns":    reply((*ctl.Client).Conns, ctl.WriteConns),
+	"check":    checkCommand,
+	"rules":    reply((*ctl.Client).Rules, ctl.WriteRules),
+}
+
+// reply is the command that gets a reply with get and prints it with write.
+func reply[T any](get func(*ctl.Client, context.Context) (T, error), write func(io.Writer, T)) command {
+	return func(ctx context.Context, c *ctl.Client) (any, func(io.Writer), error) {
+		v, err := get(c, ctx)
+		return v, func(w io.Writer) { write(w, v) }, err
+	}
+}
+
+// checkCommand is the one command whose reply can fail: when a check
+// failed, nfhelperctl prints the report and exits 1.
+func checkCommand(ctx context.Context, c *ctl.Client) (any, func(io.Writer), error) {
+	v, err := c.Check(ctx)
+	if err == nil && v.Failed() {
+		err = errFailedCheck
+	}
+	return v, func(w io.Writer) { ctl.WriteCheck(w, v) }, err
+}
+
+// execute runs cmd against the daemon and prints its reply; it returns the
+// exit status.
+func (o options) execute(cmd command, stdout, stderr io.Writer) int {
 	ctx := context.Background()
 	if o.timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, o.timeout)
 		defer cancel()
 	}
-	v, text, err := show(ctx, ctl.NewClient(o.socket, 0))
+	v, text, err := cmd(ctx, ctl.NewClient(o.socket, 0))
 	if err != nil && !errors.Is(err, errFailedCheck) {
 		fmt.Fprintf(stderr, "nfhelperctl: %v\n", err)
 		return 1

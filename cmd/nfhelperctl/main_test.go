@@ -147,3 +147,44 @@ func TestStatusCounters(t *testing.T) {
 		t.Errorf("stats %v", st.Stats)
 	}
 }
+
+// TestUsageExact pins what each usage mistake and each request for help
+// prints, byte for byte, and the exit status.
+func TestUsageExact(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string // stderr's first line
+	}{
+		{nil, "nfhelperctl: no command"},
+		{[]string{"bogus", "-h"}, `nfhelperctl: unknown command "bogus"`},
+		{[]string{"--nope", "status"}, "nfhelperctl: flag provided but not defined: -nope"},
+		{[]string{"--timeout", "soon", "status"}, `nfhelperctl: invalid value "soon" for flag -timeout: parse error`},
+		{[]string{"status", "--nope"}, "nfhelperctl: status: flag provided but not defined: -nope"},
+		{[]string{"conns", "extra", "more"}, `nfhelperctl: conns: unexpected arguments ["extra" "more"]`},
+		{[]string{"--socket", "", "rules"}, "nfhelperctl: --socket: empty path"},
+		{[]string{"check", "--socket="}, "nfhelperctl: --socket: empty path"},
+	} {
+		code, out, errOut := ctlRun(tc.args...)
+		if want := tc.want + "\n" + usage; code != 2 || out != "" || errOut != want {
+			t.Errorf("%q: exit %d, stdout %q, stderr %q; want 2 and %q", tc.args, code, out, errOut, want)
+		}
+	}
+	// Help wins over what follows it, and over an empty --socket.
+	for _, args := range [][]string{{"help"}, {"help", "extra"}, {"--socket", "", "help"}, {"-h", "bogus"}, {"services", "--help", "extra"}} {
+		if code, out, errOut := ctlRun(args...); code != 0 || out != usage || errOut != "" {
+			t.Errorf("%q: exit %d, stdout %q, stderr %q; want 0 and usage", args, code, out, errOut)
+		}
+	}
+}
+
+// TestRulesExact pins a whole reply as text and as JSON.
+func TestRulesExact(t *testing.T) {
+	path := daemon(t, nil)
+	if code, out, errOut := ctlRun("--socket", path, "rules"); code != 0 || out != "table inet nfhelper {\n}\n" || errOut != "" {
+		t.Errorf("text: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	want := "{\n  \"table\": \"inet nfhelper\",\n  \"source\": \"test\",\n  \"text\": \"table inet nfhelper {\\n}\"\n}\n"
+	if code, out, errOut := ctlRun("rules", "--socket", path, "--json"); code != 0 || out != want || errOut != "" {
+		t.Errorf("json: exit %d, stdout %q, stderr %q; want %q", code, out, errOut, want)
+	}
+}
