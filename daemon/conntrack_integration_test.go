@@ -97,14 +97,7 @@ func TestConntrackFollower(t *testing.T) {
 	ap := netip.MustParseAddrPort
 	client, vip := ap("203.0.113.2:40000"), ap("198.51.100.10:80")
 	rs := &ipvs.RealServer{Addr: ap("10.0.0.11:80"), Weight: 1}
-	svc, err := ipvs.NewService("web", vip, "lc", nil, []*ipvs.RealServer{rs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := ipvs.NewEngine([]*ipvs.Service{svc}, ipvs.Options{MarkMask: markMask})
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := oneService(t, vip, "lc", "", rs)
 	e.NewWorker().Process(nfqtest.Build(nfqtest.Segment{Src: client, Dst: vip, Seq: 100, Flags: packet.FlagSYN}), 0)
 	f := &conntrackFollower{engine: e, netns: ns}
 	ctx, cancel := context.WithCancel(context.Background())

@@ -42,14 +42,7 @@ func TestFollowerUpdates(t *testing.T) {
 	ap := netip.MustParseAddrPort
 	client, vip := ap("203.0.113.2:40000"), ap("198.51.100.10:80")
 	rs := &ipvs.RealServer{Addr: ap("10.0.0.11:80"), Weight: 1}
-	svc, err := ipvs.NewService("web", vip, "lc", nil, []*ipvs.RealServer{rs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := ipvs.NewEngine([]*ipvs.Service{svc}, ipvs.Options{MarkMask: markMask})
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := oneService(t, vip, "lc", "", rs)
 	e.NewWorker().Process(nfqtest.Build(nfqtest.Segment{Src: client, Dst: vip, Seq: 100, Flags: packet.FlagSYN}), 0)
 	f := &conntrackFollower{engine: e}
 	ev := conntrack.Event{Type: conntrack.EventUpdate, Flow: ctFlow(client, vip, rs.Addr)}
@@ -70,15 +63,7 @@ func TestFollowerUpdates(t *testing.T) {
 func TestFollowerChannelUsed(t *testing.T) {
 	ap := netip.MustParseAddrPort
 	client, vip, rs := ap("203.0.113.2:40000"), ap("198.51.100.10:21"), ap("10.0.0.11:21")
-	h, _ := ipvs.LookupHelper("ftp")
-	svc, err := ipvs.NewService("ftp", vip, "rr", h, []*ipvs.RealServer{{Addr: rs, Weight: 1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := ipvs.NewEngine([]*ipvs.Service{svc}, ipvs.Options{MarkMask: markMask})
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := oneService(t, vip, "rr", "ftp", &ipvs.RealServer{Addr: rs, Weight: 1})
 	w := e.NewWorker()
 	seg := func(src, dst netip.AddrPort, seq, ack uint32, flags uint8, payload string) ipvs.Verdict {
 		return w.Process(nfqtest.Build(nfqtest.Segment{Src: src, Dst: dst, Seq: seq, Ack: ack, Flags: flags, Payload: []byte(payload)}), 0)

@@ -120,15 +120,7 @@ func TestHandlerRecoversPanics(t *testing.T) {
 func TestBacklogDoesNotStall(t *testing.T) {
 	ap := netip.MustParseAddrPort
 	client, vip, rs := ap("203.0.113.2:40000"), ap("198.51.100.10:21"), ap("10.0.0.11:21")
-	h, _ := ipvs.LookupHelper("ftp")
-	svc, err := ipvs.NewService("ftp", vip, "rr", h, []*ipvs.RealServer{{Addr: rs, Weight: 1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := ipvs.NewEngine([]*ipvs.Service{svc}, ipvs.Options{MarkMask: markMask})
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := oneService(t, vip, "rr", "ftp", &ipvs.RealServer{Addr: rs, Weight: 1})
 	q := &fakeQueue{}
 	full := &compatPath{reqs: make(chan *pending)} // nobody reads: always full
 	handle := newHandler(q, e.NewWorker(), &e.Stats, full, metrics.New(e, nil), slog.New(slog.NewTextHandler(io.Discard, nil)))

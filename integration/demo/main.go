@@ -59,12 +59,7 @@ func run(bin string) int {
 		}
 		logf("topology removed")
 	}()
-	cfg, err := tp.WriteConfig()
-	if err != nil {
-		logf("%v", err)
-		return 1
-	}
-	d, err := tp.StartDaemon(bin, cfg)
+	d, _, err := tp.StartReference(bin)
 	if err != nil {
 		logf("%v", err)
 		return 1

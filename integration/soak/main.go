@@ -79,12 +79,7 @@ func run(o options) int {
 		return 1
 	}
 	defer tp.Close()
-	cfg, err := tp.WriteConfig()
-	if err != nil {
-		logf("%v", err)
-		return 1
-	}
-	d, err := tp.StartDaemon(bin, cfg)
+	d, cfg, err := tp.StartReference(bin)
 	if err != nil {
 		logf("start: %v", err)
 		return 1

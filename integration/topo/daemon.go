@@ -57,6 +57,17 @@ var (
 	datapathRE = regexp.MustCompile(`(?:^|\s)datapath=("(?:[^"\\]|\\.)*"|\S+)`)
 )
 
+// StartReference writes ReferenceConfig (WriteConfig) and starts the
+// daemon bin with it: the demo's and the soak's daemon. It returns the
+// configuration's path too, for restarts.
+func (t *Topo) StartReference(bin string) (d *Daemon, config string, err error) {
+	if config, err = t.WriteConfig(); err != nil {
+		return nil, "", err
+	}
+	d, err = t.StartDaemon(bin, config)
+	return d, config, err
+}
+
 // StartDaemon starts bin --config config in the router namespace and waits
 // until it logs a line containing msg=ready; the datapath= attribute of that
 // line is returned in Daemon.Datapath.

@@ -12,41 +12,37 @@ var records = []Adj{
 	{Pos: 5, Before: 3, After: 3}, // no change at the point
 }
 
-// TestAdjSeqFor: SeqFor finds a number that Seq turns into the one wanted,
-// and none only for numbers inside bytes the point inserted.
-func TestAdjSeqFor(t *testing.T) {
-	for _, a := range records {
-		for d := Delta(-40); d <= 40; d++ {
-			want := a.Pos.Shift(d)
-			v, ok := a.SeqFor(want)
-			if ok && a.Seq(v) != want {
-				t.Errorf("%+v: SeqFor(%#x) = %#x, which Seq maps to %#x", a, want, v, a.Seq(v))
-			}
-			// Seq skips the numbers between Pos+Before and Pos+After
-			// (a growth inserted them); every other one is reached.
-			inserted := a.After > a.Before && want.After(a.Pos.Shift(a.Before)) && !want.After(a.Pos.Shift(a.After))
-			if ok == inserted {
-				t.Errorf("%+v: SeqFor(%#x) ok %v, inserted %v", a, want, ok, inserted)
-			}
-		}
-	}
-}
-
-// TestAdjAckFor: AckFor finds an acknowledgement that Ack turns into the
-// one wanted, and none only for numbers inside bytes the point removed.
-func TestAdjAckFor(t *testing.T) {
-	for _, a := range records {
-		for d := Delta(-40); d <= 40; d++ {
-			want := a.Pos.Shift(d)
-			v, ok := a.AckFor(want)
-			if ok && a.Ack(v) != want {
-				t.Errorf("%+v: AckFor(%#x) = %#x, which Ack maps to %#x", a, want, v, a.Ack(v))
-			}
-			// Ack maps the acknowledgements after the point back by the
-			// bytes a shrink removed: those just after it are not reached.
-			removed := a.After < a.Before && want.After(a.Pos) && !want.After(a.Pos.Shift(a.Before-a.After))
-			if ok == removed {
-				t.Errorf("%+v: AckFor(%#x) ok %v, removed %v", a, want, ok, removed)
+// TestAdjInverses: SeqFor and AckFor find a number that Seq and Ack turn
+// into the one wanted, and none only where no number maps there.
+func TestAdjInverses(t *testing.T) {
+	for _, m := range []struct {
+		name    string
+		forward func(Adj, Value) Value
+		inverse func(Adj, Value) (Value, bool)
+		// unreached are the numbers forward skips.
+		unreached func(a Adj, want Value) bool
+	}{
+		// Seq skips the numbers between Pos+Before and Pos+After (a
+		// growth inserted them).
+		{"Seq", Adj.Seq, Adj.SeqFor, func(a Adj, want Value) bool {
+			return a.After > a.Before && want.After(a.Pos.Shift(a.Before)) && !want.After(a.Pos.Shift(a.After))
+		}},
+		// Ack maps the acknowledgements after the point back by the bytes
+		// a shrink removed: those just after it are not reached.
+		{"Ack", Adj.Ack, Adj.AckFor, func(a Adj, want Value) bool {
+			return a.After < a.Before && want.After(a.Pos) && !want.After(a.Pos.Shift(a.Before-a.After))
+		}},
+	} {
+		for _, a := range records {
+			for d := Delta(-40); d <= 40; d++ {
+				want := a.Pos.Shift(d)
+				v, ok := m.inverse(a, want)
+				if ok && m.forward(a, v) != want {
+					t.Errorf("%+v: %sFor(%#x) = %#x, which %s maps to %#x", a, m.name, want, v, m.name, m.forward(a, v))
+				}
+				if unreached := m.unreached(a, want); ok == unreached {
+					t.Errorf("%+v: %sFor(%#x) ok %v, unreached %v", a, m.name, want, ok, unreached)
+				}
 			}
 		}
 	}
