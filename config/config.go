@@ -92,8 +92,20 @@ type Service struct {
 	RealServers   []RealServer `yaml:"real_servers"`
 	Persistence   *Persistence `yaml:"persistence"`
 	ChannelPolicy `yaml:",inline"`
+	HealthCheck   *HealthCheck `yaml:"health_check"`
+	// OnDown is what happens to a down server's running connections:
+	// keep (default) or reset.
+	OnDown string `yaml:"on_down"`
+	// SorryServer (address:port) gets new connections while no real
+	// server can take them.
+	SorryServer string `yaml:"sorry_server"`
+	// Notify is run by /bin/sh -c on each server state change, with
+	// NFHELPER_SERVICE, NFHELPER_SERVER, NFHELPER_STATE (up or down) and
+	// NFHELPER_CAUSE set.
+	Notify string `yaml:"notify"`
 
-	VIPAddr netip.AddrPort `yaml:"-"`
+	VIPAddr         netip.AddrPort `yaml:"-"`
+	SorryServerAddr netip.AddrPort `yaml:"-"` // set by validation
 }
 
 // Policy is the data-channel policy with defaults applied.
@@ -113,6 +125,8 @@ func (s *ChannelPolicy) Policy() ipvs.Policy {
 type RealServer struct {
 	Address string `yaml:"address"`
 	Weight  *int   `yaml:"weight"` // default 1; 0 = quiesced
+	// HealthCheck overrides the service's check, key by key.
+	HealthCheck *HealthCheck `yaml:"health_check"`
 
 	Addr netip.AddrPort `yaml:"-"`
 }

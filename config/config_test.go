@@ -152,7 +152,7 @@ func TestErrorsAllSorted(t *testing.T) {
 7:17: services[0].real_servers[0].weight: "x" is not an integer
 8:11: services[1].name: name "a" used twice (first at line 2)
 9:10: services[1].vip: "198.51.100.10" has no port (want an address:port, IPv6 in brackets)
-10:5: services[1].colour: unknown key (have name, vip, protocol, scheduler, helper, real_servers, persistence, loose, allow_low_ports, block_refused, max_data_channels, data_channel_timeout)`
+10:5: services[1].colour: unknown key (have name, vip, protocol, scheduler, helper, real_servers, persistence, loose, allow_low_ports, block_refused, max_data_channels, data_channel_timeout, health_check, on_down, sorry_server, notify)`
 	if err == nil || err.Error() != want {
 		t.Fatalf("err =\n%v\nwant\n%s", err, want)
 	}
