@@ -125,8 +125,8 @@ func (d *Daemon) healthChanged(changes []health.Change) {
 		}
 		s.up, s.since = c.Up, c.At
 		causes[c.Key] = c.Cause
-		if causes[c.Key] == "" {
-			causes[c.Key] = "check " + upDown(c.Up)
+		if c.Cause == "" { // the checks pass again
+			causes[c.Key] = "checks pass"
 		}
 	}
 	if len(causes) == 0 {
