@@ -189,7 +189,7 @@ func (d *Daemon) openQueues() error {
 	}
 	d.queues = append(d.queues, own...)
 	closeUnused(inherited)
-	d.metrics = metrics.New(d.engine, d.queues)
+	d.metrics = metrics.New(d.engine, d.queues, nil)
 	return nil
 }
 
