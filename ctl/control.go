@@ -169,11 +169,12 @@ func (s *Server) standing(r *RealServer, service string) {
 			r.Check, r.Health, r.Since, r.LastFailure, r.LastCause = st.Check, st.Health, st.Since, st.LastFailure, st.LastCause
 			w := st.ConfigWeight
 			r.ConfigWeight, r.Override = &w, st.Override
-			r.Down = r.Down || st.Health == "down" || st.Override != nil && st.Override.Down
 		}
 	}
 	r.State = "down"
-	if !r.Down && r.Weight > 0 {
+	// The sorry server's weight does not count: it is chosen when no
+	// server can be.
+	if !r.Down && (r.Weight > 0 || r.Sorry) {
 		r.State = "up"
 	}
 }

@@ -10,24 +10,51 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nfhelper/nfhelper/ipvs"
 )
 
-// fakeControl keeps standings as the daemon would; it does not touch the
-// engine, so the views' weights stay the file's.
+// fakeControl keeps standings as the daemon would, and applies them to
+// the engine.
 type fakeControl struct {
 	mu        sync.Mutex
+	e         *ipvs.Engine
 	standings map[string]map[netip.AddrPort]*Standing
 	fail      error // SetServer's error, if set
 }
 
-func newFakeControl() *fakeControl {
+func newFakeControl(e *ipvs.Engine) *fakeControl {
 	since := time.Date(2026, 12, 7, 8, 0, 0, 0, time.UTC)
-	return &fakeControl{standings: map[string]map[netip.AddrPort]*Standing{
+	f := &fakeControl{e: e, standings: map[string]map[netip.AddrPort]*Standing{
 		"ftp": {
 			rs1: {Check: "ftp", Health: "up", Since: since, ConfigWeight: 1},
 			rs2: {Check: "ftp", Health: "down", Since: since, LastFailure: since, LastCause: "timeout", ConfigWeight: 2},
 		},
 	}}
+	f.apply("ftp", rs2)
+	return f
+}
+
+// apply sets the server's effective standing in the engine.
+func (f *fakeControl) apply(service string, addr netip.AddrPort) {
+	st := f.standings[service][addr]
+	down, weight := st.Health == "down", st.ConfigWeight
+	if o := st.Override; o != nil {
+		down = down || o.Down
+		switch {
+		case o.Drained:
+			weight = 0
+		case o.Weight != nil:
+			weight = *o.Weight
+		}
+	}
+	for _, svc := range f.e.Services() {
+		for _, rs := range svc.Servers {
+			if svc.Name == service && rs.Addr == addr {
+				f.e.SetStanding(rs, weight, down)
+			}
+		}
+	}
 }
 
 func (f *fakeControl) SetServer(_ context.Context, req ServerRequest) error {
@@ -62,6 +89,7 @@ func (f *fakeControl) SetServer(_ context.Context, req ServerRequest) error {
 		o.Down = false
 	}
 	st.Override = &o
+	f.apply(req.Service, req.Address)
 	return nil
 }
 
@@ -76,8 +104,8 @@ func (f *fakeControl) Standing(service string, addr netip.AddrPort) (Standing, b
 }
 
 func TestSetServer(t *testing.T) {
-	s, _ := testServer(t)
-	fc := newFakeControl()
+	s, e := testServer(t)
+	fc := newFakeControl(e)
 	s.Servers = fc
 	c := NewClient(serve(t, s), 5*time.Second)
 	ctx := context.Background()
@@ -99,8 +127,16 @@ func TestSetServer(t *testing.T) {
 	}
 
 	rs, err := c.SetServer(ctx, ServerRequest{Service: "ftp", Address: rs1, Op: OpWeight, Weight: 7})
-	if err != nil || rs.Address != rs1 || rs.Override == nil || rs.Override.Weight == nil || *rs.Override.Weight != 7 {
+	if err != nil || rs.Address != rs1 || rs.Weight != 7 || rs.State != "up" || rs.Override == nil || rs.Override.Weight == nil || *rs.Override.Weight != 7 {
 		t.Fatalf("weight 7: %+v, %v", rs, err)
+	}
+	rs, err = c.SetServer(ctx, ServerRequest{Service: "ftp", Address: rs1, Op: OpDrain})
+	if err != nil || rs.Down || rs.Weight != 0 || rs.State != "down" || !rs.Override.Drained {
+		t.Fatalf("drain: %+v, %v", rs, err)
+	}
+	rs, err = c.SetServer(ctx, ServerRequest{Service: "ftp", Address: rs1, Op: OpUndrain})
+	if err != nil || rs.Weight != 7 || rs.State != "up" {
+		t.Fatalf("undrain: %+v, %v", rs, err)
 	}
 	rs, err = c.SetServer(ctx, ServerRequest{Service: "ftp", Address: rs1, Op: OpDown})
 	if err != nil || !rs.Down || rs.State != "down" || !rs.Override.Down || *rs.Override.Weight != 7 {
@@ -194,5 +230,32 @@ TCP  198.51.100.10:21 rr  # ftp
 	want = "ftp 10.0.0.11:21: weight 0, 3 connections (2 active, 1 inactive)\n  state down; health up (none); override drained (file weight 1)\n"
 	if got := b.String(); got != want {
 		t.Errorf("got %q\nwant %q", got, want)
+	}
+}
+
+// TestSorryServer: the sorry server is listed last, up while not down
+// whatever its weight, and is no target of runtime control.
+func TestSorryServer(t *testing.T) {
+	sorry := netip.MustParseAddrPort("10.0.0.99:21")
+	svc, err := ipvs.NewService("ftp", vip, "rr", nil, []*ipvs.RealServer{{Addr: rs1, Weight: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.Sorry = &ipvs.RealServer{Addr: sorry}
+	e, err := ipvs.NewEngine([]*ipvs.Service{svc}, ipvs.Options{MarkMask: 0x00ff0000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{Engine: e}
+	got := s.Services().Services[0].Servers
+	if len(got) != 2 || got[1].Address != sorry || !got[1].Sorry || got[1].State != "up" || got[0].Sorry {
+		t.Fatalf("servers %+v", got)
+	}
+	if _, err := s.server("ftp", sorry); !errors.Is(err, ErrUnknownServer) {
+		t.Errorf("sorry server as a target: %v", err)
+	}
+	e.SetStanding(svc.Sorry, 0, true)
+	if got := s.Services().Services[0].Servers[1]; got.State != "down" || !got.Down {
+		t.Errorf("down sorry server %+v", got)
 	}
 }

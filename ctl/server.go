@@ -284,8 +284,8 @@ func (s *Server) Services() Services {
 				MaxDataChannels: v.Policy.MaxChannels, DataChannelTimeoutSeconds: int64(v.Policy.ChannelTimeout / time.Second)}
 		}
 		for _, rs := range v.Servers {
-			r := RealServer{Address: rs.Addr, Weight: rs.Weight, Active: rs.Active,
-				Inactive: rs.Inactive, Conns: rs.Conns, Packets: rs.Packets, Bytes: rs.Bytes}
+			r := RealServer{Address: rs.Addr, Weight: rs.Weight, Active: rs.Active, Inactive: rs.Inactive,
+				Conns: rs.Conns, Packets: rs.Packets, Bytes: rs.Bytes, Down: rs.Down, Sorry: rs.Sorry}
 			if !v.AddOn {
 				s.standing(&r, v.Name)
 			}
