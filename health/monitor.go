@@ -14,7 +14,7 @@ import (
 type Monitor struct {
 	onChange func(Change)
 	check    func(context.Context, Key, Spec) error // Check; tests script it
-	wake     chan struct{} // Set changed the schedule or queued changes
+	wake     chan struct{}                          // Set changed the schedule or queued changes
 	results  chan result
 
 	mu      sync.Mutex
