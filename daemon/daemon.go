@@ -234,6 +234,7 @@ func (d *Daemon) openQueues() error {
 	d.queues = append(d.queues, own...)
 	closeUnused(inherited)
 	d.metrics = metrics.New(d.engine, d.queues, d.monitor)
+	d.metrics.StateChanges = d.StateChanges
 	return nil
 }
 
