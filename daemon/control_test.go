@@ -56,6 +56,7 @@ func controlled(t *testing.T, yaml, stateDir string) (*Daemon, *syncBuffer, *int
 		t.Fatal(err)
 	}
 	d.follower = &conntrackFollower{engine: d.engine}
+	d.states = &stateFollower{engine: d.engine, follower: d.follower, log: d.log, wg: &d.background}
 	batches := 0
 	if d.nft, err = nftables.New(nftables.WithTestDial(func([]netlink.Message) ([]netlink.Message, error) {
 		batches++
@@ -219,5 +220,46 @@ func TestHealthChange(t *testing.T) {
 	}
 	if got := readFile(out); got != "web 10.0.0.1:80 down refused\nweb 10.0.0.2:80 down nfhelperctl down\n" {
 		t.Errorf("notified:\n%s", got)
+	}
+}
+
+// TestReloadStandings: a reload keeps the override of a server whose entry
+// stays, clears (and logs) that of one whose entry changed, and gives a new
+// server its initial state; the engine and the state file follow.
+func TestReloadStandings(t *testing.T) {
+	dir := t.TempDir()
+	d, logs, _ := controlled(t, rosterYAML, dir)
+	for _, k := range []health.Key{web1, web2} {
+		if err := d.SetServer(context.Background(), ctl.ServerRequest{Service: "web", Address: k.Addr, Op: "down"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	next := mustParse(t, strings.Replace(rosterYAML, "weight: 2", "weight: 3", 1)+`      - address: 10.0.0.3:80
+        health_check:
+          initial_state: down
+`)
+	if err := d.Reload(next); err != nil {
+		t.Fatal(err)
+	}
+	if rs := engineServer(t, d, web1); !rs.Down {
+		t.Error("web1's override lost in a reload that kept its entry")
+	}
+	if rs := engineServer(t, d, web2); rs.Down || rs.Weight != 3 {
+		t.Errorf("web2 down %v weight %d, want its override cleared and the file's weight 3", rs.Down, rs.Weight)
+	}
+	if rs := engineServer(t, d, web3); !rs.Down {
+		t.Error("web3 (initial_state down) up")
+	}
+	for _, want := range []string{
+		`msg="override cleared: the server's entry in the file changed" service=web server=10.0.0.2:80`,
+		`msg="server state" service=web server=10.0.0.2:80 state=up cause=reload`,
+	} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("log lacks %s:\n%s", want, logs.String())
+		}
+	}
+	st, err := readState(dir + "/" + stateFileName)
+	if err != nil || len(st.Overrides) != 1 || st.Overrides[0].Address != web1.Addr || len(st.Health) != 3 {
+		t.Errorf("state file after the reload: %+v, %v", st, err)
 	}
 }

@@ -357,10 +357,8 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 	}
 	commit()
 	before := d.roster.standings(d.running)
+	// The commit gave the servers that stay their standings too.
 	d.roster, d.running = ro, cfg
-	// The commit gave the servers that stay their new weights; whether
-	// they are down is theirs still.
-	d.setStandings(st)
 	d.monitor.Set(targets)
 	for _, c := range gone {
 		c.log(d.log)

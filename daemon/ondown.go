@@ -38,9 +38,10 @@ func resetConns(netns int, udp bool, vip, server netip.AddrPort) (int, error) {
 		if !balancedTo(f, proto, vip, server) {
 			continue
 		}
-		// The original tuple (and zone) names the entry; nothing else of
-		// the dump is to be sent back.
-		err := c.Delete(conntrack.Flow{TupleOrig: f.TupleOrig, Zone: f.Zone})
+		// The tuples (and zone) name the entry; nothing else of the dump is
+		// to be sent back. Both tuples: the library takes the address
+		// family from them.
+		err := c.Delete(conntrack.Flow{TupleOrig: f.TupleOrig, TupleReply: f.TupleReply, Zone: f.Zone})
 		switch {
 		case err == nil:
 			n++
