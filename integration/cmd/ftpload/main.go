@@ -1,8 +1,8 @@
 // Command ftpload measures the FTP session rate through one address: each of
 // -workers goroutines logs in (anonymous), fetches -file over one data
-// connection (-mode pasv, epsv, port or eprt), checks its size (and -sha256),
-// quits, and
-// starts over until -duration has passed or -sessions sessions are done.
+// connection (-mode pasv, epsv, port or eprt), checks its size (and
+// -sha256), quits, and starts over until -duration has passed or -sessions
+// sessions are done.
 // -bind gives local addresses for the control connections, used in turn
 // (the data connections follow them). A passive session fails whose data
 // connection goes elsewhere than its control connection (a 227 that named a
