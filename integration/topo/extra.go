@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -97,9 +98,19 @@ func (t *Topo) startExtraReaper(names ...string) error {
 		w.Close()
 		return err
 	}
-	// Reaped when it exits; w is kept (never closed) for the process's life.
-	go func() { _ = c.Wait(); _ = w }()
+	// w stays open (and reachable: an unreachable os.File is closed by its
+	// finalizer) for the process's life.
+	extraReapers.Lock()
+	extraReapers.w = append(extraReapers.w, w)
+	extraReapers.Unlock()
+	go func() { _ = c.Wait() }()
 	return nil
+}
+
+// extraReapers holds the write ends of the extra reapers' pipes.
+var extraReapers struct {
+	sync.Mutex
+	w []*os.File
 }
 
 // StartVsftpd starts vsftpd on s, configured as rs1's and rs2's (passive
