@@ -126,6 +126,10 @@ func (d *Daemon) start() error {
 	if err := d.chooseDatapath(); err != nil {
 		return err
 	}
+	gone, err := d.newMonitor()
+	if err != nil {
+		return err
+	}
 	if err := d.newEngine(); err != nil {
 		return err
 	}
@@ -146,6 +150,12 @@ func (d *Daemon) start() error {
 	if err := d.installRuleset(); err != nil {
 		return err
 	}
+	// Only now, the table ours: a second daemon that stopped at its queues
+	// must not rewrite the running one's state.
+	for _, c := range gone {
+		c.log(d.log)
+	}
+	d.saveState()
 	d.serve()
 	return nil
 }
@@ -166,12 +176,27 @@ func (d *Daemon) chooseDatapath() error {
 	return nil
 }
 
-// newEngine builds the engine for the configured services, and the
-// ruleset's spec for what the engine assigned them.
-func (d *Daemon) newEngine() (err error) {
-	if err := d.newMonitor(); err != nil {
-		return err
+// newMonitor builds the real servers' roster from the state file and the
+// configuration, and the health monitor for it. It returns the overrides
+// the file no longer allows, for the start to log.
+func (d *Daemon) newMonitor() ([]cleared, error) {
+	d.running = d.cfg
+	var gone []cleared
+	d.roster, gone = d.loadRoster().reconcile(d.cfg, time.Now())
+	targets, err := healthTargets(d.cfg, d.roster)
+	if err != nil {
+		return nil, err
 	}
+	d.changes, d.notices = newChangeQueue(), make(chan notice, 64)
+	d.monitor = health.New(d.changes.add)
+	d.monitor.Set(targets)
+	return gone, nil
+}
+
+// newEngine builds the engine for the configured services, their real
+// servers in the roster's standings, and the ruleset's spec for what the
+// engine assigned them.
+func (d *Daemon) newEngine() (err error) {
 	st := d.roster.standings(d.running)
 	d.alive = &conntrackAlive{}
 	opts := ipvs.Options{MarkMask: markMask, Log: d.log, Alive: d.alive.alive}
@@ -193,26 +218,6 @@ func (d *Daemon) newEngine() (err error) {
 	if d.spec.KernelFTP = d.features.KernelFTP == nil; !d.spec.KernelFTP {
 		d.log.Warn("fail-open covers control connections only: new FTP sessions cannot transfer while the daemon is down", "err", d.features.KernelFTP)
 	}
-	return nil
-}
-
-// newMonitor builds the real servers' roster from the state file and the
-// configuration, and the health monitor for it.
-func (d *Daemon) newMonitor() error {
-	d.running = d.cfg
-	var gone []cleared
-	d.roster, gone = d.loadRoster().reconcile(d.cfg, time.Now())
-	targets, err := healthTargets(d.cfg, d.roster)
-	if err != nil {
-		return err
-	}
-	for _, c := range gone {
-		c.log(d.log)
-	}
-	d.changes, d.notices = newChangeQueue(), make(chan notice, 64)
-	d.monitor = health.New(d.changes.add)
-	d.monitor.Set(targets)
-	d.saveState()
 	return nil
 }
 
