@@ -171,10 +171,10 @@ func (s *Server) standing(r *RealServer, service string) {
 			r.ConfigWeight, r.Override = &w, st.Override
 		}
 	}
-	r.State = "down"
-	// The sorry server's weight does not count: it is chosen when no
-	// server can be.
-	if !r.Down && (r.Weight > 0 || r.Sorry) {
-		r.State = "up"
+	// As the daemon's log and notify say it: a drained server (weight 0)
+	// is up, its weight shows it takes no new connections.
+	r.State = "up"
+	if r.Down {
+		r.State = "down"
 	}
 }
