@@ -48,8 +48,10 @@ func (r ServerRequest) Validate() error {
 	switch {
 	case r.Service == "":
 		return fmt.Errorf("%w: no service", ErrBadRequest)
-	case !r.Address.IsValid() || r.Address.Port() == 0:
-		return fmt.Errorf("%w: %q is not an address:port", ErrBadRequest, r.Address)
+	case !r.Address.IsValid():
+		return fmt.Errorf("%w: no address:port", ErrBadRequest)
+	case r.Address.Port() == 0:
+		return fmt.Errorf("%w: %s: port 0", ErrBadRequest, r.Address)
 	}
 	switch r.Op {
 	case OpWeight:

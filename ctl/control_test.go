@@ -157,6 +157,8 @@ func TestSetServer(t *testing.T) {
 			"nfhelperd: bad request: weight 70000 out of 0..65535"},
 		{ServerRequest{Service: "ftp", Address: rs1, Op: OpDrain, Weight: 3}, ErrBadRequest, "nfhelperd: bad request: drain takes no weight"},
 		{ServerRequest{Address: rs1, Op: OpDrain}, ErrBadRequest, "nfhelperd: bad request: no service"},
+		{ServerRequest{Service: "ftp", Op: OpDrain}, ErrBadRequest, "nfhelperd: bad request: no address:port"},
+		{ServerRequest{Service: "ftp", Address: netip.MustParseAddrPort("10.0.0.11:0"), Op: OpDrain}, ErrBadRequest, "nfhelperd: bad request: 10.0.0.11:0: port 0"},
 	} {
 		_, err := c.SetServer(ctx, tc.req)
 		if !errors.Is(err, tc.want) || err.Error() != tc.msg {
