@@ -204,8 +204,13 @@ func (v *validator) serviceExtras(s *Service, sp string) {
 	if !ok {
 		return
 	}
-	if s.VIPAddr.IsValid() && a.Addr().Is4() != s.VIPAddr.Addr().Is4() {
+	switch {
+	case !s.VIPAddr.IsValid():
+	case a.Addr().Is4() != s.VIPAddr.Addr().Is4():
 		r.at(sp2, "%s is not of the vip's address family (vip %s)", a, s.VIPAddr)
+		return
+	case a == s.VIPAddr:
+		r.at(sp2, "%s is the vip itself", a)
 		return
 	}
 	for _, rs := range s.RealServers {

@@ -48,8 +48,10 @@ func (r ServerRequest) Validate() error {
 	switch {
 	case r.Service == "":
 		return fmt.Errorf("%w: no service", ErrBadRequest)
-	case !r.Address.IsValid() || r.Address.Port() == 0:
-		return fmt.Errorf("%w: %q is not an address:port", ErrBadRequest, r.Address)
+	case !r.Address.IsValid():
+		return fmt.Errorf("%w: no address:port", ErrBadRequest)
+	case r.Address.Port() == 0:
+		return fmt.Errorf("%w: %s: port 0", ErrBadRequest, r.Address)
 	}
 	switch r.Op {
 	case OpWeight:
@@ -171,10 +173,10 @@ func (s *Server) standing(r *RealServer, service string) {
 			r.ConfigWeight, r.Override = &w, st.Override
 		}
 	}
-	r.State = "down"
-	// The sorry server's weight does not count: it is chosen when no
-	// server can be.
-	if !r.Down && (r.Weight > 0 || r.Sorry) {
-		r.State = "up"
+	// As the daemon's log and notify say it: a drained server (weight 0)
+	// is up, its weight shows it takes no new connections.
+	r.State = "up"
+	if r.Down {
+		r.State = "down"
 	}
 }

@@ -131,7 +131,7 @@ func TestSetServer(t *testing.T) {
 		t.Fatalf("weight 7: %+v, %v", rs, err)
 	}
 	rs, err = c.SetServer(ctx, ServerRequest{Service: "ftp", Address: rs1, Op: OpDrain})
-	if err != nil || rs.Down || rs.Weight != 0 || rs.State != "down" || !rs.Override.Drained {
+	if err != nil || rs.Down || rs.Weight != 0 || rs.State != "up" || !rs.Override.Drained {
 		t.Fatalf("drain: %+v, %v", rs, err)
 	}
 	rs, err = c.SetServer(ctx, ServerRequest{Service: "ftp", Address: rs1, Op: OpUndrain})
@@ -157,6 +157,8 @@ func TestSetServer(t *testing.T) {
 			"nfhelperd: bad request: weight 70000 out of 0..65535"},
 		{ServerRequest{Service: "ftp", Address: rs1, Op: OpDrain, Weight: 3}, ErrBadRequest, "nfhelperd: bad request: drain takes no weight"},
 		{ServerRequest{Address: rs1, Op: OpDrain}, ErrBadRequest, "nfhelperd: bad request: no service"},
+		{ServerRequest{Service: "ftp", Op: OpDrain}, ErrBadRequest, "nfhelperd: bad request: no address:port"},
+		{ServerRequest{Service: "ftp", Address: netip.MustParseAddrPort("10.0.0.11:0"), Op: OpDrain}, ErrBadRequest, "nfhelperd: bad request: 10.0.0.11:0: port 0"},
 	} {
 		_, err := c.SetServer(ctx, tc.req)
 		if !errors.Is(err, tc.want) || err.Error() != tc.msg {
@@ -212,7 +214,7 @@ func TestFormatStanding(t *testing.T) {
 	}}}})
 	want := `Prot LocalAddress:Port Scheduler Flags
   -> RemoteAddress:Port         Weight ActiveConn InActConn Conns     Packets     Bytes
-     State (takes new connections); health (check) since; last failure (cause); overrides
+     State (down: no new connections); health (check) since; last failure (cause); overrides
 TCP  198.51.100.10:21 rr  # ftp
   -> 10.0.0.11:21               1      0          0         0         0           0
      state up; health up (ftp) since 2026-12-07T08:00:00Z
@@ -225,9 +227,9 @@ TCP  198.51.100.10:21 rr  # ftp
 		t.Errorf("got\n%s\nwant\n%s", got, want)
 	}
 	b.Reset()
-	WriteServer(&b, "ftp", &RealServer{Address: rs1, Weight: 0, Active: 2, Inactive: 1, State: "down", Health: "up", Check: "none",
+	WriteServer(&b, "ftp", &RealServer{Address: rs1, Weight: 0, Active: 2, Inactive: 1, State: "up", Health: "up", Check: "none",
 		Override: &Override{Drained: true}, ConfigWeight: &one})
-	want = "ftp 10.0.0.11:21: weight 0, 3 connections (2 active, 1 inactive)\n  state down; health up (none); override drained (file weight 1)\n"
+	want = "ftp 10.0.0.11:21: weight 0, 3 connections (2 active, 1 inactive)\n  state up; health up (none); override drained (file weight 1)\n"
 	if got := b.String(); got != want {
 		t.Errorf("got %q\nwant %q", got, want)
 	}

@@ -55,7 +55,7 @@ const serverLine = "  -> %-26s %-6v %-10v %-9v %-9v %-11v %v\n"
 func WriteServices(w io.Writer, s *Services) {
 	fmt.Fprintln(w, "Prot LocalAddress:Port Scheduler Flags")
 	fmt.Fprintf(w, serverLine, "RemoteAddress:Port", "Weight", "ActiveConn", "InActConn", "Conns", "Packets", "Bytes")
-	fmt.Fprintln(w, "     State (takes new connections); health (check) since; last failure (cause); overrides")
+	fmt.Fprintln(w, "     State (down: no new connections); health (check) since; last failure (cause); overrides")
 	for _, svc := range s.Services {
 		flags := []string{svc.Scheduler}
 		if p := svc.Persistence; p != nil {

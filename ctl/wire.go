@@ -125,9 +125,9 @@ type RealServer struct {
 	Packets  uint64         `json:"packets"`
 	Bytes    uint64         `json:"bytes"`
 
-	// State is "up" when the server takes new connections (not down and,
-	// but for the sorry server, weight > 0), else "down"; empty for
-	// learned servers.
+	// State is "down" when the server takes no new connections whatever
+	// its weight (down by its checks or an override), else "up"; empty
+	// for learned servers.
 	State string `json:"state,omitempty"`
 	// Down: out of scheduling, by its checks or an override.
 	Down bool `json:"down,omitempty"`

@@ -39,7 +39,7 @@ var (
 	userDroppedDesc = prometheus.NewDesc("nfhelper_queue_user_dropped_total",
 		"Packets the kernel dropped because the reader's socket buffer was full.", []string{"queue"}, nil)
 	serverUpDesc = serverDesc("nfhelper_real_server_up",
-		"1 if the real server takes new connections (not down by its checks or nfhelperctl, and weight > 0; the sorry server: not down), else 0.")
+		"0 if the real server takes no new connections whatever its weight (down by its checks or nfhelperctl server down), else 1 (see nfhelper_real_server_weight for drained servers).")
 	checkLatencyDesc = serverDesc("nfhelper_health_check_latency_seconds",
 		"How long each real server's last health check took, passed or failed.")
 	checkFailuresDesc = prometheus.NewDesc("nfhelper_health_check_failures_total",
@@ -221,9 +221,9 @@ func collectServices(ch chan<- prometheus.Metric, e *ipvs.Engine) {
 				n++
 			}
 			if !s.AddOn {
-				up := 0.0
-				if !rs.Down && (rs.Weight > 0 || rs.Sorry) {
-					up = 1
+				up := 1.0
+				if rs.Down {
+					up = 0
 				}
 				send(ch, serverUpDesc, prometheus.GaugeValue, up, s.Name, addr)
 			}

@@ -13,9 +13,8 @@ import (
 	"github.com/nfhelper/nfhelper/ipvs"
 )
 
-// TestServerUp: 1 while a server takes new connections: not down, weight
-// above 0; the sorry server whatever its weight; add-ons' learned servers
-// have none.
+// TestServerUp: 0 while a server is down, 1 else, drained too; add-ons'
+// learned servers have none.
 func TestServerUp(t *testing.T) {
 	f := newFixture(t)
 	up := func() (a, b, dns float64) {
@@ -29,7 +28,7 @@ func TestServerUp(t *testing.T) {
 	}
 	f.e.SetStanding(f.rs[0], 1, true)
 	f.e.SetStanding(f.rs[1], 0, false)
-	if a, b, dns := up(); a != 0 || b != 0 || dns != 1 {
+	if a, b, dns := up(); a != 0 || b != 1 || dns != 1 {
 		t.Errorf("one down, one drained: %v %v %v", a, b, dns)
 	}
 
