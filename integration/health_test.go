@@ -4,6 +4,8 @@ package integration
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -125,11 +127,30 @@ func failover(t *testing.T, e *hcEnv, d *hcDaemon, svc, vip string, breakIt, hea
 
 // TestHealthTCPCheck: vsftpd stops on one of three servers while sessions
 // run through the VIP; the tcp check takes it out and, once vsftpd runs
-// again, back in.
+// again, back in. The service's notify command hears of both changes.
 func TestHealthTCPCheck(t *testing.T) {
 	e := needHealth(t)
-	d := e.start(hcConfig(hcService("hc", hcVIP+":21", "", rhythm("tcp"), addrsOf(e.servers)...)), "")
+	notes := filepath.Join(t.TempDir(), "notify.log")
+	notify := "    notify: echo $NFHELPER_SERVICE $NFHELPER_SERVER $NFHELPER_STATE $NFHELPER_CAUSE >> " + notes + "\n"
+	d := e.start(hcConfig(hcService("hc", hcVIP+":21", notify, rhythm("tcp"), addrsOf(e.servers)...)), "")
 	failover(t, e, d, "hc", hcVIP, e.stopFTP, e.startFTP)
+
+	// The notify command runs beside the monitor: wait for its lines.
+	victim := e.servers[1].addr()
+	want := []string{"hc " + victim + " down refused", "hc " + victim + " up"}
+	var got string
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		b, _ := os.ReadFile(notes)
+		if got = string(b); strings.Count(got, "\n") >= 2 {
+			break
+		}
+	}
+	lines := strings.Split(strings.TrimSpace(got), "\n")
+	if len(lines) != 2 || lines[0] != want[0] || !strings.HasPrefix(lines[1], want[1]) {
+		t.Errorf("notify command's lines:\n%s\nwant %q, then %q...", got, want[0], want[1])
+	} else {
+		t.Logf("notify: %q", lines)
+	}
 }
 
 // TestHealthFTPCheckDataBroken: one server's passive data ports are
