@@ -14,6 +14,9 @@
 //   - restore.go, handover.go: taking over from a crashed predecessor; the
 //     hand-over in place (queue sockets, helper states, exec).
 //   - services.go: the configuration as engine services and ruleset spec.
+//   - health.go, standing.go, control.go, ondown.go, statefile.go: the
+//     health checks, the real servers' standings (health and overrides),
+//     nfhelperctl's changes, on_down, and the state file that keeps them.
 //   - check.go: the datapath choice and --check.
 package daemon
 
@@ -24,12 +27,14 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/nftables"
 
 	"github.com/nfhelper/nfhelper/config"
 	"github.com/nfhelper/nfhelper/ctl"
+	"github.com/nfhelper/nfhelper/health"
 	"github.com/nfhelper/nfhelper/ipvs"
 	"github.com/nfhelper/nfhelper/kernel"
 	"github.com/nfhelper/nfhelper/metrics"
@@ -43,6 +48,9 @@ type Options struct {
 	// the control socket reports it, the reload log line names it.
 	ConfigPath string
 	Log        *slog.Logger
+	// StateDir holds the state file (statefile.go); "": none, nothing
+	// survives a restart.
+	StateDir string
 }
 
 // Daemon is one run of nfhelperd: Start, then Reload as often as asked,
@@ -65,6 +73,18 @@ type Daemon struct {
 	ruleset  *nft.Ruleset   // nil until installed
 	control  *ctl.Server
 	states   *stateFollower
+
+	// mu serializes the changes: reloads, health changes, nfhelperctl's.
+	// Their batches on nft must not interleave. It guards what follows.
+	mu       sync.Mutex
+	running  *config.Config // the configuration in force (reloaded)
+	roster   roster
+	stopping bool // Stop or HandOver began: no more changes
+	monitor  *health.Monitor
+	changes  *changeQueue // the monitor's, to followHealth
+	notices  chan notice  // to runNotices
+	// stateChanges counts the real servers' state changes.
+	stateChanges atomic.Uint64
 
 	// ctx ends the background work (Stop, HandOver); readCtx, within it,
 	// the queue readers alone, first at a hand-over: what they have not
@@ -149,15 +169,19 @@ func (d *Daemon) chooseDatapath() error {
 // newEngine builds the engine for the configured services, and the
 // ruleset's spec for what the engine assigned them.
 func (d *Daemon) newEngine() (err error) {
+	if err := d.newMonitor(); err != nil {
+		return err
+	}
+	st := d.roster.standings(d.running)
 	d.alive = &conntrackAlive{}
 	opts := ipvs.Options{MarkMask: markMask, Log: d.log, Alive: d.alive.alive}
 	d.dp.options(&opts)
-	if d.engine, err = ipvs.NewEngine(services(d.cfg), opts); err != nil {
+	if d.engine, err = ipvs.NewEngine(services(d.cfg, st), opts); err != nil {
 		return err
 	}
 	d.follower = &conntrackFollower{engine: d.engine}
 	d.dp.attach(d.engine, d.follower)
-	d.spec = specFor(d.cfg, d.engine.Services())
+	d.spec = specFor(d.cfg, d.engine.Services(), st)
 	d.dp.shape(d.spec)
 	// Either datapath queues with the native expression where the kernel
 	// has it: the xtables target's module cannot be autoloaded from an inet
@@ -169,6 +193,26 @@ func (d *Daemon) newEngine() (err error) {
 	if d.spec.KernelFTP = d.features.KernelFTP == nil; !d.spec.KernelFTP {
 		d.log.Warn("fail-open covers control connections only: new FTP sessions cannot transfer while the daemon is down", "err", d.features.KernelFTP)
 	}
+	return nil
+}
+
+// newMonitor builds the real servers' roster from the state file and the
+// configuration, and the health monitor for it.
+func (d *Daemon) newMonitor() error {
+	d.running = d.cfg
+	var gone []cleared
+	d.roster, gone = d.loadRoster().reconcile(d.cfg, time.Now())
+	targets, err := healthTargets(d.cfg, d.roster)
+	if err != nil {
+		return err
+	}
+	for _, c := range gone {
+		c.log(d.log)
+	}
+	d.changes, d.notices = newChangeQueue(), make(chan notice, 64)
+	d.monitor = health.New(d.changes.add)
+	d.monitor.Set(targets)
+	d.saveState()
 	return nil
 }
 
@@ -189,7 +233,8 @@ func (d *Daemon) openQueues() error {
 	}
 	d.queues = append(d.queues, own...)
 	closeUnused(inherited)
-	d.metrics = metrics.New(d.engine, d.queues)
+	d.metrics = metrics.New(d.engine, d.queues, d.monitor)
+	d.metrics.StateChanges = d.StateChanges
 	return nil
 }
 
@@ -227,13 +272,13 @@ func (d *Daemon) installRuleset() (err error) {
 }
 
 // serve starts the background work: the control socket (nfhelperctl),
-// the datapath, the engine's expiry, conntrack following and the metrics
-// endpoint.
+// the datapath, the engine's expiry, conntrack following, the health
+// checks and the metrics endpoint.
 func (d *Daemon) serve() {
 	ctx := d.ctx
 	// The daemon runs without the control socket if it cannot have it.
 	configPath, _ := filepath.Abs(d.opts.ConfigPath)
-	d.control = &ctl.Server{Engine: d.engine, Log: d.log, Choose: chooser(d.cfg), Info: ctl.Info{
+	d.control = &ctl.Server{Engine: d.engine, Servers: d, Log: d.log, Choose: chooser(d.cfg), Info: ctl.Info{
 		Pid: os.Getpid(), Started: d.started, Datapath: d.dp.name(), Config: configPath, Table: tableName,
 		Queues: ctl.Queues{First: d.spec.QueueNum, Count: d.spec.QueueTotal}, QueueExpr: queueExprName(d.spec),
 	}}
@@ -259,6 +304,9 @@ func (d *Daemon) serve() {
 	})
 	d.states = &stateFollower{engine: d.engine, follower: d.follower, log: d.log, wg: &d.background}
 	d.states.adjust(ctx)
+	d.background.Go(func() { d.monitor.Run(ctx) })
+	d.background.Go(func() { d.followHealth(ctx) })
+	d.background.Go(func() { d.runNotices(ctx) })
 	if addr := d.cfg.Metrics.Address; addr != "" {
 		d.background.Go(func() {
 			if err := metrics.Listen(ctx, addr, d.metrics.Handler(), d.cfg.Metrics.AllowRemote); err != nil {
@@ -273,7 +321,9 @@ func (d *Daemon) serve() {
 func (d *Daemon) Failed() <-chan error { return d.failed }
 
 // Reload applies a changed configuration: the kernel's part first, in one
-// batch, then the engine's; on any error nothing changes.
+// batch, then the engine's; on any error nothing changes. Servers that stay
+// keep their health state and their overrides, unless their entry in the
+// file changed (reconcile).
 func (d *Daemon) Reload(cfg *config.Config) error {
 	if cfg.Queue != d.cfg.Queue {
 		return fmt.Errorf("queue settings changed: restart the daemon to apply them")
@@ -281,12 +331,23 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 	if err := d.dp.allows(cfg); err != nil {
 		return err
 	}
-	next := services(cfg)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stopping {
+		return errStopping
+	}
+	ro, gone := d.roster.reconcile(cfg, time.Now())
+	targets, err := healthTargets(cfg, ro)
+	if err != nil {
+		return err
+	}
+	st := ro.standings(cfg)
+	next := services(cfg, st)
 	commit, err := d.engine.Prepare(next)
 	if err != nil {
 		return err
 	}
-	spec := specFor(cfg, next)
+	spec := specFor(cfg, next, st)
 	d.dp.shape(spec)
 	// Running connections keep reaching the daemon even if their service or
 	// server is gone from the file.
@@ -295,6 +356,15 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 		return err
 	}
 	commit()
+	before := d.roster.standings(d.running)
+	// The commit gave the servers that stay their standings too.
+	d.roster, d.running = ro, cfg
+	d.monitor.Set(targets)
+	for _, c := range gone {
+		c.log(d.log)
+	}
+	d.report(before, st, func(health.Key) string { return "reload" })
+	d.saveState()
 	d.states.adjust(d.ctx)
 	return nil
 }
@@ -306,6 +376,7 @@ func (d *Daemon) NoteReload(err error) { d.control.NoteReload(err) }
 // Stop stops the daemon for good: the table goes, what is queued gets its
 // verdict, the rest closes, and the helper goes.
 func (d *Daemon) Stop() {
+	d.stopChanges()
 	// Stop queueing first, then answer what is already queued: closing a
 	// queue drops the packets still waiting in it.
 	if err := nft.Remove(d.nft, tableName); err != nil {
@@ -325,6 +396,8 @@ func (d *Daemon) Stop() {
 // them over. Nil: a socket could not be had, and the daemon stopped as
 // Stop does instead.
 func (d *Daemon) HandOver() map[uint16]*os.File {
+	// The state file holds every change made: the successor reads it.
+	d.stopChanges()
 	d.stopReading()
 	d.readers.Wait()
 	d.dp.idle() // every packet the readers took has its verdict
@@ -348,6 +421,14 @@ func (d *Daemon) HandOver() map[uint16]*os.File {
 	d.dp.handOver()
 	d.log.Info("handing over", d.engine.Stats.LogAttrs()...)
 	return inherit
+}
+
+// stopChanges refuses changes from now on: the table is about to go or to
+// pass to a successor.
+func (d *Daemon) stopChanges() {
+	d.mu.Lock()
+	d.stopping = true
+	d.mu.Unlock()
 }
 
 // close ends the background work, closes the queues and then the
