@@ -128,12 +128,13 @@ func TestHealthOnDownReset(t *testing.T) {
 
 // fallbackRE reads an element of the fail-open map fallback4 as nft lists
 // it: VIP . port . bucket : server . port.
-var fallbackRE = regexp.MustCompile(`(\d+\.\d+\.\d+\.\d+) \. (\d+) \. (\d+) : (\d+\.\d+\.\d+\.\d+) \. (\d+)`)
+var fallbackRE = regexp.MustCompile(`(\d+\.\d+\.\d+\.\d+) \. (\w+) \. (\w+) : (\d+\.\d+\.\d+\.\d+) \. (\w+)`)
 
 // fallbackServers counts the fail-open buckets of vip:21 by server.
-func fallbackServers(t *testing.T, vip string) map[string]int {
+func fallbackServers(t *testing.T, vip string) (map[string]int, string) {
 	t.Helper()
-	out, stderr, err := execIn(t, 10*time.Second, harness.tp.Router, nil, "nft", "list", "map", "inet", "nfhelper", "fallback4")
+	// -nn: ports as numbers.
+	out, stderr, err := execIn(t, 10*time.Second, harness.tp.Router, nil, "nft", "-nn", "list", "map", "inet", "nfhelper", "fallback4")
 	if err != nil {
 		t.Fatalf("nft list map inet nfhelper fallback4: %v %s", err, stderr)
 	}
@@ -143,7 +144,7 @@ func fallbackServers(t *testing.T, vip string) map[string]int {
 			n[m[4]+":"+m[5]]++
 		}
 	}
-	return n
+	return n, string(out)
 }
 
 // TestHealthKillWithServerDown: hs2's checks fail (it still serves
@@ -158,29 +159,30 @@ func TestHealthKillWithServerDown(t *testing.T) {
 	for _, s := range e.servers {
 		d.waitState("hc", s.addr(), "up", 5*time.Second)
 	}
-	if fb := fallbackServers(t, hcVIP); fb[hs2.addr()] == 0 || len(fb) != 3 {
-		t.Fatalf("fail-open buckets with all servers up: %v", fb)
+	if fb, list := fallbackServers(t, hcVIP); fb[hs2.addr()] == 0 || len(fb) != 3 {
+		t.Fatalf("fail-open buckets with all servers up: %v\n%s", fb, list)
 	}
 	e.failChecksOf(hs2)
 	d.waitState("hc", hs2.addr(), "down", 5*time.Second)
 	// The map follows the state change: poll briefly.
 	var fb map[string]int
+	var list string
 	for end := time.Now().Add(2 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if fb = fallbackServers(t, hcVIP); fb[hs2.addr()] == 0 || time.Now().After(end) {
+		if fb, list = fallbackServers(t, hcVIP); fb[hs2.addr()] == 0 || time.Now().After(end) {
 			break
 		}
 	}
 	t.Logf("fail-open buckets with hs2 down: %v", fb)
 	if fb[hs2.addr()] != 0 || len(fb) != 2 {
-		t.Errorf("with hs2 down the fail-open map still names it: %v", fb)
+		t.Errorf("with hs2 down the fail-open map still names it: %v\n%s", fb, list)
 	}
 
 	if err := d.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("datapath %s: daemon killed (SIGKILL)", d.Datapath)
-	if fb := fallbackServers(t, hcVIP); fb[hs2.addr()] != 0 || len(fb) != 2 {
-		t.Errorf("after kill -9 the fail-open map names %v", fb)
+	if fb, list := fallbackServers(t, hcVIP); fb[hs2.addr()] != 0 || len(fb) != 2 {
+		t.Errorf("after kill -9 the fail-open map names %v\n%s", fb, list)
 	}
 	seen := e.sessionsTo(hcVIP, 12)
 	t.Logf("12 sessions with the daemon dead: %v", seen)

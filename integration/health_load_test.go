@@ -23,7 +23,8 @@ type bgLoad struct {
 	cmd    *exec.Cmd
 	stdout topo.SyncBuffer
 	stderr topo.SyncBuffer
-	done   chan error
+	exited chan struct{} // closed when ftpload has exited; err is its Wait's
+	err    error
 	cancel context.CancelFunc
 }
 
@@ -40,7 +41,7 @@ func startLoad(t *testing.T, addr string, workers int, stepTimeout time.Duration
 	t.Helper()
 	tp := harness.tp
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	l := &bgLoad{t: t, done: make(chan error, 1), cancel: cancel}
+	l := &bgLoad{t: t, exited: make(chan struct{}), cancel: cancel}
 	l.cmd = tp.CommandContext(ctx, tp.Client, needFtpload(t), "-addr", addr, "-mode", "pasv",
 		"-workers", strconv.Itoa(workers), "-file", "small.bin", "-size", strconv.Itoa(topo.SmallSize),
 		"-sha256", tp.Files["small.bin"], "-duration", "4m", "-timeout", stepTimeout.String())
@@ -49,11 +50,14 @@ func startLoad(t *testing.T, addr string, workers int, stepTimeout time.Duration
 		cancel()
 		t.Fatal(err)
 	}
-	go func() { l.done <- l.cmd.Wait() }()
+	go func() {
+		l.err = l.cmd.Wait()
+		close(l.exited)
+	}()
 	t.Cleanup(func() {
 		cancel()
 		select {
-		case <-l.done:
+		case <-l.exited:
 		case <-time.After(10 * time.Second):
 		}
 	})
@@ -68,9 +72,9 @@ func (l *bgLoad) stop() (loadResult, []loadFailure) {
 	// ip netns exec execs ftpload: the pid is ftpload's.
 	_ = l.cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case err := <-l.done:
-		if err != nil {
-			t.Fatalf("ftpload: %v\n%s", err, tailString(l.stderr.String(), 3000))
+	case <-l.exited:
+		if l.err != nil {
+			t.Fatalf("ftpload: %v\n%s", l.err, tailString(l.stderr.String(), 3000))
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatalf("ftpload did not end 30 s after SIGTERM")

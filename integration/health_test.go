@@ -4,6 +4,8 @@ package integration
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -110,24 +112,45 @@ func failover(t *testing.T, e *hcEnv, d *hcDaemon, svc, vip string, breakIt, hea
 		t.Errorf("ftpload completed only %d sessions", res.Sessions)
 	}
 	for _, f := range fails {
+		// A session running on the victim when it broke may fail with it
+		// (vsftpd stopped ends its sessions).
 		switch {
-		case f.started.Before(broken):
-			t.Errorf("a session failed that started before %s broke: %s", victim.Name, f.line)
+		case f.at.Before(broken):
+			t.Errorf("a session failed before %s broke: %s", victim.Name, f.line)
 		case !f.started.Before(down):
 			t.Errorf("a session failed that started %v after %s was seen down: %s", f.started.Sub(down), victim.Name, f.line)
 		}
 	}
-	t.Logf("%d sessions failed, all started in the %v between the break and the failover; the victim was repaired %v after the break",
+	t.Logf("%d sessions failed, all started before the failover, %v after the break; the victim was repaired %v after the break",
 		len(fails), down.Sub(broken).Round(time.Millisecond), healed.Sub(broken).Round(time.Millisecond))
 }
 
 // TestHealthTCPCheck: vsftpd stops on one of three servers while sessions
 // run through the VIP; the tcp check takes it out and, once vsftpd runs
-// again, back in.
+// again, back in. The service's notify command hears of both changes.
 func TestHealthTCPCheck(t *testing.T) {
 	e := needHealth(t)
-	d := e.start(hcConfig(hcService("hc", hcVIP+":21", "", rhythm("tcp"), addrsOf(e.servers)...)), "")
+	notes := filepath.Join(t.TempDir(), "notify.log")
+	notify := "    notify: echo $NFHELPER_SERVICE $NFHELPER_SERVER $NFHELPER_STATE $NFHELPER_CAUSE >> " + notes + "\n"
+	d := e.start(hcConfig(hcService("hc", hcVIP+":21", notify, rhythm("tcp"), addrsOf(e.servers)...)), "")
 	failover(t, e, d, "hc", hcVIP, e.stopFTP, e.startFTP)
+
+	// The notify command runs beside the monitor: wait for its lines.
+	victim := e.servers[1].addr()
+	want := []string{"hc " + victim + " down refused", "hc " + victim + " up"}
+	var got string
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		b, _ := os.ReadFile(notes)
+		if got = string(b); strings.Count(got, "\n") >= 2 {
+			break
+		}
+	}
+	lines := strings.Split(strings.TrimSpace(got), "\n")
+	if len(lines) != 2 || lines[0] != want[0] || !strings.HasPrefix(lines[1], want[1]) {
+		t.Errorf("notify command's lines:\n%s\nwant %q, then %q...", got, want[0], want[1])
+	} else {
+		t.Logf("notify: %q", lines)
+	}
 }
 
 // TestHealthFTPCheckDataBroken: one server's passive data ports are
