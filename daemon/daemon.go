@@ -14,9 +14,10 @@
 //   - restore.go, handover.go: taking over from a crashed predecessor; the
 //     hand-over in place (queue sockets, helper states, exec).
 //   - services.go: the configuration as engine services and ruleset spec.
-//   - health.go, standing.go, control.go, ondown.go, statefile.go: the
-//     health checks, the real servers' standings (health and overrides),
-//     nfhelperctl's changes, on_down, and the state file that keeps them.
+//   - health.go, standing.go, control.go, serverconns.go, statefile.go:
+//     the health checks, the real servers' standings (health and
+//     overrides), nfhelperctl's changes, a server's connections in
+//     conntrack (on_down reset, drain), and the state file that keeps them.
 //   - check.go: the datapath choice and --check.
 package daemon
 
