@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-var refused = fmt.Errorf("dial: %w", syscall.ECONNREFUSED)
+var errRefused = fmt.Errorf("dial: %w", syscall.ECONNREFUSED)
 
 // script is a check whose results the test hands over one at a time.
 type script struct {
@@ -162,12 +162,12 @@ func TestHysteresis(t *testing.T) {
 	h := start(t, Target{Key: k, Spec: spec(2, 3), Up: true})
 	// Flapping, never three failures or two passes in a row: no change.
 	for range 5 {
-		h.results(k, refused, refused, nil)
+		h.results(k, errRefused, errRefused, nil)
 		h.up(k, true)
 	}
-	h.results(k, refused, refused)
+	h.results(k, errRefused, errRefused)
 	h.up(k, true)
-	h.results(k, refused)
+	h.results(k, errRefused)
 	h.up(k, false)
 	h.change(Change{Key: k, Up: false, Cause: "refused"})
 	for range 5 {
@@ -197,7 +197,7 @@ func TestSetKeepsState(t *testing.T) {
 	k, other := key(1), key(2)
 	since := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	h := start(t, Target{Key: k, Spec: spec(2, 1), Up: true})
-	h.results(k, refused)
+	h.results(k, errRefused)
 	h.change(Change{Key: k, Up: false, Cause: "refused"})
 	downSince := h.status(k).Since
 
@@ -236,7 +236,7 @@ func TestSetKeepsState(t *testing.T) {
 	if _, ok := h.m.Status(k); ok {
 		t.Error("removed key has a status")
 	}
-	h.s.feed(k) <- refused
+	h.s.feed(k) <- errRefused
 	h.results(other, nil)
 	h.change(Change{Key: other, Up: true})
 	select {
@@ -304,7 +304,7 @@ func TestChangeOrder(t *testing.T) {
 			for j := range 10 {
 				var err error
 				if j%2 == 0 {
-					err = refused
+					err = errRefused
 				}
 				s.feed(key(i)) <- err
 			}
