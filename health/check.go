@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-// Check runs one check of the server k with spec s, bounded by s.Timeout,
+// Check runs one check of the server k with spec s, bounded by its timeout,
 // and returns nil if it passed. Type "none" always passes.
 func Check(ctx context.Context, k Key, s Spec) error {
 	if s.Type == "exec" {

@@ -21,7 +21,7 @@ type Key struct {
 type Spec struct {
 	Type           string         // "none", "tcp", "ftp", "http", "https", "exec"
 	Addr           netip.AddrPort // where to check: the server's address, the check's port
-	Interval       time.Duration  // at least a millisecond
+	Interval       time.Duration  // a shorter one than 1 ms counts as 1 ms
 	Timeout        time.Duration  // if not > 0: Interval
 	Rise, Fall     int
 	User, Password string // ftp: log in and open a passive data channel
