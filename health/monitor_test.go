@@ -430,3 +430,52 @@ func TestMonitorTCP(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A real exec check that hangs is killed at its timeout, while a tcp
+// check of another target keeps its pace.
+func TestMonitorHangingExec(t *testing.T) {
+	l := listen(t)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	hang, fast := key(1), key(2)
+	changes := make(chan Change, 10)
+	m := New(func(c Change) { changes <- c })
+	m.Set([]Target{
+		{Key: hang, Spec: Spec{Type: "exec", Command: "sleep 100 & sleep 100", Interval: 10 * time.Millisecond, Timeout: 2 * time.Second, Rise: 1, Fall: 1}, Up: true},
+		{Key: fast, Spec: Spec{Type: "tcp", Addr: addrOf(l), Interval: 10 * time.Millisecond, Timeout: time.Second, Rise: 1, Fall: 1}, Up: true},
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		h, _ := m.Status(hang)
+		f, _ := m.Status(fast)
+		if f.Checks >= 20 {
+			if h.Checks != 0 {
+				t.Fatalf("the hanging check ended early: %+v", h)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tcp target: %d checks", f.Checks)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	select {
+	case c := <-changes:
+		if c.Key != hang || c.Up || c.Cause != "killed" {
+			t.Fatalf("change %+v", c)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the hanging command was not killed")
+	}
+}
