@@ -203,6 +203,9 @@ func TestSetServerNoControl(t *testing.T) {
 }
 
 func TestFormatStanding(t *testing.T) {
+	if a, b, c := Count(1, "connection"), Count(int64(0), "connection"), Count(2, "flow"); a != "1 connection" || b != "0 connections" || c != "2 flows" {
+		t.Errorf("Count: %q %q %q", a, b, c)
+	}
 	at := time.Date(2026, 12, 7, 8, 0, 0, 0, time.UTC)
 	one, seven := 1, 7
 	var b bytes.Buffer

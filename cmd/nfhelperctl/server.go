@@ -87,7 +87,7 @@ func waitDrained(ctx context.Context, c *ctl.Client, req ctl.ServerRequest, prog
 			return nil
 		}
 		if n != last {
-			fmt.Fprintf(progress, "%s %s: %d connections left\n", req.Service, req.Address, n)
+			fmt.Fprintf(progress, "%s %s: %s left\n", req.Service, req.Address, ctl.Count(n, "connection"))
 			last = n
 		}
 		select {

@@ -140,7 +140,7 @@ func TestServerDrainWait(t *testing.T) {
   state up; override drained
 ftp 10.0.0.11:21: 3 connections left
 ftp 10.0.0.11:21: 2 connections left
-ftp 10.0.0.11:21: 1 connections left
+ftp 10.0.0.11:21: 1 connection left
 ftp 10.0.0.11:21: no connections left
 `
 	if code != 0 || out != want || errOut != "" {
@@ -153,7 +153,7 @@ ftp 10.0.0.11:21: no connections left
 	code, out, errOut = ctlRun("--socket", path, "--json", "server", "ftp", "10.0.0.11:21", "drain", "--wait")
 	var rs ctl.RealServer
 	if err := json.Unmarshal([]byte(out), &rs); code != 0 || err != nil || rs.Address != fakeRS ||
-		!strings.HasSuffix(errOut, "ftp 10.0.0.11:21: 1 connections left\n") {
+		!strings.HasSuffix(errOut, "ftp 10.0.0.11:21: 1 connection left\n") {
 		t.Errorf("json: exit %d, %v, stdout %q, stderr %q", code, err, out, errOut)
 	}
 	// No open connection: at once.
