@@ -345,10 +345,12 @@ func (d *hcDaemon) server(svc, addr string) hcRealServer {
 }
 
 // waitServer polls (every 10 ms) until f holds for server addr of svc and
-// returns it with the time it took; it fails the test after limit.
+// returns it with the time it took; it fails the test after limit
+// (topo.Scaled).
 func (d *hcDaemon) waitServer(svc, addr, what string, limit time.Duration, f func(hcRealServer) bool) (hcRealServer, time.Duration) {
 	t := d.env.t
 	t.Helper()
+	limit = topo.Scaled(limit)
 	start := time.Now()
 	var last hcRealServer
 	var lastErr error
