@@ -14,9 +14,10 @@
 //   - restore.go, handover.go: taking over from a crashed predecessor; the
 //     hand-over in place (queue sockets, helper states, exec).
 //   - services.go: the configuration as engine services and ruleset spec.
-//   - health.go, standing.go, control.go, ondown.go, statefile.go: the
-//     health checks, the real servers' standings (health and overrides),
-//     nfhelperctl's changes, on_down, and the state file that keeps them.
+//   - health.go, standing.go, control.go, serverconns.go, statefile.go:
+//     the health checks, the real servers' standings (health and
+//     overrides), nfhelperctl's changes, a server's connections in
+//     conntrack (on_down reset, drain), and the state file that keeps them.
 //   - check.go: the datapath choice and --check.
 package daemon
 
@@ -308,7 +309,7 @@ func (d *Daemon) serve() {
 		}
 	})
 	d.states = &stateFollower{engine: d.engine, follower: d.follower, log: d.log, wg: &d.background}
-	d.states.adjust(ctx)
+	d.states.adjust(ctx, d.roster.draining())
 	d.background.Go(func() { d.monitor.Run(ctx) })
 	d.background.Go(func() { d.followHealth(ctx) })
 	d.background.Go(func() { d.runNotices(ctx) })
@@ -370,7 +371,7 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 	}
 	d.report(before, st, func(health.Key) string { return "reload" })
 	d.saveState()
-	d.states.adjust(d.ctx)
+	d.states.adjust(d.ctx, ro.draining())
 	return nil
 }
 
@@ -464,7 +465,9 @@ func (d *Daemon) logServers() {
 }
 
 // stateFollower runs conntrack's state updates while a least-connection
-// scheduler needs them: they cost several events per connection.
+// scheduler needs them, or while an operator drains a server (its active
+// connections, which drain --wait watches, are then right whatever the
+// scheduler): they cost several events per connection.
 type stateFollower struct {
 	engine   *ipvs.Engine
 	follower *conntrackFollower
@@ -473,15 +476,15 @@ type stateFollower struct {
 	stop     context.CancelFunc
 }
 
-func (f *stateFollower) adjust(ctx context.Context) {
-	need := f.engine.NeedsConntrackStates()
+func (f *stateFollower) adjust(ctx context.Context, draining bool) {
+	need := draining || f.engine.NeedsConntrackStates()
 	switch {
 	case need && f.stop == nil:
 		var fctx context.Context
 		fctx, f.stop = context.WithCancel(ctx)
 		f.wg.Go(func() {
 			if err := f.follower.followStates(fctx); err != nil {
-				f.log.Warn("not following conntrack states; least-connection counts drift", "err", err)
+				f.log.Warn("not following conntrack states; active connection counts drift", "err", err)
 			}
 		})
 	case !need && f.stop != nil:

@@ -209,4 +209,11 @@ func TestFTPSilent(t *testing.T) {
 	if Cause(err) != "timeout" || time.Since(start) > time.Second {
 		t.Errorf("%v after %v, want a timeout", err, time.Since(start))
 	}
+	// No timeout: the interval bounds the check.
+	s.Timeout, s.Interval = 0, 200*time.Millisecond
+	start = time.Now()
+	err = Check(context.Background(), Key{}, s)
+	if Cause(err) != "timeout" || time.Since(start) > time.Second {
+		t.Errorf("no timeout: %v after %v, want a timeout at the interval", err, time.Since(start))
+	}
 }
