@@ -4,7 +4,9 @@ package integration
 
 import (
 	"errors"
+	"net/netip"
 	"regexp"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -106,6 +108,24 @@ func TestHealthOnDownReset(t *testing.T) {
 		d.waitState(svc, hs1.addr(), "down", 5*time.Second)
 	}
 	keep.cmd("NOOP", 2)
+	// The state shows down a moment before the daemon has deleted the
+	// connections: wait until the router's conntrack table lost the one
+	// to hcreset's VIP.
+	vip2 := netip.MustParseAddrPort(hcVIP2 + ":21")
+	for end := time.Now().Add(3 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		left := 0
+		for _, c := range conntrackTCP(t, e.tp.Router) {
+			if c.origDst == vip2 && strings.Contains(c.line, "ESTABLISHED") {
+				left++
+			}
+		}
+		if left == 0 {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("on_down reset: %d established connections to %s still in the router's conntrack table 3 s after hs1 went down", left, vip2)
+		}
+	}
 
 	reset.send("NOOP\r\n")
 	_ = reset.c.SetReadDeadline(time.Now().Add(5 * time.Second))

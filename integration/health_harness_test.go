@@ -237,6 +237,22 @@ func (d *hcDaemon) restart() {
 	d.launch()
 }
 
+// handOver makes the daemon hand itself over to a new process in place
+// (SIGUSR2) and waits until that one is ready.
+func (d *hcDaemon) handOver() {
+	t := d.env.t
+	t.Helper()
+	before := len(d.Log())
+	if err := syscall.Kill(d.Pid(), syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(topo.Scaled(20 * time.Second)); !strings.Contains(d.Log()[before:], "msg=ready"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(end) || !d.Running() {
+			t.Fatalf("not ready again after SIGUSR2 (running %v):\n%s", d.Running(), d.Log()[before:])
+		}
+	}
+}
+
 // finish stops the daemon, or after a kill -9 removes the table it left
 // and the conntrack entries of its outage.
 func (d *hcDaemon) finish() {
@@ -345,10 +361,12 @@ func (d *hcDaemon) server(svc, addr string) hcRealServer {
 }
 
 // waitServer polls (every 10 ms) until f holds for server addr of svc and
-// returns it with the time it took; it fails the test after limit.
+// returns it with the time it took; it fails the test after limit
+// (topo.Scaled).
 func (d *hcDaemon) waitServer(svc, addr, what string, limit time.Duration, f func(hcRealServer) bool) (hcRealServer, time.Duration) {
 	t := d.env.t
 	t.Helper()
+	limit = topo.Scaled(limit)
 	start := time.Now()
 	var last hcRealServer
 	var lastErr error

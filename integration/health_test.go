@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nfhelper/nfhelper/integration/topo"
 )
 
 // hcService is one service of a health test's configuration (scheduler rr
@@ -55,10 +57,11 @@ const (
 	hcInterval = 300 * time.Millisecond
 	hcRise     = 2
 	hcFall     = 2
-	// hcSlack covers what the bounds do not: the poll (10 ms), a control
-	// request, the check's own round trip, the scheduler's jitter.
-	hcSlack = 250 * time.Millisecond
 )
+
+// hcSlack covers what the bounds do not: the poll (10 ms), a control
+// request, the check's own round trip, the scheduler's jitter.
+var hcSlack = topo.Scaled(250 * time.Millisecond)
 
 // rhythm is the check keys of hcInterval, hcRise, hcFall.
 func rhythm(typ string) string {
