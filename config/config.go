@@ -310,6 +310,8 @@ func (v *validator) service(s *Service, sp string) {
 		p.validate(r, child(sp, "persistence"))
 	}
 	v.realServers(s, child(sp, "real_servers"))
+	v.healthChecks(s, sp)
+	v.serviceExtras(s, sp)
 }
 
 func (p *Persistence) validate(r *report, pp string) {

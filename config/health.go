@@ -6,7 +6,8 @@ import (
 )
 
 // HealthCheck is a service's `health_check:` block, or a real server's,
-// whose keys override the service's one by one.
+// whose keys override the service's one by one (a server's block of
+// another type takes none of the keys only the service's type takes).
 type HealthCheck struct {
 	Type     string         `yaml:"type"` // none (default), tcp, ftp, http, https, exec
 	Interval *time.Duration `yaml:"interval"`
@@ -35,7 +36,7 @@ type HealthCheck struct {
 	Command string `yaml:"command"`
 }
 
-// Health check defaults.
+// Health check defaults. The timeout's is capped by the interval.
 const (
 	DefaultCheckInterval = 5 * time.Second
 	DefaultCheckTimeout  = 3 * time.Second
@@ -81,6 +82,9 @@ func (s *Service) CheckFor(r *RealServer) Check {
 	}
 	if h.Timeout != nil {
 		c.Timeout = *h.Timeout
+	} else {
+		// A check ends before the next starts: interval: 1s alone is fine.
+		c.Timeout = min(c.Timeout, c.Interval)
 	}
 	if h.Rise != nil {
 		c.Rise = *h.Rise
@@ -102,6 +106,10 @@ func (s *Service) CheckFor(r *RealServer) Check {
 
 // over is h with the keys o sets replaced.
 func (h HealthCheck) over(o *HealthCheck) HealthCheck {
+	if o.Type != "" && o.Type != h.Type {
+		// Another type: the keys only h's type takes do not carry over.
+		h = HealthCheck{Interval: h.Interval, Timeout: h.Timeout, Rise: h.Rise, Fall: h.Fall, Port: h.Port, InitialState: h.InitialState}
+	}
 	str := func(dst *string, v string) {
 		if v != "" {
 			*dst = v

@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -63,28 +64,59 @@ func (e *PermissionError) Unwrap() error { return e.Err }
 
 // Get fetches one API path (PathStatus, ...) into v.
 func (c *Client) Get(ctx context.Context, path string, v any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://nfhelperd"+path, nil)
+	return c.do(ctx, http.MethodGet, path, nil, v)
+}
+
+// do sends a request (body nil: none) and decodes the reply into v.
+func (c *Client) do(ctx context.Context, method, path string, body []byte, v any) error {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://nfhelperd"+path, rd)
 	if err != nil {
 		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return c.dialError(err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
 		return fmt.Errorf("reading reply from %s: %w", c.Path, err)
 	}
 	if resp.StatusCode/100 != 2 {
 		var e errorReply
-		if json.Unmarshal(body, &e) == nil && e.Error != "" {
-			return fmt.Errorf("nfhelperd: %s", e.Error)
+		if json.Unmarshal(data, &e) == nil && e.Error != "" {
+			return &ReplyError{Msg: e.Error, Err: kindError(e.Kind)}
 		}
-		return fmt.Errorf("nfhelperd: %s", resp.Status)
+		return &ReplyError{Msg: resp.Status}
 	}
-	if err := json.Unmarshal(body, v); err != nil {
+	if err := json.Unmarshal(data, v); err != nil {
 		return fmt.Errorf("nfhelperd: bad reply to %s: %w", path, err)
+	}
+	return nil
+}
+
+// ReplyError is an error the daemon answered.
+type ReplyError struct {
+	Msg string
+	Err error // the sentinel it names (ErrUnknownService, ...), or nil
+}
+
+func (e *ReplyError) Error() string { return "nfhelperd: " + e.Msg }
+
+func (e *ReplyError) Unwrap() error { return e.Err }
+
+func kindError(kind string) error {
+	for _, k := range errorKinds {
+		if k.kind == kind {
+			return k.err
+		}
 	}
 	return nil
 }

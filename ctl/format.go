@@ -55,6 +55,7 @@ const serverLine = "  -> %-26s %-6v %-10v %-9v %-9v %-11v %v\n"
 func WriteServices(w io.Writer, s *Services) {
 	fmt.Fprintln(w, "Prot LocalAddress:Port Scheduler Flags")
 	fmt.Fprintf(w, serverLine, "RemoteAddress:Port", "Weight", "ActiveConn", "InActConn", "Conns", "Packets", "Bytes")
+	fmt.Fprintln(w, "     State (down: no new connections); health (check) since; last failure (cause); overrides")
 	for _, svc := range s.Services {
 		flags := []string{svc.Scheduler}
 		if p := svc.Persistence; p != nil {
@@ -85,7 +86,69 @@ func WriteServices(w io.Writer, s *Services) {
 func writeServers(w io.Writer, servers []RealServer) {
 	for _, rs := range servers {
 		fmt.Fprintf(w, serverLine, rs.Address, rs.Weight, rs.Active, rs.Inactive, rs.Conns, rs.Packets, rs.Bytes)
+		if d := standingText(&rs); d != "" {
+			fmt.Fprintf(w, "     %s\n", d)
+		}
 	}
+}
+
+// standingText is a configured server's state, health and overrides, the
+// parts it has separated by "; ", or "" for a learned server.
+func standingText(rs *RealServer) string {
+	if rs.State == "" {
+		return ""
+	}
+	var parts []string
+	if rs.Sorry {
+		parts = append(parts, "sorry server")
+	}
+	parts = append(parts, "state "+rs.State)
+	if rs.Health != "" {
+		h := fmt.Sprintf("health %s (%s)", rs.Health, rs.Check)
+		if !rs.Since.IsZero() {
+			h += " since " + rs.Since.Format(time.RFC3339)
+		}
+		parts = append(parts, h)
+	}
+	if !rs.LastFailure.IsZero() {
+		parts = append(parts, fmt.Sprintf("last failure %s (%s)", rs.LastFailure.Format(time.RFC3339), rs.LastCause))
+	}
+	if o := rs.Override; o != nil && (o.Weight != nil || o.Drained || o.Down) {
+		var set []string
+		if o.Weight != nil {
+			set = append(set, fmt.Sprintf("weight %d", *o.Weight))
+		}
+		if o.Drained {
+			set = append(set, "drained")
+		}
+		if o.Down {
+			set = append(set, "down")
+		}
+		ov := "override " + strings.Join(set, ", ")
+		if rs.ConfigWeight != nil {
+			ov += fmt.Sprintf(" (file weight %d)", *rs.ConfigWeight)
+		}
+		parts = append(parts, ov)
+	}
+	return strings.Join(parts, "; ")
+}
+
+// WriteServer prints one real server of service, as nfhelperctl server
+// does after a change.
+func WriteServer(w io.Writer, service string, rs *RealServer) {
+	fmt.Fprintf(w, "%s %s: weight %d, %s (%d active, %d inactive)\n",
+		service, rs.Address, rs.Weight, Count(rs.Connections(), "connection"), rs.Active, rs.Inactive)
+	if d := standingText(rs); d != "" {
+		fmt.Fprintf(w, "  %s\n", d)
+	}
+}
+
+// Count is n things: "1 connection", "2 connections".
+func Count[N int | int64](n N, thing string) string {
+	if n == 1 {
+		return "1 " + thing
+	}
+	return fmt.Sprintf("%d %ss", n, thing)
 }
 
 // expire prints seconds as ipvsadm does: mm:ss.

@@ -44,6 +44,9 @@ type Server struct {
 	// Choose picks the datapath a restart would run, for the check.
 	Choose    func(kernel.Features) (string, error)
 	RulesFunc func(ctx context.Context) (Rules, error)
+	// Servers is runtime control of real servers and their standing (nil:
+	// none; POST PathServer answers 503).
+	Servers ServerControl
 
 	mu           sync.Mutex
 	reloads      int
@@ -168,12 +171,13 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+PathStatus, func(w http.ResponseWriter, r *http.Request) { reply(w, s.Status(), nil) })
 	mux.HandleFunc("GET "+PathServices, func(w http.ResponseWriter, r *http.Request) { reply(w, s.Services(), nil) })
-	mux.HandleFunc("GET "+PathConns, func(w http.ResponseWriter, r *http.Request) { reply(w, s.Conns(), nil) })
+	mux.HandleFunc("GET "+PathConns, s.handleConns)
 	mux.HandleFunc("GET "+PathCheck, func(w http.ResponseWriter, r *http.Request) { reply(w, s.Check(r.Context()), nil) })
 	mux.HandleFunc("GET "+PathRules, func(w http.ResponseWriter, r *http.Request) {
 		rules, err := s.Rules(r.Context())
 		reply(w, rules, err)
 	})
+	mux.HandleFunc("POST "+PathServer, s.handleServer)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, nil, &httpError{http.StatusNotFound, fmt.Sprintf("no such request: %s %s", r.Method, r.URL.Path)})
 	})
@@ -195,8 +199,15 @@ func reply(w http.ResponseWriter, v any, err error) {
 		if errors.As(err, &he) {
 			code = he.code
 		}
+		e := errorReply{Error: err.Error()}
+		for _, k := range errorKinds {
+			if errors.Is(err, k.err) {
+				code, e.Kind = k.code, k.kind
+				break
+			}
+		}
 		w.WriteHeader(code)
-		v = errorReply{Error: err.Error()}
+		v = e
 	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
@@ -273,8 +284,12 @@ func (s *Server) Services() Services {
 				MaxDataChannels: v.Policy.MaxChannels, DataChannelTimeoutSeconds: int64(v.Policy.ChannelTimeout / time.Second)}
 		}
 		for _, rs := range v.Servers {
-			svc.Servers = append(svc.Servers, RealServer{Address: rs.Addr, Weight: rs.Weight, Active: rs.Active,
-				Inactive: rs.Inactive, Conns: rs.Conns, Packets: rs.Packets, Bytes: rs.Bytes})
+			r := RealServer{Address: rs.Addr, Weight: rs.Weight, Active: rs.Active, Inactive: rs.Inactive,
+				Conns: rs.Conns, Packets: rs.Packets, Bytes: rs.Bytes, Down: rs.Down, Sorry: rs.Sorry}
+			if !v.AddOn {
+				s.standing(&r, v.Name)
+			}
+			svc.Servers = append(svc.Servers, r)
 		}
 		if v.AddOn {
 			out.Helpers = append(out.Helpers, svc)
@@ -286,10 +301,17 @@ func (s *Server) Services() Services {
 }
 
 // Conns is the /v1/conns reply, ordered by protocol, VIP, client.
-func (s *Server) Conns() Conns {
+func (s *Server) Conns() Conns { return s.conns(func(*ipvs.ConnView) bool { return true }) }
+
+// conns is the /v1/conns reply of the connections keep says yes to.
+func (s *Server) conns(keep func(*ipvs.ConnView) bool) Conns {
 	views := s.Engine.ConnViews()
 	out := Conns{Conns: make([]Conn, 0, len(views))}
-	for _, v := range views {
+	for i := range views {
+		v := &views[i]
+		if !keep(v) {
+			continue
+		}
 		c := Conn{Protocol: "TCP", State: v.State.String(), ExpiresIn: int64(v.ExpiresIn / time.Second),
 			Client: v.Client, VIP: v.VIP, Server: v.Server, ClientNAT: v.ClientNAT, Service: v.Service, Helper: v.Helper}
 		if v.UDP {

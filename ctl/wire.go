@@ -1,15 +1,18 @@
 // Package ctl is nfhelperd's control socket: a small HTTP/JSON API on a unix
 // socket (root only), its client, and the text forms nfhelperctl prints.
 //
-// Every endpoint is a GET that answers one JSON document:
+// Every endpoint but one is a GET that answers one JSON document:
 //
 //	/v1/status    Status
 //	/v1/services  Services
-//	/v1/conns     Conns
+//	/v1/conns     Conns (?service=NAME&server=ADDRESS:PORT: of that server)
 //	/v1/check     CheckReport
 //	/v1/rules     Rules
 //
-// Errors answer a non-2xx status with {"error": "..."}.
+// POST /v1/server takes a ServerRequest and answers the RealServer after
+// the change.
+//
+// Errors answer a non-2xx status with {"error": "...", "kind": "..."}.
 package ctl
 
 import (
@@ -112,7 +115,7 @@ type Policy struct {
 
 // RealServer is a real server (configured, or learned by an add-on helper)
 // and its counters. Packets and Bytes are of ended connections, from
-// conntrack accounting.
+// conntrack accounting. Weight is the one in effect.
 type RealServer struct {
 	Address  netip.AddrPort `json:"address"`
 	Weight   int            `json:"weight"`
@@ -121,7 +124,28 @@ type RealServer struct {
 	Conns    uint64         `json:"conns"`
 	Packets  uint64         `json:"packets"`
 	Bytes    uint64         `json:"bytes"`
+
+	// State is "down" when the server takes no new connections whatever
+	// its weight (down by its checks or an override), else "up"; empty
+	// for learned servers.
+	State string `json:"state,omitempty"`
+	// Down: out of scheduling, by its checks or an override.
+	Down bool `json:"down,omitempty"`
+	// Sorry: the service's sorry server, listed last.
+	Sorry bool `json:"sorry,omitempty"`
+	// Health is "up" or "down" as its checks say, Check their type
+	// ("none": always up); empty when the daemon does not know.
+	Health       string    `json:"health,omitempty"`
+	Check        string    `json:"check,omitempty"`
+	Since        time.Time `json:"since,omitzero"` // of its health state
+	LastFailure  time.Time `json:"last_failure,omitzero"`
+	LastCause    string    `json:"last_cause,omitempty"`
+	ConfigWeight *int      `json:"config_weight,omitempty"` // the file's weight
+	Override     *Override `json:"override,omitempty"`
 }
+
+// Connections counts the server's connections, established or not.
+func (rs *RealServer) Connections() int64 { return rs.Active + rs.Inactive }
 
 // Conns is the connection table.
 type Conns struct {
@@ -195,4 +219,6 @@ type Rules struct {
 // errorReply is the body of a failed request.
 type errorReply struct {
 	Error string `json:"error"`
+	// Kind names the sentinel the error wraps, if any (errorKinds).
+	Kind string `json:"kind,omitempty"`
 }

@@ -14,6 +14,10 @@
 //   - restore.go, handover.go: taking over from a crashed predecessor; the
 //     hand-over in place (queue sockets, helper states, exec).
 //   - services.go: the configuration as engine services and ruleset spec.
+//   - health.go, standing.go, control.go, serverconns.go, statefile.go:
+//     the health checks, the real servers' standings (health and
+//     overrides), nfhelperctl's changes, a server's connections in
+//     conntrack (on_down reset, drain), and the state file that keeps them.
 //   - check.go: the datapath choice and --check.
 package daemon
 
@@ -24,12 +28,14 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/nftables"
 
 	"github.com/nfhelper/nfhelper/config"
 	"github.com/nfhelper/nfhelper/ctl"
+	"github.com/nfhelper/nfhelper/health"
 	"github.com/nfhelper/nfhelper/ipvs"
 	"github.com/nfhelper/nfhelper/kernel"
 	"github.com/nfhelper/nfhelper/metrics"
@@ -43,6 +49,9 @@ type Options struct {
 	// the control socket reports it, the reload log line names it.
 	ConfigPath string
 	Log        *slog.Logger
+	// StateDir holds the state file (statefile.go); "": none, nothing
+	// survives a restart.
+	StateDir string
 }
 
 // Daemon is one run of nfhelperd: Start, then Reload as often as asked,
@@ -65,6 +74,18 @@ type Daemon struct {
 	ruleset  *nft.Ruleset   // nil until installed
 	control  *ctl.Server
 	states   *stateFollower
+
+	// mu serializes the changes: reloads, health changes, nfhelperctl's.
+	// Their batches on nft must not interleave. It guards what follows.
+	mu       sync.Mutex
+	running  *config.Config // the configuration in force (reloaded)
+	roster   roster
+	stopping bool // Stop or HandOver began: no more changes
+	monitor  *health.Monitor
+	changes  *changeQueue // the monitor's, to followHealth
+	notices  chan notice  // to runNotices
+	// stateChanges counts the real servers' state changes.
+	stateChanges atomic.Uint64
 
 	// ctx ends the background work (Stop, HandOver); readCtx, within it,
 	// the queue readers alone, first at a hand-over: what they have not
@@ -106,6 +127,10 @@ func (d *Daemon) start() error {
 	if err := d.chooseDatapath(); err != nil {
 		return err
 	}
+	gone, err := d.newMonitor()
+	if err != nil {
+		return err
+	}
 	if err := d.newEngine(); err != nil {
 		return err
 	}
@@ -126,6 +151,12 @@ func (d *Daemon) start() error {
 	if err := d.installRuleset(); err != nil {
 		return err
 	}
+	// Only now, the table ours: a second daemon that stopped at its queues
+	// must not rewrite the running one's state.
+	for _, c := range gone {
+		c.log(d.log)
+	}
+	d.saveState()
 	d.serve()
 	return nil
 }
@@ -146,18 +177,37 @@ func (d *Daemon) chooseDatapath() error {
 	return nil
 }
 
-// newEngine builds the engine for the configured services, and the
-// ruleset's spec for what the engine assigned them.
+// newMonitor builds the real servers' roster from the state file and the
+// configuration, and the health monitor for it. It returns the overrides
+// the file no longer allows, for the start to log.
+func (d *Daemon) newMonitor() ([]cleared, error) {
+	d.running = d.cfg
+	var gone []cleared
+	d.roster, gone = d.loadRoster().reconcile(d.cfg, time.Now())
+	targets, err := healthTargets(d.cfg, d.roster)
+	if err != nil {
+		return nil, err
+	}
+	d.changes, d.notices = newChangeQueue(), make(chan notice, 64)
+	d.monitor = health.New(d.changes.add)
+	d.monitor.Set(targets)
+	return gone, nil
+}
+
+// newEngine builds the engine for the configured services, their real
+// servers in the roster's standings, and the ruleset's spec for what the
+// engine assigned them.
 func (d *Daemon) newEngine() (err error) {
+	st := d.roster.standings(d.running)
 	d.alive = &conntrackAlive{}
 	opts := ipvs.Options{MarkMask: markMask, Log: d.log, Alive: d.alive.alive}
 	d.dp.options(&opts)
-	if d.engine, err = ipvs.NewEngine(services(d.cfg), opts); err != nil {
+	if d.engine, err = ipvs.NewEngine(services(d.cfg, st), opts); err != nil {
 		return err
 	}
 	d.follower = &conntrackFollower{engine: d.engine}
 	d.dp.attach(d.engine, d.follower)
-	d.spec = specFor(d.cfg, d.engine.Services())
+	d.spec = specFor(d.cfg, d.engine.Services(), st)
 	d.dp.shape(d.spec)
 	// Either datapath queues with the native expression where the kernel
 	// has it: the xtables target's module cannot be autoloaded from an inet
@@ -189,7 +239,8 @@ func (d *Daemon) openQueues() error {
 	}
 	d.queues = append(d.queues, own...)
 	closeUnused(inherited)
-	d.metrics = metrics.New(d.engine, d.queues)
+	d.metrics = metrics.New(d.engine, d.queues, d.monitor)
+	d.metrics.StateChanges = d.StateChanges
 	return nil
 }
 
@@ -227,13 +278,13 @@ func (d *Daemon) installRuleset() (err error) {
 }
 
 // serve starts the background work: the control socket (nfhelperctl),
-// the datapath, the engine's expiry, conntrack following and the metrics
-// endpoint.
+// the datapath, the engine's expiry, conntrack following, the health
+// checks and the metrics endpoint.
 func (d *Daemon) serve() {
 	ctx := d.ctx
 	// The daemon runs without the control socket if it cannot have it.
 	configPath, _ := filepath.Abs(d.opts.ConfigPath)
-	d.control = &ctl.Server{Engine: d.engine, Log: d.log, Choose: chooser(d.cfg), Info: ctl.Info{
+	d.control = &ctl.Server{Engine: d.engine, Servers: d, Log: d.log, Choose: chooser(d.cfg), Info: ctl.Info{
 		Pid: os.Getpid(), Started: d.started, Datapath: d.dp.name(), Config: configPath, Table: tableName,
 		Queues: ctl.Queues{First: d.spec.QueueNum, Count: d.spec.QueueTotal}, QueueExpr: queueExprName(d.spec),
 	}}
@@ -258,7 +309,10 @@ func (d *Daemon) serve() {
 		}
 	})
 	d.states = &stateFollower{engine: d.engine, follower: d.follower, log: d.log, wg: &d.background}
-	d.states.adjust(ctx)
+	d.states.adjust(ctx, d.roster.draining())
+	d.background.Go(func() { d.monitor.Run(ctx) })
+	d.background.Go(func() { d.followHealth(ctx) })
+	d.background.Go(func() { d.runNotices(ctx) })
 	if addr := d.cfg.Metrics.Address; addr != "" {
 		d.background.Go(func() {
 			if err := metrics.Listen(ctx, addr, d.metrics.Handler(), d.cfg.Metrics.AllowRemote); err != nil {
@@ -273,7 +327,9 @@ func (d *Daemon) serve() {
 func (d *Daemon) Failed() <-chan error { return d.failed }
 
 // Reload applies a changed configuration: the kernel's part first, in one
-// batch, then the engine's; on any error nothing changes.
+// batch, then the engine's; on any error nothing changes. Servers that stay
+// keep their health state and their overrides, unless their entry in the
+// file changed (reconcile).
 func (d *Daemon) Reload(cfg *config.Config) error {
 	if cfg.Queue != d.cfg.Queue {
 		return fmt.Errorf("queue settings changed: restart the daemon to apply them")
@@ -281,12 +337,23 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 	if err := d.dp.allows(cfg); err != nil {
 		return err
 	}
-	next := services(cfg)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stopping {
+		return errStopping
+	}
+	ro, gone := d.roster.reconcile(cfg, time.Now())
+	targets, err := healthTargets(cfg, ro)
+	if err != nil {
+		return err
+	}
+	st := ro.standings(cfg)
+	next := services(cfg, st)
 	commit, err := d.engine.Prepare(next)
 	if err != nil {
 		return err
 	}
-	spec := specFor(cfg, next)
+	spec := specFor(cfg, next, st)
 	d.dp.shape(spec)
 	// Running connections keep reaching the daemon even if their service or
 	// server is gone from the file.
@@ -295,7 +362,16 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 		return err
 	}
 	commit()
-	d.states.adjust(d.ctx)
+	before := d.roster.standings(d.running)
+	// The commit gave the servers that stay their standings too.
+	d.roster, d.running = ro, cfg
+	d.monitor.Set(targets)
+	for _, c := range gone {
+		c.log(d.log)
+	}
+	d.report(before, st, func(health.Key) string { return "reload" })
+	d.saveState()
+	d.states.adjust(d.ctx, ro.draining())
 	return nil
 }
 
@@ -306,6 +382,7 @@ func (d *Daemon) NoteReload(err error) { d.control.NoteReload(err) }
 // Stop stops the daemon for good: the table goes, what is queued gets its
 // verdict, the rest closes, and the helper goes.
 func (d *Daemon) Stop() {
+	d.stopChanges()
 	// Stop queueing first, then answer what is already queued: closing a
 	// queue drops the packets still waiting in it.
 	if err := nft.Remove(d.nft, tableName); err != nil {
@@ -325,6 +402,8 @@ func (d *Daemon) Stop() {
 // them over. Nil: a socket could not be had, and the daemon stopped as
 // Stop does instead.
 func (d *Daemon) HandOver() map[uint16]*os.File {
+	// The state file holds every change made: the successor reads it.
+	d.stopChanges()
 	d.stopReading()
 	d.readers.Wait()
 	d.dp.idle() // every packet the readers took has its verdict
@@ -348,6 +427,14 @@ func (d *Daemon) HandOver() map[uint16]*os.File {
 	d.dp.handOver()
 	d.log.Info("handing over", d.engine.Stats.LogAttrs()...)
 	return inherit
+}
+
+// stopChanges refuses changes from now on: the table is about to go or to
+// pass to a successor.
+func (d *Daemon) stopChanges() {
+	d.mu.Lock()
+	d.stopping = true
+	d.mu.Unlock()
 }
 
 // close ends the background work, closes the queues and then the
@@ -378,7 +465,9 @@ func (d *Daemon) logServers() {
 }
 
 // stateFollower runs conntrack's state updates while a least-connection
-// scheduler needs them: they cost several events per connection.
+// scheduler needs them, or while an operator drains a server (its active
+// connections, which drain --wait watches, are then right whatever the
+// scheduler): they cost several events per connection.
 type stateFollower struct {
 	engine   *ipvs.Engine
 	follower *conntrackFollower
@@ -387,15 +476,15 @@ type stateFollower struct {
 	stop     context.CancelFunc
 }
 
-func (f *stateFollower) adjust(ctx context.Context) {
-	need := f.engine.NeedsConntrackStates()
+func (f *stateFollower) adjust(ctx context.Context, draining bool) {
+	need := draining || f.engine.NeedsConntrackStates()
 	switch {
 	case need && f.stop == nil:
 		var fctx context.Context
 		fctx, f.stop = context.WithCancel(ctx)
 		f.wg.Go(func() {
 			if err := f.follower.followStates(fctx); err != nil {
-				f.log.Warn("not following conntrack states; least-connection counts drift", "err", err)
+				f.log.Warn("not following conntrack states; active connection counts drift", "err", err)
 			}
 		})
 	case !need && f.stop != nil:

@@ -127,7 +127,7 @@ func TestKernelHandlerRecoversPanics(t *testing.T) {
 	var stats ipvs.Stats
 	q := &fakeQueue{}
 	h := &handler{q: q, num: 101, stats: &stats, dp: newDatapath(kernel.DatapathKernel, slog.New(slog.NewTextHandler(io.Discard, nil))),
-		mx: metrics.New(nil, nil), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+		mx: metrics.New(nil, nil, nil), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	h.handle(7, []byte{0x45}, 0, nil) // no worker: a panic
 	if len(q.accepted) != 1 || len(q.altered) != 0 || len(q.marks) != 0 || stats.Panics.Load() != 1 {
 		t.Errorf("accepted %v altered %v marks %v, panics %d", q.accepted, q.altered, q.marks, stats.Panics.Load())

@@ -84,7 +84,7 @@ func TestHelperPanic(t *testing.T) {
 	var logs bytes.Buffer
 	client, vip, rs, e := panickyEngine(t, slog.New(slog.NewTextHandler(&logs, nil)))
 	q := &fakeQueue{}
-	h := newHandler(q, e.NewWorker(), &e.Stats, nil, metrics.New(e, nil), slog.New(slog.NewTextHandler(&logs, nil)))
+	h := newHandler(q, e.NewWorker(), &e.Stats, nil, metrics.New(e, nil, nil), slog.New(slog.NewTextHandler(&logs, nil)))
 	seg := func(src, dst netip.AddrPort, seq uint32, flags uint8, payload string) []byte {
 		return nfqtest.Build(nfqtest.Segment{Src: src, Dst: dst, Seq: seq, Ack: 1, Flags: flags, Payload: []byte(payload)})
 	}
@@ -107,7 +107,7 @@ func TestHandlerRecoversPanics(t *testing.T) {
 	var stats ipvs.Stats
 	var logs bytes.Buffer
 	q := &fakeQueue{}
-	h := newHandler(q, nil, &stats, nil, metrics.New(nil, nil), slog.New(slog.NewTextHandler(&logs, nil)))
+	h := newHandler(q, nil, &stats, nil, metrics.New(nil, nil, nil), slog.New(slog.NewTextHandler(&logs, nil)))
 	h(7, []byte{0x45}, 0)
 	h(8, []byte{0x45}, 0)
 	if len(q.accepted) != 2 || len(q.altered) != 0 || stats.Panics.Load() != 2 || strings.Count(logs.String(), "worker panic") != 2 {
@@ -123,7 +123,7 @@ func TestBacklogDoesNotStall(t *testing.T) {
 	e := oneService(t, vip, "rr", "ftp", &ipvs.RealServer{Addr: rs, Weight: 1})
 	q := &fakeQueue{}
 	full := &compatPath{reqs: make(chan *pending)} // nobody reads: always full
-	handle := newHandler(q, e.NewWorker(), &e.Stats, full, metrics.New(e, nil), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	handle := newHandler(q, e.NewWorker(), &e.Stats, full, metrics.New(e, nil, nil), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	seg := func(src, dst netip.AddrPort, seq, ack uint32, flags uint8, payload string) []byte {
 		return nfqtest.Build(nfqtest.Segment{Src: src, Dst: dst, Seq: seq, Ack: ack, Flags: flags, Payload: []byte(payload)})
 	}
@@ -147,11 +147,11 @@ func TestHandlerClearsUnseen(t *testing.T) {
 	client, _, rs, e := panickyEngine(t, nil)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	q := &fakeQueue{}
-	h := newHandler(q, e.NewWorker(), &e.Stats, nil, metrics.New(e, nil), log)
+	h := newHandler(q, e.NewWorker(), &e.Stats, nil, metrics.New(e, nil, nil), log)
 	const other = 0x5
 	h(1, nfqtest.Build(nfqtest.Segment{Src: rs, Dst: client, Seq: 1, Ack: 1, Flags: packet.FlagACK, Payload: []byte("x")}), nft.UnseenMark|other) // no connection: a plain accept
 	h(2, []byte{0x45}, nft.UnseenMark|other)                                                                                                      // unparsed
-	broken := newHandler(q, nil, &e.Stats, nil, metrics.New(nil, nil), log)
+	broken := newHandler(q, nil, &e.Stats, nil, metrics.New(nil, nil, nil), log)
 	broken(3, []byte{0x45}, nft.UnseenMark|other) // a panic on the way
 	h(4, nfqtest.Build(nfqtest.Segment{Src: rs, Dst: client, Seq: 1, Ack: 1, Flags: packet.FlagACK, Payload: []byte("x")}), other)
 	for _, id := range []uint32{1, 2, 3} {
@@ -180,7 +180,7 @@ func TestHandlerDoesNotAllocate(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	pkt := nfqtest.Build(nfqtest.Segment{Src: rs, Dst: netip.MustParseAddrPort("192.0.2.1:1"), Seq: 1, Ack: 1, Flags: packet.FlagACK, Payload: []byte("x")})
 	for _, name := range []string{kernel.DatapathCompat, kernel.DatapathKernel} {
-		h := &handler{q: nullQueue{}, num: 100, w: e.NewWorker(), stats: &e.Stats, dp: newDatapath(name, log), mx: metrics.New(e, nil), log: log}
+		h := &handler{q: nullQueue{}, num: 100, w: e.NewWorker(), stats: &e.Stats, dp: newDatapath(name, log), mx: metrics.New(e, nil, nil), log: log}
 		if n := testing.AllocsPerRun(100, func() { h.handle(1, pkt, nft.UnseenMark, nil) }); n != 0 {
 			t.Errorf("%s: %v allocations per packet", name, n)
 		}

@@ -1,10 +1,10 @@
 package daemon
 
 import (
-	"net/netip"
 	"runtime"
 
 	"github.com/nfhelper/nfhelper/config"
+	"github.com/nfhelper/nfhelper/health"
 	"github.com/nfhelper/nfhelper/ipvs"
 	"github.com/nfhelper/nfhelper/nft"
 )
@@ -16,8 +16,9 @@ const (
 	markMask = 0x00ff0000
 )
 
-// services turns the configuration into engine services (marks unset).
-func services(cfg *config.Config) []*ipvs.Service {
+// services turns the configuration into engine services (marks unset),
+// their real servers in the standings st.
+func services(cfg *config.Config, st map[health.Key]standing) []*ipvs.Service {
 	var out []*ipvs.Service
 	for _, sc := range cfg.Services {
 		var helper ipvs.Helper
@@ -26,7 +27,8 @@ func services(cfg *config.Config) []*ipvs.Service {
 		}
 		var reals []*ipvs.RealServer
 		for _, r := range sc.RealServers {
-			reals = append(reals, &ipvs.RealServer{Addr: r.Addr, Weight: r.EffectiveWeight()})
+			s := st[health.Key{Service: sc.Name, Addr: r.Addr}]
+			reals = append(reals, &ipvs.RealServer{Addr: r.Addr, Weight: s.weight, Down: s.down})
 		}
 		// The configuration was validated: the scheduler exists.
 		svc, _ := ipvs.NewService(sc.Name, sc.VIPAddr, sc.Scheduler, helper, reals)
@@ -35,6 +37,9 @@ func services(cfg *config.Config) []*ipvs.Service {
 		if p := sc.Persistence; p != nil {
 			v4, v6 := p.Prefixes()
 			svc.Persist = ipvs.NewPersistence(p.Timeout, v4, v6)
+		}
+		if addr, ok := sc.SorryAddr(); ok {
+			svc.Sorry = &ipvs.RealServer{Addr: addr, Weight: 1, Sorry: true}
 		}
 		out = append(out, svc)
 	}
@@ -48,19 +53,11 @@ func services(cfg *config.Config) []*ipvs.Service {
 }
 
 // specFor is the ruleset for services whose marks the engine assigned.
-// Weights come from the file: a reload's new weights reach the servers the
-// engine keeps only at its commit, after the kernel's part.
-func specFor(cfg *config.Config, services []*ipvs.Service) *nft.Spec {
-	type serverKey struct {
-		udp       bool
-		vip, addr netip.AddrPort
-	}
-	weights := map[serverKey]int{}
-	for _, sc := range cfg.Services {
-		for _, r := range sc.RealServers {
-			weights[serverKey{sc.Protocol == "udp", sc.VIPAddr, r.Addr}] = r.EffectiveWeight()
-		}
-	}
+// Weights come from the standings st, not from the engine: a reload's new
+// weights reach the servers the engine keeps only at its commit, after the
+// kernel's part. A down server gets weight 0: the fail-open map does not
+// name it.
+func specFor(cfg *config.Config, services []*ipvs.Service, st map[health.Key]standing) *nft.Spec {
 	q := cfg.Queue
 	spec := &nft.Spec{Table: tableName, QueueNum: 100, QueueTotal: uint16(runtime.NumCPU()), MarkMask: markMask}
 	if q.First != 0 {
@@ -76,7 +73,15 @@ func specFor(cfg *config.Config, services []*ipvs.Service) *nft.Spec {
 		}
 		ns := nft.Service{VIP: svc.VIP, UDP: svc.UDP, Helped: svc.Helper != nil}
 		for _, rs := range svc.Servers {
-			ns.Servers = append(ns.Servers, nft.Server{Addr: rs.Addr, Mark: rs.Mark, Weight: weights[serverKey{svc.UDP, svc.VIP, rs.Addr}]})
+			s := st[health.Key{Service: svc.Name, Addr: rs.Addr}]
+			w := s.weight
+			if s.down {
+				w = 0
+			}
+			ns.Servers = append(ns.Servers, nft.Server{Addr: rs.Addr, Mark: rs.Mark, Weight: w})
+		}
+		if rs := svc.Sorry; rs != nil {
+			ns.Sorry = &nft.Server{Addr: rs.Addr, Mark: rs.Mark, Weight: 1}
 		}
 		spec.Services = append(spec.Services, ns)
 	}

@@ -75,7 +75,9 @@ func (p *Persistence) key(client netip.Addr) ([16]byte, *persistShard) {
 }
 
 // Lookup returns the server the client's template names and refreshes the
-// template, or nil when there is none or it expired.
+// template, or nil when there is none, it expired or its server is Down
+// (the template is dropped: the client is scheduled anew). The caller
+// holds the scheduling lock that guards Down.
 func (p *Persistence) Lookup(client netip.Addr, now int64) *RealServer {
 	k, s := p.key(client)
 	s.mu.Lock()
@@ -84,7 +86,7 @@ func (p *Persistence) Lookup(client netip.Addr, now int64) *RealServer {
 	if !ok {
 		return nil
 	}
-	if e.expires <= now || (p.ExpireQuiescent && !available(e.rs)) {
+	if e.expires <= now || e.rs.Down || (p.ExpireQuiescent && !available(e.rs)) {
 		delete(s.m, k)
 		return nil
 	}

@@ -29,8 +29,10 @@ func (e *Engine) Services() []*Service { return e.snap.Load().list }
 // carry over, and keep their marks; new ones get free marks; add-ons keep
 // theirs, and their learned servers, by name. The caller installs the
 // result (next, now marked) in the kernel and then calls commit, which sets
-// the new weights and switches the workers over. Connections keep their
-// service and server: a reload changes only what new connections get.
+// the new weights and standings (Down) and switches the workers over.
+// Connections keep their service and server: a reload changes only what
+// new connections get. A service's sorry server is carried over likewise
+// when its address stays.
 func (e *Engine) Prepare(next []*Service) (commit func(), err error) {
 	cur := e.snap.Load()
 	weights := carryOver(cur, next)
@@ -64,19 +66,23 @@ func (snap *snapshot) running(svc *Service) *Service {
 	return snap.services[svc.VIP]
 }
 
-// newWeight is a running real server's weight in the new configuration,
-// set at commit.
+// newWeight is a running real server's weight and standing in the new
+// configuration, set at commit.
 type newWeight struct {
-	rs *RealServer
-	w  int
+	rs   *RealServer
+	w    int
+	down bool
 }
 
 // carryOver puts into next the running objects it keeps: an add-on's mark
 // and learned servers, a service's persistence table, the real servers
-// that stay, whose new weights it returns.
+// and sorry server that stay, whose new weights it returns.
 func carryOver(cur *snapshot, next []*Service) []newWeight {
 	var weights []newWeight
 	for _, s := range next {
+		if s.Sorry != nil {
+			s.Sorry.Sorry = true
+		}
 		old := cur.running(s)
 		if old == nil {
 			continue
@@ -96,10 +102,14 @@ func carryOver(cur *snapshot, next []*Service) []newWeight {
 		for i, rs := range s.Servers {
 			for _, ors := range old.Servers {
 				if ors.Addr == rs.Addr {
-					weights = append(weights, newWeight{ors, rs.Weight})
+					weights = append(weights, newWeight{ors, rs.Weight, rs.Down})
 					s.Servers[i] = ors
 				}
 			}
+		}
+		if s.Sorry != nil && old.Sorry != nil && s.Sorry.Addr == old.Sorry.Addr {
+			weights = append(weights, newWeight{old.Sorry, s.Sorry.Weight, s.Sorry.Down})
+			s.Sorry = old.Sorry
 		}
 	}
 	return weights
@@ -117,6 +127,9 @@ func (e *Engine) assignMarks(next []*Service) error {
 			if rs.Mark != 0 && !s.AddOn {
 				used[rs.Mark] = true
 			}
+		}
+		if s.Sorry != nil && s.Sorry.Mark != 0 {
+			used[s.Sorry.Mark] = true
 		}
 	}
 	shift := uint32(bits.TrailingZeros32(e.markMask))
@@ -140,6 +153,9 @@ func (e *Engine) assignMarks(next []*Service) error {
 				if rs.Mark == 0 && err == nil {
 					rs.Mark, err = take()
 				}
+			}
+			if s.Sorry != nil && s.Sorry.Mark == 0 && err == nil {
+				s.Sorry.Mark, err = take()
 			}
 		}
 		if err != nil {
@@ -172,7 +188,7 @@ func (e *Engine) switchTo(cur, snap *snapshot, weights []newWeight) {
 	// the same lock.
 	e.schedMu.Lock()
 	for _, w := range weights {
-		w.rs.Weight = w.w
+		w.rs.Weight, w.rs.Down = w.w, w.down
 	}
 	e.schedMu.Unlock()
 	e.snap.Store(snap)

@@ -60,7 +60,8 @@ func (s *Service) counted(addr netip.AddrPort) *RealServer {
 	return s.countedLocked(addr)
 }
 
-// countedLocked is counted with s.mu held.
+// countedLocked is counted with s.mu held. The sorry server counts too:
+// connections it took are restored like the others'.
 func (s *Service) countedLocked(addr netip.AddrPort) *RealServer {
 	for _, rs := range s.Servers {
 		if rs.Addr == addr {
@@ -68,6 +69,11 @@ func (s *Service) countedLocked(addr netip.AddrPort) *RealServer {
 			rs.Inactive.Add(1)
 			return rs
 		}
+	}
+	if rs := s.Sorry; rs != nil && rs.Addr == addr {
+		rs.Conns.Add(1)
+		rs.Inactive.Add(1)
+		return rs
 	}
 	return nil
 }

@@ -11,10 +11,11 @@ var ErrScheduler = errors.New("unknown scheduler")
 
 // Scheduler chooses a real server; calls are serialized by the service.
 //
-// Every scheduler treats a server with Weight <= 0 as quiesced: it gets no
-// new connections. Pick returns nil when no server can take one. The
-// servers slice and the servers' weights may change between calls;
-// schedulers that cache tables (wrr, sh, mh) notice and rebuild them.
+// Every scheduler treats a server with Weight <= 0 as quiesced and a Down
+// one as out: neither gets new connections. Pick returns nil when no
+// server can take one. The servers slice and the servers' weights and
+// standings may change between calls; schedulers that cache tables (wrr,
+// sh, mh) notice and rebuild them.
 type Scheduler interface {
 	Pick(servers []*RealServer, client netip.AddrPort) *RealServer
 }
@@ -55,7 +56,17 @@ func byLoad(s Scheduler) bool {
 }
 
 // available reports whether rs may take new connections.
-func available(rs *RealServer) bool { return rs.Weight > 0 }
+func available(rs *RealServer) bool { return rs.Weight > 0 && !rs.Down }
+
+// anyAvailable reports whether a server of servers may take new connections.
+func anyAvailable(servers []*RealServer) bool {
+	for _, rs := range servers {
+		if available(rs) {
+			return true
+		}
+	}
+	return false
+}
 
 // roundRobin cycles through servers with a non-zero weight, ignoring the
 // weight's size, as ip_vs_rr does.
@@ -122,9 +133,9 @@ func gcd(a, b int) int {
 }
 
 // serverSet remembers the server list a table was built from: each
-// server's identity, weight and address. It is compared in full on every
-// Pick (a few words per server, no allocation) so that a change to the
-// slice or to any weight is never missed.
+// server's identity, weight, standing and address. It is compared in full
+// on every Pick (a few words per server, no allocation) so that a change
+// to the slice or to any weight or standing is never missed.
 type serverSet struct {
 	valid   bool
 	members []setMember
@@ -133,6 +144,7 @@ type serverSet struct {
 type setMember struct {
 	rs     *RealServer
 	weight int
+	down   bool
 	addr   netip.AddrPort
 }
 
@@ -143,7 +155,7 @@ func (s *serverSet) changed(servers []*RealServer) bool {
 		same := true
 		for i, rs := range servers {
 			m := &s.members[i]
-			if m.rs != rs || m.weight != rs.Weight || m.addr != rs.Addr {
+			if m.rs != rs || m.weight != rs.Weight || m.down != rs.Down || m.addr != rs.Addr {
 				same = false
 				break
 			}
@@ -155,7 +167,7 @@ func (s *serverSet) changed(servers []*RealServer) bool {
 	s.valid = true
 	s.members = s.members[:0]
 	for _, rs := range servers {
-		s.members = append(s.members, setMember{rs, rs.Weight, rs.Addr})
+		s.members = append(s.members, setMember{rs, rs.Weight, rs.Down, rs.Addr})
 	}
 	return true
 }

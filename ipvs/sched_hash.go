@@ -36,10 +36,13 @@ const (
 // full; the table is rebuilt whenever the list or a weight changes, as the
 // kernel reassigns on add/edit/del of a destination. A client whose bucket
 // holds a quiesced server gets nil: the kernel's default without the
-// sh-fallback flag. The port is not hashed (no sh-port flag).
+// sh-fallback flag. A Down server takes no buckets, as one removed from
+// the service (what keepalived does): its clients move, the others stay
+// where the new deal puts them. The port is not hashed (no sh-port flag).
 type sourceHash struct {
 	set     serverSet
 	buckets [shSize]*RealServer
+	up      []*RealServer // the servers not Down, for rebuild
 }
 
 func shBucket(client netip.Addr) uint32 {
@@ -58,18 +61,24 @@ func (s *sourceHash) Pick(servers []*RealServer, client netip.AddrPort) *RealSer
 	return rs
 }
 
-// rebuild is ip_vs_sh_reassign.
+// rebuild is ip_vs_sh_reassign over the servers not Down.
 func (s *sourceHash) rebuild(servers []*RealServer) {
-	if len(servers) == 0 {
+	s.up = s.up[:0]
+	for _, rs := range servers {
+		if !rs.Down {
+			s.up = append(s.up, rs)
+		}
+	}
+	if len(s.up) == 0 {
 		s.buckets = [shSize]*RealServer{}
 		return
 	}
 	p, n := 0, 0
 	for i := range s.buckets {
-		rs := servers[p]
+		rs := s.up[p]
 		s.buckets[i] = rs
 		if n++; n >= rs.Weight {
-			p, n = (p+1)%len(servers), 0
+			p, n = (p+1)%len(s.up), 0
 		}
 	}
 }
@@ -93,7 +102,9 @@ const (
 // weight: quiescing a server (weight 0) keeps its slots, and its clients
 // get nil (no mh-fallback flag) rather than being moved to other servers,
 // while the other clients keep their servers. A server added with weight 0
-// takes no slots. The port is not hashed (no mh-port flag). The kernel
+// takes no slots; nor does a Down one, as one removed from the service:
+// its clients move to other servers (it keeps its last weight for when it
+// comes back). The port is not hashed (no mh-port flag). The kernel
 // refuses more than 251 destinations; here the servers past the 251st that
 // find no free slot simply get no clients.
 type maglevHash struct {
@@ -133,7 +144,7 @@ func (m *maglevHash) rebuild(servers []*RealServer) {
 
 	g, maxW := 0, 0
 	for _, rs := range servers {
-		if w := last[rs]; w > 0 {
+		if w := last[rs]; w > 0 && !rs.Down {
 			g = gcd(g, w)
 			maxW = max(maxW, w)
 		}
@@ -148,6 +159,9 @@ func (m *maglevHash) rebuild(servers []*RealServer) {
 	for _, rs := range servers {
 		v := foldAddr(rs.Addr.Addr()) + uint32(rs.Addr.Port())
 		w := last[rs]
+		if rs.Down {
+			w = 0
+		}
 		turns := (w / g) >> shift
 		if turns == 0 && w != 0 {
 			turns = 1

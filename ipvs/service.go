@@ -12,6 +12,13 @@ type RealServer struct {
 	Addr   netip.AddrPort
 	Weight int    // 0: quiesced, no new connections
 	Mark   uint32 // the packet mark bits that make the kernel DNAT to Addr
+	// Down: its health check failed or an operator took it out; it gets
+	// no new connections whatever its weight. Guarded, as Weight, by the
+	// engine's scheduling lock (Engine.SetStanding).
+	Down bool
+	// Sorry: the service's sorry server (Service.Sorry), not one of its
+	// Servers.
+	Sorry bool
 
 	Conns atomic.Uint64 // connections scheduled to it
 	// Active counts its ESTABLISHED connections, Inactive the others in the
@@ -39,6 +46,9 @@ type Service struct {
 	// Persist, if set, sends a client back to the server it had last
 	// (IPVS persistence, -p).
 	Persist *Persistence
+	// Sorry, if set, takes the new connections when no server of Servers
+	// can (all down or quiesced); it is never remembered by Persist.
+	Sorry *RealServer
 
 	// mu guards Servers, their weights and the scheduler's state. The engine
 	// gives all its services one lock: a reload changes the weights of real
@@ -89,8 +99,8 @@ func (s *Service) learn(addr netip.AddrPort) *RealServer {
 	return rs
 }
 
-// Schedule picks the real server for a new connection, or nil when every
-// server is quiesced.
+// Schedule picks the real server for a new connection: one of Servers,
+// else the sorry server when none of them can take it, else nil.
 func (s *Service) Schedule(client netip.AddrPort) *RealServer {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -104,6 +114,9 @@ func (s *Service) Schedule(client netip.AddrPort) *RealServer {
 		if rs != nil && s.Persist != nil {
 			s.Persist.Remember(client.Addr(), rs, at)
 		}
+	}
+	if rs == nil && s.Sorry != nil && !s.Sorry.Down && !anyAvailable(s.Servers) {
+		rs = s.Sorry
 	}
 	if rs != nil {
 		rs.Conns.Add(1)

@@ -23,7 +23,8 @@ type ServiceView struct {
 	PersistTimeout       time.Duration
 	PersistV4, PersistV6 int
 	Templates            int // live persistence templates
-	Servers              []RealServerView
+	// Servers, then the sorry server if any (Sorry set).
+	Servers []RealServerView
 }
 
 // RealServerView is a copy of a real server's settings and counters.
@@ -31,6 +32,8 @@ type RealServerView struct {
 	Addr             netip.AddrPort
 	Weight           int
 	Mark             uint32
+	Down             bool // takes no new connections whatever its weight
+	Sorry            bool // the service's sorry server
 	Conns            uint64
 	Active, Inactive int64
 	Packets, Bytes   uint64
@@ -117,13 +120,21 @@ func (s *Service) View() ServiceView {
 		v.Scheduler = SchedulerName(s.sched)
 	}
 	for _, rs := range s.Servers {
-		v.Servers = append(v.Servers, RealServerView{
-			Addr: rs.Addr, Weight: rs.Weight, Mark: rs.Mark,
-			Conns: rs.Conns.Load(), Active: rs.Active.Load(), Inactive: rs.Inactive.Load(),
-			Packets: rs.Packets.Load(), Bytes: rs.Bytes.Load(),
-		})
+		v.Servers = append(v.Servers, rs.view(false))
+	}
+	if s.Sorry != nil {
+		v.Servers = append(v.Servers, s.Sorry.view(true))
 	}
 	return v
+}
+
+// view copies rs; the caller holds the scheduling lock.
+func (rs *RealServer) view(sorry bool) RealServerView {
+	return RealServerView{
+		Addr: rs.Addr, Weight: rs.Weight, Mark: rs.Mark, Down: rs.Down, Sorry: sorry,
+		Conns: rs.Conns.Load(), Active: rs.Active.Load(), Inactive: rs.Inactive.Load(),
+		Packets: rs.Packets.Load(), Bytes: rs.Bytes.Load(),
+	}
 }
 
 // count is the number of live templates.

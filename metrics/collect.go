@@ -5,6 +5,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/nfhelper/nfhelper/health"
 	"github.com/nfhelper/nfhelper/ipvs"
 	"github.com/nfhelper/nfhelper/nfq"
 )
@@ -28,7 +29,7 @@ var (
 		"One series per running service: its VIP (or matched destination), protocol, mode, scheduler and helper.",
 		[]string{"service", "vip", "proto", "mode", "scheduler", "helper"}, nil)
 	serviceServersDesc = prometheus.NewDesc("nfhelper_service_real_servers",
-		"Real servers of each service (learned ones for add-ons).", []string{"service"}, nil)
+		"Real servers of each service (learned ones for add-ons), not counting the sorry server.", []string{"service"}, nil)
 	serviceActiveDesc = prometheus.NewDesc("nfhelper_service_active_connections",
 		"Established connections of each service's real servers.", []string{"service"}, nil)
 	serviceInactiveDesc = prometheus.NewDesc("nfhelper_service_inactive_connections",
@@ -37,6 +38,15 @@ var (
 		"Packets the kernel dropped because a queue was full (none while fail-open accepts them).", []string{"queue"}, nil)
 	userDroppedDesc = prometheus.NewDesc("nfhelper_queue_user_dropped_total",
 		"Packets the kernel dropped because the reader's socket buffer was full.", []string{"queue"}, nil)
+	serverUpDesc = serverDesc("nfhelper_real_server_up",
+		"0 if the real server takes no new connections whatever its weight (down by its checks or nfhelperctl server down), else 1 (see nfhelper_real_server_weight for drained servers).")
+	checkLatencyDesc = serverDesc("nfhelper_health_check_latency_seconds",
+		"How long each real server's last health check took, passed or failed.")
+	checkFailuresDesc = prometheus.NewDesc("nfhelper_health_check_failures_total",
+		"Failed health checks of each real server, by cause (refused, timeout, reset, unreachable, greeting, login, data, status, body, tls, exit, killed, error).",
+		[]string{"service", "server", "cause"}, nil)
+	stateChangesDesc = prometheus.NewDesc("nfhelper_real_server_state_changes_total",
+		"Times a real server went down or came back up (by its checks or nfhelperctl).", nil, nil)
 )
 
 // queueCounters are what each nfq.Queue counts itself.
@@ -103,7 +113,8 @@ var engineCounters, engineDescs, engineFamilies = func() (cs []ipvs.Counter, des
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{queuePacketsDesc, verdictsDesc, latencyDesc, connectionsDesc,
-		serviceInfoDesc, serviceServersDesc, serviceActiveDesc, serviceInactiveDesc, kernelDroppedDesc, userDroppedDesc} {
+		serviceInfoDesc, serviceServersDesc, serviceActiveDesc, serviceInactiveDesc, kernelDroppedDesc, userDroppedDesc,
+		serverUpDesc, checkLatencyDesc, checkFailuresDesc, stateChangesDesc} {
 		ch <- d
 	}
 	for _, q := range queueCounters {
@@ -133,6 +144,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		send(ch, connectionsDesc, prometheus.GaugeValue, float64(e.UDP.Len()), "udp")
 		collectServices(ch, e)
 	}
+	c.m.collectHealth(ch)
 }
 
 // send passes one sample on. One that cannot be exported (a label value
@@ -195,17 +207,49 @@ func collectServices(ch chan<- prometheus.Metric, e *ipvs.Engine) {
 			mode = "addon"
 		}
 		send(ch, serviceInfoDesc, prometheus.GaugeValue, 1, s.Name, s.VIP.String(), proto, mode, s.Scheduler, s.Helper)
-		send(ch, serviceServersDesc, prometheus.GaugeValue, float64(len(s.Servers)), s.Name)
 		var active, inactive int64
+		n := 0
 		for j := range s.Servers {
 			rs := &s.Servers[j]
 			active += rs.Active
 			inactive += rs.Inactive
+			addr := rs.Addr.String()
 			for _, sm := range serverMetrics {
-				send(ch, sm.desc, sm.typ, sm.get(rs), s.Name, rs.Addr.String())
+				send(ch, sm.desc, sm.typ, sm.get(rs), s.Name, addr)
+			}
+			if !rs.Sorry {
+				n++
+			}
+			if !s.AddOn {
+				up := 1.0
+				if rs.Down {
+					up = 0
+				}
+				send(ch, serverUpDesc, prometheus.GaugeValue, up, s.Name, addr)
 			}
 		}
+		send(ch, serviceServersDesc, prometheus.GaugeValue, float64(n), s.Name)
 		send(ch, serviceActiveDesc, prometheus.GaugeValue, float64(active), s.Name)
 		send(ch, serviceInactiveDesc, prometheus.GaugeValue, float64(inactive), s.Name)
 	}
+}
+
+// collectHealth reads the monitor's last latencies and failure counts. A
+// server of type none is never checked: it has neither.
+func (m *Metrics) collectHealth(ch chan<- prometheus.Metric) {
+	if f := m.StateChanges; f != nil {
+		send(ch, stateChangesDesc, prometheus.CounterValue, float64(f()))
+	}
+	if m.health == nil {
+		return
+	}
+	m.health.Each(func(k health.Key, st health.Status) {
+		addr := k.Addr.String()
+		if st.Checks > 0 {
+			send(ch, checkLatencyDesc, prometheus.GaugeValue, st.LastLatency.Seconds(), k.Service, addr)
+		}
+		for cause, n := range st.Failures {
+			send(ch, checkFailuresDesc, prometheus.CounterValue, float64(n), k.Service, addr, cause)
+		}
+	})
 }

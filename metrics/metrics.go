@@ -3,7 +3,8 @@
 // the nfhelper_* families, and the library's standard process_* and go_*.
 //
 // Everything but the verdict counters and the latency histogram is read at
-// scrape time from the engine and the queues, which count anyway (see
+// scrape time from the engine, the queues and the health monitor, which
+// count anyway (see
 // collect.go); the per-packet calls (CountVerdict, ObserveVerdict) are
 // atomic adds into fixed arrays: no allocation, no lock, and no label
 // lookup as a client_golang vector would make for each packet.
@@ -21,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/nfhelper/nfhelper/health"
 	"github.com/nfhelper/nfhelper/ipvs"
 	"github.com/nfhelper/nfhelper/nfq"
 )
@@ -60,6 +62,11 @@ type Metrics struct {
 	reg    *prometheus.Registry
 	engine *ipvs.Engine
 	queues []*nfq.Queue
+	health *health.Monitor
+
+	// StateChanges, if set, counts the real servers' state changes (up to
+	// down and back); set it before serving.
+	StateChanges func() uint64
 
 	first uint16      // queue number of slots[0]
 	slots []queueSlot // by queue number - first
@@ -69,9 +76,10 @@ type Metrics struct {
 	sumNanos atomic.Uint64
 }
 
-// New returns metrics for engine (nil: none of its counters) and queues.
-func New(engine *ipvs.Engine, queues []*nfq.Queue) *Metrics {
-	m := &Metrics{engine: engine, queues: queues}
+// New returns metrics for engine (nil: none of its counters), queues and
+// the health checks of mon (nil: none).
+func New(engine *ipvs.Engine, queues []*nfq.Queue, mon *health.Monitor) *Metrics {
+	m := &Metrics{engine: engine, queues: queues, health: mon}
 	if len(queues) > 0 {
 		lo, hi := queues[0].Num, queues[0].Num
 		for _, q := range queues {

@@ -91,7 +91,7 @@ func newFixture(t testing.TB) *fixture {
 		t.Fatal(err)
 	}
 	f.q = []*nfq.Queue{{Num: 100}, {Num: 101}, {Num: 103}}
-	f.m = New(f.e, f.q)
+	f.m = New(f.e, f.q, nil)
 	return f
 }
 
@@ -360,7 +360,7 @@ func TestHandlerValues(t *testing.T) {
 }
 
 func TestHandlerMethods(t *testing.T) {
-	m := New(nil, nil)
+	m := New(nil, nil, nil)
 	rec := httptest.NewRecorder()
 	m.Handler().ServeHTTP(rec, httptest.NewRequest("HEAD", "/", nil))
 	if rec.Code != http.StatusOK || rec.Body.Len() != 0 || rec.Header().Get("Content-Length") == "" {
@@ -403,7 +403,7 @@ func TestNotUTF8(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, fams := scrape(t, New(e, nil).Handler())
+	s, fams := scrape(t, New(e, nil, nil).Handler())
 	if _, ok := s[lbl("nfhelper_connections", "proto", "tcp")]; !ok || fams["nfhelper_service_info"] != nil {
 		t.Errorf("series %v", s)
 	}
@@ -513,7 +513,7 @@ func TestScrapeDuringReload(t *testing.T) {
 }
 
 func TestListenRefusesRemote(t *testing.T) {
-	h := New(nil, nil).Handler()
+	h := New(nil, nil, nil).Handler()
 	for _, addr := range []string{"0.0.0.0:0", ":0", "[::]:0", "192.0.2.1:9100", "[::ffff:10.0.0.1]:0"} {
 		err := Listen(context.Background(), addr, h, false)
 		if !errors.Is(err, ErrNotLoopback) {
@@ -530,7 +530,7 @@ func TestListenAllowRemote(t *testing.T) {
 	ready := make(chan net.Addr, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- listen(ctx, "0.0.0.0:0", New(nil, nil).Handler(), true, func(a net.Addr) { ready <- a })
+		done <- listen(ctx, "0.0.0.0:0", New(nil, nil, nil).Handler(), true, func(a net.Addr) { ready <- a })
 	}()
 	select {
 	case <-ready:
@@ -592,7 +592,7 @@ func TestListenServes(t *testing.T) {
 }
 
 func BenchmarkObserveVerdict(b *testing.B) {
-	m := New(nil, []*nfq.Queue{{Num: 100}})
+	m := New(nil, []*nfq.Queue{{Num: 100}}, nil)
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		d := time.Duration(0)

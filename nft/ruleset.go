@@ -82,6 +82,10 @@ type Service struct {
 	UDP     bool
 	Helped  bool
 	Servers []Server
+	// Sorry, if set, is the sorry server: the daemon's mark may name it,
+	// and the fail-open map sends every connection to it when no server
+	// has a weight (all down or quiesced). Its Weight is not used.
+	Sorry *Server
 }
 
 // Server is a real server and the mark (within Spec.MarkMask) that sends a new
@@ -290,7 +294,11 @@ func (rs *Ruleset) staticElements(spec *Spec, f *family) map[*nftables.Set][]nft
 		default:
 			els[f.vips] = append(els[f.vips], vip)
 		}
-		for _, s := range svc.Servers {
+		all := svc.Servers
+		if svc.Sorry != nil {
+			all = append(all[:len(all):len(all)], *svc.Sorry)
+		}
+		for _, s := range all {
 			if svc.Helped {
 				add(f.servers, s.Addr)
 			}
@@ -300,7 +308,7 @@ func (rs *Ruleset) staticElements(spec *Spec, f *family) map[*nftables.Set][]nft
 		if svc.UDP {
 			fb = f.fallbackUDP
 		}
-		for b, s := range fallbackSlots(svc.Servers) {
+		for b, s := range svc.fallbackSlots() {
 			els[fb] = append(els[fb], nftables.SetElement{Key: binary.NativeEndian.AppendUint32(addrPortKey(svc.VIP), uint32(b)), Val: addrPortKey(s.Addr)})
 		}
 	}
@@ -402,6 +410,7 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 		snatRules(a, snat, m)
 	}
 	rs.forwardRules(c, spec)
+	refuseChains(a, rs.fams)
 	if spec.KernelFTP && spec.CtHelper == "" {
 		// After the forward chain: the SYN of a new add-on connection
 		// still has the add-on's mark bits only if it bypassed the
@@ -605,6 +614,19 @@ const (
 	establishedBit = 2
 	newBit         = 8
 )
+
+// fallbackSlots are the service's fail-open buckets: its servers', or,
+// when none has a weight, all the sorry server's (if any).
+func (svc *Service) fallbackSlots() []Server {
+	slots := fallbackSlots(svc.Servers)
+	if slots == nil && svc.Sorry != nil {
+		slots = make([]Server, fallbackBuckets)
+		for b := range slots {
+			slots[b] = *svc.Sorry
+		}
+	}
+	return slots
+}
 
 // fallbackSlots spreads servers over the fallback buckets in proportion to
 // their weights, interleaved (weighted round robin); nil when all are

@@ -1,6 +1,7 @@
 // Command nfhelperctl shows what a running nfhelperd does: its status,
-// services and real servers with their counters, the connection table,
-// kernel feature checks and its nftables table. It talks to the daemon's
+// services and real servers with their counters and health, the connection
+// table, kernel feature checks and its nftables table; and changes a real
+// server's weight and standing at run time. It talks to the daemon's
 // control socket (root only).
 package main
 
@@ -12,27 +13,40 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/nfhelper/nfhelper/ctl"
 )
 
-const usage = `usage: nfhelperctl [--socket PATH] [--json] [--timeout D] COMMAND [--json]
+const usage = `usage: nfhelperctl [--socket PATH] [--json] [--timeout D] COMMAND [ARGS] [--json]
 
 Commands:
   status     daemon pid, uptime, datapath, queues, config, counts and counters
   services   virtual services and real servers with counters (as ipvsadm -Ln),
-             and add-on helpers with their learned servers
+             state, health, last failure and overrides, and add-on helpers
+             with their learned servers
   conns      connection table (as ipvsadm -Lnc) with open data channels
   check      kernel features, datapath and ruleset mistakes
   rules      the daemon's nftables table (inet nfhelper)
+  server SERVICE ADDRESS:PORT OPERATION
+             change a real server at once, until undone or until a reload
+             changes its entry in the file (kept across restarts):
+               weight N        weight N (0..65535) instead of the file's
+               drain [--wait]  weight 0: no new connections; --wait waits
+                               until it has none left, showing the count
+               undrain         back to its weight
+               down            out, whatever its health checks say
+               up              back to its health checks
 
 Options:
   --socket PATH   control socket (default $NFHELPER_SOCKET, else ` + ctl.DefaultSocket + `)
   --json          print machine-readable JSON
-  --timeout D     give up after D (default 10s)
+  --timeout D     give up after D (default 10s; with --wait, each request)
 
-Exit status: 0 ok, 1 error (or a failed check), 2 usage.
+Exit status: 0 ok, 1 error (or a failed check, an unknown service or
+server), 2 usage.
 `
 
 func main() {
@@ -43,6 +57,7 @@ type options struct {
 	socket  string
 	json    bool
 	timeout time.Duration
+	wait    bool // server ... drain --wait
 }
 
 func (o *options) register(fs *flag.FlagSet) {
@@ -66,9 +81,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return o.execute(cmd, stdout, stderr)
 }
 
-// parseArgs reads the options, before and after the command, and the
-// command. Its error is flag.ErrHelp when usage was asked for, else a
-// usage mistake.
+// parseArgs reads the options, before and after the command, the command
+// and its arguments (options may come between them). Its error is
+// flag.ErrHelp when usage was asked for, else a usage mistake.
 func parseArgs(args []string) (options, command, error) {
 	o := options{socket: ctl.SocketPath(), timeout: 10 * time.Second}
 	global := flag.NewFlagSet("nfhelperctl", flag.ContinueOnError)
@@ -85,43 +100,68 @@ func parseArgs(args []string) (options, command, error) {
 	if name == "help" {
 		return o, nil, flag.ErrHelp
 	}
-	cmd, ok := commands[name]
+	mk, ok := commands[name]
 	if !ok {
 		return o, nil, fmt.Errorf("unknown command %q", name)
 	}
 	sub := flag.NewFlagSet("nfhelperctl "+name, flag.ContinueOnError)
 	sub.SetOutput(io.Discard)
 	o.register(sub)
-	if err := sub.Parse(rest[1:]); errors.Is(err, flag.ErrHelp) {
-		return o, nil, err
-	} else if err != nil {
-		return o, nil, fmt.Errorf("%s: %v", name, err)
+	if name == "server" {
+		sub.BoolVar(&o.wait, "wait", false, "wait for the drained server's connections to end")
 	}
-	if sub.NArg() > 0 {
-		return o, nil, fmt.Errorf("%s: unexpected arguments %q", name, sub.Args())
+	var pos []string
+	for rest = rest[1:]; ; rest = sub.Args()[1:] {
+		if err := sub.Parse(rest); errors.Is(err, flag.ErrHelp) {
+			return o, nil, err
+		} else if err != nil {
+			return o, nil, fmt.Errorf("%s: %v", name, err)
+		}
+		if sub.NArg() == 0 {
+			break
+		}
+		pos = append(pos, sub.Arg(0))
 	}
 	if o.socket == "" {
 		return o, nil, errors.New("--socket: empty path")
+	}
+	cmd, err := mk(&o, pos)
+	if err != nil {
+		return o, nil, fmt.Errorf("%s: %v", name, err)
 	}
 	return o, cmd, nil
 }
 
 // A command asks the daemon for one reply: v to print as JSON, text to
 // print it as text. err is errFailedCheck when the reply says a check
-// failed: it is printed all the same.
-type command func(context.Context, *ctl.Client) (v any, text func(io.Writer), err error)
+// failed: it is printed all the same. A command that takes long tells
+// how it goes on progress.
+type command func(ctx context.Context, c *ctl.Client, progress io.Writer) (v any, text func(io.Writer), err error)
 
-var commands = map[string]command{
-	"status":   reply((*ctl.Client).Status, ctl.WriteStatus),
-	"services": reply((*ctl.Client).Services, ctl.WriteServices),
-	"conns":    reply((*ctl.Client).Conns, ctl.WriteConns),
-	"check":    checkCommand,
-	"rules":    reply((*ctl.Client).Rules, ctl.WriteRules),
+// commands make each command from its arguments; their error is a usage
+// mistake.
+var commands = map[string]func(o *options, args []string) (command, error){
+	"status":   noArgs(reply((*ctl.Client).Status, ctl.WriteStatus)),
+	"services": noArgs(reply((*ctl.Client).Services, ctl.WriteServices)),
+	"conns":    noArgs(reply((*ctl.Client).Conns, ctl.WriteConns)),
+	"check":    noArgs(checkCommand),
+	"rules":    noArgs(reply((*ctl.Client).Rules, ctl.WriteRules)),
+	"server":   serverCommand,
+}
+
+// noArgs makes a command that takes no arguments.
+func noArgs(cmd command) func(*options, []string) (command, error) {
+	return func(_ *options, args []string) (command, error) {
+		if len(args) > 0 {
+			return nil, fmt.Errorf("unexpected arguments %q", args)
+		}
+		return cmd, nil
+	}
 }
 
 // reply is the command that gets a reply with get and prints it with write.
 func reply[T any](get func(*ctl.Client, context.Context) (T, error), write func(io.Writer, T)) command {
-	return func(ctx context.Context, c *ctl.Client) (any, func(io.Writer), error) {
+	return func(ctx context.Context, c *ctl.Client, _ io.Writer) (any, func(io.Writer), error) {
 		v, err := get(c, ctx)
 		return v, func(w io.Writer) { write(w, v) }, err
 	}
@@ -129,7 +169,7 @@ func reply[T any](get func(*ctl.Client, context.Context) (T, error), write func(
 
 // checkCommand is the one command whose reply can fail: when a check
 // failed, nfhelperctl prints the report and exits 1.
-func checkCommand(ctx context.Context, c *ctl.Client) (any, func(io.Writer), error) {
+func checkCommand(ctx context.Context, c *ctl.Client, _ io.Writer) (any, func(io.Writer), error) {
 	v, err := c.Check(ctx)
 	if err == nil && v.Failed() {
 		err = errFailedCheck
@@ -138,15 +178,21 @@ func checkCommand(ctx context.Context, c *ctl.Client) (any, func(io.Writer), err
 }
 
 // execute runs cmd against the daemon and prints its reply; it returns the
-// exit status.
+// exit status. --timeout bounds the whole command, or each request of a
+// --wait, which itself waits as long as it takes (or until interrupted).
 func (o options) execute(cmd command, stdout, stderr io.Writer) int {
-	ctx := context.Background()
-	if o.timeout > 0 {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if o.timeout > 0 && !o.wait {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, o.timeout)
 		defer cancel()
 	}
-	v, text, err := cmd(ctx, ctl.NewClient(o.socket, 0))
+	progress := stdout
+	if o.json {
+		progress = stderr
+	}
+	v, text, err := cmd(ctx, ctl.NewClient(o.socket, o.timeout), progress)
 	if err != nil && !errors.Is(err, errFailedCheck) {
 		fmt.Fprintf(stderr, "nfhelperctl: %v\n", err)
 		return 1

@@ -163,6 +163,20 @@ func TestUsageExact(t *testing.T) {
 		{[]string{"conns", "extra", "more"}, `nfhelperctl: conns: unexpected arguments ["extra" "more"]`},
 		{[]string{"--socket", "", "rules"}, "nfhelperctl: --socket: empty path"},
 		{[]string{"check", "--socket="}, "nfhelperctl: --socket: empty path"},
+		{[]string{"status", "--wait"}, "nfhelperctl: status: flag provided but not defined: -wait"},
+		{[]string{"server"}, "nfhelperctl: server: want SERVICE ADDRESS:PORT and one of weight N, drain [--wait], undrain, down, up"},
+		{[]string{"server", "ftp", "10.0.0.11:21"}, "nfhelperctl: server: want SERVICE ADDRESS:PORT and one of weight N, drain [--wait], undrain, down, up"},
+		{[]string{"server", "ftp", "10.0.0.11", "down"}, `nfhelperctl: server: "10.0.0.11" is not an address:port (IPv6 in brackets)`},
+		{[]string{"server", "ftp", "10.0.0.11:0", "down"}, `nfhelperctl: server: "10.0.0.11:0" is not an address:port (IPv6 in brackets)`},
+		{[]string{"server", "ftp", "10.0.0.11:21", "explode"}, `nfhelperctl: server: unknown operation "explode" (have weight N, drain, undrain, down, up)`},
+		{[]string{"server", "ftp", "10.0.0.11:21", "weight"}, "nfhelperctl: server: weight: want a number 0..65535"},
+		{[]string{"server", "ftp", "10.0.0.11:21", "weight", "65536"}, `nfhelperctl: server: weight: "65536" is not a number 0..65535`},
+		{[]string{"server", "ftp", "10.0.0.11:21", "weight", "x"}, `nfhelperctl: server: weight: "x" is not a number 0..65535`},
+		{[]string{"server", "ftp", "10.0.0.11:21", "weight", "-1"}, "nfhelperctl: server: flag provided but not defined: -1"},
+		{[]string{"server", "ftp", "10.0.0.11:21", "down", "now"}, `nfhelperctl: server: unexpected arguments ["now"]`},
+		{[]string{"server", "ftp", "10.0.0.11:21", "weight", "3", "4"}, `nfhelperctl: server: unexpected arguments ["4"]`},
+		{[]string{"server", "--wait", "ftp", "10.0.0.11:21", "undrain"}, "nfhelperctl: server: --wait goes with drain only"},
+		{[]string{"--socket", "", "server", "ftp", "10.0.0.11:21", "down"}, "nfhelperctl: --socket: empty path"},
 	} {
 		code, out, errOut := ctlRun(tc.args...)
 		if want := tc.want + "\n" + usage; code != 2 || out != "" || errOut != want {
@@ -170,7 +184,7 @@ func TestUsageExact(t *testing.T) {
 		}
 	}
 	// Help wins over what follows it, and over an empty --socket.
-	for _, args := range [][]string{{"help"}, {"help", "extra"}, {"--socket", "", "help"}, {"-h", "bogus"}, {"services", "--help", "extra"}} {
+	for _, args := range [][]string{{"help"}, {"help", "extra"}, {"--socket", "", "help"}, {"-h", "bogus"}, {"services", "--help", "extra"}, {"server", "ftp", "-h"}} {
 		if code, out, errOut := ctlRun(args...); code != 0 || out != usage || errOut != "" {
 			t.Errorf("%q: exit %d, stdout %q, stderr %q; want 0 and usage", args, code, out, errOut)
 		}

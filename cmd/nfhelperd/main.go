@@ -28,6 +28,7 @@ var version = "dev"
 
 func main() {
 	path := flag.String("config", "/etc/nfhelper/nfhelperd.yaml", "configuration file")
+	stateDir := flag.String("state-dir", defaultStateDir(), "directory of the state file, which keeps nfhelperctl's overrides and the servers' health across restarts ($"+envStateDir+" changes the default)")
 	showVersion := flag.Bool("version", false, "print the version and exit")
 	check := flag.Bool("check-config", false, "validate the configuration file, print a summary and exit (0 if valid); touches no kernel state")
 	checkKernel := flag.Bool("check", false, "print what the kernel offers, the datapath nfhelperd would run and the ruleset mistakes it can see, and exit (1 if a check fails)")
@@ -62,7 +63,7 @@ func main() {
 	exe := daemon.SelfPath() // before an upgrade can replace the file
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	d := daemon.New(cfg, daemon.Options{ConfigPath: *path, Log: log})
+	d := daemon.New(cfg, daemon.Options{ConfigPath: *path, Log: log, StateDir: *stateDir})
 	if err := d.Start(ctx); err != nil {
 		log.Error("stopped", "err", err)
 		os.Exit(1)
@@ -80,6 +81,18 @@ func main() {
 		log.Error("hand-over failed", "exe", exe, "err", err)
 		os.Exit(1)
 	}
+}
+
+// envStateDir, when set, replaces the state directory's default: tests
+// run daemons side by side, each with its own.
+const envStateDir = "NFHELPER_STATE_DIR"
+
+// defaultStateDir is the --state-dir default: systemd's StateDirectory.
+func defaultStateDir() string {
+	if dir := os.Getenv(envStateDir); dir != "" {
+		return dir
+	}
+	return "/var/lib/nfhelper"
 }
 
 // run turns signals into d's steps until d stops (a full stop: the table

@@ -86,8 +86,10 @@ func (t *Topo) StartDaemon(bin, config string) (*Daemon, error) {
 		return nil, err
 	}
 	c := t.Exec(t.Router, bin, "--config", config)
-	// The control socket goes below Dir, never to the host's default path.
-	c.Env = append(append(os.Environ(), "NFHELPER_SOCKET="+t.ControlSocket()), t.DaemonEnv...)
+	// The control socket and the state file go below Dir, never to the
+	// host's default paths (a server forced down in one test must not stay
+	// down in the next run's).
+	c.Env = append(append(os.Environ(), "NFHELPER_SOCKET="+t.ControlSocket(), "NFHELPER_STATE_DIR="+t.StateDir()), t.DaemonEnv...)
 	w := io.MultiWriter(f, d.out)
 	c.Stdout, c.Stderr = w, w
 	if err := t.Start(c); err != nil {
@@ -139,6 +141,11 @@ func (d *Daemon) readyLine() (string, bool) {
 // (NFHELPER_SOCKET) unless DaemonEnv sets another: below Dir, so that a
 // test daemon never touches the host's /run/nfhelper.
 func (t *Topo) ControlSocket() string { return filepath.Join(t.Dir, "nfhelperd.sock") }
+
+// StateDir is the state directory StartDaemon gives the daemon
+// (NFHELPER_STATE_DIR) unless DaemonEnv sets another: below Dir, shared by
+// the daemons of one topology (a restart keeps its state).
+func (t *Topo) StateDir() string { return filepath.Join(t.Dir, "nfhelper-state") }
 
 // Log returns what the daemon printed so far.
 func (d *Daemon) Log() string { return d.out.String() }

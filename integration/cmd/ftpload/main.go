@@ -1,7 +1,8 @@
 // Command ftpload measures the FTP session rate through one address: each of
 // -workers goroutines logs in (anonymous), fetches -file over one data
-// connection (-mode pasv, epsv, port or eprt), checks its size, quits, and
-// starts over until -duration has passed or -sessions sessions are done.
+// connection (-mode pasv, epsv, port or eprt), checks its size (and
+// -sha256), quits, and starts over until -duration has passed or -sessions
+// sessions are done.
 // -bind gives local addresses for the control connections, used in turn
 // (the data connections follow them). A passive session fails whose data
 // connection goes elsewhere than its control connection (a 227 that named a
@@ -9,8 +10,10 @@
 //
 //	{"label":"…","sessions":1234,"failures":0,"elapsed_s":10.0,"sessions_per_s":123.4,"p50_ms":…,"p99_ms":…,"errors":{…}}
 //
-// and each failure whole on stderr, with its time and session number (the
-// ports it names lead to the kernel's expectations and conntrack events).
+// and each failure whole on stderr, with its time, the time the session
+// started and its session number (the ports it names lead to the kernel's
+// expectations and conntrack events). SIGTERM or SIGINT ends the run early
+// (sessions cut off are not counted) and the result is printed as usual.
 //
 // Run it inside the client namespace (ip netns exec NS ftpload ...): the
 // data connections are dialled from the process's own namespace. The
@@ -19,18 +22,21 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
+	"os/signal"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/nfhelper/nfhelper/integration/ftpclient"
@@ -54,6 +60,7 @@ func main() {
 	bind := flag.String("bind", "", "comma-separated local addresses for the control connections, used in turn")
 	file := flag.String("file", "small.bin", "file to fetch")
 	size := flag.Int64("size", -1, "expected size of the file (-1: any)")
+	sum := flag.String("sha256", "", "expected sha256 of the file, hex (empty: not checked)")
 	workers := flag.Int("workers", 8, "concurrent sessions")
 	duration := flag.Duration("duration", 10*time.Second, "how long to run")
 	timeout := flag.Duration("timeout", 10*time.Second, "timeout of each protocol step")
@@ -75,10 +82,13 @@ func main() {
 	}
 	l := &load{
 		targets: strings.Split(*addrs, ","), locals: locals, mode: m,
-		file: *file, size: *size, timeout: *timeout, workers: *workers, sessions: *sessions,
+		file: *file, size: *size, sum: strings.ToLower(*sum), timeout: *timeout, workers: *workers, sessions: *sessions,
 		res: result{Label: *label, Errors: map[string]int64{}},
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), *duration)
+	// A test that has seen what it needs stops the load with a signal.
+	sigCtx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	ctx, cancel := context.WithTimeout(sigCtx, *duration)
 	defer cancel()
 	out, _ := json.Marshal(l.run(ctx))
 	fmt.Println(string(out))
@@ -107,6 +117,7 @@ type load struct {
 	mode     ftpclient.Mode
 	file     string
 	size     int64
+	sum      string // hex sha256, "" unchecked
 	timeout  time.Duration
 	workers  int
 	sessions int64
@@ -159,7 +170,7 @@ func (l *load) worker(ctx context.Context, w int, over func() bool) {
 		if len(l.locals) > 0 {
 			d.LocalAddr = &net.TCPAddr{IP: l.locals[i%len(l.locals)]}
 		}
-		err := session(ctx, l.targets[i%len(l.targets)], d, l.mode, l.file, l.size, l.timeout)
+		err := session(ctx, l.targets[i%len(l.targets)], d, l.mode, l.file, l.size, l.sum, l.timeout)
 		if over() {
 			return // cut off by the end of the run: not counted
 		}
@@ -167,7 +178,7 @@ func (l *load) worker(ctx context.Context, w int, over func() bool) {
 		if err != nil {
 			l.res.Failures++
 			l.res.Errors[errKind(err)]++
-			fmt.Fprintf(os.Stderr, "%s session %d: %v\n", time.Now().Format("15:04:05.000000"), i, err)
+			fmt.Fprintf(os.Stderr, "%s session %d (started %s): %v\n", time.Now().Format("15:04:05.000000"), i, t0.Format("15:04:05.000000"), err)
 		} else {
 			l.res.Sessions++
 			l.latencies = append(l.latencies, time.Since(t0))
@@ -176,7 +187,7 @@ func (l *load) worker(ctx context.Context, w int, over func() bool) {
 	}
 }
 
-func session(ctx context.Context, addr string, d *net.Dialer, mode ftpclient.Mode, file string, size int64, timeout time.Duration) error {
+func session(ctx context.Context, addr string, d *net.Dialer, mode ftpclient.Mode, file string, size int64, sum string, timeout time.Duration) error {
 	c, err := ftpclient.DialWith(ctx, addr, d)
 	if err != nil {
 		return fmt.Errorf("dial: %w", err)
@@ -186,12 +197,16 @@ func session(ctx context.Context, addr string, d *net.Dialer, mode ftpclient.Mod
 	if err := c.Login(ctx, "", ""); err != nil {
 		return fmt.Errorf("login: %w", err)
 	}
-	n, err := c.RetrTo(ctx, file, io.Discard)
+	h := sha256.New()
+	n, err := c.RetrTo(ctx, file, h)
 	if err != nil {
 		return fmt.Errorf("retr: %w", err)
 	}
 	if size >= 0 && n != size {
 		return fmt.Errorf("retr: got %d bytes, want %d", n, size)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); sum != "" && got != sum {
+		return fmt.Errorf("retr: sha256 %s, want %s", got, sum)
 	}
 	// A 227 naming another host than the one the client talks to (a
 	// balancer's real server) is a leak, even where that host answers.
