@@ -1,11 +1,9 @@
 package daemon
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -38,8 +36,8 @@ func healthTargets(cfg *config.Config, ro roster) ([]health.Target, error) {
 				Path: c.Path, Status: c.Status, Body: c.Body, Host: c.Host, Command: c.Command}
 			if c.CredentialsFile != "" {
 				var err error
-				if spec.User, spec.Password, err = readCredentials(c.CredentialsFile); err != nil {
-					return nil, fmt.Errorf("service %s, real server %s: %w", sc.Name, r.Addr, err)
+				if spec.User, spec.Password, err = config.ReadCredentials(c.CredentialsFile); err != nil {
+					return nil, fmt.Errorf("service %s, real server %s: credentials file: %w", sc.Name, r.Addr, err)
 				}
 			}
 			k := health.Key{Service: sc.Name, Addr: r.Addr}
@@ -51,22 +49,6 @@ func healthTargets(cfg *config.Config, ro roster) ([]health.Target, error) {
 		}
 	}
 	return out, nil
-}
-
-// readCredentials reads "user:password" from the first line of path.
-func readCredentials(path string) (user, password string, err error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", "", fmt.Errorf("credentials file: %w", err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Scan()
-	user, password, ok := strings.Cut(strings.TrimRight(sc.Text(), "\r"), ":")
-	if !ok || user == "" {
-		return "", "", fmt.Errorf("credentials file %s: want user:password on its first line", path)
-	}
-	return user, password, nil
 }
 
 // changeQueue carries the monitor's changes to the daemon's goroutine: add
