@@ -14,8 +14,10 @@ import (
 // environment, and returns nil if it exits 0. It runs in a process group of
 // its own: when timeout (if > 0) passes or ctx ends, the whole group (the
 // shell and whatever it started) is killed with SIGKILL and the shell
-// reaped, so nothing is left running and no zombie of ours remains. Its
-// output is discarded: no pipe is left for a stray child to hold open.
+// reaped, so nothing is left running and no zombie of ours remains. What
+// the shell left running in its group when it exited is killed too: a
+// check that runs every few seconds must not pile up background children.
+// Its output is discarded: no pipe is left for a stray child to hold open.
 func RunCommand(ctx context.Context, command string, env []string, timeout time.Duration) error {
 	if timeout > 0 {
 		var cancel context.CancelFunc
@@ -30,6 +32,11 @@ func RunCommand(ctx context.Context, command string, env []string, timeout time.
 		return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	}
 	err := cmd.Run()
+	if cmd.Process != nil {
+		// The group keeps the shell's pid reserved while any member lives:
+		// this cannot reach another process. ESRCH: nothing was left.
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
 	if err != nil && ctx.Err() != nil {
 		return fmt.Errorf("%w: %w", ErrKilled, context.Cause(ctx))
 	}

@@ -115,3 +115,28 @@ func TestExecCancel(t *testing.T) {
 		t.Fatal("not killed")
 	}
 }
+
+// A command that exits and leaves a child running in the background leaves
+// nothing behind either: a check that runs every few seconds would pile them
+// up.
+func TestExecLeavesNoBackgroundChild(t *testing.T) {
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	if err := RunCommand(context.Background(), "echo $$ > "+pidFile+"; sleep 100 & exit 0", nil, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pgid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for len(group(t, pgid)) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("group %d still has %v", pgid, group(t, pgid))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
