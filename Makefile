@@ -49,7 +49,7 @@ integration:
 # every target of these packages, a minute each by default.
 FUZZTIME ?= 60s
 fuzz:
-	@set -e; for pkg in ./nfq ./nfq/packet ./helpers/ftp ./config ./ipvs ./kernel; do \
+	@set -e; for pkg in ./nfq ./nfq/packet ./helpers/ftp ./config ./ipvs ./kernel ./health; do \
 		for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
 			echo "== $$pkg $$t"; $(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) $$pkg; \
 		done; \
@@ -65,7 +65,7 @@ soak: deps
 # Benchmarks (root for the second part, about 7 minutes in all): the Go
 # micro-benchmarks, then bench-ftp. Not run by CI.
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./nfq ./ipvs ./helpers/...
+	$(GO) test -run '^$$' -bench . -benchmem ./nfq ./ipvs ./helpers/... ./health
 	$(MAKE) --no-print-directory bench-ftp
 
 # nfhelperd side by side with nft DNAT + the kernel's FTP helpers, plain DNAT
@@ -154,7 +154,7 @@ deb-test: deb deps
 # VM skips TestReloadUnderTraffic: under software emulation its transfers
 # (paced at 512 KiB/s) end before the reloads are checked, which it reports
 # as a failure of the test itself, not of the daemon.
-VM_PKGS      := qemu-system-x86 busybox-static cpio kmod ipvsadm
+VM_PKGS      := qemu-system-x86 busybox-static cpio kmod ipvsadm keepalived
 VMSHARE      ?= $(BIN)/vm
 VMTIMEOUT    ?= 45m
 VM_DATAPATHS ?= compat kernel
