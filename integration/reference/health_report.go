@@ -1,0 +1,136 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// healthSection is the report's health comparison: a table of every
+// measurement per system, a sentence per difference, each system's setup.
+func (r *report) healthSection(b *strings.Builder) {
+	fmt.Fprintf(b, "\n## Health checks: keepalived + IPVS vs nfhelperd\n\n"+
+		"Two VIPs on the router, %s:21 (with a sorry server, hksorry) and %s:21 (without), balanced round robin over "+
+		"vsftpd on hk1 and hk2; both systems check them with a TCP connect every %v, down after %d failures in a row "+
+		"(nfhelperd: also up only after %d passes). Meanwhile %d clients in the client namespace each start a session "+
+		"through the first VIP every %v (log in, PASV, fetch server.txt, which names the server, quit). "+
+		"Times count from the moment vsftpd was stopped or, for a start, from when it listened again; "+
+		"\"taken out\" and \"back\" are what the balancer itself showed (`ipvsadm -Ln`, `nfhelperctl services`), polled every 20 ms.\n\n",
+		hcVIPSorry, hcVIPNoSorry, hcInterval, hcFall, hcRise, hcWorkers, hcEvery)
+	res := r.health
+	if len(res) > 0 {
+		b.WriteString("| scenario |")
+		for _, x := range res {
+			fmt.Fprintf(b, " %s |", x.system)
+		}
+		b.WriteString("\n|---|")
+		for range res {
+			b.WriteString("---|")
+		}
+		b.WriteString("\n")
+		row := func(label string, f func(*hcResult) string) {
+			fmt.Fprintf(b, "| %s |", label)
+			for _, x := range res {
+				fmt.Fprintf(b, " %s |", strings.ReplaceAll(f(x), "|", "\\|"))
+			}
+			b.WriteString("\n")
+		}
+		row("1. vsftpd stops on hk2: taken out after", func(x *hcResult) string { return x.out.String() })
+		row("1. last failed session started after", func(x *hcResult) string {
+			if x.failed == 0 {
+				return "none failed"
+			}
+			return x.lastFailed.String()
+		})
+		row("1. failed sessions (of those started until 2 s after it was taken out)", func(x *hcResult) string {
+			return fmt.Sprintf("%d of %d", x.failed, x.started)
+		})
+		row("1. of them started after it was taken out", func(x *hcResult) string { return fmt.Sprint(x.lateFailures) })
+		row("2. vsftpd starts again: back after", func(x *hcResult) string { return x.back.String() })
+		row("2. first session it served started after", func(x *hcResult) string { return x.served.String() })
+		row("3. every server down, sorry server: first session it served started after", func(x *hcResult) string { return x.sorry.String() })
+		row("3. sessions failed until then", func(x *hcResult) string { return fmt.Sprint(x.sorryFailed) })
+		row("3. every server down, no sorry server: a new connection", func(x *hcResult) string { return x.noSorry })
+		row("4. drain", func(x *hcResult) string { return "`" + x.drainCmd + "`" })
+		row("4. new sessions to it in the 2 s after the command returned", func(x *hcResult) string {
+			return fmt.Sprintf("%d of %d", x.drainedNew, x.drainedTotal)
+		})
+		row("4. its session opened before, fetching a file after", func(x *hcResult) string { return x.held })
+		b.WriteString("\n")
+		for _, x := range res {
+			if x.err != "" {
+				fmt.Fprintf(b, "- %s: the run stopped early: %s\n", x.system, x.err)
+			}
+			for _, p := range x.problems {
+				fmt.Fprintf(b, "- %s: **FAIL**: %s\n", x.system, p)
+			}
+		}
+	}
+	for _, s := range r.healthSystems {
+		fmt.Fprintf(b, "- %s: %s\n", s.name, s.config)
+	}
+	for name, why := range r.healthUnavailable {
+		fmt.Fprintf(b, "- %s: not measured: %s\n", name, why)
+	}
+	if d := healthDifferences(res); len(d) > 0 {
+		b.WriteString("\nDifferences:\n\n")
+		for _, s := range d {
+			fmt.Fprintf(b, "- %s\n", s)
+		}
+	}
+}
+
+// healthDifferences is a sentence per difference between keepalived's
+// and nfhelperd's results, from what was measured.
+func healthDifferences(res []*hcResult) []string {
+	var k, n *hcResult
+	for _, x := range res {
+		switch x.system {
+		case "keepalived + IPVS":
+			k = x
+		case "nfhelperd":
+			n = x
+		}
+	}
+	if k == nil || n == nil || k.err != "" || n.err != "" {
+		return nil
+	}
+	var out []string
+	cmp := func(what string, a, b span) {
+		if !a.ok || !b.ok {
+			if a.ok != b.ok {
+				out = append(out, fmt.Sprintf("%s: keepalived %v, nfhelperd %v.", what, a, b))
+			}
+			return
+		}
+		if d := a.d - b.d; d > 300*time.Millisecond || d < -300*time.Millisecond {
+			faster := "nfhelperd"
+			if d < 0 {
+				faster, d = "keepalived", -d
+			}
+			out = append(out, fmt.Sprintf("%s: %s is %.1f s sooner (keepalived %v, nfhelperd %v).", what, faster, d.Seconds(), a, b))
+		}
+	}
+	cmp("A stopped server is taken out", k.out, n.out)
+	if k.failed != n.failed {
+		out = append(out, fmt.Sprintf("Sessions failed while the stopped server was still balanced: keepalived %d, nfhelperd %d "+
+			"(the same offered load; the count follows the detection time).", k.failed, n.failed))
+	}
+	cmp("A server that starts again is back", k.back, n.back)
+	if k.back.ok && n.back.ok && n.back.d > k.back.d {
+		out = append(out, fmt.Sprintf("keepalived's TCP_CHECK has no rise: one passing check puts a server back; "+
+			"nfhelperd waits for rise=%d passes in a row, so a flapping server is kept out, at the price of about one interval more.", hcRise))
+	}
+	cmp("The sorry server takes over", k.sorry, n.sorry)
+	if k.noSorry != n.noSorry {
+		out = append(out, fmt.Sprintf("With every server down and no sorry server, a new connection is %s through keepalived + IPVS "+
+			"and %s through nfhelperd.", k.noSorry, n.noSorry))
+	}
+	if k.drainedNew != n.drainedNew || k.held != n.held {
+		out = append(out, fmt.Sprintf("Drain: keepalived + IPVS sent %d new sessions to the drained server and its open session %s; "+
+			"nfhelperd %d and %s.", k.drainedNew, k.held, n.drainedNew, n.held))
+	}
+	out = append(out, "A drain by `ipvsadm -e -w 0` is made behind keepalived's back: nothing records it, and no tool shows it as a drain; "+
+		"nfhelperd's drain is an override that `nfhelperctl services` shows and that survives a reload and a restart until `undrain`.")
+	return out
+}
