@@ -92,19 +92,6 @@ func (l *sessionLoop) since(t time.Time) []session {
 	return out
 }
 
-// endedSince is a copy of the sessions that ended at or after t.
-func (l *sessionLoop) endedSince(t time.Time) []session {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []session
-	for _, s := range l.sessions {
-		if !s.end.Before(t) {
-			out = append(out, s)
-		}
-	}
-	return out
-}
-
 // waitServed waits until a session that started at or after t was served
 // by server, and returns it.
 func (l *sessionLoop) waitServed(ctx context.Context, t time.Time, server string, limit time.Duration) (session, bool) {
