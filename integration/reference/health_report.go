@@ -14,9 +14,11 @@ func (r *report) healthSection(b *strings.Builder) {
 		"vsftpd on hk1 and hk2; both systems check them with a TCP connect every %v, down after %d failures in a row "+
 		"(nfhelperd: also up only after %d passes). Meanwhile %d clients in the client namespace each start a session "+
 		"through the first VIP every %v (log in, PASV, fetch server.txt, which names the server, quit). "+
+		"The first server stops %v after the start, when every check has passed at least once. "+
 		"Times count from the moment vsftpd was stopped or, for a start, from when it listened again; "+
-		"\"taken out\" and \"back\" are what the balancer itself showed (`ipvsadm -Ln`, `nfhelperctl services`), polled every 20 ms.\n\n",
-		hcVIPSorry, hcVIPNoSorry, hcInterval, hcFall, hcRise, hcWorkers, hcEvery)
+		"\"taken out\" and \"back\" are what the balancer itself showed (IPVS's table in /proc/net/ip_vs, nfhelperd's "+
+		"control socket as `nfhelperctl services` reads it), polled every 20 ms; a session's time is when it began to connect.\n\n",
+		hcVIPSorry, hcVIPNoSorry, hcInterval, hcFall, hcRise, hcWorkers, hcEvery, hcWarm)
 	res := r.health
 	if len(res) > 0 {
 		b.WriteString("| scenario |")

@@ -109,11 +109,19 @@ func (e *env) keepalivedHealth() healthSystem {
 			_ = e.routerRun(context.Background(), "ipvsadm", "-C")
 		},
 		view: func(ctx context.Context, vip string) (map[string]int, error) {
-			out, err := e.tp.Run(ctx, e.tp.Router, "ipvsadm", "-Ln", "-t", net.JoinHostPort(vip, "21"))
+			// /proc/net/ip_vs, not ipvsadm: a process per poll costs
+			// hundreds of milliseconds under emulation, which would
+			// count against keepalived.
+			var b []byte
+			err := topo.Do(e.tp.Router, func() error {
+				var err error
+				b, err = os.ReadFile("/proc/thread-self/net/ip_vs")
+				return err
+			})
 			if err != nil {
 				return nil, err
 			}
-			return parseIpvsadm(string(out)), nil
+			return parseProcIPVS(string(b), netip.AddrPortFrom(netip.MustParseAddr(vip), 21)), nil
 		},
 		drain: func(ctx context.Context, addr string) (string, error) {
 			args := []string{"-e", "-t", net.JoinHostPort(hcVIPSorry, "21"), "-r", addr, "-m", "-w", "0"}
@@ -151,23 +159,40 @@ func keepalivedConfig() string {
 	return b.String()
 }
 
-// parseIpvsadm reads the destinations of `ipvsadm -Ln -t VIP:PORT`:
-// "  -> 10.0.0.31:21   Masq   1   0   0".
-func parseIpvsadm(out string) map[string]int {
+// parseProcIPVS reads the IPv4 destinations of TCP service vip from
+// /proc/net/ip_vs, whose addresses are hex:
+//
+//	TCP  C6336432:0015 rr
+//	  -> 0A00001F:0015      Masq    1      0          0
+func parseProcIPVS(text string, vip netip.AddrPort) map[string]int {
 	m := map[string]int{}
-	for _, l := range strings.Split(out, "\n") {
+	in := false
+	for _, l := range strings.Split(text, "\n") {
 		f := strings.Fields(l)
-		if len(f) < 4 || f[0] != "->" {
-			continue
-		}
-		if _, err := netip.ParseAddrPort(f[1]); err != nil {
-			continue // the header line
-		}
-		if w, err := strconv.Atoi(f[3]); err == nil {
-			m[f[1]] = w
+		switch {
+		case len(f) >= 2 && f[0] == "TCP":
+			a, ok := hexAddrPort(f[1])
+			in = ok && a == vip
+		case in && len(f) >= 4 && f[0] == "->":
+			a, ok := hexAddrPort(f[1])
+			w, err := strconv.Atoi(f[3])
+			if ok && err == nil {
+				m[a.String()] = w
+			}
 		}
 	}
 	return m
+}
+
+// hexAddrPort parses "0A00001F:0015".
+func hexAddrPort(s string) (netip.AddrPort, bool) {
+	a, p, ok := strings.Cut(s, ":")
+	ip, err1 := strconv.ParseUint(a, 16, 32)
+	port, err2 := strconv.ParseUint(p, 16, 16)
+	if !ok || len(a) != 8 || err1 != nil || err2 != nil {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{byte(ip >> 24), byte(ip >> 16), byte(ip >> 8), byte(ip)}), uint16(port)), true
 }
 
 func (e *env) nfhelperdHealth() healthSystem {
