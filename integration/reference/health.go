@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
+	"regexp"
 	"strings"
 	"syscall"
 	"time"
@@ -340,6 +341,7 @@ func (e *env) healthScenarios(ctx context.Context, s healthSystem, srv []*hcServ
 			return nil
 		}
 	}
+	loop.end() // nothing else in the client's namespace while the answer is counted
 	what, refused, took := e.dialOnce(ctx, net.JoinHostPort(hcVIPNoSorry, "21"))
 	r.noSorry = what
 	expect(refused && took <= hcRefuseBound, "a new connection with every server down and no sorry server: %s, want refused within %v", what, hcRefuseBound)
@@ -370,13 +372,32 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 }
 
 // dialOnce opens one TCP connection from the client to addr and says what
-// it got: refused, timed out, or connected (and what it read).
+// it got: refused (by a TCP reset or an ICMP port unreachable, counted by
+// a table in the client's namespace), timed out, or connected (and what it
+// read).
 func (e *env) dialOnce(ctx context.Context, addr string) (what string, refused bool, took time.Duration) {
+	counted := e.clientNft(ctx, probeRules) == nil
 	cctx, cancel := context.WithTimeout(ctx, hcConnectLimit)
 	defer cancel()
 	start := time.Now()
 	c, err := topo.DialIn(cctx, e.tp.Client, "tcp", addr)
 	took = time.Since(start)
+	how := ""
+	if counted {
+		out, lerr := e.tp.Run(ctx, e.tp.Client, "nft", "list", "table", "inet", "nfhref_probe")
+		if lerr == nil {
+			var by []string
+			for _, m := range probeCountRE.FindAllStringSubmatch(string(out), -1) {
+				if m[1] != "0" {
+					by = append(by, m[2])
+				}
+			}
+			if len(by) > 0 {
+				how = " (" + strings.Join(by, ", ") + ")"
+			}
+		}
+		_ = e.clientNft(context.Background(), "delete table inet nfhref_probe")
+	}
 	switch {
 	case err == nil:
 		_ = c.SetReadDeadline(time.Now().Add(time.Second))
@@ -385,12 +406,36 @@ func (e *env) dialOnce(ctx context.Context, addr string) (what string, refused b
 		c.Close()
 		return fmt.Sprintf("connected after %.0f ms (read %q)", ms(took), strings.TrimSpace(string(b[:n]))), false, took
 	case errors.Is(err, syscall.ECONNREFUSED):
-		return fmt.Sprintf("refused after %.1f ms", ms(took)), true, took
+		return fmt.Sprintf("refused%s after %.1f ms", how, ms(took)), true, took
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, syscall.ETIMEDOUT):
 		return fmt.Sprintf("no answer: timed out after %.1f s", took.Seconds()), false, took
 	default:
-		return fmt.Sprintf("%s after %.0f ms", firstLine(err.Error()), ms(took)), false, took
+		return fmt.Sprintf("%s%s after %.0f ms", firstLine(err.Error()), how, ms(took)), false, took
 	}
+}
+
+// probeRules count what answers the client's SYN: a reset from port 21 or
+// an ICMP port unreachable (IPVS's answer when a service has no
+// destination).
+const probeRules = `table inet nfhref_probe {
+	chain in {
+		type filter hook input priority 0; policy accept;
+		tcp sport 21 tcp flags & rst == rst counter comment "TCP reset"
+		icmp type destination-unreachable icmp code port-unreachable counter comment "ICMP port unreachable"
+	}
+}
+`
+
+var probeCountRE = regexp.MustCompile(`packets (\d+) bytes \d+ comment "([^"]+)"`)
+
+// clientNft loads an nft script in the client's namespace.
+func (e *env) clientNft(ctx context.Context, script string) error {
+	c := e.tp.CommandContext(ctx, e.tp.Client, "nft", "-f", "-")
+	c.Stdin = strings.NewReader(script)
+	if out, err := c.CombinedOutput(); err != nil {
+		return fmt.Errorf("nft -f in the client: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

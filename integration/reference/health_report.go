@@ -58,7 +58,8 @@ func (r *report) healthSection(b *strings.Builder) {
 			return fmt.Sprintf("%d of %d", x.drainedNew, x.drainedTotal)
 		})
 		row("4. its session opened before, fetching a file after", func(x *hcResult) string { return x.held })
-		b.WriteString("\n")
+		fmt.Fprintf(b, "\nFailed sessions count against the number started: each client starts its next session when the last "+
+			"ended or %v after the last began, whichever is later, so a system that serves faster, or refuses faster, starts more.\n\n", hcEvery)
 		for _, x := range res {
 			if x.err != "" {
 				fmt.Fprintf(b, "- %s: the run stopped early: %s\n", x.system, x.err)
@@ -97,7 +98,7 @@ func healthDifferences(res []*hcResult) []string {
 	if k == nil || n == nil || k.err != "" || n.err != "" {
 		return nil
 	}
-	var out []string
+	var out, same []string
 	cmp := func(what string, a, b span) {
 		if !a.ok || !b.ok {
 			if a.ok != b.ok {
@@ -111,26 +112,27 @@ func healthDifferences(res []*hcResult) []string {
 				faster, d = "keepalived", -d
 			}
 			out = append(out, fmt.Sprintf("%s: %s is %.1f s sooner (keepalived %v, nfhelperd %v).", what, faster, d.Seconds(), a, b))
+			return
 		}
+		same = append(same, fmt.Sprintf("%s (%v, %v)", strings.ToLower(what[:1])+what[1:], a, b))
 	}
 	cmp("A stopped server is taken out", k.out, n.out)
-	if k.failed != n.failed {
-		out = append(out, fmt.Sprintf("Sessions failed while the stopped server was still balanced: keepalived %d, nfhelperd %d "+
-			"(the same offered load; the count follows the detection time).", k.failed, n.failed))
-	}
 	cmp("A server that starts again is back", k.back, n.back)
 	if k.back.ok && n.back.ok && n.back.d > k.back.d {
 		out = append(out, fmt.Sprintf("keepalived's TCP_CHECK has no rise: one passing check puts a server back; "+
 			"nfhelperd waits for rise=%d passes in a row, so a flapping server is kept out, at the price of about one interval more.", hcRise))
 	}
 	cmp("The sorry server takes over", k.sorry, n.sorry)
-	if k.noSorry != n.noSorry {
+	if how := func(s string) string { s, _, _ = strings.Cut(s, " after "); return s }; how(k.noSorry) != how(n.noSorry) {
 		out = append(out, fmt.Sprintf("With every server down and no sorry server, a new connection is %s through keepalived + IPVS "+
 			"and %s through nfhelperd.", k.noSorry, n.noSorry))
 	}
 	if k.drainedNew != n.drainedNew || k.held != n.held {
 		out = append(out, fmt.Sprintf("Drain: keepalived + IPVS sent %d new sessions to the drained server and its open session %s; "+
 			"nfhelperd %d and %s.", k.drainedNew, k.held, n.drainedNew, n.held))
+	}
+	if len(same) > 0 {
+		out = append(out, "Within 0.3 s of each other, keepalived's first: "+strings.Join(same, "; ")+".")
 	}
 	out = append(out, "A drain by `ipvsadm -e -w 0` is made behind keepalived's back: nothing records it, and no tool shows it as a drain; "+
 		"nfhelperd's drain is an override that `nfhelperctl services` shows and that survives a reload and a restart until `undrain`.")

@@ -29,6 +29,7 @@ type sessionLoop struct {
 	mu       sync.Mutex
 	sessions []session
 	stop     chan struct{}
+	stopOnce sync.Once
 	wg       sync.WaitGroup
 }
 
@@ -73,9 +74,10 @@ func (e *env) startLoop(addr string, workers int, every time.Duration) *sessionL
 	return l
 }
 
-// end stops the loop and waits for its running sessions.
+// end stops the loop and waits for its running sessions; again, it does
+// nothing.
 func (l *sessionLoop) end() {
-	close(l.stop)
+	l.stopOnce.Do(func() { close(l.stop) })
 	l.wg.Wait()
 }
 
