@@ -8,7 +8,10 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"time"
+
+	"github.com/nfhelper/nfhelper/ipvs"
 )
 
 // PathServer changes a real server's standing at run time: POST a
@@ -149,6 +152,37 @@ func (s *Server) server(service string, addr netip.AddrPort) (RealServer, error)
 		return RealServer{}, fmt.Errorf("%w %s in service %q", ErrUnknownServer, addr, service)
 	}
 	return RealServer{}, fmt.Errorf("%w %q", ErrUnknownService, service)
+}
+
+// handleConns answers /v1/conns, with the query's service and server (an
+// address:port) keeping only that service's connections to that server.
+func (s *Server) handleConns(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	service, server := q.Get("service"), q.Get("server")
+	if service == "" && server == "" {
+		reply(w, s.Conns(), nil)
+		return
+	}
+	addr, err := netip.ParseAddrPort(server)
+	if service == "" || err != nil {
+		reply(w, nil, fmt.Errorf("%w: want service=NAME&server=ADDRESS:PORT", ErrBadRequest))
+		return
+	}
+	reply(w, s.conns(func(v *ipvs.ConnView) bool { return v.Service == service && v.Server == addr }), nil)
+}
+
+// ServerConns fetches the connections of service to server (a daemon
+// without the filter answers them all: the caller filters again).
+func (c *Client) ServerConns(ctx context.Context, service string, server netip.AddrPort) (*Conns, error) {
+	var v Conns
+	q := url.Values{"service": {service}, "server": {server.String()}}
+	return &v, c.Get(ctx, PathConns+"?"+q.Encode(), &v)
+}
+
+// Ended reports whether the connection has ended (a FIN or a reset seen)
+// and only waits out its timeout in the table.
+func (c *Conn) Ended() bool {
+	return c.State == ipvs.StateFinWait.String() || c.State == ipvs.StateClose.String()
 }
 
 // SetServer posts req and returns the server after the change. Its errors

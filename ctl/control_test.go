@@ -203,6 +203,9 @@ func TestSetServerNoControl(t *testing.T) {
 }
 
 func TestFormatStanding(t *testing.T) {
+	if a, b, c := Count(1, "connection"), Count(int64(0), "connection"), Count(2, "flow"); a != "1 connection" || b != "0 connections" || c != "2 flows" {
+		t.Errorf("Count: %q %q %q", a, b, c)
+	}
 	at := time.Date(2026, 12, 7, 8, 0, 0, 0, time.UTC)
 	one, seven := 1, 7
 	var b bytes.Buffer
@@ -259,5 +262,53 @@ func TestSorryServer(t *testing.T) {
 	e.SetStanding(svc.Sorry, 0, true)
 	if got := s.Services().Services[0].Servers[1]; got.State != "down" || !got.Down {
 		t.Errorf("down sorry server %+v", got)
+	}
+}
+
+// TestServerConns: /v1/conns with service and server answers that
+// server's connections only. (Clients in four /24s: the service persists
+// by /24.)
+func TestServerConns(t *testing.T) {
+	s, e := testServer(t)
+	w := e.NewWorker()
+	for i := range 4 {
+		if v := w.Process(syn(netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, byte(2 + i), 7}), 40000), vip), 0); !v.SetMark {
+			t.Fatalf("SYN not scheduled: %+v", v)
+		}
+	}
+	c := NewClient(serve(t, s), 5*time.Second)
+	ctx := context.Background()
+	all, err := c.Conns(ctx)
+	if err != nil || len(all.Conns) != 4 {
+		t.Fatalf("all: %+v %v", all, err)
+	}
+	n := map[netip.AddrPort]int{}
+	for _, x := range all.Conns {
+		n[x.Server]++
+	}
+	for _, rs := range []netip.AddrPort{rs1, rs2} {
+		cs, err := c.ServerConns(ctx, "ftp", rs)
+		if err != nil || len(cs.Conns) != n[rs] || n[rs] == 0 {
+			t.Errorf("%s: %d conns, want %d (%v)", rs, len(cs.Conns), n[rs], err)
+		}
+		for _, x := range cs.Conns {
+			if x.Server != rs || x.Service != "ftp" || x.Ended() {
+				t.Errorf("%s: %+v", rs, x)
+			}
+		}
+	}
+	if cs, err := c.ServerConns(ctx, "echo", rs1); err != nil || len(cs.Conns) != 0 {
+		t.Errorf("another service: %+v %v", cs, err)
+	}
+	for _, q := range []string{"?service=ftp", "?server=10.0.0.11:21", "?service=ftp&server=nope"} {
+		var v Conns
+		if err := c.Get(ctx, PathConns+q, &v); !errors.Is(err, ErrBadRequest) {
+			t.Errorf("%s: %v", q, err)
+		}
+	}
+	for state, ended := range map[string]bool{"SYN_SENT": false, "ESTABLISHED": false, "UDP": false, "FIN_WAIT": true, "CLOSE": true} {
+		if (&Conn{State: state}).Ended() != ended {
+			t.Errorf("%s: ended %v", state, !ended)
+		}
 	}
 }

@@ -136,11 +136,19 @@ func standingText(rs *RealServer) string {
 // WriteServer prints one real server of service, as nfhelperctl server
 // does after a change.
 func WriteServer(w io.Writer, service string, rs *RealServer) {
-	fmt.Fprintf(w, "%s %s: weight %d, %d connections (%d active, %d inactive)\n",
-		service, rs.Address, rs.Weight, rs.Connections(), rs.Active, rs.Inactive)
+	fmt.Fprintf(w, "%s %s: weight %d, %s (%d active, %d inactive)\n",
+		service, rs.Address, rs.Weight, Count(rs.Connections(), "connection"), rs.Active, rs.Inactive)
 	if d := standingText(rs); d != "" {
 		fmt.Fprintf(w, "  %s\n", d)
 	}
+}
+
+// Count is n things: "1 connection", "2 connections".
+func Count[N int | int64](n N, thing string) string {
+	if n == 1 {
+		return "1 " + thing
+	}
+	return fmt.Sprintf("%d %ss", n, thing)
 }
 
 // expire prints seconds as ipvsadm does: mm:ss.

@@ -171,7 +171,7 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+PathStatus, func(w http.ResponseWriter, r *http.Request) { reply(w, s.Status(), nil) })
 	mux.HandleFunc("GET "+PathServices, func(w http.ResponseWriter, r *http.Request) { reply(w, s.Services(), nil) })
-	mux.HandleFunc("GET "+PathConns, func(w http.ResponseWriter, r *http.Request) { reply(w, s.Conns(), nil) })
+	mux.HandleFunc("GET "+PathConns, s.handleConns)
 	mux.HandleFunc("GET "+PathCheck, func(w http.ResponseWriter, r *http.Request) { reply(w, s.Check(r.Context()), nil) })
 	mux.HandleFunc("GET "+PathRules, func(w http.ResponseWriter, r *http.Request) {
 		rules, err := s.Rules(r.Context())
@@ -301,10 +301,17 @@ func (s *Server) Services() Services {
 }
 
 // Conns is the /v1/conns reply, ordered by protocol, VIP, client.
-func (s *Server) Conns() Conns {
+func (s *Server) Conns() Conns { return s.conns(func(*ipvs.ConnView) bool { return true }) }
+
+// conns is the /v1/conns reply of the connections keep says yes to.
+func (s *Server) conns(keep func(*ipvs.ConnView) bool) Conns {
 	views := s.Engine.ConnViews()
 	out := Conns{Conns: make([]Conn, 0, len(views))}
-	for _, v := range views {
+	for i := range views {
+		v := &views[i]
+		if !keep(v) {
+			continue
+		}
 		c := Conn{Protocol: "TCP", State: v.State.String(), ExpiresIn: int64(v.ExpiresIn / time.Second),
 			Client: v.Client, VIP: v.VIP, Server: v.Server, ClientNAT: v.ClientNAT, Service: v.Service, Helper: v.Helper}
 		if v.UDP {

@@ -5,7 +5,7 @@
 //
 //	/v1/status    Status
 //	/v1/services  Services
-//	/v1/conns     Conns
+//	/v1/conns     Conns (?service=NAME&server=ADDRESS:PORT: of that server)
 //	/v1/check     CheckReport
 //	/v1/rules     Rules
 //

@@ -65,6 +65,17 @@ func (d *Daemon) SetServer(_ context.Context, req ctl.ServerRequest) error {
 	}
 	d.log.Info("server override", append(overrideAttrs(k, &o), "op", req.Op)...)
 	d.commit(before, func(health.Key) string { return "nfhelperctl " + req.Op })
+	d.states.adjust(d.ctx, d.roster.draining())
+	if sc.Protocol != "udp" && s.standing(r.EffectiveWeight()).weight == 0 {
+		// Following the states from now on, the engine learns those of
+		// the connections already running.
+		vip, addr := sc.VIPAddr, r.Addr
+		d.background.Go(func() {
+			if err := syncStates(d.follower.netns, d.engine, vip, addr); err != nil {
+				d.log.Warn("drain: connection states not read; its active count may be low", "service", k.Service, "server", addr, "err", err)
+			}
+		})
+	}
 	return nil
 }
 

@@ -47,7 +47,7 @@ func controlled(t *testing.T, yaml, stateDir string) (*Daemon, *syncBuffer, *int
 	logs := &syncBuffer{}
 	d := New(mustParse(t, yaml), Options{StateDir: stateDir, Log: slog.New(slog.NewTextHandler(logs, nil))})
 	d.dp = newDatapath(kernel.DatapathCompat, d.log)
-	if err := d.newMonitor(); err != nil {
+	if _, err := d.newMonitor(); err != nil {
 		t.Fatal(err)
 	}
 	st := d.roster.standings(d.running)

@@ -14,9 +14,10 @@
 //   - restore.go, handover.go: taking over from a crashed predecessor; the
 //     hand-over in place (queue sockets, helper states, exec).
 //   - services.go: the configuration as engine services and ruleset spec.
-//   - health.go, standing.go, control.go, ondown.go, statefile.go: the
-//     health checks, the real servers' standings (health and overrides),
-//     nfhelperctl's changes, on_down, and the state file that keeps them.
+//   - health.go, standing.go, control.go, serverconns.go, statefile.go:
+//     the health checks, the real servers' standings (health and
+//     overrides), nfhelperctl's changes, a server's connections in
+//     conntrack (on_down reset, drain), and the state file that keeps them.
 //   - check.go: the datapath choice and --check.
 package daemon
 
@@ -126,6 +127,10 @@ func (d *Daemon) start() error {
 	if err := d.chooseDatapath(); err != nil {
 		return err
 	}
+	gone, err := d.newMonitor()
+	if err != nil {
+		return err
+	}
 	if err := d.newEngine(); err != nil {
 		return err
 	}
@@ -146,6 +151,12 @@ func (d *Daemon) start() error {
 	if err := d.installRuleset(); err != nil {
 		return err
 	}
+	// Only now, the table ours: a second daemon that stopped at its queues
+	// must not rewrite the running one's state.
+	for _, c := range gone {
+		c.log(d.log)
+	}
+	d.saveState()
 	d.serve()
 	return nil
 }
@@ -166,12 +177,27 @@ func (d *Daemon) chooseDatapath() error {
 	return nil
 }
 
-// newEngine builds the engine for the configured services, and the
-// ruleset's spec for what the engine assigned them.
-func (d *Daemon) newEngine() (err error) {
-	if err := d.newMonitor(); err != nil {
-		return err
+// newMonitor builds the real servers' roster from the state file and the
+// configuration, and the health monitor for it. It returns the overrides
+// the file no longer allows, for the start to log.
+func (d *Daemon) newMonitor() ([]cleared, error) {
+	d.running = d.cfg
+	var gone []cleared
+	d.roster, gone = d.loadRoster().reconcile(d.cfg, time.Now())
+	targets, err := healthTargets(d.cfg, d.roster)
+	if err != nil {
+		return nil, err
 	}
+	d.changes, d.notices = newChangeQueue(), make(chan notice, 64)
+	d.monitor = health.New(d.changes.add)
+	d.monitor.Set(targets)
+	return gone, nil
+}
+
+// newEngine builds the engine for the configured services, their real
+// servers in the roster's standings, and the ruleset's spec for what the
+// engine assigned them.
+func (d *Daemon) newEngine() (err error) {
 	st := d.roster.standings(d.running)
 	d.alive = &conntrackAlive{}
 	opts := ipvs.Options{MarkMask: markMask, Log: d.log, Alive: d.alive.alive}
@@ -193,26 +219,6 @@ func (d *Daemon) newEngine() (err error) {
 	if d.spec.KernelFTP = d.features.KernelFTP == nil; !d.spec.KernelFTP {
 		d.log.Warn("fail-open covers control connections only: new FTP sessions cannot transfer while the daemon is down", "err", d.features.KernelFTP)
 	}
-	return nil
-}
-
-// newMonitor builds the real servers' roster from the state file and the
-// configuration, and the health monitor for it.
-func (d *Daemon) newMonitor() error {
-	d.running = d.cfg
-	var gone []cleared
-	d.roster, gone = d.loadRoster().reconcile(d.cfg, time.Now())
-	targets, err := healthTargets(d.cfg, d.roster)
-	if err != nil {
-		return err
-	}
-	for _, c := range gone {
-		c.log(d.log)
-	}
-	d.changes, d.notices = newChangeQueue(), make(chan notice, 64)
-	d.monitor = health.New(d.changes.add)
-	d.monitor.Set(targets)
-	d.saveState()
 	return nil
 }
 
@@ -303,7 +309,7 @@ func (d *Daemon) serve() {
 		}
 	})
 	d.states = &stateFollower{engine: d.engine, follower: d.follower, log: d.log, wg: &d.background}
-	d.states.adjust(ctx)
+	d.states.adjust(ctx, d.roster.draining())
 	d.background.Go(func() { d.monitor.Run(ctx) })
 	d.background.Go(func() { d.followHealth(ctx) })
 	d.background.Go(func() { d.runNotices(ctx) })
@@ -365,7 +371,7 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 	}
 	d.report(before, st, func(health.Key) string { return "reload" })
 	d.saveState()
-	d.states.adjust(d.ctx)
+	d.states.adjust(d.ctx, ro.draining())
 	return nil
 }
 
@@ -459,7 +465,9 @@ func (d *Daemon) logServers() {
 }
 
 // stateFollower runs conntrack's state updates while a least-connection
-// scheduler needs them: they cost several events per connection.
+// scheduler needs them, or while an operator drains a server (its active
+// connections, which drain --wait watches, are then right whatever the
+// scheduler): they cost several events per connection.
 type stateFollower struct {
 	engine   *ipvs.Engine
 	follower *conntrackFollower
@@ -468,15 +476,15 @@ type stateFollower struct {
 	stop     context.CancelFunc
 }
 
-func (f *stateFollower) adjust(ctx context.Context) {
-	need := f.engine.NeedsConntrackStates()
+func (f *stateFollower) adjust(ctx context.Context, draining bool) {
+	need := draining || f.engine.NeedsConntrackStates()
 	switch {
 	case need && f.stop == nil:
 		var fctx context.Context
 		fctx, f.stop = context.WithCancel(ctx)
 		f.wg.Go(func() {
 			if err := f.follower.followStates(fctx); err != nil {
-				f.log.Warn("not following conntrack states; least-connection counts drift", "err", err)
+				f.log.Warn("not following conntrack states; active connection counts drift", "err", err)
 			}
 		})
 	case !need && f.stop != nil:

@@ -126,6 +126,17 @@ func (ro roster) standings(cfg *config.Config) map[health.Key]standing {
 	return out
 }
 
+// draining tells whether an override takes new connections from some
+// server (drained or weight 0) while it may still have running ones.
+func (ro roster) draining() bool {
+	for _, s := range ro {
+		if o := s.override; o != nil && (o.Drained || o.Weight != nil && *o.Weight == 0) {
+			return true
+		}
+	}
+	return false
+}
+
 // saved is the roster as the state file holds it.
 func (ro roster) saved() *savedState {
 	st := &savedState{Version: stateVersion}

@@ -8,17 +8,14 @@ import (
 	"time"
 )
 
-// Check runs one check of the server k with spec s, bounded by s.Timeout,
+// Check runs one check of the server k with spec s, bounded by its timeout,
 // and returns nil if it passed. Type "none" always passes.
 func Check(ctx context.Context, k Key, s Spec) error {
 	if s.Type == "exec" {
-		return RunCommand(ctx, s.Command, execEnv(k, s), s.Timeout)
+		return RunCommand(ctx, s.Command, execEnv(k, s), s.timeout())
 	}
-	if s.Timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, s.Timeout)
-		defer cancel()
-	}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout())
+	defer cancel()
 	switch s.Type {
 	case "none":
 		return nil

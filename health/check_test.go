@@ -29,6 +29,17 @@ func TestTCPCheck(t *testing.T) {
 	}
 }
 
+func TestTCPCheckIPv6(t *testing.T) {
+	l, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	defer l.Close()
+	if err := Check(context.Background(), Key{}, Spec{Type: "tcp", Addr: addrOf(l), Timeout: time.Second}); err != nil {
+		t.Error(err)
+	}
+}
+
 func TestNoneAndUnknown(t *testing.T) {
 	if err := Check(context.Background(), Key{}, Spec{Type: "none"}); err != nil {
 		t.Error(err)

@@ -104,12 +104,23 @@ func dataListener(t *testing.T) int {
 	return int(addrOf(l).Port())
 }
 
-// closedPort is a port nothing listens on.
+// closedPort is a port nothing listens on: a socket bound to it, not
+// listening, keeps it from other listeners until the test ends.
 func closedPort(t *testing.T) int {
-	l := listen(t)
-	p := addrOf(l).Port()
-	l.Close()
-	return int(p)
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sa.(*syscall.SockaddrInet4).Port
 }
 
 // filteredPort is a port whose SYNs are dropped, as a firewall would: a
@@ -176,7 +187,7 @@ func TestFTPCheck(t *testing.T) {
 			if got := Cause(err); got != tc.cause {
 				t.Fatalf("cause %q (%v), want %q", got, err, tc.cause)
 			}
-			if d := time.Since(start); d > 2*s.Timeout {
+			if d := time.Since(start); d > s.Timeout+2*time.Second { // bounded, with room for a loaded machine
 				t.Errorf("took %v, timeout %v", d, s.Timeout)
 			}
 			if err == nil {
@@ -206,7 +217,14 @@ func TestFTPSilent(t *testing.T) {
 	s.Timeout = 200 * time.Millisecond
 	start := time.Now()
 	err := Check(context.Background(), Key{}, s)
-	if Cause(err) != "timeout" || time.Since(start) > time.Second {
+	if Cause(err) != "timeout" || time.Since(start) > 3*time.Second {
 		t.Errorf("%v after %v, want a timeout", err, time.Since(start))
+	}
+	// No timeout: the interval bounds the check.
+	s.Timeout, s.Interval = 0, 200*time.Millisecond
+	start = time.Now()
+	err = Check(context.Background(), Key{}, s)
+	if Cause(err) != "timeout" || time.Since(start) > 3*time.Second {
+		t.Errorf("no timeout: %v after %v, want a timeout at the interval", err, time.Since(start))
 	}
 }

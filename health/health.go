@@ -19,14 +19,15 @@ type Key struct {
 
 // Spec is one server's check; the daemon fills it from config.Check.
 type Spec struct {
-	Type              string         // "none", "tcp", "ftp", "http", "https", "exec"
-	Addr              netip.AddrPort // where to check: the server's address, the check's port
-	Interval, Timeout time.Duration
-	Rise, Fall        int
-	User, Password    string // ftp: log in and open a passive data channel
-	Path              string // http(s)
-	Status            int
-	Body, Host        string
+	Type           string         // "none", "tcp", "ftp", "http", "https", "exec"
+	Addr           netip.AddrPort // where to check: the server's address, the check's port
+	Interval       time.Duration  // a shorter one than 1 ms counts as 1 ms
+	Timeout        time.Duration  // if not > 0: Interval
+	Rise, Fall     int
+	User, Password string // ftp: log in and open a passive data channel
+	Path           string // http(s)
+	Status         int
+	Body, Host     string // Host: the Host header and TLS server name
 	// Command is run by /bin/sh -c with NFHELPER_SERVICE,
 	// NFHELPER_SERVER_ADDRESS and NFHELPER_SERVER_PORT (of Addr) set.
 	Command string
@@ -60,4 +61,16 @@ type Status struct {
 	LastFailure time.Time
 	LastCause   string
 	Failures    map[string]uint64 // by cause, a copy
+}
+
+// interval is s's interval, at least a millisecond: a zero one would
+// check back to back.
+func (s Spec) interval() time.Duration { return max(s.Interval, time.Millisecond) }
+
+// timeout bounds each of s's checks.
+func (s Spec) timeout() time.Duration {
+	if s.Timeout > 0 {
+		return s.Timeout
+	}
+	return s.interval()
 }

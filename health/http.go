@@ -75,6 +75,9 @@ func dialTLS(ctx context.Context, addr, host string) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h // a Host header's port is no part of the server name
+	}
 	tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true, ServerName: host})
 	if err := tc.HandshakeContext(ctx); err != nil {
 		c.Close()

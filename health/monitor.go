@@ -84,14 +84,14 @@ func (m *Monitor) Set(targets []Target) {
 				t.since = now
 			}
 			m.targets[tg.Key] = t
-			m.arm(t, now.Add(first(t.spec.Interval)))
+			m.arm(t, now.Add(first(t.spec.interval())))
 		case t.spec != tg.Spec:
 			t.spec = tg.Spec
 			t.gen++
 			t.passes, t.fails = 0, 0
 			if !t.running {
 				m.sched.remove(t)
-				m.arm(t, now.Add(first(t.spec.Interval)))
+				m.arm(t, now.Add(first(t.spec.interval())))
 			}
 		}
 		if t.spec.Type == "none" && !t.up {
@@ -179,7 +179,7 @@ func (m *Monitor) done(r result) {
 	}
 	t.running = false
 	if r.gen != t.gen {
-		m.arm(t, now.Add(first(t.spec.Interval)))
+		m.arm(t, now.Add(first(t.spec.interval())))
 		return
 	}
 	t.checks++
@@ -201,7 +201,7 @@ func (m *Monitor) done(r result) {
 		t.up, t.since = true, now
 		m.changes = append(m.changes, Change{Key: t.key, Up: true, At: now})
 	}
-	due := r.start.Add(next(t.spec.Interval))
+	due := r.start.Add(next(t.spec.interval()))
 	if due.Before(now) {
 		due = now
 	}

@@ -44,17 +44,11 @@ func (s *schedule) remove(t *target) {
 // first is a first check's delay: anywhere in the first interval, so that
 // targets set at once are not checked at once.
 func first(interval time.Duration) time.Duration {
-	if interval <= 0 {
-		return 0
-	}
 	return rand.N(interval)
 }
 
 // next is the delay between checks: interval ±10%, so that targets drift
 // apart rather than stay in step.
 func next(interval time.Duration) time.Duration {
-	if interval < 10 {
-		return interval
-	}
 	return interval - interval/10 + rand.N(interval/5+1)
 }

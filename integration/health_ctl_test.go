@@ -249,7 +249,8 @@ func TestHealthCtlServer(t *testing.T) {
 }
 
 // TestHealthOverridesPersist: overrides (weight, down, drain) survive a
-// SIGHUP and a restart (the state file in the test's state directory); a
+// SIGHUP, a restart (the state file in the test's state directory) and a
+// hand-over in place; a
 // reload that changes a server's entry in the file clears that server's
 // override only.
 func TestHealthOverridesPersist(t *testing.T) {
@@ -298,10 +299,42 @@ func TestHealthOverridesPersist(t *testing.T) {
 	expect("after SIGHUP", 3, true)
 	d.restart()
 	expect("after a restart", 3, true)
+	d.handOver()
+	expect("after a hand-over (SIGUSR2)", 3, true)
 
 	// hs1's entry changes: its override goes, the others stay.
 	d.reload(cfg("\nweight: 2"))
 	expect("after a reload changing hs1's entry", 2, false)
 	d.restart()
 	expect("after the next restart", 2, false)
+}
+
+// TestHealthStateSurvivesRestart: a server its checks took out (hs2: it
+// still serves clients, only the checks are refused) is still out the
+// moment a restarted or handed-over daemon is ready, since when it was
+// before: sessions at once do not reach it, as they would in the fall ×
+// interval a fresh start in initial_state up would take to find it down.
+func TestHealthStateSurvivesRestart(t *testing.T) {
+	e := needHealth(t)
+	hs2 := e.servers[1]
+	d := e.start(hcConfig(hcService("hc", hcVIP+":21", "", rhythm("tcp"), addrsOf(e.servers)...)), "")
+	for _, s := range e.servers {
+		d.waitState("hc", s.addr(), "up", 5*time.Second)
+	}
+	e.failChecksOf(hs2)
+	down, _ := d.waitState("hc", hs2.addr(), "down", 5*time.Second)
+	for _, how := range []string{"restart", "hand-over"} {
+		if how == "restart" {
+			d.restart()
+		} else {
+			d.handOver()
+		}
+		rs := d.server("hc", hs2.addr())
+		if rs.State != "down" || !rs.Since.Equal(down.Since) {
+			t.Errorf("after a %s: hs2 %s since %v, want down since %v", how, rs.State, rs.Since, down.Since)
+		}
+		if seen := e.sessionsTo(hcVIP, 6); seen[hs2.Name] != 0 {
+			t.Errorf("right after a %s, sessions reached %v", how, seen)
+		}
+	}
 }

@@ -237,6 +237,22 @@ func (d *hcDaemon) restart() {
 	d.launch()
 }
 
+// handOver makes the daemon hand itself over to a new process in place
+// (SIGUSR2) and waits until that one is ready.
+func (d *hcDaemon) handOver() {
+	t := d.env.t
+	t.Helper()
+	before := len(d.Log())
+	if err := syscall.Kill(d.Pid(), syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(topo.Scaled(20 * time.Second)); !strings.Contains(d.Log()[before:], "msg=ready"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(end) || !d.Running() {
+			t.Fatalf("not ready again after SIGUSR2 (running %v):\n%s", d.Running(), d.Log()[before:])
+		}
+	}
+}
+
 // finish stops the daemon, or after a kill -9 removes the table it left
 // and the conntrack entries of its outage.
 func (d *hcDaemon) finish() {

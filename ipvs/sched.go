@@ -12,9 +12,10 @@ var ErrScheduler = errors.New("unknown scheduler")
 // Scheduler chooses a real server; calls are serialized by the service.
 //
 // Every scheduler treats a server with Weight <= 0 as quiesced and a Down
-// one as out: neither gets new connections. Pick returns nil when no server can take one. The
-// servers slice and the servers' weights may change between calls;
-// schedulers that cache tables (wrr, sh, mh) notice and rebuild them.
+// one as out: neither gets new connections. Pick returns nil when no
+// server can take one. The servers slice and the servers' weights and
+// standings may change between calls; schedulers that cache tables (wrr,
+// sh, mh) notice and rebuild them.
 type Scheduler interface {
 	Pick(servers []*RealServer, client netip.AddrPort) *RealServer
 }

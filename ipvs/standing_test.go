@@ -174,6 +174,9 @@ func TestAllDownVerdicts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if !tcp.Sorry.Sorry {
+		t.Error("the sorry server is not marked Sorry")
+	}
 	if m := tcp.Sorry.Mark; m == 0 || m == tcp.Servers[0].Mark || m == tcp.Servers[1].Mark || m == udp.Servers[0].Mark {
 		t.Fatalf("sorry server's mark %#x", m)
 	}

@@ -57,56 +57,43 @@ func serverCommand(o *options, args []string) (command, error) {
 			return rs, func(w io.Writer) { ctl.WriteServer(w, req.Service, rs) }, nil
 		}
 		ctl.WriteServer(progress, req.Service, rs)
-		rs, err = waitDrained(ctx, c, req, rs, progress)
-		if err != nil {
+		if err := waitDrained(ctx, c, req, progress); err != nil {
 			return nil, nil, err
 		}
 		return rs, func(w io.Writer) { fmt.Fprintf(w, "%s %s: no connections left\n", req.Service, req.Address) }, nil
 	}, nil
 }
 
-// waitDrained polls the services view until the server has no
-// connections, printing their count each time it changes.
-func waitDrained(ctx context.Context, c *ctl.Client, req ctl.ServerRequest, rs *ctl.RealServer, progress io.Writer) (*ctl.RealServer, error) {
-	last := int64(-1)
+// waitDrained polls the server's connections until none is left but
+// those that ended (they only wait out their timeout in the table),
+// printing their count each time it changes.
+func waitDrained(ctx context.Context, c *ctl.Client, req ctl.ServerRequest, progress io.Writer) error {
+	last := -1
 	for {
-		n := rs.Connections()
+		cs, err := c.ServerConns(ctx, req.Service, req.Address)
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("stopped waiting for %s %s's connections to end", req.Service, req.Address)
+			}
+			return err
+		}
+		n := 0
+		for i := range cs.Conns {
+			if x := &cs.Conns[i]; x.Service == req.Service && x.Server == req.Address && !x.Ended() {
+				n++
+			}
+		}
 		if n == 0 {
-			return rs, nil
+			return nil
 		}
 		if n != last {
-			fmt.Fprintf(progress, "%s %s: %d connections left (%d active, %d inactive)\n", req.Service, req.Address, n, rs.Active, rs.Inactive)
+			fmt.Fprintf(progress, "%s %s: %s left\n", req.Service, req.Address, ctl.Count(n, "connection"))
 			last = n
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("stopped waiting: %s %s still has %d connections", req.Service, req.Address, n)
+			return fmt.Errorf("stopped waiting for %s %s's connections to end: %d left", req.Service, req.Address, n)
 		case <-time.After(waitPoll):
 		}
-		svcs, err := c.Services(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, fmt.Errorf("stopped waiting: %s %s still has %d connections", req.Service, req.Address, n)
-			}
-			return nil, err
-		}
-		if rs = find(svcs, req); rs == nil {
-			return nil, fmt.Errorf("%s is no longer a real server of service %q (reloaded?)", req.Address, req.Service)
-		}
 	}
-}
-
-// find is the server req names in svcs, or nil.
-func find(svcs *ctl.Services, req ctl.ServerRequest) *ctl.RealServer {
-	for _, svc := range svcs.Services {
-		if svc.Name != req.Service {
-			continue
-		}
-		for i := range svc.Servers {
-			if rs := &svc.Servers[i]; rs.Address == req.Address && !rs.Sorry {
-				return rs
-			}
-		}
-	}
-	return nil
 }

@@ -15,12 +15,14 @@ import (
 	"github.com/nfhelper/nfhelper/ctl"
 )
 
-// fakeDaemon answers POST /v1/server and GET /v1/services for one service
-// "ftp" with one server 10.0.0.11:21, whose connections count down by one
-// at each look once drained.
+// fakeDaemon answers POST /v1/server and GET /v1/conns for one service
+// "ftp" with one server 10.0.0.11:21, whose open connections end one by
+// one, one at each look.
 type fakeDaemon struct {
 	mu       sync.Mutex
 	rs       ctl.RealServer
+	open     int // connections when the wait starts
+	looks    int
 	requests []ctl.ServerRequest
 }
 
@@ -55,16 +57,28 @@ func (f *fakeDaemon) serve(t *testing.T) string {
 		}
 		json.NewEncoder(w).Encode(f.rs)
 	})
-	mux.HandleFunc("GET "+ctl.PathServices, func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+ctl.PathConns, func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		defer f.mu.Unlock()
-		if f.rs.Inactive > 0 {
-			f.rs.Inactive--
-		} else if f.rs.Active > 0 {
-			f.rs.Active--
+		if r.URL.Query().Get("service") != "ftp" || r.URL.Query().Get("server") != fakeRS.String() {
+			w.WriteHeader(http.StatusBadRequest)
+			return
 		}
-		json.NewEncoder(w).Encode(ctl.Services{Services: []ctl.Service{{Name: "ftp", Protocol: "TCP",
-			VIP: netip.MustParseAddrPort("198.51.100.10:21"), Servers: []ctl.RealServer{f.rs}}}})
+		f.looks++
+		// At each look one more connection ends; another service's and
+		// server's are in the reply too (an older daemon's would be).
+		cs := ctl.Conns{Conns: []ctl.Conn{
+			{Service: "other", Server: fakeRS, State: "ESTABLISHED"},
+			{Service: "ftp", Server: netip.MustParseAddrPort("10.0.0.12:21"), State: "ESTABLISHED"},
+		}}
+		for i := range f.open {
+			state := "ESTABLISHED"
+			if i < f.looks-1 {
+				state = []string{"FIN_WAIT", "CLOSE"}[i%2]
+			}
+			cs.Conns = append(cs.Conns, ctl.Conn{Service: "ftp", Server: fakeRS, State: state})
+		}
+		json.NewEncoder(w).Encode(cs)
 	})
 	path := filepath.Join(t.TempDir(), "fake.sock")
 	ln, err := net.Listen("unix", path)
@@ -119,44 +133,50 @@ func TestServerCommand(t *testing.T) {
 func TestServerDrainWait(t *testing.T) {
 	waitPoll = time.Millisecond
 	t.Cleanup(func() { waitPoll = time.Second })
-	f := &fakeDaemon{rs: ctl.RealServer{Address: fakeRS, Weight: 1, Active: 2, Inactive: 1, State: "up"}}
+	f := &fakeDaemon{rs: ctl.RealServer{Address: fakeRS, Weight: 1, Active: 3, Inactive: 1, State: "up"}, open: 3}
 	path := f.serve(t)
 	code, out, errOut := ctlRun("--socket", path, "server", "ftp", "10.0.0.11:21", "drain", "--wait")
-	want := `ftp 10.0.0.11:21: weight 0, 3 connections (2 active, 1 inactive)
+	want := `ftp 10.0.0.11:21: weight 0, 4 connections (3 active, 1 inactive)
   state up; override drained
-ftp 10.0.0.11:21: 3 connections left (2 active, 1 inactive)
-ftp 10.0.0.11:21: 2 connections left (2 active, 0 inactive)
-ftp 10.0.0.11:21: 1 connections left (1 active, 0 inactive)
+ftp 10.0.0.11:21: 3 connections left
+ftp 10.0.0.11:21: 2 connections left
+ftp 10.0.0.11:21: 1 connection left
 ftp 10.0.0.11:21: no connections left
 `
 	if code != 0 || out != want || errOut != "" {
 		t.Errorf("exit %d, stdout\n%s\nwant\n%s\nstderr %q", code, out, want, errOut)
 	}
-	// With --json, the progress goes to stderr, the last view to stdout.
+	// With --json, the progress goes to stderr, the server to stdout.
 	f.mu.Lock()
-	f.rs.Active = 1
+	f.looks, f.open = 0, 1
 	f.mu.Unlock()
 	code, out, errOut = ctlRun("--socket", path, "--json", "server", "ftp", "10.0.0.11:21", "drain", "--wait")
 	var rs ctl.RealServer
-	if err := json.Unmarshal([]byte(out), &rs); code != 0 || err != nil || rs.Connections() != 0 ||
-		!strings.Contains(errOut, "1 connections left") {
+	if err := json.Unmarshal([]byte(out), &rs); code != 0 || err != nil || rs.Address != fakeRS ||
+		!strings.HasSuffix(errOut, "ftp 10.0.0.11:21: 1 connection left\n") {
 		t.Errorf("json: exit %d, %v, stdout %q, stderr %q", code, err, out, errOut)
+	}
+	// No open connection: at once.
+	f.mu.Lock()
+	f.looks, f.open = 0, 0
+	f.mu.Unlock()
+	code, out, errOut = ctlRun("--socket", path, "server", "ftp", "10.0.0.11:21", "drain", "--wait")
+	if code != 0 || !strings.HasSuffix(out, "  state up; override drained\nftp 10.0.0.11:21: no connections left\n") {
+		t.Errorf("none: exit %d, stdout %q, stderr %q", code, out, errOut)
 	}
 }
 
-// TestServerDrainWaitGone: a reload that removes the server ends the wait
-// with an error.
-func TestServerDrainWaitGone(t *testing.T) {
-	waitPoll = time.Millisecond
-	t.Cleanup(func() { waitPoll = time.Second })
+// TestServerDrainWaitError: a failing request ends the wait with an error.
+func TestServerDrainWaitError(t *testing.T) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+ctl.PathServer, func(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(ctl.RealServer{Address: fakeRS, Active: 1})
 	})
-	mux.HandleFunc("GET "+ctl.PathServices, func(w http.ResponseWriter, r *http.Request) {
-		json.NewEncoder(w).Encode(ctl.Services{Services: []ctl.Service{{Name: "ftp"}}})
+	mux.HandleFunc("GET "+ctl.PathConns, func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusInternalServerError)
+		w.Write([]byte(`{"error":"broken"}`))
 	})
-	path := filepath.Join(t.TempDir(), "gone.sock")
+	path := filepath.Join(t.TempDir(), "broken.sock")
 	ln, err := net.Listen("unix", path)
 	if err != nil {
 		t.Fatal(err)
@@ -165,7 +185,7 @@ func TestServerDrainWaitGone(t *testing.T) {
 	go hs.Serve(ln)
 	defer hs.Close()
 	code, _, errOut := ctlRun("--socket", path, "server", "ftp", "10.0.0.11:21", "drain", "--wait")
-	if want := "nfhelperctl: 10.0.0.11:21 is no longer a real server of service \"ftp\" (reloaded?)\n"; code != 1 || errOut != want {
+	if want := "nfhelperctl: nfhelperd: broken\n"; code != 1 || errOut != want {
 		t.Errorf("exit %d, stderr %q; want %q", code, errOut, want)
 	}
 }

@@ -7,6 +7,10 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nfhelper/nfhelper/ipvs"
+	"github.com/nfhelper/nfhelper/nfq/nfqtest"
+	"github.com/nfhelper/nfhelper/nfq/packet"
 )
 
 // TestResetConns: on_down reset deletes exactly the entries of connections
@@ -58,5 +62,29 @@ func TestResetConns(t *testing.T) {
 		if err := ct.Flush(); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestSyncStates: a drain reads the states of the server's running
+// connections from conntrack: an established one becomes active in the
+// engine, whatever its scheduler.
+func TestSyncStates(t *testing.T) {
+	ns, ct := ctNamespace(t)
+	ap := netip.MustParseAddrPort
+	client, vip := ap("203.0.113.2:40000"), ap("198.51.100.10:80")
+	rs := &ipvs.RealServer{Addr: ap("10.0.0.11:80"), Weight: 1}
+	e := oneService(t, vip, "rr", "", rs)
+	e.NewWorker().Process(nfqtest.Build(nfqtest.Segment{Src: client, Dst: vip, Seq: 100, Flags: packet.FlagSYN}), 0)
+	if rs.Active.Load() != 0 || rs.Inactive.Load() != 1 {
+		t.Fatalf("before: active %d inactive %d", rs.Active.Load(), rs.Inactive.Load())
+	}
+	if err := ct.Create(established(client, vip, rs.Addr)); err != nil {
+		t.Fatal(err)
+	}
+	if err := syncStates(ns, e, vip, rs.Addr); err != nil {
+		t.Fatal(err)
+	}
+	if rs.Active.Load() != 1 || rs.Inactive.Load() != 0 {
+		t.Errorf("after: active %d inactive %d, want 1 0", rs.Active.Load(), rs.Inactive.Load())
 	}
 }
