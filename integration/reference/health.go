@@ -60,9 +60,11 @@ type hcResult struct {
 	failed       int  // sessions started after the stop that failed
 	started      int  // sessions started from the stop until hcHold after out
 	lateFailures int  // failed sessions that started after the balancer took hk2 out
+	outExec      span // the same for the third VIP, checked by a script
 	// 2: hk2's vsftpd started again.
-	back   span // until the balancer listed hk2
-	served span // until the first session hk2 served started
+	back     span // until the balancer listed hk2
+	backExec span // the same for the third VIP
+	served   span // until the first session hk2 served started
 	// 3: every server down.
 	sorry       span // until the first session the sorry server served started
 	sorryFailed int  // sessions that failed meanwhile
@@ -140,7 +142,7 @@ func (s *hcServer) addr() string { return net.JoinHostPort(s.V4, "21") }
 func (e *env) healthServers(ctx context.Context) ([]*hcServer, error) {
 	ctx, cancel := context.WithTimeout(ctx, topo.Scaled(30*time.Second))
 	defer cancel()
-	for _, vip := range []string{hcVIPSorry, hcVIPNoSorry} {
+	for _, vip := range []string{hcVIPSorry, hcVIPNoSorry, hcVIPExec} {
 		if err := e.routerRun(ctx, "ip", "addr", "add", vip+"/32", "dev", "lo"); err != nil {
 			return nil, err
 		}
@@ -234,7 +236,7 @@ func (e *env) healthScenarios(ctx context.Context, s healthSystem, srv []*hcServ
 			return (ok && w > 0) == want, nil
 		}
 	}
-	for _, vip := range []string{hcVIPSorry, hcVIPNoSorry} {
+	for _, vip := range []string{hcVIPSorry, hcVIPNoSorry, hcVIPExec} {
 		for _, hs := range []*hcServer{hk1, hk2} {
 			if sp := waitFor(ctx, time.Now(), hcWait, in(vip, hs, true)); !sp.ok {
 				return fmt.Errorf("%s not balanced to %s within %v after the start", vip, hs.Name, hcWait)
@@ -256,7 +258,10 @@ func (e *env) healthScenarios(ctx context.Context, s healthSystem, srv []*hcServ
 	if err := e.stopFTP(hk2); err != nil {
 		return err
 	}
+	outExec := waitAsync(ctx, t0, hcWait, in(hcVIPExec, hk2, false))
 	r.out = waitFor(ctx, t0, hcWait, in(hcVIPSorry, hk2, false))
+	r.outExec = <-outExec
+	expect(r.outExec.ok && r.outExec.d <= hcOutBound, "%s taken out by its exec check after %v, want within %v", hk2.Name, r.outExec, hcOutBound)
 	expect(r.out.ok && r.out.d <= hcOutBound, "%s taken out after %v, want within %v", hk2.Name, r.out, hcOutBound)
 	sleepCtx(ctx, hcHold)
 	for _, x := range loop.since(t0) {
@@ -277,7 +282,10 @@ func (e *env) healthScenarios(ctx context.Context, s healthSystem, srv []*hcServ
 		return err
 	}
 	t1 := time.Now()
+	backExec := waitAsync(ctx, t1, hcWait, in(hcVIPExec, hk2, true))
 	r.back = waitFor(ctx, t1, hcWait, in(hcVIPSorry, hk2, true))
+	r.backExec = <-backExec
+	expect(r.backExec.ok && r.backExec.d <= hcBackBound, "%s back by its exec check after %v, want within %v", hk2.Name, r.backExec, hcBackBound)
 	expect(r.back.ok && r.back.d <= hcBackBound, "%s back after %v, want within %v", hk2.Name, r.back, hcBackBound)
 	if x, ok := loop.waitServed(ctx, t1, hk2.Name, hcWait); ok {
 		r.served = span{d: x.start.Sub(t1), ok: true}
@@ -362,6 +370,13 @@ func waitFor(ctx context.Context, from time.Time, limit time.Duration, f func(co
 		time.Sleep(20 * time.Millisecond)
 	}
 	return span{limit: limit}
+}
+
+// waitAsync is waitFor in a goroutine of its own.
+func waitAsync(ctx context.Context, from time.Time, limit time.Duration, f func(context.Context) (bool, error)) <-chan span {
+	c := make(chan span, 1)
+	go func() { c <- waitFor(ctx, from, limit, f) }()
+	return c
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) {

@@ -10,15 +10,15 @@ import (
 // measurement per system, a sentence per difference, each system's setup.
 func (r *report) healthSection(b *strings.Builder) {
 	fmt.Fprintf(b, "\n## Health checks: keepalived + IPVS vs nfhelperd\n\n"+
-		"Two VIPs on the router, %s:21 (with a sorry server, hksorry) and %s:21 (without), balanced round robin over "+
-		"vsftpd on hk1 and hk2; both systems check them with a TCP connect every %v, down after %d failures in a row "+
+		"Three VIPs on the router, %s:21 (with a sorry server, hksorry), %s:21 (without) and %s:21 (a script check instead), "+
+		"balanced round robin over vsftpd on hk1 and hk2; both systems check them with a TCP connect (or the script) every %v, down after %d failures in a row "+
 		"(nfhelperd: also up only after %d passes). Meanwhile %d clients in the client namespace each start a session "+
 		"through the first VIP every %v (log in, PASV, fetch server.txt, which names the server, quit). "+
 		"The first server stops %v after the start, when every check has passed at least once. "+
 		"Times count from the moment vsftpd was stopped or, for a start, from when it listened again; "+
 		"\"taken out\" and \"back\" are what the balancer itself showed (IPVS's table in /proc/net/ip_vs, nfhelperd's "+
 		"control socket as `nfhelperctl services` reads it), polled every 20 ms; a session's time is when it began to connect.\n\n",
-		hcVIPSorry, hcVIPNoSorry, hcInterval, hcFall, hcRise, hcWorkers, hcEvery, hcWarm)
+		hcVIPSorry, hcVIPNoSorry, hcVIPExec, hcInterval, hcFall, hcRise, hcWorkers, hcEvery, hcWarm)
 	res := r.health
 	if len(res) > 0 {
 		b.WriteString("| scenario |")
@@ -38,6 +38,7 @@ func (r *report) healthSection(b *strings.Builder) {
 			b.WriteString("\n")
 		}
 		row("1. vsftpd stops on hk2: taken out after", func(x *hcResult) string { return x.out.String() })
+		row("1. the same, script check (MISC_CHECK, exec), third VIP: taken out after", func(x *hcResult) string { return x.outExec.String() })
 		row("1. last failed session started after", func(x *hcResult) string {
 			if x.failed == 0 {
 				return "none failed"
@@ -49,6 +50,7 @@ func (r *report) healthSection(b *strings.Builder) {
 		})
 		row("1. of them started after it was taken out", func(x *hcResult) string { return fmt.Sprint(x.lateFailures) })
 		row("2. vsftpd starts again: back after", func(x *hcResult) string { return x.back.String() })
+		row("2. the same, script check, third VIP: back after", func(x *hcResult) string { return x.backExec.String() })
 		row("2. first session it served started after", func(x *hcResult) string { return x.served.String() })
 		row("3. every server down, sorry server: first session it served started after", func(x *hcResult) string { return x.sorry.String() })
 		row("3. sessions failed until then", func(x *hcResult) string { return fmt.Sprint(x.sorryFailed) })
@@ -117,9 +119,11 @@ func healthDifferences(res []*hcResult) []string {
 		same = append(same, fmt.Sprintf("%s (%v, %v)", strings.ToLower(what[:1])+what[1:], a, b))
 	}
 	cmp("A stopped server is taken out", k.out, n.out)
+	cmp("A stopped server is taken out by a script check", k.outExec, n.outExec)
 	cmp("A server that starts again is back", k.back, n.back)
+	cmp("A server that starts again is back by a script check", k.backExec, n.backExec)
 	if k.back.ok && n.back.ok && n.back.d > k.back.d {
-		out = append(out, fmt.Sprintf("keepalived's TCP_CHECK has no rise: one passing check puts a server back; "+
+		out = append(out, fmt.Sprintf("keepalived's TCP_CHECK and MISC_CHECK have no rise: one passing check puts a server back; "+
 			"nfhelperd waits for rise=%d passes in a row, so a flapping server is kept out, at the price of about one interval more.", hcRise))
 	}
 	cmp("The sorry server takes over", k.sorry, n.sorry)

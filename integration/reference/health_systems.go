@@ -17,14 +17,21 @@ import (
 	"github.com/nfhelper/nfhelper/integration/topo"
 )
 
-// The health comparison's addresses: two VIPs on the router's lo over the
-// same two real servers, the first with a sorry server, the second without.
+// The health comparison's addresses: three VIPs on the router's lo over
+// the same two real servers, the first with a sorry server, the second
+// without, the third checked by a script (keepalived's MISC_CHECK,
+// nfhelperd's exec) instead of a TCP connect.
 const (
 	hcVIPSorry   = "198.51.100.50"
 	hcVIPNoSorry = "198.51.100.51"
+	hcVIPExec    = "198.51.100.52"
 	hcSvcSorry   = "hca" // nfhelperd's service names
 	hcSvcNoSorry = "hcb"
+	hcSvcExec    = "hcc"
 )
+
+// hcScript is the script check: a TCP connect by bash's /dev/tcp, $1:$2.
+const hcScript = "#!/bin/bash\nexec 3<>\"/dev/tcp/$1/$2\"\n"
 
 // hcServers are the real servers' names and addresses; the last is the
 // sorry server.
@@ -58,7 +65,8 @@ type healthSystem struct {
 func (e *env) keepalivedHealth() healthSystem {
 	var kc *exec.Cmd
 	dir := filepath.Join(e.tmp, "keepalived")
-	conf := keepalivedConfig()
+	script := filepath.Join(e.tmp, "check.sh")
+	conf := keepalivedConfig(script)
 	return healthSystem{
 		name: "keepalived + IPVS", key: "keepalived",
 		avail: func(ctx context.Context) string {
@@ -81,6 +89,9 @@ func (e *env) keepalivedHealth() healthSystem {
 				return err
 			}
 			if err := os.MkdirAll(dir, 0o755); err != nil {
+				return err
+			}
+			if err := os.WriteFile(script, []byte(hcScript), 0o755); err != nil {
 				return err
 			}
 			cf := filepath.Join(dir, "keepalived.conf")
@@ -131,28 +142,36 @@ func (e *env) keepalivedHealth() healthSystem {
 			return e.routerRun(ctx, "ipvsadm", "-e", "-t", net.JoinHostPort(hcVIPSorry, "21"), "-r", addr, "-m", "-w", "1")
 		},
 		config: "keepalived 2.2.7's checker process alone (`keepalived --dont-fork -C -f CONF -p/-r/-c PIDFILES` in the router's namespace), " +
-			"two `virtual_server` blocks (`lb_algo rr`, `lb_kind NAT`, `delay_loop 1`; the first with `sorry_server`), each real server " +
+			"three `virtual_server` blocks (`lb_algo rr`, `lb_kind NAT`, `delay_loop 1`; the first with `sorry_server`), each real server " +
 			"with `TCP_CHECK { connect_timeout 1 retry 1 delay_before_retry 1 }` (down after 2 failed checks 1 s apart), " +
-			"ip_vs_ftp loaded, `net.ipv4.vs.conntrack=1`",
+			"in the third `MISC_CHECK { misc_path \"check.sh ADDR 21\" misc_timeout 1 retry 1 delay_before_retry 1 }` instead " +
+			"(check.sh: a TCP connect by bash's /dev/tcp); ip_vs_ftp loaded, `net.ipv4.vs.conntrack=1`",
 	}
 }
 
 // keepalivedConfig: one check a second, down after 1 + retry failures.
-func keepalivedConfig() string {
+func keepalivedConfig(script string) string {
 	var b strings.Builder
-	b.WriteString("global_defs {\n    router_id nfhref\n}\n")
+	// MISC_CHECK's script runs as root; keepalived wants that said.
+	b.WriteString("global_defs {\n    router_id nfhref\n    script_user root\n    enable_script_security\n}\n")
+	sec := int(hcInterval / time.Second)
 	for _, vs := range []struct {
 		vip   string
 		sorry bool
-	}{{hcVIPSorry, true}, {hcVIPNoSorry, false}} {
-		fmt.Fprintf(&b, "virtual_server %s 21 {\n    delay_loop %d\n    lb_algo rr\n    lb_kind NAT\n    protocol TCP\n", vs.vip, int(hcInterval/time.Second))
+		check string
+	}{
+		{hcVIPSorry, true, fmt.Sprintf("TCP_CHECK {\n            connect_timeout %d\n", sec)},
+		{hcVIPNoSorry, false, fmt.Sprintf("TCP_CHECK {\n            connect_timeout %d\n", sec)},
+		{hcVIPExec, false, fmt.Sprintf("MISC_CHECK {\n            misc_path \"%s %%s 21\"\n            misc_timeout %d\n", script, sec)},
+	} {
+		fmt.Fprintf(&b, "virtual_server %s 21 {\n    delay_loop %d\n    lb_algo rr\n    lb_kind NAT\n    protocol TCP\n", vs.vip, sec)
 		if vs.sorry {
 			fmt.Fprintf(&b, "    sorry_server %s 21\n", hcServers[2].v4)
 		}
 		for _, rs := range hcServers[:2] {
-			fmt.Fprintf(&b, "    real_server %s 21 {\n        weight 1\n        TCP_CHECK {\n            connect_timeout %d\n"+
-				"            retry %d\n            delay_before_retry %d\n        }\n    }\n",
-				rs.v4, int(hcInterval/time.Second), hcFall-1, int(hcInterval/time.Second))
+			check := strings.Replace(vs.check, "%s", rs.v4, 1)
+			fmt.Fprintf(&b, "    real_server %s 21 {\n        weight 1\n        %s            retry %d\n            delay_before_retry %d\n        }\n    }\n",
+				rs.v4, check, hcFall-1, sec)
 		}
 		b.WriteString("}\n")
 	}
@@ -199,13 +218,17 @@ func (e *env) nfhelperdHealth() healthSystem {
 	var d *topo.Daemon
 	client := ctl.NewClient(e.tp.ControlSocket(), 5*time.Second)
 	ctlBin := e.tools["nfhelperctl"]
-	svcOf := map[string]string{hcVIPSorry: hcSvcSorry, hcVIPNoSorry: hcSvcNoSorry}
+	svcOf := map[string]string{hcVIPSorry: hcSvcSorry, hcVIPNoSorry: hcSvcNoSorry, hcVIPExec: hcSvcExec}
+	script := filepath.Join(e.tmp, "check.sh")
 	return healthSystem{
 		name: "nfhelperd", key: "nfhelperd",
 		avail: func(ctx context.Context) string { return "" },
 		start: func(ctx context.Context) error {
+			if err := os.WriteFile(script, []byte(hcScript), 0o755); err != nil {
+				return err
+			}
 			cfg := filepath.Join(e.tmp, "nfhelperd-health.yaml")
-			if err := os.WriteFile(cfg, []byte(nfhelperdHealthConfig()), 0o644); err != nil {
+			if err := os.WriteFile(cfg, []byte(nfhelperdHealthConfig(script)), 0o644); err != nil {
 				return err
 			}
 			var err error
@@ -246,7 +269,7 @@ func (e *env) nfhelperdHealth() healthSystem {
 			return e.ctl(ctx, ctlBin, "server", hcSvcSorry, addr, "undrain")
 		},
 		config: fmt.Sprintf("`health_check: {type: tcp, interval: 1s, timeout: 1s, fall: %d, rise: %d}` per service, "+
-			"the first with `sorry_server`; rr, helper ftp", hcFall, hcRise),
+			"the first with `sorry_server`, the third `{type: exec, command: check.sh $NFHELPER_SERVER_ADDRESS $NFHELPER_SERVER_PORT}` instead; rr, helper ftp", hcFall, hcRise),
 	}
 }
 
@@ -259,16 +282,20 @@ func (e *env) ctl(ctx context.Context, bin string, args ...string) error {
 	return nil
 }
 
-func nfhelperdHealthConfig() string {
+func nfhelperdHealthConfig(script string) string {
 	var b strings.Builder
 	b.WriteString("services:\n")
 	for _, s := range []struct {
-		name, vip string
-		sorry     bool
-	}{{hcSvcSorry, hcVIPSorry, true}, {hcSvcNoSorry, hcVIPNoSorry, false}} {
+		name, vip, check string
+		sorry            bool
+	}{
+		{hcSvcSorry, hcVIPSorry, "type: tcp", true},
+		{hcSvcNoSorry, hcVIPNoSorry, "type: tcp", false},
+		{hcSvcExec, hcVIPExec, "type: exec\n      command: " + script + " $NFHELPER_SERVER_ADDRESS $NFHELPER_SERVER_PORT", false},
+	} {
 		fmt.Fprintf(&b, "  - name: %s\n    vip: %s:21\n    scheduler: rr\n    helper: ftp\n", s.name, s.vip)
-		fmt.Fprintf(&b, "    health_check:\n      type: tcp\n      interval: %v\n      timeout: %v\n      fall: %d\n      rise: %d\n",
-			hcInterval, hcInterval, hcFall, hcRise)
+		fmt.Fprintf(&b, "    health_check:\n      %s\n      interval: %v\n      timeout: %v\n      fall: %d\n      rise: %d\n",
+			s.check, hcInterval, hcInterval, hcFall, hcRise)
 		if s.sorry {
 			fmt.Fprintf(&b, "    sorry_server: %s:21\n", hcServers[2].v4)
 		}
