@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"strings"
-	"time"
 )
 
 // healthSection is the report's health comparison: a table of every
@@ -101,6 +100,9 @@ func healthDifferences(res []*hcResult) []string {
 		return nil
 	}
 	var out, same []string
+	// cmp says which is sooner when they differ by more than an
+	// interval, else lists them as the same; except a server's return,
+	// which differs by design (rise), said below.
 	cmp := func(what string, a, b span) {
 		if !a.ok || !b.ok {
 			if a.ok != b.ok {
@@ -108,12 +110,15 @@ func healthDifferences(res []*hcResult) []string {
 			}
 			return
 		}
-		if d := a.d - b.d; d > 300*time.Millisecond || d < -300*time.Millisecond {
+		if d := a.d - b.d; d > hcInterval || d < -hcInterval {
 			faster := "nfhelperd"
 			if d < 0 {
 				faster, d = "keepalived", -d
 			}
 			out = append(out, fmt.Sprintf("%s: %s is %.1f s sooner (keepalived %v, nfhelperd %v).", what, faster, d.Seconds(), a, b))
+			return
+		}
+		if strings.Contains(what, "back") {
 			return
 		}
 		same = append(same, fmt.Sprintf("%s (%v, %v)", strings.ToLower(what[:1])+what[1:], a, b))
@@ -136,7 +141,9 @@ func healthDifferences(res []*hcResult) []string {
 			"nfhelperd %d and %s.", k.drainedNew, k.held, n.drainedNew, n.held))
 	}
 	if len(same) > 0 {
-		out = append(out, "Within 0.3 s of each other, keepalived's first: "+strings.Join(same, "; ")+".")
+		out = append(out, fmt.Sprintf("Within one check interval (%v) of each other, keepalived's first: %s. "+
+			"Each is one measurement, and where a stop or start falls in the checks' cycle moves it by up to one interval, "+
+			"so these are not differences between the systems.", hcInterval, strings.Join(same, "; ")))
 	}
 	out = append(out, "A drain by `ipvsadm -e -w 0` is made behind keepalived's back: nothing records it, and no tool shows it as a drain; "+
 		"nfhelperd's drain is an override that `nfhelperctl services` shows and that survives a reload and a restart until `undrain`.")
