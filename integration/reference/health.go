@@ -270,7 +270,9 @@ func (e *env) healthScenarios(ctx context.Context, s healthSystem, srv []*hcServ
 			continue
 		}
 		r.failed++
-		r.lastFailed = span{d: x.start.Sub(t0), ok: true}
+		if d := x.start.Sub(t0); d > r.lastFailed.d {
+			r.lastFailed = span{d: d, ok: true} // sessions are listed as they end
+		}
 		if r.out.ok && x.start.After(t0.Add(r.out.d)) {
 			r.lateFailures++
 		}
