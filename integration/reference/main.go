@@ -24,8 +24,15 @@
 // succeeding by plain routing. The rate baseline ("direct") runs without
 // it: the client logs in to rs1 and rs2 directly, no NAT, no helper.
 //
+// With -health (the default) it then compares health checking: keepalived
+// driving IPVS (with ipvs) and nfhelperd, each with TCP checks of the same
+// timing, while sessions run: a real server stops and starts again, every
+// server is down (with and without a sorry server), a server is drained
+// (health.go).
+//
 // The exit status is 1 when nfhelperd fails a scenario (the references are
-// expected to fail some) or a system could not be set up, 0 otherwise.
+// expected to fail some) or one of its health expectations, or a system
+// could not be set up, 0 otherwise.
 package main
 
 import (
@@ -57,6 +64,7 @@ type options struct {
 	workers  int
 	rounds   int
 	command  string
+	health   bool
 }
 
 func main() {
@@ -68,6 +76,7 @@ func main() {
 	flag.IntVar(&o.workers, "rate-workers", 8, "concurrent sessions of the load generator")
 	flag.IntVar(&o.rounds, "rate-rounds", 3, "rate rounds; each measures every system once; the report gives the median")
 	flag.StringVar(&o.command, "command", "make vmreport", "the command named in the report as the way to reproduce it")
+	flag.BoolVar(&o.health, "health", true, "compare health checking too: keepalived + IPVS (with ipvs) and nfhelperd")
 	flag.Parse()
 	if flag.NArg() > 0 || o.workers < 1 || o.rounds < 1 || o.duration < 0 || o.duration > 2*time.Minute {
 		fmt.Fprintln(os.Stderr, "reference: bad arguments")
@@ -189,6 +198,12 @@ func run(o options) int {
 	if o.duration > 0 && ctx.Err() == nil {
 		rep.rates = e.measureRates(ctx, o, rep.systems)
 	}
+	if o.health && ctx.Err() == nil {
+		rep.healthSystems = e.healthSystems(systems)
+		var st int
+		rep.health, rep.healthUnavailable, st = e.runHealth(ctx, rep.healthSystems)
+		status = max(status, st)
+	}
 	if ctx.Err() != nil {
 		logf("interrupted")
 		return 130
@@ -210,12 +225,12 @@ func run(o options) int {
 // daemon into tmp.
 func buildTools(ctx context.Context, tmp, bin string) (*env, error) {
 	e := &env{tmp: tmp, tools: map[string]string{}}
-	for _, t := range []string{"ftpget", "quirkyftpd", "ftpload"} {
-		p := filepath.Join(tmp, t)
-		if err := topo.GoBuild(ctx, p, "./integration/cmd/"+t); err != nil {
+	for _, t := range []string{"integration/cmd/ftpget", "integration/cmd/quirkyftpd", "integration/cmd/ftpload", "cmd/nfhelperctl"} {
+		p := filepath.Join(tmp, filepath.Base(t))
+		if err := topo.GoBuild(ctx, p, "./"+t); err != nil {
 			return nil, err
 		}
-		e.tools[t] = p
+		e.tools[filepath.Base(t)] = p
 	}
 	var err error
 	e.daemonBin, err = topo.DaemonBinary(ctx, tmp, bin)
@@ -720,6 +735,10 @@ type report struct {
 	rates       []*rate
 	datapath    string
 	took        time.Duration
+
+	healthSystems     []healthSystem
+	health            []*hcResult
+	healthUnavailable map[string]string
 }
 
 func (r *report) markdown(ctx context.Context, o options, e *env) string {
@@ -728,6 +747,9 @@ func (r *report) markdown(ctx context.Context, o options, e *env) string {
 	r.resultTable(&b)
 	if len(r.rates) > 0 {
 		r.rateTable(&b, o)
+	}
+	if len(r.healthSystems) > 0 {
+		r.healthSection(&b)
 	}
 	fmt.Fprintf(&b, "\nThe run took %v.\n", r.took.Round(time.Second))
 	return b.String()
