@@ -34,6 +34,9 @@ func (t *Topo) AddServer(ctx context.Context, name, v4 string) (*Server, error) 
 	if _, err := t.Run(ctx, ns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"); err != nil {
 		return nil, err
 	}
+	if err := t.pinBridgeAddress(ctx); err != nil {
+		return nil, err
+	}
 	// The bridge port's name is short: interface names have 15 bytes.
 	port := "vx" + name
 	if len(port) > 15 {
@@ -79,6 +82,19 @@ func (t *Topo) AddServer(ctx context.Context, name, v4 string) (*Server, error) 
 		return nil, fmt.Errorf("router -> %s: %w", name, err)
 	}
 	return s, nil
+}
+
+// pinBridgeAddress sets br0's MAC address to the one it has. A bridge
+// whose address was never set takes the lowest of its ports': a new port
+// could change it, and the real servers' neighbour entries for the router
+// would name a MAC that no longer answers until they are probed again
+// (seconds: new IPv6 connections to them timed out meanwhile).
+func (t *Topo) pinBridgeAddress(ctx context.Context) error {
+	out, err := t.Run(ctx, t.Router, "cat", "/sys/class/net/br0/address")
+	if err != nil {
+		return err
+	}
+	return ipn(ctx, t.Router, "link set br0 address "+strings.TrimSpace(string(out)))
 }
 
 // startExtraReaper starts a reaper (see startReaper) for namespaces added
