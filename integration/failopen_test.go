@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -77,7 +76,6 @@ out.write(json.dumps(second) + "\n"); out.flush()
 type failOpenSession struct {
 	name, host, mode string
 	v6, addon        bool
-	cmd              *exec.Cmd
 	stdin            io.WriteCloser
 	lines            *bufio.Scanner
 	trace            *topo.SyncBuffer
@@ -130,7 +128,6 @@ func (s *failOpenSession) check(t *testing.T, what string, res map[string]any) {
 
 func startFailOpenSession(t *testing.T, script, host, mode string, v6, addon bool) *failOpenSession {
 	t.Helper()
-	tp := harness.tp
 	kind := "vip"
 	if addon {
 		kind = "addon"
@@ -140,26 +137,7 @@ func startFailOpenSession(t *testing.T, script, host, mode string, v6, addon boo
 		fam = "6"
 	}
 	s := &failOpenSession{name: kind + fam + "-" + mode, host: host, mode: mode, v6: v6, addon: addon, trace: &topo.SyncBuffer{}}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	s.cmd = tp.CommandContext(ctx, tp.Client, "python3", script, host, "21", mode)
-	s.cmd.Stderr = s.trace
-	var err error
-	if s.stdin, err = s.cmd.StdinPipe(); err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := s.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		s.stdin.Close()
-		cancel()
-		s.cmd.Wait()
-	})
-	s.lines = bufio.NewScanner(stdout)
+	s.stdin, s.lines = startScripted(t, 3*time.Minute, s.trace, script, host, "21", mode)
 	return s
 }
 

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -39,7 +38,6 @@ out.write(json.dumps({"sha256": h.hexdigest(), "quit": ftp.quit()}) + "\n"); out
 // heldSession is one heldClient run.
 type heldSession struct {
 	server string
-	cmd    *exec.Cmd
 	stdin  io.WriteCloser
 	lines  *bufio.Scanner
 	trace  topo.SyncBuffer
@@ -47,28 +45,8 @@ type heldSession struct {
 
 func startHeld(t *testing.T, script, vip string) *heldSession {
 	t.Helper()
-	tp := harness.tp
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	s := &heldSession{}
-	s.cmd = tp.CommandContext(ctx, tp.Client, "python3", script, vip)
-	s.cmd.Stderr = &s.trace
-	var err error
-	if s.stdin, err = s.cmd.StdinPipe(); err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := s.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		s.stdin.Close()
-		cancel()
-		_ = s.cmd.Wait()
-	})
-	s.lines = bufio.NewScanner(stdout)
+	s.stdin, s.lines = startScripted(t, 2*time.Minute, &s.trace, script, vip)
 	var first struct{ Server string }
 	s.next(t, &first)
 	s.server = first.Server
@@ -96,7 +74,8 @@ func (s *heldSession) finish(t *testing.T) {
 		t.Errorf("held session on %s: sha256 %s (want %s), QUIT %q", s.server, last.SHA256, harness.tp.Files["small.bin"], last.Quit)
 	}
 	s.stdin.Close()
-	_ = s.cmd.Wait()
+	for s.lines.Scan() { // until the client has exited
+	}
 }
 
 // ctlServer runs nfhelperctl server ARGS against the health daemon.

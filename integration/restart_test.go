@@ -4,11 +4,9 @@ package integration
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -46,11 +44,9 @@ out.write(json.dumps({"sha256": second, "quit": bye}) + "\n"); out.flush()
 
 // resumer is a control connection held across a daemon's crash.
 type resumer struct {
-	cmd   *exec.Cmd
 	stdin io.WriteCloser
 	lines *bufio.Scanner
 	trace *topo.SyncBuffer
-	stop  context.CancelFunc
 }
 
 // startResume opens the control connection and makes its first transfer,
@@ -62,27 +58,8 @@ func startResume(t *testing.T) *resumer {
 	if err := os.WriteFile(script, []byte(resumeClient), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	r := &resumer{trace: &topo.SyncBuffer{}, stop: cancel}
-	r.cmd = tp.CommandContext(ctx, tp.Client, "python3", script, topo.VIP4)
-	r.cmd.Stderr = r.trace
-	var err error
-	if r.stdin, err = r.cmd.StdinPipe(); err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := r.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := r.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		r.stdin.Close()
-		r.stop()
-		r.cmd.Wait()
-	})
-	r.lines = bufio.NewScanner(stdout)
+	r := &resumer{trace: &topo.SyncBuffer{}}
+	r.stdin, r.lines = startScripted(t, 2*time.Minute, r.trace, script, topo.VIP4)
 	if res := r.next(t, "before the crash"); res["sha256"] != tp.Files["small.bin"] {
 		t.Fatalf("before the crash: sha256 %s", res["sha256"])
 	}

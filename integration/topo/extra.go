@@ -133,11 +133,26 @@ var extraReapers struct {
 // ports 40000-40999), and waits until it listens on s.V4 port 21. The log
 // file is appended to across restarts.
 func (t *Topo) StartVsftpd(ctx context.Context, s *Server) (*exec.Cmd, error) {
-	base := filepath.Dir(s.Log)
 	empty := filepath.Join(t.Dir, "vsftpd-empty")
 	if err := os.MkdirAll(empty, 0o755); err != nil {
 		return nil, err
 	}
+	c, err := t.launchVsftpd(s, empty)
+	if err != nil {
+		return nil, err
+	}
+	if err := WaitListening(ctx, t.Router, net.JoinHostPort(s.V4, "21")); err != nil {
+		b, _ := os.ReadFile(filepath.Join(filepath.Dir(s.Log), "vsftpd.stderr"))
+		return nil, fmt.Errorf("vsftpd %s not listening: %w (stderr: %s)", s.Name, err, strings.TrimSpace(string(b)))
+	}
+	return c, nil
+}
+
+// launchVsftpd writes s's vsftpd.conf next to its log (the chroot's empty
+// directory is empty) and starts vsftpd on it, without waiting for it to
+// listen. Its stderr file is appended to across restarts.
+func (t *Topo) launchVsftpd(s *Server, empty string) (*exec.Cmd, error) {
+	base := filepath.Dir(s.Log)
 	conf := strings.NewReplacer(
 		"{{root}}", s.Root,
 		"{{empty}}", empty,
@@ -148,8 +163,7 @@ func (t *Topo) StartVsftpd(ctx context.Context, s *Server) (*exec.Cmd, error) {
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		return nil, err
 	}
-	errPath := filepath.Join(base, "vsftpd.stderr")
-	errf, err := os.OpenFile(errPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	errf, err := os.OpenFile(filepath.Join(base, "vsftpd.stderr"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}
@@ -159,10 +173,6 @@ func (t *Topo) StartVsftpd(ctx context.Context, s *Server) (*exec.Cmd, error) {
 	errf.Close()
 	if err != nil {
 		return nil, fmt.Errorf("start vsftpd %s: %w", s.Name, err)
-	}
-	if err := WaitListening(ctx, t.Router, net.JoinHostPort(s.V4, "21")); err != nil {
-		b, _ := os.ReadFile(errPath)
-		return nil, fmt.Errorf("vsftpd %s not listening: %w (stderr: %s)", s.Name, err, strings.TrimSpace(string(b)))
 	}
 	return c, nil
 }

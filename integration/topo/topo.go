@@ -570,26 +570,8 @@ func (t *Topo) startServers(ctx context.Context) error {
 				return err
 			}
 		}
-		conf := strings.NewReplacer(
-			"{{root}}", s.Root,
-			"{{empty}}", empty,
-			"{{xferlog}}", filepath.Join(base, "xferlog"),
-			"{{log}}", s.Log,
-		).Replace(vsftpdConf)
-		confPath := filepath.Join(base, "vsftpd.conf")
-		if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
+		if _, err := t.launchVsftpd(s, empty); err != nil {
 			return err
-		}
-		errf, err := os.Create(filepath.Join(base, "vsftpd.stderr"))
-		if err != nil {
-			return err
-		}
-		c := t.Exec(s.NS, "vsftpd", confPath)
-		c.Stdout, c.Stderr = errf, errf
-		err = t.Start(c)
-		errf.Close()
-		if err != nil {
-			return fmt.Errorf("start vsftpd %s: %w", s.Name, err)
 		}
 		t.Servers = append(t.Servers, s)
 	}
