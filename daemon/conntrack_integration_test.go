@@ -4,10 +4,8 @@ package daemon
 
 import (
 	"context"
-	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"testing"
 	"time"
 
@@ -15,6 +13,7 @@ import (
 	"github.com/ti-mo/conntrack"
 	"golang.org/x/sys/unix"
 
+	"github.com/nfhelper/nfhelper/internal/netnstest"
 	"github.com/nfhelper/nfhelper/ipvs"
 	"github.com/nfhelper/nfhelper/kernel"
 	"github.com/nfhelper/nfhelper/nfq/nfqtest"
@@ -25,19 +24,7 @@ import (
 // socket in it.
 func ctNamespace(t *testing.T) (int, *conntrack.Conn) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-	name := fmt.Sprintf("nfhct%d", os.Getpid())
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns delete %s: %v %s", name, err, out)
-		}
-	})
-	ns, err := os.Open("/run/netns/" + name)
+	ns, err := os.Open(netnstest.Path(netnstest.New(t, "nfhct")))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/nfhelper/nfhelper/config"
 	"github.com/nfhelper/nfhelper/ctl"
+	"github.com/nfhelper/nfhelper/internal/netnstest"
 )
 
 // The daemon under test runs in a child process (this test binary again,
@@ -80,27 +81,6 @@ func TestHealthChild(t *testing.T) {
 			log.Info("reloaded", "err", err)
 		}
 	}
-}
-
-// healthNS is a network namespace for the child daemon, deleted at the end.
-func healthNS(t *testing.T) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-	name := fmt.Sprintf("nfhhealth%d", os.Getpid())
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns delete %s: %v %s", name, err, out)
-		}
-	})
-	if out, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
-		t.Fatalf("lo up: %v %s", err, out)
-	}
-	return name
 }
 
 // child is a running TestHealthChild.
@@ -180,7 +160,7 @@ func failOpen(t *testing.T, ns string, servers ...string) map[string]bool {
 // and a restart, both stay out from the start (the state file), until the
 // first one's checks pass again.
 func TestHealthFailOpenMap(t *testing.T) {
-	ns := healthNS(t)
+	ns := netnstest.New(t, "nfhhealth")
 	dir := t.TempDir()
 	config := filepath.Join(dir, "nfhelperd.yaml")
 	write := func(rise int) {

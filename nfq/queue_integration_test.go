@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"runtime"
 	"strings"
 	"testing"
@@ -20,6 +19,7 @@ import (
 	"github.com/google/nftables/xt"
 	"golang.org/x/sys/unix"
 
+	"github.com/nfhelper/nfhelper/internal/netnstest"
 	"github.com/nfhelper/nfhelper/nfq"
 )
 
@@ -54,27 +54,6 @@ func inNetns(t *testing.T, path string, f func()) {
 		}
 	}()
 	f()
-}
-
-// testNetns creates a namespace with loopback up, deleted at the end.
-func testNetns(t *testing.T) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-	name := fmt.Sprintf("nfqit%d", os.Getpid())
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns delete %s: %v %s", name, err, out)
-		}
-	})
-	if out, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
-		t.Fatalf("lo up: %v %s", err, out)
-	}
-	return "/run/netns/" + name
 }
 
 // itRules queues UDP to itPort from the output hook (xtables NFQUEUE, as
@@ -138,7 +117,7 @@ func itRules(t *testing.T, nsPath string) (*nftables.Conn, func() uint64) {
 // with a mark, with an altered payload, dropped, or accepted later from
 // another goroutine.
 func TestQueueRealPackets(t *testing.T) {
-	ns := testNetns(t)
+	ns := netnstest.Path(netnstest.New(t, "nfqit"))
 	_, marked := itRules(t, ns)
 	var q *nfq.Queue
 	var rx, tx net.PacketConn
@@ -270,7 +249,7 @@ func TestQueueRealPackets(t *testing.T) {
 // (NFQA_CT, NFQA_CT_INFO), and a verdict carrying NFQA_CT changes it: here
 // the connection mark (CTA_MARK), seen by a later rule.
 func TestQueueConntrack(t *testing.T) {
-	ns := testNetns(t)
+	ns := netnstest.Path(netnstest.New(t, "nfqit"))
 	c, _ := itRules(t, ns)
 	tbl := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: "nfqit"}
 	pol := nftables.ChainPolicyAccept
@@ -346,7 +325,7 @@ func TestQueueConntrack(t *testing.T) {
 // its successor: a packet queued while nobody reads is read by the adopted
 // queue, whose verdict (a mark) reaches the kernel.
 func TestQueueInheritAdopt(t *testing.T) {
-	ns := testNetns(t)
+	ns := netnstest.Path(netnstest.New(t, "nfqit"))
 	_, marked := itRules(t, ns)
 	var q *nfq.Queue
 	inNetns(t, ns, func() {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"flag"
-	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -17,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nfhelper/nfhelper/internal/netnstest"
 	"github.com/nfhelper/nfhelper/ipvs"
 	"github.com/nfhelper/nfhelper/kernel"
 )
@@ -27,18 +27,11 @@ var update = flag.Bool("update", false, "rewrite golden files")
 // an nftables connection inside it; both go away at cleanup.
 func testNetns(t *testing.T) (string, *nftables.Conn) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create a network namespace")
-	}
 	if _, err := exec.LookPath("nft"); err != nil {
 		t.Skip("needs the nft command to list the ruleset")
 	}
-	name := fmt.Sprintf("nfht-nft-%d", os.Getpid())
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v: %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
-	f, err := os.Open(filepath.Join("/run/netns", name))
+	name := netnstest.New(t, "nfht-nft-")
+	f, err := os.Open(netnstest.Path(name))
 	if err != nil {
 		t.Fatal(err)
 	}
