@@ -1,11 +1,14 @@
 package daemon
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/nfhelper/nfhelper/config"
@@ -140,7 +143,13 @@ func (ro roster) draining() bool {
 // saved is the roster as the state file holds it.
 func (ro roster) saved() *savedState {
 	st := &savedState{Version: stateVersion}
-	for k, s := range ro {
+	// By service and address: the file reads the same after every write
+	// that changes nothing of a server, and diffs show what did change.
+	keys := slices.SortedFunc(maps.Keys(ro), func(a, b health.Key) int {
+		return cmp.Or(cmp.Compare(a.Service, b.Service), a.Addr.Compare(b.Addr))
+	})
+	for _, k := range keys {
+		s := ro[k]
 		st.Health = append(st.Health, savedHealth{Service: k.Service, Address: k.Addr, Up: s.up, Since: s.since})
 		if o := s.override; o != nil {
 			st.Overrides = append(st.Overrides, savedOverride{Service: k.Service, Address: k.Addr, Weight: o.Weight, Drained: o.Drained, Down: o.Down, Fingerprint: s.fingerprint})

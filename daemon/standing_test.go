@@ -160,3 +160,29 @@ func TestStandings(t *testing.T) {
 		t.Errorf("standings %+v", st)
 	}
 }
+
+// TestSavedOrder: the state file lists servers by service and address,
+// whatever order the roster's map gives.
+func TestSavedOrder(t *testing.T) {
+	ro := roster{}
+	for _, k := range []health.Key{
+		{Service: "b", Addr: netip.MustParseAddrPort("10.0.0.1:21")},
+		{Service: "a", Addr: netip.MustParseAddrPort("10.0.0.12:21")},
+		{Service: "a", Addr: netip.MustParseAddrPort("10.0.0.2:21")},
+		{Service: "a", Addr: netip.MustParseAddrPort("[fd00::1]:21")},
+	} {
+		ro[k] = &serverState{up: true, override: &ctl.Override{Down: true}}
+	}
+	want := []string{"a 10.0.0.2:21", "a 10.0.0.12:21", "a [fd00::1]:21", "b 10.0.0.1:21"}
+	for range 5 {
+		st := ro.saved()
+		for i, h := range st.Health {
+			if got := h.Service + " " + h.Address.String(); got != want[i] {
+				t.Fatalf("health[%d] = %s, want %s", i, got, want[i])
+			}
+			if o := st.Overrides[i]; o.Service != h.Service || o.Address != h.Address {
+				t.Fatalf("overrides[%d] = %s %s, want %s", i, o.Service, o.Address, want[i])
+			}
+		}
+	}
+}
