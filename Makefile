@@ -23,7 +23,8 @@ deps:
 	fi
 
 # The demo topology: a client, a router running nfhelperd, and two vsftpd
-# real servers behind 198.51.100.10:21 / [2001:db8:1::10]:21.
+# real servers behind 198.51.100.10:21 / [2001:db8:1::10]:21; a transfer
+# each way, then one server stopped (its tcp check takes it out) and back.
 demo: deps
 	$(GO) run ./integration/demo
 

@@ -177,6 +177,11 @@ func (t *Topo) launchVsftpd(s *Server, empty string) (*exec.Cmd, error) {
 	return c, nil
 }
 
+// StopServer kills every process in s's namespace (its vsftpd and its
+// sessions): the server stops answering, as a crashed one does.
+// StartVsftpd starts it again.
+func (t *Topo) StopServer(ctx context.Context, s *Server) { killNSProcs(ctx, s.NS) }
+
 // StopGroup sends sig to the process group of c (started with Start) and
 // waits up to wait for c to exit.
 func (t *Topo) StopGroup(c *exec.Cmd, sig syscall.Signal, wait time.Duration) error {
