@@ -54,7 +54,7 @@ func TestHealthHTTPCheck(t *testing.T) {
 	}
 
 	check := "type: http\nport: 8080\npath: /health.txt\nstatus: 200\nbody: nfht-healthy\n" +
-		"interval: 200ms\ntimeout: 150ms\nrise: 2\nfall: 2\ninitial_state: down\n"
+		fmt.Sprintf("interval: %v\ntimeout: %v\nrise: 2\nfall: 2\ninitial_state: down\n", topo.Scaled(200*time.Millisecond), topo.Scaled(150*time.Millisecond))
 	d := e.start(hcConfig(hcService("hchttp", hcVIP+":21", "", check, s.addr())), "")
 	addr := s.addr()
 	_, took := d.waitState("hchttp", addr, "up", 5*time.Second)
@@ -167,10 +167,10 @@ exit 0
 	}
 	// Under emulation (integration/vm) the hang and the gap allowed grow
 	// alike.
-	interval, hangTimeout, maxGapAllowed := 200*time.Millisecond, topo.Scaled(800*time.Millisecond), topo.Scaled(600*time.Millisecond)
-	check := fmt.Sprintf("type: exec\ncommand: /bin/sh %s\ninterval: %v\ntimeout: 150ms\nrise: 1\nfall: 1\n", script, interval)
+	interval, hangTimeout, maxGapAllowed := topo.Scaled(200*time.Millisecond), topo.Scaled(800*time.Millisecond), topo.Scaled(600*time.Millisecond)
+	check := fmt.Sprintf("type: exec\ncommand: /bin/sh %s\ninterval: %v\ntimeout: %v\nrise: 1\nfall: 1\n", script, interval, topo.Scaled(150*time.Millisecond))
 	servers := addrsOf(e.servers)
-	servers[0] += fmt.Sprintf("\nhealth_check:\n  interval: %v\n  timeout: %v", hangTimeout+200*time.Millisecond, hangTimeout)
+	servers[0] += fmt.Sprintf("\nhealth_check:\n  interval: %v\n  timeout: %v", hangTimeout+interval, hangTimeout)
 	d := e.start(hcConfig(hcService("hcexec", hcVIP+":21", "", check, servers...)), "")
 
 	rs, took := d.waitState("hcexec", hung.addr(), "down", 5*time.Second)
@@ -191,17 +191,17 @@ exit 0
 			}
 		}
 	}
-	watchFrom := time.Now()
-	for time.Since(watchFrom) < 3*time.Second {
+	watchFrom, watch := time.Now(), topo.Scaled(3*time.Second)
+	for time.Since(watchFrom) < watch {
 		now := time.Now()
 		note(lives, procsWithEnv(marker), now)
 		note(zombies, zombiesOf(d.Pid()), now)
 		time.Sleep(25 * time.Millisecond)
 	}
 	if len(lives) == 0 {
-		t.Fatalf("no process with %s seen in 3 s: do exec checks get NFHELPER_SERVICE?", marker)
+		t.Fatalf("no process with %s seen in %v: do exec checks get NFHELPER_SERVICE?", marker, watch)
 	}
-	limit := hangTimeout + 400*time.Millisecond
+	limit := hangTimeout + topo.Scaled(400*time.Millisecond)
 	for pid, l := range lives {
 		if l.last.Sub(l.first) > limit {
 			t.Errorf("pid %d of the checks lived at least %v, beyond the timeout %v", pid, l.last.Sub(l.first).Round(time.Millisecond), hangTimeout)
@@ -237,9 +237,9 @@ exit 0
 		for i := 1; i < len(ts); i++ {
 			maxGap = max(maxGap, ts[i]-ts[i-1])
 		}
-		t.Logf("%s: %d checks in 3 s, longest gap %.0f ms", s.Name, len(ts), maxGap*1000)
+		t.Logf("%s: %d checks in %v, longest gap %.0f ms", s.Name, len(ts), watch, maxGap*1000)
 		if len(ts) < 10 {
-			t.Errorf("%s: only %d checks in 3 s at a 200 ms interval", s.Name, len(ts))
+			t.Errorf("%s: only %d checks in %v at a %v interval", s.Name, len(ts), watch, interval)
 		}
 		// A scheduler that waited for the hung check would leave gaps of its
 		// timeout.
@@ -250,7 +250,7 @@ exit 0
 			t.Errorf("%s: %s", s.Name, st.State)
 		}
 	}
-	t.Logf("%s: %d runs of its check in 3 s", hung.Name, len(at[hung.V4]))
+	t.Logf("%s: %d runs of its check in %v", hung.Name, len(at[hung.V4]), watch)
 
 	// A stopped daemon leaves no check behind.
 	if res, err := d.Stop(); err != nil || res.ExitCode != 0 {
@@ -284,7 +284,8 @@ echo $((n + 1)) > "$f"
 `), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	check := "type: exec\ncommand: /bin/sh " + script + "\ninterval: 100ms\ntimeout: 100ms\nrise: 3\nfall: 3\n"
+	interval := topo.Scaled(100 * time.Millisecond)
+	check := fmt.Sprintf("type: exec\ncommand: /bin/sh %s\ninterval: %v\ntimeout: %v\nrise: 3\nfall: 3\n", script, interval, interval)
 	servers := addrsOf(e.servers)
 	servers[1] += "\nhealth_check:\n  initial_state: down"
 	servers[2] += "\nhealth_check:\n  rise: 1\n  fall: 1"
@@ -297,7 +298,8 @@ echo $((n + 1)) > "$f"
 	want := map[string]string{e.servers[0].addr(): "up", e.servers[1].addr(): "down"}
 	hs3Changes := 0
 	last3 := first["hcflap"][e.servers[2].addr()].State
-	for end := time.Now().Add(2500 * time.Millisecond); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+	watch := 25 * interval
+	for end := time.Now().Add(watch); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
 		all, err := d.services()
 		if err != nil {
 			t.Fatal(err)
@@ -318,7 +320,7 @@ echo $((n + 1)) > "$f"
 		n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
 		t.Logf("%s: %d checks", s.Name, n)
 		if n < 12 {
-			t.Errorf("%s: only %d checks in 2.5 s at 100 ms", s.Name, n)
+			t.Errorf("%s: only %d checks in %v at %v", s.Name, n, watch, interval)
 		}
 	}
 	t.Logf("hs3 (rise 1, fall 1) changed state %d times", hs3Changes)

@@ -4,17 +4,20 @@ package integration
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"regexp"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nfhelper/nfhelper/integration/topo"
 )
 
 // quick is a check that reacts to one result: tcp every 200 ms, rise 1,
 // fall 1.
-const quick = "type: tcp\ninterval: 200ms\ntimeout: 150ms\nrise: 1\nfall: 1\n"
+var quick = fmt.Sprintf("type: tcp\ninterval: %v\ntimeout: %v\nrise: 1\nfall: 1\n", topo.Scaled(200*time.Millisecond), topo.Scaled(150*time.Millisecond))
 
 // TestHealthAllDown: every real server down. Service hcsorry sends new
 // sessions to its sorry server (a fourth vsftpd; files by hash); service

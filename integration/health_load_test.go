@@ -117,7 +117,7 @@ func parseLoadFailures(t *testing.T, stderr string) []loadFailure {
 // connections than in base (its counts when base was taken).
 func waitConnects(t *testing.T, servers []*hcServer, base map[*hcServer]int, n int, limit time.Duration) {
 	t.Helper()
-	end := time.Now().Add(limit)
+	end := time.Now().Add(topo.Scaled(limit))
 	for {
 		short := ""
 		for _, s := range servers {

@@ -52,11 +52,14 @@ func addrsOf(servers []*hcServer) []string {
 	return out
 }
 
-// The short rhythm of the tests: interval 300 ms, rise 2, fall 2.
+// The short rhythm of the tests: interval 300 ms (timeout 250 ms), rise 2,
+// fall 2. Under emulation (integration/vm) a check's own round trips take
+// longer: the times grow as the bounds do.
+var hcInterval, hcTimeout = topo.Scaled(300 * time.Millisecond), topo.Scaled(250 * time.Millisecond)
+
 const (
-	hcInterval = 300 * time.Millisecond
-	hcRise     = 2
-	hcFall     = 2
+	hcRise = 2
+	hcFall = 2
 )
 
 // hcSlack covers what the bounds do not: the poll (10 ms), a control
@@ -65,7 +68,7 @@ var hcSlack = topo.Scaled(250 * time.Millisecond)
 
 // rhythm is the check keys of hcInterval, hcRise, hcFall.
 func rhythm(typ string) string {
-	return fmt.Sprintf("type: %s\ninterval: %v\ntimeout: 250ms\nrise: %d\nfall: %d\n", typ, hcInterval, hcRise, hcFall)
+	return fmt.Sprintf("type: %s\ninterval: %v\ntimeout: %v\nrise: %d\nfall: %d\n", typ, hcInterval, hcTimeout, hcRise, hcFall)
 }
 
 // failover runs the scenario with ftpload's sessions going on
