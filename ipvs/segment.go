@@ -199,17 +199,18 @@ func (w *Worker) pastGap(st *stream, seq seqnum.Value) (read, drop bool) {
 		st.sync = unsynced
 		return false, false
 	}
-	if !st.gapped || st.gapAt != seq {
+	if !st.gapped || st.gapAt != seq || st.throttled {
 		// Its line may have begun in the missing bytes: let the sender
 		// resend it once the gap is filled.
 		st.gapped, st.gapAt = true, seq
 		w.e.Stats.Dropped.Add(1)
 		return false, true
 	}
-	// Resent as it was: its sender resends from the first byte it has no
-	// ACK for, so the missing bytes arrived without the daemon (the queue
-	// failed open) and will not come again. (Their ACKs may not come
-	// either: a clean connection's pure ACKs pass by.)
+	// Resent as it was, and the missing bytes were not dropped here: its
+	// sender resends from the first byte it has no ACK for, so they
+	// arrived without the daemon (the queue failed open) and will not come
+	// again. (Their ACKs may not come either: a clean connection's pure
+	// ACKs pass by.)
 	st.next, st.carry, st.hold, st.rel = seq, st.carry[:0], 0, st.rel[:0]
 	w.e.Stats.Skipped.Add(1)
 	return true, false
@@ -244,13 +245,14 @@ func (w *Worker) read(c *Conn, dir Direction, st *stream, seq seqnum.Value, in [
 			// would go out unrewritten. (Half: one segment's own edits
 			// must fit.)
 			w.e.Stats.Throttled.Add(1)
+			st.throttled = true
 			return 0, nil, true
 		}
 		var ok bool
 		if out, ok = w.inspect(c, dir, st, in[seq.Size(st.next):], fin, out); !ok {
 			return origSeq.Shift(st.off(origSeq)), nil, false
 		}
-		st.next = end
+		st.next, st.throttled = end, false
 	}
 	if len(out) == 0 && len(in) > 0 && st.haveLast {
 		// All withheld: repeat the last delivered byte, so that the

@@ -41,13 +41,17 @@ type stream struct {
 	fin bool
 	// gapped: the last segment, at gapAt past bytes not seen, was dropped
 	// (it is read if it comes again as it was). Any segment read clears it.
-	gapped   bool
-	gapAt    seqnum.Value
-	next     seqnum.Value // first input byte not yet presented to the helper
-	carry    []byte       // input [next-len(carry), next), presented again
-	hold     int          // trailing bytes of carry not yet delivered
-	last     byte         // the last byte delivered, to elicit an ACK
-	haveLast bool
+	gapped bool
+	gapAt  seqnum.Value
+	// throttled: new bytes from next on were dropped here (the throttle):
+	// their sender resends them, so a segment past them that comes again
+	// (a tail loss probe) is no sign that they went by the daemon.
+	throttled bool
+	next      seqnum.Value // first input byte not yet presented to the helper
+	carry     []byte       // input [next-len(carry), next), presented again
+	hold      int          // trailing bytes of carry not yet delivered
+	last      byte         // the last byte delivered, to elicit an ACK
+	haveLast  bool
 	// rel is input [relFrom, relFrom+len(rel)): withheld bytes the sender
 	// was told had arrived, and so resends only from their end; kept until
 	// the receiver acknowledges them.

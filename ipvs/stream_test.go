@@ -368,6 +368,41 @@ func TestStreamThrottlesUnacknowledgedRewrites(t *testing.T) {
 	}
 }
 
+// TestStreamThrottledGapNotSkipped: after a throttled segment, the
+// segment past it comes twice (a tail loss probe resends the last segment
+// as it was) before the throttled one is resent. The throttled bytes were
+// dropped here, not passed by a failed-open queue: the stream must not skip
+// them, or their resending goes out unrewritten.
+func TestStreamThrottledGapNotSkipped(t *testing.T) {
+	const isn = 100
+	c := openConn(t, "0123456789", isn)
+	s := uint32(isn + 1)
+	line := "R abc\n"
+	for i := range maxEdits / 2 {
+		c.send(s+uint32(i*len(line)), line)
+	}
+	next := s + uint32(maxEdits/2*len(line))
+	if v := c.server(next, pshAck, line); !v.Drop {
+		t.Fatal("not throttled")
+	}
+	c.ack(next + uint32(maxEdits/2*7))
+	after := next + uint32(len(line))
+	for i := range 2 {
+		if v := c.server(after, pshAck, line); !v.Drop {
+			t.Fatalf("the segment past the throttled one, sent %d times, passed before the gap was filled", i+1)
+		}
+	}
+	if _, got := c.send(next, line); got != "R 0123456789\n" {
+		t.Errorf("the throttled segment resent: %q", got)
+	}
+	if _, got := c.send(after, line); got != "R 0123456789\n" {
+		t.Errorf("the segment past it resent: %q", got)
+	}
+	if n := c.e.Stats.Skipped.Load(); n != 0 {
+		t.Errorf("skipped = %d", n)
+	}
+}
+
 // TestHelpedSYNsLowerMSS: both ends of a helped connection learn an MSS
 // lower by mssRoom, so that segments grown by withheld bytes and edits
 // still fit the path.
