@@ -30,6 +30,11 @@
 // server is down (with and without a sorry server), a server is drained
 // (health.go).
 //
+// With -sched (the default) it compares scheduling: IPVS (with ipvs) and
+// nfhelperd balance a plain TCP VIP over three weighted banner servers with
+// rr, wrr, sh and mh; shares, clients kept on one server, and clients moved
+// when a server is taken out (sched.go).
+//
 // The exit status is 1 when nfhelperd fails a scenario (the references are
 // expected to fail some) or one of its health expectations, or a system
 // could not be set up, 0 otherwise.
@@ -65,6 +70,7 @@ type options struct {
 	rounds   int
 	command  string
 	health   bool
+	sched    bool
 }
 
 func main() {
@@ -77,6 +83,7 @@ func main() {
 	flag.IntVar(&o.rounds, "rate-rounds", 3, "rate rounds; each measures every system once; the report gives the median")
 	flag.StringVar(&o.command, "command", "make vmreport", "the command named in the report as the way to reproduce it")
 	flag.BoolVar(&o.health, "health", true, "compare health checking too: keepalived + IPVS (with ipvs) and nfhelperd")
+	flag.BoolVar(&o.sched, "sched", true, "compare scheduling too: IPVS (with ipvs) and nfhelperd, rr, wrr, sh and mh over weighted servers")
 	flag.Parse()
 	if flag.NArg() > 0 || o.workers < 1 || o.rounds < 1 || o.duration < 0 || o.duration > 2*time.Minute {
 		fmt.Fprintln(os.Stderr, "reference: bad arguments")
@@ -204,6 +211,12 @@ func run(o options) int {
 		rep.health, rep.healthUnavailable, st = e.runHealth(ctx, rep.healthSystems)
 		status = max(status, st)
 	}
+	if o.sched && ctx.Err() == nil {
+		rep.schedSystems = e.schedSystems(systems)
+		var st int
+		rep.sched, rep.schedUnavailable, st = e.runSched(ctx, rep.schedSystems)
+		status = max(status, st)
+	}
 	if ctx.Err() != nil {
 		logf("interrupted")
 		return 130
@@ -225,7 +238,7 @@ func run(o options) int {
 // daemon into tmp.
 func buildTools(ctx context.Context, tmp, bin string) (*env, error) {
 	e := &env{tmp: tmp, tools: map[string]string{}}
-	for _, t := range []string{"integration/cmd/ftpget", "integration/cmd/quirkyftpd", "integration/cmd/ftpload", "cmd/nfhelperctl"} {
+	for _, t := range []string{"integration/cmd/ftpget", "integration/cmd/quirkyftpd", "integration/cmd/ftpload", "integration/cmd/connbench", "cmd/nfhelperctl"} {
 		p := filepath.Join(tmp, filepath.Base(t))
 		if err := topo.GoBuild(ctx, p, "./"+t); err != nil {
 			return nil, err
@@ -739,6 +752,10 @@ type report struct {
 	healthSystems     []healthSystem
 	health            []*hcResult
 	healthUnavailable map[string]string
+
+	schedSystems     []schedSystem
+	sched            []*schedResult
+	schedUnavailable map[string]string
 }
 
 func (r *report) markdown(ctx context.Context, o options, e *env) string {
@@ -750,6 +767,9 @@ func (r *report) markdown(ctx context.Context, o options, e *env) string {
 	}
 	if len(r.healthSystems) > 0 {
 		r.healthSection(&b)
+	}
+	if len(r.schedSystems) > 0 {
+		r.schedSection(&b)
 	}
 	fmt.Fprintf(&b, "\nThe run took %v.\n", r.took.Round(time.Second))
 	return b.String()
