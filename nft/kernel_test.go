@@ -32,7 +32,7 @@ func kernelSpec() *Spec {
 			{VIP: ap("198.51.100.10:53"), UDP: true, Servers: []Server{{ap("10.0.0.11:53"), 0x80000, 1, false}},
 				Kernel: &KernelSched{By: BySourcePort, Size: 3, Slots: []SlotRun{{0, 2, ap("10.0.0.11:53")}}}},
 			{VIP: ap("198.51.100.10:443"), Servers: []Server{{ap("10.0.0.11:443"), 0x90000, 0, false}},
-				Sorry: &Server{ap("10.0.0.99:443"), 0xa0000, 1, false},
+				Sorry:  &Server{ap("10.0.0.99:443"), 0xa0000, 1, false},
 				Kernel: &KernelSched{By: ByCounter, Size: 1, Persist: &Persist{Timeout: time.Minute}}},
 			{VIP: ap("198.51.100.10:25"), Kernel: &KernelSched{By: ByCounter, Size: 1}},
 			{VIP: ap("198.51.100.10:21"), Helped: true, Servers: []Server{{ap("10.0.0.11:21"), 0xb0000, 1, false}}},

@@ -123,10 +123,10 @@ type family struct {
 	// l4proto . VIP . port of kernel-scheduled services, for the refuse
 	// chains, and the verdict map that jumps to their chains.
 	kvips, dispatch *nftables.Set
-	helped  *nftables.Set // VIP or add-on match . port: connections whose client packets are queued
-	servers *nftables.Set // real server address . port, configured
-	watched *nftables.Set // real server address . port, learned in add-on mode
-	byMark  *nftables.Set // mark : real server address . port
+	helped          *nftables.Set // VIP or add-on match . port: connections whose client packets are queued
+	servers         *nftables.Set // real server address . port, configured
+	watched         *nftables.Set // real server address . port, learned in add-on mode
+	byMark          *nftables.Set // mark : real server address . port
 	// VIP . port . bucket : real server address . port, the kernel's own
 	// scheduling while the daemon is down.
 	fallback, fallbackUDP *nftables.Set
