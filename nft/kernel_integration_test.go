@@ -8,8 +8,10 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -361,7 +363,7 @@ func TestKernelPersistence(t *testing.T) {
 		t.Errorf("Templates: %d, %v", n, err)
 	}
 	out, _ := nftList(t, tp.router, "list", "map", "inet", "nfhelper", "persist_"+kernelID(vip, false))
-	if !strings.Contains(out, "10.99.0.0 expires") || !strings.Contains(out, ": 10.0.0.11 . 80") {
+	if !regexp.MustCompile(`10\.99\.0\.0 (timeout 1m )?expires`).MatchString(out) || !strings.Contains(out, ": 10.0.0.11 . 80") {
 		t.Errorf("persistence map:\n%s", out)
 	}
 
@@ -490,20 +492,50 @@ func (l monitorLog) count(kind, set string) int {
 	return n
 }
 
-// monitor runs f under nft monitor in the router namespace.
+// monitor runs f under nft monitor in the router namespace. A marker
+// element, added and deleted before and after, tells when the monitor
+// listens and when it has seen everything.
 func (tp *ktopo) monitor(t *testing.T, f func()) monitorLog {
 	cmd := exec.Command("ip", "netns", "exec", tp.router, "nft", "monitor", "elements")
-	var out strings.Builder
-	cmd.Stdout = &out
+	out := &syncBuilder{}
+	cmd.Stdout = out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond)
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	mark := func(port int) {
+		el := fmt.Sprintf("{ udp . 192.0.2.1 . %d }", port)
+		for start := time.Now(); time.Since(start) < 20*time.Second; {
+			sh(t, "ip netns exec "+tp.router+" nft add element inet nfhelper kvips4 '"+el+"'",
+				"ip netns exec "+tp.router+" nft delete element inet nfhelper kvips4 '"+el+"'")
+			time.Sleep(100 * time.Millisecond)
+			if strings.Contains(out.String(), fmt.Sprintf("192.0.2.1 . %d", port)) {
+				return
+			}
+		}
+		t.Fatal("nft monitor saw no marker")
+	}
+	mark(1)
 	f()
-	time.Sleep(300 * time.Millisecond)
-	cmd.Process.Kill()
-	cmd.Wait()
+	mark(2)
 	return monitorLog(out.String())
+}
+
+type syncBuilder struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuilder) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuilder) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // TestKernelKeepAlive: the alive element's timeout starts again at each
@@ -606,4 +638,69 @@ func (tp *ktopo) conntrack(t *testing.T, src netip.Addr, port int) string {
 		t.Fatalf("conntrack: %v: %s", err, out)
 	}
 	return string(out)
+}
+
+// TestKernelLargeTables: an mh table of 65537 slots over 10 servers (both
+// families) installs, and one server leaving changes about its share by
+// difference, in one batch, quickly enough for a health check's pace.
+func TestKernelLargeTables(t *testing.T) {
+	ns, c := testNetns(t)
+	servers := func(n int, v6 bool) []netip.AddrPort {
+		var s []netip.AddrPort
+		for i := range n {
+			a := netip.AddrFrom4([4]byte{10, 0, 1, byte(i + 1)})
+			if v6 {
+				a = netip.AddrFrom16([16]byte{0xfd, 0, 15: byte(i + 1)})
+			}
+			s = append(s, netip.AddrPortFrom(a, 80))
+		}
+		return s
+	}
+	// A stand-in for maglev: slot k to server k mod n, so that a leaving
+	// server's slots go round the others.
+	table := func(ss []netip.AddrPort, gone int) []SlotRun {
+		var live []netip.AddrPort
+		for i, s := range ss {
+			if i != gone {
+				live = append(live, s)
+			}
+		}
+		runs := make([]SlotRun, 65537)
+		for k := range runs {
+			s := ss[k%len(ss)]
+			if k%len(ss) == gone {
+				s = live[k%len(live)]
+			}
+			runs[k] = SlotRun{uint32(k), uint32(k), s}
+		}
+		return runs
+	}
+	v4, v6 := servers(10, false), servers(10, true)
+	svc := func(vip netip.Addr, ss []netip.AddrPort, gone int) Service {
+		return Service{VIP: netip.AddrPortFrom(vip, 80), Kernel: &KernelSched{By: BySource, Size: 65537, Slots: table(ss, gone)}}
+	}
+	start := time.Now()
+	rs := install(t, c, kSpec(svc(kVIP, v4, -1), svc(kVIP6, v6, -1)))
+	t.Logf("install: %v", time.Since(start))
+	start = time.Now()
+	if err := rs.Update(c, kSpec(svc(kVIP, v4, 3), svc(kVIP6, v6, -1))); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	t.Logf("update, one of 10 servers gone: %v", took)
+	if took > 2*time.Second {
+		t.Errorf("the update took %v", took)
+	}
+	els, err := c.GetSetElements(rs.kern[kernelID(netip.AddrPortFrom(kVIP, 80), false)].slots)
+	if err != nil || len(els) != 65537 {
+		t.Fatalf("%d elements, %v", len(els), err)
+	}
+	for _, e := range els {
+		if parseAddrPort(e.Val) == v4[3] {
+			t.Fatalf("slot %x still names the server gone", e.Key)
+		}
+	}
+	if out, err := nftList(t, ns, "list", "chain", "inet", "nfhelper", "dstnat"); err != nil {
+		t.Errorf("%v: %s", err, out)
+	}
 }
