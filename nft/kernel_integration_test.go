@@ -396,6 +396,24 @@ func TestKernelPersistence(t *testing.T) {
 	if got, _ := tp.dial(t, "tcp", kClients[1], vip); got != "10.0.0.12" {
 		t.Errorf("after 10.0.0.11 went down: %s", got)
 	}
+
+	// Both down: the sorry server takes every connection and gets no
+	// template; the down servers' templates are gone.
+	sorry := down
+	sorry.Servers = []Server{{Addr: s1, Down: true}, {Addr: s2, Down: true}}
+	sorry.Sorry = &Server{Addr: ap("10.0.0.13:80")}
+	sorry.Kernel = &KernelSched{By: ByCounter, Size: 1, Persist: svc.Kernel.Persist}
+	if err := rs.Update(tp.c, kSpec(sorry)); err != nil {
+		t.Fatal(err)
+	}
+	for _, cl := range []netip.Addr{kClients[0], kFarAway} {
+		if got, _ := tp.dial(t, "tcp", cl, vip); got != "10.0.0.13" {
+			t.Errorf("with every server down %v went to %s", cl, got)
+		}
+	}
+	if n, _ := rs.Templates(tp.c, vip, false); n != 0 {
+		t.Errorf("%d templates with only the sorry server", n)
+	}
 }
 
 // TestKernelUpdateDiff: an update changes only the slot map elements that
