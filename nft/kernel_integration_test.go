@@ -482,8 +482,16 @@ func TestKernelUpdateDiff(t *testing.T) {
 	if !tp.refused(t, kClients[0], netip.AddrPortFrom(kVIP, 81)) {
 		t.Error("the removed service's VIP did not refuse")
 	}
-	// Back again.
+	// Back again; the other loses its persistence, then goes.
+	noPers := sh
+	noPers.Kernel = &KernelSched{By: BySource, Size: 256, Slots: sh.Kernel.Slots}
+	if err := rs.Update(tp.c, kSpec(noPers, mh(hashRuns))); err != nil {
+		t.Fatal(err)
+	}
 	if err := rs.Update(tp.c, kSpec(sh, mh(hashRuns))); err != nil {
+		t.Fatal(err)
+	}
+	if err := rs.Update(tp.c, kSpec(mh(hashRuns))); err != nil {
 		t.Fatal(err)
 	}
 	if a, _ := tp.dial(t, "tcp", kClients[0], netip.AddrPortFrom(kVIP, 81)); a != "10.0.0.11" && a != "10.0.0.12" {

@@ -420,6 +420,8 @@ func (rs *Ruleset) Update(c *nftables.Conn, spec *Spec) error {
 // queueUpdate adds Update's batch to c and returns the kernel-scheduled
 // services as they will be.
 func (rs *Ruleset) queueUpdate(c *nftables.Conn, spec *Spec, dead map[string][]nftables.SetElement) (map[string]*kernelSvc, error) {
+	// First: its rules name persistence maps that may go.
+	c.FlushChain(rs.tpl)
 	next, err := rs.declareKernel(c, spec)
 	if err != nil {
 		return nil, err
@@ -443,7 +445,6 @@ func (rs *Ruleset) queueUpdate(c *nftables.Conn, spec *Spec, dead map[string][]n
 			delKernelSvc(c, ks)
 		}
 	}
-	c.FlushChain(rs.tpl)
 	rs.persistRules(ruleAdder{c: c, t: rs.table}, spec, next)
 	c.FlushChain(rs.fwd)
 	rs.forwardRules(c, spec)
