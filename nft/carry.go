@@ -13,7 +13,8 @@ import (
 
 // Carried are the elements a daemon that did not stop cleanly (a crash,
 // kill -9) left in its table and that the next one keeps: data channels
-// with the time they have left, learned servers, and stream offsets.
+// with the time they have left, learned servers, stream offsets, and
+// kernel-scheduled services' persistence templates.
 type Carried struct {
 	elems map[string][]nftables.SetElement // by set name
 }
@@ -24,7 +25,7 @@ func (f *family) carriedSets() []*nftables.Set {
 }
 
 // bypassedSets are the carried sets the kernel fills from the packet path,
-// also while a restarting daemon restores.
+// also while a restarting daemon restores (persistence maps too).
 func (f *family) bypassedSets() []*nftables.Set {
 	return []*nftables.Set{f.bypassed, f.bypassedActive}
 }
@@ -35,9 +36,9 @@ func ReadStale(c *nftables.Conn, name string) (*Carried, error) {
 	return readStale(c, name, (*family).carriedSets)
 }
 
-// refreshBypassed reads cr's bypassed maps again from the stale table, just
-// before it is replaced: the kernel went on writing them since ReadStale.
-// On error the earlier copy stays.
+// refreshBypassed reads cr's maps that the packet path fills again from
+// the stale table, just before it is replaced: the kernel went on writing
+// them since ReadStale. On error the earlier copy stays.
 func (cr *Carried) refreshBypassed(c *nftables.Conn, name string) {
 	fresh, err := readStale(c, name, (*family).bypassedSets)
 	if cr == nil || err != nil || fresh == nil {
@@ -48,8 +49,20 @@ func (cr *Carried) refreshBypassed(c *nftables.Conn, name string) {
 			cr.elems[s.Name] = fresh.elems[s.Name]
 		}
 	}
+	for name := range cr.elems {
+		if isPersistMap(name) {
+			delete(cr.elems, name)
+		}
+	}
+	for name, els := range fresh.elems {
+		if isPersistMap(name) {
+			cr.elems[name] = els
+		}
+	}
 }
 
+// readStale reads the elements of the sets which names, and of every
+// persistence map.
 func readStale(c *nftables.Conn, name string, which func(*family) []*nftables.Set) (*Carried, error) {
 	t, err := c.ListTableOfFamily(name, nftables.TableFamilyINet)
 	if errors.Is(err, unix.ENOENT) || t == nil {
@@ -70,7 +83,7 @@ func readStale(c *nftables.Conn, name string, which func(*family) []*nftables.Se
 	}
 	cr := &Carried{elems: map[string][]nftables.SetElement{}}
 	for _, s := range sets {
-		if !want[s.Name] {
+		if !want[s.Name] && !isPersistMap(s.Name) {
 			continue
 		}
 		els, err := c.GetSetElements(s)
@@ -78,7 +91,8 @@ func readStale(c *nftables.Conn, name string, which func(*family) []*nftables.Se
 			return nil, fmt.Errorf("read set %s: %w", s.Name, err)
 		}
 		for _, e := range els {
-			if e.Timeout != 0 {
+			// (The kernel leaves out a timeout that is the set's.)
+			if e.Timeout != 0 || e.Expires > 0 {
 				if e.Expires <= 0 {
 					continue
 				}

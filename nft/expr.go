@@ -22,9 +22,11 @@ type field struct {
 
 // concat loads fields into consecutive 32-bit registers from NFT_REG32_00 on,
 // each padded to 4 bytes, as nft does for concatenations.
-func concat(fields ...field) []expr.Any {
+func concat(fields ...field) []expr.Any { return concatAt(unix.NFT_REG32_00, fields...) }
+
+// concatAt loads fields like concat, from register reg on.
+func concatAt(reg uint32, fields ...field) []expr.Any {
 	var out []expr.Any
-	reg := uint32(unix.NFT_REG32_00)
 	for _, f := range fields {
 		out = append(out, f.load(reg))
 		reg += words(f.len)

@@ -33,6 +33,10 @@ func refuseChains(a ruleAdder, fams [2]*family) {
 			dst := concat(addrField(f.v6, false), portField(false))
 			a.rule(ch, nfproto(f.proto), l4protoTCP(), ctStateIs(newBit), notLoopback(), dst, lookup(f.vips), rejectTCPReset())
 			a.rule(ch, nfproto(f.proto), l4protoUDP(), ctStateIs(newBit), notLoopback(), dst, lookup(f.vipsUDP), rejectPortUnreachable())
+			// Kernel-scheduled services, by protocol . VIP . port.
+			kdst := append(concat(field{len: 1, load: l4protoLoad}, addrField(f.v6, false), portField(false)), lookup(f.kvips)...)
+			a.rule(ch, nfproto(f.proto), l4protoTCP(), ctStateIs(newBit), notLoopback(), kdst, rejectTCPReset())
+			a.rule(ch, nfproto(f.proto), l4protoUDP(), ctStateIs(newBit), notLoopback(), kdst, rejectPortUnreachable())
 		}
 	}
 }

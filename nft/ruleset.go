@@ -5,8 +5,10 @@ package nft
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/google/nftables"
@@ -45,6 +47,10 @@ type Spec struct {
 	LiveVIPs, LiveServers []netip.AddrPort
 	// Carried are a stale table's run-time elements, kept by Install.
 	Carried *Carried
+	// MSSRoom: on the compat datapath, a client's SYN to a helped
+	// kernel-scheduled service gets its MSS lowered by this much (0:
+	// left). Like the queue numbers, Update cannot change it.
+	MSSRoom uint16
 }
 
 // AddOn is a helped destination the user's own rules translate; Mark (within
@@ -86,6 +92,11 @@ type Service struct {
 	// and the fail-open map sends every connection to it when no server
 	// has a weight (all down or quiesced). Its Weight is not used.
 	Sorry *Server
+	// Kernel, if set, has nftables schedule the service in a chain of its
+	// own (svc_*), reached from dstnat by the dispatch maps: its new
+	// connections are not queued, and that chain is its fail-open too.
+	// nil: the daemon schedules it (packet mark, byMark map).
+	Kernel *KernelSched
 }
 
 // Server is a real server and the mark (within Spec.MarkMask) that sends a new
@@ -93,7 +104,8 @@ type Service struct {
 type Server struct {
 	Addr   netip.AddrPort
 	Mark   uint32
-	Weight int // its share of the fallback buckets; 0: none
+	Weight int  // its share of the fallback buckets; 0: none
+	Down   bool // failed its health check: its persistence templates go
 }
 
 // fallbackBuckets is how many slots the kernel's own scheduling spreads a
@@ -106,12 +118,15 @@ type family struct {
 	v6      bool
 	proto   byte // NFPROTO_IPV4 or NFPROTO_IPV6
 	addrLen uint32
-	vips    *nftables.Set // VIP . port of balanced TCP services
-	vipsUDP *nftables.Set // VIP . port of balanced UDP services
-	helped  *nftables.Set // VIP or add-on match . port: connections whose client packets are queued
-	servers *nftables.Set // real server address . port, configured
-	watched *nftables.Set // real server address . port, learned in add-on mode
-	byMark  *nftables.Set // mark : real server address . port
+	vips    *nftables.Set // VIP . port of daemon-scheduled TCP services (SYN queued)
+	vipsUDP *nftables.Set // VIP . port of daemon-scheduled UDP services (new flow queued)
+	// l4proto . VIP . port of kernel-scheduled services, for the refuse
+	// chains, and the verdict map that jumps to their chains.
+	kvips, dispatch *nftables.Set
+	helped          *nftables.Set // VIP or add-on match . port: connections whose client packets are queued
+	servers         *nftables.Set // real server address . port, configured
+	watched         *nftables.Set // real server address . port, learned in add-on mode
+	byMark          *nftables.Set // mark : real server address . port
 	// VIP . port . bucket : real server address . port, the kernel's own
 	// scheduling while the daemon is down.
 	fallback, fallbackUDP *nftables.Set
@@ -143,7 +158,12 @@ type Ruleset struct {
 	table *nftables.Table
 	fams  [2]*family
 	fwd   *nftables.Chain
-	queue Spec // the queue numbers and kind the rules send to
+	tpl   *nftables.Chain // writes persistence templates
+	queue Spec            // the queue numbers and kind the rules send to
+	alive *nftables.Set
+	mss   *nftables.Set // nil: no MSS lowering
+	mu    sync.Mutex
+	kern  map[string]*kernelSvc // by kernelID; guarded by mu
 }
 
 func newFamily(t *nftables.Table, v6 bool) *family {
@@ -156,6 +176,9 @@ func newFamily(t *nftables.Table, v6 bool) *family {
 	addrPort := nftables.MustConcatSetType(addr, nftables.TypeInetService)
 	f.vips = &nftables.Set{Table: t, Name: "vips" + suffix, KeyType: addrPort, Concatenation: true}
 	f.vipsUDP = &nftables.Set{Table: t, Name: "vips_udp" + suffix, KeyType: addrPort, Concatenation: true}
+	protoAddrPort := nftables.MustConcatSetType(nftables.TypeInetProto, addr, nftables.TypeInetService)
+	f.kvips = &nftables.Set{Table: t, Name: "kvips" + suffix, KeyType: protoAddrPort, Concatenation: true}
+	f.dispatch = &nftables.Set{Table: t, Name: "dispatch" + suffix, IsMap: true, KeyType: protoAddrPort, DataType: nftables.TypeVerdict, Concatenation: true}
 	f.helped = &nftables.Set{Table: t, Name: "helped" + suffix, KeyType: addrPort, Concatenation: true}
 	f.servers = &nftables.Set{Table: t, Name: "servers" + suffix, KeyType: addrPort, Concatenation: true}
 	f.watched = &nftables.Set{Table: t, Name: "watched" + suffix, KeyType: addrPort, Concatenation: true}
@@ -219,7 +242,16 @@ func Install(c *nftables.Conn, spec *Spec) (*Ruleset, error) {
 	c.AddTable(t)
 	c.DelTable(t)
 	c.AddTable(t)
-	rs := &Ruleset{table: t, fams: [2]*family{newFamily(t, false), newFamily(t, true)}, queue: Spec{QueueNum: spec.QueueNum, QueueTotal: spec.QueueTotal, MarkMask: spec.MarkMask, NativeQueue: spec.NativeQueue, CtHelper: spec.CtHelper, KernelFTP: spec.KernelFTP}}
+	rs := &Ruleset{table: t, fams: [2]*family{newFamily(t, false), newFamily(t, true)}, kern: map[string]*kernelSvc{},
+		queue: Spec{QueueNum: spec.QueueNum, QueueTotal: spec.QueueTotal, MarkMask: spec.MarkMask, NativeQueue: spec.NativeQueue, CtHelper: spec.CtHelper, KernelFTP: spec.KernelFTP, MSSRoom: spec.MSSRoom}}
+	if err := rs.addGlobalSets(c); err != nil {
+		return nil, err
+	}
+	// Service chains before the dispatch maps' elements that name them.
+	next, err := rs.declareKernel(c, spec)
+	if err != nil {
+		return nil, err
+	}
 	for _, f := range rs.fams {
 		if err := rs.addSets(c, spec, f); err != nil {
 			return nil, err
@@ -235,10 +267,32 @@ func Install(c *nftables.Conn, spec *Spec) (*Ruleset, error) {
 		c.AddObj(ctHelperObj(t, KernelFTPHelper))
 	}
 	rs.addChains(c, spec)
+	if err := rs.fillKernel(c, spec, next, nil, spec.Carried); err != nil {
+		return nil, err
+	}
+	rs.persistRules(ruleAdder{c: c, t: rs.table}, spec, next)
 	if err := c.Flush(); err != nil {
 		return nil, fmt.Errorf("install table inet %s: %w", spec.Table, err)
 	}
+	rs.kern = next
 	return rs, nil
+}
+
+// addGlobalSets adds the sets of neither family: alive, with its element
+// (the daemon installing runs), and on the compat datapath the mss map.
+func (rs *Ruleset) addGlobalSets(c *nftables.Conn) error {
+	rs.alive = aliveSet(rs.table)
+	if err := c.AddSet(rs.alive, []nftables.SetElement{{Key: aliveKey}}); err != nil {
+		return fmt.Errorf("add set %s: %w", rs.alive.Name, err)
+	}
+	if rs.queue.CtHelper != "" || rs.queue.MSSRoom == 0 {
+		return nil
+	}
+	rs.mss = mssSet(rs.table)
+	if err := c.AddSet(rs.mss, mssElements(rs.queue.MSSRoom)); err != nil {
+		return fmt.Errorf("add set %s: %w", rs.mss.Name, err)
+	}
+	return nil
 }
 
 // Remove deletes the table if it exists.
@@ -254,7 +308,7 @@ func Remove(c *nftables.Conn, name string) error {
 
 func (rs *Ruleset) addSets(c *nftables.Conn, spec *Spec, f *family) error {
 	static := rs.staticElements(spec, f)
-	for _, set := range []*nftables.Set{f.vips, f.vipsUDP, f.helped, f.servers, f.watched, f.byMark, f.fallback, f.fallbackUDP, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets, f.acks, f.bypassed, f.bypassedActive} {
+	for _, set := range []*nftables.Set{f.vips, f.vipsUDP, f.kvips, f.dispatch, f.helped, f.servers, f.watched, f.byMark, f.fallback, f.fallbackUDP, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets, f.acks, f.bypassed, f.bypassedActive} {
 		if err := c.AddSet(set, static[set]); err != nil {
 			return fmt.Errorf("add set %s: %w", set.Name, err)
 		}
@@ -269,7 +323,7 @@ func (rs *Ruleset) addSets(c *nftables.Conn, spec *Spec, f *family) error {
 
 // staticElements are the elements of the sets the configuration fills.
 func (rs *Ruleset) staticElements(spec *Spec, f *family) map[*nftables.Set][]nftables.SetElement {
-	els := map[*nftables.Set][]nftables.SetElement{f.vips: nil, f.vipsUDP: nil, f.helped: nil, f.servers: nil, f.byMark: nil, f.fallback: nil, f.fallbackUDP: nil}
+	els := map[*nftables.Set][]nftables.SetElement{f.vips: nil, f.vipsUDP: nil, f.kvips: nil, f.dispatch: nil, f.helped: nil, f.servers: nil, f.byMark: nil, f.fallback: nil, f.fallbackUDP: nil}
 	seen := map[*nftables.Set]map[netip.AddrPort]bool{f.helped: {}, f.servers: {}}
 	add := func(set *nftables.Set, ap netip.AddrPort) {
 		if f.of(ap.Addr()) && !seen[set][ap] {
@@ -284,24 +338,34 @@ func (rs *Ruleset) staticElements(spec *Spec, f *family) map[*nftables.Set][]nft
 		if !f.of(svc.VIP.Addr()) {
 			continue
 		}
-		vip := nftables.SetElement{Key: addrPortKey(svc.VIP)}
-		switch {
-		case svc.UDP:
-			els[f.vipsUDP] = append(els[f.vipsUDP], vip)
-		case svc.Helped:
-			add(f.helped, svc.VIP)
-			fallthrough
-		default:
-			els[f.vips] = append(els[f.vips], vip)
-		}
 		all := svc.Servers
 		if svc.Sorry != nil {
 			all = append(all[:len(all):len(all)], *svc.Sorry)
 		}
-		for _, s := range all {
-			if svc.Helped {
+		if svc.Helped {
+			// Their control connections' packets are queued, whoever
+			// scheduled them.
+			add(f.helped, svc.VIP)
+			for _, s := range all {
 				add(f.servers, s.Addr)
 			}
+		}
+		if svc.Kernel != nil {
+			// Scheduled in its chain: nothing queued, no mark, no
+			// fallback.
+			key := dispatchKey(svc.VIP, svc.UDP)
+			els[f.kvips] = append(els[f.kvips], nftables.SetElement{Key: key})
+			els[f.dispatch] = append(els[f.dispatch], nftables.SetElement{Key: key,
+				VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: chainName(kernelID(svc.VIP, svc.UDP))}})
+			continue
+		}
+		vip := nftables.SetElement{Key: addrPortKey(svc.VIP)}
+		if svc.UDP {
+			els[f.vipsUDP] = append(els[f.vipsUDP], vip)
+		} else {
+			els[f.vips] = append(els[f.vips], vip)
+		}
+		for _, s := range all {
 			els[f.byMark] = append(els[f.byMark], nftables.SetElement{Key: binary.NativeEndian.AppendUint32(nil, s.Mark), Val: addrPortKey(s.Addr)})
 		}
 		fb := f.fallback
@@ -323,24 +387,68 @@ func (rs *Ruleset) staticElements(spec *Spec, f *family) map[*nftables.Set][]nft
 
 // Update applies a changed configuration in one batch: the sets and maps
 // it fills are refilled and the forward chain's rules replaced; data
-// channels and learned servers stay. Queue numbers cannot change.
+// channels and learned servers stay. Kernel-scheduled services' slot maps
+// change by difference, their chains only where their shape did, and
+// templates naming servers that went (down or removed) are deleted. Queue
+// numbers, datapath and MSSRoom cannot change.
 func (rs *Ruleset) Update(c *nftables.Conn, spec *Spec) error {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	var err error
+	// A template deleted below that expires before the batch arrives
+	// fails it (ENOENT): read them again and retry.
+	for range 3 {
+		var dead map[string][]nftables.SetElement
+		if dead, err = rs.deadTemplates(c, spec); err != nil {
+			return err
+		}
+		var next map[string]*kernelSvc
+		if next, err = rs.queueUpdate(c, spec, dead); err != nil {
+			return err
+		}
+		if err = c.Flush(); err == nil {
+			rs.kern = next
+			return rs.sweepTemplates(c, dead)
+		}
+		if !errors.Is(err, unix.ENOENT) || len(dead) == 0 {
+			break
+		}
+	}
+	return fmt.Errorf("update table inet %s: %w", rs.table.Name, err)
+}
+
+// queueUpdate adds Update's batch to c and returns the kernel-scheduled
+// services as they will be.
+func (rs *Ruleset) queueUpdate(c *nftables.Conn, spec *Spec, dead map[string][]nftables.SetElement) (map[string]*kernelSvc, error) {
+	// First: its rules name persistence maps that may go.
+	c.FlushChain(rs.tpl)
+	next, err := rs.declareKernel(c, spec)
+	if err != nil {
+		return nil, err
+	}
 	for _, f := range rs.fams {
 		for set, els := range rs.staticElements(spec, f) {
 			c.FlushSet(set)
 			if len(els) > 0 {
 				if err := c.SetAddElements(set, els); err != nil {
-					return fmt.Errorf("refill set %s: %w", set.Name, err)
+					return nil, fmt.Errorf("refill set %s: %w", set.Name, err)
 				}
 			}
 		}
 	}
+	if err := rs.fillKernel(c, spec, next, dead, nil); err != nil {
+		return nil, err
+	}
+	// After the dispatch maps no longer name them.
+	for id, ks := range rs.kern {
+		if next[id] == nil {
+			delKernelSvc(c, ks)
+		}
+	}
+	rs.persistRules(ruleAdder{c: c, t: rs.table}, spec, next)
 	c.FlushChain(rs.fwd)
 	rs.forwardRules(c, spec)
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("update table inet %s: %w", rs.table.Name, err)
-	}
-	return nil
+	return next, nil
 }
 
 // ruleAdder adds chains and rules to the table in one batch. Within a
@@ -399,6 +507,8 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 	// in the client's sequence space.
 	rs.fwd = a.chain("forward", nftables.ChainTypeFilter, nftables.ChainHookForward, *nftables.ChainPriorityFilter)
 	snat := a.chain("srcnat", nftables.ChainTypeNAT, nftables.ChainHookPostrouting, *nftables.ChainPriorityNATSource)
+	// After DNAT: a persistent service's new connection shows its server.
+	rs.tpl = a.chain("persist", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, *nftables.ChainPriorityNATDest+1)
 
 	q := []expr.Any{queueExpr(spec)}
 	for _, f := range rs.fams {
@@ -524,7 +634,8 @@ func cleanRules(a ruleAdder, clean *nftables.Chain, m famMatch, spec *Spec) {
 // and data connections to the servers their channels name.
 func dnatRules(a ruleAdder, dnat *nftables.Chain, m famMatch, spec *Spec) {
 	f := m.f
-	a.rule(dnat, m.fam, markBits(spec.MarkMask), lookupTo(f.byMark), natTo(expr.NATTypeDestNAT, f, true))
+	// The daemon follows the connections it scheduled.
+	a.rule(dnat, m.fam, markBits(spec.MarkMask), lookupTo(f.byMark), setCtMarkIn(FollowMark, unix.NFT_REG32_08), natTo(expr.NATTypeDestNAT, f, true))
 	if spec.KernelFTP {
 		// A new control connection to a helped VIP that the daemon
 		// did not mark bypassed it: the kernel's FTP helper reads
@@ -533,6 +644,9 @@ func dnatRules(a ruleAdder, dnat *nftables.Chain, m famMatch, spec *Spec) {
 		// rewrites need (nf_nat_setup_info), on every kernel.
 		a.rule(dnat, m.fam, m.tcp, markBitsClear(spec.MarkMask), m.dst, lookup(f.helped), lookup(f.vips), ctHelperSet(KernelFTPHelper), setCtMark(ChannelMark))
 	}
+	// A kernel-scheduled service's chain. Its fail-open too: when it
+	// has no server, nothing below matches its VIP.
+	a.rule(dnat, m.fam, dispatchRule(f))
 	// A new connection to a VIP without the daemon's mark: the daemon
 	// is down and the queue was bypassed. Fail open to a server.
 	a.rule(dnat, m.fam, m.tcp, concat(addrField(f.v6, false), portField(false), bucketField()), lookupTo(f.fallback), natTo(expr.NATTypeDestNAT, f, true))
@@ -594,7 +708,7 @@ func (rs *Ruleset) forwardRules(c *nftables.Conn, spec *Spec) {
 			// mark tells the daemon which add-on it belongs to.
 			rs.rule(c, rs.fwd, nfproto(f.proto), l4protoTCP(), ctDirectionOriginal(), ctStateIs(newBit), tcpFlagsEq(syn|ack|fin|rst, syn),
 				concat(ctOrigDst(f.v6), ctOrigDstPort()), cmpEq(addrPortKey(a.Match)),
-				setMark(rs.queue.MarkMask, a.Mark), []expr.Any{q})
+				setCtMark(FollowMark), setMark(rs.queue.MarkMask, a.Mark), []expr.Any{q})
 		}
 	}
 }
@@ -634,7 +748,7 @@ func (svc *Service) fallbackSlots() []Server {
 func fallbackSlots(servers []Server) []Server {
 	total := 0
 	for _, s := range servers {
-		total += max(s.Weight, 0)
+		total += s.share()
 	}
 	if total == 0 {
 		return nil
@@ -646,7 +760,7 @@ func fallbackSlots(servers []Server) []Server {
 		// takes the slot.
 		best := -1
 		for i, s := range servers {
-			credit[i] += max(s.Weight, 0)
+			credit[i] += s.share()
 			if best < 0 || credit[i] > credit[best] {
 				best = i
 			}
@@ -655,6 +769,14 @@ func fallbackSlots(servers []Server) []Server {
 		slots[b] = servers[best]
 	}
 	return slots
+}
+
+// share is s's weight in the fallback buckets: none when down.
+func (s Server) share() int {
+	if s.Down {
+		return 0
+	}
+	return max(s.Weight, 0)
 }
 
 // cmpEq compares what a preceding concat loaded with key, 16 bytes (the
@@ -686,11 +808,15 @@ func ctMarkHas(bit uint32) []expr.Any {
 	}
 }
 
-func setCtMark(bit uint32) []expr.Any {
+func setCtMark(bit uint32) []expr.Any { return setCtMarkIn(bit, reg1) }
+
+// setCtMarkIn sets bit in the connection's mark by way of register reg
+// (where a rule's other registers hold what comes after).
+func setCtMarkIn(bit, reg uint32) []expr.Any {
 	return []expr.Any{
-		&expr.Ct{Key: expr.CtKeyMARK, Register: reg1},
-		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: native32(^bit), Xor: native32(bit)},
-		&expr.Ct{Key: expr.CtKeyMARK, SourceRegister: true, Register: reg1},
+		&expr.Ct{Key: expr.CtKeyMARK, Register: reg},
+		&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 4, Mask: native32(^bit), Xor: native32(bit)},
+		&expr.Ct{Key: expr.CtKeyMARK, SourceRegister: true, Register: reg},
 	}
 }
 

@@ -1,0 +1,111 @@
+package nft
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// AliveTimeout is how long the daemon counts as alive after Install or
+// its last KeepAlive: helped kernel-scheduled connections get its helper
+// only while it does (a userspace helper nobody reads stalls them).
+const AliveTimeout = 3 * time.Second
+
+// aliveKey is the alive set's only element: tcp, looked up by the
+// packet's protocol where only TCP is asked, so that nft prints the check
+// (`meta l4proto @alive`; it cannot type a constant key).
+var aliveKey = []byte{unix.IPPROTO_TCP}
+
+func aliveSet(t *nftables.Table) *nftables.Set {
+	return &nftables.Set{Table: t, Name: "alive", KeyType: nftables.TypeInetProto, HasTimeout: true, Timeout: AliveTimeout,
+		Comment: "the daemon runs"}
+}
+
+// aliveIs matches a TCP packet while the alive element is present (or
+// absent).
+func aliveIs(s *nftables.Set, present bool) []expr.Any {
+	return []expr.Any{
+		l4protoLoad(unix.NFT_REG32_00),
+		&expr.Lookup{SourceRegister: unix.NFT_REG32_00, SetName: s.Name, SetID: s.ID, Invert: !present},
+	}
+}
+
+// KeepAlive restarts the alive element's timeout: delete and add in one
+// batch (adding an existing element leaves its timeout), or only add if it
+// expired. c's batch must hold nothing else: give it a connection of its own.
+func (rs *Ruleset) KeepAlive(c *nftables.Conn) error {
+	el := []nftables.SetElement{{Key: aliveKey}}
+	if err := c.SetDeleteElements(rs.alive, el); err != nil {
+		return err
+	}
+	if err := c.SetAddElements(rs.alive, el); err != nil {
+		return err
+	}
+	err := c.Flush()
+	if errors.Is(err, unix.ENOENT) {
+		if err = c.SetAddElements(rs.alive, el); err == nil {
+			err = c.Flush()
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("keep table inet %s alive: %w", rs.table.Name, err)
+	}
+	return nil
+}
+
+// minMSS is IPv4's default MSS, below which no MSS is lowered; mssCeiling
+// ends the steps of 8: every larger MSS (no real path has one) falls in
+// one last range.
+const (
+	minMSS     = 536
+	mssCeiling = 9216
+)
+
+// mssSet maps a client's MSS, in ranges of 8, to the lower bound less
+// room, never below minMSS (nft cannot subtract): the room a helper's
+// rewrites need, as the daemon leaves it (ipvs LowerMSS).
+// (Typed as ports: 16-bit big-endian numbers nft prints.)
+func mssSet(t *nftables.Table) *nftables.Set {
+	return &nftables.Set{Table: t, Name: "mss", IsMap: true, Interval: true, Constant: true,
+		KeyType: nftables.TypeInetService, DataType: nftables.TypeInetService, Comment: "tcp option maxseg size: lowered"}
+}
+
+func mssElements(room uint16) []nftables.SetElement {
+	be := func(v int) []byte { return binary.BigEndian.AppendUint16(nil, uint16(v)) }
+	var els []nftables.SetElement
+	lo, val := minMSS+1, minMSS
+	flush := func(hi int) {
+		els = append(els, nftables.SetElement{Key: be(lo), Val: be(val)})
+		if hi < 0xffff {
+			els = append(els, nftables.SetElement{Key: be(hi + 1), IntervalEnd: true})
+		} else {
+			els[len(els)-1].IntervalOpen = true
+		}
+	}
+	for step := minMSS + 8; step <= mssCeiling; step += 8 {
+		v := max(step-int(room), minMSS)
+		if v != val {
+			flush(step - 1)
+			lo, val = step, v
+		}
+	}
+	flush(0xffff)
+	return els
+}
+
+// lowerMSS sets a SYN's MSS option from the mss map (the kernel only
+// ever lowers it); a SYN without one is left alone.
+func lowerMSS(s *nftables.Set) []expr.Any {
+	const kind, off, n = 2, 2, 2 // TCPOPT_MSS, its value
+	return []expr.Any{
+		&expr.Exthdr{Op: expr.ExthdrOpTcpopt, Type: kind, Offset: off, Len: n, DestRegister: unix.NFT_REG32_00},
+		&expr.Lookup{SourceRegister: unix.NFT_REG32_00, DestRegister: unix.NFT_REG32_00, IsDestRegSet: true, SetName: s.Name, SetID: s.ID},
+		&expr.Exthdr{Op: expr.ExthdrOpTcpopt, Type: kind, Offset: off, Len: n, SourceRegister: unix.NFT_REG32_00},
+	}
+}
