@@ -86,6 +86,8 @@ type Service struct {
 	// and the fail-open map sends every connection to it when no server
 	// has a weight (all down or quiesced). Its Weight is not used.
 	Sorry *Server
+	// Kernel: scheduled by nftables (stub field for h3, h2's at merge).
+	Kernel *KernelSched
 }
 
 // Server is a real server and the mark (within Spec.MarkMask) that sends a new
@@ -94,6 +96,7 @@ type Server struct {
 	Addr   netip.AddrPort
 	Mark   uint32
 	Weight int // its share of the fallback buckets; 0: none
+	Down   bool // stub field for h3, h2's at merge
 }
 
 // fallbackBuckets is how many slots the kernel's own scheduling spreads a
