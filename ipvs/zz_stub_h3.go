@@ -33,6 +33,12 @@ type KernelTableOptions struct {
 // BuildKernelTable stub: one slot per available server (the contract's rr).
 func BuildKernelTable(scheduler string, servers []*RealServer, o KernelTableOptions) KernelTable {
 	var t KernelTable
+	switch {
+	case scheduler == "sh" && o.SHPort:
+		t.By = KeySourcePort
+	case scheduler == "sh" || scheduler == "mh":
+		t.By = KeySource
+	}
 	for i, rs := range servers {
 		if rs.Weight > 0 && !rs.Down {
 			t.Runs = append(t.Runs, SlotRun{First: t.Size, Last: t.Size, Server: i})
