@@ -28,11 +28,11 @@ func sorrySpec() *Spec {
 	return &Spec{
 		Table: "nfhelper", QueueNum: 100, QueueTotal: 1, MarkMask: 0x00ff0000,
 		Services: []Service{
-			{VIP: ap("198.51.100.10:21"), Helped: true, Servers: []Server{{ap("10.0.0.11:21"), 0x10000, 0}, {ap("10.0.0.12:21"), 0x20000, 0}},
-				Sorry: &Server{ap("10.0.0.99:21"), 0x30000, 1}},
-			{VIP: ap("198.51.100.10:80"), Servers: []Server{{ap("10.0.0.11:80"), 0x40000, 0}, {ap("10.0.0.12:80"), 0x50000, 2}}},
-			{VIP: ap("[2001:db8:1::10]:53"), UDP: true, Servers: []Server{{ap("[fd00::11]:53"), 0x60000, 1}},
-				Sorry: &Server{ap("[fd00::99]:53"), 0x70000, 0}},
+			{VIP: ap("198.51.100.10:21"), Helped: true, Servers: []Server{{ap("10.0.0.11:21"), 0x10000, 0, false}, {ap("10.0.0.12:21"), 0x20000, 0, false}},
+				Sorry: &Server{ap("10.0.0.99:21"), 0x30000, 1, false}},
+			{VIP: ap("198.51.100.10:80"), Servers: []Server{{ap("10.0.0.11:80"), 0x40000, 0, false}, {ap("10.0.0.12:80"), 0x50000, 2, false}}},
+			{VIP: ap("[2001:db8:1::10]:53"), UDP: true, Servers: []Server{{ap("[fd00::11]:53"), 0x60000, 1, false}},
+				Sorry: &Server{ap("[fd00::99]:53"), 0x70000, 0, false}},
 		},
 	}
 }
@@ -182,10 +182,10 @@ func TestRefuse(t *testing.T) {
 	spec := &Spec{
 		Table: "nfhelper", QueueNum: 100, QueueTotal: 1, MarkMask: 0x00ff0000,
 		Services: []Service{
-			{VIP: ap("198.51.100.10:21"), Helped: true, Servers: []Server{{ap("10.0.0.11:21"), 0x10000, 0}}},
-			{VIP: ap("198.51.100.11:80"), Servers: []Server{{ap("10.0.0.11:80"), 0x20000, 0}}},
+			{VIP: ap("198.51.100.10:21"), Helped: true, Servers: []Server{{ap("10.0.0.11:21"), 0x10000, 0, false}}},
+			{VIP: ap("198.51.100.11:80"), Servers: []Server{{ap("10.0.0.11:80"), 0x20000, 0, false}}},
 			{VIP: ap("198.51.100.10:53"), UDP: true},
-			{VIP: ap("[2001:db8:1::10]:21"), Servers: []Server{{ap("[fd00::11]:21"), 0x30000, 0}}},
+			{VIP: ap("[2001:db8:1::10]:21"), Servers: []Server{{ap("[fd00::11]:21"), 0x30000, 0, false}}},
 			{VIP: ap("[2001:db8:1::10]:53"), UDP: true},
 		},
 	}
@@ -231,7 +231,7 @@ func TestRefuse(t *testing.T) {
 	// A sorry server (the router's own listener) takes them when every
 	// bucket is its.
 	serve(t, router, "tcp", "10.99.0.1:2121")
-	spec.Services[0].Sorry = &Server{ap("10.99.0.1:2121"), 0x40000, 0}
+	spec.Services[0].Sorry = &Server{ap("10.99.0.1:2121"), 0x40000, 0, false}
 	if err := rs.Update(c, spec); err != nil {
 		t.Fatal(err)
 	}

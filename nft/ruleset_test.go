@@ -62,10 +62,10 @@ func referenceSpec() *Spec {
 	return &Spec{
 		Table: "nfhelper", QueueNum: 100, QueueTotal: 2, MarkMask: 0x00ff0000, KernelFTP: true,
 		Services: []Service{
-			{VIP: ap("198.51.100.10:21"), Helped: true, Servers: []Server{{ap("10.0.0.11:21"), 0x10000, 1}, {ap("10.0.0.12:21"), 0x20000, 3}}},
-			{VIP: ap("[2001:db8:1::10]:21"), Helped: true, Servers: []Server{{ap("[fd00::11]:21"), 0x30000, 1}}},
-			{VIP: ap("198.51.100.10:80"), Servers: []Server{{ap("10.0.0.11:80"), 0x60000, 0}}},
-			{VIP: ap("198.51.100.10:53"), UDP: true, Servers: []Server{{ap("10.0.0.11:53"), 0x70000, 1}}},
+			{VIP: ap("198.51.100.10:21"), Helped: true, Servers: []Server{{ap("10.0.0.11:21"), 0x10000, 1, false}, {ap("10.0.0.12:21"), 0x20000, 3, false}}},
+			{VIP: ap("[2001:db8:1::10]:21"), Helped: true, Servers: []Server{{ap("[fd00::11]:21"), 0x30000, 1, false}}},
+			{VIP: ap("198.51.100.10:80"), Servers: []Server{{ap("10.0.0.11:80"), 0x60000, 0, false}}},
+			{VIP: ap("198.51.100.10:53"), UDP: true, Servers: []Server{{ap("10.0.0.11:53"), 0x70000, 1, false}}},
 		},
 		AddOns: []AddOn{{ap("198.51.100.20:21"), 0x40000}, {ap("[2001:db8:1::20]:21"), 0x50000}},
 	}
@@ -220,7 +220,7 @@ func TestUpdateKeepsLive(t *testing.T) {
 
 func TestFallbackSlots(t *testing.T) {
 	ap := netip.MustParseAddrPort
-	a, b, c := Server{ap("10.0.0.1:21"), 1, 1}, Server{ap("10.0.0.2:21"), 2, 3}, Server{ap("10.0.0.3:21"), 3, 0}
+	a, b, c := Server{ap("10.0.0.1:21"), 1, 1, false}, Server{ap("10.0.0.2:21"), 2, 3, false}, Server{ap("10.0.0.3:21"), 3, 0, false}
 	slots := fallbackSlots([]Server{a, b, c})
 	n := map[netip.AddrPort]int{}
 	for _, s := range slots {
