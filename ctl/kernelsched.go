@@ -144,7 +144,7 @@ func (k *kernelState) conns(views []ipvs.ServiceView, inTable map[connKey]bool) 
 	for i := range views {
 		v := &views[i]
 		for _, f := range k.flows[FlowKey{UDP: v.UDP, VIP: v.VIP}] {
-			if v.AddOn || inTable[connKey{f.UDP, f.Client, f.VIP}] {
+			if inTable[connKey{f.UDP, f.Client, f.VIP}] {
 				continue
 			}
 			c := Conn{Protocol: "TCP", State: f.State.String(), ExpiresIn: int64(f.ExpiresIn / time.Second),
