@@ -46,9 +46,9 @@ type KernelSource interface {
 // kernelState is what a request shows of kernel-scheduled services: their
 // flows by service, and the templates of the persistent ones.
 type kernelState struct {
-	flows     map[FlowKey][]Flow
-	templates map[FlowKey]int
-	err       error // the first read that failed
+	flows     map[FlowKey][]Flow // nil: not read
+	templates map[FlowKey]int    // of those read
+	err       error              // the first read that failed
 }
 
 // scheduledBy is who schedules v; "" for an add-on (nobody).
@@ -74,12 +74,15 @@ func (s *Server) readKernel(ctx context.Context, views []ipvs.ServiceView, withT
 	if s.Kernel == nil || len(keys) == 0 {
 		return nil
 	}
-	k := &kernelState{flows: map[FlowKey][]Flow{}, templates: map[FlowKey]int{}}
-	flows, err := s.Kernel.Flows(ctx, keys)
-	k.err = err
-	for _, f := range flows {
-		key := FlowKey{UDP: f.UDP, VIP: f.VIP}
-		k.flows[key] = append(k.flows[key], f)
+	k := &kernelState{templates: map[FlowKey]int{}}
+	if flows, err := s.Kernel.Flows(ctx, keys); err != nil {
+		k.err = err
+	} else {
+		k.flows = map[FlowKey][]Flow{}
+		for _, f := range flows {
+			key := FlowKey{UDP: f.UDP, VIP: f.VIP}
+			k.flows[key] = append(k.flows[key], f)
+		}
 	}
 	for i := range views {
 		v := &views[i]
@@ -87,11 +90,11 @@ func (s *Server) readKernel(ctx context.Context, views []ipvs.ServiceView, withT
 		if !withTemplates || !keys[key] || !v.Persistent {
 			continue
 		}
-		n, err := s.Kernel.Templates(ctx, key)
-		if k.err == nil {
+		if n, err := s.Kernel.Templates(ctx, key); err == nil {
+			k.templates[key] = n
+		} else if k.err == nil {
 			k.err = err
 		}
-		k.templates[key] = n
 	}
 	return k
 }
@@ -106,12 +109,19 @@ func (k *kernelState) errText() string {
 
 // apply gives a kernel-scheduled service's view its servers' counts from
 // conntrack (ESTABLISHED: active, else inactive, as ipvsadm) and its
-// templates. The engine's Conns, Packets and Bytes stay.
+// templates, those that were read. The engine's Conns, Packets and Bytes
+// stay.
 func (k *kernelState) apply(svc *Service, v *ipvs.ServiceView) {
 	if k == nil || svc.ScheduledBy != ScheduledByKernel {
 		return
 	}
 	key := FlowKey{UDP: v.UDP, VIP: v.VIP}
+	if n, ok := k.templates[key]; ok && svc.Persistence != nil {
+		svc.Persistence.Templates = n
+	}
+	if k.flows == nil {
+		return
+	}
 	byServer := map[netip.AddrPort]*RealServer{}
 	for i := range svc.Servers {
 		rs := &svc.Servers[i]
@@ -127,9 +137,6 @@ func (k *kernelState) apply(svc *Service, v *ipvs.ServiceView) {
 		default:
 			rs.Inactive++
 		}
-	}
-	if p := svc.Persistence; p != nil {
-		p.Templates = k.templates[key]
 	}
 }
 

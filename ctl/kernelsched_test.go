@@ -120,6 +120,13 @@ func TestKernelError(t *testing.T) {
 	if svcs.KernelError != "no conntrack today" || cs.KernelError != "no conntrack today" || len(cs.Conns) != 1 {
 		t.Errorf("services error %q, conns %+v", svcs.KernelError, cs)
 	}
+	var inactive int64 // the engine's: its one connection
+	for _, rs := range svcs.Services[0].Servers {
+		inactive += rs.Inactive
+	}
+	if inactive != 1 || svcs.Services[0].Persistence.Templates != 5 {
+		t.Errorf("servers %+v, persistence %+v", svcs.Services[0].Servers, svcs.Services[0].Persistence)
+	}
 	var b bytes.Buffer
 	WriteConns(&b, &cs)
 	if !strings.Contains(b.String(), "warning: kernel-scheduled services' connections not read: no conntrack today\n") {
