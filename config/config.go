@@ -84,10 +84,16 @@ type Queue struct {
 
 // Service is one virtual service.
 type Service struct {
-	Name          string       `yaml:"name"`
-	VIP           string       `yaml:"vip"`
-	Protocol      string       `yaml:"protocol"` // tcp (default) or udp
-	Scheduler     string       `yaml:"scheduler"`
+	Name      string `yaml:"name"`
+	VIP       string `yaml:"vip"`
+	Protocol  string `yaml:"protocol"` // tcp (default) or udp
+	Scheduler string `yaml:"scheduler"`
+	// MHTableSize is the size of mh's lookup table, a prime (default
+	// 65537, as IPVS).
+	MHTableSize *int `yaml:"mh_table_size"`
+	// SHPort: sh hashes the client's port with its address (ipvsadm's
+	// sh-port).
+	SHPort        bool         `yaml:"sh_port"`
 	Helper        string       `yaml:"helper"`
 	RealServers   []RealServer `yaml:"real_servers"`
 	Persistence   *Persistence `yaml:"persistence"`
@@ -297,6 +303,7 @@ func (v *validator) service(s *Service, sp string) {
 	if _, err := ipvs.NewScheduler(s.Scheduler); err != nil {
 		r.at(child(sp, "scheduler"), "%v", err)
 	}
+	s.validateSchedOptions(r, sp)
 	if s.Helper != "" {
 		hp := child(sp, "helper")
 		if _, ok := ipvs.LookupHelper(s.Helper); !ok {

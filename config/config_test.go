@@ -152,7 +152,7 @@ func TestErrorsAllSorted(t *testing.T) {
 7:17: services[0].real_servers[0].weight: "x" is not an integer
 8:11: services[1].name: name "a" used twice (first at line 2)
 9:10: services[1].vip: "198.51.100.10" has no port (want an address:port, IPv6 in brackets)
-10:5: services[1].colour: unknown key (have name, vip, protocol, scheduler, helper, real_servers, persistence, loose, allow_low_ports, block_refused, max_data_channels, data_channel_timeout, health_check, on_down, sorry_server, notify)`
+10:5: services[1].colour: unknown key (have name, vip, protocol, scheduler, mh_table_size, sh_port, helper, real_servers, persistence, loose, allow_low_ports, block_refused, max_data_channels, data_channel_timeout, health_check, on_down, sorry_server, notify)`
 	if err == nil || err.Error() != want {
 		t.Fatalf("err =\n%v\nwant\n%s", err, want)
 	}
@@ -275,5 +275,17 @@ func TestDocExamples(t *testing.T) {
 		if _, err := config.Parse([]byte(b)); err != nil {
 			t.Errorf("example %d: %v", i+1, err)
 		}
+	}
+}
+
+func TestSchedOptions(t *testing.T) {
+	c, err := config.Parse([]byte("services:\n  - name: a\n    vip: 198.51.100.10:80\n    scheduler: mh\n    mh_table_size: 251\n    real_servers:\n      - address: 10.0.0.11:80\n" +
+		"  - name: b\n    vip: 198.51.100.10:81\n    scheduler: sh\n    sh_port: true\n    real_servers:\n      - address: 10.0.0.11:80\n" +
+		"  - name: c\n    vip: 198.51.100.10:82\n    scheduler: mh\n    real_servers:\n      - address: 10.0.0.11:80\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, b, c := c.Services[0], c.Services[1], c.Services[2]; a.MHSize() != 251 || !b.SHPort || c.MHSize() != config.DefaultMHTableSize {
+		t.Errorf("mh sizes %d %d, sh_port %v", a.MHSize(), c.MHSize(), b.SHPort)
 	}
 }

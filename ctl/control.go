@@ -134,13 +134,13 @@ func (s *Server) handleServer(w http.ResponseWriter, r *http.Request) {
 		reply(w, nil, err)
 		return
 	}
-	rs, err := s.server(req.Service, req.Address)
+	rs, err := s.server(r.Context(), req.Service, req.Address)
 	reply(w, rs, err)
 }
 
 // server is the RealServer of the services view.
-func (s *Server) server(service string, addr netip.AddrPort) (RealServer, error) {
-	for _, svc := range s.Services().Services {
+func (s *Server) server(ctx context.Context, service string, addr netip.AddrPort) (RealServer, error) {
+	for _, svc := range s.Services(ctx).Services {
 		if svc.Name != service {
 			continue
 		}
@@ -160,7 +160,7 @@ func (s *Server) handleConns(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	service, server := q.Get("service"), q.Get("server")
 	if service == "" && server == "" {
-		reply(w, s.Conns(), nil)
+		reply(w, s.Conns(r.Context()), nil)
 		return
 	}
 	addr, err := netip.ParseAddrPort(server)
@@ -168,7 +168,7 @@ func (s *Server) handleConns(w http.ResponseWriter, r *http.Request) {
 		reply(w, nil, fmt.Errorf("%w: want service=NAME&server=ADDRESS:PORT", ErrBadRequest))
 		return
 	}
-	reply(w, s.conns(func(v *ipvs.ConnView) bool { return v.Service == service && v.Server == addr }), nil)
+	reply(w, s.conns(r.Context(), func(c *Conn) bool { return c.Service == service && c.Server == addr }), nil)
 }
 
 // ServerConns fetches the connections of service to server (a daemon

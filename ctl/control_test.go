@@ -252,15 +252,15 @@ func TestSorryServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := &Server{Engine: e}
-	got := s.Services().Services[0].Servers
+	got := s.Services(context.Background()).Services[0].Servers
 	if len(got) != 2 || got[1].Address != sorry || !got[1].Sorry || got[1].State != "up" || got[0].Sorry {
 		t.Fatalf("servers %+v", got)
 	}
-	if _, err := s.server("ftp", sorry); !errors.Is(err, ErrUnknownServer) {
+	if _, err := s.server(context.Background(), "ftp", sorry); !errors.Is(err, ErrUnknownServer) {
 		t.Errorf("sorry server as a target: %v", err)
 	}
 	e.SetStanding(svc.Sorry, 0, true)
-	if got := s.Services().Services[0].Servers[1]; got.State != "down" || !got.Down {
+	if got := s.Services(context.Background()).Services[0].Servers[1]; got.State != "down" || !got.Down {
 		t.Errorf("down sorry server %+v", got)
 	}
 }

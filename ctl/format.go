@@ -56,6 +56,7 @@ func WriteServices(w io.Writer, s *Services) {
 	fmt.Fprintln(w, "Prot LocalAddress:Port Scheduler Flags")
 	fmt.Fprintf(w, serverLine, "RemoteAddress:Port", "Weight", "ActiveConn", "InActConn", "Conns", "Packets", "Bytes")
 	fmt.Fprintln(w, "     State (down: no new connections); health (check) since; last failure (cause); overrides")
+	kernelWarning(w, s.KernelError, "counts")
 	for _, svc := range s.Services {
 		flags := []string{svc.Scheduler}
 		if p := svc.Persistence; p != nil {
@@ -67,7 +68,11 @@ func WriteServices(w io.Writer, s *Services) {
 		if svc.Helper != "" {
 			flags = append(flags, "helper "+svc.Helper)
 		}
-		fmt.Fprintf(w, "%-4s %s %s  # %s\n", svc.Protocol, svc.VIP, strings.Join(flags, " "), svc.Name)
+		name := svc.Name
+		if svc.ScheduledBy != "" {
+			name += ", " + svc.ScheduledBy + "-scheduled"
+		}
+		fmt.Fprintf(w, "%-4s %s %s  # %s\n", svc.Protocol, svc.VIP, strings.Join(flags, " "), name)
 		writeServers(w, svc.Servers)
 	}
 	if len(s.Helpers) == 0 {
@@ -80,6 +85,14 @@ func WriteServices(w io.Writer, s *Services) {
 	for _, h := range s.Helpers {
 		fmt.Fprintf(w, "%-4s %s helper %s  # %s\n", h.Protocol, h.Match, h.Helper, h.Name)
 		writeServers(w, h.Servers)
+	}
+}
+
+// kernelWarning says that kernel-scheduled services' what could not be
+// read from the kernel.
+func kernelWarning(w io.Writer, err, what string) {
+	if err != "" {
+		fmt.Fprintf(w, "warning: kernel-scheduled services' %s not read: %s\n", what, err)
 	}
 }
 
@@ -160,6 +173,7 @@ const connLine = "%-3s %-6s %-11s %-24s %-24s %-24s %-24s %s\n"
 // helped connection's announced data channels below it.
 func WriteConns(w io.Writer, cs *Conns) {
 	fmt.Fprintf(w, connLine, "pro", "expire", "state", "source", "virtual", "destination", "client-nat", "service")
+	kernelWarning(w, cs.KernelError, "connections")
 	for _, c := range cs.Conns {
 		nat := "-"
 		if c.ClientNAT.IsValid() {

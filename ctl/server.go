@@ -47,6 +47,9 @@ type Server struct {
 	// Servers is runtime control of real servers and their standing (nil:
 	// none; POST PathServer answers 503).
 	Servers ServerControl
+	// Kernel reads kernel-scheduled services' connections and templates
+	// (nil: the engine's counts are shown).
+	Kernel KernelSource
 
 	mu           sync.Mutex
 	reloads      int
@@ -170,7 +173,7 @@ func (s *Server) removeSocket() {
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+PathStatus, func(w http.ResponseWriter, r *http.Request) { reply(w, s.Status(), nil) })
-	mux.HandleFunc("GET "+PathServices, func(w http.ResponseWriter, r *http.Request) { reply(w, s.Services(), nil) })
+	mux.HandleFunc("GET "+PathServices, func(w http.ResponseWriter, r *http.Request) { reply(w, s.Services(r.Context()), nil) })
 	mux.HandleFunc("GET "+PathConns, s.handleConns)
 	mux.HandleFunc("GET "+PathCheck, func(w http.ResponseWriter, r *http.Request) { reply(w, s.Check(r.Context()), nil) })
 	mux.HandleFunc("GET "+PathRules, func(w http.ResponseWriter, r *http.Request) {
@@ -262,27 +265,15 @@ func StatsMap(s *ipvs.Stats) map[string]uint64 {
 	return m
 }
 
-// Services is the /v1/services reply.
-func (s *Server) Services() Services {
-	out := Services{Services: []Service{}, Helpers: []Service{}}
-	for _, v := range s.Engine.ServiceViews() {
-		svc := Service{Name: v.Name, Protocol: "TCP", Scheduler: v.Scheduler, Helper: v.Helper, Servers: []RealServer{}}
-		if v.UDP {
-			svc.Protocol = "UDP"
-		}
-		if v.AddOn {
-			svc.Match = v.VIP
-		} else {
-			svc.VIP = v.VIP
-		}
-		if v.Persistent {
-			svc.Persistence = &Persistence{TimeoutSeconds: int64(v.PersistTimeout / time.Second),
-				Prefix4: v.PersistV4, Prefix6: v.PersistV6, Templates: v.Templates}
-		}
-		if v.Helper != "" {
-			svc.Policy = &Policy{Loose: v.Policy.Loose, AllowLowPorts: v.Policy.AllowLowPorts,
-				MaxDataChannels: v.Policy.MaxChannels, DataChannelTimeoutSeconds: int64(v.Policy.ChannelTimeout / time.Second)}
-		}
+// Services is the /v1/services reply. Kernel-scheduled services' counts
+// and templates are read from the kernel now.
+func (s *Server) Services(ctx context.Context) Services {
+	views := s.Engine.ServiceViews()
+	k := s.readKernel(ctx, views, true)
+	out := Services{Services: []Service{}, Helpers: []Service{}, KernelError: k.errText()}
+	for i := range views {
+		v := &views[i]
+		svc := serviceOf(v)
 		for _, rs := range v.Servers {
 			r := RealServer{Address: rs.Addr, Weight: rs.Weight, Active: rs.Active, Inactive: rs.Inactive,
 				Conns: rs.Conns, Packets: rs.Packets, Bytes: rs.Bytes, Down: rs.Down, Sorry: rs.Sorry}
@@ -291,6 +282,7 @@ func (s *Server) Services() Services {
 			}
 			svc.Servers = append(svc.Servers, r)
 		}
+		k.apply(&svc, v)
 		if v.AddOn {
 			out.Helpers = append(out.Helpers, svc)
 		} else {
@@ -300,28 +292,52 @@ func (s *Server) Services() Services {
 	return out
 }
 
-// Conns is the /v1/conns reply, ordered by protocol, VIP, client.
-func (s *Server) Conns() Conns { return s.conns(func(*ipvs.ConnView) bool { return true }) }
+// serviceOf is v's settings, without its servers.
+func serviceOf(v *ipvs.ServiceView) Service {
+	svc := Service{Name: v.Name, Protocol: "TCP", Scheduler: v.Scheduler, ScheduledBy: scheduledBy(v), Helper: v.Helper, Servers: []RealServer{}}
+	if v.UDP {
+		svc.Protocol = "UDP"
+	}
+	if v.AddOn {
+		svc.Match = v.VIP
+	} else {
+		svc.VIP = v.VIP
+	}
+	if v.Persistent {
+		svc.Persistence = &Persistence{TimeoutSeconds: int64(v.PersistTimeout / time.Second),
+			Prefix4: v.PersistV4, Prefix6: v.PersistV6, Templates: v.Templates}
+	}
+	if v.Helper != "" {
+		svc.Policy = &Policy{Loose: v.Policy.Loose, AllowLowPorts: v.Policy.AllowLowPorts,
+			MaxDataChannels: v.Policy.MaxChannels, DataChannelTimeoutSeconds: int64(v.Policy.ChannelTimeout / time.Second)}
+	}
+	return svc
+}
 
-// conns is the /v1/conns reply of the connections keep says yes to.
-func (s *Server) conns(keep func(*ipvs.ConnView) bool) Conns {
-	views := s.Engine.ConnViews()
-	out := Conns{Conns: make([]Conn, 0, len(views))}
+// Conns is the /v1/conns reply, ordered by protocol, VIP, client.
+func (s *Server) Conns(ctx context.Context) Conns {
+	return s.conns(ctx, func(*Conn) bool { return true })
+}
+
+// conns is the /v1/conns reply of the connections keep says yes to: the
+// engine's table, and kernel-scheduled services' connections read from
+// the kernel now.
+func (s *Server) conns(ctx context.Context, keep func(*Conn) bool) Conns {
+	views, services := s.Engine.ConnViews(), s.Engine.ServiceViews()
+	k := s.readKernel(ctx, services, false)
+	out := Conns{Conns: make([]Conn, 0, len(views)), KernelError: k.errText()}
+	inTable := make(map[connKey]bool, len(views))
 	for i := range views {
 		v := &views[i]
-		if !keep(v) {
-			continue
+		inTable[connKey{v.UDP, v.Client, v.VIP}] = true
+		if c := connOf(v); keep(&c) {
+			out.Conns = append(out.Conns, c)
 		}
-		c := Conn{Protocol: "TCP", State: v.State.String(), ExpiresIn: int64(v.ExpiresIn / time.Second),
-			Client: v.Client, VIP: v.VIP, Server: v.Server, ClientNAT: v.ClientNAT, Service: v.Service, Helper: v.Helper}
-		if v.UDP {
-			c.Protocol = "UDP"
+	}
+	for _, c := range k.conns(services, inTable) {
+		if keep(&c) {
+			out.Conns = append(out.Conns, c)
 		}
-		for _, ch := range v.Channels {
-			c.Channels = append(c.Channels, Channel{Kind: ch.Kind.String(), Client: ch.Client, VIP: ch.VIP,
-				Server: ch.Server, NAT: ch.NAT, ExpiresIn: int64(ch.ExpiresIn / time.Second)})
-		}
-		out.Conns = append(out.Conns, c)
 	}
 	slices.SortFunc(out.Conns, func(a, b Conn) int {
 		if a.Protocol != b.Protocol {
@@ -336,6 +352,20 @@ func (s *Server) conns(keep func(*ipvs.ConnView) bool) Conns {
 		return a.Client.Compare(b.Client)
 	})
 	return out
+}
+
+// connOf is an engine table entry as a reply shows it.
+func connOf(v *ipvs.ConnView) Conn {
+	c := Conn{Protocol: "TCP", State: v.State.String(), ExpiresIn: int64(v.ExpiresIn / time.Second),
+		Client: v.Client, VIP: v.VIP, Server: v.Server, ClientNAT: v.ClientNAT, Service: v.Service, Helper: v.Helper}
+	if v.UDP {
+		c.Protocol = "UDP"
+	}
+	for _, ch := range v.Channels {
+		c.Channels = append(c.Channels, Channel{Kind: ch.Kind.String(), Client: ch.Client, VIP: ch.VIP,
+			Server: ch.Server, NAT: ch.NAT, ExpiresIn: int64(ch.ExpiresIn / time.Second)})
+	}
+	return c
 }
 
 // Check is the /v1/check reply.

@@ -82,19 +82,26 @@ type Reload struct {
 type Services struct {
 	Services []Service `json:"services"`
 	Helpers  []Service `json:"helpers"`
+	// KernelError: kernel-scheduled services' counts could not be read
+	// (they show the engine's).
+	KernelError string `json:"kernel_error,omitempty"`
 }
 
 // Service is a virtual service (VIP set) or an add-on helper (Match set).
 type Service struct {
-	Name        string         `json:"name"`
-	Protocol    string         `json:"protocol"` // TCP or UDP
-	VIP         netip.AddrPort `json:"vip,omitzero"`
-	Match       netip.AddrPort `json:"match,omitzero"`
-	Scheduler   string         `json:"scheduler,omitempty"`
-	Helper      string         `json:"helper,omitempty"`
-	Persistence *Persistence   `json:"persistence,omitempty"`
-	Policy      *Policy        `json:"policy,omitempty"` // helped services only
-	Servers     []RealServer   `json:"servers"`
+	Name      string         `json:"name"`
+	Protocol  string         `json:"protocol"` // TCP or UDP
+	VIP       netip.AddrPort `json:"vip,omitzero"`
+	Match     netip.AddrPort `json:"match,omitzero"`
+	Scheduler string         `json:"scheduler,omitempty"`
+	// ScheduledBy is ScheduledByKernel or ScheduledByDaemon; empty for an
+	// add-on. A kernel-scheduled service's Active and Inactive counts and
+	// templates are conntrack's and the ruleset's, read at the request.
+	ScheduledBy string       `json:"scheduled_by,omitempty"`
+	Helper      string       `json:"helper,omitempty"`
+	Persistence *Persistence `json:"persistence,omitempty"`
+	Policy      *Policy      `json:"policy,omitempty"` // helped services only
+	Servers     []RealServer `json:"servers"`
 }
 
 // Persistence is a persistent service's settings (ipvsadm -p, -M).
@@ -150,6 +157,9 @@ func (rs *RealServer) Connections() int64 { return rs.Active + rs.Inactive }
 // Conns is the connection table.
 type Conns struct {
 	Conns []Conn `json:"conns"`
+	// KernelError: kernel-scheduled services' connections could not be
+	// read (only the engine's are listed).
+	KernelError string `json:"kernel_error,omitempty"`
 }
 
 // Conn is one connection (TCP) or flow (UDP).
@@ -164,6 +174,9 @@ type Conn struct {
 	Service   string         `json:"service"`
 	Helper    string         `json:"helper,omitempty"`
 	Channels  []Channel      `json:"channels,omitempty"`
+	// ScheduledBy is ScheduledByKernel for a connection read from
+	// conntrack, not in the engine's table.
+	ScheduledBy string `json:"scheduled_by,omitempty"`
 }
 
 // Channel is an announced data channel of a helped connection. Passive:

@@ -49,35 +49,57 @@ func (f *conntrackFollower) followStates(ctx context.Context) error {
 }
 
 func (f *conntrackFollower) follow(ctx context.Context, groups ...netfilter.NetlinkGroup) error {
-	c, err := conntrack.Dial(&netlink.Config{NetNS: f.netns})
+	c, err := dialEvents(f.netns, groups)
 	if err != nil {
 		return fmt.Errorf("conntrack events: %w", err)
 	}
 	defer c.Close()
-	// A full socket buffer loses events (the table's timeouts catch
-	// those, and the engine's idle check a helped connection's); it must
-	// not end the listener.
-	if err := c.SetOption(netlink.NoENOBUFS, true); err != nil {
-		return fmt.Errorf("conntrack events: %w", err)
-	}
-	if err := c.SetReadBuffer(4 << 20); err != nil {
-		return fmt.Errorf("conntrack events: %w", err)
-	}
-	events := make(chan conntrack.Event, 1024)
-	errs, err := c.Listen(events, 1, groups)
-	if err != nil {
-		return fmt.Errorf("conntrack events: %w", err)
-	}
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
 	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case err := <-errs:
+		msgs, err := c.Receive()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
 			return fmt.Errorf("conntrack events: %w", err)
-		case ev := <-events:
+		}
+		for _, m := range msgs {
+			var ev conntrack.Event
+			if err := ev.Unmarshal(m); err != nil {
+				return fmt.Errorf("conntrack events: %w", err)
+			}
 			f.handle(ev)
 		}
 	}
+}
+
+// dialEvents opens a ctnetlink socket in netns that receives groups'
+// events, filtered (eventFilter) before it joins them: no unfiltered event
+// gets in. conntrack.Conn has no filter of its own.
+func dialEvents(netns int, groups []netfilter.NetlinkGroup) (*netlink.Conn, error) {
+	filter, err := assembledEventFilter()
+	if err != nil {
+		return nil, err
+	}
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: netns})
+	if err != nil {
+		return nil, err
+	}
+	// A full socket buffer loses events (the table's timeouts catch
+	// those, and the engine's idle check a helped connection's); it must
+	// not end the listener.
+	err = errors.Join(c.SetOption(netlink.NoENOBUFS, true), c.SetReadBuffer(4<<20), c.SetBPF(filter))
+	for _, g := range groups {
+		if err == nil {
+			err = c.JoinGroup(uint32(g))
+		}
+	}
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
 }
 
 // handle hands one event to the engine.

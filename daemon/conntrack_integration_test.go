@@ -11,6 +11,7 @@ import (
 
 	"github.com/mdlayher/netlink"
 	"github.com/ti-mo/conntrack"
+	"github.com/ti-mo/netfilter"
 	"golang.org/x/sys/unix"
 
 	"github.com/nfhelper/nfhelper/internal/netnstest"
@@ -18,6 +19,7 @@ import (
 	"github.com/nfhelper/nfhelper/kernel"
 	"github.com/nfhelper/nfhelper/nfq/nfqtest"
 	"github.com/nfhelper/nfhelper/nfq/packet"
+	"github.com/nfhelper/nfhelper/nft"
 )
 
 // ctNamespace is a new network namespace's file descriptor and a conntrack
@@ -95,6 +97,7 @@ func TestConntrackFollower(t *testing.T) {
 	time.Sleep(200 * time.Millisecond) // both listening
 
 	flow := established(client, vip, rs.Addr)
+	flow.Mark = nft.FollowMark // as the rules mark what the daemon schedules
 	flow.ProtoInfo.TCP.State = uint8(kernel.CtTCPSynRecv)
 	if err := ct.Create(flow); err != nil {
 		t.Fatal(err)
@@ -127,6 +130,60 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 	for deadline := time.Now().Add(5 * time.Second); !ok(); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("not %s", what)
+		}
+	}
+}
+
+// TestConntrackEventFilter: the event socket gets the new, update and
+// destroy events of connections marked FollowMark or ChannelMark, and none
+// of the others' (no mark, other bits).
+func TestConntrackEventFilter(t *testing.T) {
+	ns, ct := ctNamespace(t)
+	c, err := dialEvents(ns, []netfilter.NetlinkGroup{netfilter.GroupCTNew, netfilter.GroupCTUpdate, netfilter.GroupCTDestroy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ap := netip.MustParseAddrPort
+	vip, server := ap("198.51.100.10:80"), ap("10.0.0.11:80")
+	marks := map[uint16]uint32{40001: 0, 40002: nft.UnseenMark | 0x00ff0000, 40003: nft.FollowMark, 40004: nft.ChannelMark | 7}
+	for port := uint16(40001); port <= 40004; port++ {
+		f := established(netip.AddrPortFrom(ap("203.0.113.2:0").Addr(), port), vip, server)
+		f.Mark = marks[port]
+		if err := ct.Create(f); err != nil {
+			t.Fatal(err)
+		}
+		f.Timeout = 300
+		if err := ct.Update(f); err != nil {
+			t.Fatal(err)
+		}
+		if err := ct.Delete(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := map[uint16]int{} // events by client port
+	c.SetReadDeadline(time.Now().Add(time.Second))
+	for {
+		msgs, err := c.Receive()
+		if err != nil {
+			break // the deadline
+		}
+		for _, m := range msgs {
+			var ev conntrack.Event
+			if err := ev.Unmarshal(m); err != nil {
+				t.Fatal(err)
+			}
+			port := ev.Flow.TupleOrig.Proto.SourcePort
+			got[port]++
+		}
+	}
+	for port, mark := range marks {
+		want := 0
+		if mark&followedMarks != 0 {
+			want = 3 // new, update, destroy
+		}
+		if got[port] != want {
+			t.Errorf("mark %#08x: %d events, want %d", mark, got[port], want)
 		}
 	}
 }

@@ -55,8 +55,8 @@ func services(cfg *config.Config, st map[health.Key]standing) []*ipvs.Service {
 // specFor is the ruleset for services whose marks the engine assigned.
 // Weights come from the standings st, not from the engine: a reload's new
 // weights reach the servers the engine keeps only at its commit, after the
-// kernel's part. A down server gets weight 0: the fail-open map does not
-// name it.
+// kernel's part. A down server gets weight 0 (the fail-open map does not
+// name it) and Down (its persistence templates go).
 func specFor(cfg *config.Config, services []*ipvs.Service, st map[health.Key]standing) *nft.Spec {
 	q := cfg.Queue
 	spec := &nft.Spec{Table: tableName, QueueNum: 100, QueueTotal: uint16(runtime.NumCPU()), MarkMask: markMask}
@@ -65,6 +65,10 @@ func specFor(cfg *config.Config, services []*ipvs.Service, st map[health.Key]sta
 	}
 	if q.Count != 0 {
 		spec.QueueTotal = q.Count
+	}
+	configured := map[string]*config.Service{}
+	for i := range cfg.Services {
+		configured[cfg.Services[i].Name] = &cfg.Services[i]
 	}
 	for _, svc := range services {
 		if svc.AddOn {
@@ -78,12 +82,41 @@ func specFor(cfg *config.Config, services []*ipvs.Service, st map[health.Key]sta
 			if s.down {
 				w = 0
 			}
-			ns.Servers = append(ns.Servers, nft.Server{Addr: rs.Addr, Mark: rs.Mark, Weight: w})
+			ns.Servers = append(ns.Servers, nft.Server{Addr: rs.Addr, Mark: rs.Mark, Weight: w, Down: s.down})
 		}
 		if rs := svc.Sorry; rs != nil {
 			ns.Sorry = &nft.Server{Addr: rs.Addr, Mark: rs.Mark, Weight: 1}
 		}
+		if sc := configured[svc.Name]; sc != nil && ipvs.KernelScheduled(sc.Scheduler) {
+			ns.Kernel = kernelSched(sc, st)
+		}
 		spec.Services = append(spec.Services, ns)
 	}
 	return spec
+}
+
+// slotKeys are the kernel's hash inputs for the tables' keys.
+var slotKeys = map[ipvs.KernelKey]nft.SlotKey{
+	ipvs.KeyCounter: nft.ByCounter, ipvs.KeySource: nft.BySource, ipvs.KeySourcePort: nft.BySourcePort,
+}
+
+// kernelSched is a kernel-scheduled service's table over its real servers
+// in their standings st. No server available: no slots (nft fills them with
+// the sorry server, if any).
+func kernelSched(sc *config.Service, st map[health.Key]standing) *nft.KernelSched {
+	reals := make([]*ipvs.RealServer, len(sc.RealServers))
+	for i, r := range sc.RealServers {
+		s := st[health.Key{Service: sc.Name, Addr: r.Addr}]
+		reals[i] = &ipvs.RealServer{Addr: r.Addr, Weight: s.weight, Down: s.down}
+	}
+	t := ipvs.BuildKernelTable(sc.Scheduler, reals, ipvs.KernelTableOptions{MHSize: sc.MHSize(), SHPort: sc.SHPort})
+	k := &nft.KernelSched{By: slotKeys[t.By], Size: t.Size}
+	for _, run := range t.Runs {
+		k.Slots = append(k.Slots, nft.SlotRun{First: run.First, Last: run.Last, Server: reals[run.Server].Addr})
+	}
+	if p := sc.Persistence; p != nil {
+		v4, v6 := p.Prefixes()
+		k.Persist = &nft.Persist{Timeout: p.Timeout, Prefix4: v4, Prefix6: v6}
+	}
+	return k
 }

@@ -26,8 +26,11 @@ Commands:
   status     daemon pid, uptime, datapath, queues, config, counts and counters
   services   virtual services and real servers with counters (as ipvsadm -Ln),
              state, health, last failure and overrides, and add-on helpers
-             with their learned servers
-  conns      connection table (as ipvsadm -Lnc) with open data channels
+             with their learned servers; who schedules each service (the
+             kernel: rr, wrr, sh, mh; the daemon: lc, wlc, sed, nq), the
+             kernel-scheduled ones' counts read from conntrack
+  conns      connection table (as ipvsadm -Lnc) with open data channels,
+             kernel-scheduled services' connections read from conntrack
   check      kernel features, datapath and ruleset mistakes
   rules      the daemon's nftables table (inet nfhelper)
   server SERVICE ADDRESS:PORT OPERATION
