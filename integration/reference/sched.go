@@ -311,6 +311,12 @@ func (e *env) nfhelperdSched() schedSystem {
 		},
 		stop: func() {
 			if d != nil {
+				// A forced down outlives the daemon (its state file): the
+				// next scheduler's run starts with every server up.
+				out := net.JoinHostPort(scServers[len(scServers)-1].v4, fmt.Sprint(scPort))
+				if err := e.ctl(context.Background(), ctlBin, "server", scSvc, out, "up"); err != nil {
+					logf("sched: %v", err)
+				}
 				if res, err := d.Stop(); err != nil || res.ExitCode != 0 {
 					logf("nfhelperd stop: %+v %v", res, err)
 				}
