@@ -40,6 +40,10 @@ type Engine struct {
 	mode     datapathMode                                   // Options.Datapath's
 	onEnded  func(Ended)                                    // Options.OnEnded
 	alive    func(client, vip netip.AddrPort) (bool, error) // Options.Alive
+	// originalDst is Options.OriginalDst; pickAtSynAck: the compat
+	// datapath, which picks connections up at the server's SYN-ACK.
+	originalDst  func(server, client netip.AddrPort) (netip.AddrPort, error)
+	pickAtSynAck bool
 
 	mu sync.Mutex
 	// watched are the learned servers whose packets the datapath queues.
@@ -82,6 +86,14 @@ type Options struct {
 	// (checkIdle). Called off the per-packet path, without locks held.
 	// Nil: such connections stay until their timeout.
 	Alive func(client, vip netip.AddrPort) (bool, error)
+	// OriginalDst, where set, asks conntrack for the original destination
+	// (the VIP) of the TCP connection whose reply direction is server ->
+	// client: the compat datapath picks a kernel-scheduled helped
+	// connection up at its SYN-ACK, which does not show the VIP when
+	// several services hold the server. Called by the queue's worker,
+	// without locks held (the SYN-ACK waits for the answer). Nil: such
+	// connections go unhelped.
+	OriginalDst func(server, client netip.AddrPort) (netip.AddrPort, error)
 }
 
 type synAck struct {
@@ -95,6 +107,7 @@ func NewEngine(services []*Service, opts Options) (*Engine, error) {
 	e := &Engine{
 		Table: NewTable(), UDP: NewTable(), markMask: opts.MarkMask, log: opts.Log,
 		mode: newDatapathMode(opts.Datapath), onEnded: opts.OnEnded, alive: opts.Alive,
+		originalDst: opts.OriginalDst, pickAtSynAck: opts.Datapath == DatapathCompat,
 		watched: make(map[netip.AddrPort]bool), unnamed: make(map[synAck]*Conn),
 	}
 	e.channels.passive = make(map[passiveKey]passiveClaim)
@@ -226,6 +239,9 @@ func (w *Worker) Process(pkt []byte, mark uint32) Verdict {
 		if n := w.named(src, dst); n != nil {
 			c, dir = n, FromServer
 		}
+	}
+	if flags == packet.FlagSYN|packet.FlagACK && e.pickAtSynAck && snap.pickups[src] != nil {
+		c, dir = w.pickUpSynAck(snap.pickups[src], c, dir, src, dst), FromServer
 	}
 	if c == nil {
 		return Verdict{}
