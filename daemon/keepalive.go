@@ -26,25 +26,32 @@ type keepAlive struct {
 	done chan struct{}
 }
 
-// startKeepAlive starts renewing rs's liveness element until ctx ends or
-// halt. Its socket is its own, opened here (in the caller's network
-// namespace): a reload's long batch on the daemon's must neither delay it
-// nor interleave with it.
-func startKeepAlive(ctx context.Context, rs *nft.Ruleset, log *slog.Logger) (*keepAlive, error) {
+// renewer has the liveness element: an *nft.Ruleset.
+type renewer interface {
+	KeepAlive(c *nftables.Conn) error
+}
+
+var _ renewer = (*nft.Ruleset)(nil)
+
+// startKeepAlive starts renewing rs's liveness element every interval
+// until ctx ends or halt. Its socket is its own, opened here (in the
+// caller's network namespace): a reload's long batch on the daemon's must
+// neither delay it nor interleave with it.
+func startKeepAlive(ctx context.Context, rs renewer, every time.Duration, log *slog.Logger) (*keepAlive, error) {
 	conn, err := nftables.New(nftables.AsLasting())
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
 	ctx, stop := context.WithCancel(ctx)
 	k := &keepAlive{stop: stop, done: make(chan struct{})}
-	go k.run(ctx, conn, rs, log)
+	go k.run(ctx, conn, rs, every, log)
 	return k, nil
 }
 
-func (k *keepAlive) run(ctx context.Context, conn *nftables.Conn, rs *nft.Ruleset, log *slog.Logger) {
+func (k *keepAlive) run(ctx context.Context, conn *nftables.Conn, rs renewer, every time.Duration, log *slog.Logger) {
 	defer close(k.done)
 	defer conn.CloseLasting()
-	tick := time.NewTicker(keepAliveEvery)
+	tick := time.NewTicker(every)
 	defer tick.Stop()
 	failing := false
 	for {

@@ -100,19 +100,21 @@ func (e *Engine) whose(p *serverPickups, server, client netip.AddrPort) *Service
 	if !p.shared {
 		return p.svcs[0]
 	}
-	var vip netip.AddrPort
-	var err error
-	if e.originalDst != nil {
-		vip, err = e.originalDst(server, client)
+	if e.originalDst == nil {
+		e.Stats.PickupUnresolved.Add(1)
+		return nil
+	}
+	vip, err := e.originalDst(server, client)
+	if err != nil {
+		e.Stats.PickupUnresolved.Add(1)
+		return nil
 	}
 	for _, s := range p.svcs {
-		if err == nil && s.VIP == vip {
+		if s.VIP == vip {
 			return s
 		}
 	}
-	// Not ours (a plain service's connection) or not known: unhelped.
-	e.Stats.PickupUnresolved.Add(1)
-	return nil
+	return nil // another service's connection
 }
 
 // PickUpKernel picks up the connection, original direction client -> vip,
@@ -150,17 +152,17 @@ func (e *Engine) pickUp(svc *Service, client, server netip.AddrPort) *Conn {
 	return c
 }
 
-// answers reports whether a SYN-ACK acknowledging ack answers c's SYN: c
-// still opens, and its client's stream, if begun, began at ack-1.
+// answers reports whether a SYN-ACK acknowledging ack belongs to c's own
+// handshake (sent again, or a late copy): where c's client stream is
+// known, ack, the client's ISN+1, lies at most maxGap behind its next
+// byte. A new connection on the same ports starts past the old one's
+// bytes (TIME_WAIT reuse) or anywhere.
 func (c *Conn) answers(ack seqnum.Value) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.state != StateSynSent {
-		return false
+	if c.help == nil || c.help.streams[FromClient].sync != synced {
+		return c.state == StateSynSent
 	}
-	if c.help == nil {
-		return true
-	}
-	st := &c.help.streams[FromClient]
-	return st.sync != synced || st.next == ack
+	next := c.help.streams[FromClient].next
+	return !ack.After(next) && ack.Size(next) <= maxGap
 }

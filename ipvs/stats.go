@@ -23,7 +23,7 @@ type Stats struct {
 	Skipped                                atomic.Uint64 // streams that picked up after bytes went by the daemon (fail-open)
 	SeqAdjSet                              atomic.Uint64 // kernel datapath: seqadj records set outright before a verdict
 	PickedUp                               atomic.Uint64 // helped connections nftables scheduled, taken up from their first packet queued
-	PickupUnresolved                       atomic.Uint64 // SYN-ACKs of a shared server whose service conntrack did not tell (unhelped)
+	PickupUnresolved                       atomic.Uint64 // SYN-ACKs of a shared server whose VIP conntrack did not tell (unhelped)
 	Refused                                [numRefusals]atomic.Uint64
 }
 
@@ -99,7 +99,7 @@ var counters = func() []Counter {
 			"Helped connections the kernel scheduled, taken up from the first packet the daemon saw (the SYN-ACK, or the SYN after NAT).",
 			func(s *Stats) *atomic.Uint64 { return &s.PickedUp }},
 		{"pickup_unresolved", "nfhelper_pickup_unresolved_total", "", "",
-			"SYN-ACKs from a real server of several services whose VIP conntrack did not tell: the connection went unhelped.",
+			"SYN-ACKs from a real server several services hold whose VIP conntrack could not tell: the connection went unhelped.",
 			func(s *Stats) *atomic.Uint64 { return &s.PickupUnresolved }},
 	}
 	for r := range Refusal(numRefusals) {
