@@ -11,11 +11,12 @@ import (
 	"github.com/nfhelper/nfhelper/nfq/seqnum"
 )
 
-// mssRoom is how much a helped connection's segments may grow on the way:
+// MSSRoom is how much a helped connection's segments may grow on the way:
 // the bytes a stream withheld from the previous segment, and edits. The
 // peers learn an MSS lower by this much from the SYN and SYN-ACK, so that a
 // grown segment still fits the path (its DF bit forbids cutting it).
-const mssRoom = MaxCarry + 64
+// Exported for the rules that lower it where nftables schedules the SYN.
+const MSSRoom = MaxCarry + 64
 
 // minMSS is IPv4's default MSS, below which no MSS is lowered.
 const minMSS = 536
@@ -318,12 +319,12 @@ func (w *Worker) schedule(svc *Service, client netip.AddrPort, mark uint32) Verd
 	return v
 }
 
-// roomier returns the SYN being processed with its MSS lowered by mssRoom,
+// roomier returns the SYN being processed with its MSS lowered by MSSRoom,
 // or nil if it has no MSS to lower.
 func (w *Worker) roomier() []byte {
 	w.buf = append(w.buf[:0], w.in.Buf...)
 	packet.Parse(w.buf, &w.out)
-	if !w.out.TCP().LowerMSS(mssRoom, minMSS) {
+	if !w.out.TCP().LowerMSS(MSSRoom, minMSS) {
 		return nil
 	}
 	return w.buf

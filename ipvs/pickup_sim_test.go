@@ -208,14 +208,14 @@ func (s *ftpSim) handshake(resend bool) {
 			s.fail("not picked up")
 		}
 		syn := seg(client, rs1, s.isn[ipvs.FromClient], 0, packet.FlagSYN, "", mss1460...)
-		if got := mssOf(s.t, s.w.Process(syn, 0), syn); got != 1460-(ipvs.MaxCarry+64) {
+		if got := mssOf(s.t, s.w.Process(syn, 0), syn); got != 1460-ipvs.MSSRoom {
 			s.fail("SYN's MSS %d", got)
 		}
 	}
 	src, dst := s.ends(ipvs.FromServer)
 	sa := seg(src, dst, s.isn[ipvs.FromServer], s.isn[ipvs.FromClient]+1, packet.FlagSYN|ack, "", mss1460...)
 	for range 1 + btoi(resend) {
-		if got := mssOf(s.t, s.w.Process(sa, 0), sa); got != 1460-(ipvs.MaxCarry+64) {
+		if got := mssOf(s.t, s.w.Process(sa, 0), sa); got != 1460-ipvs.MSSRoom {
 			s.fail("SYN-ACK's MSS %d", got)
 		}
 	}

@@ -80,7 +80,7 @@ func TestPickUpSynAck(t *testing.T) {
 		w := e.NewWorker()
 		sa := seg(tc.rs, tc.client, isn, 101, packet.FlagSYN|ack, "", mss1460...)
 		v := w.Process(sa, 0)
-		if got := mssOf(t, v, sa); got != 1460-(ipvs.MaxCarry+64) || v.Drop {
+		if got := mssOf(t, v, sa); got != 1460-ipvs.MSSRoom || v.Drop {
 			t.Errorf("%v: SYN-ACK's MSS %d, drop %v", tc.vip, got, v.Drop)
 		}
 		c := e.Table.LookupVIP(tc.client, tc.vip)
@@ -113,7 +113,7 @@ func TestPickUpRetransmittedSynAck(t *testing.T) {
 	if c := e.Table.LookupVIP(client, vip); c != first || e.Stats.PickedUp.Load() != 1 || first.Real.Conns.Load() != 1 {
 		t.Fatalf("retransmission: connection %p (first %p), picked up %d, conns %d", c, first, e.Stats.PickedUp.Load(), first.Real.Conns.Load())
 	}
-	if got := mssOf(t, v, sa); got != 1460-(ipvs.MaxCarry+64) {
+	if got := mssOf(t, v, sa); got != 1460-ipvs.MSSRoom {
 		t.Errorf("retransmitted SYN-ACK's MSS %d", got)
 	}
 	w.Process(seg(rs1, client, isn+1, 101, pshAck, "220 hi\r\n"), 0)
@@ -221,7 +221,7 @@ func TestPickUpKernel(t *testing.T) {
 	w := e.NewWorker()
 	syn := seg(client, rs1, 100, 0, packet.FlagSYN, "", mss1460...)
 	v := w.Process(syn, 0)
-	if got := mssOf(t, v, syn); got != 1460-(ipvs.MaxCarry+64) || v.Kernel == nil || !v.Kernel.Synced[ipvs.FromClient] {
+	if got := mssOf(t, v, syn); got != 1460-ipvs.MSSRoom || v.Kernel == nil || !v.Kernel.Synced[ipvs.FromClient] {
 		t.Fatalf("SYN: MSS %d, state %+v", got, v.Kernel)
 	}
 	w.Process(seg(vip, client, isn, 101, packet.FlagSYN|ack, ""), 0)
