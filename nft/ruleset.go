@@ -45,6 +45,10 @@ type Spec struct {
 	LiveVIPs, LiveServers []netip.AddrPort
 	// Carried are a stale table's run-time elements, kept by Install.
 	Carried *Carried
+	// MSSRoom: on the compat datapath, a client's SYN to a helped
+	// kernel-scheduled service gets its MSS lowered by this much (0:
+	// left). Like the queue numbers, Update cannot change it.
+	MSSRoom uint16
 }
 
 // AddOn is a helped destination the user's own rules translate; Mark (within
