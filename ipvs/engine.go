@@ -241,8 +241,10 @@ func (w *Worker) Process(pkt []byte, mark uint32) Verdict {
 			c, dir = n, FromServer
 		}
 	}
-	if flags == packet.FlagSYN|packet.FlagACK && e.pickAtSynAck && snap.pickups[src] != nil {
-		c, dir = w.pickUpSynAck(snap.pickups[src], c, dir, src, dst), FromServer
+	if flags == packet.FlagSYN|packet.FlagACK && e.pickAtSynAck {
+		if p := snap.pickups[src]; p != nil {
+			c, dir = w.pickUpSynAck(p, c, dir, src, dst), FromServer
+		}
 	}
 	if c == nil {
 		return Verdict{}

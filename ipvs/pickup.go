@@ -72,15 +72,14 @@ func (s *Service) addrs() []netip.AddrPort {
 func (w *Worker) pickUpSynAck(p *serverPickups, c *Conn, dir Direction, server, client netip.AddrPort) *Conn {
 	e := w.e
 	ack := seqnum.Value(w.in.TCP().Ack())
-	if c != nil && dir == FromServer && c.answers(ack) {
-		return c
-	}
 	if dir != FromServer {
-		c = nil // found as a client of server's address: another connection
+		c = nil // one whose client is server's address
 	}
 	if c != nil {
-		// A new handshake on c's ports: c is over.
-		e.Table.Remove(c)
+		if c.answers(ack) {
+			return c
+		}
+		e.Table.Remove(c) // a new handshake on its ports: it is over
 	}
 	svc := e.whose(p, server, client)
 	if svc == nil {
