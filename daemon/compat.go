@@ -68,7 +68,10 @@ func (c *compatPath) attach(e *ipvs.Engine, f *conntrackFollower) {
 	f.used = c.channelUsed
 }
 
-func (c *compatPath) shape(*nft.Spec) {}
+// shape: a helped kernel-scheduled connection's SYN never reaches the
+// daemon, so the rules lower its MSS (the SYN-ACK's the daemon lowers when
+// it picks the connection up).
+func (c *compatPath) shape(spec *nft.Spec) { spec.MSSRoom = ipvs.MSSRoom }
 
 func (c *compatPath) allows(*config.Config) error { return nil }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
 
 	"github.com/mdlayher/netlink"
 	"github.com/ti-mo/conntrack"
@@ -141,25 +142,20 @@ func engineState(s kernel.CtTCPState) ipvs.TCPState {
 	return ipvs.StateFinWait
 }
 
-// conntrackAlive asks the kernel whether conntrack holds a connection's
-// entry, by its original tuple (client -> VIP, or the add-on's match): the
-// engine's Options.Alive. It dials its socket at the first question and
-// keeps it; close ends it. One goroutine asks (Engine.RunExpiry).
+// conntrackAlive asks the kernel about connections' entries: whether
+// conntrack holds one, by its original tuple (client -> VIP, or the
+// add-on's match), the engine's Options.Alive; and where one went, by its
+// reply tuple, the engine's Options.OriginalDst. It dials its socket at the
+// first question and keeps it; close ends it. Questions are serialized.
 type conntrackAlive struct {
+	mu    sync.Mutex
 	conn  *conntrack.Conn
 	netns int // as conntrackFollower's
 }
 
 func (a *conntrackAlive) alive(client, vip netip.AddrPort) (bool, error) {
-	if a.conn == nil {
-		conn, err := conntrack.Dial(&netlink.Config{NetNS: a.netns})
-		if err != nil {
-			return false, fmt.Errorf("conntrack: %w", err)
-		}
-		a.conn = conn
-	}
 	f := conntrack.NewFlow(unix.IPPROTO_TCP, 0, client.Addr(), vip.Addr(), client.Port(), vip.Port(), 0, 0)
-	_, err := a.conn.Get(f)
+	_, err := a.get(f)
 	switch {
 	case err == nil:
 		return true, nil
@@ -169,8 +165,40 @@ func (a *conntrackAlive) alive(client, vip netip.AddrPort) (bool, error) {
 	return false, err
 }
 
+// originalDst is the original destination of the TCP connection whose
+// reply direction is server -> client.
+func (a *conntrackAlive) originalDst(server, client netip.AddrPort) (netip.AddrPort, error) {
+	f := conntrack.Flow{TupleReply: conntrack.Tuple{
+		IP:    conntrack.IPTuple{SourceAddress: server.Addr().Unmap(), DestinationAddress: client.Addr().Unmap()},
+		Proto: conntrack.ProtoTuple{Protocol: unix.IPPROTO_TCP, SourcePort: server.Port(), DestinationPort: client.Port()},
+	}}
+	got, err := a.get(f)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	t := got.TupleOrig
+	return netip.AddrPortFrom(t.IP.DestinationAddress.Unmap(), t.Proto.DestinationPort), nil
+}
+
+// get is conntrack's entry for f's tuple.
+func (a *conntrackAlive) get(f conntrack.Flow) (conntrack.Flow, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.conn == nil {
+		conn, err := conntrack.Dial(&netlink.Config{NetNS: a.netns})
+		if err != nil {
+			return conntrack.Flow{}, fmt.Errorf("conntrack: %w", err)
+		}
+		a.conn = conn
+	}
+	return a.conn.Get(f)
+}
+
 func (a *conntrackAlive) close() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	if a.conn != nil {
 		a.conn.Close()
+		a.conn = nil
 	}
 }

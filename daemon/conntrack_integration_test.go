@@ -4,6 +4,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"os"
 	"testing"
@@ -69,11 +70,18 @@ func TestConntrackAlive(t *testing.T) {
 		if there, err := a.alive(s.Client, s.VIP); !there || err != nil {
 			t.Fatalf("%v with its entry: %v %v", s, there, err)
 		}
+		// By its reply tuple, as a SYN-ACK shows it (OriginalDst).
+		if dst, err := a.originalDst(s.Server, s.Client); dst != s.VIP || err != nil {
+			t.Fatalf("%v: original destination %v %v", s, dst, err)
+		}
 		if err := ct.Delete(f); err != nil {
 			t.Fatal(err)
 		}
 		if there, err := a.alive(s.Client, s.VIP); there || err != nil {
 			t.Fatalf("%v after its entry: %v %v", s, there, err)
+		}
+		if _, err := a.originalDst(s.Server, s.Client); !errors.Is(err, unix.ENOENT) {
+			t.Fatalf("%v: original destination after its entry: %v", s, err)
 		}
 	}
 }

@@ -65,13 +65,15 @@ type Daemon struct {
 	features kernel.Features
 	dp       datapath
 	engine   *ipvs.Engine
-	alive    *conntrackAlive    // the engine's conntrack lookups
+	alive    *conntrackAlive    // the engine's conntrack lookups: idle checks
+	origins  *conntrackAlive    // and the queues' workers' (Options.OriginalDst)
 	follower *conntrackFollower // conntrack's events to the engine
 	spec     *nft.Spec
 	queues   []*nfq.Queue // the scheduling queues, then the datapath's
 	metrics  *metrics.Metrics
 	nft      *nftables.Conn // the ruleset's changes
 	ruleset  *nft.Ruleset   // nil until installed
+	keeper   *keepAlive     // renews the ruleset's liveness element; nil until served
 	control  *ctl.Server
 	states   *stateFollower
 
@@ -199,8 +201,8 @@ func (d *Daemon) newMonitor() ([]cleared, error) {
 // engine assigned them.
 func (d *Daemon) newEngine() (err error) {
 	st := d.roster.standings(d.running)
-	d.alive = &conntrackAlive{}
-	opts := ipvs.Options{MarkMask: markMask, Log: d.log, Alive: d.alive.alive}
+	d.alive, d.origins = &conntrackAlive{}, &conntrackAlive{}
+	opts := ipvs.Options{MarkMask: markMask, Log: d.log, Alive: d.alive.alive, OriginalDst: d.origins.originalDst}
 	d.dp.options(&opts)
 	if d.engine, err = ipvs.NewEngine(services(d.cfg, st), opts); err != nil {
 		return err
@@ -298,6 +300,10 @@ func (d *Daemon) serve() {
 			}
 		})
 	}
+	var err error
+	if d.keeper, err = startKeepAlive(ctx, d.ruleset, keepAliveEvery, d.log); err != nil {
+		d.log.Error("liveness element not renewed: new helped connections fall to the kernel within seconds", "err", err)
+	}
 	// The datapath runs once the rules exist: no packet announced a
 	// channel before they did.
 	d.background.Go(func() { d.dp.run(ctx, d.ruleset) })
@@ -384,6 +390,8 @@ func (d *Daemon) NoteReload(err error) { d.control.NoteReload(err) }
 // verdict, the rest closes, and the helper goes.
 func (d *Daemon) Stop() {
 	d.stopChanges()
+	// No renewal racing the table's removal.
+	d.keeper.halt()
 	// Stop queueing first, then answer what is already queued: closing a
 	// queue drops the packets still waiting in it.
 	if err := nft.Remove(d.nft, tableName); err != nil {
@@ -442,6 +450,7 @@ func (d *Daemon) stopChanges() {
 // datapath's sockets: whatever Start got to.
 func (d *Daemon) close() {
 	d.cancel()
+	d.keeper.halt()
 	for _, q := range d.queues {
 		q.Close()
 	}
@@ -449,6 +458,7 @@ func (d *Daemon) close() {
 	d.background.Wait()
 	if d.alive != nil {
 		d.alive.close()
+		d.origins.close()
 	}
 	if d.dp != nil {
 		d.dp.close()

@@ -186,3 +186,23 @@ func TestHandlerDoesNotAllocate(t *testing.T) {
 		}
 	}
 }
+
+// TestHandlerPicksUpSynAck: on the compat datapath the SYN-ACK of a
+// kernel-scheduled FTP connection, queued with UnseenMark, goes on with
+// its MSS lowered and the bit cleared; the connection is the engine's.
+func TestHandlerPicksUpSynAck(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	client, vip, rs := ap("203.0.113.2:40000"), ap("198.51.100.10:21"), ap("10.0.0.11:21")
+	e := oneService(t, vip, "mh", "ftp", &ipvs.RealServer{Addr: rs, Weight: 1})
+	q := &fakeQueue{}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	h := newHandler(q, e.NewWorker(), &e.Stats, nil, metrics.New(e, nil, nil), log)
+	h(1, nfqtest.Build(nfqtest.Segment{Src: rs, Dst: client, Seq: 5000, Ack: 101, Flags: packet.FlagSYN | packet.FlagACK,
+		Options: []byte{2, 4, 0x05, 0xb4}}), nft.UnseenMark|0x10)
+	if len(q.altered) != 1 || q.marks[1] != 0x10 {
+		t.Errorf("altered %v, mark %#x", q.altered, q.marks[1])
+	}
+	if c := e.Table.LookupVIP(client, vip); c == nil || c.Server != rs {
+		t.Errorf("connection %+v", c)
+	}
+}

@@ -166,9 +166,23 @@ func (k *kernelPath) inspect(attrs []byte) kernel.Conntrack {
 		k.log.Warn("queued packet's conntrack attributes", "err", err)
 	}
 	if ct.Helper == helperName && len(ct.HelperInfo) > 0 {
-		restoreFromHelperData(k.engine, ct, k.log)
+		takeUp(k.engine, ct, k.log)
 	}
 	return ct
+}
+
+// takeUp hands the engine a connection of the helper it may not know: a
+// new one nftables scheduled (its helper data never written: the SYN), or
+// one the kernel's helper data describes.
+func takeUp(e *ipvs.Engine, ct kernel.Conntrack, log *slog.Logger) {
+	st, err := kernel.DecodeState(ct.HelperInfo)
+	switch {
+	case err != nil:
+	case st == kernel.HelperState{}:
+		e.PickUpKernel(ct.Orig.Src, ct.Orig.Dst, ct.Reply.Src)
+	default:
+		restoreFromHelperData(e, ct, st, log)
+	}
 }
 
 // answer sets the seqadj records and makes the expectations v asks for,
@@ -249,13 +263,9 @@ func stateBytes(s *ipvs.KernelState) []byte {
 
 // restoreFromHelperData adopts a connection the kernel's helper data
 // describes and the engine does not know: the daemon restarted while it ran.
-func restoreFromHelperData(e *ipvs.Engine, ct kernel.Conntrack, log *slog.Logger) {
+func restoreFromHelperData(e *ipvs.Engine, ct kernel.Conntrack, st kernel.HelperState, log *slog.Logger) {
 	client, vip, server := ct.Orig.Src, ct.Orig.Dst, ct.Reply.Src
-	if c, _ := e.Table.Lookup(client, server); c != nil {
-		return
-	}
-	st, err := kernel.DecodeState(ct.HelperInfo)
-	if err != nil || st.Flags&(kernel.StateValid|kernel.StateReplyValid) == 0 {
+	if c, _ := e.Table.Lookup(client, server); c != nil || st.Flags&(kernel.StateValid|kernel.StateReplyValid) == 0 {
 		return
 	}
 	if ct.Status&kernel.StatusSeqAdjust != 0 && !ct.HasSeqAdj {

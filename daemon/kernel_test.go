@@ -87,3 +87,34 @@ func TestChooser(t *testing.T) {
 		})
 	}
 }
+
+// TestTakeUp: a helper's connection whose helper data was never written
+// (its SYN, nftables scheduled it) is picked up where its service is
+// kernel-scheduled; one with state is restored from it.
+func TestTakeUp(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	client, vip, server := ap("203.0.113.2:40000"), ap("198.51.100.10:21"), ap("10.0.0.11:21")
+	ct := kernel.Conntrack{
+		Orig:   kernel.Tuple{Src: client, Dst: vip, Proto: unix.IPPROTO_TCP},
+		Reply:  kernel.Tuple{Src: server, Dst: client, Proto: unix.IPPROTO_TCP},
+		Helper: helperName, HelperInfo: make([]byte, kernel.StateLen),
+	}
+	for _, tc := range []struct {
+		sched string
+		info  []byte
+		want  bool
+	}{
+		{"mh", ct.HelperInfo, true},
+		{"wlc", ct.HelperInfo, false},
+		{"wlc", kernel.HelperState{Flags: kernel.StateValid, Next: [2]uint32{101, 0}}.Encode(), true},
+	} {
+		e := oneService(t, vip, tc.sched, "ftp", &ipvs.RealServer{Addr: server, Weight: 1})
+		c := ct
+		c.HelperInfo = tc.info
+		takeUp(e, c, log)
+		if got := e.Table.LookupVIP(client, vip) != nil; got != tc.want {
+			t.Errorf("%s, helper data %x: taken up %v", tc.sched, tc.info, got)
+		}
+	}
+}

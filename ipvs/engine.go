@@ -11,11 +11,12 @@ import (
 	"github.com/nfhelper/nfhelper/nfq/seqnum"
 )
 
-// mssRoom is how much a helped connection's segments may grow on the way:
+// MSSRoom is how much a helped connection's segments may grow on the way:
 // the bytes a stream withheld from the previous segment, and edits. The
 // peers learn an MSS lower by this much from the SYN and SYN-ACK, so that a
 // grown segment still fits the path (its DF bit forbids cutting it).
-const mssRoom = MaxCarry + 64
+// Exported for the rules that lower it where nftables schedules the SYN.
+const MSSRoom = MaxCarry + 64
 
 // minMSS is IPv4's default MSS, below which no MSS is lowered.
 const minMSS = 536
@@ -40,6 +41,10 @@ type Engine struct {
 	mode     datapathMode                                   // Options.Datapath's
 	onEnded  func(Ended)                                    // Options.OnEnded
 	alive    func(client, vip netip.AddrPort) (bool, error) // Options.Alive
+	// originalDst is Options.OriginalDst; pickAtSynAck: the compat
+	// datapath, which picks connections up at the server's SYN-ACK.
+	originalDst  func(server, client netip.AddrPort) (netip.AddrPort, error)
+	pickAtSynAck bool
 
 	mu sync.Mutex
 	// watched are the learned servers whose packets the datapath queues.
@@ -82,6 +87,14 @@ type Options struct {
 	// (checkIdle). Called off the per-packet path, without locks held.
 	// Nil: such connections stay until their timeout.
 	Alive func(client, vip netip.AddrPort) (bool, error)
+	// OriginalDst, where set, asks conntrack for the original destination
+	// (the VIP) of the TCP connection whose reply direction is server ->
+	// client: the compat datapath picks a kernel-scheduled helped
+	// connection up at its SYN-ACK, which does not show the VIP when
+	// several services hold the server. Called by the queue's worker,
+	// without locks held (the SYN-ACK waits for the answer). Nil: such
+	// connections go unhelped.
+	OriginalDst func(server, client netip.AddrPort) (netip.AddrPort, error)
 }
 
 type synAck struct {
@@ -95,6 +108,7 @@ func NewEngine(services []*Service, opts Options) (*Engine, error) {
 	e := &Engine{
 		Table: NewTable(), UDP: NewTable(), markMask: opts.MarkMask, log: opts.Log,
 		mode: newDatapathMode(opts.Datapath), onEnded: opts.OnEnded, alive: opts.Alive,
+		originalDst: opts.OriginalDst, pickAtSynAck: opts.Datapath == DatapathCompat,
 		watched: make(map[netip.AddrPort]bool), unnamed: make(map[synAck]*Conn),
 	}
 	e.channels.passive = make(map[passiveKey]passiveClaim)
@@ -227,6 +241,11 @@ func (w *Worker) Process(pkt []byte, mark uint32) Verdict {
 			c, dir = n, FromServer
 		}
 	}
+	if flags == packet.FlagSYN|packet.FlagACK && e.pickAtSynAck {
+		if p := snap.pickups[src]; p != nil {
+			c, dir = w.pickUpSynAck(p, c, dir, src, dst), FromServer
+		}
+	}
 	if c == nil {
 		return Verdict{}
 	}
@@ -302,12 +321,12 @@ func (w *Worker) schedule(svc *Service, client netip.AddrPort, mark uint32) Verd
 	return v
 }
 
-// roomier returns the SYN being processed with its MSS lowered by mssRoom,
+// roomier returns the SYN being processed with its MSS lowered by MSSRoom,
 // or nil if it has no MSS to lower.
 func (w *Worker) roomier() []byte {
 	w.buf = append(w.buf[:0], w.in.Buf...)
 	packet.Parse(w.buf, &w.out)
-	if !w.out.TCP().LowerMSS(mssRoom, minMSS) {
+	if !w.out.TCP().LowerMSS(MSSRoom, minMSS) {
 		return nil
 	}
 	return w.buf

@@ -18,6 +18,7 @@ type snapshot struct {
 	udp      map[netip.AddrPort]*Service // balanced UDP, by VIP
 	addOns   map[uint32]*Service         // by mark bits
 	list     []*Service
+	pickups  map[netip.AddrPort]*serverPickups // by real server
 }
 
 // Services returns the running services, in configuration order.
@@ -167,7 +168,7 @@ func (e *Engine) assignMarks(next []*Service) error {
 
 // newSnapshot is what the workers read of the services next.
 func (e *Engine) newSnapshot(next []*Service) *snapshot {
-	snap := &snapshot{services: map[netip.AddrPort]*Service{}, udp: map[netip.AddrPort]*Service{}, addOns: map[uint32]*Service{}, list: next}
+	snap := &snapshot{services: map[netip.AddrPort]*Service{}, udp: map[netip.AddrPort]*Service{}, addOns: map[uint32]*Service{}, list: next, pickups: pickupsOf(next)}
 	for _, s := range next {
 		switch {
 		case s.AddOn:

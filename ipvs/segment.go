@@ -137,7 +137,7 @@ func (w *Worker) write(s *segment, v *Verdict) Verdict {
 	packet.Parse(w.buf, &w.out)
 	t := w.out.TCP()
 	if syn {
-		t.LowerMSS(mssRoom, minMSS)
+		t.LowerMSS(MSSRoom, minMSS)
 	}
 	t.SetSeq(uint32(s.outSeq))
 	if s.flags&packet.FlagACK != 0 {

@@ -22,6 +22,8 @@ type Stats struct {
 	Throttled                              atomic.Uint64 // segments dropped: their sender has maxEdits rewrites unacknowledged
 	Skipped                                atomic.Uint64 // streams that picked up after bytes went by the daemon (fail-open)
 	SeqAdjSet                              atomic.Uint64 // kernel datapath: seqadj records set outright before a verdict
+	PickedUp                               atomic.Uint64 // helped connections nftables scheduled, taken up from their first packet queued
+	PickupUnresolved                       atomic.Uint64 // SYN-ACKs of a shared server whose VIP conntrack did not tell (unhelped)
 	Refused                                [numRefusals]atomic.Uint64
 }
 
@@ -93,6 +95,12 @@ var counters = func() []Counter {
 		{"seqadj_set", "nfhelper_seqadj_set_total", "", "",
 			"Kernel datapath: times the kernel's seqadj records were set outright before a verdict (a withheld line, a retransmission cut anew).",
 			func(s *Stats) *atomic.Uint64 { return &s.SeqAdjSet }},
+		{"picked_up", "nfhelper_picked_up_connections_total", "", "",
+			"Helped connections the kernel scheduled, taken up from the first packet the daemon saw (the SYN-ACK, or the SYN after NAT).",
+			func(s *Stats) *atomic.Uint64 { return &s.PickedUp }},
+		{"pickup_unresolved", "nfhelper_pickup_unresolved_total", "", "",
+			"SYN-ACKs from a real server several services hold whose VIP conntrack could not tell: the connection went unhelped.",
+			func(s *Stats) *atomic.Uint64 { return &s.PickupUnresolved }},
 	}
 	for r := range Refusal(numRefusals) {
 		cs = append(cs, Counter{"refused_" + r.String(), "nfhelper_refusals_total", "reason", r.String(),

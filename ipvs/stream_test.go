@@ -404,7 +404,7 @@ func TestStreamThrottledGapNotSkipped(t *testing.T) {
 }
 
 // TestHelpedSYNsLowerMSS: both ends of a helped connection learn an MSS
-// lower by mssRoom, so that segments grown by withheld bytes and edits
+// lower by MSSRoom, so that segments grown by withheld bytes and edits
 // still fit the path.
 func TestHelpedSYNsLowerMSS(t *testing.T) {
 	mss1460 := []byte{2, 4, 0x05, 0xb4}
@@ -433,11 +433,11 @@ func TestHelpedSYNsLowerMSS(t *testing.T) {
 		t.Fatal(err)
 	}
 	w := e.NewWorker()
-	if got := mssOf(w.Process(seg(client, vip, 100, 0, syn, "", mss1460...), 0)); got != 1460-mssRoom {
-		t.Errorf("client's SYN: MSS %d, want %d", got, 1460-mssRoom)
+	if got := mssOf(w.Process(seg(client, vip, 100, 0, syn, "", mss1460...), 0)); got != 1460-MSSRoom {
+		t.Errorf("client's SYN: MSS %d, want %d", got, 1460-MSSRoom)
 	}
-	if got := mssOf(w.Process(seg(rs1, client, 500, 101, syn|ack, "", mss1460...), 0)); got != 1460-mssRoom {
-		t.Errorf("server's SYN-ACK: MSS %d, want %d", got, 1460-mssRoom)
+	if got := mssOf(w.Process(seg(rs1, client, 500, 101, syn|ack, "", mss1460...), 0)); got != 1460-MSSRoom {
+		t.Errorf("server's SYN-ACK: MSS %d, want %d", got, 1460-MSSRoom)
 	}
 	if v := w.Process(seg(client, ap("198.51.100.10:80"), 100, 0, syn, "", mss1460...), 0); v.Packet != nil {
 		t.Error("a SYN to a service without a helper was altered")
