@@ -16,7 +16,7 @@ import (
 // connections of helped kernel-scheduled services are the daemon's
 // (kernel datapath: they get its userspace helper; compat: the kernel's
 // FTP helper stays off them); once it expires they are the kernel's alone.
-const keepAliveEvery = time.Second
+const keepAliveEvery = nft.AliveTimeout / 4
 
 // keepAlive renews the liveness element until halted. Nothing deletes the
 // element at the end: a stop removes the table, a hand-over leaves it to

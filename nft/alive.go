@@ -14,8 +14,12 @@ import (
 
 // AliveTimeout is how long the daemon counts as alive after Install or
 // its last KeepAlive: helped kernel-scheduled connections get its helper
-// only while it does (a userspace helper nobody reads stalls them).
-const AliveTimeout = 3 * time.Second
+// only while it does (a userspace helper nobody reads stalls them). It
+// is also how long after a crash new helped sessions still wait for the
+// dead daemon before the kernel's own FTP helper takes them: short. A
+// daemon too starved to renew it in time only hands new sessions to the
+// kernel's helper early, which is harmless.
+const AliveTimeout = time.Second
 
 // aliveKey is the alive set's only element: tcp, looked up by the
 // packet's protocol where only TCP is asked, so that nft prints the check
