@@ -16,6 +16,7 @@ import (
 
 	"github.com/nfhelper/nfhelper/ctl"
 	"github.com/nfhelper/nfhelper/integration/topo"
+	"github.com/nfhelper/nfhelper/nft"
 )
 
 // holdClient logs in (anonymous), fetches small.bin with the data command
@@ -203,6 +204,14 @@ func TestFailOpenNewSessions(t *testing.T) {
 		t.Fatalf("SIGKILL: %v", err)
 	}
 	t.Logf("datapath %s: daemon killed; %d new sessions", d.Datapath, len(targets))
+	// New sessions are the kernel's once the liveness element the dead
+	// daemon can no longer renew has expired: until then its helped
+	// kernel-scheduled services' connections would wait for it.
+	killed := time.Now()
+	if !pollUntil(topo.Scaled(nft.AliveTimeout+time.Second), func() bool { return !aliveElement(t) }) {
+		t.Fatalf("the liveness element outlived the daemon by %v", time.Since(killed))
+	}
+	t.Logf("liveness element gone %v after the kill (nft.AliveTimeout %v)", time.Since(killed).Round(time.Millisecond), nft.AliveTimeout)
 
 	// All at once: each holds its control connection open until the
 	// restart, within vsftpd's idle timeout even under emulation.
@@ -268,6 +277,9 @@ func TestFailOpenNewSessions(t *testing.T) {
 	var conns ctl.Conns
 	ctlJSON(t, sock, "conns", &conns)
 	for _, c := range conns.Conns {
+		if c.ScheduledBy == ctl.ScheduledByKernel {
+			continue // listed from conntrack, not held by the daemon
+		}
 		for _, s := range held {
 			if c.Client == s.client {
 				t.Errorf("%s: the restarted daemon holds the kernel-helped connection %+v", s.name, c)
@@ -297,14 +309,17 @@ func TestFailOpenNewSessions(t *testing.T) {
 			balanced++
 		}
 	}
-	if got := after.Stats["scheduled"] - before.Stats["scheduled"]; got < balanced {
-		t.Errorf("the daemon scheduled %d new connections, want at least the %d new balanced sessions", got, balanced)
+	// Kernel-scheduled services' connections are picked up, the others
+	// scheduled.
+	took := func(st ctl.Status) uint64 { return st.Stats["scheduled"] + st.Stats["picked_up"] }
+	if got := took(after) - took(before); got < balanced {
+		t.Errorf("the daemon scheduled or picked up %d new connections, want at least the %d new balanced sessions", got, balanced)
 	}
 	if got := after.Stats["adopted"] - before.Stats["adopted"]; got < addons {
 		t.Errorf("the daemon adopted %d new connections, want at least the %d new add-on sessions", got, addons)
 	}
-	t.Logf("daemon counters over the new sessions: scheduled +%d, adopted +%d, rewritten +%d, channels +%d",
-		after.Stats["scheduled"]-before.Stats["scheduled"], after.Stats["adopted"]-before.Stats["adopted"],
+	t.Logf("daemon counters over the new sessions: scheduled +%d, picked up +%d, adopted +%d, rewritten +%d, channels +%d",
+		after.Stats["scheduled"]-before.Stats["scheduled"], after.Stats["picked_up"]-before.Stats["picked_up"], after.Stats["adopted"]-before.Stats["adopted"],
 		after.Stats["rewritten"]-before.Stats["rewritten"], after.Stats["channels"]-before.Stats["channels"])
 }
 
@@ -399,4 +414,26 @@ func flushConntrack(t *testing.T) {
 			t.Errorf("conntrack -F -f %s: %v %s", fam, err, out)
 		}
 	}
+}
+
+// aliveElement reports whether the router's table still has its liveness
+// element (nft.AliveTimeout).
+func aliveElement(t *testing.T) bool {
+	out, err := harness.tp.Run(context.Background(), harness.tp.Router, "nft", "list", "set", "inet", "nfhelper", "alive")
+	if err != nil {
+		t.Fatalf("nft list set alive: %v: %s", err, out)
+	}
+	return strings.Contains(string(out), "elements")
+}
+
+// pollUntil polls f every 20 ms until it holds or limit has passed.
+func pollUntil(limit time.Duration, f func() bool) bool {
+	deadline := time.Now().Add(limit)
+	for !f() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return true
 }
