@@ -34,7 +34,7 @@ queue:
 services:
   - name: web
     vip: 198.51.100.10:80
-    scheduler: rr
+    scheduler: wlc
     health_check:
       type: exec
       command: test ! -e %[1]s/down-$NFHELPER_SERVER_ADDRESS
@@ -156,7 +156,7 @@ func failOpen(t *testing.T, ns string, servers ...string) map[string]bool {
 }
 
 // TestHealthFailOpenMap: a server whose exec check fails is taken out of
-// the fail-open map; one forced down by nfhelperctl too; after a kill -9
+// the fail-open map (a daemon-scheduled service's: wlc); one forced down by nfhelperctl too; after a kill -9
 // and a restart, both stay out from the start (the state file), until the
 // first one's checks pass again.
 func TestHealthFailOpenMap(t *testing.T) {

@@ -149,32 +149,34 @@ func TestHealthOnDownReset(t *testing.T) {
 	keep.cmd("QUIT", 2)
 }
 
-// fallbackRE reads an element of the fail-open map fallback4 as nft lists
-// it: VIP . port . bucket : server . port.
-var fallbackRE = regexp.MustCompile(`(\d+\.\d+\.\d+\.\d+) \. (\w+) \. (\w+) : (\d+\.\d+\.\d+\.\d+) \. (\w+)`)
+// slotServerRE reads the value of an element of a kernel-scheduled
+// service's slot map as nft lists it: slots : server . port.
+var slotServerRE = regexp.MustCompile(`: (\d+\.\d+\.\d+\.\d+) \. (\d+)`)
 
-// fallbackServers counts the fail-open buckets of vip:21 by server.
+// fallbackServers counts the slot-map elements of the kernel-scheduled
+// service vip:21 by server: the kernel's scheduling, the same whether the
+// daemon runs or not.
 func fallbackServers(t *testing.T, vip string) (map[string]int, string) {
 	t.Helper()
+	name := fmt.Sprintf("slots_tcp_%x_21", netip.MustParseAddr(vip).AsSlice())
 	// -nn: ports as numbers.
-	out, stderr, err := execIn(t, 10*time.Second, harness.tp.Router, nil, "nft", "-nn", "list", "map", "inet", "nfhelper", "fallback4")
+	out, stderr, err := execIn(t, 10*time.Second, harness.tp.Router, nil, "nft", "-nn", "list", "map", "inet", "nfhelper", name)
 	if err != nil {
-		t.Fatalf("nft list map inet nfhelper fallback4: %v %s", err, stderr)
+		t.Fatalf("nft list map inet nfhelper %s: %v %s", name, err, stderr)
 	}
 	n := map[string]int{}
-	for _, m := range fallbackRE.FindAllStringSubmatch(string(out), -1) {
-		if m[1] == vip && m[2] == "21" {
-			n[m[4]+":"+m[5]]++
-		}
+	for _, m := range slotServerRE.FindAllStringSubmatch(string(out), -1) {
+		n[m[1]+":"+m[2]]++
 	}
 	return n, string(out)
 }
 
 // TestHealthKillWithServerDown: hs2's checks fail (it still serves
-// clients: only the router's own connections are refused, so a fail-open
-// bucket naming it would show as sessions reaching it). The fail-open map
+// clients: only the router's own connections are refused, so a slot
+// naming it would show as sessions reaching it). The service's slot map
 // stops naming it; after kill -9 of the daemon it still does not, and new
-// sessions (the kernel's fail-open scheduling) reach hs1 and hs3 only.
+// sessions (the kernel's scheduling, with or without the daemon) reach hs1
+// and hs3 only.
 func TestHealthKillWithServerDown(t *testing.T) {
 	e := needHealth(t)
 	hs2 := e.servers[1]

@@ -61,7 +61,7 @@ func TestMetrics(t *testing.T) {
 		labels []string
 	}{
 		{"nfhelper_packets_total", nil},
-		{"nfhelper_scheduled_connections_total", nil},
+		{"nfhelper_picked_up_connections_total", nil}, // the reference services are rr: the kernel schedules them
 		{"nfhelper_rewritten_packets_total", nil},
 		{"nfhelper_data_channels_opened_total", nil},
 		{"nfhelper_refusals_total", []string{"reason", "bounce"}},
