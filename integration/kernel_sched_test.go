@@ -301,8 +301,8 @@ func (e *ksEnv) udpFlows(addr string, n int) []string {
 
 // ---- checks ----
 
-// counts tallies servers.
-func counts(seq []string) map[string]int {
+// ksCounts tallies servers.
+func ksCounts(seq []string) map[string]int {
 	m := map[string]int{}
 	for _, s := range seq {
 		m[s]++
@@ -310,11 +310,11 @@ func counts(seq []string) map[string]int {
 	return m
 }
 
-// checkCycle asserts exact shares over every run of consecutive
+// ksCycle asserts exact shares over every run of consecutive
 // connections as long as one cycle: every window of sum(want) consecutive
 // entries of seq holds each server exactly want[server] times (rr: each
 // once; wrr 3:1: three and one).
-func checkCycle(t *testing.T, what string, seq []string, want map[string]int) {
+func ksCycle(t *testing.T, what string, seq []string, want map[string]int) {
 	t.Helper()
 	size := 0
 	for _, n := range want {
@@ -324,16 +324,17 @@ func checkCycle(t *testing.T, what string, seq []string, want map[string]int) {
 		t.Fatalf("%s: %d connections, fewer than a cycle of %d", what, len(seq), size)
 	}
 	for i := 0; i+size <= len(seq); i++ {
-		got := counts(seq[i : i+size])
-		if !mapsEqual(got, want) {
+		got := ksCounts(seq[i : i+size])
+		if !ksEqual(got, want) {
 			t.Errorf("%s: connections %d..%d went %v, want %v (every cycle exact); whole sequence %v", what, i, i+size-1, got, want, seq)
 			return
 		}
 	}
-	t.Logf("%s: %v over %d connections, every window of %d exact", what, counts(seq), len(seq), size)
+	t.Logf("%s: %v over %d connections, every window of %d exact", what, ksCounts(seq), len(seq), size)
 }
 
-func mapsEqual(a, b map[string]int) bool {
+// ksEqual compares two tallies.
+func ksEqual(a, b map[string]int) bool {
 	if len(a) != len(b) {
 		return false
 	}
@@ -361,9 +362,9 @@ func (e *ksEnv) bySource(addr string, srcs []netip.Addr) map[netip.Addr]string {
 	return out
 }
 
-// checkSpread asserts that every server of names got at least min of the
+// ksSpread asserts that every server of names got at least min of the
 // clients and no other server got any.
-func checkSpread(t *testing.T, what string, m map[netip.Addr]string, names []string, min int) {
+func ksSpread(t *testing.T, what string, m map[netip.Addr]string, names []string, min int) {
 	t.Helper()
 	per := map[string]int{}
 	for _, s := range m {
@@ -382,11 +383,11 @@ func checkSpread(t *testing.T, what string, m map[netip.Addr]string, names []str
 	t.Logf("%s: %d clients by server %v", what, len(m), per)
 }
 
-// queued is the number of packets the router's kernel queued to the
+// ksQueued is the number of packets the router's kernel queued to the
 // daemon so far: the sum of id_sequence over the queues of
 // /proc/net/netfilter/nfnetlink_queue (in the router's namespace; it
 // starts anew when the daemon binds its queues).
-func queued(t *testing.T) uint64 {
+func ksQueued(t *testing.T) uint64 {
 	t.Helper()
 	out, _, err := execIn(t, 10*time.Second, harness.tp.Router, nil, "cat", "/proc/net/netfilter/nfnetlink_queue")
 	if err != nil {
@@ -454,9 +455,9 @@ func (e *ksEnv) checkScheduling(want map[string]string) {
 	t.Logf("nfhelperctl services:\n%s", text)
 }
 
-// nftMaps lists the router's table inet nfhelper and returns the number of
+// ksNftMaps lists the router's table inet nfhelper and returns the number of
 // elements of each map or set whose name starts with prefix.
-func nftMaps(t *testing.T, prefix string) map[string]int {
+func ksNftMaps(t *testing.T, prefix string) map[string]int {
 	t.Helper()
 	out, errOut, err := execIn(t, 30*time.Second, harness.tp.Router, nil, "nft", "-j", "list", "table", "inet", "nfhelper")
 	if err != nil {
@@ -490,13 +491,13 @@ func nftMaps(t *testing.T, prefix string) map[string]int {
 	return m
 }
 
-// elementsOf is the element count of the one map named prefix..suffix
+// ksElements is the element count of the one map named prefix..suffix
 // (-1, and the test fails, if there is not exactly one).
-func elementsOf(t *testing.T, prefix, suffix string) int {
+func ksElements(t *testing.T, prefix, suffix string) int {
 	t.Helper()
 	var names []string
 	n := 0
-	for name, c := range nftMaps(t, prefix) {
+	for name, c := range ksNftMaps(t, prefix) {
 		if strings.HasSuffix(name, suffix) {
 			names = append(names, name)
 			n = c
@@ -550,7 +551,8 @@ func ksService(name, proto, sched string, port int, extra string, servers ...str
 	return b.String()
 }
 
-func (e *ksEnv) names(servers ...*hcServer) []string {
+// ksNames lists the servers' names.
+func ksNames(servers ...*hcServer) []string {
 	var out []string
 	for _, s := range servers {
 		out = append(out, s.Name)
@@ -558,7 +560,8 @@ func (e *ksEnv) names(servers ...*hcServer) []string {
 	return out
 }
 
-func vip(port int) string { return net.JoinHostPort(ksVIP4, strconv.Itoa(port)) }
+// ksAddr is the tests' VIP at port.
+func ksAddr(port int) string { return net.JoinHostPort(ksVIP4, strconv.Itoa(port)) }
 
 // ---- tests ----
 
@@ -590,44 +593,44 @@ func TestKernelSchedShares(t *testing.T) {
 	), "")
 	e.checkScheduling(map[string]string{"k-rr": "kernel", "k-wrr": "kernel", "k-sh": "kernel", "k-shport": "kernel",
 		"k-mh": "kernel", "k-udp": "kernel", "d-lc": "daemon"})
-	if n := elementsOf(t, "slots_", fmt.Sprintf("_%d", ksMH)); n != 251 {
+	if n := ksElements(t, "slots_", fmt.Sprintf("_%d", ksMH)); n != 251 {
 		t.Errorf("mh with mh_table_size 251: its slots map has %d elements, want 251", n)
 	}
-	names := e.names(hs1, hs2, hs3)
+	names := ksNames(hs1, hs2, hs3)
 
-	q0 := queued(t)
+	q0 := ksQueued(t)
 	start := time.Now()
-	checkCycle(t, "rr", e.sequence(vip(ksRR), 30), map[string]int{hs1.Name: 1, hs2.Name: 1, hs3.Name: 1})
-	checkCycle(t, "wrr 3:1", e.sequence(vip(ksWRR), 40), map[string]int{hs1.Name: 3, hs2.Name: 1})
-	checkCycle(t, "udp rr", e.udpFlows(vip(ksUDP), 30), map[string]int{hs1.Name: 1, hs2.Name: 1, hs3.Name: 1})
+	ksCycle(t, "rr", e.sequence(ksAddr(ksRR), 30), map[string]int{hs1.Name: 1, hs2.Name: 1, hs3.Name: 1})
+	ksCycle(t, "wrr 3:1", e.sequence(ksAddr(ksWRR), 40), map[string]int{hs1.Name: 3, hs2.Name: 1})
+	ksCycle(t, "udp rr", e.udpFlows(ksAddr(ksUDP), 30), map[string]int{hs1.Name: 1, hs2.Name: 1, hs3.Name: 1})
 	clients := ksClientAddrs()
-	sh := e.bySource(vip(ksSH), clients)
-	checkSpread(t, "sh", sh, names, ksClients/6)
-	mh := e.bySource(vip(ksMH), clients)
-	checkSpread(t, "mh", mh, names, ksClients/6)
+	sh := e.bySource(ksAddr(ksSH), clients)
+	ksSpread(t, "sh", sh, names, ksClients/6)
+	mh := e.bySource(ksAddr(ksMH), clients)
+	ksSpread(t, "mh", mh, names, ksClients/6)
 	// sh_port hashes the source port too: one client spreads.
-	if c := counts(e.sequence(vip(ksSHPort), 30)); len(c) < 2 {
+	if c := ksCounts(e.sequence(ksAddr(ksSHPort), 30)); len(c) < 2 {
 		t.Errorf("sh with sh_port: 30 connections from one client all went to %v", c)
 	}
 	kernelTook := time.Since(start)
-	if q := queued(t); q != q0 {
+	if q := ksQueued(t); q != q0 {
 		t.Errorf("the kernel-scheduled services' connections queued %d packets to the daemon, want none", q-q0)
 	} else {
 		t.Logf("kernel-scheduled: %d connections and 30 UDP flows in %v, 0 packets queued", 30+40+2*2*ksClients+30, kernelTook.Round(time.Millisecond))
 	}
 	// lc: each SYN goes up to the daemon.
-	q1 := queued(t)
-	lc := e.sequence(vip(ksLC), 10)
-	if q := queued(t); q < q1+10 {
+	q1 := ksQueued(t)
+	lc := e.sequence(ksAddr(ksLC), 10)
+	if q := ksQueued(t); q < q1+10 {
 		t.Errorf("lc: 10 connections queued %d packets, want at least their 10 SYNs", q-q1)
 	} else {
-		t.Logf("lc (daemon-scheduled): 10 connections queued %d packets; servers %v", q-q1, counts(lc))
+		t.Logf("lc (daemon-scheduled): 10 connections queued %d packets; servers %v", q-q1, ksCounts(lc))
 	}
 
 	// Connections counted from conntrack: six held on k-rr.
 	var held []net.Conn
 	for range 6 {
-		c, _, err := e.ksDial(netip.Addr{}, vip(ksRR))
+		c, _, err := e.ksDial(netip.Addr{}, ksAddr(ksRR))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -648,9 +651,9 @@ func TestKernelSchedShares(t *testing.T) {
 	)
 	dv := func(port int) string { return net.JoinHostPort(ksDNATVIP, strconv.Itoa(port)) }
 	start = time.Now()
-	checkCycle(t, "plain DNAT numgen mod 3", e.sequence(dv(ksRR), 30), map[string]int{hs1.Name: 1, hs2.Name: 1, hs3.Name: 1})
-	checkCycle(t, "plain DNAT numgen mod 4 (0-2, 3)", e.sequence(dv(ksWRR), 40), map[string]int{hs1.Name: 3, hs2.Name: 1})
-	checkSpread(t, "plain DNAT jhash ip saddr", e.bySource(dv(ksSH), clients), names, ksClients/6)
+	ksCycle(t, "plain DNAT numgen mod 3", e.sequence(dv(ksRR), 30), map[string]int{hs1.Name: 1, hs2.Name: 1, hs3.Name: 1})
+	ksCycle(t, "plain DNAT numgen mod 4 (0-2, 3)", e.sequence(dv(ksWRR), 40), map[string]int{hs1.Name: 3, hs2.Name: 1})
+	ksSpread(t, "plain DNAT jhash ip saddr", e.bySource(dv(ksSH), clients), names, ksClients/6)
 	t.Logf("plain DNAT: %d connections in %v", 30+40+2*ksClients, time.Since(start).Round(time.Millisecond))
 	t.Logf("compared with plain nft DNAT: the same exact rr/wrr cycles and the same stickiness by source; " +
 		"nfhelperd also counts the connections per server (conntrack), keeps weights, quiesce and down servers " +
@@ -702,26 +705,26 @@ func TestKernelSchedWeights(t *testing.T) {
 		)
 	}
 	e.d = e.start(cfg(3, 1), "")
-	q0 := queued(t)
-	checkCycle(t, "wrr 3:1", e.sequence(vip(ksWRR), 40), map[string]int{hs1.Name: 3, hs2.Name: 1})
+	q0 := ksQueued(t)
+	ksCycle(t, "wrr 3:1", e.sequence(ksAddr(ksWRR), 40), map[string]int{hs1.Name: 3, hs2.Name: 1})
 
 	e.d.reload(cfg(1, 3))
-	checkCycle(t, "wrr 1:3 after reload", e.sequence(vip(ksWRR), 40), map[string]int{hs1.Name: 1, hs2.Name: 3})
+	ksCycle(t, "wrr 1:3 after reload", e.sequence(ksAddr(ksWRR), 40), map[string]int{hs1.Name: 1, hs2.Name: 3})
 
 	e.mustCtl("k-wrr", hs1.V4+":"+strconv.Itoa(ksWRR), "weight", "5")
-	checkCycle(t, "wrr 5:3 after nfhelperctl weight 5", e.sequence(vip(ksWRR), 40), map[string]int{hs1.Name: 5, hs2.Name: 3})
+	ksCycle(t, "wrr 5:3 after nfhelperctl weight 5", e.sequence(ksAddr(ksWRR), 40), map[string]int{hs1.Name: 5, hs2.Name: 3})
 
 	e.mustCtl("k-wrr", hs1.V4+":"+strconv.Itoa(ksWRR), "weight", "0")
-	if c := counts(e.sequence(vip(ksWRR), 20)); c[hs2.Name] != 20 {
+	if c := ksCounts(e.sequence(ksAddr(ksWRR), 20)); c[hs2.Name] != 20 {
 		t.Errorf("wrr with %s quiesced (weight 0): %v, want all on %s", hs1.Name, c, hs2.Name)
 	}
 	e.mustCtl("k-rr", hs2.V4+":"+strconv.Itoa(ksRR), "weight", "0")
-	checkCycle(t, "rr with hs2 quiesced", e.sequence(vip(ksRR), 20), map[string]int{hs1.Name: 1, hs3.Name: 1})
+	ksCycle(t, "rr with hs2 quiesced", e.sequence(ksAddr(ksRR), 20), map[string]int{hs1.Name: 1, hs3.Name: 1})
 
 	// Weight 1 again gives hs2 its share back.
 	e.mustCtl("k-rr", hs2.V4+":"+strconv.Itoa(ksRR), "weight", "1")
-	checkCycle(t, "rr with hs2 back", e.sequence(vip(ksRR), 30), map[string]int{hs1.Name: 1, hs2.Name: 1, hs3.Name: 1})
-	if q := queued(t); q != q0 {
+	ksCycle(t, "rr with hs2 back", e.sequence(ksAddr(ksRR), 30), map[string]int{hs1.Name: 1, hs2.Name: 1, hs3.Name: 1})
+	if q := ksQueued(t); q != q0 {
 		t.Errorf("kernel-scheduled connections queued %d packets to the daemon, want none", q-q0)
 	}
 }
@@ -741,8 +744,8 @@ func TestKernelSchedPersistence(t *testing.T) {
 	persist := "    persistence:\n      timeout: 300s\n      prefix4: 24\n"
 	e.d = e.start(hcConfig(ksService("k-persist", "tcp", "rr", ksPersist, persist, hs1.V4, hs2.V4, hs3.V4)), t.TempDir())
 	e.checkScheduling(map[string]string{"k-persist": "kernel"})
-	addr := vip(ksPersist)
-	q0 := queued(t)
+	addr := ksAddr(ksPersist)
+	q0 := ksQueued(t)
 
 	// networks connects from both addresses of networks first..last-1,
 	// twice each, and returns each network's server.
@@ -754,7 +757,7 @@ func TestKernelSchedPersistence(t *testing.T) {
 				e.mustConnect(ksNetAddr(n, 1), addr), e.mustConnect(ksNetAddr(n, 2), addr),
 				e.mustConnect(ksNetAddr(n, 1), addr), e.mustConnect(ksNetAddr(n, 2), addr),
 			}
-			if c := counts(got); len(c) != 1 {
+			if c := ksCounts(got); len(c) != 1 {
 				t.Errorf("network 198.18.%d.0/24 went to %v, want one server", n, got)
 			}
 			m[n] = got[0]
@@ -781,7 +784,7 @@ func TestKernelSchedPersistence(t *testing.T) {
 		if rs != want {
 			t.Errorf("nfhelperctl services: %d templates, want %d", rs, want)
 		}
-		if n := elementsOf(t, "persist_", fmt.Sprintf("_%d", ksPersist)); n != want {
+		if n := ksElements(t, "persist_", fmt.Sprintf("_%d", ksPersist)); n != want {
 			t.Errorf("the persist map holds %d templates, want %d", n, want)
 		}
 	}
@@ -793,11 +796,11 @@ func TestKernelSchedPersistence(t *testing.T) {
 		per[s]++
 	}
 	// The misses are scheduled round robin: 6 networks, 2 per server.
-	if !mapsEqual(per, map[string]int{hs1.Name: 2, hs2.Name: 2, hs3.Name: 2}) {
+	if !ksEqual(per, map[string]int{hs1.Name: 2, hs2.Name: 2, hs3.Name: 2}) {
 		t.Errorf("6 networks by server: %v, want 2 each (rr over the misses)", per)
 	}
 	templates(first)
-	if q := queued(t); q != q0 {
+	if q := ksQueued(t); q != q0 {
 		t.Errorf("persistent kernel-scheduled connections queued %d packets, want none", q-q0)
 	}
 
@@ -875,7 +878,7 @@ func TestKernelSchedServerDown(t *testing.T) {
 	for _, s := range e.servers {
 		stops[s] = e.ksServe(s, ports, nil)
 	}
-	check := "    health_check:\n" + indent(rhythm("tcp"), "      ")
+	check := "    health_check:\n" + ksIndent(rhythm("tcp"), "      ")
 	persist := "    persistence:\n      timeout: 300s\n      prefix4: 24\n"
 	all := []string{hs1.V4, hs2.V4, hs3.V4}
 	e.d = e.start(hcConfig(
@@ -894,13 +897,13 @@ func TestKernelSchedServerDown(t *testing.T) {
 	e.userDNAT(fmt.Sprintf("ip daddr %s tcp dport %d dnat to jhash ip saddr mod 3 seed 0x1 map { 0 : %s, 1 : %s, 2 : %s }",
 		ksDNATVIP, ksSH, hs1.V4, hs2.V4, hs3.V4))
 	clients := ksClientAddrs()
-	sh0 := e.bySource(vip(ksSH), clients)
-	mh0 := e.bySource(vip(ksMH), clients)
+	sh0 := e.bySource(ksAddr(ksSH), clients)
+	mh0 := e.bySource(ksAddr(ksMH), clients)
 	var nets []netip.Addr
 	for n := range 6 {
 		nets = append(nets, ksNetAddr(n, 1))
 	}
-	p0 := e.bySource(vip(ksPersist), nets)
+	p0 := e.bySource(ksAddr(ksPersist), nets)
 
 	stops[hs2]()
 	for _, svc := range []struct {
@@ -910,11 +913,11 @@ func TestKernelSchedServerDown(t *testing.T) {
 		_, took := e.d.waitState(svc.name, hs2.V4+":"+strconv.Itoa(svc.port), "down", 10*time.Second)
 		t.Logf("%s: %s down %v after its listener closed", svc.name, hs2.Name, took.Round(time.Millisecond))
 	}
-	left := e.names(hs1, hs3)
-	sh1 := e.bySource(vip(ksSH), clients)
-	checkSpread(t, "sh, hs2 down", sh1, left, ksClients/6)
-	mh1 := e.bySource(vip(ksMH), clients)
-	checkSpread(t, "mh, hs2 down", mh1, left, ksClients/6)
+	left := ksNames(hs1, hs3)
+	sh1 := e.bySource(ksAddr(ksSH), clients)
+	ksSpread(t, "sh, hs2 down", sh1, left, ksClients/6)
+	mh1 := e.bySource(ksAddr(ksMH), clients)
+	ksSpread(t, "mh, hs2 down", mh1, left, ksClients/6)
 	stay, movedOthers := 0, 0
 	for c, s := range mh0 {
 		if s == hs2.Name {
@@ -929,7 +932,7 @@ func TestKernelSchedServerDown(t *testing.T) {
 	if movedOthers*5 > stay {
 		t.Errorf("mh: %d of %d clients whose server stayed up moved (Maglev's disruption should be small)", movedOthers, stay)
 	}
-	p1 := e.bySource(vip(ksPersist), nets)
+	p1 := e.bySource(ksAddr(ksPersist), nets)
 	for c, s := range p1 {
 		switch {
 		case s == hs2.Name:
@@ -964,7 +967,7 @@ func TestKernelSchedServerDown(t *testing.T) {
 		if what == "mh" {
 			port = ksMH
 		}
-		back := e.bySource(vip(port), clients)
+		back := e.bySource(ksAddr(port), clients)
 		diff := 0
 		for c, s := range m {
 			if back[c] != s {
@@ -977,7 +980,8 @@ func TestKernelSchedServerDown(t *testing.T) {
 	}
 }
 
-func indent(s, prefix string) string {
+// ksIndent prefixes every line of s.
+func ksIndent(s, prefix string) string {
 	var b strings.Builder
 	for _, l := range strings.Split(strings.TrimSpace(s), "\n") {
 		b.WriteString(prefix + l + "\n")
@@ -1028,11 +1032,11 @@ func TestKernelSchedFTP(t *testing.T) {
 	}{{"rr", ksVIP4, ksVIP6, false}, {"mh-persistent", ksVIP4mh, ksVIP6mh, true}} {
 		t.Run(c.name, func(t *testing.T) {
 			tg := target{ns: tp.Client, host4: c.v4, host6: c.v6, pasv4: c.v4, peer4: c.v4, peer6: c.v6}
-			q0 := queued(t)
+			q0 := ksQueued(t)
 			start := time.Now()
 			runMatrix(t, tg, "go")
 			runMatrix(t, tg, "curl")
-			t.Logf("12 sessions (big.bin each) in %v, %d packets queued", time.Since(start).Round(time.Millisecond), queued(t)-q0)
+			t.Logf("12 sessions (big.bin each) in %v, %d packets queued", time.Since(start).Round(time.Millisecond), ksQueued(t)-q0)
 			for _, host := range []string{c.v4, c.v6} {
 				seq := make([]string, 0, 4)
 				for range 4 {
@@ -1040,10 +1044,10 @@ func TestKernelSchedFTP(t *testing.T) {
 					seq = append(seq, strings.TrimSpace(r.results[0].Content))
 				}
 				switch {
-				case c.persistent && len(counts(seq)) != 1:
+				case c.persistent && len(ksCounts(seq)) != 1:
 					t.Errorf("%s (persistent): one client's sessions went to %v", host, seq)
 				case !c.persistent:
-					checkCycle(t, host+" rr", seq, map[string]int{"rs1": 1, "rs2": 1})
+					ksCycle(t, host+" rr", seq, map[string]int{"rs1": 1, "rs2": 1})
 				}
 			}
 		})
