@@ -14,7 +14,8 @@
 //	b) nfhelperd balancing the same VIP:port (service `bench`, no helper),
 //	   once per scheduler of -scheds, a fresh daemon each, with the user
 //	   table removed. rr, wrr, sh and mh are scheduled by nftables in the
-//	   kernel, lc, wlc, sed and nq by the daemon from the queued SYN.
+//	   kernel, lc, wlc, sed and nq by the daemon from the queued SYN (the
+//	   report says which by the packets queued per connection).
 //
 // It prints (and writes to DIR/bench-e2e.txt, raw results to
 // DIR/bench-e2e.jsonl) the median connections/s and their spread, the ratio
@@ -66,18 +67,6 @@ type options struct {
 	scheds   []string
 	srcs     int
 	persist  int
-}
-
-// kernelScheduled are the schedulers nftables runs in the kernel (as
-// ipvs.KernelScheduled says); the others are the daemon's.
-var kernelScheduled = map[string]bool{"rr": true, "wrr": true, "sh": true, "mh": true}
-
-// who is who schedules sched's connections.
-func who(sched string) string {
-	if kernelScheduled[sched] {
-		return "kernel"
-	}
-	return "daemon"
 }
 
 func main() {
@@ -697,7 +686,7 @@ func (b *bench) report(samples []sample, pm *persistResult, runErr error) string
 	fmt.Fprintf(&sb, "load: %d workers, connect + read banner + close with reset; %d rounds x %v (+%v warmup), a then each b in every round\n",
 		b.o.workers, b.o.rounds, b.o.duration, b.o.warmup)
 	fmt.Fprintf(&sb, "a = kernel DNAT (nft numgen inc mod 2, no daemon); b = nfhelperd (service bench, no helper, queues %s), a fresh daemon per scheduler: %s\n\n",
-		queuesText(b.o.queues), b.schedsText())
+		queuesText(b.o.queues), strings.Join(b.o.scheds, ", "))
 
 	tw := tabwriter.NewWriter(&sb, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "round\tsystem\tconns/s\tp50 us\tp99 us\tfailures\thost busy\thost CPU us/conn\tnfhelperd CPU us/conn\tqueued pkts/conn\t")
@@ -745,13 +734,16 @@ func (b *bench) report(samples []sample, pm *persistResult, runErr error) string
 		}
 		name, by, ratio, d, q := "a kernel DNAT", "kernel", "1", "-", "-"
 		if k != "dnat" {
-			sc := strings.TrimPrefix(k, "nfhelperd ")
-			name, by = "b nfhelperd "+sc, who(sc)
+			name = "b " + k
 			ratio = fmt.Sprintf("%.3f (%.3f-%.3f)", median(st.ratio), slices.Min(st.ratio), slices.Max(st.ratio))
 		}
 		if len(st.daemonPerConn) > 0 {
 			d = fmt.Sprintf("%.1f", median(st.daemonPerConn))
 			q = fmt.Sprintf("%.2f", median(st.queuedPerConn))
+			// Who scheduled, as measured: a SYN the daemon schedules is queued.
+			if by = "daemon"; median(st.queuedPerConn) < 0.1 {
+				by = "kernel"
+			}
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.1f%%\t%s\t%.0f\t%.0f\t%d\t%d\t%.1f\t%s\t%s\t%s\t\n",
 			name, by, median(st.rate), spread(st.rate), ratio, median(st.p50), median(st.p99),
@@ -762,7 +754,7 @@ func (b *bench) report(samples []sample, pm *persistResult, runErr error) string
 		"generator, the servers, kernel NAT/softirq work and anything else running on the machine.\n" +
 		"nfhelperd CPU = utime+stime of its process during the measured run (10 ms resolution).\n" +
 		"queued pkts/conn = packets the router queued to the daemon during the measured run (NFQUEUE\n" +
-		"id_sequence, all queues) / completed connections.\n")
+		"id_sequence, all queues) / completed connections; scheduled by says kernel where it is below 0.1.\n")
 	if pm != nil {
 		sb.WriteString("\n")
 		pm.report(&sb)
@@ -772,15 +764,6 @@ func (b *bench) report(samples []sample, pm *persistResult, runErr error) string
 	}
 	fmt.Fprintf(&sb, "\nreproduce (as root, from the module root):\n  %s\n", b.command())
 	return sb.String()
-}
-
-// schedsText lists the schedulers with who schedules each.
-func (b *bench) schedsText() string {
-	var parts []string
-	for _, sc := range b.o.scheds {
-		parts = append(parts, sc+" ("+who(sc)+")")
-	}
-	return strings.Join(parts, ", ")
 }
 
 func (b *bench) command() string {
