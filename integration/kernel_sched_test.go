@@ -690,8 +690,9 @@ func (e *ksEnv) waitActive(svc string, addrs []string, port, n int) {
 }
 
 // TestKernelSchedWeights: weights change by reload and by nfhelperctl
-// server ... weight; wrr's shares follow at once and exactly, a quiesced
-// server (weight 0) gets no new connections and the others share them.
+// server ... weight; wrr's shares follow at once (when the reload or the
+// command returns) and exactly, a quiesced server (weight 0, by reload or
+// by command) gets no new connections and the others share them.
 func TestKernelSchedWeights(t *testing.T) {
 	e := needKernelSched(t)
 	hs1, hs2, hs3 := e.servers[0], e.servers[1], e.servers[2]
@@ -710,7 +711,12 @@ func TestKernelSchedWeights(t *testing.T) {
 
 	e.d.reload(cfg(1, 3))
 	ksCycle(t, "wrr 1:3 after reload", e.sequence(ksAddr(ksWRR), 40), map[string]int{hs1.Name: 1, hs2.Name: 3})
+	e.d.reload(cfg(0, 3))
+	if c := ksCounts(e.sequence(ksAddr(ksWRR), 20)); c[hs2.Name] != 20 {
+		t.Errorf("wrr with %s quiesced by reload (weight 0): %v, want all on %s", hs1.Name, c, hs2.Name)
+	}
 
+	// The command's weight overrides the configuration's.
 	e.mustCtl("k-wrr", hs1.V4+":"+strconv.Itoa(ksWRR), "weight", "5")
 	ksCycle(t, "wrr 5:3 after nfhelperctl weight 5", e.sequence(ksAddr(ksWRR), 40), map[string]int{hs1.Name: 5, hs2.Name: 3})
 
@@ -913,6 +919,15 @@ func TestKernelSchedServerDown(t *testing.T) {
 		_, took := e.d.waitState(svc.name, hs2.V4+":"+strconv.Itoa(svc.port), "down", 10*time.Second)
 		t.Logf("%s: %s down %v after its listener closed", svc.name, hs2.Name, took.Round(time.Millisecond))
 	}
+	// The checks' verdict reaches the kernel's slot maps in a batch of its
+	// own: wait (polling) until a client of hs2 is answered by another.
+	for _, c := range []struct {
+		what string
+		port int
+		by   map[netip.Addr]string
+	}{{"sh", ksSH, sh0}, {"mh", ksMH, mh0}, {"persistence", ksPersist, p0}} {
+		e.waitMoved(c.what, ksAddr(c.port), c.by, hs2.Name)
+	}
 	left := ksNames(hs1, hs3)
 	sh1 := e.bySource(ksAddr(ksSH), clients)
 	ksSpread(t, "sh, hs2 down", sh1, left, ksClients/6)
@@ -977,6 +992,39 @@ func TestKernelSchedServerDown(t *testing.T) {
 		if diff > 0 {
 			t.Errorf("%s: %d clients on another server than before hs2 went down and came back (the tables are deterministic)", what, diff)
 		}
+	}
+}
+
+// waitMoved polls, from a client that by names as being on server, until
+// a connection to addr succeeds (reaches another server), and logs how
+// long that took.
+func (e *ksEnv) waitMoved(what, addr string, by map[netip.Addr]string, server string) {
+	t := e.t
+	t.Helper()
+	var src netip.Addr
+	for c, s := range by {
+		if s == server {
+			src = c
+			break
+		}
+	}
+	if !src.IsValid() {
+		t.Fatalf("%s: no client was on %s: %v", what, server, by)
+	}
+	start := time.Now()
+	for failed := 0; ; failed++ {
+		got, err := e.ksConnect(src, addr)
+		switch {
+		case err == nil && got != server:
+			t.Logf("%s: client %s moved from %s to %s %v after the check's verdict (%d connections failed meanwhile)",
+				what, src, server, got, time.Since(start).Round(time.Millisecond), failed)
+			return
+		case err == nil:
+			t.Fatalf("%s: client %s still reached %s, which is down", what, src, server)
+		case time.Since(start) > topo.Scaled(5*time.Second):
+			t.Fatalf("%s: client %s of %s still fails %v after the check's verdict: %v", what, src, server, time.Since(start), err)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
