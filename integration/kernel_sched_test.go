@@ -414,13 +414,16 @@ func ksQueued(t *testing.T) uint64 {
 }
 
 // scheduling reads `nfhelperctl --json services` and returns, per service
-// name, who schedules it ("kernel" or "daemon": the value of whichever
-// field of the service holds one of the two), and the services' JSON.
+// name, who schedules it (scheduled_by: "kernel" or "daemon"), and the
+// services' JSON.
 func (e *ksEnv) scheduling() (map[string]string, string) {
 	t := e.t
 	t.Helper()
 	var v struct {
-		Services []map[string]any `json:"services"`
+		Services []struct {
+			Name        string `json:"name"`
+			ScheduledBy string `json:"scheduled_by"`
+		} `json:"services"`
 	}
 	code, out, errOut := nfhelperctl(t, e.tp.ControlSocket(), "--json", "services")
 	if code != 0 {
@@ -431,12 +434,7 @@ func (e *ksEnv) scheduling() (map[string]string, string) {
 	}
 	m := map[string]string{}
 	for _, s := range v.Services {
-		name, _ := s["name"].(string)
-		for _, val := range s {
-			if str, ok := val.(string); ok && (str == "kernel" || str == "daemon") {
-				m[name] = str
-			}
-		}
+		m[s.Name] = s.ScheduledBy
 	}
 	return m, out
 }
@@ -568,7 +566,9 @@ func ksAddr(port int) string { return net.JoinHostPort(ksVIP4, strconv.Itoa(port
 // TestKernelSchedShares: rr, wrr (3:1), sh, sh with sh_port, mh (table
 // size 251) and rr over UDP are scheduled in the kernel: exact shares over
 // every cycle (rr, wrr), the same client always on the same server and
-// clients spread (sh, mh), and the daemon is handed none of their packets;
+// clients spread (sh, mh), and the daemon is handed none of their packets
+// (not even the servers' SYN-ACKs, though an FTP service, whose SYN-ACKs
+// the compat datapath queues, has the same servers at port 21);
 // lc is still scheduled by the daemon from the queued SYN (its packets do
 // move the queue: the check can fail). nfhelperctl services names who
 // schedules each and counts the kernel-scheduled connections from
@@ -590,9 +590,10 @@ func TestKernelSchedShares(t *testing.T) {
 		ksService("k-mh", "tcp", "mh", ksMH, "    mh_table_size: 251\n", all...),
 		ksService("k-udp", "udp", "rr", ksUDP, "", all...),
 		ksService("d-lc", "tcp", "lc", ksLC, "", all...),
+		ksFTPService("k-ftp", ksVIP4, "rr", "", false, hs1.V4, hs2.V4, hs3.V4),
 	), "")
 	e.checkScheduling(map[string]string{"k-rr": "kernel", "k-wrr": "kernel", "k-sh": "kernel", "k-shport": "kernel",
-		"k-mh": "kernel", "k-udp": "kernel", "d-lc": "daemon"})
+		"k-mh": "kernel", "k-udp": "kernel", "d-lc": "daemon", "k-ftp": "kernel"})
 	if n := ksElements(t, "slots_", fmt.Sprintf("_%d", ksMH)); n != 251 {
 		t.Errorf("mh with mh_table_size 251: its slots map has %d elements, want 251", n)
 	}
@@ -1037,16 +1038,24 @@ func ksIndent(s, prefix string) string {
 	return b.String()
 }
 
-// ksFTPService is an FTP service at vip:21 (IPv4 or IPv6) over rs1 and rs2.
-func ksFTPService(name, vip, sched, extra string, v6 bool) string {
-	s1, s2 := topo.RS1V4+":21", topo.RS2V4+":21"
+// ksFTPService is an FTP service at vip:21 (IPv4 or IPv6) over the
+// servers' port 21 (addresses, without brackets).
+func ksFTPService(name, vip, sched, extra string, v6 bool, servers ...string) string {
 	host := vip + ":21"
 	if v6 {
-		s1, s2 = "\"["+topo.RS1V6+"]:21\"", "\"["+topo.RS2V6+"]:21\""
 		host = "\"[" + vip + "]:21\""
 	}
-	return fmt.Sprintf("  - name: %s\n    vip: %s\n    scheduler: %s\n    helper: ftp\n%s    real_servers:\n      - address: %s\n      - address: %s\n",
-		name, host, sched, extra, s1, s2)
+	var b strings.Builder
+	fmt.Fprintf(&b, "  - name: %s\n    vip: %s\n    scheduler: %s\n    helper: ftp\n%s    real_servers:\n", name, host, sched, extra)
+	for _, s := range servers {
+		if v6 {
+			s = "\"[" + s + "]:21\""
+		} else {
+			s += ":21"
+		}
+		fmt.Fprintf(&b, "      - address: %s\n", s)
+	}
+	return b.String()
 }
 
 // TestKernelSchedFTP: FTP through kernel-scheduled services, rr without
@@ -1068,10 +1077,10 @@ func TestKernelSchedFTP(t *testing.T) {
 	e := &ksEnv{hcEnv: &hcEnv{t: t, tp: tp}}
 	persist := "    persistence:\n      timeout: 300s\n"
 	e.d = e.start(hcConfig(
-		ksFTPService("kftp-rr", ksVIP4, "rr", "", false),
-		ksFTPService("kftp-rr6", ksVIP6, "rr", "", true),
-		ksFTPService("kftp-mh", ksVIP4mh, "mh", persist, false),
-		ksFTPService("kftp-mh6", ksVIP6mh, "mh", persist, true),
+		ksFTPService("kftp-rr", ksVIP4, "rr", "", false, topo.RS1V4, topo.RS2V4),
+		ksFTPService("kftp-rr6", ksVIP6, "rr", "", true, topo.RS1V6, topo.RS2V6),
+		ksFTPService("kftp-mh", ksVIP4mh, "mh", persist, false, topo.RS1V4, topo.RS2V4),
+		ksFTPService("kftp-mh6", ksVIP6mh, "mh", persist, true, topo.RS1V6, topo.RS2V6),
 	), "")
 	e.checkScheduling(map[string]string{"kftp-rr": "kernel", "kftp-rr6": "kernel", "kftp-mh": "kernel", "kftp-mh6": "kernel"})
 	for _, c := range []struct {
