@@ -1110,3 +1110,35 @@ func TestKernelSchedFTP(t *testing.T) {
 		})
 	}
 }
+
+// TestKernelSchedDaemonKilled: the kernel-scheduled services need no
+// daemon. After a kill -9 (the table stays), rr keeps its exact cycle and
+// a persistent client its server.
+func TestKernelSchedDaemonKilled(t *testing.T) {
+	e := needKernelSched(t)
+	hs1, hs2, hs3 := e.servers[0], e.servers[1], e.servers[2]
+	for _, s := range e.servers {
+		e.ksServe(s, []int{ksRR, ksPersist}, nil)
+	}
+	all := []string{hs1.V4, hs2.V4, hs3.V4}
+	persist := "    persistence:\n      timeout: 300s\n      prefix4: 24\n"
+	e.d = e.start(hcConfig(
+		ksService("k-rr", "tcp", "rr", ksRR, "", all...),
+		ksService("k-persist", "tcp", "rr", ksPersist, persist, all...),
+	), "")
+	var nets []netip.Addr
+	for n := range 6 {
+		nets = append(nets, ksNetAddr(n, 1))
+	}
+	before := e.bySource(ksAddr(ksPersist), nets)
+	if err := e.d.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	ksCycle(t, "rr, daemon killed", e.sequence(ksAddr(ksRR), 30), map[string]int{hs1.Name: 1, hs2.Name: 1, hs3.Name: 1})
+	after := e.bySource(ksAddr(ksPersist), nets)
+	for c, s := range before {
+		if after[c] != s {
+			t.Errorf("persistent client %s: %s before the kill, %s after", c, s, after[c])
+		}
+	}
+}
