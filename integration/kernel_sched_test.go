@@ -796,6 +796,8 @@ func TestKernelSchedPersistence(t *testing.T) {
 		}
 		if n := ksElements(t, "persist_", fmt.Sprintf("_%d", ksPersist)); n != want {
 			t.Errorf("the persist map holds %d templates, want %d", n, want)
+		} else {
+			t.Logf("%d templates (nfhelperctl and the persist map)", n)
 		}
 	}
 
@@ -809,6 +811,7 @@ func TestKernelSchedPersistence(t *testing.T) {
 	if !ksEqual(per, map[string]int{hs1.Name: 2, hs2.Name: 2, hs3.Name: 2}) {
 		t.Errorf("6 networks by server: %v, want 2 each (rr over the misses)", per)
 	}
+	t.Logf("6 networks, both addresses twice each: network -> server %v", owner)
 	templates(first)
 	if q := ksQueued(t); q != q0 {
 		t.Errorf("persistent kernel-scheduled connections queued %d packets, want none", q-q0)
@@ -820,6 +823,7 @@ func TestKernelSchedPersistence(t *testing.T) {
 	e.d.handOver()
 	same("after a hand-over", owner)
 	templates(first)
+	t.Logf("after a restart and a hand-over every network is on its server")
 
 	// Quiesce the server of network 0: it keeps its networks, takes no new.
 	victim := owner[0]
@@ -831,11 +835,13 @@ func TestKernelSchedPersistence(t *testing.T) {
 	}
 	e.mustCtl("k-persist", vaddr, "weight", "0")
 	same("with "+victim+" quiesced", owner)
-	for n, s := range networks(first, first+4) {
+	fresh := networks(first, first+4)
+	for n, s := range fresh {
 		if s == victim {
 			t.Errorf("new network %d went to the quiesced %s", n, s)
 		}
 	}
+	t.Logf("%s quiesced: its networks stay, 4 new ones went to %v", victim, fresh)
 	templates(first + 4)
 
 	// Down: its templates go, its networks move; the others stay.
@@ -849,6 +855,7 @@ func TestKernelSchedPersistence(t *testing.T) {
 			t.Errorf("network %d moved from %s to %s though its server is up", n, owner[n], s)
 		}
 	}
+	t.Logf("%s down: networks now %v", victim, moved)
 }
 
 // templates is the persistence template count nfhelperctl reports for svc
