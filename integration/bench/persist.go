@@ -46,7 +46,10 @@ type persistRun struct {
 	MapElems    int              `json:"map_elements"`
 	FillTime    time.Duration    `json:"fill_ns"`
 	RSSBefore   int64            `json:"rss_before_kb"`
-	RSSAfter    int64            `json:"rss_after_kb"`
+	RSSFill     int64            `json:"rss_fill_kb"`  // after the fill, before any control request
+	RSSAfter    int64            `json:"rss_after_kb"` // after the services requests that counted the templates
+	CtlTime     time.Duration    `json:"services_ns"`  // the last of those requests
+	CtlCalls    int              `json:"services_requests"`
 	SlabBefore  int64            `json:"sunreclaim_before_kb"`
 	SlabAfter   int64            `json:"sunreclaim_after_kb"`
 	SlabFlushed int64            `json:"sunreclaim_flushed_kb,omitempty"` // rr: after the persist map was flushed
@@ -122,22 +125,26 @@ func (b *bench) persistRun(ctx context.Context, sched string) (r persistRun) {
 	if r.Sent, err = b.synFill(ctx, b.o.persist); err != nil {
 		return fail(err)
 	}
-	// Wait for the last templates (lc: the daemon's queue drains).
+	r.FillTime = time.Since(t0)
+	var caches1 map[string]int64
+	r.SlabAfter, caches1 = settle()
+	r.RSSFill = procRSS(d.Pid())
+	// Count the templates (lc: once the daemon's queue has drained). A
+	// request reads a kernel-scheduled service's templates from its map.
 	last := -1
 	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(500 * time.Millisecond) {
+		c0 := time.Now()
 		n, err := templates(ctx, cl)
 		if err != nil {
 			return fail(err)
 		}
-		r.Templates = n
+		r.CtlTime, r.Templates = time.Since(c0), n
+		r.CtlCalls++
 		if n >= r.Sent || n == last {
 			break
 		}
 		last = n
 	}
-	r.FillTime = time.Since(t0)
-	var caches1 map[string]int64
-	r.SlabAfter, caches1 = settle()
 	r.RSSAfter = procRSS(d.Pid())
 	r.Caches = topGrowth(caches0, caches1, 4)
 	// Kernel-scheduled persistence keeps its templates in a persist_* map.
@@ -365,8 +372,9 @@ func (pm *persistResult) report(sb *strings.Builder) {
 			}
 			return fmt.Sprintf("%.0f B/template", float64(kb)*1024/float64(r.Templates))
 		}
-		fmt.Fprintf(sb, "    daemon RSS %d -> %d kB (%s); SUnreclaim %d -> %d kB (%s)",
-			r.RSSBefore, r.RSSAfter, perT(r.RSSAfter-r.RSSBefore), r.SlabBefore, r.SlabAfter, perT(r.SlabAfter-r.SlabBefore))
+		fmt.Fprintf(sb, "    daemon RSS %d -> %d kB after the fill (%s), %d kB after %d services requests counting them (the last took %v); SUnreclaim %d -> %d kB (%s)",
+			r.RSSBefore, r.RSSFill, perT(r.RSSFill-r.RSSBefore), r.RSSAfter, r.CtlCalls, r.CtlTime.Round(time.Millisecond),
+			r.SlabBefore, r.SlabAfter, perT(r.SlabAfter-r.SlabBefore))
 		if r.SlabFlushed > 0 {
 			fmt.Fprintf(sb, "; after flushing the map %d kB (%s freed)", r.SlabFlushed, perT(r.SlabAfter-r.SlabFlushed))
 		}
