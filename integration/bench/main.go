@@ -11,6 +11,8 @@
 //
 //	a) plain kernel DNAT: a table `ip nfhbench` in the router namespace with
 //	   `dnat to numgen inc mod 2 map { 0 : rs1, 1 : rs2 }`, no daemon;
+//	a') the same with nfhelperd running beside it (a service on port 8081,
+//	   -beside): what its ruleset costs traffic that is not its own;
 //	b) nfhelperd balancing the same VIP:port (service `bench`, no helper),
 //	   once per scheduler of -scheds, a fresh daemon each, with the user
 //	   table removed. rr, wrr, sh and mh are scheduled by nftables in the
@@ -52,6 +54,7 @@ import (
 
 const (
 	port       = "8080"
+	besidePort = 8081 // nfhelperd's service while it runs beside the user's DNAT
 	userTable  = "nfhbench"
 	clockTicks = 100 // USER_HZ: the unit of /proc/PID/stat and /proc/stat times
 )
@@ -67,6 +70,7 @@ type options struct {
 	scheds   []string
 	srcs     int
 	persist  int
+	beside   bool
 }
 
 func main() {
@@ -81,6 +85,7 @@ func main() {
 	scheds := flag.String("scheds", "rr,wrr,sh,mh,lc,wlc", "nfhelperd's schedulers, each measured against kernel DNAT in every round")
 	flag.IntVar(&o.srcs, "srcs", 64, "client source addresses, used in turn (203.0.113.100 on)")
 	flag.IntVar(&o.persist, "persist", 100000, "persistent clients whose memory is measured after the rounds (0: skip)")
+	flag.BoolVar(&o.beside, "beside", true, "also measure kernel DNAT with nfhelperd running beside it (a service on another port): what its table costs traffic that is not its own")
 	flag.Parse()
 	for _, sc := range strings.Split(*scheds, ",") {
 		switch sc = strings.TrimSpace(sc); sc {
@@ -106,7 +111,7 @@ func logf(format string, args ...any) {
 
 // sample is one measured run.
 type sample struct {
-	Mode  string  `json:"mode"`                // "dnat" or "nfhelperd"
+	Mode  string  `json:"mode"`                // "dnat", "dnat-beside" or "nfhelperd"
 	Sched string  `json:"scheduler,omitempty"` // nfhelperd's
 	Round int     `json:"round"`
 	Load  result  `json:"load"`
@@ -124,10 +129,11 @@ type sample struct {
 	StopLine  string  `json:"daemon_stop_line,omitempty"`
 }
 
-// key names the system measured: "dnat" or "nfhelperd <scheduler>".
+// key names the system measured: "dnat", "dnat-beside" or "nfhelperd
+// <scheduler>".
 func (s sample) key() string {
-	if s.Mode == "dnat" {
-		return "dnat"
+	if s.Mode != "nfhelperd" {
+		return s.Mode
 	}
 	return "nfhelperd " + s.Sched
 }
@@ -300,6 +306,12 @@ func (b *bench) setup(ctx context.Context) error {
 		}
 		b.cfgPaths[sched] = p
 	}
+	beside := fmt.Sprintf("services:\n  - name: beside\n    vip: %s:%d\n    real_servers:\n      - address: %s:%d\n",
+		topo.VIP4, besidePort, topo.RS1V4, besidePort)
+	b.cfgPaths["beside"] = filepath.Join(b.tmp, "nfhelperd-beside.yaml")
+	if err := os.WriteFile(b.cfgPaths["beside"], []byte(beside), 0o644); err != nil {
+		return err
+	}
 	rules := fmt.Sprintf(`table ip %s {
 	chain dstnat {
 		type nat hook prerouting priority dstnat; policy accept;
@@ -316,16 +328,20 @@ func (b *bench) measure(ctx context.Context) ([]sample, error) {
 		return nil, err
 	}
 	var samples []sample
+	first := []string{"dnat"}
+	if b.o.beside {
+		first = append(first, "dnat-beside")
+	}
 	for r := 1; r <= b.o.rounds; r++ {
-		for _, sched := range append([]string{""}, b.o.scheds...) {
+		for _, sched := range append(first, b.o.scheds...) {
 			if err := ctx.Err(); err != nil {
 				return samples, err
 			}
 			var s sample
 			var err error
-			if sched == "" {
-				s, err = b.runDNAT(ctx)
-				s.Mode = "dnat"
+			if sched == "dnat" || sched == "dnat-beside" {
+				s, err = b.runDNAT(ctx, sched == "dnat-beside")
+				s.Mode = sched
 			} else {
 				s, err = b.runDaemon(ctx, sched)
 				s.Mode, s.Sched = "nfhelperd", sched
@@ -347,9 +363,24 @@ func (b *bench) fresh(ctx context.Context) {
 	_, _ = b.tp.Run(ctx, b.tp.Router, "conntrack", "-F")
 }
 
-func (b *bench) runDNAT(ctx context.Context) (sample, error) {
+// runDNAT measures the user's DNAT; beside: with nfhelperd running a
+// service on another port.
+func (b *bench) runDNAT(ctx context.Context, beside bool) (sample, error) {
 	tp := b.tp
 	b.fresh(ctx)
+	pid := 0
+	if beside {
+		d, err := tp.StartDaemon(b.bin, b.cfgPaths["beside"])
+		if err != nil {
+			return sample{}, err
+		}
+		pid = d.Pid()
+		defer func() {
+			if st, err := d.Stop(); err != nil || st.ExitCode != 0 {
+				logf("nfhelperd (beside) stop: %+v %v (log %s)", st, err, d.LogPath)
+			}
+		}()
+	}
 	if _, err := tp.Run(ctx, tp.Router, "nft", "-f", b.nftPath); err != nil {
 		return sample{}, err
 	}
@@ -365,6 +396,10 @@ func (b *bench) runDNAT(ctx context.Context) (sample, error) {
 	}
 	var s sample
 	k0 := b.counters(ctx)
+	var c0 float64
+	if pid != 0 {
+		c0, _ = procCPU(pid)
+	}
 	h0, t0 := hostBusy()
 	res, err := b.load(ctx, b.o.duration, "dnat")
 	h1, t1 := hostBusy()
@@ -373,6 +408,15 @@ func (b *bench) runDNAT(ctx context.Context) (sample, error) {
 	}
 	s.Load, s.Host, s.Wall = res, h1-h0, t1.Sub(t0).Seconds()
 	s.Drops = delta(k0, b.counters(ctx))
+	if pid != 0 {
+		// Connections that are not its own must not wake it (conntrack
+		// events are filtered by mark).
+		c1, err := procCPU(pid)
+		if err != nil {
+			return s, err
+		}
+		s.DaemonCPU, s.Queued = c1-c0, queuedOf(s.Drops)
+	}
 	return s, nil
 }
 
@@ -412,11 +456,7 @@ func (b *bench) runDaemon(ctx context.Context, sched string) (sample, error) {
 	}
 	s.Load, s.Host, s.Wall, s.DaemonCPU = res, h1-h0, t1.Sub(t0).Seconds(), c1-c0
 	s.Drops = delta(k0, b.counters(ctx))
-	for k, n := range s.Drops {
-		if strings.HasPrefix(k, "router nfqueue ") && strings.HasSuffix(k, " packets") {
-			s.Queued += n
-		}
-	}
+	s.Queued = queuedOf(s.Drops)
 
 	stopped = true
 	st, err := d.Stop()
@@ -533,6 +573,17 @@ func (b *bench) counters(ctx context.Context) map[string]int64 {
 	return m
 }
 
+// queuedOf sums the packets queued to the daemon in counters' deltas.
+func queuedOf(d map[string]int64) int64 {
+	var n int64
+	for k, v := range d {
+		if strings.HasPrefix(k, "router nfqueue ") && strings.HasSuffix(k, " packets") {
+			n += v
+		}
+	}
+	return n
+}
+
 // delta is after-before of the counters that grew.
 func delta(before, after map[string]int64) map[string]int64 {
 	d := map[string]int64{}
@@ -637,7 +688,7 @@ func collect(samples []sample, key string) *stats {
 		}
 		if s.Load.Conns > 0 {
 			st.hostPerConn = append(st.hostPerConn, s.Host/float64(s.Load.Conns)*1e6)
-			if s.Mode == "nfhelperd" {
+			if s.Mode != "dnat" {
 				st.daemonPerConn = append(st.daemonPerConn, s.DaemonCPU/float64(s.Load.Conns)*1e6)
 				st.queuedPerConn = append(st.queuedPerConn, float64(s.Queued)/float64(s.Load.Conns))
 			}
@@ -685,14 +736,15 @@ func (b *bench) report(samples []sample, pm *persistResult, runErr error) string
 	}
 	fmt.Fprintf(&sb, "load: %d workers, connect + read banner + close with reset; %d rounds x %v (+%v warmup), a then each b in every round\n",
 		b.o.workers, b.o.rounds, b.o.duration, b.o.warmup)
-	fmt.Fprintf(&sb, "a = kernel DNAT (nft numgen inc mod 2, no daemon); b = nfhelperd (service bench, no helper, queues %s), a fresh daemon per scheduler: %s\n\n",
-		queuesText(b.o.queues), strings.Join(b.o.scheds, ", "))
+	fmt.Fprintf(&sb, "a = kernel DNAT (nft numgen inc mod 2, no daemon); a' = the same with nfhelperd running beside it (a service on port %d);\n"+
+		"b = nfhelperd (service bench, no helper, queues %s), a fresh daemon per scheduler: %s\n\n",
+		besidePort, queuesText(b.o.queues), strings.Join(b.o.scheds, ", "))
 
 	tw := tabwriter.NewWriter(&sb, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "round\tsystem\tconns/s\tp50 us\tp99 us\tfailures\thost busy\thost CPU us/conn\tnfhelperd CPU us/conn\tqueued pkts/conn\t")
 	for _, s := range samples {
 		d, q := "-", "-"
-		if s.Mode == "nfhelperd" && s.Load.Conns > 0 {
+		if s.Mode != "dnat" && s.Load.Conns > 0 {
 			d = fmt.Sprintf("%.1f", s.DaemonCPU/float64(s.Load.Conns)*1e6)
 			q = fmt.Sprintf("%.2f", float64(s.Queued)/float64(s.Load.Conns))
 		}
@@ -723,7 +775,7 @@ func (b *bench) report(samples []sample, pm *persistResult, runErr error) string
 
 	tw = tabwriter.NewWriter(&sb, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "summary (medians over rounds)\tscheduled by\tconns/s\tspread\t÷ a, per round\tp50 us\tp99 us\tconns\tfailures\thost CPU us/conn\tnfhelperd CPU us/conn\tqueued pkts/conn\tby server\t")
-	keys := []string{"dnat"}
+	keys := []string{"dnat", "dnat-beside"}
 	for _, sc := range b.o.scheds {
 		keys = append(keys, "nfhelperd "+sc)
 	}
@@ -735,6 +787,9 @@ func (b *bench) report(samples []sample, pm *persistResult, runErr error) string
 		name, by, ratio, d, q := "a kernel DNAT", "kernel", "1", "-", "-"
 		if k != "dnat" {
 			name = "b " + k
+			if k == "dnat-beside" {
+				name = "a' kernel DNAT, nfhelperd beside"
+			}
 			ratio = fmt.Sprintf("%.3f (%.3f-%.3f)", median(st.ratio), slices.Min(st.ratio), slices.Max(st.ratio))
 		}
 		if len(st.daemonPerConn) > 0 {
@@ -767,8 +822,8 @@ func (b *bench) report(samples []sample, pm *persistResult, runErr error) string
 }
 
 func (b *bench) command() string {
-	args := fmt.Sprintf("-rounds %d -duration %v -warmup %v -workers %d -scheds %s -srcs %d -persist %d",
-		b.o.rounds, b.o.duration, b.o.warmup, b.o.workers, strings.Join(b.o.scheds, ","), b.o.srcs, b.o.persist)
+	args := fmt.Sprintf("-rounds %d -duration %v -warmup %v -workers %d -scheds %s -srcs %d -persist %d -beside=%v",
+		b.o.rounds, b.o.duration, b.o.warmup, b.o.workers, strings.Join(b.o.scheds, ","), b.o.srcs, b.o.persist, b.o.beside)
 	if b.o.queues > 0 {
 		args += fmt.Sprintf(" -queues %d", b.o.queues)
 	}
