@@ -71,8 +71,9 @@ bench:
 
 # nfhelperd side by side with nft DNAT + the kernel's FTP helpers, plain DNAT
 # and direct access, in throw-away namespaces: per-packet verdict path, FTP
-# sessions/s, data throughput, packets per session reaching userspace,
-# control round trips, daemon memory at 0/10k/100k connections. Writes the
+# sessions/s (nfhelperd kernel- and daemon-scheduled), data throughput,
+# packets and CPU per session, control round trips, daemon memory at
+# 0/10k/100k connections. Writes the
 # "Side by side" section of docs/BENCHMARKS.md (FTPBENCH_DOC= to skip).
 # Options: FTPBENCH_ARGS='-rounds 5 -duration 5s -workers 8 -conns 10000,100000 ...'.
 FTPBENCH_DOC  ?= docs/BENCHMARKS.md
@@ -84,8 +85,11 @@ bench-ftp: deps
 # Every benchmark: bench, bench-e2e and bench-queue.
 bench-all: bench bench-e2e bench-queue
 
-# End-to-end connection rate (root): kernel DNAT vs nfhelperd through the VIP,
-# in throw-away namespaces. Options: BENCH_ARGS='-rounds 3 -duration 5s ...'.
+# End-to-end connection rate (root): kernel DNAT vs nfhelperd through the VIP
+# with each scheduler (rr, wrr, sh, mh in the kernel; lc, wlc in the daemon),
+# then the memory of 100,000 persistent clients (kernel map vs daemon), in
+# throw-away namespaces; about 4 minutes. Options: BENCH_ARGS='-rounds 3
+# -duration 5s -scheds rr,lc -persist 100000 ...'.
 bench-e2e: deps
 	$(GO) run ./integration/bench $(BENCH_ARGS)
 
@@ -151,7 +155,9 @@ deb-test: deb deps
 # once; binaries are built on the host into $(VMSHARE), the guest's writable
 # share. The suite runs once per datapath of VM_DATAPATHS
 # (NFHELPER_DATAPATH=...; `default`: the datapath the daemon picks).
-# VMTEST_ARGS go to the test binary (-test.run/-test.skip). By default the
+# VMTEST_ARGS go to the test binary (-test.run/-test.skip; e.g.
+# VMTEST_ARGS="-test.run '^TestKernelSched'" runs the kernel-scheduling
+# tests alone, on both datapaths). By default the
 # VM skips TestReloadUnderTraffic: under software emulation its transfers
 # (paced at 512 KiB/s) end before the reloads are checked, which it reports
 # as a failure of the test itself, not of the daemon.

@@ -1,26 +1,34 @@
 // Command bench is nfhelper's end-to-end connection-rate benchmark. Run it as
 // root from the module root (make bench-e2e):
 //
-//	go run ./integration/bench [-rounds 3] [-duration 5s] [-workers 64] [-out DIR]
+//	go run ./integration/bench [-rounds 3] [-duration 5s] [-workers 64] [-scheds rr,wrr,sh,mh,lc,wlc] [-persist 100000] [-out DIR]
 //
 // It builds the namespace topology of package topo (without the FTP
 // servers), starts integration/cmd/connbench as a banner server on port 8080
 // of rs1 and rs2, and then, alternating for -rounds rounds, measures short
-// TCP connections from the client to 198.51.100.10:8080 through
+// TCP connections from the client (from -srcs source addresses in turn, so
+// that sh and mh see many clients) to 198.51.100.10:8080 through
 //
 //	a) plain kernel DNAT: a table `ip nfhbench` in the router namespace with
 //	   `dnat to numgen inc mod 2 map { 0 : rs1, 1 : rs2 }`, no daemon;
-//	b) nfhelperd balancing the same VIP:port (service `bench`, rr, no helper),
-//	   with the user table removed.
+//	a') the same with nfhelperd running beside it (a service on port 8081,
+//	   -beside): what its ruleset costs traffic that is not its own;
+//	b) nfhelperd balancing the same VIP:port (service `bench`, no helper),
+//	   once per scheduler of -scheds, a fresh daemon each, with the user
+//	   table removed. rr, wrr, sh and mh are scheduled by nftables in the
+//	   kernel, lc, wlc, sed and nq by the daemon from the queued SYN (the
+//	   report says which by the packets queued per connection).
 //
 // It prints (and writes to DIR/bench-e2e.txt, raw results to
 // DIR/bench-e2e.jsonl) the median connections/s and their spread, the ratio
-// b/a, latency p50/p99 of connect + first byte, the CPU time nfhelperd spent
-// per connection (utime+stime from /proc/PID/stat), the whole host's busy
-// CPU time per connection (/proc/stat, which also counts anything else
-// running on the machine) and how many packets nfhelperd was handed per
-// connection. It asserts nothing about speed. Everything runs inside the
-// topology's namespaces and is removed at the end, also on Ctrl-C.
+// b/a per scheduler, latency p50/p99 of connect + first byte, the CPU time
+// nfhelperd spent per connection (utime+stime from /proc/PID/stat), the
+// whole host's busy CPU time per connection (/proc/stat, which also counts
+// anything else running on the machine) and how many packets the router
+// queued to nfhelperd per connection (NFQUEUE id_sequence). Then (-persist
+// N, 0 skips) the memory of N persistent clients: see persist.go. It
+// asserts nothing about speed. Everything runs inside the topology's
+// namespaces and is removed at the end, also on Ctrl-C.
 package main
 
 import (
@@ -46,6 +54,7 @@ import (
 
 const (
 	port       = "8080"
+	besidePort = 8081 // nfhelperd's service while it runs beside the user's DNAT
 	userTable  = "nfhbench"
 	clockTicks = 100 // USER_HZ: the unit of /proc/PID/stat and /proc/stat times
 )
@@ -58,21 +67,39 @@ type options struct {
 	workers  int
 	queues   int
 	out      string
+	scheds   []string
+	srcs     int
+	persist  int
+	beside   bool
 }
 
 func main() {
 	var o options
 	flag.StringVar(&o.bin, "bin", os.Getenv("NFH_DAEMON_BIN"), "nfhelperd binary (default $NFH_DAEMON_BIN, else go build ./cmd/nfhelperd)")
-	flag.IntVar(&o.rounds, "rounds", 3, "rounds; each measures kernel DNAT, then nfhelperd")
+	flag.IntVar(&o.rounds, "rounds", 3, "rounds; each measures kernel DNAT, then nfhelperd with each scheduler")
 	flag.DurationVar(&o.duration, "duration", 5*time.Second, "measured time of each run")
 	flag.DurationVar(&o.warmup, "warmup", time.Second, "unmeasured load before each run")
 	flag.IntVar(&o.workers, "workers", 64, "concurrent connections of the load generator")
 	flag.IntVar(&o.queues, "queues", 0, "nfhelperd queue count (config queue.count; 0: the daemon's default, one per CPU)")
 	flag.StringVar(&o.out, "out", "", "directory for bench-e2e.txt and bench-e2e.jsonl (default: a new temporary directory)")
+	scheds := flag.String("scheds", "rr,wrr,sh,mh,lc,wlc", "nfhelperd's schedulers, each measured against kernel DNAT in every round")
+	flag.IntVar(&o.srcs, "srcs", 64, "client source addresses, used in turn (203.0.113.100 on)")
+	flag.IntVar(&o.persist, "persist", 100000, "persistent clients whose memory is measured after the rounds (0: skip)")
+	flag.BoolVar(&o.beside, "beside", true, "also measure kernel DNAT with nfhelperd running beside it (a service on another port): what its table costs traffic that is not its own")
 	flag.Parse()
+	for _, sc := range strings.Split(*scheds, ",") {
+		switch sc = strings.TrimSpace(sc); sc {
+		case "rr", "wrr", "sh", "mh", "lc", "wlc", "sed", "nq":
+			o.scheds = append(o.scheds, sc)
+		default:
+			fmt.Fprintf(os.Stderr, "bench: -scheds: unknown scheduler %q\n", sc)
+			os.Exit(2)
+		}
+	}
 	if flag.NArg() > 0 || o.rounds < 1 || o.rounds > 50 || o.duration <= 0 || o.duration > 5*time.Minute ||
-		o.warmup < 0 || o.warmup > time.Minute || o.workers < 1 || o.workers > 4096 || o.queues < 0 || o.queues > 64 {
-		fmt.Fprintln(os.Stderr, "bench: bad arguments (rounds 1..50, duration <= 5m, warmup <= 1m, workers 1..4096, queues 0..64)")
+		o.warmup < 0 || o.warmup > time.Minute || o.workers < 1 || o.workers > 4096 || o.queues < 0 || o.queues > 64 ||
+		len(o.scheds) == 0 || o.srcs < 1 || o.srcs > 150 || o.persist < 0 || o.persist > 1000000 {
+		fmt.Fprintln(os.Stderr, "bench: bad arguments (rounds 1..50, duration <= 5m, warmup <= 1m, workers 1..4096, queues 0..64, srcs 1..150, persist 0..1000000, at least one scheduler)")
 		os.Exit(2)
 	}
 	os.Exit(run(o))
@@ -84,7 +111,8 @@ func logf(format string, args ...any) {
 
 // sample is one measured run.
 type sample struct {
-	Mode  string  `json:"mode"` // "dnat" or "nfhelperd"
+	Mode  string  `json:"mode"`                // "dnat", "dnat-beside" or "nfhelperd"
+	Sched string  `json:"scheduler,omitempty"` // nfhelperd's
 	Round int     `json:"round"`
 	Load  result  `json:"load"`
 	Host  float64 `json:"host_busy_s"` // whole-host busy CPU time during the run
@@ -95,9 +123,19 @@ type sample struct {
 	Drops map[string]int64 `json:"drops,omitempty"`
 	// nfhelperd only:
 	DaemonCPU float64 `json:"daemon_cpu_s,omitempty"`
+	Queued    int64   `json:"queued"`                     // packets the router queued to the daemon during the measured run
 	Packets   int64   `json:"daemon_packets,omitempty"`   // whole daemon life, warmup included
 	Scheduled int64   `json:"daemon_scheduled,omitempty"` // idem
 	StopLine  string  `json:"daemon_stop_line,omitempty"`
+}
+
+// key names the system measured: "dnat", "dnat-beside" or "nfhelperd
+// <scheduler>".
+func (s sample) key() string {
+	if s.Mode != "nfhelperd" {
+		return s.Mode
+	}
+	return "nfhelperd " + s.Sched
 }
 
 // result mirrors connbench's JSON line.
@@ -161,8 +199,14 @@ func run(o options) int {
 	}()
 	logf("topology %s up", tp.ID)
 
-	b := &bench{o: o, tp: tp, connbench: connbench, bin: bin, tmp: tmp}
+	b := &bench{o: o, tp: tp, connbench: connbench, bin: bin, tmp: tmp, cfgPaths: map[string]string{}}
 	samples, err := b.measure(ctx)
+	var pm *persistResult
+	if err == nil && o.persist > 0 {
+		if pm, err = b.persistMemory(ctx); err != nil {
+			logf("persistent clients: %v", err)
+		}
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			logf("interrupted")
@@ -173,7 +217,7 @@ func run(o options) int {
 			return 1
 		}
 	}
-	report := b.report(samples, err)
+	report := b.report(samples, pm, err)
 	fmt.Print(report)
 	txt, jsonl := filepath.Join(out, "bench-e2e.txt"), filepath.Join(out, "bench-e2e.jsonl")
 	werr := os.WriteFile(txt, []byte(report), 0o644)
@@ -200,8 +244,9 @@ type bench struct {
 	connbench string
 	bin       string
 	tmp       string
-	cfgPath   string
+	cfgPaths  map[string]string // by scheduler
 	nftPath   string
+	srcs      []string // the client's source addresses
 }
 
 func (b *bench) setup(ctx context.Context) error {
@@ -232,19 +277,39 @@ func (b *bench) setup(ctx context.Context) error {
 		}
 	}
 
-	cfg := fmt.Sprintf(`services:
+	var batch strings.Builder
+	for i := range b.o.srcs {
+		a := fmt.Sprintf("203.0.113.%d", 100+i)
+		b.srcs = append(b.srcs, a)
+		fmt.Fprintf(&batch, "addr add %s/32 dev eth0\n", a)
+	}
+	c := tp.CommandContext(ctx, tp.Client, "ip", "-batch", "-")
+	c.Stdin = strings.NewReader(batch.String())
+	if out, err := c.CombinedOutput(); err != nil {
+		return fmt.Errorf("client addresses: %w: %s", err, out)
+	}
+	for _, sched := range b.o.scheds {
+		cfg := fmt.Sprintf(`services:
   - name: bench
     vip: %s:%s
-    scheduler: rr
+    scheduler: %s
     real_servers:
       - address: %s:%s
       - address: %s:%s
-`, topo.VIP4, port, topo.RS1V4, port, topo.RS2V4, port)
-	if b.o.queues > 0 {
-		cfg += fmt.Sprintf("queue:\n  count: %d\n", b.o.queues)
+`, topo.VIP4, port, sched, topo.RS1V4, port, topo.RS2V4, port)
+		if b.o.queues > 0 {
+			cfg += fmt.Sprintf("queue:\n  count: %d\n", b.o.queues)
+		}
+		p := filepath.Join(b.tmp, "nfhelperd-bench-"+sched+".yaml")
+		if err := os.WriteFile(p, []byte(cfg), 0o644); err != nil {
+			return err
+		}
+		b.cfgPaths[sched] = p
 	}
-	b.cfgPath = filepath.Join(b.tmp, "nfhelperd-bench.yaml")
-	if err := os.WriteFile(b.cfgPath, []byte(cfg), 0o644); err != nil {
+	beside := fmt.Sprintf("services:\n  - name: beside\n    vip: %s:%d\n    real_servers:\n      - address: %s:%d\n",
+		topo.VIP4, besidePort, topo.RS1V4, besidePort)
+	b.cfgPaths["beside"] = filepath.Join(b.tmp, "nfhelperd-beside.yaml")
+	if err := os.WriteFile(b.cfgPaths["beside"], []byte(beside), 0o644); err != nil {
 		return err
 	}
 	rules := fmt.Sprintf(`table ip %s {
@@ -263,24 +328,30 @@ func (b *bench) measure(ctx context.Context) ([]sample, error) {
 		return nil, err
 	}
 	var samples []sample
+	first := []string{"dnat"}
+	if b.o.beside {
+		first = append(first, "dnat-beside")
+	}
 	for r := 1; r <= b.o.rounds; r++ {
-		for _, mode := range []string{"dnat", "nfhelperd"} {
+		for _, sched := range append(first, b.o.scheds...) {
 			if err := ctx.Err(); err != nil {
 				return samples, err
 			}
 			var s sample
 			var err error
-			if mode == "dnat" {
-				s, err = b.runDNAT(ctx)
+			if sched == "dnat" || sched == "dnat-beside" {
+				s, err = b.runDNAT(ctx, sched == "dnat-beside")
+				s.Mode = sched
 			} else {
-				s, err = b.runDaemon(ctx)
+				s, err = b.runDaemon(ctx, sched)
+				s.Mode, s.Sched = "nfhelperd", sched
 			}
+			s.Round = r
 			if err != nil {
-				return samples, fmt.Errorf("round %d %s: %w", r, mode, err)
+				return samples, fmt.Errorf("round %d %s: %w", r, s.key(), err)
 			}
-			s.Mode, s.Round = mode, r
-			logf("round %d %-9s %8.0f conns/s  p50 %6.0fus  p99 %6.0fus  failures %d  by server %v",
-				r, mode, s.Load.ConnsPerSec, s.Load.P50, s.Load.P99, s.Load.Failures, s.Load.ByBanner)
+			logf("round %d %-13s %8.0f conns/s  p50 %6.0fus  p99 %6.0fus  failures %d  queued %d  by server %v",
+				r, s.key(), s.Load.ConnsPerSec, s.Load.P50, s.Load.P99, s.Load.Failures, s.Queued, s.Load.ByBanner)
 			samples = append(samples, s)
 		}
 	}
@@ -292,9 +363,24 @@ func (b *bench) fresh(ctx context.Context) {
 	_, _ = b.tp.Run(ctx, b.tp.Router, "conntrack", "-F")
 }
 
-func (b *bench) runDNAT(ctx context.Context) (sample, error) {
+// runDNAT measures the user's DNAT; beside: with nfhelperd running a
+// service on another port.
+func (b *bench) runDNAT(ctx context.Context, beside bool) (sample, error) {
 	tp := b.tp
 	b.fresh(ctx)
+	pid := 0
+	if beside {
+		d, err := tp.StartDaemon(b.bin, b.cfgPaths["beside"])
+		if err != nil {
+			return sample{}, err
+		}
+		pid = d.Pid()
+		defer func() {
+			if st, err := d.Stop(); err != nil || st.ExitCode != 0 {
+				logf("nfhelperd (beside) stop: %+v %v (log %s)", st, err, d.LogPath)
+			}
+		}()
+	}
 	if _, err := tp.Run(ctx, tp.Router, "nft", "-f", b.nftPath); err != nil {
 		return sample{}, err
 	}
@@ -310,6 +396,10 @@ func (b *bench) runDNAT(ctx context.Context) (sample, error) {
 	}
 	var s sample
 	k0 := b.counters(ctx)
+	var c0 float64
+	if pid != 0 {
+		c0, _ = procCPU(pid)
+	}
 	h0, t0 := hostBusy()
 	res, err := b.load(ctx, b.o.duration, "dnat")
 	h1, t1 := hostBusy()
@@ -318,18 +408,27 @@ func (b *bench) runDNAT(ctx context.Context) (sample, error) {
 	}
 	s.Load, s.Host, s.Wall = res, h1-h0, t1.Sub(t0).Seconds()
 	s.Drops = delta(k0, b.counters(ctx))
+	if pid != 0 {
+		// Connections that are not its own must not wake it (conntrack
+		// events are filtered by mark).
+		c1, err := procCPU(pid)
+		if err != nil {
+			return s, err
+		}
+		s.DaemonCPU, s.Queued = c1-c0, queuedOf(s.Drops)
+	}
 	return s, nil
 }
 
 var statRE = regexp.MustCompile(`(?:^|\s)(packets|scheduled)=(\d+)`)
 
-func (b *bench) runDaemon(ctx context.Context) (sample, error) {
+func (b *bench) runDaemon(ctx context.Context, sched string) (sample, error) {
 	tp := b.tp
 	if out, err := tp.Run(ctx, tp.Router, "nft", "list", "tables"); err != nil || strings.Contains(string(out), userTable) {
 		return sample{}, fmt.Errorf("table ip %s still present (or nft failed: %v)", userTable, err)
 	}
 	b.fresh(ctx)
-	d, err := tp.StartDaemon(b.bin, b.cfgPath)
+	d, err := tp.StartDaemon(b.bin, b.cfgPaths[sched])
 	if err != nil {
 		return sample{}, err
 	}
@@ -357,6 +456,7 @@ func (b *bench) runDaemon(ctx context.Context) (sample, error) {
 	}
 	s.Load, s.Host, s.Wall, s.DaemonCPU = res, h1-h0, t1.Sub(t0).Seconds(), c1-c0
 	s.Drops = delta(k0, b.counters(ctx))
+	s.Queued = queuedOf(s.Drops)
 
 	stopped = true
 	st, err := d.Stop()
@@ -399,7 +499,7 @@ func (b *bench) load(ctx context.Context, d time.Duration, label string) (result
 	defer cancel()
 	out, err := b.tp.Run(cctx, b.tp.Client, b.connbench,
 		"-addr", topo.VIP4+":"+port, "-workers", strconv.Itoa(b.o.workers),
-		"-duration", d.String(), "-label", label)
+		"-duration", d.String(), "-label", label, "-src", strings.Join(b.srcs, ","))
 	if jerr := json.Unmarshal(lastLine(out), &res); jerr != nil {
 		return res, errors.Join(err, fmt.Errorf("connbench output %q: %w", out, jerr))
 	}
@@ -471,6 +571,17 @@ func (b *bench) counters(ctx context.Context) map[string]int64 {
 		}
 	}
 	return m
+}
+
+// queuedOf sums the packets queued to the daemon in counters' deltas.
+func queuedOf(d map[string]int64) int64 {
+	var n int64
+	for k, v := range d {
+		if strings.HasPrefix(k, "router nfqueue ") && strings.HasSuffix(k, " packets") {
+			n += v
+		}
+	}
+	return n
 }
 
 // delta is after-before of the counters that grew.
@@ -549,14 +660,22 @@ type stats struct {
 	rate, p50, p99                   []float64
 	conns, failures                  int64
 	hostPerConn, daemonPerConn, busy []float64
-	pktsPerConn                      []float64
+	queuedPerConn                    []float64
+	ratio                            []float64 // per round: conns/s over kernel DNAT's
 	banners                          map[string]int64
 }
 
-func collect(samples []sample, mode string) *stats {
+// collect gathers the samples of one system (sample.key).
+func collect(samples []sample, key string) *stats {
 	st := &stats{banners: map[string]int64{}}
+	dnat := map[int]float64{}
 	for _, s := range samples {
-		if s.Mode != mode {
+		if s.Mode == "dnat" {
+			dnat[s.Round] = s.Load.ConnsPerSec
+		}
+	}
+	for _, s := range samples {
+		if s.key() != key {
 			continue
 		}
 		st.rate = append(st.rate, s.Load.ConnsPerSec)
@@ -569,15 +688,16 @@ func collect(samples []sample, mode string) *stats {
 		}
 		if s.Load.Conns > 0 {
 			st.hostPerConn = append(st.hostPerConn, s.Host/float64(s.Load.Conns)*1e6)
-			if mode == "nfhelperd" {
+			if s.Mode != "dnat" {
 				st.daemonPerConn = append(st.daemonPerConn, s.DaemonCPU/float64(s.Load.Conns)*1e6)
+				st.queuedPerConn = append(st.queuedPerConn, float64(s.Queued)/float64(s.Load.Conns))
 			}
 		}
 		if s.Wall > 0 {
 			st.busy = append(st.busy, s.Host/s.Wall)
 		}
-		if s.Scheduled > 0 {
-			st.pktsPerConn = append(st.pktsPerConn, float64(s.Packets)/float64(s.Scheduled))
+		if d := dnat[s.Round]; d > 0 && s.Mode != "dnat" {
+			st.ratio = append(st.ratio, s.Load.ConnsPerSec/d)
 		}
 	}
 	return st
@@ -604,27 +724,29 @@ func spread(v []float64) float64 {
 	return (slices.Max(v) - slices.Min(v)) / m * 100
 }
 
-func (b *bench) report(samples []sample, runErr error) string {
+func (b *bench) report(samples []sample, pm *persistResult, runErr error) string {
 	var sb strings.Builder
 	host, _ := os.Hostname()
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
 	fmt.Fprintf(&sb, "nfhelper end-to-end benchmark, %s\n", time.Now().UTC().Format(time.RFC3339))
-	fmt.Fprintf(&sb, "host %s, kernel %s, %d CPUs; client -> %s:%s -> rs1/rs2 (banner server, connbench -serve)\n",
-		host, strings.TrimSpace(string(kernel)), numCPU(), topo.VIP4, port)
+	fmt.Fprintf(&sb, "host %s, kernel %s, %d CPUs; client (%d source addresses in turn) -> %s:%s -> rs1/rs2 (banner server, connbench -serve)\n",
+		host, strings.TrimSpace(string(kernel)), numCPU(), b.o.srcs, topo.VIP4, port)
 	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
 		fmt.Fprintf(&sb, "load average at the end: %s (other work on the machine shares the CPUs with the benchmark)\n", strings.TrimSpace(string(la)))
 	}
-	fmt.Fprintf(&sb, "load: %d workers, connect + read banner + close with reset; %d rounds x %v (+%v warmup), a then b each round\n",
+	fmt.Fprintf(&sb, "load: %d workers, connect + read banner + close with reset; %d rounds x %v (+%v warmup), a then each b in every round\n",
 		b.o.workers, b.o.rounds, b.o.duration, b.o.warmup)
-	fmt.Fprintf(&sb, "a = kernel DNAT (nft numgen inc mod 2, no daemon); b = nfhelperd (service bench, rr, no helper, queues %s)\n\n",
-		queuesText(b.o.queues))
+	fmt.Fprintf(&sb, "a = kernel DNAT (nft numgen inc mod 2, no daemon); a' = the same with nfhelperd running beside it (a service on port %d);\n"+
+		"b = nfhelperd (service bench, no helper, queues %s), a fresh daemon per scheduler: %s\n\n",
+		besidePort, queuesText(b.o.queues), strings.Join(b.o.scheds, ", "))
 
 	tw := tabwriter.NewWriter(&sb, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "round\tmode\tconns/s\tp50 us\tp99 us\tfailures\thost busy\thost CPU us/conn\tnfhelperd CPU us/conn\t")
+	fmt.Fprintln(tw, "round\tsystem\tconns/s\tp50 us\tp99 us\tfailures\thost busy\thost CPU us/conn\tnfhelperd CPU us/conn\tqueued pkts/conn\t")
 	for _, s := range samples {
-		d := "-"
-		if s.Mode == "nfhelperd" && s.Load.Conns > 0 {
+		d, q := "-", "-"
+		if s.Mode != "dnat" && s.Load.Conns > 0 {
 			d = fmt.Sprintf("%.1f", s.DaemonCPU/float64(s.Load.Conns)*1e6)
+			q = fmt.Sprintf("%.2f", float64(s.Queued)/float64(s.Load.Conns))
 		}
 		busy, hpc := "-", "-"
 		if s.Wall > 0 {
@@ -633,48 +755,65 @@ func (b *bench) report(samples []sample, runErr error) string {
 		if s.Load.Conns > 0 {
 			hpc = fmt.Sprintf("%.1f", s.Host/float64(s.Load.Conns)*1e6)
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%.0f\t%.0f\t%d\t%s\t%s\t%s\t\n",
-			s.Round, s.Mode, s.Load.ConnsPerSec, s.Load.P50, s.Load.P99, s.Load.Failures, busy, hpc, d)
+		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%.0f\t%.0f\t%d\t%s\t%s\t%s\t%s\t\n",
+			s.Round, s.key(), s.Load.ConnsPerSec, s.Load.P50, s.Load.P99, s.Load.Failures, busy, hpc, d, q)
 	}
 	tw.Flush()
 	for _, s := range samples {
-		if len(s.Drops) > 0 || len(s.Load.Errors) > 0 {
-			fmt.Fprintf(&sb, "  round %d %s: errors [%s] counters [%s]\n", s.Round, s.Mode, bannerText(s.Load.Errors), bannerText(s.Drops))
+		// The queues' packet counts are in queued pkts/conn: the rest are losses.
+		losses := map[string]int64{}
+		for k, n := range s.Drops {
+			if !strings.HasSuffix(k, " packets") {
+				losses[k] = n
+			}
+		}
+		if len(losses) > 0 || len(s.Load.Errors) > 0 {
+			fmt.Fprintf(&sb, "  round %d %s: errors [%s] counters [%s]\n", s.Round, s.key(), bannerText(s.Load.Errors), bannerText(losses))
 		}
 	}
 	sb.WriteString("\n")
 
-	a, bb := collect(samples, "dnat"), collect(samples, "nfhelperd")
 	tw = tabwriter.NewWriter(&sb, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "summary (medians over rounds)\tconns/s\tspread\tp50 us\tp99 us\tconns\tfailures\thost CPU us/conn\tnfhelperd CPU us/conn\tqueued pkts/conn\tby server\t")
-	for _, x := range []struct {
-		name string
-		st   *stats
-	}{{"a kernel DNAT", a}, {"b nfhelperd", bb}} {
-		if len(x.st.rate) == 0 {
+	fmt.Fprintln(tw, "summary (medians over rounds)\tscheduled by\tconns/s\tspread\t÷ a, per round\tp50 us\tp99 us\tconns\tfailures\thost CPU us/conn\tnfhelperd CPU us/conn\tqueued pkts/conn\tby server\t")
+	keys := []string{"dnat", "dnat-beside"}
+	for _, sc := range b.o.scheds {
+		keys = append(keys, "nfhelperd "+sc)
+	}
+	for _, k := range keys {
+		st := collect(samples, k)
+		if len(st.rate) == 0 {
 			continue
 		}
-		d, q := "-", "-"
-		if len(x.st.daemonPerConn) > 0 {
-			d = fmt.Sprintf("%.1f", median(x.st.daemonPerConn))
+		name, by, ratio, d, q := "a kernel DNAT", "kernel", "1", "-", "-"
+		if k != "dnat" {
+			name = "b " + k
+			if k == "dnat-beside" {
+				name = "a' kernel DNAT, nfhelperd beside"
+			}
+			ratio = fmt.Sprintf("%.3f (%.3f-%.3f)", median(st.ratio), slices.Min(st.ratio), slices.Max(st.ratio))
 		}
-		if len(x.st.pktsPerConn) > 0 {
-			q = fmt.Sprintf("%.2f", median(x.st.pktsPerConn))
+		if len(st.daemonPerConn) > 0 {
+			d = fmt.Sprintf("%.1f", median(st.daemonPerConn))
+			q = fmt.Sprintf("%.2f", median(st.queuedPerConn))
+			// Who scheduled, as measured: a SYN the daemon schedules is queued.
+			if by = "daemon"; median(st.queuedPerConn) < 0.1 {
+				by = "kernel"
+			}
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%.1f%%\t%.0f\t%.0f\t%d\t%d\t%.1f\t%s\t%s\t%s\t\n",
-			x.name, median(x.st.rate), spread(x.st.rate), median(x.st.p50), median(x.st.p99),
-			x.st.conns, x.st.failures, median(x.st.hostPerConn), d, q, bannerText(x.st.banners))
+		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.1f%%\t%s\t%.0f\t%.0f\t%d\t%d\t%.1f\t%s\t%s\t%s\t\n",
+			name, by, median(st.rate), spread(st.rate), ratio, median(st.p50), median(st.p99),
+			st.conns, st.failures, median(st.hostPerConn), d, q, bannerText(st.banners))
 	}
 	tw.Flush()
-	if ma, mb := median(a.rate), median(bb.rate); ma > 0 && mb > 0 {
-		fmt.Fprintf(&sb, "\nratio b/a: conns/s %.3f, p50 %.2f, p99 %.2f, host CPU/conn %.2f\n",
-			mb/ma, median(bb.p50)/median(a.p50), median(bb.p99)/median(a.p99),
-			median(bb.hostPerConn)/median(a.hostPerConn))
-	}
 	sb.WriteString("\nnotes: spread = (max-min)/median. host busy/CPU come from /proc/stat and include the load\n" +
 		"generator, the servers, kernel NAT/softirq work and anything else running on the machine.\n" +
 		"nfhelperd CPU = utime+stime of its process during the measured run (10 ms resolution).\n" +
-		"queued pkts/conn = the daemon's packets/scheduled counters over its life (warmup included).\n")
+		"queued pkts/conn = packets the router queued to the daemon during the measured run (NFQUEUE\n" +
+		"id_sequence, all queues) / completed connections; scheduled by says kernel where it is below 0.1.\n")
+	if pm != nil {
+		sb.WriteString("\n")
+		pm.report(&sb)
+	}
 	if runErr != nil {
 		fmt.Fprintf(&sb, "\nINCOMPLETE: %v\n", runErr)
 	}
@@ -683,7 +822,8 @@ func (b *bench) report(samples []sample, runErr error) string {
 }
 
 func (b *bench) command() string {
-	args := fmt.Sprintf("-rounds %d -duration %v -warmup %v -workers %d", b.o.rounds, b.o.duration, b.o.warmup, b.o.workers)
+	args := fmt.Sprintf("-rounds %d -duration %v -warmup %v -workers %d -scheds %s -srcs %d -persist %d -beside=%v",
+		b.o.rounds, b.o.duration, b.o.warmup, b.o.workers, strings.Join(b.o.scheds, ","), b.o.srcs, b.o.persist, b.o.beside)
 	if b.o.queues > 0 {
 		args += fmt.Sprintf(" -queues %d", b.o.queues)
 	}

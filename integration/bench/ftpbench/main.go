@@ -8,10 +8,15 @@
 // rs2 with vsftpd) and, alternating the systems within each round, measures
 //
 //	sessions   FTP sessions/s through the VIP (integration/cmd/ftpload: login,
-//	           PASV, RETR small.bin (4 KiB), QUIT), nfhelperd vs nft DNAT with
-//	           the kernel's nf_conntrack_ftp + nf_nat_ftp; the daemon's CPU
-//	           time per session (/proc/PID/stat) and the packets it was
-//	           handed per session (NFQUEUE id_sequence of the router);
+//	           PASV, RETR small.bin (4 KiB), QUIT), nfhelperd (rr: scheduled
+//	           by nftables in the kernel; and lc: scheduled by the daemon from
+//	           the queued SYN) vs nft DNAT with the kernel's nf_conntrack_ftp
+//	           + nf_nat_ftp; the daemon's CPU time per session
+//	           (/proc/PID/stat), the packets it was handed per session
+//	           (NFQUEUE id_sequence of the router) and the machine's CPU time
+//	           per session (/proc/stat: busy, and softirq, where the router's
+//	           forwarding, NAT and helpers run; the client's and servers'
+//	           network stacks too, every namespace shares the machine);
 //	throughput one passive RETR of a sparse file of -bigsize bytes, nfhelperd,
 //	           the kernel helper and plain DNAT without any helper (VIP:21 and
 //	           VIP:1024-65535 to rs1, the client dials the VIP at the port of
@@ -103,16 +108,21 @@ func main() {
 func logf(format string, args ...any) { fmt.Fprintf(os.Stderr, "ftpbench: "+format+"\n", args...) }
 
 type system struct {
-	key, name string
-	sessions  bool // in the session-rate comparison
+	key, name    string
+	sessions     bool // in the session-rate comparison
+	sessionsOnly bool // only there (no round trips, no throughput)
 }
 
 var systems = []system{
-	{"nfhelperd", "nfhelperd", true},
-	{"kernel", "nft DNAT + nf_conntrack_ftp/nf_nat_ftp", true},
-	{"dnat", "nft DNAT, no helper (fixed port mapping)", false},
-	{"direct", "direct to the real servers (routed, no NAT)", true},
+	{"nfhelperd", "nfhelperd, rr (kernel-scheduled)", true, false},
+	{"nfhelperd-lc", "nfhelperd, lc (daemon-scheduled)", true, true},
+	{"kernel", "nft DNAT + nf_conntrack_ftp/nf_nat_ftp", true, false},
+	{"dnat", "nft DNAT, no helper (fixed port mapping)", false, false},
+	{"direct", "direct to the real servers (routed, no NAT)", true, false},
 }
+
+// isDaemon says whether the system is an nfhelperd.
+func isDaemon(key string) bool { return strings.HasPrefix(key, "nfhelperd") }
 
 type sessRes struct {
 	Sessions int64            `json:"sessions"`
@@ -131,6 +141,8 @@ type sample struct {
 	daemonCPU  float64 // seconds during the measured session run
 	queued     int64   // packets queued during the measured session run
 	queuedWarm int64   // packets queued during warm-up (for the per-session figure's check)
+	hostCPU    float64 // the machine's busy CPU seconds during the measured session run
+	softirq    float64 // of which softirq
 	ctrlC2S    int64   // control-connection packets forwarded client to server during the measured run
 	ctrlS2C    int64   // and server to client
 	mbps       float64 // throughput MB/s (1e6)
@@ -146,7 +158,7 @@ type bench struct {
 	tmp     string
 	bin     string
 	ftpload string
-	cfg     string
+	cfgs    map[string]string // nfhelperd's configuration by system key
 	rules   map[string]string
 	daemon  *topo.Daemon
 }
@@ -158,7 +170,7 @@ func run(o options) int {
 		return topo.ExitCode(err)
 	}
 	defer done()
-	b := &bench{o: o, tmp: tmp}
+	b := &bench{o: o, tmp: tmp, cfgs: map[string]string{}}
 	var mic *micro
 	if !o.noMicro {
 		mic = runMicro(ctx)
@@ -247,10 +259,10 @@ func (b *bench) setup(ctx context.Context) error {
 	if _, err := tp.Run(ctx, tp.Client, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535", "net.ipv4.tcp_tw_reuse=1"); err != nil {
 		return err
 	}
-	cfg := fmt.Sprintf(`services:
+	const cfg = `services:
   - name: ftp
     vip: %[1]s:21
-    scheduler: rr
+    scheduler: %[5]s
     helper: ftp
     real_servers:
       - address: %[2]s:21
@@ -261,10 +273,13 @@ func (b *bench) setup(ctx context.Context) error {
     real_servers:
       - address: %[2]s:%[4]d
       - address: %[3]s:%[4]d
-`, topo.VIP4, topo.RS1V4, topo.RS2V4, holdPort)
-	b.cfg = filepath.Join(b.tmp, "nfhelperd.yaml")
-	if err := os.WriteFile(b.cfg, []byte(cfg), 0o644); err != nil {
-		return err
+`
+	for key, sched := range map[string]string{"nfhelperd": "rr", "nfhelperd-lc": "lc"} {
+		p := filepath.Join(b.tmp, key+".yaml")
+		if err := os.WriteFile(p, []byte(fmt.Sprintf(cfg, topo.VIP4, topo.RS1V4, topo.RS2V4, holdPort, sched)), 0o644); err != nil {
+			return err
+		}
+		b.cfgs[key] = p
 	}
 	r := strings.NewReplacer("{{t}}", userTable, "{{vip}}", topo.VIP4, "{{rs1}}", topo.RS1V4, "{{rs2}}", topo.RS2V4)
 	b.rules = map[string]string{
@@ -302,8 +317,8 @@ func (b *bench) up(ctx context.Context, key string) error {
 	if key == "direct" {
 		return nil
 	}
-	if key == "nfhelperd" {
-		d, err := b.tp.StartDaemon(b.bin, b.cfg)
+	if isDaemon(key) {
+		d, err := b.tp.StartDaemon(b.bin, b.cfgs[key])
 		if err != nil {
 			return err
 		}
@@ -324,7 +339,7 @@ func (b *bench) down(key string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if key == "nfhelperd" {
+	if isDaemon(key) {
 		if b.daemon != nil {
 			if st, err := b.daemon.Stop(); err != nil || st.ExitCode != 0 {
 				logf("nfhelperd stop: %+v %v (log %s)", st, err, b.daemon.LogPath)
@@ -356,19 +371,21 @@ func (b *bench) round(ctx context.Context, i, r int) *sample {
 	}
 
 	// Round trips first, on a quiet machine.
-	noop, pasv, err := b.rtt(ctx, sys.key)
-	if err != nil {
-		fail("rtt", err)
-	} else {
-		s.noop, s.pasv = noop, pasv
-		logf("round %d %-9s rtt NOOP p50 %v p99 %v, PASV p50 %v p99 %v", r, sys.key,
-			quant(noop, .5), quant(noop, .99), quant(pasv, .5), quant(pasv, .99))
-	}
-	if mbps, err := b.throughput(ctx, sys.key); err != nil {
-		fail("throughput", err)
-	} else {
-		s.mbps = mbps
-		logf("round %d %-9s throughput %.0f MB/s", r, sys.key, mbps)
+	if !sys.sessionsOnly {
+		noop, pasv, err := b.rtt(ctx, sys.key)
+		if err != nil {
+			fail("rtt", err)
+		} else {
+			s.noop, s.pasv = noop, pasv
+			logf("round %d %-9s rtt NOOP p50 %v p99 %v, PASV p50 %v p99 %v", r, sys.key,
+				quant(noop, .5), quant(noop, .99), quant(pasv, .5), quant(pasv, .99))
+		}
+		if mbps, err := b.throughput(ctx, sys.key); err != nil {
+			fail("throughput", err)
+		} else {
+			s.mbps = mbps
+			logf("round %d %-9s throughput %.0f MB/s", r, sys.key, mbps)
+		}
 	}
 	if sys.sessions {
 		q0 := b.queued(ctx)
@@ -381,7 +398,9 @@ func (b *bench) round(ctx context.Context, i, r int) *sample {
 		if b.daemon != nil {
 			c0, _ = procCPU(b.daemon.Pid())
 		}
+		h0 := cpuTimes()
 		res, err := b.load(ctx, b.o.duration, sys.key)
+		h1 := cpuTimes()
 		q2 := b.queued(ctx)
 		if counting {
 			s.ctrlC2S, s.ctrlS2C = b.countEnd(ctx)
@@ -391,6 +410,7 @@ func (b *bench) round(ctx context.Context, i, r int) *sample {
 		} else {
 			s.sess = res
 			s.queued, s.queuedWarm = q2-q1, q1-q0
+			s.hostCPU, s.softirq = h1.busy-h0.busy, h1.softirq-h0.softirq
 			if b.daemon != nil {
 				c1, _ := procCPU(b.daemon.Pid())
 				s.daemonCPU = c1 - c0
@@ -879,6 +899,35 @@ func holdDial(addr, src string, n int) int {
 }
 
 // ---- /proc ----
+
+// times are the machine's CPU times so far (all CPUs, seconds).
+type times struct{ busy, softirq float64 }
+
+// cpuTimes reads the first line of /proc/stat: busy is everything but idle
+// and iowait (guest time is already in user and nice).
+func cpuTimes() times {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return times{}
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	f := strings.Fields(line)
+	if len(f) < 8 || f[0] != "cpu" {
+		return times{}
+	}
+	var t times
+	for i, v := range f[1:min(len(f), 9)] {
+		n, _ := strconv.ParseUint(v, 10, 64)
+		switch i {
+		case 3, 4: // idle, iowait
+			continue
+		case 6:
+			t.softirq = float64(n) / clockTicks
+		}
+		t.busy += float64(n) / clockTicks
+	}
+	return t
+}
 
 func procCPU(pid int) (float64, error) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))

@@ -145,7 +145,7 @@ func (rep *reporter) sessions() {
 	rep.p("#### FTP sessions per second\n\n")
 	rep.p("%d concurrent sessions (ftpload, client namespace), each: connect to %s:21, anonymous login, PASV, RETR small.bin (4 KiB), QUIT; %v measured after %v warm-up, per system and round; %d rounds, systems alternating within each round.\n\n",
 		rep.b.o.workers, "198.51.100.10", rep.b.o.duration, rep.b.o.warmup, rep.b.o.rounds)
-	rep.p("| system | sessions/s median (min–max) | spread | session p50 ms | session p99 ms | failed sessions | ÷ kernel helper, per round: median (min–max) |\n|---|---|---|---|---|---|---|\n")
+	rep.p("| system | sessions/s median (min–max) | spread | session p50 ms | session p99 ms | failed sessions | ÷ kernel helper, per round: median (min–max) | machine CPU µs/session (softirq) |\n|---|---|---|---|---|---|---|---|\n")
 	for _, sys := range systems {
 		if !sys.sessions {
 			continue
@@ -161,30 +161,25 @@ func (rep *reporter) sessions() {
 		if sys.key != "kernel" {
 			r = mm(rep.ratio(sys.key, "kernel", rate), "%.2f")
 		}
-		rep.p("| %s | %s | %s | %s | %s | %d | %s |\n", sys.name, mm(vals(ss, rate), "%.0f"), spread(vals(ss, rate)),
+		rep.p("| %s | %s | %s | %s | %s | %d | %s | %s (%s) |\n", sys.name, mm(vals(ss, rate), "%.0f"), spread(vals(ss, rate)),
 			mm(vals(ss, func(s *sample) (float64, bool) { return sessF(s, func(r *sessRes) float64 { return r.P50 }) }), "%.1f"),
 			mm(vals(ss, func(s *sample) (float64, bool) { return sessF(s, func(r *sessRes) float64 { return r.P99 }) }), "%.1f"),
-			fails, r)
+			fails, r, mm(vals(ss, perSession(func(s *sample) float64 { return s.hostCPU * 1e6 })), "%.0f"),
+			mm(vals(ss, perSession(func(s *sample) float64 { return s.softirq * 1e6 })), "%.0f"))
 	}
-	nf := rep.by("nfhelperd")
-	cpu := vals(nf, func(s *sample) (float64, bool) {
-		if s.sess == nil || s.sess.Sessions == 0 {
-			return 0, false
-		}
-		return s.daemonCPU / float64(s.sess.Sessions) * 1e6, true
-	})
-	rep.p("\nnfhelperd CPU time per session (utime+stime of its process over the measured run ÷ completed sessions, 10 ms clock): **%s µs**.\n\n", mm(cpu, "%.0f"))
+	rep.p("\nMachine CPU: busy time of all CPUs (/proc/stat) over the measured run ÷ completed sessions, and its softirq part, where the router's forwarding, NAT and FTP helpers run (the client's and servers' network stacks too: every namespace shares the machine, and so does other work on it).\n\n")
+	for _, key := range []string{"nfhelperd", "nfhelperd-lc"} {
+		cpu := vals(rep.by(key), perSession(func(s *sample) float64 { return s.daemonCPU * 1e6 }))
+		rep.p("%s: CPU time per session (utime+stime of its process over the measured run ÷ completed sessions, 10 ms clock): **%s µs**.\n\n", sysName(key), mm(cpu, "%.0f"))
+	}
 
 }
 
 func (rep *reporter) packets() {
 	nf := rep.by("nfhelperd")
-	pkts := vals(nf, func(s *sample) (float64, bool) {
-		if s.sess == nil || s.sess.Sessions == 0 {
-			return 0, false
-		}
-		return float64(s.queued) / float64(s.sess.Sessions), true
-	})
+	queued := perSession(func(s *sample) float64 { return float64(s.queued) })
+	pkts := vals(nf, queued)
+	pktsLC := vals(rep.by("nfhelperd-lc"), queued)
 
 	c2s := vals(nf, func(s *sample) (float64, bool) {
 		if s.sess == nil || s.sess.Sessions == 0 || s.ctrlC2S == 0 {
@@ -201,7 +196,8 @@ func (rep *reporter) packets() {
 	rep.p("#### Packets per FTP session that reach userspace\n\n")
 	rep.p("Packets the router's kernel queued to nfhelperd during the measured session runs (sum of `id_sequence` over its queues in `/proc/net/netfilter/nfnetlink_queue`) ÷ completed sessions, median (min–max) over rounds:\n\n")
 	rep.p("| per session | packets |\n|---|---|\n")
-	rep.p("| queued to nfhelperd (both directions) | **%s** |\n", mm(pkts, "%.1f"))
+	rep.p("| queued to nfhelperd, rr: scheduled in the kernel (both directions) | **%s** |\n", mm(pkts, "%.1f"))
+	rep.p("| queued to nfhelperd, lc: scheduled by the daemon (both directions) | %s |\n", mm(pktsLC, "%.1f"))
 	rep.p("| control-connection packets forwarded client → server (nft counter, `meta l4proto tcp ct original proto-dst 21 ct direction original`) | %s |\n", mm(c2s, "%.1f"))
 	rep.p("| control-connection packets forwarded server → client (`ct direction reply`) | %s |\n\n", mm(s2c, "%.1f"))
 	rep.p("The queue's count is not split by direction; the forwarded control packets are (a separate counting table in the router during the same runs). Sessions cut off at the end of a run are not counted but their packets are, which inflates these figures slightly (at most %d sessions' worth per run).\n\n", rep.b.o.workers)
@@ -214,6 +210,9 @@ func (rep *reporter) throughput() {
 	rep.p("One passive RETR of a sparse file of %d MiB (served by vsftpd, read into io.Discard by the bench in the client namespace), per system and round; MB/s = 10^6 bytes/s from the RETR to the end of the data.\n\n", rep.b.o.bigSize>>20)
 	rep.p("| system | MB/s median (min–max) | spread | ÷ plain DNAT, per round |\n|---|---|---|---|\n")
 	for _, sys := range systems {
+		if sys.sessionsOnly {
+			continue
+		}
 		ss := rep.by(sys.key)
 		r := "1"
 		if sys.key != "dnat" {
@@ -237,6 +236,9 @@ func (rep *reporter) latency() {
 	noop := func(s *sample) []time.Duration { return s.noop }
 	pasv := func(s *sample) []time.Duration { return s.pasv }
 	for _, sys := range systems {
+		if sys.sessionsOnly {
+			continue
+		}
 		ss := rep.by(sys.key)
 		diff := "–"
 		if sys.key != "dnat" {
@@ -298,7 +300,7 @@ func (rep *reporter) perRound() {
 		sr, cpuS, pk := "–", "–", "–"
 		if s.sess != nil {
 			sr = fmt.Sprintf("%.0f", s.sess.Rate)
-			if systems[s.sys].key == "nfhelperd" && s.sess.Sessions > 0 {
+			if isDaemon(systems[s.sys].key) && s.sess.Sessions > 0 {
 				cpuS = fmt.Sprintf("%.0f", s.daemonCPU/float64(s.sess.Sessions)*1e6)
 				pk = fmt.Sprintf("%.1f", float64(s.queued)/float64(s.sess.Sessions))
 			}
@@ -309,6 +311,27 @@ func (rep *reporter) perRound() {
 		rep.p("| %d | %s | %s | %s | %s | %.0f | %.0f / %.0f | %.0f / %.0f | %s |\n", s.round, systems[s.sys].key, sr, cpuS, pk, s.mbps,
 			us(quant(s.noop, .5)), us(quant(s.noop, .99)), us(quant(s.pasv, .5)), us(quant(s.pasv, .99)), strings.Join(s.err, "; "))
 	}
+}
+
+// perSession is f of a sample ÷ its completed sessions, for samples with
+// sessions.
+func perSession(f func(*sample) float64) func(*sample) (float64, bool) {
+	return func(s *sample) (float64, bool) {
+		if s.sess == nil || s.sess.Sessions == 0 {
+			return 0, false
+		}
+		return f(s) / float64(s.sess.Sessions), true
+	}
+}
+
+// sysName is the report's name of the system with key.
+func sysName(key string) string {
+	for _, s := range systems {
+		if s.key == key {
+			return s.name
+		}
+	}
+	return key
 }
 
 func sessF(s *sample, f func(*sessRes) float64) (float64, bool) {

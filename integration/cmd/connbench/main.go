@@ -8,7 +8,8 @@
 // neither side keeps TIME_WAIT state) and start over, until -duration has
 // passed or -n connections were made. It prints one JSON line: connections/s,
 // failures by kind, latency percentiles of connect + first byte, and how many
-// connections each banner (real server) answered.
+// connections each banner (real server) answered. With -src each worker
+// binds its connections to those local addresses in turn.
 //
 //	connbench -addr 198.51.100.10:8080 -workers 64 -duration 5s
 //
@@ -53,6 +54,7 @@ func main() {
 		mode     = flag.String("mode", "banner", "banner, echo or connect (client); banner or echo (server)")
 		size     = flag.Int("size", 16, "client, -mode echo: bytes to write")
 		label    = flag.String("label", "", "client: copied into the JSON result")
+		src      = flag.String("src", "", "client: comma-separated local addresses; each worker uses them in turn, one per connection (schedulers that hash the source see many clients)")
 	)
 	flag.Parse()
 	if flag.NArg() > 0 {
@@ -67,6 +69,17 @@ func main() {
 	cfg := clientConfig{
 		addr: *addr, workers: *workers, duration: *duration, count: *count,
 		timeout: *timeout, mode: *mode, size: *size, label: *label,
+	}
+	for _, a := range strings.Split(*src, ",") {
+		if a = strings.TrimSpace(a); a == "" {
+			continue
+		}
+		ip := net.ParseIP(a)
+		if ip == nil {
+			fmt.Fprintf(os.Stderr, "connbench: -src %q: not an address\n", a)
+			os.Exit(2)
+		}
+		cfg.srcs = append(cfg.srcs, &net.TCPAddr{IP: ip})
 	}
 	if err := cfg.check(); err != nil {
 		fmt.Fprintln(os.Stderr, "connbench:", err)
@@ -137,6 +150,7 @@ type clientConfig struct {
 	mode     string
 	size     int
 	label    string
+	srcs     []*net.TCPAddr // local addresses, in turn; none: the kernel's choice
 }
 
 func (c *clientConfig) check() error {
@@ -218,7 +232,10 @@ func runClient(parent context.Context, cfg clientConfig) Result {
 		wg.Go(func() {
 			d := net.Dialer{Timeout: cfg.timeout}
 			buf := make([]byte, 4096)
-			for take() {
+			for k := i; take(); k++ {
+				if len(cfg.srcs) > 0 {
+					d.LocalAddr = cfg.srcs[k%len(cfg.srcs)]
+				}
 				lat, banner, err := w.one(ctx, &d, cfg, payload, buf)
 				switch {
 				case err == nil:
