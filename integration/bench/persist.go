@@ -285,13 +285,17 @@ func csum(b []byte, sum uint32) uint16 {
 }
 
 // sunreclaimKB is the machine's unreclaimable slab memory.
-func sunreclaimKB() int64 {
-	data, err := os.ReadFile("/proc/meminfo")
+func sunreclaimKB() int64 { return procField("/proc/meminfo", "SUnreclaim:") }
+
+// procField is the first number after prefix on a line of a /proc file
+// (a size in kB), or 0.
+func procField(path, prefix string) int64 {
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return 0
 	}
 	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "SUnreclaim:"); ok {
+		if v, ok := strings.CutPrefix(line, prefix); ok {
 			n, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
 			return n
 		}
@@ -341,19 +345,7 @@ func topGrowth(a, b map[string]int64, n int) map[string]int64 {
 }
 
 // procRSS is a process's VmRSS in kB.
-func procRSS(pid int) int64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			n, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
-			return n
-		}
-	}
-	return 0
-}
+func procRSS(pid int) int64 { return procField(fmt.Sprintf("/proc/%d/status", pid), "VmRSS:") }
 
 func (pm *persistResult) report(sb *strings.Builder) {
 	fmt.Fprintf(sb, "persistent clients: %d SYNs from as many addresses (100.64.0.0/10) to %s:%s, persistence 1h /32, a fresh daemon each;\n"+
