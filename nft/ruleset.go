@@ -395,7 +395,7 @@ func (rs *Ruleset) staticElements(spec *Spec, f *family) map[*nftables.Set][]nft
 }
 
 // Update applies a changed configuration in one batch: the sets and maps
-// it fills are refilled and the forward chain's rules replaced; data
+// it fills are refilled and forward_new's rules replaced; data
 // channels and learned servers stay. Kernel-scheduled services' slot maps
 // change by difference, their chains only where their shape did, and
 // templates naming servers that went (down or removed) are deleted. Queue
