@@ -224,6 +224,27 @@ func ctHelperSet(name string) []expr.Any {
 	return []expr.Any{&expr.Objref{Type: unix.NFT_OBJECT_CT_HELPER, Name: name}}
 }
 
+// jump runs chain ch and comes back to the next rule; an accept there
+// accepts for the hook.
+func jump(ch *nftables.Chain) []expr.Any {
+	return []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: ch.Name}}
+}
+
+// goTo runs chain ch and does not come back: where it ends, so does the
+// chain that jumped to the one with this rule (a base chain: its policy).
+func goTo(ch *nftables.Chain) []expr.Any {
+	return []expr.Any{&expr.Verdict{Kind: expr.VerdictGoto, Chain: ch.Name}}
+}
+
+// replyLike matches a segment whose payload starts like the FTP replies
+// replyIs looks for (227, 229 and 200 all start with 2).
+func replyLike() []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBase(unix.NFT_PAYLOAD_INNER_HEADER), Offset: 0, Len: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{'2'}},
+	}
+}
+
 func native32(v uint32) []byte {
 	b := make([]byte, 4)
 	binary.NativeEndian.PutUint32(b, v)

@@ -302,7 +302,8 @@ func (rs *Ruleset) kernelRules(a ruleAdder, ks *kernelSvc) {
 	}
 }
 
-// persistRules fill the persist chain, after DNAT: the first packet of a
+// persistRules fill the persist chain, after DNAT (new_conn goes there,
+// for a connection's first packet alone): the first packet of a
 // connection that a persistent service's chain translated writes its
 // template, or renews it, from the address it now goes to. There, not in
 // the service chain, since nft (1.0.6) cannot list a dynset whose data a
@@ -319,7 +320,7 @@ func (rs *Ruleset) persistRules(a ruleAdder, spec *Spec, kern map[string]*kernel
 			continue
 		}
 		f, p := ks.f, *svc.Kernel.Persist
-		a.rule(rs.tpl, nfproto(f.proto), l4protoIs(svc.UDP), ctStateIs(newBit), ctStatusHas(ipsDstNAT), ctOrigIs(svc.VIP), templateKey(f, p),
+		a.rule(rs.tpl, nfproto(f.proto), l4protoIs(svc.UDP), ctStatusHas(ipsDstNAT), ctOrigIs(svc.VIP), templateKey(f, p),
 			concatAt(regServer, addrField(f.v6, false), portField(false)),
 			[]expr.Any{&expr.Dynset{SrcRegKey: unix.NFT_REG32_00, SrcRegData: regServer, SetName: ks.persist.Name, SetID: ks.persist.ID,
 				Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: p.Timeout}})

@@ -8,7 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// refuseChains add the rules that refuse at once a new connection to a
+// refuseChain holds the rules that refuse at once a new connection to a
 // VIP that nothing balanced: no server and no sorry server for the daemon,
 // or the daemon down and the fail-open map empty. Such a packet is still
 // addressed to VIP.port when it reaches the input hook (a local VIP) or
@@ -20,25 +20,26 @@ import (
 // Only new connections (an ongoing one never is addressed to VIP.port
 // after prerouting) and not over loopback: the router's own traffic to
 // a VIP goes on as before. Data connections are addressed to other ports
-// of the VIP (or DNATed) and never match VIP.port of a service. The
-// forward chain's packets are disjoint from the queue rules' in the
-// "forward" chain at the same priority (helped connections once
-// established, add-on SYNs after the user's DNAT), so their order does
-// not matter.
+// of the VIP (or DNATed) and never match VIP.port of a service. In the
+// forward hook, the jump comes first in forward_new: its other rules take
+// add-on SYNs after the user's DNAT, never addressed to a VIP.
+const refuseChain = "refuse"
+
+// refuseChains add the refuse chain and the input hook's chain that jumps
+// to it (forwardRules jump from forward_new).
 func refuseChains(a ruleAdder, fams [2]*family) {
-	in := a.chain("refuse_input", nftables.ChainTypeFilter, nftables.ChainHookInput, *nftables.ChainPriorityFilter)
-	fwd := a.chain("refuse_forward", nftables.ChainTypeFilter, nftables.ChainHookForward, *nftables.ChainPriorityFilter)
-	for _, ch := range []*nftables.Chain{in, fwd} {
-		for _, f := range fams {
-			dst := concat(addrField(f.v6, false), portField(false))
-			a.rule(ch, nfproto(f.proto), l4protoTCP(), ctStateIs(newBit), notLoopback(), dst, lookup(f.vips), rejectTCPReset())
-			a.rule(ch, nfproto(f.proto), l4protoUDP(), ctStateIs(newBit), notLoopback(), dst, lookup(f.vipsUDP), rejectPortUnreachable())
-			// Kernel-scheduled services, by protocol . VIP . port.
-			kdst := append(concat(field{len: 1, load: l4protoLoad}, addrField(f.v6, false), portField(false)), lookup(f.kvips)...)
-			a.rule(ch, nfproto(f.proto), l4protoTCP(), ctStateIs(newBit), notLoopback(), kdst, rejectTCPReset())
-			a.rule(ch, nfproto(f.proto), l4protoUDP(), ctStateIs(newBit), notLoopback(), kdst, rejectPortUnreachable())
-		}
+	refuse := a.regular(refuseChain)
+	for _, f := range fams {
+		dst := concat(addrField(f.v6, false), portField(false))
+		a.rule(refuse, nfproto(f.proto), l4protoTCP(), dst, lookup(f.vips), rejectTCPReset())
+		a.rule(refuse, nfproto(f.proto), l4protoUDP(), dst, lookup(f.vipsUDP), rejectPortUnreachable())
+		// Kernel-scheduled services, by protocol . VIP . port.
+		kdst := append(concat(field{len: 1, load: l4protoLoad}, addrField(f.v6, false), portField(false)), lookup(f.kvips)...)
+		a.rule(refuse, nfproto(f.proto), l4protoTCP(), kdst, rejectTCPReset())
+		a.rule(refuse, nfproto(f.proto), l4protoUDP(), kdst, rejectPortUnreachable())
 	}
+	in := a.chain("refuse_input", nftables.ChainTypeFilter, nftables.ChainHookInput, *nftables.ChainPriorityFilter)
+	a.rule(in, ctStateIs(newBit), notLoopback(), jump(refuse))
 }
 
 // notLoopback matches a packet that did not come in on a loopback device.

@@ -110,7 +110,7 @@ func TestRefuseBuildsKernelDatapath(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
-	for _, want := range []string{"chain refuse_input", "chain refuse_forward", "@vips4 reject with tcp reset", "@vips_udp6 reject"} {
+	for _, want := range []string{"chain refuse_input", "chain refuse {", "jump refuse", "@vips4 reject with tcp reset", "@vips_udp6 reject"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("%q missing:\n%s", want, out)
 		}

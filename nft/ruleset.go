@@ -155,15 +155,16 @@ type family struct {
 
 // Ruleset is an installed table.
 type Ruleset struct {
-	table *nftables.Table
-	fams  [2]*family
-	fwd   *nftables.Chain
-	tpl   *nftables.Chain // writes persistence templates
-	queue Spec            // the queue numbers and kind the rules send to
-	alive *nftables.Set
-	mss   *nftables.Set // nil: no MSS lowering
-	mu    sync.Mutex
-	kern  map[string]*kernelSvc // by kernelID; guarded by mu
+	table  *nftables.Table
+	fams   [2]*family
+	fwd    *nftables.Chain
+	fwdNew *nftables.Chain // Update refills it: refusals and add-on SYNs
+	tpl    *nftables.Chain // writes persistence templates
+	queue  Spec            // the queue numbers and kind the rules send to
+	alive  *nftables.Set
+	mss    *nftables.Set // nil: no MSS lowering
+	mu     sync.Mutex
+	kern   map[string]*kernelSvc // by kernelID; guarded by mu
 }
 
 func newFamily(t *nftables.Table, v6 bool) *family {
@@ -228,6 +229,14 @@ func (f *family) pureAckElements() []nftables.SetElement {
 		els = append(els, nftables.SetElement{Key: key})
 	}
 	return els
+}
+
+// name is base with the family's suffix (4 or 6).
+func (f *family) name(base string) string {
+	if f.v6 {
+		return base + "6"
+	}
+	return base + "4"
 }
 
 func (f *family) of(a netip.Addr) bool { return a.Unmap().Is6() == f.v6 }
@@ -386,7 +395,7 @@ func (rs *Ruleset) staticElements(spec *Spec, f *family) map[*nftables.Set][]nft
 }
 
 // Update applies a changed configuration in one batch: the sets and maps
-// it fills are refilled and the forward chain's rules replaced; data
+// it fills are refilled and forward_new's rules replaced; data
 // channels and learned servers stay. Kernel-scheduled services' slot maps
 // change by difference, their chains only where their shape did, and
 // templates naming servers that went (down or removed) are deleted. Queue
@@ -446,7 +455,7 @@ func (rs *Ruleset) queueUpdate(c *nftables.Conn, spec *Spec, dead map[string][]n
 		}
 	}
 	rs.persistRules(ruleAdder{c: c, t: rs.table}, spec, next)
-	c.FlushChain(rs.fwd)
+	c.FlushChain(rs.fwdNew)
 	rs.forwardRules(c, spec)
 	return next, nil
 }
@@ -460,6 +469,11 @@ type ruleAdder struct {
 
 func (a ruleAdder) chain(name string, typ nftables.ChainType, hook *nftables.ChainHook, prio nftables.ChainPriority) *nftables.Chain {
 	return a.c.AddChain(&nftables.Chain{Name: name, Table: a.t, Type: typ, Hooknum: hook, Priority: nftables.ChainPriorityRef(prio)})
+}
+
+// regular adds a chain without a hook, reached by jump or goto.
+func (a ruleAdder) regular(name string) *nftables.Chain {
+	return a.c.AddChain(&nftables.Chain{Name: name, Table: a.t})
 }
 
 func (a ruleAdder) rule(ch *nftables.Chain, parts ...[]expr.Any) {
@@ -488,8 +502,12 @@ func newFamMatch(f *family) famMatch {
 	}
 }
 
-// addChains adds the table's chains, then their rules chain by chain, one
-// family after the other.
+// addChains adds the table's chains and their rules. Every packet the
+// router passes walks the base chains, most of them traffic nfhelper does
+// not help: each base chain starts with the cheapest test that tells a
+// packet some rule may concern (TCP flags, ct state and direction, mark
+// bits) and jumps from there to a regular chain holding those rules, one
+// family's at a time where they need one.
 func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 	a := ruleAdder{c: c, t: rs.table}
 	// Before conntrack: new control connections (pure SYN to a VIP) are
@@ -497,7 +515,8 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 	// conntrack only ever sees them in the client's sequence space.
 	raw := a.chain("raw_prerouting", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, *nftables.ChainPriorityRaw)
 	// After DNAT: mark bits are ours only until NAT has used them; invalid
-	// packets on VIP paths would skip NAT and leak real addresses.
+	// packets on VIP paths would skip NAT and leak real addresses; a
+	// persistent service's new connection shows its server.
 	clean := a.chain("prerouting", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, *nftables.ChainPriorityNATDest+1)
 	// After conntrack: the first packet of a UDP flow, which conntrack
 	// tells from the rest.
@@ -507,65 +526,84 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 	// in the client's sequence space.
 	rs.fwd = a.chain("forward", nftables.ChainTypeFilter, nftables.ChainHookForward, *nftables.ChainPriorityFilter)
 	snat := a.chain("srcnat", nftables.ChainTypeNAT, nftables.ChainHookPostrouting, *nftables.ChainPriorityNATSource)
-	// After DNAT: a persistent service's new connection shows its server.
-	rs.tpl = a.chain("persist", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, *nftables.ChainPriorityNATDest+1)
+	rs.tpl = a.regular("persist")
 
 	q := []expr.Any{queueExpr(spec)}
 	for _, f := range rs.fams {
 		m := newFamMatch(f)
 		rawRules(a, raw, m, spec, q)
-		mangleRules(a, mangle, m, spec, q)
-		cleanRules(a, clean, m, spec)
+	}
+	mangleChains(a, mangle, rs.fams, spec, q)
+	cleanChains(a, clean, rs.fams, spec, rs.tpl)
+	for _, f := range rs.fams {
+		m := newFamMatch(f)
 		dnatRules(a, dnat, m, spec)
 		snatRules(a, snat, m)
 	}
-	rs.forwardRules(c, spec)
 	refuseChains(a, rs.fams)
+	rs.forwardChains(a, spec)
+	rs.forwardRules(c, spec)
 	if spec.KernelFTP && spec.CtHelper == "" {
-		// After the forward chain: the SYN of a new add-on connection
-		// still has the add-on's mark bits only if it bypassed the
-		// daemon (its verdict clears them); the kernel's FTP helper
-		// takes it. Its sequence adjustment comes with the user's SNAT,
-		// if any, or (kernels with nft_ct's fix of late 2025, Debian's
-		// 6.1.0-57 among them) with the assignment itself.
-		unseen := a.chain("forward_unseen", nftables.ChainTypeFilter, nftables.ChainHookForward, *nftables.ChainPriorityFilter+1)
-		for _, f := range rs.fams {
-			a.rule(unseen, nfproto(f.proto), l4protoTCP(), ctStateIs(newBit), markBitsSet(spec.MarkMask),
-				concat(ctOrigDst(f.v6), ctOrigDstPort()), lookup(f.helped), ctHelperSet(KernelFTPHelper), setCtMark(ChannelMark))
-		}
+		unseenChains(a, rs.fams, spec)
 	}
-	a.rule(clean, markBitsSet(spec.MarkMask|UnseenMark), []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyMARK, Register: reg1},
-		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: native32(^(spec.MarkMask | UnseenMark)), Xor: native32(0)},
-		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: reg1},
-	})
 }
 
-// rawRules: new control connections are queued for scheduling; on the
-// compat datapath, servers' segments are queued for rewriting.
+// unseenChains: after the forward chain, the SYN of a new add-on
+// connection still has the add-on's mark bits only if it bypassed the
+// daemon (its verdict clears them); the kernel's FTP helper takes it. Its
+// sequence adjustment comes with the user's SNAT, if any, or (kernels with
+// nft_ct's fix of late 2025, Debian's 6.1.0-57 among them) with the
+// assignment itself. A chain of its own: a SYN that bypassed the daemon's
+// queue in "forward" skips the rest of that chain.
+func unseenChains(a ruleAdder, fams [2]*family, spec *Spec) {
+	unseen := a.chain("forward_unseen", nftables.ChainTypeFilter, nftables.ChainHookForward, *nftables.ChainPriorityFilter+1)
+	syns := a.regular("unseen_syn")
+	a.rule(unseen, markBitsSet(spec.MarkMask), ctStateIs(newBit), jump(syns))
+	for _, f := range fams {
+		a.rule(syns, nfproto(f.proto), l4protoTCP(), concat(ctOrigDst(f.v6), ctOrigDstPort()), lookup(f.helped),
+			ctHelperSet(KernelFTPHelper), setCtMark(ChannelMark))
+	}
+}
+
+// rawRules: raw_prerouting sends a TCP segment to its family's chain,
+// where a SYN to a VIP is queued for scheduling and, on the compat
+// datapath, a server's segment for rewriting.
 func rawRules(a ruleAdder, raw *nftables.Chain, m famMatch, spec *Spec, q []expr.Any) {
 	const syn, ack, fin, rst = 0x02, 0x10, 0x01, 0x04
 	f := m.f
-	a.rule(raw, m.fam, m.tcp, m.dst, lookup(f.vips), tcpFlagsEq(syn|ack|fin|rst, syn), q)
+	ch := a.regular(f.name("raw"))
+	// The last rule of raw_prerouting for the family: a goto ends there.
+	a.rule(raw, m.tcp, m.fam, goTo(ch))
+	a.rule(ch, tcpFlagsEq(syn|ack|fin|rst, syn), m.dst, lookup(f.vips), q)
 	if spec.CtHelper != "" {
 		return
 	}
-	// A server's segment without payload that only acknowledges
-	// needs no correction while its connection has none (not in
-	// acks): it goes by the daemon. The chain's only later rules
-	// queue, so accepting here changes nothing else.
-	a.rule(raw, m.fam, m.tcp, pureAck(f), concat(addrField(f.v6, false), portField(false), addrField(f.v6, true), portField(true)), lookupNot(f.acks), accept())
-	// Queued with UnseenMark, which the daemon's verdict clears:
-	// a segment that still has it bypassed a dead daemon.
-	a.rule(raw, m.fam, m.tcp, m.src, lookup(f.servers), setMark(UnseenMark, UnseenMark), q)
-	a.rule(raw, m.fam, m.tcp, m.src, lookup(f.watched), setMark(UnseenMark, UnseenMark), q)
+	seg := a.regular(f.name("server_seg"))
+	// A server's segment without payload that only acknowledges needs
+	// no correction while its connection has none (not in acks): it
+	// goes by the daemon.
+	a.rule(seg, pureAck(f), concat(addrField(f.v6, false), portField(false), addrField(f.v6, true), portField(true)), lookupNot(f.acks), accept())
+	// Queued with UnseenMark, which the daemon's verdict clears: a
+	// segment that still has it bypassed a dead daemon.
+	a.rule(seg, setMark(UnseenMark, UnseenMark), q)
+	a.rule(ch, m.src, lookup(f.servers), jump(seg))
+	a.rule(ch, m.src, lookup(f.watched), jump(seg))
 }
 
-// mangleRules: a new UDP flow is queued for scheduling; on the kernel
-// datapath, helped connections get the userspace helper.
+// mangleChains: mangle_prerouting sends a connection's first packet to
+// mangle_new, where a new UDP flow is queued for scheduling and, on the
+// kernel datapath, a helped connection gets the userspace helper.
+func mangleChains(a ruleAdder, mangle *nftables.Chain, fams [2]*family, spec *Spec, q []expr.Any) {
+	ch := a.regular("mangle_new")
+	a.rule(mangle, ctStateIs(newBit), jump(ch))
+	for _, f := range fams {
+		mangleRules(a, ch, newFamMatch(f), spec, q)
+	}
+}
+
 func mangleRules(a ruleAdder, mangle *nftables.Chain, m famMatch, spec *Spec, q []expr.Any) {
 	f := m.f
-	a.rule(mangle, m.fam, l4protoUDP(), ctStateIs(newBit), m.dst, lookup(f.vipsUDP), q)
+	a.rule(mangle, m.fam, l4protoUDP(), m.dst, lookup(f.vipsUDP), q)
 	if spec.CtHelper == "" {
 		return
 	}
@@ -579,55 +617,107 @@ func mangleRules(a ruleAdder, mangle *nftables.Chain, m famMatch, spec *Spec, q 
 	// datapath's (and gets the kernel's helper in dstnat).
 	// The control connection carries ChannelMark: its data
 	// connections, expected, take their master's mark.
-	a.rule(mangle, m.fam, m.tcp, ctStateIs(newBit), markBitsSet(spec.MarkMask), m.dst, lookup(f.helped), ctHelperSet(spec.CtHelper), setCtMark(ChannelMark))
+	a.rule(mangle, m.fam, m.tcp, markBitsSet(spec.MarkMask), m.dst, lookup(f.helped), ctHelperSet(spec.CtHelper), setCtMark(ChannelMark))
 }
 
-// cleanRules (after DNAT): where a reply that bypassed the daemon sends
-// its session's data connections, invalid packets on VIP paths dropped,
-// data connections marked.
-func cleanRules(a ruleAdder, clean *nftables.Chain, m famMatch, spec *Spec) {
-	f := m.f
-	if spec.CtHelper != "" {
-		// Its queue runs last (conntrack confirmation), after every
-		// chain: no rule can tell a segment that bypassed it. Every
-		// server's 227, 229 and 200 on a helped control connection
-		// writes where this client's data connections go, used only
-		// by one that no expectation took (its reply passed while
-		// the daemon was down). By destination: `ct helper` reads
-		// the master's helper, matching data connections only.
-		ctrl := concat(ctOrigDst(f.v6), ctOrigDstPort())
-		for _, code := range passiveReplies {
-			a.rule(clean, m.fam, m.tcp, ctDirectionReply(), ctrl, lookup(f.helped), replyIs(code),
-				concat(ctOrigSrc(f.v6), ctOrigDst(f.v6), addrField(f.v6, true)), bypassedUpdate(f, f.bypassed))
+// cleanChains (after DNAT): a packet with mark bits goes to "marked",
+// where a server's reply that bypassed the daemon notes where its
+// session's data connections go (compat datapath) and the bits are
+// cleared; on the kernel datapath a reply segment that may be an FTP
+// reply goes to "replies" for the same; the first packet of a connection
+// or an invalid one to "new_conn", where invalid packets on VIP paths are
+// dropped, data connections marked and persistence templates written.
+// The rules that follow none of the jumps do not read the mark, so it
+// may be cleared first.
+func cleanChains(a ruleAdder, clean *nftables.Chain, fams [2]*family, spec *Spec, persist *nftables.Chain) {
+	bits := spec.MarkMask | UnseenMark
+	marked := a.regular("marked")
+	a.rule(clean, markBitsSet(bits), jump(marked))
+	if spec.CtHelper == "" {
+		for _, f := range fams {
+			unseenReplyRules(a, marked, newFamMatch(f))
 		}
-		a.rule(clean, m.fam, m.tcp, ctDirectionReply(), ctrl, lookup(f.helped), replyIs(activeReply),
-			concat(addrField(f.v6, true), ctOrigSrc(f.v6), ctOrigDst(f.v6)), bypassedUpdate(f, f.bypassedActive))
 	} else {
-		// Its 227 or 229 went to the client unrewritten and opened no
-		// channel: remember where this client's data connections to
-		// this VIP must go (the port it names is the server's own).
-		// The reply itself only: a client's sessions with other
-		// servers of the VIP share the key, and the reply just
-		// before a data connection names that connection's server.
-		for _, code := range passiveReplies {
-			a.rule(clean, m.fam, m.tcp, markBitsSet(UnseenMark), ctDirectionReply(), replyIs(code),
-				concat(ctOrigSrc(f.v6), ctOrigDst(f.v6), addrField(f.v6, true)), bypassedUpdate(f, f.bypassed))
+		replies := a.regular("replies")
+		a.rule(clean, ctDirectionReply(), replyLike(), jump(replies))
+		for _, f := range fams {
+			helperReplyRules(a, replies, newFamMatch(f))
 		}
-		// Its PORT or EPRT opened no channel either: the server's
-		// connection to the client must come from the VIP.
-		a.rule(clean, m.fam, m.tcp, markBitsSet(UnseenMark), ctDirectionReply(), replyIs(activeReply),
-			concat(addrField(f.v6, true), ctOrigSrc(f.v6), ctOrigDst(f.v6)), bypassedUpdate(f, f.bypassedActive))
 	}
-	a.rule(clean, m.fam, m.tcp, ctStateIs(invalidBit), m.dst, lookup(f.helped), drop())
-	a.rule(clean, m.fam, m.tcp, ctStateIs(invalidBit), m.src, lookup(f.servers), drop())
-	a.rule(clean, m.fam, m.tcp, ctStateIs(invalidBit), m.src, lookup(f.watched), drop())
+	a.rule(marked, []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: reg1},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: native32(^bits), Xor: native32(0)},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: reg1},
+	})
+	fresh := a.regular("new_conn")
+	invalid := a.regular("invalid")
+	a.rule(clean, ctStateIs(invalidBit|newBit), jump(fresh))
+	a.rule(fresh, ctStateIs(invalidBit), goTo(invalid))
+	for _, f := range fams {
+		m := newFamMatch(f)
+		invalidRules(a, invalid, m)
+		newConnRules(a, fresh, m)
+	}
+	a.rule(fresh, goTo(persist))
+}
+
+// helperReplyRules (kernel datapath): its queue runs last (conntrack
+// confirmation), after every chain: no rule can tell a segment that
+// bypassed it. Every server's 227, 229 and 200 on a helped control
+// connection writes where this client's data connections go, used only by
+// one that no expectation took (its reply passed while the daemon was
+// down). By destination: `ct helper` reads the master's helper, matching
+// data connections only.
+func helperReplyRules(a ruleAdder, replies *nftables.Chain, m famMatch) {
+	f := m.f
+	ctrl := concat(ctOrigDst(f.v6), ctOrigDstPort())
+	for _, code := range passiveReplies {
+		a.rule(replies, m.fam, m.tcp, ctrl, lookup(f.helped), replyIs(code),
+			concat(ctOrigSrc(f.v6), ctOrigDst(f.v6), addrField(f.v6, true)), bypassedUpdate(f, f.bypassed))
+	}
+	a.rule(replies, m.fam, m.tcp, ctrl, lookup(f.helped), replyIs(activeReply),
+		concat(addrField(f.v6, true), ctOrigSrc(f.v6), ctOrigDst(f.v6)), bypassedUpdate(f, f.bypassedActive))
+}
+
+// unseenReplyRules (compat datapath): a server's reply that still has
+// UnseenMark bypassed the daemon.
+func unseenReplyRules(a ruleAdder, marked *nftables.Chain, m famMatch) {
+	f := m.f
+	// Its 227 or 229 went to the client unrewritten and opened no
+	// channel: remember where this client's data connections to this
+	// VIP must go (the port it names is the server's own). The reply
+	// itself only: a client's sessions with other servers of the VIP
+	// share the key, and the reply just before a data connection names
+	// that connection's server.
+	for _, code := range passiveReplies {
+		a.rule(marked, m.fam, m.tcp, markBitsSet(UnseenMark), ctDirectionReply(), replyIs(code),
+			concat(ctOrigSrc(f.v6), ctOrigDst(f.v6), addrField(f.v6, true)), bypassedUpdate(f, f.bypassed))
+	}
+	// Its PORT or EPRT opened no channel either: the server's
+	// connection to the client must come from the VIP.
+	a.rule(marked, m.fam, m.tcp, markBitsSet(UnseenMark), ctDirectionReply(), replyIs(activeReply),
+		concat(addrField(f.v6, true), ctOrigSrc(f.v6), ctOrigDst(f.v6)), bypassedUpdate(f, f.bypassedActive))
+}
+
+// invalidRules: invalid packets on VIP paths would skip NAT and leak real
+// addresses.
+func invalidRules(a ruleAdder, invalid *nftables.Chain, m famMatch) {
+	f := m.f
+	a.rule(invalid, m.fam, m.tcp, m.dst, lookup(f.helped), drop())
+	a.rule(invalid, m.fam, m.tcp, m.src, lookup(f.servers), drop())
+	a.rule(invalid, m.fam, m.tcp, m.src, lookup(f.watched), drop())
+}
+
+// newConnRules mark data connections.
+func newConnRules(a ruleAdder, fresh *nftables.Chain, m famMatch) {
+	f := m.f
 	// After DNAT an active data connection, announced to the server
 	// directly or through the user's SNAT, goes to the client.
-	a.rule(clean, m.fam, m.tcp, ctStateIs(newBit), m.flow, lookupTo(f.active), setCtMark(ChannelMark))
+	a.rule(fresh, m.fam, m.tcp, m.flow, lookupTo(f.active), setCtMark(ChannelMark))
 	// Last: a server's connection to a client that no channel announced
 	// (see snatRules) carries ChannelMark.
 	serverClient := concat(addrField(f.v6, true), addrField(f.v6, false))
-	a.rule(clean, m.fam, m.tcp, ctStateIs(newBit), serverClient, lookupTo(f.bypassedActive), setCtMark(ChannelMark))
+	a.rule(fresh, m.fam, m.tcp, serverClient, lookupTo(f.bypassedActive), setCtMark(ChannelMark))
 }
 
 // dnatRules: the daemon's scheduling decision, the fail-open fallbacks,
@@ -677,48 +767,63 @@ func snatRules(a ruleAdder, snat *nftables.Chain, m famMatch) {
 	a.rule(snat, m.fam, m.tcp, serverClient, lookupTo(f.bypassedActive), natTo(expr.NATTypeSourceNAT, f, false))
 }
 
-// forwardRules queue the client's packets of helped connections, after
-// conntrack and DNAT, and the SYN of each new add-on connection.
+// forwardChains add the forward hook's chains and the rules that Update
+// keeps: the forward chain sends a connection's first packet to
+// forward_new (refusals, add-on SYNs) and, on the compat datapath, a
+// client's established packet to forward_orig, which queues those of
+// helped connections after conntrack and DNAT (by way of client_seg).
+func (rs *Ruleset) forwardChains(a ruleAdder, spec *Spec) {
+	rs.fwdNew = a.regular("forward_new")
+	a.rule(rs.fwd, ctStateIs(newBit), jump(rs.fwdNew))
+	if spec.CtHelper != "" {
+		return
+	}
+	orig := a.regular("forward_orig")
+	q := []expr.Any{queueExpr(spec)}
+	for _, f := range rs.fams {
+		seg := a.regular(f.name("client_seg"))
+		if spec.KernelFTP {
+			// Control connections the kernel's FTP helper reads carry
+			// ChannelMark (given with the helper; nft's `ct helper`
+			// names a master's helper, so it cannot find them): the
+			// daemon must not read them.
+			a.rule(seg, ctMarkHas(ChannelMark), accept())
+		}
+		// The client's pure ACKs go by the daemon while their
+		// connection needs no correction (not in acks).
+		a.rule(seg, pureAck(f), concat(addrField(f.v6, true), portField(true), addrField(f.v6, false), portField(false)), lookupNot(f.acks), accept())
+		a.rule(seg, q)
+		a.rule(orig, nfproto(f.proto), l4protoTCP(), concat(ctOrigDst(f.v6), ctOrigDstPort()), lookup(f.helped), goTo(seg))
+	}
+	// The last rule of the forward chain: a goto ends there.
+	a.rule(rs.fwd, ctDirectionOriginal(), ctStateIs(establishedBit), goTo(orig))
+}
+
+// forwardRules fill forward_new: a new connection nothing balanced is
+// refused, and the SYN of each new add-on connection is queued.
 func (rs *Ruleset) forwardRules(c *nftables.Conn, spec *Spec) {
 	const syn, ack, fin, rst = 0x02, 0x10, 0x01, 0x04
-	q := queueExpr(&rs.queue)
-	if rs.queue.KernelFTP && rs.queue.CtHelper == "" {
-		// Control connections the kernel's FTP helper reads carry
-		// ChannelMark (given with the helper; nft's `ct helper` names a
-		// master's helper, so it cannot find them): the daemon must not
-		// read them. Data connections, which carry it too, are never
-		// queued anyway. (The kernel datapath queues only its own
-		// helper's connections.)
-		rs.rule(c, rs.fwd, ctMarkHas(ChannelMark), accept())
+	a := ruleAdder{c: c, t: rs.table}
+	a.rule(rs.fwdNew, notLoopback(), jump(&nftables.Chain{Name: refuseChain}))
+	if rs.queue.KernelFTP && rs.queue.CtHelper == "" && len(spec.AddOns) > 0 {
+		// Data connections, which carry ChannelMark too, are never add-on
+		// SYNs; a connection the kernel's FTP helper reads is not the
+		// daemon's (see forwardChains).
+		a.rule(rs.fwdNew, ctMarkHas(ChannelMark), accept())
 	}
+	q := queueExpr(&rs.queue)
 	for _, f := range rs.fams {
-		if rs.queue.CtHelper == "" {
-			// The client's pure ACKs likewise (the add-on rules below
-			// take SYNs only).
-			rs.rule(c, rs.fwd, nfproto(f.proto), l4protoTCP(), pureAck(f),
-				concat(addrField(f.v6, true), portField(true), addrField(f.v6, false), portField(false)), lookupNot(f.acks), accept())
-			rs.rule(c, rs.fwd, nfproto(f.proto), l4protoTCP(), ctDirectionOriginal(), ctStateIs(establishedBit),
-				concat(ctOrigDst(f.v6), ctOrigDstPort()), lookup(f.helped), []expr.Any{q})
-		}
-		for _, a := range spec.AddOns {
-			if !f.of(a.Match.Addr()) {
+		for _, ad := range spec.AddOns {
+			if !f.of(ad.Match.Addr()) {
 				continue
 			}
 			// The SYN after the user's DNAT shows client and server: the
 			// mark tells the daemon which add-on it belongs to.
-			rs.rule(c, rs.fwd, nfproto(f.proto), l4protoTCP(), ctDirectionOriginal(), ctStateIs(newBit), tcpFlagsEq(syn|ack|fin|rst, syn),
-				concat(ctOrigDst(f.v6), ctOrigDstPort()), cmpEq(addrPortKey(a.Match)),
-				setCtMark(FollowMark), setMark(rs.queue.MarkMask, a.Mark), []expr.Any{q})
+			a.rule(rs.fwdNew, nfproto(f.proto), l4protoTCP(), ctDirectionOriginal(), tcpFlagsEq(syn|ack|fin|rst, syn),
+				concat(ctOrigDst(f.v6), ctOrigDstPort()), cmpEq(addrPortKey(ad.Match)),
+				setCtMark(FollowMark), setMark(rs.queue.MarkMask, ad.Mark), []expr.Any{q})
 		}
 	}
-}
-
-func (rs *Ruleset) rule(c *nftables.Conn, ch *nftables.Chain, parts ...[]expr.Any) {
-	var exprs []expr.Any
-	for _, p := range parts {
-		exprs = append(exprs, p...)
-	}
-	c.AddRule(&nftables.Rule{Table: rs.table, Chain: ch, Exprs: exprs})
 }
 
 // ct state bits: NF_CT_STATE_INVALID_BIT, NF_CT_STATE_BIT(IP_CT_ESTABLISHED)
