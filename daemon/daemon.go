@@ -300,10 +300,7 @@ func (d *Daemon) serve() {
 			}
 		})
 	}
-	var err error
-	if d.keeper, err = startKeepAlive(ctx, d.ruleset, keepAliveEvery, d.log); err != nil {
-		d.log.Error("liveness element not renewed: new helped connections fall to the kernel within seconds", "err", err)
-	}
+	d.keeper = startKeepAlive(ctx, nft.Heartbeat, keepAliveEvery, d.log)
 	// The datapath runs once the rules exist: no packet announced a
 	// channel before they did.
 	d.background.Go(func() { d.dp.run(ctx, d.ruleset) })

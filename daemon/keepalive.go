@@ -2,11 +2,8 @@ package daemon
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"time"
-
-	"github.com/google/nftables"
 
 	"github.com/nfhelper/nfhelper/nft"
 )
@@ -18,39 +15,25 @@ import (
 // FTP helper stays off them); once it expires they are the kernel's alone.
 const keepAliveEvery = nft.AliveTimeout / 4
 
-// keepAlive renews the liveness element until halted. Nothing deletes the
-// element at the end: a stop removes the table, a hand-over leaves it to
-// expire unless the successor's Install adds it again first.
+// keepAlive renews the liveness element by heartbeats until halted.
+// Nothing deletes the element at the end: a stop removes the table, a
+// hand-over leaves it to expire unless the successor beats first.
 type keepAlive struct {
 	stop context.CancelFunc
 	done chan struct{}
 }
 
-// renewer has the liveness element: an *nft.Ruleset.
-type renewer interface {
-	KeepAlive(c *nftables.Conn) error
-}
-
-var _ renewer = (*nft.Ruleset)(nil)
-
-// startKeepAlive starts renewing rs's liveness element every interval
-// until ctx ends or halt. Its socket is its own, opened here (in the
-// caller's network namespace): a reload's long batch on the daemon's must
-// neither delay it nor interleave with it.
-func startKeepAlive(ctx context.Context, rs renewer, every time.Duration, log *slog.Logger) (*keepAlive, error) {
-	conn, err := nftables.New(nftables.AsLasting())
-	if err != nil {
-		return nil, fmt.Errorf("nftables: %w", err)
-	}
+// startKeepAlive calls beat (nft.Heartbeat, which sends from the
+// daemon's network namespace) every interval until ctx ends or halt.
+func startKeepAlive(ctx context.Context, beat func() error, every time.Duration, log *slog.Logger) *keepAlive {
 	ctx, stop := context.WithCancel(ctx)
 	k := &keepAlive{stop: stop, done: make(chan struct{})}
-	go k.run(ctx, conn, rs, every, log)
-	return k, nil
+	go k.run(ctx, beat, every, log)
+	return k
 }
 
-func (k *keepAlive) run(ctx context.Context, conn *nftables.Conn, rs renewer, every time.Duration, log *slog.Logger) {
+func (k *keepAlive) run(ctx context.Context, beat func() error, every time.Duration, log *slog.Logger) {
 	defer close(k.done)
-	defer conn.CloseLasting()
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	failing := false
@@ -60,7 +43,7 @@ func (k *keepAlive) run(ctx context.Context, conn *nftables.Conn, rs renewer, ev
 			return
 		case <-tick.C:
 		}
-		err := rs.KeepAlive(conn)
+		err := beat()
 		switch {
 		case err != nil && !failing:
 			log.Error("liveness element not renewed: new helped connections fall to the kernel when it expires", "err", err)

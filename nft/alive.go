@@ -13,22 +13,30 @@ import (
 )
 
 // AliveTimeout is how long the daemon counts as alive after Install or
-// its last KeepAlive: helped kernel-scheduled connections get its helper
+// its last heartbeat: helped kernel-scheduled connections get its helper
 // only while it does (a userspace helper nobody reads stalls them). It
 // is also how long after a crash new helped sessions still wait for the
 // dead daemon before the kernel's own FTP helper takes them: short. A
-// daemon too starved to renew it in time only hands new sessions to the
+// daemon too starved to beat in time only hands new sessions to the
 // kernel's helper early, which is harmless.
 const AliveTimeout = time.Second
 
+// AliveMark is the packet mark of the daemon's heartbeats (Heartbeat).
+const AliveMark = 0x6e66686c
+
 // aliveKey is the alive set's only element: tcp, looked up by the
 // packet's protocol where only TCP is asked, so that nft prints the check
-// (`meta l4proto @alive`; it cannot type a constant key).
+// (`meta l4proto @alive`; it cannot type a constant key). A heartbeat is
+// a TCP SYN for the same reason.
 var aliveKey = []byte{unix.IPPROTO_TCP}
 
+// aliveSet is written from the packet path (a heartbeat renews its
+// element): renewing it by a ruleset transaction instead would bump the
+// ruleset's generation several times a second, and `nft list` starts
+// over at every bump, so that listing a large table never ended.
 func aliveSet(t *nftables.Table) *nftables.Set {
 	return &nftables.Set{Table: t, Name: "alive", KeyType: nftables.TypeInetProto, HasTimeout: true, Timeout: AliveTimeout,
-		Comment: "the daemon runs"}
+		Dynamic: true, Comment: "the daemon runs"}
 }
 
 // aliveIs matches a TCP packet while the alive element is present (or
@@ -40,25 +48,39 @@ func aliveIs(s *nftables.Set, present bool) []expr.Any {
 	}
 }
 
-// KeepAlive restarts the alive element's timeout: delete and add in one
-// batch (adding an existing element leaves its timeout), or only add if it
-// expired. c's batch must hold nothing else: give it a connection of its own.
-func (rs *Ruleset) KeepAlive(c *nftables.Conn) error {
-	el := []nftables.SetElement{{Key: aliveKey}}
-	if err := c.SetDeleteElements(rs.alive, el); err != nil {
-		return err
-	}
-	if err := c.SetAddElements(rs.alive, el); err != nil {
-		return err
-	}
-	err := c.Flush()
-	if errors.Is(err, unix.ENOENT) {
-		if err = c.SetAddElements(rs.alive, el); err == nil {
-			err = c.Flush()
-		}
-	}
+// heartbeatChain renews the alive element from a heartbeat, before
+// conntrack (raw priority: the SYN leaves no entry), and drops it.
+func heartbeatChain(a ruleAdder, alive *nftables.Set) {
+	ch := a.chain("heartbeat", nftables.ChainTypeFilter, nftables.ChainHookOutput, *nftables.ChainPriorityRaw)
+	a.rule(ch, []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: unix.NFT_REG32_00},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: unix.NFT_REG32_00, Data: native32(AliveMark)},
+		l4protoLoad(unix.NFT_REG32_00),
+		&expr.Cmp{Op: expr.CmpOpEq, Register: unix.NFT_REG32_00, Data: aliveKey},
+		&expr.Dynset{SrcRegKey: unix.NFT_REG32_00, SetName: alive.Name, SetID: alive.ID,
+			Operation: uint32(unix.NFT_DYNSET_OP_UPDATE), Timeout: AliveTimeout},
+	}, drop())
+}
+
+// heartbeatTo is where heartbeats go: the discard port on loopback,
+// which every router has up. The heartbeat chain drops them first.
+var heartbeatTo = unix.SockaddrInet4{Port: 9, Addr: [4]byte{127, 0, 0, 1}}
+
+// Heartbeat renews the alive element of the table in the caller's network
+// namespace: it sends one TCP SYN marked AliveMark, which the table's
+// heartbeat chain takes. No ruleset transaction, no conntrack entry.
+func Heartbeat() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("keep table inet %s alive: %w", rs.table.Name, err)
+		return fmt.Errorf("heartbeat: %w", err)
+	}
+	defer unix.Close(fd)
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, AliveMark); err != nil {
+		return fmt.Errorf("heartbeat: SO_MARK: %w", err)
+	}
+	// The SYN leaves inside connect; closing the socket then sends nothing.
+	if err := unix.Connect(fd, &heartbeatTo); err != nil && !errors.Is(err, unix.EINPROGRESS) {
+		return fmt.Errorf("heartbeat: %w", err)
 	}
 	return nil
 }

@@ -564,10 +564,12 @@ func (s *syncBuilder) String() string {
 	return s.b.String()
 }
 
-// TestKernelKeepAlive: the alive element's timeout starts again at each
-// KeepAlive, also once it expired.
+// TestKernelKeepAlive: a heartbeat restarts the alive element's timeout,
+// also once it expired, without a ruleset transaction (the generation
+// stays), and leaves no conntrack entry.
 func TestKernelKeepAlive(t *testing.T) {
 	ns, c := testNetns(t)
+	sh(t, "ip -n "+ns+" link set lo up")
 	rs := install(t, c, kSpec())
 	left := func() time.Duration {
 		els, err := c.GetSetElements(rs.alive)
@@ -576,26 +578,39 @@ func TestKernelKeepAlive(t *testing.T) {
 		}
 		return els[0].Expires
 	}
+	beat := func() {
+		inNetns(t, ns, func() {
+			if err := Heartbeat(); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	gen, err := c.GetGen()
+	if err != nil {
+		t.Fatal(err)
+	}
 	time.Sleep(AliveTimeout / 2)
 	if l := left(); l > AliveTimeout/2+100*time.Millisecond || l == 0 {
 		t.Fatalf("alive has %v left", l)
 	}
-	if err := rs.KeepAlive(c); err != nil {
-		t.Fatal(err)
-	}
+	beat()
 	if l := left(); l < AliveTimeout-200*time.Millisecond {
-		t.Errorf("after KeepAlive alive has %v left", l)
+		t.Errorf("after a heartbeat alive has %v left", l)
 	}
 	// Waiting out the timeout is what is tested.
 	time.Sleep(AliveTimeout + 200*time.Millisecond)
 	if l := left(); l != 0 {
 		t.Errorf("alive still there: %v left", l)
 	}
-	if err := rs.KeepAlive(c); err != nil {
-		t.Fatalf("KeepAlive after expiry: %v", err)
-	}
+	beat()
 	if l := left(); l < AliveTimeout-200*time.Millisecond {
-		t.Errorf("after a late KeepAlive alive has %v left", l)
+		t.Errorf("after a late heartbeat alive has %v left", l)
+	}
+	if now, err := c.GetGen(); err != nil || now.ID != gen.ID {
+		t.Errorf("heartbeats changed the ruleset's generation: %v -> %v (%v)", gen.ID, now.ID, err)
+	}
+	if out, err := exec.Command("ip", "netns", "exec", ns, "conntrack", "-L").CombinedOutput(); err != nil || strings.Contains(string(out), "dport=9 ") {
+		t.Errorf("a heartbeat left a conntrack entry (%v):\n%s", err, out)
 	}
 	if out, err := nftList(t, ns, "list", "set", "inet", "nfhelper", "alive"); err != nil || !strings.Contains(out, "elements = { tcp expires") {
 		t.Errorf("%v\n%s", err, out)
@@ -638,7 +653,7 @@ func TestKernelHelped(t *testing.T) {
 
 	// The kernel datapath.
 	spec.KernelFTP, spec.CtHelper = false, KernelFTPHelper
-	rs := install(t, tp.c, spec)
+	install(t, tp.c, spec)
 	tp.dial(t, "tcp", kClients[3], ftp)
 	if ct := tp.conntrack(t, kClients[3], 21); !strings.Contains(ct, "helper=ftp") {
 		t.Errorf("kernel datapath, daemon alive:\n%s", ct)
@@ -648,9 +663,11 @@ func TestKernelHelped(t *testing.T) {
 	if ct := tp.conntrack(t, kClients[4], 21); strings.Contains(ct, "helper=") {
 		t.Errorf("kernel datapath, daemon gone:\n%s", ct)
 	}
-	if err := rs.KeepAlive(tp.c); err != nil {
-		t.Fatal(err)
-	}
+	inNetns(t, tp.router, func() {
+		if err := Heartbeat(); err != nil {
+			t.Error(err)
+		}
+	})
 	tp.dial(t, "tcp", kClients[5], ftp)
 	if ct := tp.conntrack(t, kClients[5], 21); !strings.Contains(ct, "helper=ftp") {
 		t.Errorf("kernel datapath, daemon back:\n%s", ct)

@@ -541,6 +541,7 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 		snatRules(a, snat, m)
 	}
 	refuseChains(a, rs.fams)
+	heartbeatChain(a, rs.alive)
 	rs.forwardChains(a, spec)
 	rs.forwardRules(c, spec)
 	if spec.KernelFTP && spec.CtHelper == "" {
