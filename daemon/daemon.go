@@ -68,14 +68,17 @@ type Daemon struct {
 	alive    *conntrackAlive    // the engine's conntrack lookups: idle checks
 	origins  *conntrackAlive    // and the queues' workers' (Options.OriginalDst)
 	follower *conntrackFollower // conntrack's events to the engine
-	spec     *nft.Spec
-	queues   []*nfq.Queue // the scheduling queues, then the datapath's
-	metrics  *metrics.Metrics
-	nft      *nftables.Conn // the ruleset's changes
-	ruleset  *nft.Ruleset   // nil until installed
-	keeper   *keepAlive     // renews the ruleset's liveness element; nil until served
-	control  *ctl.Server
-	states   *stateFollower
+	// followingEnds: the follower's new and destroy events run (under mu
+	// after the start).
+	followingEnds bool
+	spec          *nft.Spec
+	queues        []*nfq.Queue // the scheduling queues, then the datapath's
+	metrics       *metrics.Metrics
+	nft           *nftables.Conn // the ruleset's changes
+	ruleset       *nft.Ruleset   // nil until installed
+	keeper        *keepAlive     // renews the ruleset's liveness element; nil until served
+	control       *ctl.Server
+	states        *stateFollower
 
 	// mu serializes the changes: reloads, health changes, nfhelperctl's.
 	// Their batches on nft must not interleave. It guards what follows.
@@ -305,13 +308,7 @@ func (d *Daemon) serve() {
 	// channel before they did.
 	d.background.Go(func() { d.dp.run(ctx, d.ruleset) })
 	d.background.Go(func() { d.engine.RunExpiry(time.Second, ctx.Done()) })
-	d.background.Go(func() {
-		// Without events the table's own timeouts still end connections.
-		if err := d.follower.followEnds(ctx); err != nil {
-			d.control.NoteConntrack(err)
-			d.log.Warn("not following conntrack", "err", err)
-		}
-	})
+	d.followEndsIfNeeded(ctx)
 	d.states = &stateFollower{engine: d.engine, follower: d.follower, log: d.log, wg: &d.background}
 	d.states.adjust(ctx, d.roster.draining())
 	d.background.Go(func() { d.monitor.Run(ctx) })
@@ -376,7 +373,26 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 	d.report(before, st, func(health.Key) string { return "reload" })
 	d.saveState()
 	d.states.adjust(d.ctx, ro.draining())
+	d.followEndsIfNeeded(d.ctx)
 	return nil
+}
+
+// followEndsIfNeeded starts following conntrack's new and destroy events
+// once a service needs them (Engine.NeedsConntrackEnds), and then for the
+// daemon's life: a connection of a service a reload removed may still be
+// in the table.
+func (d *Daemon) followEndsIfNeeded(ctx context.Context) {
+	if d.followingEnds || !d.engine.NeedsConntrackEnds() {
+		return
+	}
+	d.followingEnds = true
+	d.background.Go(func() {
+		// Without events the table's own timeouts still end connections.
+		if err := d.follower.followEnds(ctx); err != nil {
+			d.control.NoteConntrack(err)
+			d.log.Warn("not following conntrack", "err", err)
+		}
+	})
 }
 
 // NoteReload records the outcome of a reload for the control socket's

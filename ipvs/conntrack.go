@@ -17,6 +17,21 @@ import (
 // the kernel destroy the old entry just as the new connection starts.
 const destroyGrace = 2 * time.Second
 
+// NeedsConntrackEnds reports whether a running service can put connections
+// in the engine's table, whose ends and data channels only conntrack's
+// events tell: any but a kernel-scheduled service without a helper, whose
+// connections the daemon never sees. With none, the daemon need not
+// listen, and the kernel then builds no event messages for it at all
+// (a socket filter would only drop them after they were built).
+func (e *Engine) NeedsConntrackEnds() bool {
+	for _, s := range e.Services() {
+		if s.Helper != nil || s.AddOn || !KernelScheduled(SchedulerName(s.sched)) {
+			return true
+		}
+	}
+	return false
+}
+
 // NeedsConntrackStates reports whether a running service schedules by the
 // connection counts that only conntrack's updates keep right: balanced
 // connections without a helper, whose packets after the SYN are never
