@@ -456,13 +456,13 @@ func (e *ksEnv) checkScheduling(want map[string]string) {
 	t.Logf("nfhelperctl services:\n%s", text)
 }
 
-// ksNftMaps lists the router's table inet nfhelper and returns the number of
-// elements of each map or set whose name starts with prefix.
-func ksNftMaps(t *testing.T, prefix string) map[string]int {
+// ksNftMaps lists, with nft -j, what args name in the router's namespace
+// and returns the number of elements of each map of table inet nfhelper.
+func ksNftMaps(t *testing.T, args ...string) map[string]int {
 	t.Helper()
-	out, errOut, err := execIn(t, 30*time.Second, harness.tp.Router, nil, "nft", "-j", "list", "table", "inet", "nfhelper")
+	out, errOut, err := execIn(t, 30*time.Second, harness.tp.Router, nil, "nft", append([]string{"-j"}, args...)...)
 	if err != nil {
-		t.Fatalf("nft -j list table inet nfhelper: %v %s", err, errOut)
+		t.Fatalf("nft -j %s: %v %s", strings.Join(args, " "), err, errOut)
 	}
 	var v struct {
 		Nftables []map[string]json.RawMessage `json:"nftables"`
@@ -472,43 +472,43 @@ func ksNftMaps(t *testing.T, prefix string) map[string]int {
 	}
 	m := map[string]int{}
 	for _, obj := range v.Nftables {
-		for _, kind := range []string{"map", "set"} {
-			raw, ok := obj[kind]
-			if !ok {
-				continue
-			}
-			var s struct {
-				Name string            `json:"name"`
-				Elem []json.RawMessage `json:"elem"`
-			}
-			if err := json.Unmarshal(raw, &s); err != nil {
-				t.Fatalf("nft -j %s: %v", kind, err)
-			}
-			if strings.HasPrefix(s.Name, prefix) {
-				m[s.Name] = len(s.Elem)
-			}
+		raw, ok := obj["map"]
+		if !ok {
+			continue
+		}
+		var s struct {
+			Name  string            `json:"name"`
+			Table string            `json:"table"`
+			Elem  []json.RawMessage `json:"elem"`
+		}
+		if err := json.Unmarshal(raw, &s); err != nil {
+			t.Fatalf("nft -j map: %v", err)
+		}
+		if s.Table == "nfhelper" {
+			m[s.Name] = len(s.Elem)
 		}
 	}
 	return m
 }
 
-// ksElements is the element count of the one map named prefix..suffix
-// (-1, and the test fails, if there is not exactly one).
+// ksElements is the element count of the one map of table inet nfhelper
+// named prefix..suffix (-1, and the test fails, if there is not exactly
+// one). The map's name comes from a terse listing and only that map is
+// listed with its elements: a listing that takes long never ends while the
+// daemon renews its liveness element.
 func ksElements(t *testing.T, prefix, suffix string) int {
 	t.Helper()
 	var names []string
-	n := 0
-	for name, c := range ksNftMaps(t, prefix) {
-		if strings.HasSuffix(name, suffix) {
+	for name := range ksNftMaps(t, "-t", "list", "maps", "inet") {
+		if strings.HasPrefix(name, prefix) && strings.HasSuffix(name, suffix) {
 			names = append(names, name)
-			n = c
 		}
 	}
 	if len(names) != 1 {
 		t.Errorf("maps %s*%s in table inet nfhelper: %v, want one", prefix, suffix, names)
 		return -1
 	}
-	return n
+	return ksNftMaps(t, "list", "map", "inet", "nfhelper", names[0])[names[0]]
 }
 
 // userDNAT installs the user's table ip nfht_ks in the router with the

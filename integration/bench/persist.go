@@ -54,6 +54,8 @@ type persistRun struct {
 	SlabAfter   int64            `json:"sunreclaim_after_kb"`
 	SlabFlushed int64            `json:"sunreclaim_flushed_kb,omitempty"` // rr: after the persist map was flushed
 	Caches      map[string]int64 `json:"slab_growth_bytes,omitempty"`     // the caches that grew most during the fill
+	ListTime    time.Duration    `json:"list_ns,omitempty"`               // nft list map of the templates, daemon running
+	ListErr     string           `json:"list_error,omitempty"`
 	Err         string           `json:"error,omitempty"`
 }
 
@@ -148,10 +150,10 @@ func (b *bench) persistRun(ctx context.Context, sched string) (r persistRun) {
 	r.RSSAfter = procRSS(d.Pid())
 	r.Caches = topGrowth(caches0, caches1, 4)
 	// Kernel-scheduled persistence keeps its templates in a persist_* map.
-	if name, n, found, err := b.persistMap(ctx); err != nil {
+	if name, n, took, listErr, err := b.persistMap(ctx); err != nil {
 		return fail(err)
-	} else if found {
-		r.MapElems = n
+	} else if name != "" {
+		r.MapElems, r.ListTime, r.ListErr = n, took, listErr
 		if _, err := tp.Run(ctx, tp.Router, "nft", "flush", "map", "inet", "nfhelper", name); err != nil {
 			return fail(err)
 		}
@@ -175,36 +177,75 @@ func templates(ctx context.Context, cl *ctl.Client) (int, error) {
 	return 0, fmt.Errorf("nfhelperctl services: no persistent service persist")
 }
 
+// listTimeout bounds the listing of the persist map: nft starts a listing
+// over whenever the ruleset changes, and the running daemon renews its
+// liveness element (a ruleset transaction) every 250 ms.
+const listTimeout = 60 * time.Second
+
 // persistMap finds the router's persist_* map of the service, if there is
-// one, and counts its elements.
-func (b *bench) persistMap(ctx context.Context) (name string, elems int, found bool, err error) {
-	out, err := b.tp.Run(ctx, b.tp.Router, "nft", "-j", "list", "table", "inet", "nfhelper")
+// one (a terse listing: names only), and counts its elements, or says
+// (listErr) that listing them did not finish within listTimeout.
+func (b *bench) persistMap(ctx context.Context) (name string, elems int, took time.Duration, listErr string, err error) {
+	out, err := b.tp.Run(ctx, b.tp.Router, "nft", "-j", "-t", "list", "maps", "inet")
 	if err != nil {
-		return "", 0, false, err
+		return "", 0, 0, "", err
 	}
+	maps, err := nftMaps(out)
+	if err != nil {
+		return "", 0, 0, "", err
+	}
+	for n := range maps {
+		if strings.HasPrefix(n, "persist_") && strings.HasSuffix(n, "_"+persistPort) {
+			name = n
+		}
+	}
+	if name == "" {
+		return "", 0, 0, "", nil
+	}
+	lctx, cancel := context.WithTimeout(ctx, listTimeout)
+	defer cancel()
+	t0 := time.Now()
+	out, err = b.tp.Run(lctx, b.tp.Router, "nft", "-j", "list", "map", "inet", "nfhelper", name)
+	took = time.Since(t0)
+	if lctx.Err() != nil && ctx.Err() == nil {
+		return name, -1, took, fmt.Sprintf("nft list map %s did not finish within %v while the daemon ran", name, listTimeout), nil
+	}
+	if err != nil {
+		return "", 0, 0, "", err
+	}
+	if maps, err = nftMaps(out); err != nil {
+		return "", 0, 0, "", err
+	}
+	return name, maps[name], took, "", nil
+}
+
+// nftMaps reads `nft -j list` output: map name -> elements listed.
+func nftMaps(out []byte) (map[string]int, error) {
 	var v struct {
 		Nftables []map[string]json.RawMessage `json:"nftables"`
 	}
 	if err := json.Unmarshal(out, &v); err != nil {
-		return "", 0, false, err
+		return nil, err
 	}
+	m := map[string]int{}
 	for _, obj := range v.Nftables {
 		raw, ok := obj["map"]
 		if !ok {
 			continue
 		}
-		var m struct {
-			Name string            `json:"name"`
-			Elem []json.RawMessage `json:"elem"`
+		var mp struct {
+			Name  string            `json:"name"`
+			Table string            `json:"table"`
+			Elem  []json.RawMessage `json:"elem"`
 		}
-		if err := json.Unmarshal(raw, &m); err != nil {
-			return "", 0, false, err
+		if err := json.Unmarshal(raw, &mp); err != nil {
+			return nil, err
 		}
-		if strings.HasPrefix(m.Name, "persist_") && strings.HasSuffix(m.Name, "_"+persistPort) {
-			return m.Name, len(m.Elem), true, nil
+		if mp.Table == "nfhelper" {
+			m[mp.Name] = len(mp.Elem)
 		}
 	}
-	return "", 0, false, nil
+	return m, nil
 }
 
 // synFill sends n TCP SYNs to VIP:persistPort from the client namespace,
@@ -352,12 +393,16 @@ func (pm *persistResult) report(sb *strings.Builder) {
 		"memory after the router's conntrack table was emptied (SUnreclaim: the whole machine's unreclaimable slab)\n",
 		pm.n, topo.VIP4, persistPort)
 	for _, r := range pm.runs {
-		where := "the daemon"
-		if r.MapElems > 0 {
+		where, elems := "the daemon", "no persist map"
+		switch {
+		case r.ListErr != "":
+			where, elems = "the kernel's persist map", r.ListErr
+		case r.MapElems > 0:
 			where = "the kernel's persist map"
+			elems = fmt.Sprintf("%d persist map elements (listed in %v)", r.MapElems, r.ListTime.Round(time.Millisecond))
 		}
-		fmt.Fprintf(sb, "  %s (templates in %s): %d sent, %d templates (nfhelperctl), %d persist map elements, fill %v\n",
-			r.Sched, where, r.Sent, r.Templates, r.MapElems, r.FillTime.Round(time.Millisecond))
+		fmt.Fprintf(sb, "  %s (templates in %s): %d sent, %d templates (nfhelperctl), %s, fill %v\n",
+			r.Sched, where, r.Sent, r.Templates, elems, r.FillTime.Round(time.Millisecond))
 		perT := func(kb int64) string {
 			if r.Templates <= 0 {
 				return "-"

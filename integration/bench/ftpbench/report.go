@@ -145,7 +145,7 @@ func (rep *reporter) sessions() {
 	rep.p("#### FTP sessions per second\n\n")
 	rep.p("%d concurrent sessions (ftpload, client namespace), each: connect to %s:21, anonymous login, PASV, RETR small.bin (4 KiB), QUIT; %v measured after %v warm-up, per system and round; %d rounds, systems alternating within each round.\n\n",
 		rep.b.o.workers, "198.51.100.10", rep.b.o.duration, rep.b.o.warmup, rep.b.o.rounds)
-	rep.p("| system | sessions/s median (min–max) | spread | session p50 ms | session p99 ms | failed sessions | ÷ kernel helper, per round: median (min–max) | machine CPU µs/session (softirq) |\n|---|---|---|---|---|---|---|---|\n")
+	rep.p("| system | sessions/s median (min–max) | spread | session p50 ms | session p99 ms | failed sessions | ÷ kernel helper, per round: median (min–max) | machine CPU µs/session | of which softirq |\n|---|---|---|---|---|---|---|---|---|\n")
 	for _, sys := range systems {
 		if !sys.sessions {
 			continue
@@ -161,7 +161,7 @@ func (rep *reporter) sessions() {
 		if sys.key != "kernel" {
 			r = mm(rep.ratio(sys.key, "kernel", rate), "%.2f")
 		}
-		rep.p("| %s | %s | %s | %s | %s | %d | %s | %s (%s) |\n", sys.name, mm(vals(ss, rate), "%.0f"), spread(vals(ss, rate)),
+		rep.p("| %s | %s | %s | %s | %s | %d | %s | %s | %s |\n", sys.name, mm(vals(ss, rate), "%.0f"), spread(vals(ss, rate)),
 			mm(vals(ss, func(s *sample) (float64, bool) { return sessF(s, func(r *sessRes) float64 { return r.P50 }) }), "%.1f"),
 			mm(vals(ss, func(s *sample) (float64, bool) { return sessF(s, func(r *sessRes) float64 { return r.P99 }) }), "%.1f"),
 			fails, r, mm(vals(ss, perSession(func(s *sample) float64 { return s.hostCPU * 1e6 })), "%.0f"),
