@@ -2,8 +2,6 @@ package nft
 
 import (
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -45,22 +43,7 @@ func TestInstallKernelScheduledGolden(t *testing.T) {
 	if _, err := Install(c, kernelSpec()); err != nil {
 		t.Fatal(err)
 	}
-	got, err := nftList(t, ns, "list", "table", "inet", "nfhelper")
-	if err != nil {
-		t.Fatalf("%v: %s", err, got)
-	}
-	got = withoutExpiry(got)
-	golden := filepath.Join("testdata", "ruleset-ksched.nft")
-	if *update {
-		os.WriteFile(golden, []byte(got), 0o644)
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got != string(want) {
-		t.Errorf("ruleset differs from %s (go test -run TestInstallKernelScheduledGolden -update to accept):\n%s", golden, got)
-	}
+	checkGolden(t, ns, "ruleset-ksched.nft")
 }
 
 func TestSlotDiff(t *testing.T) {

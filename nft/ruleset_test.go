@@ -87,22 +87,7 @@ func TestInstallGolden(t *testing.T) {
 	if _, err := Install(c, referenceSpec()); err != nil {
 		t.Fatal(err)
 	}
-	got, err := nftList(t, ns, "list", "table", "inet", "nfhelper")
-	if err != nil {
-		t.Fatalf("%v: %s", err, got)
-	}
-	got = withoutExpiry(got)
-	golden := filepath.Join("testdata", "ruleset.nft")
-	if *update {
-		os.WriteFile(golden, []byte(got), 0o644)
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got != string(want) {
-		t.Errorf("ruleset differs from %s (go test -run TestInstallGolden -update to accept):\n%s", golden, got)
-	}
+	got := checkGolden(t, ns, "ruleset.nft")
 
 	// A second install replaces the stale copy instead of failing or doubling.
 	if _, err := Install(c, referenceSpec()); err != nil {
@@ -302,25 +287,7 @@ func TestInstallKernelGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer Remove(c, "nfhelper")
-	got, err := nftList(t, ns, "list", "table", "inet", "nfhelper")
-	if err != nil {
-		t.Fatalf("%v: %s", err, got)
-	}
-	got = withoutExpiry(got)
-	golden := filepath.Join("testdata", "ruleset-kernel.nft")
-	if *update {
-		if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
-			// A read-only tree (the VM): leave it where it can be copied from.
-			os.WriteFile(os.Getenv("NFHELPER_GOLDEN_OUT"), []byte(got), 0o644)
-		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got != string(want) {
-		t.Errorf("ruleset differs from %s (go test -run TestInstallKernelGolden -update to accept):\n%s", golden, got)
-	}
+	got := checkGolden(t, ns, "ruleset-kernel.nft")
 	for _, w := range []string{"ct helper nfhelper-gold {", `type "nfhelper-gold" protocol tcp`, "priority mangle", `ct helper set "nfhelper-gold"`, `ct helper set "ftp"`} {
 		if !strings.Contains(got, w) {
 			t.Errorf("%q missing", w)
@@ -358,4 +325,31 @@ func TestInstallKeepsLateBypassed(t *testing.T) {
 	if !strings.Contains(out, ": 10.0.0.12") || strings.Contains(out, ": 10.0.0.11") {
 		t.Errorf("bypassed4 after the restart:\n%s", out)
 	}
+}
+
+// checkGolden compares the table as nft lists it in ns (expiry times
+// left out) with testdata/name, or rewrites that with -update, and
+// returns the listing.
+func checkGolden(t *testing.T, ns, name string) string {
+	t.Helper()
+	got, err := nftList(t, ns, "list", "table", "inet", "nfhelper")
+	if err != nil {
+		t.Fatalf("%v: %s", err, got)
+	}
+	got = withoutExpiry(got)
+	golden := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+			// A read-only tree (the VM): leave it where it can be copied from.
+			os.WriteFile(os.Getenv("NFHELPER_GOLDEN_OUT"), []byte(got), 0o644)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != string(want) {
+		t.Errorf("ruleset differs from %s (go test -run %s -update to accept):\n%s", golden, t.Name(), got)
+	}
+	return got
 }
