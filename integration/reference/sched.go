@@ -362,8 +362,8 @@ func (r *report) schedSection(b *strings.Builder) {
 		}
 	}
 	b.WriteString("- Where they differ by design: sh and mh hash differently (nfhelperd: nft's jhash of the client address with a " +
-		"fixed seed into a table of 256 buckets (sh) or a Maglev table of 65537 slots (mh); IPVS: its own hashes, a 251-slot mh table by " +
-		"default), so a given client may land on another server than under IPVS, with the same properties. rr ignores weights in " +
+		"fixed seed into a table of 256 buckets (sh) or a Maglev table of 65537 slots (mh); IPVS: its own hashes, an mh table whose prime size " +
+		"the kernel build fixes (CONFIG_IP_VS_MH_TAB_INDEX)), so a given client may land on another server than under IPVS, with the same properties. rr ignores weights in " +
 		"both. nfhelperd's wrr gives exact shares over each cycle, interleaved, not in IPVS's order.\n")
 	for _, s := range r.schedSystems {
 		fmt.Fprintf(b, "- %s: %s\n", s.name, s.config)
