@@ -54,15 +54,23 @@ func ftpConn(tb testing.TB) *ipvs.Worker {
 
 func payload(tb testing.TB, v ipvs.Verdict, orig []byte) (uint32, string) {
 	tb.Helper()
+	p := verdictPacket(tb, v, orig)
+	return p.TCP().Seq(), string(p.PayloadBytes())
+}
+
+// verdictPacket parses the verdict's packet (orig where unaltered), which
+// must carry a valid TCP checksum.
+func verdictPacket(tb testing.TB, v ipvs.Verdict, orig []byte) *packet.Packet {
+	tb.Helper()
 	b := orig
 	if v.Packet != nil {
 		b = v.Packet
 	}
-	var p packet.Packet
-	if err := packet.Parse(b, &p); err != nil || !p.TCPChecksumValid() {
+	p := new(packet.Packet)
+	if err := packet.Parse(b, p); err != nil || !p.TCPChecksumValid() {
 		tb.Fatalf("verdict packet: %v", err)
 	}
-	return p.TCP().Seq(), string(p.PayloadBytes())
+	return p
 }
 
 // TestFTPSplit227 runs the FTP helper through the engine: a PASV reply split

@@ -50,15 +50,7 @@ func pickupEngine(tb testing.TB, opts ipvs.Options, specs ...svcSpec) *ipvs.Engi
 // mssOf is the MSS option of the verdict's packet (orig where unaltered).
 func mssOf(tb testing.TB, v ipvs.Verdict, orig []byte) uint16 {
 	tb.Helper()
-	b := orig
-	if v.Packet != nil {
-		b = v.Packet
-	}
-	var p packet.Packet
-	if err := packet.Parse(b, &p); err != nil || !p.TCPChecksumValid() {
-		tb.Fatalf("verdict packet: %v", err)
-	}
-	opts := p.TCP().Options()
+	opts := verdictPacket(tb, v, orig).TCP().Options()
 	for i := 0; i+4 <= len(opts); i++ {
 		if opts[i] == 2 && opts[i+1] == 4 {
 			return binary.BigEndian.Uint16(opts[i+2:])
