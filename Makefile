@@ -7,7 +7,7 @@ PKGS    := vsftpd lftp curl nftables conntrack iproute2 python3 procps \
            libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3 libsodium23 libcap2
 
 .PHONY: all build deps demo test unit integration fuzz soak bench bench-ftp bench-all bench-e2e bench-queue clean \
-        deb deb-deps deb-check deb-test vm-deps vmtest vmsuite vmdeb vmreport
+        deb deb-deps deb-check deb-test vm-deps vmtest vmnft vmsuite vmdeb vmreport
 
 all: build
 
@@ -178,6 +178,7 @@ vm-deps:
 # Every part runs; vmtest fails if any failed.
 vmtest: deps vm-deps
 	@rc=0; $(MAKE) --no-print-directory vmdeb || rc=1; \
+	$(MAKE) --no-print-directory vmnft || rc=1; \
 	$(MAKE) --no-print-directory vmsuite || rc=1; \
 	$(MAKE) --no-print-directory vmreport || rc=1; exit $$rc
 
@@ -188,6 +189,13 @@ vmsuite: deps vm-deps
 		$(VM) -prebuild -modprobe nf_nat_ftp $$env -- $(VMSHARE)/integration.test -test.v -test.count=1 -test.timeout 40m $(VMTEST_ARGS) || \
 			{ rc=1; echo "== integration suite in the VM (datapath: $$dp): FAILED"; }; \
 	done; exit $$rc
+
+# Package nft's tests (rulesets, goldens, packets through them) on Debian's
+# kernel: its own modules, its kernel datapath's table (ruleset-kernel.nft).
+vmnft: deps vm-deps
+	@echo "== package nft's tests in the VM"; mkdir -p $(VMSHARE); \
+	$(GO) test -c -tags integration -o $(VMSHARE)/nft.test ./nft && \
+	$(VM) -- /bin/sh -c 'cd $(CURDIR)/nft && exec $(abspath $(VMSHARE))/nft.test -test.v -test.count=1'
 
 # The package `make deb` built, unpacked in a freshly booted guest (nothing
 # preloaded, as on a router after boot), started with each configuration

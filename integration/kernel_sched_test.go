@@ -36,6 +36,10 @@ const (
 	ksVIP6    = "2001:db8:1::50"
 	ksVIP4mh  = "198.51.100.52" // the FTP mh service's
 	ksVIP6mh  = "2001:db8:1::52"
+	ksVIP4wrr = "198.51.100.53" // the FTP wrr service's
+	ksVIP6wrr = "2001:db8:1::53"
+	ksVIP4sh  = "198.51.100.54" // the FTP sh service's
+	ksVIP6sh  = "2001:db8:1::54"
 	ksDNATVIP = "198.51.100.51" // the user's plain nft DNAT, for comparison
 	ksTable   = "nfht_ks"       // the user's table (ip family) in the router
 
@@ -81,10 +85,10 @@ func setUpKernelSched(tp *topo.Topo) error {
 	ctx, cancel := context.WithTimeout(context.Background(), topo.Scaled(30*time.Second))
 	defer cancel()
 	var r, c strings.Builder
-	for _, a := range []string{ksVIP4, ksVIP4mh, ksDNATVIP} {
+	for _, a := range []string{ksVIP4, ksVIP4mh, ksVIP4wrr, ksVIP4sh, ksDNATVIP} {
 		fmt.Fprintf(&r, "addr add %s/32 dev lo\n", a)
 	}
-	for _, a := range []string{ksVIP6, ksVIP6mh} {
+	for _, a := range []string{ksVIP6, ksVIP6mh, ksVIP6wrr, ksVIP6sh} {
 		fmt.Fprintf(&r, "addr add %s/128 dev lo nodad\n", a)
 	}
 	r.WriteString("route add 198.18.0.0/16 dev c0\n")
@@ -1058,22 +1062,28 @@ func ksFTPService(name, vip, sched, extra string, v6 bool, servers ...string) st
 	var b strings.Builder
 	fmt.Fprintf(&b, "  - name: %s\n    vip: %s\n    scheduler: %s\n    helper: ftp\n%s    real_servers:\n", name, host, sched, extra)
 	for _, s := range servers {
+		// "address*weight" gives the server a weight.
+		s, weight, weighted := strings.Cut(s, "*")
 		if v6 {
 			s = "\"[" + s + "]:21\""
 		} else {
 			s += ":21"
 		}
 		fmt.Fprintf(&b, "      - address: %s\n", s)
+		if weighted {
+			fmt.Fprintf(&b, "        weight: %s\n", weight)
+		}
 	}
 	return b.String()
 }
 
-// TestKernelSchedFTP: FTP through kernel-scheduled services, rr without
-// and mh with persistence, IPv4 and IPv6: every data mode with the Go
-// client and curl (big.bin by hash, the 227 naming the VIP, active data
-// from the VIP); rr's control connections alternate between rs1 and rs2,
-// mh's persistent client stays on one. On the compat datapath the daemon
-// picks the control connection up at the server's SYN-ACK, on the kernel
+// TestKernelSchedFTP: FTP through services of each kernel-scheduled
+// scheduler, rr, wrr (rs1 weight 2, rs2 1) and sh without persistence and
+// mh with it, IPv4 and IPv6: every data mode with the Go client and curl
+// (big.bin by hash, the 227 naming the VIP, active data from the VIP);
+// rr's and wrr's control connections follow their exact cycles, sh's and
+// mh's client stays on one server. On the compat datapath the daemon picks
+// the control connection up at the server's SYN-ACK, on the kernel
 // datapath at the first queued packet: it never sees the SYN.
 func TestKernelSchedFTP(t *testing.T) {
 	tp := needTopo(t)
@@ -1089,14 +1099,24 @@ func TestKernelSchedFTP(t *testing.T) {
 	e.d = e.start(hcConfig(
 		ksFTPService("kftp-rr", ksVIP4, "rr", "", false, topo.RS1V4, topo.RS2V4),
 		ksFTPService("kftp-rr6", ksVIP6, "rr", "", true, topo.RS1V6, topo.RS2V6),
+		ksFTPService("kftp-wrr", ksVIP4wrr, "wrr", "", false, topo.RS1V4+"*2", topo.RS2V4+"*1"),
+		ksFTPService("kftp-wrr6", ksVIP6wrr, "wrr", "", true, topo.RS1V6+"*2", topo.RS2V6+"*1"),
+		ksFTPService("kftp-sh", ksVIP4sh, "sh", "", false, topo.RS1V4, topo.RS2V4),
+		ksFTPService("kftp-sh6", ksVIP6sh, "sh", "", true, topo.RS1V6, topo.RS2V6),
 		ksFTPService("kftp-mh", ksVIP4mh, "mh", persist, false, topo.RS1V4, topo.RS2V4),
 		ksFTPService("kftp-mh6", ksVIP6mh, "mh", persist, true, topo.RS1V6, topo.RS2V6),
 	), "")
-	e.checkScheduling(map[string]string{"kftp-rr": "kernel", "kftp-rr6": "kernel", "kftp-mh": "kernel", "kftp-mh6": "kernel"})
+	e.checkScheduling(map[string]string{"kftp-rr": "kernel", "kftp-rr6": "kernel", "kftp-wrr": "kernel", "kftp-wrr6": "kernel",
+		"kftp-sh": "kernel", "kftp-sh6": "kernel", "kftp-mh": "kernel", "kftp-mh6": "kernel"})
 	for _, c := range []struct {
 		name, v4, v6 string
-		persistent   bool
-	}{{"rr", ksVIP4, ksVIP6, false}, {"mh-persistent", ksVIP4mh, ksVIP6mh, true}} {
+		cycle        map[string]int // nil: one client, one server
+	}{
+		{"rr", ksVIP4, ksVIP6, map[string]int{"rs1": 1, "rs2": 1}},
+		{"wrr", ksVIP4wrr, ksVIP6wrr, map[string]int{"rs1": 2, "rs2": 1}},
+		{"sh", ksVIP4sh, ksVIP6sh, nil},
+		{"mh-persistent", ksVIP4mh, ksVIP6mh, nil},
+	} {
 		t.Run(c.name, func(t *testing.T) {
 			tg := target{ns: tp.Client, host4: c.v4, host6: c.v6, pasv4: c.v4, peer4: c.v4, peer6: c.v6}
 			q0 := ksQueued(t)
@@ -1105,17 +1125,20 @@ func TestKernelSchedFTP(t *testing.T) {
 			runMatrix(t, tg, "curl")
 			t.Logf("12 sessions (big.bin each) in %v, %d packets queued", time.Since(start).Round(time.Millisecond), ksQueued(t)-q0)
 			for _, host := range []string{c.v4, c.v6} {
-				seq := make([]string, 0, 4)
-				for range 4 {
+				seq := make([]string, 0, 6)
+				for range 6 {
 					r := runFtpget(t, tp.Client, net.JoinHostPort(host, "21"), "epsv", "server.txt", 1)
 					seq = append(seq, strings.TrimSpace(r.results[0].Content))
 				}
-				switch {
-				case c.persistent && len(ksCounts(seq)) != 1:
-					t.Errorf("%s (persistent): one client's sessions went to %v", host, seq)
-				case !c.persistent:
-					ksCycle(t, host+" rr", seq, map[string]int{"rs1": 1, "rs2": 1})
+				if c.cycle == nil {
+					if len(ksCounts(seq)) != 1 {
+						t.Errorf("%s %s: one client's sessions went to %v", host, c.name, seq)
+					} else {
+						t.Logf("%s %s: the client's %d sessions all went to %s", host, c.name, len(seq), seq[0])
+					}
+					continue
 				}
+				ksCycle(t, host+" "+c.name, seq, c.cycle)
 			}
 		})
 	}

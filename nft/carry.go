@@ -116,6 +116,20 @@ func (cr *Carried) Len() int {
 	return n
 }
 
+// helped says whether cr holds elements of helped connections (anything
+// but persistence templates).
+func (cr *Carried) helped() bool {
+	if cr == nil {
+		return false
+	}
+	for name, els := range cr.elems {
+		if len(els) > 0 && !isPersistMap(name) {
+			return true
+		}
+	}
+	return false
+}
+
 // Offsets are the carried stream offsets by connection (client, VIP).
 func (cr *Carried) Offsets() map[[2]netip.AddrPort][2]int32 {
 	m := map[[2]netip.AddrPort][2]int32{}

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
 
 	"github.com/nfhelper/nfhelper/kernel"
@@ -157,27 +158,7 @@ func sh(t *testing.T, cmds ...string) {
 // connection to a VIP over loopback is left alone; a sorry server in the
 // map takes the connection.
 func TestRefuse(t *testing.T) {
-	router, c := testNetns(t)
-	client := fmt.Sprintf("nfht-nftc-%d", os.Getpid())
-	sh(t, "ip netns add "+client)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", client).Run() })
-	in := func(ns, cmd string) string { return "ip netns exec " + ns + " " + cmd }
-	sh(t,
-		// No duplicate address detection: the links' IPv6 is usable at once.
-		in(client, "sysctl -qw net.ipv6.conf.default.accept_dad=0"), in(router, "sysctl -qw net.ipv6.conf.default.accept_dad=0"),
-		"ip link add nfhc0 netns "+client+" type veth peer name nfhr0 netns "+router,
-		in(client, "ip link set lo up"), in(router, "ip link set lo up"),
-		in(client, "ip addr add 10.99.0.2/24 dev nfhc0"), in(client, "ip addr add fd99::2/64 dev nfhc0 nodad"),
-		in(client, "ip link set nfhc0 up"),
-		in(client, "ip route add 198.51.100.0/24 via 10.99.0.1"), in(client, "ip route add 2001:db8:1::/64 via fd99::1"),
-		in(router, "ip addr add 10.99.0.1/24 dev nfhr0"), in(router, "ip addr add fd99::1/64 dev nfhr0 nodad"),
-		in(router, "ip link set nfhr0 up"),
-		// A local VIP (input hook) and a routed one (forward hook).
-		in(router, "ip addr add 198.51.100.10/32 dev lo"), in(router, "ip addr add 2001:db8:1::10/128 dev lo nodad"),
-		// Routed back out to the client: the forward hook sees it first.
-		in(router, "ip route add 198.51.100.11/32 via 10.99.0.2"),
-		in(router, "sysctl -qw net.ipv4.ip_forward=1"),
-	)
+	router, client, c := refuseTopology(t)
 	ap := netip.MustParseAddrPort
 	spec := &Spec{
 		Table: "nfhelper", QueueNum: 100, QueueTotal: 1, MarkMask: 0x00ff0000,
@@ -239,6 +220,34 @@ func TestRefuse(t *testing.T) {
 	if err != nil {
 		t.Errorf("to the sorry server: %v", err)
 	}
+}
+
+// refuseTopology: a client namespace and a router namespace (testNetns)
+// joined by a veth pair; the router has the local VIPs 198.51.100.10 and
+// 2001:db8:1::10 and routes 198.51.100.11 back to the client.
+func refuseTopology(t *testing.T) (router, client string, c *nftables.Conn) {
+	router, c = testNetns(t)
+	client = fmt.Sprintf("nfht-nftc-%d", os.Getpid())
+	sh(t, "ip netns add "+client)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", client).Run() })
+	in := func(ns, cmd string) string { return "ip netns exec " + ns + " " + cmd }
+	sh(t,
+		// No duplicate address detection: the links' IPv6 is usable at once.
+		in(client, "sysctl -qw net.ipv6.conf.default.accept_dad=0"), in(router, "sysctl -qw net.ipv6.conf.default.accept_dad=0"),
+		"ip link add nfhc0 netns "+client+" type veth peer name nfhr0 netns "+router,
+		in(client, "ip link set lo up"), in(router, "ip link set lo up"),
+		in(client, "ip addr add 10.99.0.2/24 dev nfhc0"), in(client, "ip addr add fd99::2/64 dev nfhc0 nodad"),
+		in(client, "ip link set nfhc0 up"),
+		in(client, "ip route add 198.51.100.0/24 via 10.99.0.1"), in(client, "ip route add 2001:db8:1::/64 via fd99::1"),
+		in(router, "ip addr add 10.99.0.1/24 dev nfhr0"), in(router, "ip addr add fd99::1/64 dev nfhr0 nodad"),
+		in(router, "ip link set nfhr0 up"),
+		// A local VIP (input hook) and a routed one (forward hook).
+		in(router, "ip addr add 198.51.100.10/32 dev lo"), in(router, "ip addr add 2001:db8:1::10/128 dev lo nodad"),
+		// Routed back out to the client: the forward hook sees it first.
+		in(router, "ip route add 198.51.100.11/32 via 10.99.0.2"),
+		in(router, "sysctl -qw net.ipv4.ip_forward=1"),
+	)
+	return router, client, c
 }
 
 // serve answers on addr in network namespace ns until the test ends: TCP

@@ -157,8 +157,8 @@ type family struct {
 type Ruleset struct {
 	table  *nftables.Table
 	fams   [2]*family
-	fwd    *nftables.Chain
 	fwdNew *nftables.Chain // Update refills it: refusals and add-on SYNs
+	hooks  hookSet         // the optional base chains installed
 	tpl    *nftables.Chain // writes persistence templates
 	queue  Spec            // the queue numbers and kind the rules send to
 	alive  *nftables.Set
@@ -457,6 +457,7 @@ func (rs *Ruleset) queueUpdate(c *nftables.Conn, spec *Spec, dead map[string][]n
 	rs.persistRules(ruleAdder{c: c, t: rs.table}, spec, next)
 	c.FlushChain(rs.fwdNew)
 	rs.forwardRules(c, spec)
+	rs.setHooks(ruleAdder{c: c, t: rs.table}, rs.hooksFor(spec, false))
 	return next, nil
 }
 
@@ -502,79 +503,60 @@ func newFamMatch(f *family) famMatch {
 	}
 }
 
-// addChains adds the table's chains and their rules. Every packet the
-// router passes walks the base chains, most of them traffic nfhelper does
-// not help: each base chain starts with the cheapest test that tells a
+// addChains adds the table's chains and their rules: every regular chain,
+// and the base chains the configuration needs (hooks.go). Every packet the
+// router passes walks the base chains there are, most of them traffic
+// nfhelper does not help: each starts with the cheapest test that tells a
 // packet some rule may concern (TCP flags, ct state and direction, mark
 // bits) and jumps from there to a regular chain holding those rules, one
 // family's at a time where they need one.
 func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 	a := ruleAdder{c: c, t: rs.table}
-	// Before conntrack: new control connections (pure SYN to a VIP) are
-	// scheduled, and replies from real servers are rewritten here so that
-	// conntrack only ever sees them in the client's sequence space.
-	raw := a.chain("raw_prerouting", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, *nftables.ChainPriorityRaw)
-	// After DNAT: mark bits are ours only until NAT has used them; invalid
-	// packets on VIP paths would skip NAT and leak real addresses; a
-	// persistent service's new connection shows its server.
-	clean := a.chain("prerouting", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, *nftables.ChainPriorityNATDest+1)
-	// After conntrack: the first packet of a UDP flow, which conntrack
-	// tells from the rest.
-	mangle := a.chain("mangle_prerouting", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, *nftables.ChainPriorityMangle)
 	dnat := a.chain("dstnat", nftables.ChainTypeNAT, nftables.ChainHookPrerouting, *nftables.ChainPriorityNATDest)
-	// Client to server packets are corrected after conntrack has judged them
-	// in the client's sequence space.
-	rs.fwd = a.chain("forward", nftables.ChainTypeFilter, nftables.ChainHookForward, *nftables.ChainPriorityFilter)
-	snat := a.chain("srcnat", nftables.ChainTypeNAT, nftables.ChainHookPostrouting, *nftables.ChainPriorityNATSource)
 	rs.tpl = a.regular("persist")
-
 	q := []expr.Any{queueExpr(spec)}
 	for _, f := range rs.fams {
-		m := newFamMatch(f)
-		rawRules(a, raw, m, spec, q)
+		rawChains(a, newFamMatch(f), spec, q)
 	}
-	mangleChains(a, mangle, rs.fams, spec, q)
-	cleanChains(a, clean, rs.fams, spec, rs.tpl)
+	mangleChains(a, rs.fams, spec, q)
+	cleanChains(a, rs.fams, spec, rs.tpl)
 	for _, f := range rs.fams {
-		m := newFamMatch(f)
-		dnatRules(a, dnat, m, spec)
-		snatRules(a, snat, m)
+		dnatRules(a, dnat, newFamMatch(f), spec)
 	}
 	refuseChains(a, rs.fams)
 	heartbeatChain(a, rs.alive)
 	rs.forwardChains(a, spec)
 	rs.forwardRules(c, spec)
 	if spec.KernelFTP && spec.CtHelper == "" {
-		unseenChains(a, rs.fams, spec)
+		a.regular("unseen_syn")
+		unseenRules(a, rs.fams)
 	}
+	rs.setHooks(a, rs.hooksFor(spec, spec.Carried.helped()))
 }
 
-// unseenChains: after the forward chain, the SYN of a new add-on
-// connection still has the add-on's mark bits only if it bypassed the
-// daemon (its verdict clears them); the kernel's FTP helper takes it. Its
-// sequence adjustment comes with the user's SNAT, if any, or (kernels with
-// nft_ct's fix of late 2025, Debian's 6.1.0-57 among them) with the
-// assignment itself. A chain of its own: a SYN that bypassed the daemon's
-// queue in "forward" skips the rest of that chain.
-func unseenChains(a ruleAdder, fams [2]*family, spec *Spec) {
-	unseen := a.chain("forward_unseen", nftables.ChainTypeFilter, nftables.ChainHookForward, *nftables.ChainPriorityFilter+1)
-	syns := a.regular("unseen_syn")
-	a.rule(unseen, markBitsSet(spec.MarkMask), ctStateIs(newBit), jump(syns))
+// unseenRules: after the forward chain (forward_unseen, a base chain of
+// its own: a SYN that bypassed the daemon's queue in "forward" skips the
+// rest of that chain), the SYN of a new add-on connection still has the
+// add-on's mark bits only if it bypassed the daemon (its verdict clears
+// them); the kernel's FTP helper takes it. Its sequence adjustment comes
+// with the user's SNAT, if any, or (kernels with nft_ct's fix of late
+// 2025, Debian's 6.1.0-57 among them) with the assignment itself.
+func unseenRules(a ruleAdder, fams [2]*family) {
+	syns := &nftables.Chain{Name: "unseen_syn"}
 	for _, f := range fams {
 		a.rule(syns, nfproto(f.proto), l4protoTCP(), concat(ctOrigDst(f.v6), ctOrigDstPort()), lookup(f.helped),
 			ctHelperSet(KernelFTPHelper), setCtMark(ChannelMark))
 	}
 }
 
-// rawRules: raw_prerouting sends a TCP segment to its family's chain,
-// where a SYN to a VIP is queued for scheduling and, on the compat
-// datapath, a server's segment for rewriting.
-func rawRules(a ruleAdder, raw *nftables.Chain, m famMatch, spec *Spec, q []expr.Any) {
+// rawChains: raw_prerouting (before conntrack) sends a TCP segment to its
+// family's chain, where a SYN to a VIP is queued for scheduling and, on
+// the compat datapath, a server's segment for rewriting, so that
+// conntrack only ever sees it in the client's sequence space.
+func rawChains(a ruleAdder, m famMatch, spec *Spec, q []expr.Any) {
 	const syn, ack, fin, rst = 0x02, 0x10, 0x01, 0x04
 	f := m.f
 	ch := a.regular(f.name("raw"))
-	// The last rule of raw_prerouting for the family: a goto ends there.
-	a.rule(raw, m.tcp, m.fam, goTo(ch))
 	a.rule(ch, tcpFlagsEq(syn|ack|fin|rst, syn), m.dst, lookup(f.vips), q)
 	if spec.CtHelper != "" {
 		return
@@ -591,12 +573,12 @@ func rawRules(a ruleAdder, raw *nftables.Chain, m famMatch, spec *Spec, q []expr
 	a.rule(ch, m.src, lookup(f.watched), jump(seg))
 }
 
-// mangleChains: mangle_prerouting sends a connection's first packet to
+// mangleChains: mangle_prerouting (after conntrack, which tells a UDP
+// flow's first packet from the rest) sends a connection's first packet to
 // mangle_new, where a new UDP flow is queued for scheduling and, on the
 // kernel datapath, a helped connection gets the userspace helper.
-func mangleChains(a ruleAdder, mangle *nftables.Chain, fams [2]*family, spec *Spec, q []expr.Any) {
+func mangleChains(a ruleAdder, fams [2]*family, spec *Spec, q []expr.Any) {
 	ch := a.regular("mangle_new")
-	a.rule(mangle, ctStateIs(newBit), jump(ch))
 	for _, f := range fams {
 		mangleRules(a, ch, newFamMatch(f), spec, q)
 	}
@@ -621,26 +603,25 @@ func mangleRules(a ruleAdder, mangle *nftables.Chain, m famMatch, spec *Spec, q 
 	a.rule(mangle, m.fam, m.tcp, markBitsSet(spec.MarkMask), m.dst, lookup(f.helped), ctHelperSet(spec.CtHelper), setCtMark(ChannelMark))
 }
 
-// cleanChains (after DNAT): a packet with mark bits goes to "marked",
-// where a server's reply that bypassed the daemon notes where its
-// session's data connections go (compat datapath) and the bits are
-// cleared; on the kernel datapath a reply segment that may be an FTP
-// reply goes to "replies" for the same; the first packet of a connection
-// or an invalid one to "new_conn", where invalid packets on VIP paths are
-// dropped, data connections marked and persistence templates written.
-// The rules that follow none of the jumps do not read the mark, so it
-// may be cleared first.
-func cleanChains(a ruleAdder, clean *nftables.Chain, fams [2]*family, spec *Spec, persist *nftables.Chain) {
+// cleanChains: prerouting (after DNAT) sends a packet with mark bits to
+// "marked", where a server's reply that bypassed the daemon notes where
+// its session's data connections go (compat datapath) and the bits are
+// cleared (they are ours only until NAT has used them); on the kernel
+// datapath a reply segment that may be an FTP reply goes to "replies" for
+// the same; the first packet of a connection or an invalid one to
+// "new_conn", where invalid packets on VIP paths are dropped (they would
+// skip NAT and leak real addresses), data connections marked and
+// persistence templates written. The rules that follow none of the jumps
+// do not read the mark, so it may be cleared first.
+func cleanChains(a ruleAdder, fams [2]*family, spec *Spec, persist *nftables.Chain) {
 	bits := spec.MarkMask | UnseenMark
 	marked := a.regular("marked")
-	a.rule(clean, markBitsSet(bits), jump(marked))
 	if spec.CtHelper == "" {
 		for _, f := range fams {
 			unseenReplyRules(a, marked, newFamMatch(f))
 		}
 	} else {
 		replies := a.regular("replies")
-		a.rule(clean, ctDirectionReply(), replyLike(), jump(replies))
 		for _, f := range fams {
 			helperReplyRules(a, replies, newFamMatch(f))
 		}
@@ -652,7 +633,6 @@ func cleanChains(a ruleAdder, clean *nftables.Chain, fams [2]*family, spec *Spec
 	})
 	fresh := a.regular("new_conn")
 	invalid := a.regular("invalid")
-	a.rule(clean, ctStateIs(invalidBit|newBit), jump(fresh))
 	a.rule(fresh, ctStateIs(invalidBit), goTo(invalid))
 	for _, f := range fams {
 		m := newFamMatch(f)
@@ -756,7 +736,8 @@ func dnatRules(a ruleAdder, dnat *nftables.Chain, m famMatch, spec *Spec) {
 	a.rule(dnat, m.fam, m.tcp, dportUnprivileged(), clientVIP, lookupTo(f.bypassed), natTo(expr.NATTypeDestNAT, f, false))
 }
 
-// snatRules: active data connections come from the VIP the client knows.
+// snatRules: srcnat's rules; active data connections come from the VIP
+// the client knows.
 func snatRules(a ruleAdder, snat *nftables.Chain, m famMatch) {
 	f := m.f
 	a.rule(snat, m.fam, m.tcp, m.flow, lookupTo(f.active), natTo(expr.NATTypeSourceNAT, f, false))
@@ -768,14 +749,13 @@ func snatRules(a ruleAdder, snat *nftables.Chain, m famMatch) {
 	a.rule(snat, m.fam, m.tcp, serverClient, lookupTo(f.bypassedActive), natTo(expr.NATTypeSourceNAT, f, false))
 }
 
-// forwardChains add the forward hook's chains and the rules that Update
-// keeps: the forward chain sends a connection's first packet to
+// forwardChains add the forward hook's regular chains and the rules that
+// Update keeps: the forward chain sends a connection's first packet to
 // forward_new (refusals, add-on SYNs) and, on the compat datapath, a
 // client's established packet to forward_orig, which queues those of
 // helped connections after conntrack and DNAT (by way of client_seg).
 func (rs *Ruleset) forwardChains(a ruleAdder, spec *Spec) {
 	rs.fwdNew = a.regular("forward_new")
-	a.rule(rs.fwd, ctStateIs(newBit), jump(rs.fwdNew))
 	if spec.CtHelper != "" {
 		return
 	}
@@ -796,8 +776,6 @@ func (rs *Ruleset) forwardChains(a ruleAdder, spec *Spec) {
 		a.rule(seg, q)
 		a.rule(orig, nfproto(f.proto), l4protoTCP(), concat(ctOrigDst(f.v6), ctOrigDstPort()), lookup(f.helped), goTo(seg))
 	}
-	// The last rule of the forward chain: a goto ends there.
-	a.rule(rs.fwd, ctDirectionOriginal(), ctStateIs(establishedBit), goTo(orig))
 }
 
 // forwardRules fill forward_new: a new connection nothing balanced is

@@ -41,6 +41,11 @@ func testNetns(t *testing.T) (string, *nftables.Conn) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The specs without NativeQueue use the xtables target, which an inet
+	// table cannot autoload (Debian's kernel): loaded as the daemon does.
+	if err := kernel.ProbeXtQueue(c); err != nil {
+		t.Logf("xt_NFQUEUE: %v", err)
+	}
 	return name, c
 }
 

@@ -5,7 +5,8 @@
 //
 // It builds the namespace topology of package topo (without the FTP
 // servers), starts integration/cmd/connbench as a banner server on port 8080
-// of rs1 and rs2, and then, alternating for -rounds rounds, measures short
+// of rs1 and rs2, and then, for -rounds rounds (each starting one system
+// later than the one before, so that none always runs first), measures short
 // TCP connections from the client (from -srcs source addresses in turn, so
 // that sh and mh see many clients) to 198.51.100.10:8080 through
 //
@@ -76,7 +77,7 @@ type options struct {
 func main() {
 	var o options
 	flag.StringVar(&o.bin, "bin", os.Getenv("NFH_DAEMON_BIN"), "nfhelperd binary (default $NFH_DAEMON_BIN, else go build ./cmd/nfhelperd)")
-	flag.IntVar(&o.rounds, "rounds", 3, "rounds; each measures kernel DNAT, then nfhelperd with each scheduler")
+	flag.IntVar(&o.rounds, "rounds", 3, "rounds; each measures kernel DNAT and nfhelperd with each scheduler, in turn")
 	flag.DurationVar(&o.duration, "duration", 5*time.Second, "measured time of each run")
 	flag.DurationVar(&o.warmup, "warmup", time.Second, "unmeasured load before each run")
 	flag.IntVar(&o.workers, "workers", 64, "concurrent connections of the load generator")
@@ -332,8 +333,12 @@ func (b *bench) measure(ctx context.Context) ([]sample, error) {
 	if b.o.beside {
 		first = append(first, "dnat-beside")
 	}
+	systems := append(first, b.o.scheds...)
 	for r := 1; r <= b.o.rounds; r++ {
-		for _, sched := range append(first, b.o.scheds...) {
+		// Each round starts one system later: none always runs first
+		// (after the previous round's last) or last.
+		k := (r - 1) % len(systems)
+		for _, sched := range append(systems[k:len(systems):len(systems)], systems[:k]...) {
 			if err := ctx.Err(); err != nil {
 				return samples, err
 			}
