@@ -4,7 +4,8 @@
 GO      ?= go
 BIN     ?= bin
 PKGS    := vsftpd lftp curl nftables conntrack iproute2 python3 procps \
-           libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3 libsodium23 libcap2
+           libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3 libsodium23 libcap2 \
+           tftp-hpa atftp libwrap0 libpcre2-8-0
 
 .PHONY: all build deps demo test unit integration fuzz soak bench bench-ftp bench-all bench-e2e bench-queue clean \
         deb deb-deps deb-check deb-test vm-deps vmtest vmnft vmsuite vmdeb vmreport

@@ -306,10 +306,15 @@ func (v *validator) service(s *Service, sp string) {
 	s.validateSchedOptions(r, sp)
 	if s.Helper != "" {
 		hp := child(sp, "helper")
-		if _, ok := ipvs.LookupHelper(s.Helper); !ok {
+		_, stream := ipvs.LookupHelper(s.Helper)
+		_, datagram := ipvs.LookupDatagramHelper(s.Helper)
+		switch {
+		case !stream && !datagram:
 			r.at(hp, "unknown helper %q (have %s)", s.Helper, strings.Join(ipvs.HelperNames(), ", "))
-		} else if s.Protocol == "udp" {
+		case stream && s.Protocol == "udp":
 			r.at(hp, "helper %q reads TCP streams; a udp service has none", s.Helper)
+		case datagram && s.Protocol != "udp":
+			r.at(hp, "helper %q reads UDP requests; set protocol: udp", s.Helper)
 		}
 	}
 	s.ChannelPolicy.validate(r, sp)
@@ -378,7 +383,12 @@ func (v *validator) addOn(h *AddOn, hp string) {
 	case h.Helper == "":
 		r.at(child(hp, "helper"), "missing (have %s)", strings.Join(ipvs.HelperNames(), ", "))
 	default:
-		if _, ok := ipvs.LookupHelper(h.Helper); !ok {
+		_, stream := ipvs.LookupHelper(h.Helper)
+		_, datagram := ipvs.LookupDatagramHelper(h.Helper)
+		switch {
+		case datagram:
+			r.at(child(hp, "helper"), "helper %q reads UDP requests; add-on helpers take TCP port forwards only, for now: balance the port as a udp service", h.Helper)
+		case !stream:
 			r.at(child(hp, "helper"), "unknown helper %q (have %s)", h.Helper, strings.Join(ipvs.HelperNames(), ", "))
 		}
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nfhelper/nfhelper/config"
 	_ "github.com/nfhelper/nfhelper/helpers/ftp"
+	_ "github.com/nfhelper/nfhelper/helpers/tftp"
 	"github.com/nfhelper/nfhelper/ipvs"
 )
 
@@ -50,7 +51,10 @@ func TestInvalid(t *testing.T) {
 		{"vip without port", "services:\n  - name: a\n    vip: 198.51.100.10" + rs, `"198.51.100.10" has no port`},
 		{"duplicate vip", "services:\n  - name: a\n    vip: 198.51.100.10:21" + rs + "\n  - name: b\n    vip: 198.51.100.10:21" + rs, `services[1].vip: vip 198.51.100.10:21 already used by service "a" (line 3)`},
 		{"duplicate name", "services:\n  - name: a\n    vip: 198.51.100.10:21" + rs + "\n  - name: a\n    vip: 198.51.100.11:21" + rs, `services[1].name: name "a" used twice (first at line 2)`},
-		{"unknown helper", "services:\n  - name: a\n    vip: 198.51.100.10:21\n    helper: tftp" + rs, `services[0].helper: unknown helper "tftp"`},
+		{"unknown helper", "services:\n  - name: a\n    vip: 198.51.100.10:21\n    helper: gopher" + rs, `services[0].helper: unknown helper "gopher"`},
+		{"tftp over tcp", "services:\n  - name: a\n    vip: 198.51.100.10:69\n    helper: tftp" + rs, `services[0].helper: helper "tftp" reads UDP requests; set protocol: udp`},
+		{"ftp over udp", "services:\n  - name: a\n    vip: 198.51.100.10:21\n    protocol: udp\n    helper: ftp" + rs, `helper "ftp" reads TCP streams`},
+		{"tftp add-on", "helpers:\n  - name: h\n    helper: tftp\n    match:\n      destination: 198.51.100.20:69", `helper "tftp" reads UDP requests; add-on helpers take TCP port forwards only`},
 		{"unknown scheduler", "services:\n  - name: a\n    vip: 198.51.100.10:21\n    scheduler: fastest" + rs, `"fastest"`},
 		{"no real servers", "services:\n  - name: a\n    vip: 198.51.100.10:21", "services[0].real_servers: missing"},
 		{"family mismatch", "services:\n  - name: a\n    vip: \"[2001:db8::1]:21\"" + rs, "services[0].real_servers[0].address: 10.0.0.11:21 is not of the vip's address family"},

@@ -184,6 +184,9 @@ func WriteConns(w io.Writer, cs *Conns) {
 			svc += " (" + c.Helper + ")"
 		}
 		fmt.Fprintf(w, connLine, c.Protocol, expire(c.ExpiresIn), c.State, c.Client, c.VIP, c.Server, nat, svc)
+		if c.About != "" {
+			fmt.Fprintf(w, "    `- %s\n", c.About)
+		}
 		for _, ch := range c.Channels {
 			fmt.Fprintf(w, "    `- %s\n", channelText(ch))
 		}

@@ -56,7 +56,7 @@ func scheduledBy(v *ipvs.ServiceView) string {
 	switch {
 	case v.AddOn:
 		return ""
-	case ipvs.KernelScheduled(v.Scheduler):
+	case v.InKernel:
 		return ScheduledByKernel
 	}
 	return ScheduledByDaemon

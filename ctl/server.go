@@ -357,7 +357,7 @@ func (s *Server) conns(ctx context.Context, keep func(*Conn) bool) Conns {
 // connOf is an engine table entry as a reply shows it.
 func connOf(v *ipvs.ConnView) Conn {
 	c := Conn{Protocol: "TCP", State: v.State.String(), ExpiresIn: int64(v.ExpiresIn / time.Second),
-		Client: v.Client, VIP: v.VIP, Server: v.Server, ClientNAT: v.ClientNAT, Service: v.Service, Helper: v.Helper}
+		Client: v.Client, VIP: v.VIP, Server: v.Server, ClientNAT: v.ClientNAT, Service: v.Service, Helper: v.Helper, About: v.About}
 	if v.UDP {
 		c.Protocol = "UDP"
 	}

@@ -173,7 +173,10 @@ type Conn struct {
 	ClientNAT netip.AddrPort `json:"client_nat,omitzero"`
 	Service   string         `json:"service"`
 	Helper    string         `json:"helper,omitempty"`
-	Channels  []Channel      `json:"channels,omitempty"`
+	// About is a UDP flow's request as its helper read it (TFTP: the
+	// operation, file, mode and options).
+	About    string    `json:"about,omitempty"`
+	Channels []Channel `json:"channels,omitempty"`
 	// ScheduledBy is ScheduledByKernel for a connection read from
 	// conntrack, not in the engine's table.
 	ScheduledBy string `json:"scheduled_by,omitempty"`

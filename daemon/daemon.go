@@ -205,7 +205,7 @@ func (d *Daemon) newMonitor() ([]cleared, error) {
 func (d *Daemon) newEngine() (err error) {
 	st := d.roster.standings(d.running)
 	d.alive, d.origins = &conntrackAlive{}, &conntrackAlive{}
-	opts := ipvs.Options{MarkMask: markMask, Log: d.log, Alive: d.alive.alive, OriginalDst: d.origins.originalDst}
+	opts := ipvs.Options{MarkMask: markMask, ReplyMark: nft.ReplyMark, Log: d.log, Alive: d.alive.alive, OriginalDst: d.origins.originalDst}
 	d.dp.options(&opts)
 	if d.engine, err = ipvs.NewEngine(services(d.cfg, st), opts); err != nil {
 		return err

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	_ "github.com/nfhelper/nfhelper/helpers/ftp"
+	_ "github.com/nfhelper/nfhelper/helpers/tftp"
 	"github.com/nfhelper/nfhelper/ipvs"
 	"github.com/nfhelper/nfhelper/kernel"
 	"github.com/nfhelper/nfhelper/metrics"

@@ -22,7 +22,10 @@ func services(cfg *config.Config, st map[health.Key]standing) []*ipvs.Service {
 	var out []*ipvs.Service
 	for _, sc := range cfg.Services {
 		var helper ipvs.Helper
-		if sc.Helper != "" {
+		var datagram ipvs.DatagramHelper
+		if sc.Helper != "" && sc.Protocol == "udp" {
+			datagram, _ = ipvs.LookupDatagramHelper(sc.Helper)
+		} else if sc.Helper != "" {
 			helper, _ = ipvs.LookupHelper(sc.Helper)
 		}
 		var reals []*ipvs.RealServer
@@ -33,7 +36,7 @@ func services(cfg *config.Config, st map[health.Key]standing) []*ipvs.Service {
 		// The configuration was validated: the scheduler exists.
 		svc, _ := ipvs.NewService(sc.Name, sc.VIPAddr, sc.Scheduler, helper, reals)
 		svc.Policy = sc.Policy()
-		svc.UDP = sc.Protocol == "udp"
+		svc.UDP, svc.Datagram = sc.Protocol == "udp", datagram
 		if p := sc.Persistence; p != nil {
 			v4, v6 := p.Prefixes()
 			svc.Persist = ipvs.NewPersistence(p.Timeout, v4, v6)
@@ -87,8 +90,11 @@ func specFor(cfg *config.Config, services []*ipvs.Service, st map[health.Key]sta
 		if rs := svc.Sorry; rs != nil {
 			ns.Sorry = &nft.Server{Addr: rs.Addr, Mark: rs.Mark, Weight: 1}
 		}
-		if sc := configured[svc.Name]; sc != nil && ipvs.KernelScheduled(sc.Scheduler) {
+		if sc := configured[svc.Name]; sc != nil && svc.InKernel() {
 			ns.Kernel = kernelSched(sc, st)
+		}
+		if svc.Datagram != nil {
+			ns.Replies = svc.Policy.ChannelTimeout
 		}
 		spec.Services = append(spec.Services, ns)
 	}

@@ -137,6 +137,7 @@ type Conn struct {
 	state TCPState
 	seen  int64   // last packet, monotonic nanoseconds (see now()); the state's timeout runs from it
 	help  *helped // nil for a connection balanced without a helper
+	about string  // a UDP flow's request, as its datagram helper read it
 }
 
 // helpedEstablished is how long a helped established connection stays in

@@ -25,7 +25,7 @@ const destroyGrace = 2 * time.Second
 // (a socket filter would only drop them after they were built).
 func (e *Engine) NeedsConntrackEnds() bool {
 	for _, s := range e.Services() {
-		if s.Helper != nil || s.AddOn || !KernelScheduled(SchedulerName(s.sched)) {
+		if s.Helper != nil || !s.InKernel() {
 			return true
 		}
 	}

@@ -45,6 +45,7 @@ type Engine struct {
 	// datapath, which picks connections up at the server's SYN-ACK.
 	originalDst  func(server, client netip.AddrPort) (netip.AddrPort, error)
 	pickAtSynAck bool
+	replyMark    uint32 // Options.ReplyMark
 
 	mu sync.Mutex
 	// watched are the learned servers whose packets the datapath queues.
@@ -95,6 +96,10 @@ type Options struct {
 	// without locks held (the SYN-ACK waits for the answer). Nil: such
 	// connections go unhelped.
 	OriginalDst func(server, client netip.AddrPort) (netip.AddrPort, error)
+	// ReplyMark is the packet-mark bit (outside MarkMask) a request's
+	// verdict sets for the kernel to let its server answer from a port of
+	// its own (DatagramHelper).
+	ReplyMark uint32
 }
 
 type synAck struct {
@@ -108,7 +113,7 @@ func NewEngine(services []*Service, opts Options) (*Engine, error) {
 	e := &Engine{
 		Table: NewTable(), UDP: NewTable(), markMask: opts.MarkMask, log: opts.Log,
 		mode: newDatapathMode(opts.Datapath), onEnded: opts.OnEnded, alive: opts.Alive,
-		originalDst: opts.OriginalDst, pickAtSynAck: opts.Datapath == DatapathCompat,
+		originalDst: opts.OriginalDst, pickAtSynAck: opts.Datapath == DatapathCompat, replyMark: opts.ReplyMark,
 		watched: make(map[netip.AddrPort]bool), unnamed: make(map[synAck]*Conn),
 	}
 	e.channels.passive = make(map[passiveKey]passiveClaim)
@@ -333,10 +338,14 @@ func (w *Worker) roomier() []byte {
 }
 
 // scheduleUDP schedules a new UDP flow to a VIP: its first packet, which
-// the datapath queues after conntrack (ct state new).
+// the datapath queues after conntrack (ct state new). A flow without a
+// reply stays new: its next packets come too, and keep their server. A
+// service's datagram helper reads each: a request lets its server answer
+// from a port of its own (the verdict's ReplyMark has the kernel translate
+// that reply flow).
 func (w *Worker) scheduleUDP(pkt []byte, mark uint32) Verdict {
 	e := w.e
-	client, vip, err := packet.UDPEndpoints(pkt)
+	client, vip, payload, err := packet.UDPDatagram(pkt)
 	svc := e.snap.Load().udp[vip]
 	if err != nil || svc == nil {
 		e.Stats.Unparsed.Add(1)
@@ -354,5 +363,26 @@ func (w *Worker) scheduleUDP(pkt []byte, mark uint32) Verdict {
 		e.UDP.Insert(c)
 		e.Stats.Scheduled.Add(1)
 	}
-	return Verdict{SetMark: true, Mark: mark&^e.markMask | c.Real.Mark}
+	v := Verdict{SetMark: true, Mark: mark&^e.markMask | c.Real.Mark}
+	if svc.Datagram != nil {
+		w.request(c, payload, &v)
+	}
+	return v
+}
+
+// request has c's datagram helper read a client's datagram.
+func (w *Worker) request(c *Conn, payload []byte, v *Verdict) {
+	e := w.e
+	reply, about := c.Service.Datagram.Request(payload)
+	if !reply {
+		e.Stats.NotRequests.Add(1)
+		return
+	}
+	e.Stats.ReplyFlows.Add(1)
+	v.Mark |= e.replyMark
+	if about != "" {
+		c.mu.Lock()
+		c.about = about
+		c.mu.Unlock()
+	}
 }

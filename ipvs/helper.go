@@ -178,19 +178,58 @@ func (r *Result) Delta() int {
 	return d
 }
 
+// DatagramHelper is a UDP service's helper. The datapath queues a UDP
+// flow's packets until it has a reply: a client's request, and its copies
+// while no answer came back on the same ports. The helper reads each, and
+// may let the real server answer from a port of its own to the client's
+// port (a reply flow, as TFTP's transfer), which the kernel then
+// translates as coming from the VIP. It never edits.
+type DatagramHelper interface {
+	Name() string
+	// Request reads a client's datagram to the service. reply: the server
+	// may start a reply flow to the client. about: the request, in one line
+	// for the connection's view; "" if it is none.
+	Request(datagram []byte) (reply bool, about string)
+}
+
 var (
 	registryMu sync.RWMutex
 	registry   = map[string]Helper{}
+	datagrams  = map[string]DatagramHelper{}
 )
 
 // Register makes a helper available by name to service configurations.
 func Register(h Helper) {
 	registryMu.Lock()
 	defer registryMu.Unlock()
-	if _, dup := registry[h.Name()]; dup {
-		panic(fmt.Sprintf("ipvs: helper %q registered twice", h.Name()))
-	}
+	mustBeNew(h.Name())
 	registry[h.Name()] = h
+}
+
+// RegisterDatagram makes a UDP service's helper available by name.
+func RegisterDatagram(h DatagramHelper) {
+	registryMu.Lock()
+	defer registryMu.Unlock()
+	mustBeNew(h.Name())
+	datagrams[h.Name()] = h
+}
+
+// mustBeNew panics if a helper of either kind has name; registryMu is held.
+func mustBeNew(name string) {
+	_, stream := registry[name]
+	_, datagram := datagrams[name]
+	if stream || datagram {
+		panic(fmt.Sprintf("ipvs: helper %q registered twice", name))
+	}
+}
+
+// LookupDatagramHelper returns the UDP service's helper registered under
+// name.
+func LookupDatagramHelper(name string) (DatagramHelper, bool) {
+	registryMu.RLock()
+	defer registryMu.RUnlock()
+	h, ok := datagrams[name]
+	return h, ok
 }
 
 // LookupHelper returns the helper registered under name.
@@ -201,12 +240,15 @@ func LookupHelper(name string) (Helper, bool) {
 	return h, ok
 }
 
-// HelperNames lists registered helpers, sorted.
+// HelperNames lists registered helpers of both kinds, sorted.
 func HelperNames() []string {
 	registryMu.RLock()
 	defer registryMu.RUnlock()
-	names := make([]string, 0, len(registry))
+	names := make([]string, 0, len(registry)+len(datagrams))
 	for n := range registry {
+		names = append(names, n)
+	}
+	for n := range datagrams {
 		names = append(names, n)
 	}
 	sort.Strings(names)

@@ -338,3 +338,64 @@ func TestHelpedIdleBackstop(t *testing.T) {
 		t.Fatal("plain connection kept past 15 minutes")
 	}
 }
+
+// requestHelper is a DatagramHelper that takes datagrams starting "REQ".
+type requestHelper struct{}
+
+func (requestHelper) Name() string { return "req" }
+
+func (requestHelper) Request(d []byte) (bool, string) {
+	if len(d) < 3 || string(d[:3]) != "REQ" {
+		return false, ""
+	}
+	return true, string(d)
+}
+
+// TestDatagramRequests: a UDP service's datagram helper reads each queued
+// datagram of a flow: a request's verdict carries ReplyMark beside the
+// server's mark (its copies too, with the same server), the flow's view
+// shows it; anything else passes with the server's mark alone, counted.
+func TestDatagramRequests(t *testing.T) {
+	const replyMark = 0x08000000
+	a, b := &RealServer{Addr: ap("10.0.0.11:69"), Weight: 1}, &RealServer{Addr: ap("10.0.0.12:69"), Weight: 1}
+	s := svcOf(t, "198.51.100.10:69", "rr", a, b)
+	s.UDP, s.Datagram = true, requestHelper{}
+	if s.InKernel() {
+		t.Error("a service with a datagram helper is scheduled in the kernel")
+	}
+	e, err := NewEngine([]*Service{s}, Options{MarkMask: 0x00ff0000, ReplyMark: replyMark})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := e.NewWorker()
+	cl, vip := ap("203.0.113.2:40000"), ap("198.51.100.10:69")
+	request := func(src netip.AddrPort, payload string) Verdict {
+		p := udpPacket(src, vip)
+		p[3] += byte(len(payload))
+		p[25] += byte(len(payload))
+		return w.Process(append(p, payload...), 0)
+	}
+	for i := range 2 {
+		if v := request(cl, "REQ file"); !v.SetMark || v.Mark != a.Mark|replyMark {
+			t.Errorf("request %d: %+v, want a's mark %#x and ReplyMark", i, v, a.Mark)
+		}
+	}
+	if v := request(ap("203.0.113.2:40001"), "REQ other"); v.Mark != b.Mark|replyMark {
+		t.Errorf("another client port: mark %#x, want b's and ReplyMark", v.Mark)
+	}
+	if v := request(ap("203.0.113.2:40002"), "ACK"); !v.SetMark || v.Mark&replyMark != 0 {
+		t.Errorf("no request: %+v", v)
+	}
+	if got := e.Stats.ReplyFlows.Load(); got != 3 {
+		t.Errorf("reply flows %d, want 3", got)
+	}
+	if got := e.Stats.NotRequests.Load(); got != 1 {
+		t.Errorf("not requests %d, want 1", got)
+	}
+	for _, v := range e.ConnViews() {
+		if v.Client == cl && (v.About != "REQ file" || v.Helper != "req" || !v.UDP) {
+			t.Errorf("view %+v", v)
+		}
+	}
+}
+

@@ -42,7 +42,10 @@ type Service struct {
 	Servers []*RealServer
 	AddOn   bool
 	Mark    uint32
-	UDP     bool // a UDP service: flows are scheduled, never helped
+	UDP     bool // a UDP service: flows are scheduled, their streams never read
+	// Datagram, for a UDP service, reads the requests its flows start
+	// with (Helper stays nil).
+	Datagram DatagramHelper
 	// Persist, if set, sends a client back to the server it had last
 	// (IPVS persistence, -p).
 	Persist *Persistence
@@ -70,6 +73,13 @@ func NewService(name string, vip netip.AddrPort, scheduler string, h Helper, ser
 // which the user's rules translate; their SYN carries mark.
 func NewAddOn(name string, match netip.AddrPort, h Helper, mark uint32) *Service {
 	return &Service{Name: name, VIP: match, Helper: h, Policy: DefaultPolicy, AddOn: true, Mark: mark, mu: new(sync.Mutex)}
+}
+
+// InKernel reports whether nftables schedules the service's new
+// connections: a kernel-capable scheduler, and nothing that needs the
+// first packet (an add-on's SYN, a datagram helper's request).
+func (s *Service) InKernel() bool {
+	return !s.AddOn && s.Datagram == nil && KernelScheduled(SchedulerName(s.sched))
 }
 
 // bind returns a new connection's helper state; nil without a helper.

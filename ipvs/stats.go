@@ -24,6 +24,8 @@ type Stats struct {
 	SeqAdjSet                              atomic.Uint64 // kernel datapath: seqadj records set outright before a verdict
 	PickedUp                               atomic.Uint64 // helped connections nftables scheduled, taken up from their first packet queued
 	PickupUnresolved                       atomic.Uint64 // SYN-ACKs of a shared server whose VIP conntrack did not tell (unhelped)
+	ReplyFlows                             atomic.Uint64 // requests whose server may answer from a port of its own (TFTP)
+	NotRequests                            atomic.Uint64 // datagrams to a datagram helper's service that asked for nothing
 	Refused                                [numRefusals]atomic.Uint64
 }
 
@@ -95,6 +97,12 @@ var counters = func() []Counter {
 		{"seqadj_set", "nfhelper_seqadj_set_total", "", "",
 			"Kernel datapath: times the kernel's seqadj records were set outright before a verdict (a withheld line, a retransmission cut anew).",
 			func(s *Stats) *atomic.Uint64 { return &s.SeqAdjSet }},
+		{"reply_flows", "nfhelper_reply_flows_opened_total", "", "",
+			"Requests (TFTP) whose real server may answer from a port of its own, translated by the kernel as coming from the VIP.",
+			func(s *Stats) *atomic.Uint64 { return &s.ReplyFlows }},
+		{"not_requests", "nfhelper_not_requests_total", "", "",
+			"Datagrams to a UDP service with a helper that were no request (passed on, nothing opened).",
+			func(s *Stats) *atomic.Uint64 { return &s.NotRequests }},
 		{"picked_up", "nfhelper_picked_up_connections_total", "", "",
 			"Helped connections the kernel scheduled, taken up from the first packet the daemon saw (the SYN-ACK, or the SYN after NAT).",
 			func(s *Stats) *atomic.Uint64 { return &s.PickedUp }},

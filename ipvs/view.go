@@ -15,6 +15,7 @@ type ServiceView struct {
 	UDP       bool
 	AddOn     bool
 	Scheduler string // IPVS name; empty for an add-on
+	InKernel  bool   // nftables schedules it (Service.InKernel)
 	Helper    string // empty: balanced without a helper
 	Mark      uint32 // add-on: the mark bits of its queued SYNs
 	Policy    Policy
@@ -45,6 +46,7 @@ type ConnView struct {
 	UDP       bool
 	Service   string
 	Helper    string
+	About     string         // what the flow asked for, as its datagram helper read it
 	ClientNAT netip.AddrPort // invalid unless the user's rules SNAT the client (add-on)
 	State     TCPState
 	ExpiresIn time.Duration // until the entry times out, unless a packet comes
@@ -100,13 +102,16 @@ func SchedulerName(s Scheduler) string {
 // View copies the service's settings and its real servers' counters.
 func (s *Service) View() ServiceView {
 	v := ServiceView{
-		Name: s.Name, VIP: s.VIP, UDP: s.UDP, AddOn: s.AddOn, Policy: s.Policy,
+		Name: s.Name, VIP: s.VIP, UDP: s.UDP, AddOn: s.AddOn, Policy: s.Policy, InKernel: s.InKernel(),
 	}
 	if s.AddOn {
 		v.Mark = s.Mark
 	}
-	if s.Helper != nil {
+	switch {
+	case s.Helper != nil:
 		v.Helper = s.Helper.Name()
+	case s.Datagram != nil:
+		v.Helper = s.Datagram.Name()
 	}
 	if p := s.Persist; p != nil {
 		v.Persistent = true
@@ -185,9 +190,12 @@ func (c *Conn) view(at int64, udp bool) ConnView {
 	if c.Service.Helper != nil && c.help != nil {
 		v.Helper = c.Service.Helper.Name()
 	}
+	if c.Service.Datagram != nil {
+		v.Helper = c.Service.Datagram.Name()
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	v.State = c.state
+	v.State, v.About = c.state, c.about
 	v.ExpiresIn = time.Duration(max(c.deadline()-at, 0))
 	if c.help == nil {
 		return v

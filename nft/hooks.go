@@ -16,7 +16,8 @@ const (
 	hookClean               // prerouting: the daemon's mark bits, invalid packets, data connections, templates
 	hookForward             // forward: refusals, add-on SYNs, clients' segments
 	hookUnseen              // forward_unseen: add-on SYNs that bypassed the daemon
-	hookSNAT                // srcnat: active data connections
+	hookSNAT                // srcnat: active data connections, answers to requests
+	hookReplies             // reply_open: requests whose answers come from new ports (TFTP)
 	numHooks
 )
 
@@ -34,10 +35,11 @@ func (rs *Ruleset) hooksFor(spec *Spec, helpedLeft bool) hookSet {
 	// empty). refused: a kernel-scheduled service has nothing to send a
 	// connection to, which the forward hook refuses. persist: templates
 	// are written after DNAT.
-	var queued, refused, persist bool
+	var queued, refused, persist, replies bool
 	for i := range spec.Services {
 		svc := &spec.Services[i]
 		helped = helped || svc.Helped
+		replies = replies || svc.Replies > 0
 		if svc.Kernel == nil {
 			queued = true
 			continue
@@ -54,14 +56,19 @@ func (rs *Ruleset) hooksFor(spec *Spec, helpedLeft bool) hookSet {
 	h[hookClean] = queued || helped || persist
 	h[hookForward] = queued || helped || refused
 	h[hookUnseen] = compat && rs.queue.KernelFTP && helped
-	h[hookSNAT] = helped
+	h[hookSNAT] = helped || replies
+	h[hookReplies] = replies
 	return h
 }
 
 // setHooks adds to the batch the base chains (with their rules) that want
-// has and rs lacks, and deletes those rs has and want lacks. The regular
-// chains they jump to are always there.
-func (rs *Ruleset) setHooks(a ruleAdder, want hookSet) {
+// has and rs lacks, and deletes those rs has and want lacks; the rules of
+// reply_open, which follow spec, it adds anew. The regular chains they
+// jump to are always there.
+func (rs *Ruleset) setHooks(a ruleAdder, spec *Spec, want hookSet) {
+	if want[hookReplies] && rs.hooks[hookReplies] {
+		a.c.FlushChain(&nftables.Chain{Name: replyOpenChain, Table: rs.table})
+	}
 	for h := range numHooks {
 		switch {
 		case want[h] && !rs.hooks[h]:
@@ -73,9 +80,12 @@ func (rs *Ruleset) setHooks(a ruleAdder, want hookSet) {
 		}
 	}
 	rs.hooks = want
+	if want[hookReplies] {
+		rs.replyOpenRules(a, spec)
+	}
 }
 
-var hookNames = [numHooks]string{"raw_prerouting", "mangle_prerouting", "prerouting", "forward", "forward_unseen", "srcnat"}
+var hookNames = [numHooks]string{"raw_prerouting", "mangle_prerouting", "prerouting", "forward", "forward_unseen", "srcnat", replyOpenChain}
 
 // addHook adds base chain h and its rules.
 func (rs *Ruleset) addHook(a ruleAdder, h hook) {
@@ -115,6 +125,9 @@ func (rs *Ruleset) addHook(a ruleAdder, h hook) {
 		ch := a.chain(hookNames[h], nftables.ChainTypeNAT, nftables.ChainHookPostrouting, *nftables.ChainPriorityNATSource)
 		for _, f := range rs.fams {
 			snatRules(a, ch, newFamMatch(f))
+			replySNATRules(a, ch, newFamMatch(f))
 		}
+	case hookReplies:
+		a.chain(hookNames[h], nftables.ChainTypeFilter, nftables.ChainHookPostrouting, nftables.ChainPriority(replyOpenPriority))
 	}
 }

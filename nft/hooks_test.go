@@ -29,10 +29,11 @@ func TestHooksFor(t *testing.T) {
 	helped := plain
 	helped.Helped = true
 	queued := Service{VIP: ap("198.51.100.10:8080"), Servers: []Server{{s1, 0x10000, 1, false}}}
+	tftp := Service{VIP: ap("198.51.100.10:69"), UDP: true, Servers: []Server{{s1, 0x10000, 1, false}}, Replies: time.Minute}
 	const (
-		raw, mangle, clean, fwd, unseen, snat = "raw", "mangle", "clean", "fwd", "unseen", "snat"
+		raw, mangle, clean, fwd, unseen, snat, replies = "raw", "mangle", "clean", "fwd", "unseen", "snat", "replies"
 	)
-	names := map[string]hook{raw: hookRaw, mangle: hookMangle, clean: hookClean, fwd: hookForward, unseen: hookUnseen, snat: hookSNAT}
+	names := map[string]hook{raw: hookRaw, mangle: hookMangle, clean: hookClean, fwd: hookForward, unseen: hookUnseen, snat: hookSNAT, replies: hookReplies}
 	for _, tc := range []struct {
 		name     string
 		spec     Spec
@@ -48,6 +49,7 @@ func TestHooksFor(t *testing.T) {
 		{name: "daemon-scheduled", spec: Spec{Services: []Service{plain, queued}}, want: []string{raw, mangle, clean, fwd}},
 		{name: "helped", spec: Spec{Services: []Service{helped}}, want: []string{raw, clean, fwd, unseen, snat}},
 		{name: "helped, kernel datapath", spec: Spec{Services: []Service{helped}}, ctHelper: "h", want: []string{mangle, clean, fwd, snat}},
+		{name: "tftp", spec: Spec{Services: []Service{plain, tftp}}, want: []string{raw, mangle, clean, fwd, snat, replies}},
 		{name: "add-on", spec: Spec{AddOns: []AddOn{{ap("198.51.100.20:21"), 0x40000}}}, want: []string{raw, clean, fwd, unseen, snat}},
 		{name: "live helped connections", spec: Spec{Services: []Service{plain}, LiveVIPs: []netip.AddrPort{ap("198.51.100.10:21")}},
 			want: []string{raw, clean, fwd, unseen, snat}},

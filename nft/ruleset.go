@@ -92,6 +92,11 @@ type Service struct {
 	// and the fail-open map sends every connection to it when no server
 	// has a weight (all down or quiesced). Its Weight is not used.
 	Sorry *Server
+	// Replies, if set, makes a UDP service's real servers answer a request
+	// from a port of their own (TFTP): a request the daemon's verdict marks
+	// with ReplyMark lets the server's first packet back to the client
+	// leave as the VIP for this long.
+	Replies time.Duration
 	// Kernel, if set, has nftables schedule the service in a chain of its
 	// own (svc_*), reached from dstnat by the dispatch maps: its new
 	// connections are not queued, and that chain is its fail-open too.
@@ -147,6 +152,9 @@ type family struct {
 	// real server . client : VIP, its reverse, for the server's active
 	// data connections.
 	bypassedActive *nftables.Set
+	// server . client . client port : VIP, the answers that requests
+	// await (ReplyMark).
+	replies *nftables.Set
 	// TCP data offset and flags . IP length (IPv6: payload length) of
 	// every segment without payload and with ACK but no SYN, FIN or RST
 	// (constant).
@@ -206,6 +214,7 @@ func newFamily(t *nftables.Table, v6 bool) *family {
 		KeyType: nftables.MustConcatSetType(addr, addr), DataType: addr}
 	f.bypassedActive = &nftables.Set{Table: t, Name: "bypassed_active" + suffix, IsMap: true, HasTimeout: true, Dynamic: true, Concatenation: true,
 		KeyType: nftables.MustConcatSetType(addr, addr), DataType: addr}
+	f.replies = f.repliesSet(t)
 	// Two 16-bit numbers; nft shows them as ports.
 	f.pureAck = &nftables.Set{Table: t, Name: "pure_ack" + suffix, Constant: true, Concatenation: true,
 		KeyType: nftables.MustConcatSetType(nftables.TypeInetService, nftables.TypeInetService),
@@ -317,7 +326,7 @@ func Remove(c *nftables.Conn, name string) error {
 
 func (rs *Ruleset) addSets(c *nftables.Conn, spec *Spec, f *family) error {
 	static := rs.staticElements(spec, f)
-	for _, set := range []*nftables.Set{f.vips, f.vipsUDP, f.kvips, f.dispatch, f.helped, f.servers, f.watched, f.byMark, f.fallback, f.fallbackUDP, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets, f.acks, f.bypassed, f.bypassedActive} {
+	for _, set := range []*nftables.Set{f.vips, f.vipsUDP, f.kvips, f.dispatch, f.helped, f.servers, f.watched, f.byMark, f.fallback, f.fallbackUDP, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets, f.acks, f.bypassed, f.bypassedActive, f.replies} {
 		if err := c.AddSet(set, static[set]); err != nil {
 			return fmt.Errorf("add set %s: %w", set.Name, err)
 		}
@@ -457,7 +466,7 @@ func (rs *Ruleset) queueUpdate(c *nftables.Conn, spec *Spec, dead map[string][]n
 	rs.persistRules(ruleAdder{c: c, t: rs.table}, spec, next)
 	c.FlushChain(rs.fwdNew)
 	rs.forwardRules(c, spec)
-	rs.setHooks(ruleAdder{c: c, t: rs.table}, rs.hooksFor(spec, false))
+	rs.setHooks(ruleAdder{c: c, t: rs.table}, spec, rs.hooksFor(spec, false))
 	return next, nil
 }
 
@@ -531,7 +540,7 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 		a.regular("unseen_syn")
 		unseenRules(a, rs.fams)
 	}
-	rs.setHooks(a, rs.hooksFor(spec, spec.Carried.helped()))
+	rs.setHooks(a, spec, rs.hooksFor(spec, spec.Carried.helped()))
 }
 
 // unseenRules: after the forward chain (forward_unseen, a base chain of
@@ -699,6 +708,7 @@ func newConnRules(a ruleAdder, fresh *nftables.Chain, m famMatch) {
 	// (see snatRules) carries ChannelMark.
 	serverClient := concat(addrField(f.v6, true), addrField(f.v6, false))
 	a.rule(fresh, m.fam, m.tcp, serverClient, lookupTo(f.bypassedActive), setCtMark(ChannelMark))
+	replyConnRules(a, fresh, m)
 }
 
 // dnatRules: the daemon's scheduling decision, the fail-open fallbacks,

@@ -21,6 +21,7 @@ import (
 	"github.com/nfhelper/nfhelper/config"
 	"github.com/nfhelper/nfhelper/daemon"
 	_ "github.com/nfhelper/nfhelper/helpers/ftp"
+	_ "github.com/nfhelper/nfhelper/helpers/tftp"
 )
 
 // version is set at build time (-ldflags "-X main.version=...").

@@ -62,23 +62,34 @@ const ProtocolUDP = 17
 // UDP and returns its source and destination: what scheduling a UDP flow
 // needs. Other packets give ErrNotUDP or the errors of Parse.
 func UDPEndpoints(buf []byte) (src, dst netip.AddrPort, err error) {
+	src, dst, _, err = UDPDatagram(buf)
+	return src, dst, err
+}
+
+// UDPDatagram is UDPEndpoints with the datagram's payload, as long as the
+// UDP header says and the packet holds.
+func UDPDatagram(buf []byte) (src, dst netip.AddrPort, payload []byte, err error) {
 	buf, l4, v6, proto, err := parseIP(buf)
 	if err != nil {
-		return src, dst, err
+		return src, dst, nil, err
 	}
 	if proto != ProtocolUDP {
-		return src, dst, ErrNotUDP
+		return src, dst, nil, ErrNotUDP
 	}
 	if len(buf)-l4 < udpHeaderLen {
-		return src, dst, ErrTruncated
+		return src, dst, nil, ErrTruncated
 	}
 	sport, dport := uint16(buf[l4])<<8|uint16(buf[l4+1]), uint16(buf[l4+2])<<8|uint16(buf[l4+3])
+	if n := int(buf[l4+4])<<8 | int(buf[l4+5]); n >= udpHeaderLen && l4+n < len(buf) {
+		buf = buf[:l4+n]
+	}
+	payload = buf[l4+udpHeaderLen:]
 	if v6 {
 		ip := IPv6(buf)
-		return netip.AddrPortFrom(ip.Src(), sport), netip.AddrPortFrom(ip.Dst(), dport), nil
+		return netip.AddrPortFrom(ip.Src(), sport), netip.AddrPortFrom(ip.Dst(), dport), payload, nil
 	}
 	ip := IPv4(buf)
-	return netip.AddrPortFrom(ip.Src(), sport), netip.AddrPortFrom(ip.Dst(), dport), nil
+	return netip.AddrPortFrom(ip.Src(), sport), netip.AddrPortFrom(ip.Dst(), dport), payload, nil
 }
 
 const udpHeaderLen = 8

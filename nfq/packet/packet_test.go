@@ -369,3 +369,24 @@ func TestUDPEndpoints(t *testing.T) {
 		t.Errorf("v6: %v %v %v", src, dst, err)
 	}
 }
+
+// TestUDPDatagram: the payload as long as the UDP header says and the
+// packet holds.
+func TestUDPDatagram(t *testing.T) {
+	head := []byte{0x45, 0, 0, 33, 0, 0, 0, 0, 64, ProtocolUDP, 0, 0, 203, 0, 113, 2, 198, 51, 100, 10, 0x9c, 0x40, 0, 69, 0, 13, 0, 0}
+	pkt := append(head, "hello"...)
+	if src, dst, p, err := UDPDatagram(pkt); err != nil || string(p) != "hello" || src.Port() != 40000 || dst.Port() != 69 {
+		t.Errorf("%v %v %q %v", src, dst, p, err)
+	}
+	short := append([]byte(nil), pkt...)
+	short[25] = 11 // the UDP length says 3 bytes of payload
+	if _, _, p, err := UDPDatagram(short); err != nil || string(p) != "hel" {
+		t.Errorf("UDP length 11: %q %v", p, err)
+	}
+	long := append([]byte(nil), pkt...)
+	long[25] = 200 // longer than the packet: what it holds
+	if _, _, p, err := UDPDatagram(long); err != nil || string(p) != "hello" {
+		t.Errorf("UDP length 200: %q %v", p, err)
+	}
+}
+
