@@ -74,6 +74,7 @@ type ChannelPolicy struct {
 	BlockRefused       bool           `yaml:"block_refused"`
 	MaxDataChannels    *int           `yaml:"max_data_channels"`    // default 1
 	DataChannelTimeout *time.Duration `yaml:"data_channel_timeout"` // default 300s
+	MaxPendingRequests *int           `yaml:"max_pending_requests"` // default 128 (tftp)
 }
 
 // Queue chooses the NFQUEUE numbers the daemon binds.
@@ -123,6 +124,9 @@ func (s *ChannelPolicy) Policy() ipvs.Policy {
 	}
 	if s.DataChannelTimeout != nil {
 		p.ChannelTimeout = *s.DataChannelTimeout
+	}
+	if s.MaxPendingRequests != nil {
+		p.MaxPending = *s.MaxPendingRequests
 	}
 	return p
 }
@@ -410,5 +414,8 @@ func (p *ChannelPolicy) validate(r *report, path string) {
 	}
 	if d := p.DataChannelTimeout; d != nil && (*d < time.Second || *d > 24*time.Hour) {
 		r.at(child(path, "data_channel_timeout"), "%s out of 1s..24h", *d)
+	}
+	if m := p.MaxPendingRequests; m != nil && (*m < 1 || *m > 65535) {
+		r.at(child(path, "max_pending_requests"), "%d out of 1..65535", *m)
 	}
 }

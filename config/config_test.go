@@ -52,6 +52,7 @@ func TestInvalid(t *testing.T) {
 		{"duplicate vip", "services:\n  - name: a\n    vip: 198.51.100.10:21" + rs + "\n  - name: b\n    vip: 198.51.100.10:21" + rs, `services[1].vip: vip 198.51.100.10:21 already used by service "a" (line 3)`},
 		{"duplicate name", "services:\n  - name: a\n    vip: 198.51.100.10:21" + rs + "\n  - name: a\n    vip: 198.51.100.11:21" + rs, `services[1].name: name "a" used twice (first at line 2)`},
 		{"unknown helper", "services:\n  - name: a\n    vip: 198.51.100.10:21\n    helper: gopher" + rs, `services[0].helper: unknown helper "gopher"`},
+		{"max pending requests", "services:\n  - name: a\n    vip: 198.51.100.10:69\n    protocol: udp\n    helper: tftp\n    max_pending_requests: 0" + rs, `services[0].max_pending_requests: 0 out of 1..65535`},
 		{"tftp over tcp", "services:\n  - name: a\n    vip: 198.51.100.10:69\n    helper: tftp" + rs, `services[0].helper: helper "tftp" reads UDP requests; set protocol: udp`},
 		{"ftp over udp", "services:\n  - name: a\n    vip: 198.51.100.10:21\n    protocol: udp\n    helper: ftp" + rs, `helper "ftp" reads TCP streams`},
 		{"tftp add-on", "helpers:\n  - name: h\n    helper: tftp\n    match:\n      destination: 198.51.100.20:69", `helper "tftp" reads UDP requests; add-on helpers take TCP port forwards only`},
@@ -156,7 +157,7 @@ func TestErrorsAllSorted(t *testing.T) {
 7:17: services[0].real_servers[0].weight: "x" is not an integer
 8:11: services[1].name: name "a" used twice (first at line 2)
 9:10: services[1].vip: "198.51.100.10" has no port (want an address:port, IPv6 in brackets)
-10:5: services[1].colour: unknown key (have name, vip, protocol, scheduler, mh_table_size, sh_port, helper, real_servers, persistence, loose, allow_low_ports, block_refused, max_data_channels, data_channel_timeout, health_check, on_down, sorry_server, notify)`
+10:5: services[1].colour: unknown key (have name, vip, protocol, scheduler, mh_table_size, sh_port, helper, real_servers, persistence, loose, allow_low_ports, block_refused, max_data_channels, data_channel_timeout, max_pending_requests, health_check, on_down, sorry_server, notify)`
 	if err == nil || err.Error() != want {
 		t.Fatalf("err =\n%v\nwant\n%s", err, want)
 	}

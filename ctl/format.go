@@ -187,6 +187,9 @@ func WriteConns(w io.Writer, cs *Conns) {
 		if c.About != "" {
 			fmt.Fprintf(w, "    `- %s\n", c.About)
 		}
+		for _, r := range c.Replies {
+			fmt.Fprintf(w, "    `- reply %s -> %s as %s, %ds\n", r.Server, c.Client, r.VIP, r.AgeSeconds)
+		}
 		for _, ch := range c.Channels {
 			fmt.Fprintf(w, "    `- %s\n", channelText(ch))
 		}

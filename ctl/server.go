@@ -361,6 +361,9 @@ func connOf(v *ipvs.ConnView) Conn {
 	if v.UDP {
 		c.Protocol = "UDP"
 	}
+	for _, r := range v.Replies {
+		c.Replies = append(c.Replies, Reply{Server: r.Server, VIP: r.VIP, AgeSeconds: int64(r.Age / time.Second)})
+	}
 	for _, ch := range v.Channels {
 		c.Channels = append(c.Channels, Channel{Kind: ch.Kind.String(), Client: ch.Client, VIP: ch.VIP,
 			Server: ch.Server, NAT: ch.NAT, ExpiresIn: int64(ch.ExpiresIn / time.Second)})

@@ -175,11 +175,21 @@ type Conn struct {
 	Helper    string         `json:"helper,omitempty"`
 	// About is a UDP flow's request as its helper read it (TFTP: the
 	// operation, file, mode and options).
-	About    string    `json:"about,omitempty"`
+	About string `json:"about,omitempty"`
+	// Replies are the flows its request let the server start (TFTP
+	// transfers): the server's port and the VIP's as the client sees it.
+	Replies  []Reply   `json:"replies,omitempty"`
 	Channels []Channel `json:"channels,omitempty"`
 	// ScheduledBy is ScheduledByKernel for a connection read from
 	// conntrack, not in the engine's table.
 	ScheduledBy string `json:"scheduled_by,omitempty"`
+}
+
+// Reply is a reply flow of a UDP request (a TFTP transfer).
+type Reply struct {
+	Server     netip.AddrPort `json:"server"`
+	VIP        netip.AddrPort `json:"vip"`
+	AgeSeconds int64          `json:"age"`
 }
 
 // Channel is an announced data channel of a helped connection. Passive:

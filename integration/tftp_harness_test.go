@@ -198,6 +198,7 @@ type tftpOpts struct {
 	Blksize    int           // blksize option; 0: none (512-byte blocks)
 	Windowsize int           // windowsize option; 0 or 1: none
 	Timeout    time.Duration // bound on the client's run; 0: 60 s (topo.Scaled)
+	Retransmit int           // timeout option (RFC 2349), seconds; 0: none (atftp only)
 }
 
 // String names the options, as subtests do: "bs1468-ws16".
@@ -220,12 +221,15 @@ func tftpClientSupports(client string, o tftpOpts) error {
 		if o.Blksize != 0 && o.Blksize != 512 {
 			return errors.New("tftp-hpa's client sends no blksize option (512-byte blocks only)")
 		}
-		if o.Windowsize > 1 {
-			return errors.New("tftp-hpa's client sends no windowsize option")
+		if o.Windowsize > 1 || o.Retransmit > 0 {
+			return errors.New("tftp-hpa's client sends no windowsize or timeout option")
 		}
 	case tftpClientCurl:
 		if o.Windowsize > 1 {
 			return errors.New("curl has no windowsize option")
+		}
+		if o.Retransmit > 0 {
+			return errors.New("curl sends no timeout option")
 		}
 	case tftpClientAtftp:
 	default:
@@ -311,6 +315,9 @@ func tftpClientArgs(client, host string, put bool, local, remote string, o tftpO
 		}
 		if o.Windowsize > 1 {
 			args = append(args, "--option", fmt.Sprintf("windowsize %d", o.Windowsize))
+		}
+		if o.Retransmit > 0 {
+			args = append(args, "--option", fmt.Sprintf("timeout %d", o.Retransmit))
 		}
 		if put {
 			args = append(args, "-p")

@@ -135,9 +135,9 @@ type Conn struct {
 
 	mu    sync.Mutex
 	state TCPState
-	seen  int64   // last packet, monotonic nanoseconds (see now()); the state's timeout runs from it
-	help  *helped // nil for a connection balanced without a helper
-	about string  // a UDP flow's request, as its datagram helper read it
+	seen  int64       // last packet, monotonic nanoseconds (see now()); the state's timeout runs from it
+	help  *helped     // nil for a connection balanced without a helper
+	reply *replyState // a datagram helper's request flow; nil before its first request
 }
 
 // helpedEstablished is how long a helped established connection stays in
@@ -161,6 +161,11 @@ const idleCheck = 15 * time.Minute
 func (c *Conn) deadline() int64 {
 	if c.state == StateEstablished && c.help != nil {
 		return max(c.seen, c.help.alive) + int64(helpedEstablished)
+	}
+	if c.reply != nil && len(c.reply.flows) > 0 {
+		// Its replies end by conntrack's destroy events, as a helped
+		// connection does.
+		return max(c.seen, c.reply.flows[len(c.reply.flows)-1].started) + int64(helpedEstablished)
 	}
 	return c.seen + int64(stateTimeout[c.state])
 }

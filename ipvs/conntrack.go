@@ -68,9 +68,12 @@ func (e *Engine) ConntrackDestroyed(udp bool, client, dst netip.AddrPort, packet
 	table := e.Table
 	if udp {
 		table = e.UDP
+		if e.replyEnded(client, dst) {
+			return
+		}
 	}
 	c := table.LookupVIP(client, dst)
-	if c == nil {
+	if c == nil || udp && c.keepForReplies() {
 		return
 	}
 	c.mu.Lock()

@@ -54,6 +54,10 @@ type Engine struct {
 	// by the server and the ACK number its SYN-ACK will carry: that reply
 	// shows the client's address after the user's SNAT, if any.
 	unnamed map[synAck]*Conn
+	// replies are the reply flows running, to their request flows.
+	replies map[replyKey]*Conn
+	// pending are the requests awaiting their answer, by client host.
+	pending map[netip.Addr][]pendingRequest
 }
 
 // Datapath is how the kernel carries out the engine's verdicts, which
@@ -114,11 +118,13 @@ func NewEngine(services []*Service, opts Options) (*Engine, error) {
 		Table: NewTable(), UDP: NewTable(), markMask: opts.MarkMask, log: opts.Log,
 		mode: newDatapathMode(opts.Datapath), onEnded: opts.OnEnded, alive: opts.Alive,
 		originalDst: opts.OriginalDst, pickAtSynAck: opts.Datapath == DatapathCompat, replyMark: opts.ReplyMark,
-		watched: make(map[netip.AddrPort]bool), unnamed: make(map[synAck]*Conn),
+		watched: make(map[netip.AddrPort]bool), unnamed: make(map[synAck]*Conn), replies: make(map[replyKey]*Conn),
+		pending: make(map[netip.Addr][]pendingRequest),
 	}
 	e.channels.passive = make(map[passiveKey]passiveClaim)
 	e.channels.active = make(map[passiveKey]passiveClaim)
 	e.Table.onRemove = e.removed
+	e.UDP.onRemove = e.forgetReplies
 	commit, err := e.Prepare(services)
 	if err != nil {
 		return nil, err
@@ -378,11 +384,19 @@ func (w *Worker) request(c *Conn, payload []byte, v *Verdict) {
 		e.Stats.NotRequests.Add(1)
 		return
 	}
+	w.now = now()
+	if !e.admitRequest(c, w.now) {
+		// Dropped: the client sends it again once an answer came.
+		v.Drop = true
+		w.refused(c, []Refusal{RefusePending})
+		return
+	}
 	e.Stats.ReplyFlows.Add(1)
 	v.Mark |= e.replyMark
-	if about != "" {
-		c.mu.Lock()
-		c.about = about
-		c.mu.Unlock()
+	c.mu.Lock()
+	if c.reply == nil {
+		c.reply = &replyState{}
 	}
+	c.reply.about = about
+	c.mu.Unlock()
 }

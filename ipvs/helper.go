@@ -50,10 +50,15 @@ type Policy struct {
 	MaxChannels int
 	// ChannelTimeout is how long an announced channel stays open.
 	ChannelTimeout time.Duration
+	// MaxPending bounds a client host's requests (a datagram helper's)
+	// whose answer has not come yet: a request beyond it is dropped, and
+	// the client sends it again later.
+	MaxPending int
 }
 
-// DefaultPolicy is the kernel FTP helper's: one pending channel, 5 minutes.
-var DefaultPolicy = Policy{MaxChannels: 1, ChannelTimeout: 5 * time.Minute}
+// DefaultPolicy is the kernel FTP helper's: one pending channel, 5
+// minutes; and 128 pending requests per client host.
+var DefaultPolicy = Policy{MaxChannels: 1, ChannelTimeout: 5 * time.Minute, MaxPending: 128}
 
 // Helper is an application-layer helper (FTP, ...), registered by name. It
 // reads byte streams and reports edits and data channels; the core owns
@@ -101,10 +106,11 @@ const (
 	RefuseEPSVAll                    // PORT, PASV or EPRT after EPSV ALL
 	RefuseNoPort                     // no free port on the VIP
 	RefuseMalformed                  // PORT or EPRT arguments that do not parse
+	RefusePending                    // a request beyond its client's pending bound (dropped)
 	numRefusals
 )
 
-var refusalNames = [...]string{"bounce", "low_port", "unsolicited", "epsv_all", "no_port", "malformed"}
+var refusalNames = [...]string{"bounce", "low_port", "unsolicited", "epsv_all", "no_port", "malformed", "pending"}
 
 func (r Refusal) String() string { return refusalNames[r] }
 

@@ -399,3 +399,89 @@ func TestDatagramRequests(t *testing.T) {
 	}
 }
 
+// TestReplyFlows: conntrack's events tell a request's reply flows: one
+// from the request's server starts under it (another server's does not);
+// the request's own entry may go while a reply runs, and the flow leaves
+// the table with its last reply.
+func TestReplyFlows(t *testing.T) {
+	a := &RealServer{Addr: ap("10.0.0.11:69"), Weight: 1}
+	s := svcOf(t, "198.51.100.10:69", "rr", a)
+	s.UDP, s.Datagram = true, requestHelper{}
+	e, err := NewEngine([]*Service{s}, Options{MarkMask: 0x00ff0000, ReplyMark: 0x08000000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := e.NewWorker()
+	cl, vip := ap("203.0.113.2:40000"), ap("198.51.100.10:69")
+	p := udpPacket(cl, vip)
+	p[3] += 3
+	p[25] += 3
+	w.Process(append(p, "REQ"...), 0)
+	if e.ReplyStarted(ap("10.0.0.12:51000"), cl, ap("198.51.100.10:51000")) {
+		t.Error("a flow from another server was taken for the reply")
+	}
+	if !e.ReplyStarted(ap("10.0.0.11:51000"), cl, ap("198.51.100.10:51000")) {
+		t.Fatal("the server's reply flow was not taken")
+	}
+	views := e.ConnViews()
+	if len(views) != 1 || len(views[0].Replies) != 1 || views[0].Replies[0].Server != ap("10.0.0.11:51000") || views[0].Replies[0].VIP != ap("198.51.100.10:51000") {
+		t.Fatalf("views %+v", views)
+	}
+	// The request's entry goes (30 s unanswered on its own ports): the
+	// flow stays for its reply.
+	c := e.UDP.LookupVIP(cl, vip)
+	c.mu.Lock()
+	c.seen -= int64(time.Minute)
+	c.mu.Unlock()
+	e.ConntrackDestroyed(true, cl, vip, 1, 31)
+	if e.UDP.Len() != 1 {
+		t.Fatal("the request left the table while its reply runs")
+	}
+	e.ConntrackDestroyed(true, ap("10.0.0.11:51000"), cl, 4000, 2000000)
+	if e.UDP.Len() != 0 || len(e.replies) != 0 {
+		t.Errorf("after its reply ended: %d flows, %d replies indexed", e.UDP.Len(), len(e.replies))
+	}
+	if got := e.Stats.RepliesStarted.Load(); got != 1 {
+		t.Errorf("replies started %d", got)
+	}
+}
+
+// TestPendingRequests: a client host has at most MaxPending requests
+// awaiting their answer; one more is dropped and counted, a copy of a
+// pending one is not; an answer (its reply flow) frees its place.
+func TestPendingRequests(t *testing.T) {
+	a := &RealServer{Addr: ap("10.0.0.11:69"), Weight: 1}
+	s := svcOf(t, "198.51.100.10:69", "rr", a)
+	s.UDP, s.Datagram = true, requestHelper{}
+	s.Policy.MaxPending = 2
+	e, err := NewEngine([]*Service{s}, Options{MarkMask: 0x00ff0000, ReplyMark: 0x08000000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := e.NewWorker()
+	vip := ap("198.51.100.10:69")
+	request := func(client string) Verdict {
+		p := udpPacket(ap(client), vip)
+		p[3] += 3
+		p[25] += 3
+		return w.Process(append(p, "REQ"...), 0)
+	}
+	for _, cl := range []string{"203.0.113.2:40000", "203.0.113.2:40001", "203.0.113.2:40000"} {
+		if v := request(cl); v.Drop || v.Mark&0x08000000 == 0 {
+			t.Errorf("%s: %+v, want admitted", cl, v)
+		}
+	}
+	if v := request("203.0.113.2:40002"); !v.Drop {
+		t.Errorf("a third pending request: %+v, want dropped", v)
+	}
+	if v := request("203.0.113.3:40002"); v.Drop {
+		t.Error("another host's request was dropped")
+	}
+	if got := e.Stats.Refused[RefusePending].Load(); got != 1 {
+		t.Errorf("refused pending %d", got)
+	}
+	e.ReplyStarted(ap("10.0.0.11:50000"), ap("203.0.113.2:40000"), ap("198.51.100.10:50000"))
+	if v := request("203.0.113.2:40002"); v.Drop {
+		t.Error("dropped after an answer freed a place")
+	}
+}

@@ -26,6 +26,7 @@ type Stats struct {
 	PickupUnresolved                       atomic.Uint64 // SYN-ACKs of a shared server whose VIP conntrack did not tell (unhelped)
 	ReplyFlows                             atomic.Uint64 // requests whose server may answer from a port of its own (TFTP)
 	NotRequests                            atomic.Uint64 // datagrams to a datagram helper's service that asked for nothing
+	RepliesStarted                         atomic.Uint64 // reply flows conntrack saw start, each its request's
 	Refused                                [numRefusals]atomic.Uint64
 }
 
@@ -100,6 +101,9 @@ var counters = func() []Counter {
 		{"reply_flows", "nfhelper_reply_flows_opened_total", "", "",
 			"Requests (TFTP) whose real server may answer from a port of its own, translated by the kernel as coming from the VIP.",
 			func(s *Stats) *atomic.Uint64 { return &s.ReplyFlows }},
+		{"replies_started", "nfhelper_reply_flows_started_total", "", "",
+			"Reply flows (TFTP transfers) that started from a request's server, as conntrack told.",
+			func(s *Stats) *atomic.Uint64 { return &s.RepliesStarted }},
 		{"not_requests", "nfhelper_not_requests_total", "", "",
 			"Datagrams to a UDP service with a helper that were no request (passed on, nothing opened).",
 			func(s *Stats) *atomic.Uint64 { return &s.NotRequests }},
@@ -112,7 +116,7 @@ var counters = func() []Counter {
 	}
 	for r := range Refusal(numRefusals) {
 		cs = append(cs, Counter{"refused_" + r.String(), "nfhelper_refusals_total", "reason", r.String(),
-			"Announced data channels a helper refused, by reason.",
+			"Announced data channels (and requests, reason pending) a helper refused, by reason.",
 			func(s *Stats) *atomic.Uint64 { return &s.Refused[r] }})
 	}
 	return cs

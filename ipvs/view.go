@@ -47,10 +47,17 @@ type ConnView struct {
 	Service   string
 	Helper    string
 	About     string         // what the flow asked for, as its datagram helper read it
+	Replies   []ReplyView    // the reply flows its request let the server start
 	ClientNAT netip.AddrPort // invalid unless the user's rules SNAT the client (add-on)
 	State     TCPState
 	ExpiresIn time.Duration // until the entry times out, unless a packet comes
 	Channels  []ChannelView // announced data channels, not yet timed out
+}
+
+// ReplyView is a reply flow of a datagram helper's request.
+type ReplyView struct {
+	Server, VIP netip.AddrPort // its two ends as the server and the client see the server
+	Age         time.Duration
 }
 
 // ChannelView is an announced data channel of a connection.
@@ -195,7 +202,13 @@ func (c *Conn) view(at int64, udp bool) ConnView {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	v.State, v.About = c.state, c.about
+	v.State = c.state
+	if r := c.reply; r != nil {
+		v.About = r.about
+		for _, f := range r.flows {
+			v.Replies = append(v.Replies, ReplyView{Server: f.Server, VIP: f.VIP, Age: time.Duration(max(at-f.started, 0))})
+		}
+	}
 	v.ExpiresIn = time.Duration(max(c.deadline()-at, 0))
 	if c.help == nil {
 		return v
