@@ -33,13 +33,11 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -50,6 +48,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/nfhelper/nfhelper/integration/bench/measure"
 	"github.com/nfhelper/nfhelper/integration/topo"
 )
 
@@ -57,7 +56,6 @@ const (
 	port       = "8080"
 	besidePort = 8081 // nfhelperd's service while it runs beside the user's DNAT
 	userTable  = "nfhbench"
-	clockTicks = 100 // USER_HZ: the unit of /proc/PID/stat and /proc/stat times
 )
 
 type options struct {
@@ -161,13 +159,8 @@ func run(o options) int {
 		return topo.ExitCode(err)
 	}
 	defer done()
-	out := o.out
-	if out == "" {
-		if out, err = os.MkdirTemp("", "nfhelper-bench-e2e-"); err != nil {
-			logf("%v", err)
-			return 1
-		}
-	} else if err := os.MkdirAll(out, 0o755); err != nil {
+	out, err := measure.OutDir(o.out, "nfhelper-bench-e2e-")
+	if err != nil {
 		logf("%v", err)
 		return 1
 	}
@@ -220,14 +213,7 @@ func run(o options) int {
 	}
 	report := b.report(samples, pm, err)
 	fmt.Print(report)
-	txt, jsonl := filepath.Join(out, "bench-e2e.txt"), filepath.Join(out, "bench-e2e.jsonl")
-	werr := os.WriteFile(txt, []byte(report), 0o644)
-	var lines []byte
-	for _, s := range samples {
-		j, _ := json.Marshal(s)
-		lines = append(append(lines, j...), '\n')
-	}
-	werr = errors.Join(werr, os.WriteFile(jsonl, lines, 0o644))
+	txt, jsonl, werr := measure.WriteResults(out, "bench-e2e", report, samples)
 	if werr != nil {
 		logf("writing results: %v", werr)
 		return 1
@@ -403,7 +389,7 @@ func (b *bench) runDNAT(ctx context.Context, beside bool) (sample, error) {
 	k0 := b.counters(ctx)
 	var c0 float64
 	if pid != 0 {
-		c0, _ = procCPU(pid)
+		c0, _ = measure.ProcCPU(pid)
 	}
 	h0, t0 := hostBusy()
 	res, err := b.load(ctx, b.o.duration, "dnat")
@@ -416,7 +402,7 @@ func (b *bench) runDNAT(ctx context.Context, beside bool) (sample, error) {
 	if pid != 0 {
 		// Connections that are not its own must not wake it (conntrack
 		// events are filtered by mark).
-		c1, err := procCPU(pid)
+		c1, err := measure.ProcCPU(pid)
 		if err != nil {
 			return s, err
 		}
@@ -447,7 +433,7 @@ func (b *bench) runDaemon(ctx context.Context, sched string) (sample, error) {
 		return sample{}, err
 	}
 	var s sample
-	c0, err := procCPU(d.Pid())
+	c0, err := measure.ProcCPU(d.Pid())
 	if err != nil {
 		return s, err
 	}
@@ -455,7 +441,7 @@ func (b *bench) runDaemon(ctx context.Context, sched string) (sample, error) {
 	h0, t0 := hostBusy()
 	res, err := b.load(ctx, b.o.duration, "nfhelperd")
 	h1, t1 := hostBusy()
-	c1, cerr := procCPU(d.Pid())
+	c1, cerr := measure.ProcCPU(d.Pid())
 	if err = errors.Join(err, cerr); err != nil {
 		return s, err
 	}
@@ -557,22 +543,13 @@ func (b *bench) counters(ctx context.Context) map[string]int64 {
 			}
 		}
 	}
-	// queue_number peer_portid queue_total copy_mode copy_range queue_dropped user_dropped id_sequence 1
-	if out, err := tp.Run(ctx, tp.Router, "cat", "/proc/net/netfilter/nfnetlink_queue"); err == nil {
-		for _, line := range strings.Split(string(out), "\n") {
-			f := strings.Fields(line)
-			if len(f) < 8 {
-				continue
-			}
-			qd, _ := strconv.ParseInt(f[5], 10, 64)
-			ud, _ := strconv.ParseInt(f[6], 10, 64)
-			m["router nfqueue queue_dropped"] += qd
-			m["router nfqueue user_dropped"] += ud
+	if qs, err := measure.ReadQueues(ctx, tp, tp.Router); err == nil {
+		for _, q := range qs {
+			m["router nfqueue queue_dropped"] += q.Dropped
+			m["router nfqueue user_dropped"] += q.UserDropped
 			// id_sequence: packets queued so far, per queue (how evenly
 			// the queues share the load).
-			if seq, err := strconv.ParseInt(f[7], 10, 64); err == nil {
-				m["router nfqueue "+f[0]+" packets"] = seq
-			}
+			m["router nfqueue "+q.Number+" packets"] = q.IDSequence
 		}
 	}
 	return m
@@ -603,60 +580,11 @@ func delta(before, after map[string]int64) map[string]int64 {
 	return d
 }
 
-// procCPU is utime+stime of a process (all its threads), in seconds.
-func procCPU(pid int) (float64, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// The command name (field 2) may hold spaces: fields count from ')'.
-	i := strings.LastIndexByte(string(data), ')')
-	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
-	}
-	f := strings.Fields(string(data[i+1:]))
-	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
-	}
-	ut, err1 := strconv.ParseUint(f[11], 10, 64)
-	st, err2 := strconv.ParseUint(f[12], 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, err
-	}
-	return float64(ut+st) / clockTicks, nil
-}
-
 // hostBusy is the machine's non-idle CPU time so far (all CPUs, seconds)
-// from /proc/stat, and when it was read. Namespaces share the host's CPUs:
-// this includes the load generator, the servers, softirq NAT work and
-// anything else running on the machine.
+// from /proc/stat, and when it was read.
 func hostBusy() (float64, time.Time) {
 	now := time.Now()
-	f, err := os.Open("/proc/stat")
-	if err != nil {
-		return 0, now
-	}
-	defer f.Close()
-	line, err := bufio.NewReader(f).ReadString('\n')
-	if err != nil && err != io.EOF {
-		return 0, now
-	}
-	fields := strings.Fields(line)
-	if len(fields) < 5 || fields[0] != "cpu" {
-		return 0, now
-	}
-	var busy uint64
-	// user nice system idle iowait irq softirq steal [guest guest_nice,
-	// already counted in user and nice]
-	for i, v := range fields[1:min(len(fields), 9)] {
-		n, _ := strconv.ParseUint(v, 10, 64)
-		if i == 3 || i == 4 { // idle, iowait
-			continue
-		}
-		busy += n
-	}
-	return float64(busy) / clockTicks, now
+	return measure.HostTimes().Busy, now
 }
 
 // ---- report ----
@@ -706,27 +634,6 @@ func collect(samples []sample, key string) *stats {
 		}
 	}
 	return st
-}
-
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	s := slices.Clone(v)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
-// spread is (max-min)/median in percent.
-func spread(v []float64) float64 {
-	m := median(v)
-	if m == 0 {
-		return 0
-	}
-	return (slices.Max(v) - slices.Min(v)) / m * 100
 }
 
 func (b *bench) report(samples []sample, pm *persistResult, runErr error) string {
@@ -795,19 +702,19 @@ func (b *bench) report(samples []sample, pm *persistResult, runErr error) string
 			if k == "dnat-beside" {
 				name = "a' kernel DNAT, nfhelperd beside"
 			}
-			ratio = fmt.Sprintf("%.3f (%.3f-%.3f)", median(st.ratio), slices.Min(st.ratio), slices.Max(st.ratio))
+			ratio = fmt.Sprintf("%.3f (%.3f-%.3f)", measure.Median(st.ratio), slices.Min(st.ratio), slices.Max(st.ratio))
 		}
 		if len(st.daemonPerConn) > 0 {
-			d = fmt.Sprintf("%.1f", median(st.daemonPerConn))
-			q = fmt.Sprintf("%.2f", median(st.queuedPerConn))
+			d = fmt.Sprintf("%.1f", measure.Median(st.daemonPerConn))
+			q = fmt.Sprintf("%.2f", measure.Median(st.queuedPerConn))
 			// Who scheduled, as measured: a SYN the daemon schedules is queued.
-			if by = "daemon"; median(st.queuedPerConn) < 0.1 {
+			if by = "daemon"; measure.Median(st.queuedPerConn) < 0.1 {
 				by = "kernel"
 			}
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.1f%%\t%s\t%.0f\t%.0f\t%d\t%d\t%.1f\t%s\t%s\t%s\t\n",
-			name, by, median(st.rate), spread(st.rate), ratio, median(st.p50), median(st.p99),
-			st.conns, st.failures, median(st.hostPerConn), d, q, bannerText(st.banners))
+			name, by, measure.Median(st.rate), measure.Spread(st.rate), ratio, measure.Median(st.p50), measure.Median(st.p99),
+			st.conns, st.failures, measure.Median(st.hostPerConn), d, q, bannerText(st.banners))
 	}
 	tw.Flush()
 	sb.WriteString("\nnotes: spread = (max-min)/median. host busy/CPU come from /proc/stat and include the load\n" +

@@ -56,14 +56,14 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nfhelper/nfhelper/ctl"
+	"github.com/nfhelper/nfhelper/integration/bench/measure"
 	"github.com/nfhelper/nfhelper/integration/ftpclient"
 	"github.com/nfhelper/nfhelper/integration/topo"
 )
 
 const (
-	clockTicks = 100
-	holdPort   = 8080
-	userTable  = "nfhftpbench"
+	holdPort  = 8080
+	userTable = "nfhftpbench"
 )
 
 type options struct {
@@ -388,20 +388,20 @@ func (b *bench) round(ctx context.Context, i, r int) *sample {
 		}
 	}
 	if sys.sessions {
-		q0 := b.queued(ctx)
+		q0 := measure.RouterQueued(ctx, b.tp)
 		if _, err := b.load(ctx, b.o.warmup, "warmup-"+sys.key); err != nil {
 			fail("warmup", err)
 		}
-		q1 := b.queued(ctx)
+		q1 := measure.RouterQueued(ctx, b.tp)
 		counting := b.countStart(ctx)
 		var c0 float64
 		if b.daemon != nil {
-			c0, _ = procCPU(b.daemon.Pid())
+			c0, _ = measure.ProcCPU(b.daemon.Pid())
 		}
-		h0 := cpuTimes()
+		h0 := measure.HostTimes()
 		res, err := b.load(ctx, b.o.duration, sys.key)
-		h1 := cpuTimes()
-		q2 := b.queued(ctx)
+		h1 := measure.HostTimes()
+		q2 := measure.RouterQueued(ctx, b.tp)
 		if counting {
 			s.ctrlC2S, s.ctrlS2C = b.countEnd(ctx)
 		}
@@ -410,9 +410,9 @@ func (b *bench) round(ctx context.Context, i, r int) *sample {
 		} else {
 			s.sess = res
 			s.queued, s.queuedWarm = q2-q1, q1-q0
-			s.hostCPU, s.softirq = h1.busy-h0.busy, h1.softirq-h0.softirq
+			s.hostCPU, s.softirq = h1.Busy-h0.Busy, h1.Softirq-h0.Softirq
 			if b.daemon != nil {
-				c1, _ := procCPU(b.daemon.Pid())
+				c1, _ := measure.ProcCPU(b.daemon.Pid())
 				s.daemonCPU = c1 - c0
 			}
 			logf("round %d %-9s %.0f sessions/s (failures %d %v, p50 %.1f ms, p99 %.1f ms) queued %d daemon CPU %.2fs",
@@ -470,23 +470,6 @@ func (b *bench) countEnd(ctx context.Context) (c2s, s2c int64) {
 		logf("removing counting table: %v", err)
 	}
 	return c2s, s2c
-}
-
-// queued is the router's NFQUEUE id_sequence summed over its queues: packets
-// handed to the daemon so far (0 without a daemon).
-func (b *bench) queued(ctx context.Context) int64 {
-	out, err := b.tp.Run(ctx, b.tp.Router, "cat", "/proc/net/netfilter/nfnetlink_queue")
-	if err != nil {
-		return 0
-	}
-	var n int64
-	for _, line := range strings.Split(string(out), "\n") {
-		if f := strings.Fields(line); len(f) >= 8 {
-			v, _ := strconv.ParseInt(f[7], 10, 64)
-			n += v
-		}
-	}
-	return n
 }
 
 func (b *bench) load(ctx context.Context, d time.Duration, label string) (*sessRes, error) {
@@ -899,53 +882,6 @@ func holdDial(addr, src string, n int) int {
 }
 
 // ---- /proc ----
-
-// times are the machine's CPU times so far (all CPUs, seconds).
-type times struct{ busy, softirq float64 }
-
-// cpuTimes reads the first line of /proc/stat: busy is everything but idle
-// and iowait (guest time is already in user and nice).
-func cpuTimes() times {
-	data, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return times{}
-	}
-	line, _, _ := strings.Cut(string(data), "\n")
-	f := strings.Fields(line)
-	if len(f) < 8 || f[0] != "cpu" {
-		return times{}
-	}
-	var t times
-	for i, v := range f[1:min(len(f), 9)] {
-		n, _ := strconv.ParseUint(v, 10, 64)
-		switch i {
-		case 3, 4: // idle, iowait
-			continue
-		case 6:
-			t.softirq = float64(n) / clockTicks
-		}
-		t.busy += float64(n) / clockTicks
-	}
-	return t
-}
-
-func procCPU(pid int) (float64, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	i := bytes.LastIndexByte(data, ')')
-	if i < 0 {
-		return 0, errors.New("stat format")
-	}
-	f := strings.Fields(string(data[i+1:]))
-	if len(f) < 13 {
-		return 0, errors.New("stat fields")
-	}
-	ut, _ := strconv.ParseUint(f[11], 10, 64)
-	st, _ := strconv.ParseUint(f[12], 10, 64)
-	return float64(ut+st) / clockTicks, nil
-}
 
 func rssKB(pid int) int64 {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/nfhelper/nfhelper/integration/bench/measure"
 )
 
 func quant(v []time.Duration, q float64) time.Duration {
@@ -20,18 +22,6 @@ func quant(v []time.Duration, q float64) time.Duration {
 
 func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
 
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	s := slices.Clone(v)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
 // mm is "median (min–max)" with the given format.
 func mm(v []float64, f string) string {
 	if len(v) == 0 {
@@ -40,15 +30,15 @@ func mm(v []float64, f string) string {
 	if len(v) == 1 {
 		return fmt.Sprintf(f, v[0])
 	}
-	return fmt.Sprintf(f+" ("+f+"–"+f+")", median(v), slices.Min(v), slices.Max(v))
+	return fmt.Sprintf(f+" ("+f+"–"+f+")", measure.Median(v), slices.Min(v), slices.Max(v))
 }
 
+// spread is measure.Spread as a column: "–" for fewer than two rounds.
 func spread(v []float64) string {
-	m := median(v)
-	if len(v) < 2 || m == 0 {
+	if len(v) < 2 || measure.Median(v) == 0 {
 		return "–"
 	}
-	return fmt.Sprintf("%.0f %%", (slices.Max(v)-slices.Min(v))/m*100)
+	return fmt.Sprintf("%.0f %%", measure.Spread(v))
 }
 
 func (b *bench) command() string {
@@ -103,26 +93,18 @@ func vals(ss []*sample, f func(*sample) (float64, bool)) []float64 {
 
 // ratio is, per round, f of system a over f of system c.
 func (rep *reporter) ratio(a, c string, f func(*sample) (float64, bool)) []float64 {
-	var v []float64
-	for r := 1; r <= rep.b.o.rounds; r++ {
-		var x, y float64
-		var okx, oky bool
-		for _, s := range rep.samples {
-			if s.round != r {
-				continue
+	// of is f of the round's sample of the system with key (the last one).
+	of := func(key string) func(int) (float64, bool) {
+		return func(r int) (x float64, ok bool) {
+			for _, s := range rep.samples {
+				if s.round == r && systems[s.sys].key == key {
+					x, ok = f(s)
+				}
 			}
-			switch systems[s.sys].key {
-			case a:
-				x, okx = f(s)
-			case c:
-				y, oky = f(s)
-			}
-		}
-		if okx && oky && y != 0 {
-			v = append(v, x/y)
+			return x, ok
 		}
 	}
-	return v
+	return measure.Ratios(rep.b.o.rounds, of(a), of(c))
 }
 
 func (rep *reporter) header(took time.Duration) {
