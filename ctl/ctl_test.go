@@ -439,7 +439,7 @@ func TestKernelChecks(t *testing.T) {
 	f := kernel.Features{NativeQueue: kernel.ErrNoNativeQueue, QueueConntrack: kernel.ErrNoQueueConntrack, Cthelper: kernel.ErrNoCthelper, IPVS: kernel.ErrNoIPVS}
 	got := KernelChecks(f, "", kernel.DatapathCompat, nil)
 	last := got[len(got)-1]
-	if len(got) != 8 || last.Name != "datapath" || !strings.Contains(last.Detail, "would run xt-nfqueue+nft-maps (the kernel datapath cannot run here), queueing with the xtables NFQUEUE target") {
+	if len(got) != 9 || last.Name != "datapath" || !strings.Contains(last.Detail, "would run xt-nfqueue+nft-maps (the kernel datapath cannot run here), queueing with the xtables NFQUEUE target") {
 		t.Errorf("%+v", got)
 	}
 	for _, c := range got {
@@ -459,6 +459,17 @@ func TestKernelChecks(t *testing.T) {
 	}
 	if !warned {
 		t.Errorf("no kernel FTP helper: %+v", KernelChecks(noFTP, "", kernel.DatapathCompat, nil))
+	}
+	noTFTP := f
+	noTFTP.KernelTFTP = fmt.Errorf("%w: module nf_nat_tftp not loaded", kernel.ErrNoKernelTFTP)
+	warned = false
+	for _, c := range KernelChecks(noTFTP, "", kernel.DatapathCompat, nil) {
+		if c.Name == "kernel-tftp" {
+			warned = c.Status == CheckWarn && strings.Contains(c.Detail, "new TFTP requests")
+		}
+	}
+	if !warned {
+		t.Errorf("no kernel TFTP helper: %+v", KernelChecks(noTFTP, "", kernel.DatapathCompat, nil))
 	}
 	_, err := kernel.Choose(f, "kernel", false)
 	got = KernelChecks(f, "", "", err)

@@ -26,6 +26,8 @@ func KernelChecks(f kernel.Features, running, chosen string, chooseErr error) []
 			c.Status, c.Detail = CheckInfo, ft.Detail+": unknown: "+ft.Err.Error()
 		case errors.Is(ft.Err, kernel.ErrNoKernelFTP):
 			c.Status, c.Detail = CheckWarn, ft.Err.Error()+"; while the daemon is down, fail-open covers control connections only (new FTP sessions log in but cannot transfer)"
+		case errors.Is(ft.Err, kernel.ErrNoKernelTFTP):
+			c.Status, c.Detail = CheckWarn, ft.Err.Error()+"; while the daemon is down, new TFTP requests reach a server but its answers do not pass"
 		case ft.Needed:
 			// The compat datapath runs without it: worth knowing only.
 			c.Status, c.Detail = CheckInfo, ft.Err.Error()+"; the kernel datapath needs it"

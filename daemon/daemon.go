@@ -224,6 +224,11 @@ func (d *Daemon) newEngine() (err error) {
 	if d.spec.KernelFTP = d.features.KernelFTP == nil; !d.spec.KernelFTP {
 		d.log.Warn("fail-open covers control connections only: new FTP sessions cannot transfer while the daemon is down", "err", d.features.KernelFTP)
 	}
+	// And the kernel's TFTP helper the requests that bypass it: it
+	// translates the servers' answers from their new ports.
+	if d.spec.KernelTFTP = d.features.KernelTFTP == nil; !d.spec.KernelTFTP && hasReplies(d.spec) {
+		d.log.Warn("fail-open sends new TFTP requests to a server, but their answers cannot pass while the daemon is down", "err", d.features.KernelTFTP)
+	}
 	return nil
 }
 
@@ -533,4 +538,15 @@ func drain(queues []*nfq.Queue, max time.Duration) {
 			return
 		}
 	}
+}
+
+// hasReplies tells whether spec has a service whose servers answer from
+// ports of their own (TFTP).
+func hasReplies(spec *nft.Spec) bool {
+	for _, svc := range spec.Services {
+		if svc.Replies > 0 {
+			return true
+		}
+	}
+	return false
 }

@@ -62,9 +62,22 @@ func (k *kernelPath) allows(cfg *config.Config) error {
 	return nil
 }
 
-// takeOver has nothing to do: connections are taken over from their
-// helper data as their packets come (inspect).
-func (k *kernelPath) takeOver(*nft.Spec) {}
+// takeOver: connections are taken over from their helper data as their
+// packets come (inspect); of a table left by a daemon that did not stop
+// cleanly (or handed over), only the requests awaiting their answer
+// (TFTP: replies4/6) are carried, with the time they have left.
+func (k *kernelPath) takeOver(spec *nft.Spec) {
+	c, err := nftables.New()
+	if err == nil {
+		spec.Carried, err = nft.ReadStaleReplies(c, spec.Table)
+	}
+	switch {
+	case err != nil:
+		k.log.Warn("requests awaiting their answer not taken over", "err", err)
+	case spec.Carried != nil:
+		k.log.Info("took over a stale table's requests awaiting their answer", "elements", spec.Carried.Len())
+	}
+}
 
 // openQueues binds the helper's queue, with conntrack attributes.
 func (k *kernelPath) openQueues(first uint16, inherited map[uint16]int) ([]*nfq.Queue, error) {

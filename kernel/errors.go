@@ -33,3 +33,8 @@ var (
 // NAT part (nf_nat_ftp) is missing; fail-open then covers control
 // connections only.
 var ErrNoKernelFTP = errors.New("the kernel's FTP helper (nf_conntrack_ftp + nf_nat_ftp) unavailable")
+
+// ErrNoKernelTFTP: the kernel's own TFTP helper (nf_conntrack_tftp) or its
+// NAT part (nf_nat_tftp) is missing; while the daemon is down, new TFTP
+// requests then reach a server but its answers are not translated.
+var ErrNoKernelTFTP = errors.New("the kernel's TFTP helper (nf_conntrack_tftp + nf_nat_tftp) unavailable")

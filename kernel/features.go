@@ -37,6 +37,9 @@ type Features struct {
 	// KernelFTP: the kernel's own FTP helper, which the table attaches
 	// to new control connections the daemon did not see (it is down).
 	KernelFTP error
+	// KernelTFTP: the kernel's own TFTP helper, which the table attaches
+	// to new requests to a TFTP service the daemon did not see.
+	KernelTFTP error
 }
 
 // Probe runs every probe in the calling process's network namespace. It
@@ -52,6 +55,7 @@ func Probe(conn *nftables.Conn) Features {
 		Ctnetlink:      ProbeCtnetlink(),
 		IPVS:           ProbeIPVS(ProcIPVS),
 		KernelFTP:      ProbeKernelFTP(conn),
+		KernelTFTP:     ProbeKernelTFTP(conn),
 	}
 	if f.NativeQueue != nil {
 		f.XtQueue = ProbeXtQueue(conn)
@@ -81,6 +85,7 @@ func (f Features) List() []Feature {
 		{"ctnetlink", "conntrack over netlink (expectations, events)", f.Ctnetlink, true},
 		{"ipvs", "kernel IPVS loaded (informational, not used)", f.IPVS, false},
 		{"kernel-ftp", "the kernel's FTP helper, for new sessions while the daemon is down", f.KernelFTP, false},
+		{"kernel-tftp", "the kernel's TFTP helper, for new requests while the daemon is down", f.KernelTFTP, false},
 	}...)
 }
 

@@ -41,11 +41,19 @@ func ProbeKernelFTP(conn *nftables.Conn) error {
 
 // natFTPLoaded tells whether nf_nat_ftp is there, once nf_conntrack_ftp is.
 func natFTPLoaded(sys string) error {
-	if _, err := os.Stat(filepath.Join(sys, "nf_conntrack_ftp", "initstate")); err != nil {
+	return natHelperLoaded(sys, "nf_conntrack_ftp", "nf_nat_ftp", ErrNoKernelFTP)
+}
+
+// natHelperLoaded tells whether the NAT module nat of the conntrack helper
+// module ct is there: where ct is a module (an initstate in sysfs), nat
+// must show too, else an error wrapping missing. Where ct is built in, nat
+// is taken to be built in with it.
+func natHelperLoaded(sys, ct, nat string, missing error) error {
+	if _, err := os.Stat(filepath.Join(sys, ct, "initstate")); err != nil {
 		return nil // built in, or sysfs unreadable: the object was accepted
 	}
-	if _, err := os.Stat(filepath.Join(sys, "nf_nat_ftp")); errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("%w: module nf_nat_ftp not loaded (modprobe nf_nat_ftp)", ErrNoKernelFTP)
+	if _, err := os.Stat(filepath.Join(sys, nat)); errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("%w: module %s not loaded (modprobe %s)", missing, nat, nat)
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -34,4 +35,25 @@ func TestNatFTPLoaded(t *testing.T) {
 		t.Errorf("nf_nat_ftp missing: %v", err)
 	}
 	t.Log(err)
+}
+
+// The same for nf_nat_tftp.
+func TestNatTFTPLoaded(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "nf_conntrack_tftp"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "nf_conntrack_tftp", "initstate"), []byte("live\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err := natHelperLoaded(dir, "nf_conntrack_tftp", "nf_nat_tftp", ErrNoKernelTFTP)
+	if !errors.Is(err, ErrNoKernelTFTP) || !strings.Contains(err.Error(), "modprobe nf_nat_tftp") {
+		t.Errorf("nf_nat_tftp missing: %v", err)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "nf_nat_tftp"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := natHelperLoaded(dir, "nf_conntrack_tftp", "nf_nat_tftp", ErrNoKernelTFTP); err != nil {
+		t.Errorf("both modules loaded: %v", err)
+	}
 }

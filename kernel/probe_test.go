@@ -35,7 +35,7 @@ func TestProbeKernel(t *testing.T) {
 	}
 	for _, c := range []struct {
 		err, want error
-	}{{f.NativeQueue, ErrNoNativeQueue}, {f.XtQueue, ErrNoXtQueue}, {f.QueueConntrack, ErrNoQueueConntrack}, {f.Cthelper, ErrNoCthelper}, {f.Ctnetlink, ErrNoCtnetlink}, {f.IPVS, ErrNoIPVS}} {
+	}{{f.NativeQueue, ErrNoNativeQueue}, {f.XtQueue, ErrNoXtQueue}, {f.QueueConntrack, ErrNoQueueConntrack}, {f.Cthelper, ErrNoCthelper}, {f.Ctnetlink, ErrNoCtnetlink}, {f.IPVS, ErrNoIPVS}, {f.KernelFTP, ErrNoKernelFTP}, {f.KernelTFTP, ErrNoKernelTFTP}} {
 		if c.err != nil && !errors.Is(c.err, c.want) && !errors.Is(c.err, ErrProbeSkipped) {
 			t.Errorf("%v: not a %v", c.err, c.want)
 		}

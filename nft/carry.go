@@ -13,41 +13,77 @@ import (
 
 // Carried are the elements a daemon that did not stop cleanly (a crash,
 // kill -9) left in its table and that the next one keeps: data channels
-// with the time they have left, learned servers, stream offsets, and
-// kernel-scheduled services' persistence templates.
+// with the time they have left, learned servers, stream offsets,
+// kernel-scheduled services' persistence templates, and the answers that
+// TFTP requests await (replies4/6).
 type Carried struct {
 	elems map[string][]nftables.SetElement // by set name
+	// repliesOnly: the kernel datapath's (ReadStaleReplies), which takes
+	// its connections back from their helper data and carries only the
+	// requests awaiting their answer.
+	repliesOnly bool
 }
 
 // carriedSets are the sets whose elements the daemon adds at run time.
 func (f *family) carriedSets() []*nftables.Set {
-	return []*nftables.Set{f.watched, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets, f.acks, f.bypassed, f.bypassedActive}
+	return []*nftables.Set{f.watched, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets, f.acks, f.bypassed, f.bypassedActive, f.replies}
 }
 
 // bypassedSets are the carried sets the kernel fills from the packet path,
-// also while a restarting daemon restores (persistence maps too).
+// also while a restarting daemon restores (persistence maps too): replies
+// too, which the verdicts a handing-over daemon gives last write after
+// ReadStale.
 func (f *family) bypassedSets() []*nftables.Set {
-	return []*nftables.Set{f.bypassed, f.bypassedActive}
+	return []*nftables.Set{f.bypassed, f.bypassedActive, f.replies}
 }
+
+// repliesSets are the maps of requests awaiting their answer.
+func (f *family) repliesSets() []*nftables.Set { return []*nftables.Set{f.replies} }
+
+// isRepliesMap tells the replies maps (requests awaiting their answer) by
+// name: carried, but no helped connection's.
+func isRepliesMap(name string) bool { return name == "replies4" || name == "replies6" }
 
 // ReadStale reads the run-time elements of table inet name; nil if there
 // is no such table.
 func ReadStale(c *nftables.Conn, name string) (*Carried, error) {
-	return readStale(c, name, (*family).carriedSets)
+	return readStale(c, name, (*family).carriedSets, true)
+}
+
+// ReadStaleReplies reads, of table inet name, only the requests awaiting
+// their answer (replies4/6): what the kernel datapath carries, since it
+// takes its connections back from their helper data. nil if there is no
+// such table.
+func ReadStaleReplies(c *nftables.Conn, name string) (*Carried, error) {
+	cr, err := readStale(c, name, (*family).repliesSets, false)
+	if cr != nil {
+		cr.repliesOnly = true
+	}
+	return cr, err
 }
 
 // refreshBypassed reads cr's maps that the packet path fills again from
 // the stale table, just before it is replaced: the kernel went on writing
 // them since ReadStale. On error the earlier copy stays.
 func (cr *Carried) refreshBypassed(c *nftables.Conn, name string) {
-	fresh, err := readStale(c, name, (*family).bypassedSets)
-	if cr == nil || err != nil || fresh == nil {
+	if cr == nil {
+		return
+	}
+	sets := (*family).bypassedSets
+	if cr.repliesOnly {
+		sets = (*family).repliesSets
+	}
+	fresh, err := readStale(c, name, sets, !cr.repliesOnly)
+	if err != nil || fresh == nil {
 		return
 	}
 	for _, f := range []*family{newFamily(nil, false), newFamily(nil, true)} {
-		for _, s := range f.bypassedSets() {
+		for _, s := range sets(f) {
 			cr.elems[s.Name] = fresh.elems[s.Name]
 		}
+	}
+	if cr.repliesOnly {
+		return
 	}
 	for name := range cr.elems {
 		if isPersistMap(name) {
@@ -62,8 +98,8 @@ func (cr *Carried) refreshBypassed(c *nftables.Conn, name string) {
 }
 
 // readStale reads the elements of the sets which names, and of every
-// persistence map.
-func readStale(c *nftables.Conn, name string, which func(*family) []*nftables.Set) (*Carried, error) {
+// persistence map if persist.
+func readStale(c *nftables.Conn, name string, which func(*family) []*nftables.Set, persist bool) (*Carried, error) {
 	t, err := c.ListTableOfFamily(name, nftables.TableFamilyINet)
 	if errors.Is(err, unix.ENOENT) || t == nil {
 		return nil, nil
@@ -83,7 +119,7 @@ func readStale(c *nftables.Conn, name string, which func(*family) []*nftables.Se
 	}
 	cr := &Carried{elems: map[string][]nftables.SetElement{}}
 	for _, s := range sets {
-		if !want[s.Name] && !isPersistMap(s.Name) {
+		if !want[s.Name] && !(persist && isPersistMap(s.Name)) {
 			continue
 		}
 		els, err := c.GetSetElements(s)
@@ -117,17 +153,26 @@ func (cr *Carried) Len() int {
 }
 
 // helped says whether cr holds elements of helped connections (anything
-// but persistence templates).
+// but persistence templates and requests awaiting their answer).
 func (cr *Carried) helped() bool {
 	if cr == nil {
 		return false
 	}
 	for name, els := range cr.elems {
-		if len(els) > 0 && !isPersistMap(name) {
+		if len(els) > 0 && !isPersistMap(name) && !isRepliesMap(name) {
 			return true
 		}
 	}
 	return false
+}
+
+// replies says whether cr holds requests awaiting their answer: their
+// translation (srcnat) must stay until the next Update, whatever spec says.
+func (cr *Carried) replies() bool {
+	if cr == nil {
+		return false
+	}
+	return len(cr.elems["replies4"]) > 0 || len(cr.elems["replies6"]) > 0
 }
 
 // Offsets are the carried stream offsets by connection (client, VIP).

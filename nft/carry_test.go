@@ -29,3 +29,23 @@ func TestKeepConns(t *testing.T) {
 		t.Errorf("%d elements carried, want 3", cr.Len())
 	}
 }
+
+// Carried replies elements (TFTP requests awaiting their answer) are
+// counted, but they are no helped connections.
+func TestCarriedReplies(t *testing.T) {
+	cr := &Carried{elems: map[string][]nftables.SetElement{
+		"replies4": {{Key: make([]byte, 12), Val: make([]byte, 4)}},
+		"replies6": {{Key: make([]byte, 36), Val: make([]byte, 16)}},
+	}}
+	if cr.helped() || !cr.replies() || cr.Len() != 2 {
+		t.Errorf("helped %v, replies %v, %d elements", cr.helped(), cr.replies(), cr.Len())
+	}
+	cr.elems["bypassed4"] = []nftables.SetElement{{Key: make([]byte, 8), Val: make([]byte, 4)}}
+	if !cr.helped() {
+		t.Error("a bypassed element is a helped connection's")
+	}
+	var none *Carried
+	if none.replies() || none.helped() {
+		t.Error("nil Carried")
+	}
+}

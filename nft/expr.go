@@ -207,16 +207,22 @@ func queueExpr(spec *Spec) expr.Any {
 	return kernel.XtQueue(spec.QueueNum, spec.QueueTotal)
 }
 
-// ctHelperObj is the table's ct helper object for the userspace helper
-// name: TCP, both address families (inet).
-func ctHelperObj(t *nftables.Table, name string) *nftables.NamedObj {
+// ctHelperObj is the table's ct helper object for the helper name (the
+// object's name too) of transport protocol l4proto (unix.IPPROTO_TCP,
+// unix.IPPROTO_UDP), both address families (inet). The kernel assigns it
+// only to connections of that protocol.
+func ctHelperObj(t *nftables.Table, name string, l4proto uint8) *nftables.NamedObj {
 	return &nftables.NamedObj{Table: t, Name: name, Type: nftables.ObjTypeCtHelper,
-		Obj: &expr.CtHelper{Name: name, L4Proto: unix.IPPROTO_TCP}} // l3proto: the table's (inet)
+		Obj: &expr.CtHelper{Name: name, L4Proto: l4proto}} // l3proto: the table's (inet)
 }
 
 // KernelFTPHelper is the kernel's own FTP helper, and the name of the
 // table's ct helper object for it.
 const KernelFTPHelper = kernel.KernelFTPHelper
+
+// KernelTFTPHelper is the kernel's own TFTP helper (UDP), and the name of
+// the table's ct helper object for it.
+const KernelTFTPHelper = kernel.KernelTFTPHelper
 
 // ctHelperSet assigns the ct helper object name to the packet's new
 // connection: it must run after conntrack and before NAT.

@@ -27,8 +27,10 @@ type hookSet [numHooks]bool
 // hooksFor are the hooks spec needs on rs's datapath. helpedLeft: a stale
 // table's run-time elements (data channels, learned servers) are carried
 // while spec helps nothing: they keep the helped connections' hooks until
-// the next Update.
-func (rs *Ruleset) hooksFor(spec *Spec, helpedLeft bool) hookSet {
+// the next Update. repliesLeft: likewise requests awaiting their answer
+// (replies4/6), which need srcnat (and new_conn, ChannelMark on the
+// answers) only.
+func (rs *Ruleset) hooksFor(spec *Spec, helpedLeft, repliesLeft bool) hookSet {
 	helped := helpedLeft || len(spec.AddOns) > 0 || len(spec.LiveVIPs) > 0 || len(spec.LiveServers) > 0
 	// queued: the daemon schedules some service (its new connections are
 	// queued, its verdicts leave mark bits, its fail-open map may be
@@ -53,10 +55,10 @@ func (rs *Ruleset) hooksFor(spec *Spec, helpedLeft bool) hookSet {
 	var h hookSet
 	h[hookRaw] = queued || compat && helped
 	h[hookMangle] = queued || !compat && helped
-	h[hookClean] = queued || helped || persist
+	h[hookClean] = queued || helped || persist || repliesLeft
 	h[hookForward] = queued || helped || refused
 	h[hookUnseen] = compat && rs.queue.KernelFTP && helped
-	h[hookSNAT] = helped || replies
+	h[hookSNAT] = helped || replies || repliesLeft
 	h[hookReplies] = replies
 	return h
 }

@@ -39,6 +39,7 @@ func TestHooksFor(t *testing.T) {
 		spec     Spec
 		ctHelper string
 		left     bool
+		replies  bool // carried replies elements
 		want     []string
 	}{
 		{name: "nothing"},
@@ -54,6 +55,9 @@ func TestHooksFor(t *testing.T) {
 		{name: "live helped connections", spec: Spec{Services: []Service{plain}, LiveVIPs: []netip.AddrPort{ap("198.51.100.10:21")}},
 			want: []string{raw, clean, fwd, unseen, snat}},
 		{name: "carried channels", spec: Spec{Services: []Service{plain}}, left: true, want: []string{raw, clean, fwd, unseen, snat}},
+		// Requests awaiting their answer are no helped connections: their
+		// answers need srcnat (and new_conn's mark) only.
+		{name: "carried replies", spec: Spec{Services: []Service{plain}}, replies: true, want: []string{clean, snat}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rs := &Ruleset{queue: Spec{CtHelper: tc.ctHelper, KernelFTP: true}}
@@ -61,7 +65,7 @@ func TestHooksFor(t *testing.T) {
 			for _, n := range tc.want {
 				want[names[n]] = true
 			}
-			if got := rs.hooksFor(&tc.spec, tc.left); got != want {
+			if got := rs.hooksFor(&tc.spec, tc.left, tc.replies); got != want {
 				t.Errorf("hooks %v, want %v (%v)", got, want, tc.want)
 			}
 		})

@@ -35,8 +35,11 @@ func (f *family) repliesSet(t *nftables.Table) *nftables.Set {
 		Size: repliesSize, KeyType: nftables.MustConcatSetType(addr, addr, nftables.TypeInetService), DataType: addr}
 }
 
-// repliesSize bounds the requests awaiting their answer at once.
-const repliesSize = 65535
+// repliesSize bounds the requests awaiting their answer at once, each
+// kept for its service's data_channel_timeout (5 minutes by default):
+// 65535, a dynamic set's default, would hold a sustained 218 requests a
+// second; this, 3,500.
+const repliesSize = 1 << 20
 
 // repliesKey loads the replies key from the request's reply tuple: the
 // server, and the client and port it answers (the client's, unless the

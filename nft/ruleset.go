@@ -41,6 +41,12 @@ type Spec struct {
 	// queue was bypassed) get it, and the kernel then rewrites their
 	// replies and opens their data channels; the daemon leaves them alone.
 	KernelFTP bool
+	// KernelTFTP: the kernel has its own TFTP helper
+	// (kernel.ProbeKernelTFTP). A new request to a service with Replies
+	// that the daemon did not see (it is down) gets it: the kernel then
+	// expects the server's answer from a new port and translates it as
+	// the fallback DNAT's reverse (nf_nat_tftp).
+	KernelTFTP bool
 	// Live are the VIPs (or matches) and real servers of helped connections
 	// still running after a reload removed them: their packets must go on
 	// reaching the daemon.
@@ -155,6 +161,9 @@ type family struct {
 	// server . client . client port : VIP, the answers that requests
 	// await (ReplyMark).
 	replies *nftables.Set
+	// VIP . port of daemon-scheduled UDP services with Replies: a request
+	// the daemon did not see gets the kernel's TFTP helper.
+	repliesVIPs *nftables.Set
 	// TCP data offset and flags . IP length (IPv6: payload length) of
 	// every segment without payload and with ACK but no SYN, FIN or RST
 	// (constant).
@@ -215,6 +224,7 @@ func newFamily(t *nftables.Table, v6 bool) *family {
 	f.bypassedActive = &nftables.Set{Table: t, Name: "bypassed_active" + suffix, IsMap: true, HasTimeout: true, Dynamic: true, Concatenation: true,
 		KeyType: nftables.MustConcatSetType(addr, addr), DataType: addr}
 	f.replies = f.repliesSet(t)
+	f.repliesVIPs = &nftables.Set{Table: t, Name: "replies_vips" + suffix, KeyType: addrPort, Concatenation: true}
 	// Two 16-bit numbers; nft shows them as ports.
 	f.pureAck = &nftables.Set{Table: t, Name: "pure_ack" + suffix, Constant: true, Concatenation: true,
 		KeyType: nftables.MustConcatSetType(nftables.TypeInetService, nftables.TypeInetService),
@@ -261,7 +271,7 @@ func Install(c *nftables.Conn, spec *Spec) (*Ruleset, error) {
 	c.DelTable(t)
 	c.AddTable(t)
 	rs := &Ruleset{table: t, fams: [2]*family{newFamily(t, false), newFamily(t, true)}, kern: map[string]*kernelSvc{},
-		queue: Spec{QueueNum: spec.QueueNum, QueueTotal: spec.QueueTotal, MarkMask: spec.MarkMask, NativeQueue: spec.NativeQueue, CtHelper: spec.CtHelper, KernelFTP: spec.KernelFTP, MSSRoom: spec.MSSRoom}}
+		queue: Spec{QueueNum: spec.QueueNum, QueueTotal: spec.QueueTotal, MarkMask: spec.MarkMask, NativeQueue: spec.NativeQueue, CtHelper: spec.CtHelper, KernelFTP: spec.KernelFTP, KernelTFTP: spec.KernelTFTP, MSSRoom: spec.MSSRoom}}
 	if err := rs.addGlobalSets(c); err != nil {
 		return nil, err
 	}
@@ -279,10 +289,13 @@ func Install(c *nftables.Conn, spec *Spec) (*Ruleset, error) {
 		}
 	}
 	if spec.CtHelper != "" {
-		c.AddObj(ctHelperObj(t, spec.CtHelper))
+		c.AddObj(ctHelperObj(t, spec.CtHelper, unix.IPPROTO_TCP))
 	}
 	if spec.KernelFTP {
-		c.AddObj(ctHelperObj(t, KernelFTPHelper))
+		c.AddObj(ctHelperObj(t, KernelFTPHelper, unix.IPPROTO_TCP))
+	}
+	if spec.KernelTFTP {
+		c.AddObj(ctHelperObj(t, KernelTFTPHelper, unix.IPPROTO_UDP))
 	}
 	rs.addChains(c, spec)
 	if err := rs.fillKernel(c, spec, next, nil, spec.Carried); err != nil {
@@ -326,7 +339,7 @@ func Remove(c *nftables.Conn, name string) error {
 
 func (rs *Ruleset) addSets(c *nftables.Conn, spec *Spec, f *family) error {
 	static := rs.staticElements(spec, f)
-	for _, set := range []*nftables.Set{f.vips, f.vipsUDP, f.kvips, f.dispatch, f.helped, f.servers, f.watched, f.byMark, f.fallback, f.fallbackUDP, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets, f.acks, f.bypassed, f.bypassedActive, f.replies} {
+	for _, set := range []*nftables.Set{f.vips, f.vipsUDP, f.kvips, f.dispatch, f.helped, f.servers, f.watched, f.byMark, f.fallback, f.fallbackUDP, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets, f.acks, f.bypassed, f.bypassedActive, f.replies, f.repliesVIPs} {
 		if err := c.AddSet(set, static[set]); err != nil {
 			return fmt.Errorf("add set %s: %w", set.Name, err)
 		}
@@ -341,7 +354,7 @@ func (rs *Ruleset) addSets(c *nftables.Conn, spec *Spec, f *family) error {
 
 // staticElements are the elements of the sets the configuration fills.
 func (rs *Ruleset) staticElements(spec *Spec, f *family) map[*nftables.Set][]nftables.SetElement {
-	els := map[*nftables.Set][]nftables.SetElement{f.vips: nil, f.vipsUDP: nil, f.kvips: nil, f.dispatch: nil, f.helped: nil, f.servers: nil, f.byMark: nil, f.fallback: nil, f.fallbackUDP: nil}
+	els := map[*nftables.Set][]nftables.SetElement{f.vips: nil, f.vipsUDP: nil, f.kvips: nil, f.dispatch: nil, f.helped: nil, f.servers: nil, f.byMark: nil, f.fallback: nil, f.fallbackUDP: nil, f.repliesVIPs: nil}
 	seen := map[*nftables.Set]map[netip.AddrPort]bool{f.helped: {}, f.servers: {}}
 	add := func(set *nftables.Set, ap netip.AddrPort) {
 		if f.of(ap.Addr()) && !seen[set][ap] {
@@ -380,6 +393,9 @@ func (rs *Ruleset) staticElements(spec *Spec, f *family) map[*nftables.Set][]nft
 		vip := nftables.SetElement{Key: addrPortKey(svc.VIP)}
 		if svc.UDP {
 			els[f.vipsUDP] = append(els[f.vipsUDP], vip)
+			if svc.Replies > 0 {
+				els[f.repliesVIPs] = append(els[f.repliesVIPs], vip)
+			}
 		} else {
 			els[f.vips] = append(els[f.vips], vip)
 		}
@@ -466,7 +482,7 @@ func (rs *Ruleset) queueUpdate(c *nftables.Conn, spec *Spec, dead map[string][]n
 	rs.persistRules(ruleAdder{c: c, t: rs.table}, spec, next)
 	c.FlushChain(rs.fwdNew)
 	rs.forwardRules(c, spec)
-	rs.setHooks(ruleAdder{c: c, t: rs.table}, spec, rs.hooksFor(spec, false))
+	rs.setHooks(ruleAdder{c: c, t: rs.table}, spec, rs.hooksFor(spec, false, false))
 	return next, nil
 }
 
@@ -540,7 +556,7 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 		a.regular("unseen_syn")
 		unseenRules(a, rs.fams)
 	}
-	rs.setHooks(a, spec, rs.hooksFor(spec, spec.Carried.helped()))
+	rs.setHooks(a, spec, rs.hooksFor(spec, spec.Carried.helped(), spec.Carried.replies()))
 }
 
 // unseenRules: after the forward chain (forward_unseen, a base chain of
@@ -724,6 +740,15 @@ func dnatRules(a ruleAdder, dnat *nftables.Chain, m famMatch, spec *Spec) {
 		// then gives it the sequence adjustment the helper's
 		// rewrites need (nf_nat_setup_info), on every kernel.
 		a.rule(dnat, m.fam, m.tcp, markBitsClear(spec.MarkMask), m.dst, lookup(f.helped), lookup(f.vips), ctHelperSet(KernelFTPHelper), setCtMark(ChannelMark))
+	}
+	if spec.KernelTFTP {
+		// Likewise a new request to a TFTP service (Replies) that the
+		// daemon did not mark: the kernel's TFTP helper expects its
+		// answer from the server's new port, and nf_nat_tftp, seeing
+		// the fallback DNAT below, translates that as the VIP. Its
+		// flow, expected, inherits ChannelMark. Before NAT: a helper
+		// assigned after it would miss the NAT set-up.
+		a.rule(dnat, m.fam, l4protoUDP(), markBitsClear(spec.MarkMask), m.dst, lookup(f.repliesVIPs), ctHelperSet(KernelTFTPHelper), setCtMark(ChannelMark))
 	}
 	// A kernel-scheduled service's chain. Its fail-open too: when it
 	// has no server, nothing below matches its VIP.

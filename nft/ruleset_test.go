@@ -72,12 +72,13 @@ func withoutExpiry(list string) string {
 func referenceSpec() *Spec {
 	ap := netip.MustParseAddrPort
 	return &Spec{
-		Table: "nfhelper", QueueNum: 100, QueueTotal: 2, MarkMask: 0x00ff0000, KernelFTP: true,
+		Table: "nfhelper", QueueNum: 100, QueueTotal: 2, MarkMask: 0x00ff0000, KernelFTP: true, KernelTFTP: true,
 		Services: []Service{
 			{VIP: ap("198.51.100.10:21"), Helped: true, Servers: []Server{{ap("10.0.0.11:21"), 0x10000, 1, false}, {ap("10.0.0.12:21"), 0x20000, 3, false}}},
 			{VIP: ap("[2001:db8:1::10]:21"), Helped: true, Servers: []Server{{ap("[fd00::11]:21"), 0x30000, 1, false}}},
 			{VIP: ap("198.51.100.10:80"), Servers: []Server{{ap("10.0.0.11:80"), 0x60000, 0, false}}},
 			{VIP: ap("198.51.100.10:53"), UDP: true, Servers: []Server{{ap("10.0.0.11:53"), 0x70000, 1, false}}},
+			{VIP: ap("198.51.100.10:69"), UDP: true, Servers: []Server{{ap("10.0.0.11:69"), 0x80000, 1, false}}, Replies: 5 * time.Minute},
 		},
 		AddOns: []AddOn{{ap("198.51.100.20:21"), 0x40000}, {ap("[2001:db8:1::20]:21"), 0x50000}},
 	}

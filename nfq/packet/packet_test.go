@@ -389,4 +389,3 @@ func TestUDPDatagram(t *testing.T) {
 		t.Errorf("UDP length 200: %q %v", p, err)
 	}
 }
-
