@@ -64,6 +64,9 @@ type Match struct {
 	// Destination is the address and port clients connect to, before the
 	// user's DNAT.
 	Destination string `yaml:"destination"`
+	// Protocol is tcp (the default, for stream helpers) or udp (for
+	// datagram helpers: the user's UDP port forward).
+	Protocol string `yaml:"protocol"`
 }
 
 // ChannelPolicy is the data-channel policy of a service or add-on (see
@@ -383,6 +386,15 @@ func (v *validator) addOn(h *AddOn, hp string) {
 	r := v.r
 	v.countServer(hp)
 	v.claimName(hp, h.Name)
+	pp := child(hp, "match.protocol")
+	switch h.Match.Protocol {
+	case "":
+		h.Match.Protocol = "tcp"
+	case "tcp", "udp":
+	default:
+		r.at(pp, "%q is not a protocol (have tcp, udp)", h.Match.Protocol)
+	}
+	udp := h.Match.Protocol == "udp"
 	switch {
 	case h.Helper == "":
 		r.at(child(hp, "helper"), "missing (have %s)", strings.Join(ipvs.HelperNames(), ", "))
@@ -390,19 +402,25 @@ func (v *validator) addOn(h *AddOn, hp string) {
 		_, stream := ipvs.LookupHelper(h.Helper)
 		_, datagram := ipvs.LookupDatagramHelper(h.Helper)
 		switch {
-		case datagram:
-			r.at(child(hp, "helper"), "helper %q reads UDP requests; add-on helpers take TCP port forwards only, for now: balance the port as a udp service", h.Helper)
-		case !stream:
+		case !stream && !datagram:
 			r.at(child(hp, "helper"), "unknown helper %q (have %s)", h.Helper, strings.Join(ipvs.HelperNames(), ", "))
+		case datagram && !udp:
+			r.at(child(hp, "helper"), "helper %q reads UDP requests; set match.protocol: udp", h.Helper)
+		case stream && udp:
+			r.at(child(hp, "helper"), "helper %q reads TCP streams; a udp port forward has none", h.Helper)
 		}
 	}
 	dp := child(hp, "match.destination")
 	if a, ok := parseAddrPort(r, dp, h.Match.Destination); ok {
 		h.MatchAddr = a
-		if o, dup := v.vips[a]; dup {
-			r.at(dp, "destination %s already used by %s", a, o)
+		taken, what := v.vips, "destination"
+		if udp {
+			taken, what = v.udpVIPs, "udp destination"
+		}
+		if o, dup := taken[a]; dup {
+			r.at(dp, "%s %s already used by %s", what, a, o)
 		} else {
-			v.vips[a] = owner{"add-on", h.Name, r.line(dp)}
+			taken[a] = owner{"add-on", h.Name, r.line(dp)}
 		}
 	}
 	h.ChannelPolicy.validate(r, hp)

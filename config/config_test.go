@@ -55,7 +55,10 @@ func TestInvalid(t *testing.T) {
 		{"max pending requests", "services:\n  - name: a\n    vip: 198.51.100.10:69\n    protocol: udp\n    helper: tftp\n    max_pending_requests: 0" + rs, `services[0].max_pending_requests: 0 out of 1..65535`},
 		{"tftp over tcp", "services:\n  - name: a\n    vip: 198.51.100.10:69\n    helper: tftp" + rs, `services[0].helper: helper "tftp" reads UDP requests; set protocol: udp`},
 		{"ftp over udp", "services:\n  - name: a\n    vip: 198.51.100.10:21\n    protocol: udp\n    helper: ftp" + rs, `helper "ftp" reads TCP streams`},
-		{"tftp add-on", "helpers:\n  - name: h\n    helper: tftp\n    match:\n      destination: 198.51.100.20:69", `helper "tftp" reads UDP requests; add-on helpers take TCP port forwards only`},
+		{"tftp add-on over tcp", "helpers:\n  - name: h\n    helper: tftp\n    match:\n      destination: 198.51.100.20:69", `helpers[0].helper: helper "tftp" reads UDP requests; set match.protocol: udp`},
+		{"ftp add-on over udp", "helpers:\n  - name: h\n    helper: ftp\n    match:\n      destination: 198.51.100.20:21\n      protocol: udp", `helpers[0].helper: helper "ftp" reads TCP streams; a udp port forward has none`},
+		{"add-on protocol", "helpers:\n  - name: h\n    helper: tftp\n    match:\n      destination: 198.51.100.20:69\n      protocol: sctp", `helpers[0].match.protocol: "sctp" is not a protocol (have tcp, udp)`},
+		{"udp add-on on a udp VIP", "services:\n  - name: a\n    vip: 198.51.100.10:69\n    protocol: udp\n    helper: tftp" + rs + "\nhelpers:\n  - name: h\n    helper: tftp\n    match:\n      destination: 198.51.100.10:69\n      protocol: udp", `udp destination 198.51.100.10:69 already used by service "a" (line 3)`},
 		{"unknown scheduler", "services:\n  - name: a\n    vip: 198.51.100.10:21\n    scheduler: fastest" + rs, `"fastest"`},
 		{"no real servers", "services:\n  - name: a\n    vip: 198.51.100.10:21", "services[0].real_servers: missing"},
 		{"family mismatch", "services:\n  - name: a\n    vip: \"[2001:db8::1]:21\"" + rs, "services[0].real_servers[0].address: 10.0.0.11:21 is not of the vip's address family"},
@@ -117,6 +120,22 @@ func TestAddOn(t *testing.T) {
 		if h.Name != "router-ftp" || h.Helper != "ftp" || h.MatchAddr != netip.MustParseAddrPort("198.51.100.20:21") || h.Policy() != ipvs.DefaultPolicy {
 			t.Errorf("%s: %+v", name, h)
 		}
+	}
+}
+
+// TestUDPAddOn: a gateway's UDP port forward with the tftp helper, beside
+// an FTP add-on on the same address.
+func TestUDPAddOn(t *testing.T) {
+	c, err := config.Parse([]byte("helpers:\n  - name: gw-tftp\n    helper: tftp\n    max_pending_requests: 8\n    match:\n      destination: 203.0.113.1:69\n      protocol: udp\n" +
+		"  - name: gw-ftp\n    helper: ftp\n    match:\n      destination: 203.0.113.1:69\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := c.Helpers[0]; h.Match.Protocol != "udp" || h.MatchAddr != netip.MustParseAddrPort("203.0.113.1:69") || h.Policy().MaxPending != 8 {
+		t.Errorf("%+v", h)
+	}
+	if h := c.Helpers[1]; h.Match.Protocol != "tcp" {
+		t.Errorf("default protocol %q, want tcp", h.Match.Protocol)
 	}
 }
 

@@ -3,7 +3,9 @@ package ctl
 import (
 	"fmt"
 	"io"
+	"maps"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 )
@@ -46,6 +48,30 @@ func WriteStatus(w io.Writer, s *Status) {
 		if !seen[n] {
 			fmt.Fprintf(w, "  %-22s %d\n", n, v)
 		}
+	}
+	writeHelperStats(w, s.HelperStats)
+}
+
+const helperLine = "  %-12s %9v %9v %9v %9v %7v %9v\n"
+
+// writeHelperStats prints each helper's counters, one a line, helpers
+// sorted; refusals are summed over their reasons (status --json has each).
+// A daemon that predates them sent none: nothing is printed.
+func writeHelperStats(w io.Writer, helpers map[string]map[string]uint64) {
+	if len(helpers) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "per helper:")
+	fmt.Fprintf(w, helperLine, "helper", "sessions", "channels", "used", "rewritten", "errors", "refusals")
+	for _, name := range slices.Sorted(maps.Keys(helpers)) {
+		c := helpers[name]
+		var refusals uint64
+		for n, v := range c {
+			if strings.HasPrefix(n, "refused_") {
+				refusals += v
+			}
+		}
+		fmt.Fprintf(w, helperLine, name, c["sessions"], c["channels_opened"], c["channels_used"], c["rewritten"], c["errors"], refusals)
 	}
 }
 

@@ -225,7 +225,7 @@ func (s *Server) Status() Status {
 		Config: s.Info.Config, Table: "inet " + s.Info.Table,
 		UptimeSeconds: int64(time.Since(s.Info.Started).Seconds()),
 		TCP:           e.Table.Len(), UDP: e.UDP.Len(),
-		Stats: StatsMap(&e.Stats),
+		Stats: StatsMap(&e.Stats), HelperStats: helperStatsMap(e),
 	}
 	st.Connections = st.TCP + st.UDP
 	for _, svc := range e.Services() {
@@ -263,6 +263,21 @@ func StatsMap(s *ipvs.Stats) map[string]uint64 {
 		m[cs[i].Name] = cs[i].Load(s)
 	}
 	return m
+}
+
+// helperStatsMap is every helper's counters (registered ones at zero too)
+// by helper name, then by the names of ipvs.HelperCounters.
+func helperStatsMap(e *ipvs.Engine) map[string]map[string]uint64 {
+	cs := ipvs.HelperCounters()
+	out := map[string]map[string]uint64{}
+	for _, h := range e.HelperStats() {
+		m := make(map[string]uint64, len(cs))
+		for i := range cs {
+			m[cs[i].Name] = cs[i].Load(h.Stats)
+		}
+		out[h.Helper] = m
+	}
+	return out
 }
 
 // Services is the /v1/services reply. Kernel-scheduled services' counts

@@ -64,6 +64,10 @@ type Status struct {
 	// Stats are the engine's counters by their registry names (ipvs.Counters);
 	// StatNames gives their order.
 	Stats map[string]uint64 `json:"stats"`
+	// HelperStats are each helper's counters by helper name, then by
+	// their registry names (ipvs.HelperCounters). Absent from a daemon
+	// that predates them.
+	HelperStats map[string]map[string]uint64 `json:"helper_stats,omitempty"`
 }
 
 // Queues is the range of NFQUEUE numbers the daemon reads.

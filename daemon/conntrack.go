@@ -118,9 +118,10 @@ func (f *conntrackFollower) handle(ev conntrack.Event) {
 		f.engine.ConntrackDestroyed(!tcp, client, dst, orig.Packets+reply.Packets, orig.Bytes+reply.Bytes)
 	case !tcp && ev.Type == conntrack.EventNew && ev.Flow.Mark&nft.ChannelMark != 0:
 		// A reply flow (TFTP transfer) a request let its server start:
-		// server -> client, answered to the VIP.
+		// server -> client (as the server sees it), answered to the VIP.
 		r := ev.Flow.TupleReply
-		f.engine.ReplyStarted(client, dst, netip.AddrPortFrom(r.IP.DestinationAddress.Unmap(), r.Proto.DestinationPort))
+		f.engine.ReplyStarted(client, dst, netip.AddrPortFrom(r.IP.SourceAddress.Unmap(), r.Proto.SourcePort),
+			netip.AddrPortFrom(r.IP.DestinationAddress.Unmap(), r.Proto.DestinationPort))
 	case !tcp:
 	case ev.Type == conntrack.EventNew && ev.Flow.Mark&nft.ChannelMark != 0:
 		// A data connection of one of the daemon's channels.

@@ -540,11 +540,16 @@ func drain(queues []*nfq.Queue, max time.Duration) {
 	}
 }
 
-// hasReplies tells whether spec has a service whose servers answer from
-// ports of their own (TFTP).
+// hasReplies tells whether spec has a service or add-on whose servers
+// answer from ports of their own (TFTP).
 func hasReplies(spec *nft.Spec) bool {
 	for _, svc := range spec.Services {
 		if svc.Replies > 0 {
+			return true
+		}
+	}
+	for _, ad := range spec.AddOns {
+		if ad.Replies > 0 {
 			return true
 		}
 	}

@@ -47,8 +47,15 @@ func services(cfg *config.Config, st map[health.Key]standing) []*ipvs.Service {
 		out = append(out, svc)
 	}
 	for _, ac := range cfg.Helpers {
-		helper, _ := ipvs.LookupHelper(ac.Helper)
-		svc := ipvs.NewAddOn(ac.Name, ac.MatchAddr, helper, 0)
+		var svc *ipvs.Service
+		if ac.Match.Protocol == "udp" {
+			svc = ipvs.NewAddOn(ac.Name, ac.MatchAddr, nil, 0)
+			svc.UDP = true
+			svc.Datagram, _ = ipvs.LookupDatagramHelper(ac.Helper)
+		} else {
+			helper, _ := ipvs.LookupHelper(ac.Helper)
+			svc = ipvs.NewAddOn(ac.Name, ac.MatchAddr, helper, 0)
+		}
 		svc.Policy = ac.Policy()
 		out = append(out, svc)
 	}
@@ -75,7 +82,11 @@ func specFor(cfg *config.Config, services []*ipvs.Service, st map[health.Key]sta
 	}
 	for _, svc := range services {
 		if svc.AddOn {
-			spec.AddOns = append(spec.AddOns, nft.AddOn{Match: svc.VIP, Mark: svc.Mark})
+			ad := nft.AddOn{Match: svc.VIP, Mark: svc.Mark, UDP: svc.UDP}
+			if svc.Datagram != nil {
+				ad.Replies = svc.Policy.ChannelTimeout
+			}
+			spec.AddOns = append(spec.AddOns, ad)
 			continue
 		}
 		ns := nft.Service{VIP: svc.VIP, UDP: svc.UDP, Helped: svc.Helper != nil}

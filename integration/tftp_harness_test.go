@@ -199,6 +199,11 @@ type tftpOpts struct {
 	Windowsize int           // windowsize option; 0 or 1: none
 	Timeout    time.Duration // bound on the client's run; 0: 60 s (topo.Scaled)
 	Retransmit int           // timeout option (RFC 2349), seconds; 0: none (atftp only)
+	// ClientTimeout is the client's own wait before it sends its last
+	// packet again (atftp --tftp-timeout), seconds; 0: the client's default
+	// (atftp: 5 s). atftp only.
+	ClientTimeout int
+	Trace         bool // atftp --trace: every packet sent and received in the output (atftp only; others ignore it)
 }
 
 // String names the options, as subtests do: "bs1468-ws16".
@@ -224,12 +229,18 @@ func tftpClientSupports(client string, o tftpOpts) error {
 		if o.Windowsize > 1 || o.Retransmit > 0 {
 			return errors.New("tftp-hpa's client sends no windowsize or timeout option")
 		}
+		if o.ClientTimeout > 0 {
+			return errors.New("tftp-hpa's client takes no timeout argument here")
+		}
 	case tftpClientCurl:
 		if o.Windowsize > 1 {
 			return errors.New("curl has no windowsize option")
 		}
 		if o.Retransmit > 0 {
 			return errors.New("curl sends no timeout option")
+		}
+		if o.ClientTimeout > 0 {
+			return errors.New("curl has no retransmission timeout")
 		}
 	case tftpClientAtftp:
 	default:
@@ -245,6 +256,21 @@ func tftpServerSupports(kind string, o tftpOpts) error {
 		return errors.New("tftpd-hpa ignores the windowsize option")
 	}
 	return nil
+}
+
+// tftpServedFile writes a file of size bytes named name (deterministic
+// content) into every server's directory: a file for one test.
+func tftpServedFile(t *testing.T, servers []*tftpServer, name string, size int64) tftpFile {
+	t.Helper()
+	f := tftpFile{Name: name, Size: size}
+	for _, s := range servers {
+		sum, err := topo.WritePatternFile(filepath.Join(s.Dir, name), size, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.SHA256, f.Path = sum, filepath.Join(s.Dir, name)
+	}
+	return f
 }
 
 // tftpResult is the outcome of one client run.
@@ -318,6 +344,12 @@ func tftpClientArgs(client, host string, put bool, local, remote string, o tftpO
 		}
 		if o.Retransmit > 0 {
 			args = append(args, "--option", fmt.Sprintf("timeout %d", o.Retransmit))
+		}
+		if o.ClientTimeout > 0 {
+			args = append(args, "--tftp-timeout", strconv.Itoa(o.ClientTimeout))
+		}
+		if o.Trace {
+			args = append(args, "--trace")
 		}
 		if put {
 			args = append(args, "-p")

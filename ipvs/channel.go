@@ -292,6 +292,7 @@ func (e *Engine) ChannelUsed(src netip.Addr, dst, to netip.AddrPort) (Channel, b
 			delete(claims, key)
 			c.help.open = append(c.help.open[:i], c.help.open[i+1:]...)
 			e.Stats.Used.Add(1)
+			c.Service.helperStats.ChannelsUsed.Add(1)
 			return o.ch, true
 		}
 	}

@@ -46,6 +46,7 @@ type Engine struct {
 	originalDst  func(server, client netip.AddrPort) (netip.AddrPort, error)
 	pickAtSynAck bool
 	replyMark    uint32 // Options.ReplyMark
+	helperStats  helperStatsTable
 
 	mu sync.Mutex
 	// watched are the learned servers whose packets the datapath queues.
@@ -273,6 +274,7 @@ func (w *Worker) adopt(svc *Service, client, server netip.AddrPort, v *Verdict) 
 		c = newConn(Session{Client: client, VIP: svc.VIP, Server: server}, svc, svc.learn(server))
 		e.Table.Insert(c)
 		e.Stats.Adopted.Add(1)
+		svc.countSession()
 	}
 	c.startClient(seq)
 	e.mu.Lock()
@@ -321,6 +323,7 @@ func (w *Worker) schedule(svc *Service, client netip.AddrPort, mark uint32) Verd
 		c = newConn(Session{Client: client, VIP: svc.VIP, Server: rs.Addr}, svc, rs)
 		e.Table.Insert(c)
 		e.Stats.Scheduled.Add(1)
+		svc.countSession()
 	}
 	c.startClient(seqnum.Value(w.in.TCP().Seq()))
 	// A retransmitted SYN gets the same server's mark; the kernel has bound
@@ -352,8 +355,19 @@ func (w *Worker) roomier() []byte {
 func (w *Worker) scheduleUDP(pkt []byte, mark uint32) Verdict {
 	e := w.e
 	client, vip, payload, err := packet.UDPDatagram(pkt)
-	svc := e.snap.Load().udp[vip]
-	if err != nil || svc == nil {
+	if err != nil {
+		e.Stats.Unparsed.Add(1)
+		return Verdict{}
+	}
+	if e.replyMark != 0 && mark&e.replyMark != 0 {
+		return w.foreignReply(client, vip, mark)
+	}
+	snap := e.snap.Load()
+	svc := snap.udp[vip]
+	if svc == nil {
+		if a := snap.addOns[mark&e.markMask]; a != nil && a.UDP {
+			return w.adoptRequest(a, client, vip, payload, mark)
+		}
 		e.Stats.Unparsed.Add(1)
 		return Verdict{}
 	}
@@ -376,6 +390,64 @@ func (w *Worker) scheduleUDP(pkt []byte, mark uint32) Verdict {
 	return v
 }
 
+// adoptRequest takes a datagram of a UDP add-on (the user's port forward)
+// that the user's DNAT sent from client to server: the forward rule queued
+// it with the add-on's mark, which the verdict clears.
+func (w *Worker) adoptRequest(svc *Service, client, server netip.AddrPort, payload []byte, mark uint32) Verdict {
+	e := w.e
+	c := e.UDP.LookupVIP(client, svc.VIP)
+	if c != nil && c.Server != server {
+		// The user's rules moved the client's flow to another server
+		// (a new conntrack entry): it is a new flow.
+		e.UDP.Remove(c)
+		c = nil
+	}
+	if c == nil {
+		c = newConn(Session{Client: client, VIP: svc.VIP, Server: server}, svc, svc.learn(server))
+		c.state = StateUDP
+		e.UDP.Insert(c)
+		e.Stats.Adopted.Add(1)
+	}
+	v := Verdict{SetMark: true, Mark: mark &^ e.markMask}
+	w.request(c, payload, &v)
+	return v
+}
+
+// foreignReply counts (and logs, rate-limited) a new flow to a client port
+// with a request pending that came from a host other than the request's
+// server: it gets no translation. The nft rule that queued it (ReplyMark)
+// passes only such flows, at a bounded rate. With BlockRefused it is
+// dropped.
+func (w *Worker) foreignReply(from, to netip.AddrPort, mark uint32) Verdict {
+	e := w.e
+	w.now = now()
+	v := Verdict{SetMark: true, Mark: mark &^ e.replyMark}
+	e.mu.Lock()
+	var c *Conn
+	for _, r := range e.pending[to.Addr()] {
+		if r.conn.Client == to {
+			c = r.conn
+			break
+		}
+	}
+	e.mu.Unlock()
+	r := RefuseForeignReply
+	e.Stats.Refused[r].Add(1)
+	service, server := "", netip.AddrPort{}
+	if c != nil {
+		// nil: the client as the user's SNAT shows it (add-on mode), or
+		// a request no longer pending; counted without its service.
+		service, server = c.Service.Name, c.Server
+		c.Service.helperStats.Refused[r].Add(1)
+		v.Drop = c.Service.policy().BlockRefused
+	}
+	if last := e.lastLog[r].Load(); e.log != nil && (last == 0 || w.now-last >= 1e9) && e.lastLog[r].CompareAndSwap(last, max(w.now, 1)) {
+		e.log.Warn("refused reply flow", "reason", r.String(), "service", service, "client", to, "from", from,
+			"server", server, "dropped", v.Drop, "total", e.Stats.Refused[r].Load())
+	}
+	return v
+}
+
 // request has c's datagram helper read a client's datagram.
 func (w *Worker) request(c *Conn, payload []byte, v *Verdict) {
 	e := w.e
@@ -384,6 +456,7 @@ func (w *Worker) request(c *Conn, payload []byte, v *Verdict) {
 		e.Stats.NotRequests.Add(1)
 		return
 	}
+	c.Service.helperStats.Sessions.Add(1)
 	w.now = now()
 	if !e.admitRequest(c, w.now) {
 		// Dropped: the client sends it again once an answer came.
@@ -392,6 +465,7 @@ func (w *Worker) request(c *Conn, payload []byte, v *Verdict) {
 		return
 	}
 	e.Stats.ReplyFlows.Add(1)
+	c.Service.helperStats.ChannelsOpened.Add(1)
 	v.Mark |= e.replyMark
 	c.mu.Lock()
 	if c.reply == nil {

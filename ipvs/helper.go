@@ -100,17 +100,18 @@ type StateSaver interface {
 type Refusal uint8
 
 const (
-	RefuseBounce      Refusal = iota // the address is not the announcing peer's
-	RefuseLowPort                    // a port below 1024
-	RefuseUnsolicited                // a passive reply the client did not ask for
-	RefuseEPSVAll                    // PORT, PASV or EPRT after EPSV ALL
-	RefuseNoPort                     // no free port on the VIP
-	RefuseMalformed                  // PORT or EPRT arguments that do not parse
-	RefusePending                    // a request beyond its client's pending bound (dropped)
+	RefuseBounce       Refusal = iota // the address is not the announcing peer's
+	RefuseLowPort                     // a port below 1024
+	RefuseUnsolicited                 // a passive reply the client did not ask for
+	RefuseEPSVAll                     // PORT, PASV or EPRT after EPSV ALL
+	RefuseNoPort                      // no free port on the VIP
+	RefuseMalformed                   // PORT or EPRT arguments that do not parse
+	RefusePending                     // a request beyond its client's pending bound (dropped)
+	RefuseForeignReply                // an answer to a pending request from a host other than its server
 	numRefusals
 )
 
-var refusalNames = [...]string{"bounce", "low_port", "unsolicited", "epsv_all", "no_port", "malformed", "pending"}
+var refusalNames = [...]string{"bounce", "low_port", "unsolicited", "epsv_all", "no_port", "malformed", "pending", "foreign_reply"}
 
 func (r Refusal) String() string { return refusalNames[r] }
 

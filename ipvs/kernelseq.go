@@ -196,6 +196,7 @@ func (e *Engine) AdoptKernel(client, vip, server netip.AddrPort, st KernelState)
 	c.mu.Unlock()
 	e.Table.Insert(c)
 	e.Stats.Restored.Add(1)
+	svc.helperStats.Sessions.Add(1)
 	return true
 }
 

@@ -148,6 +148,7 @@ func (e *Engine) pickUp(svc *Service, client, server netip.AddrPort) *Conn {
 	c := newConn(Session{Client: client, VIP: svc.VIP, Server: server}, svc, rs)
 	e.Table.Insert(c)
 	e.Stats.PickedUp.Add(1)
+	svc.countSession()
 	return c
 }
 

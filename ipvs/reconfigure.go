@@ -43,6 +43,7 @@ func (e *Engine) Prepare(next []*Service) (commit func(), err error) {
 	snap := e.newSnapshot(next)
 	for _, s := range next {
 		s.mu = &e.schedMu
+		s.helperStats = e.helperStatsFor(s)
 	}
 	return func() { e.switchTo(cur, snap, weights) }, nil
 }

@@ -417,10 +417,10 @@ func TestReplyFlows(t *testing.T) {
 	p[3] += 3
 	p[25] += 3
 	w.Process(append(p, "REQ"...), 0)
-	if e.ReplyStarted(ap("10.0.0.12:51000"), cl, ap("198.51.100.10:51000")) {
+	if e.ReplyStarted(ap("10.0.0.12:51000"), cl, cl, ap("198.51.100.10:51000")) {
 		t.Error("a flow from another server was taken for the reply")
 	}
-	if !e.ReplyStarted(ap("10.0.0.11:51000"), cl, ap("198.51.100.10:51000")) {
+	if !e.ReplyStarted(ap("10.0.0.11:51000"), cl, cl, ap("198.51.100.10:51000")) {
 		t.Fatal("the server's reply flow was not taken")
 	}
 	views := e.ConnViews()
@@ -480,7 +480,7 @@ func TestPendingRequests(t *testing.T) {
 	if got := e.Stats.Refused[RefusePending].Load(); got != 1 {
 		t.Errorf("refused pending %d", got)
 	}
-	e.ReplyStarted(ap("10.0.0.11:50000"), ap("203.0.113.2:40000"), ap("198.51.100.10:50000"))
+	e.ReplyStarted(ap("10.0.0.11:50000"), ap("203.0.113.2:40000"), ap("203.0.113.2:40000"), ap("198.51.100.10:50000"))
 	if v := request("203.0.113.2:40002"); v.Drop {
 		t.Error("dropped after an answer freed a place")
 	}

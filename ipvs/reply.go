@@ -17,6 +17,7 @@ type replyState struct {
 type ReplyFlow struct {
 	Server  netip.AddrPort // the server's port for it (its transfer ID)
 	VIP     netip.AddrPort // that port as the client sees it, on the VIP
+	seen    netip.AddrPort // the client as the server sees it
 	started int64
 }
 
@@ -81,10 +82,11 @@ func (e *Engine) answered(c *Conn) {
 }
 
 // ReplyStarted records a reply flow that conntrack saw start: original
-// direction server -> client, reply direction client -> vip. It reports
-// whether a request of that client to a service at vip's address, sent to
-// that server, awaited it.
-func (e *Engine) ReplyStarted(server, client, vip netip.AddrPort) bool {
+// direction server -> seen (the client as the server sees it: the client
+// itself, or the user's SNAT of it in add-on mode), reply direction client
+// -> vip. It reports whether a request of that client to a service (or
+// add-on) at vip's address, sent to that server, awaited it.
+func (e *Engine) ReplyStarted(server, seen, client, vip netip.AddrPort) bool {
 	for _, s := range e.Services() {
 		if s.Datagram == nil || s.VIP.Addr() != vip.Addr() {
 			continue
@@ -97,13 +99,14 @@ func (e *Engine) ReplyStarted(server, client, vip netip.AddrPort) bool {
 		if c.reply == nil {
 			c.reply = &replyState{}
 		}
-		c.reply.flows = append(c.reply.flows, ReplyFlow{Server: server, VIP: vip, started: now()})
+		c.reply.flows = append(c.reply.flows, ReplyFlow{Server: server, VIP: vip, seen: seen, started: now()})
 		c.mu.Unlock()
 		e.mu.Lock()
-		e.replies[replyKey{server, client}] = c
+		e.replies[replyKey{server, seen}] = c
 		e.answered(c)
 		e.mu.Unlock()
 		e.Stats.RepliesStarted.Add(1)
+		s.helperStats.ChannelsUsed.Add(1)
 		return true
 	}
 	return false
@@ -165,7 +168,7 @@ func (e *Engine) forgetReplies(c *Conn) {
 	e.mu.Lock()
 	e.answered(c)
 	for _, f := range flows {
-		if k := (replyKey{f.Server, c.Client}); e.replies[k] == c {
+		if k := (replyKey{f.Server, f.seen}); e.replies[k] == c {
 			delete(e.replies, k)
 		}
 	}

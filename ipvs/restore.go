@@ -49,6 +49,7 @@ func (e *Engine) Restore(client, vip, server netip.AddrPort, established bool, o
 	}
 	e.Table.Insert(c)
 	e.Stats.Restored.Add(1)
+	svc.countSession()
 	return true
 }
 

@@ -63,6 +63,9 @@ func (w *Worker) help(c *Conn, dir Direction) Verdict {
 	e.mode.channels(w, c, s, v)
 	v.Open, v.Close = w.open, w.close
 	e.Stats.Channels.Add(uint64(len(w.open)))
+	if len(w.open) > 0 { // only a helper opens channels: c's service has one
+		c.Service.helperStats.ChannelsOpened.Add(uint64(len(w.open)))
+	}
 	w.ackNumbers(s)
 	e.mode.numbers(w, c, s, v)
 	return w.write(s, v)
@@ -127,10 +130,12 @@ func (w *Worker) write(s *segment, v *Verdict) Verdict {
 			// Cannot happen for payloads the stream bounded; never send a
 			// half-corrected packet.
 			e.Stats.HelperErrors.Add(1)
+			w.cur.Service.helperStats.Errors.Add(1)
 			return Verdict{Drop: true}
 		}
 		w.buf = out
 		e.Stats.Rewritten.Add(1)
+		w.cur.Service.helperStats.Rewritten.Add(1)
 	} else {
 		w.buf = append(w.buf[:0], w.in.Buf...)
 	}
@@ -283,6 +288,7 @@ func (w *Worker) inspect(c *Conn, dir Direction, st *stream, fresh []byte, fin b
 	w.refused(c, r.Refusals)
 	if !r.valid(len(data), fixed, fin) {
 		e.Stats.HelperErrors.Add(1)
+		c.Service.helperStats.Errors.Add(1)
 		st.stopped = true
 		return out, false
 	}
@@ -366,6 +372,7 @@ func (w *Worker) refused(c *Conn, why []Refusal) {
 	e := w.e
 	for _, r := range why {
 		e.Stats.Refused[r].Add(1)
+		c.Service.helperStats.Refused[r].Add(1)
 		if e.log == nil {
 			continue
 		}

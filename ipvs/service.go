@@ -58,6 +58,9 @@ type Service struct {
 	// servers that services of older generations still hold.
 	mu    *sync.Mutex
 	sched Scheduler
+	// helperStats are its helper's counters (nil without one), set when
+	// the engine takes the service on, for the workers to count into.
+	helperStats *HelperStats
 }
 
 // NewService builds a service with the named scheduler.

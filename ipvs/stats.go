@@ -116,7 +116,7 @@ var counters = func() []Counter {
 	}
 	for r := range Refusal(numRefusals) {
 		cs = append(cs, Counter{"refused_" + r.String(), "nfhelper_refusals_total", "reason", r.String(),
-			"Announced data channels (and requests, reason pending) a helper refused, by reason.",
+			"Announced data channels, requests (reason pending) and answers from another host (reason foreign_reply) a helper refused, by reason.",
 			func(s *Stats) *atomic.Uint64 { return &s.Refused[r] }})
 	}
 	return cs

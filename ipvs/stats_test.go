@@ -9,10 +9,10 @@ import (
 	"testing"
 )
 
-// statsFields lists every counter in s by its Go name (array elements as
-// Name[i]) and address, so that the registry's accessors can be checked
-// against the struct itself.
-func statsFields(s *Stats) map[*atomic.Uint64]string {
+// statsFields lists every counter in s (a *Stats or *HelperStats) by its
+// Go name (array elements as Name[i]) and address, so that a registry's
+// accessors can be checked against the struct itself.
+func statsFields(s any) map[*atomic.Uint64]string {
 	u64 := reflect.TypeFor[atomic.Uint64]()
 	v := reflect.ValueOf(s).Elem()
 	fields := map[*atomic.Uint64]string{}
@@ -26,35 +26,50 @@ func statsFields(s *Stats) map[*atomic.Uint64]string {
 				fields[f.Index(j).Addr().Interface().(*atomic.Uint64)] = name + "[" + strconv.Itoa(j) + "]"
 			}
 		default:
-			panic("Stats." + name + " is no counter: teach statsFields its type")
+			panic(v.Type().Name() + "." + name + " is no counter: teach statsFields its type")
 		}
 	}
 	return fields
 }
 
-// TestCountersCoverStats: a counter added to Stats and forgotten in the
-// registry would be missing from status, the log lines and the metrics.
-func TestCountersCoverStats(t *testing.T) {
-	var s Stats
-	fields := statsFields(&s)
+// registered is one registry entry as the coverage check sees it.
+type registered struct {
+	name string
+	p    *atomic.Uint64
+}
+
+// checkCovers fails t unless the registry reads every counter of fields
+// (statsFields of the struct it reads), each once: a counter forgotten in
+// the registry (file) would be missing from status and the metrics.
+func checkCovers(t *testing.T, fields map[*atomic.Uint64]string, registry []registered, file string) {
+	t.Helper()
 	seen := map[*atomic.Uint64]string{}
-	for _, c := range Counters() {
-		p := c.field(&s)
-		f, ok := fields[p]
+	for _, c := range registry {
+		f, ok := fields[c.p]
 		if !ok {
-			t.Errorf("%s: reads no counter of Stats", c.Name)
+			t.Errorf("%s: reads no counter of its struct", c.name)
 			continue
 		}
-		if prev, dup := seen[p]; dup {
-			t.Errorf("Stats.%s is in the registry twice: %s and %s", f, prev, c.Name)
+		if prev, dup := seen[c.p]; dup {
+			t.Errorf("%s is in the registry twice: %s and %s", f, prev, c.name)
 		}
-		seen[p] = c.Name
+		seen[c.p] = c.name
 	}
 	for p, f := range fields {
 		if _, ok := seen[p]; !ok {
-			t.Errorf("Stats.%s is not in the registry (stats.go)", f)
+			t.Errorf("%s is not in the registry (%s)", f, file)
 		}
 	}
+}
+
+// TestCountersCoverStats: every Stats counter is in the registry.
+func TestCountersCoverStats(t *testing.T) {
+	var s Stats
+	var reg []registered
+	for _, c := range Counters() {
+		reg = append(reg, registered{c.Name, c.field(&s)})
+	}
+	checkCovers(t, statsFields(&s), reg, "stats.go")
 }
 
 // TestCountersConsistent: names are unique, and counters that share a

@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"slices"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -89,27 +90,44 @@ func serverDesc(name, help string) *prometheus.Desc {
 	return prometheus.NewDesc(name, help, []string{"service", "server"}, nil)
 }
 
-// engineCounters are ipvs's registry of counters; engineDescs their
-// families by the same index, shared by the counters that share a metric
-// (the refusals); engineFamilies each family once.
-var engineCounters, engineDescs, engineFamilies = func() (cs []ipvs.Counter, descs, families []*prometheus.Desc) {
-	cs = ipvs.Counters()
+// engineCounters are ipvs's registry of the engine's counters, and
+// engineDescs their families by the same index; helperCounters and
+// helperDescs likewise each helper's, labelled helper.
+var (
+	engineCounters              = ipvs.Counters()
+	engineDescs, engineFamilies = descsOf(len(engineCounters), func(i int) (string, string, string) {
+		c := &engineCounters[i]
+		return c.Metric, c.Help, c.LabelName
+	})
+	helperCounters              = ipvs.HelperCounters()
+	helperDescs, helperFamilies = descsOf(len(helperCounters), func(i int) (string, string, string) {
+		c := &helperCounters[i]
+		return c.Metric, c.Help, c.LabelName
+	}, "helper")
+)
+
+// descsOf makes the families of a registry of n counters: by index, the
+// counter's metric, help and label name ("" for none) as counter tells,
+// its labels the fixed ones and that. Counters that share a metric (the
+// refusals) share its desc; families lists each once.
+func descsOf(n int, counter func(i int) (metric, help, label string), fixed ...string) (descs, families []*prometheus.Desc) {
 	byMetric := map[string]*prometheus.Desc{}
-	for _, c := range cs {
-		d := byMetric[c.Metric]
+	for i := range n {
+		metric, help, label := counter(i)
+		d := byMetric[metric]
 		if d == nil {
-			var labels []string
-			if c.LabelName != "" {
-				labels = []string{c.LabelName}
+			labels := fixed
+			if label != "" {
+				labels = append(slices.Clone(fixed), label)
 			}
-			d = prometheus.NewDesc(c.Metric, c.Help, labels, nil)
-			byMetric[c.Metric] = d
+			d = prometheus.NewDesc(metric, help, labels, nil)
+			byMetric[metric] = d
 			families = append(families, d)
 		}
 		descs = append(descs, d)
 	}
-	return cs, descs, families
-}()
+	return descs, families
+}
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{queuePacketsDesc, verdictsDesc, latencyDesc, connectionsDesc,
@@ -126,6 +144,9 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range engineFamilies {
 		ch <- d
 	}
+	for _, d := range helperFamilies {
+		ch <- d
+	}
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
@@ -140,6 +161,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			}
 			send(ch, engineDescs[i], prometheus.CounterValue, float64(k.Load(&e.Stats)), labels...)
 		}
+		collectHelpers(ch, e)
 		send(ch, connectionsDesc, prometheus.GaugeValue, float64(e.Table.Len()), "tcp")
 		send(ch, connectionsDesc, prometheus.GaugeValue, float64(e.UDP.Len()), "udp")
 		collectServices(ch, e)
@@ -193,6 +215,21 @@ func (m *Metrics) collectLatency(ch chan<- prometheus.Metric) {
 	cum += m.buckets[len(bounds)].Load()
 	// The count is the +Inf bucket by construction, even while observers run.
 	ch <- prometheus.MustNewConstHistogram(latencyDesc, cum, float64(m.sumNanos.Load())/1e9, buckets)
+}
+
+// collectHelpers sends every helper's counters, registered ones at zero
+// too, so that a dashboard finds each helper's series before its first use.
+func collectHelpers(ch chan<- prometheus.Metric, e *ipvs.Engine) {
+	for _, h := range e.HelperStats() {
+		for i := range helperCounters {
+			k := &helperCounters[i]
+			labels := []string{h.Helper}
+			if k.LabelValue != "" {
+				labels = append(labels, k.LabelValue)
+			}
+			send(ch, helperDescs[i], prometheus.CounterValue, float64(k.Load(h.Stats)), labels...)
+		}
+	}
 }
 
 func collectServices(ch chan<- prometheus.Metric, e *ipvs.Engine) {

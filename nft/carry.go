@@ -26,7 +26,7 @@ type Carried struct {
 
 // carriedSets are the sets whose elements the daemon adds at run time.
 func (f *family) carriedSets() []*nftables.Set {
-	return []*nftables.Set{f.watched, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets, f.acks, f.bypassed, f.bypassedActive, f.replies}
+	return []*nftables.Set{f.watched, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets, f.acks, f.bypassed, f.bypassedActive, f.replies, f.replyDNAT, f.replyWait}
 }
 
 // bypassedSets are the carried sets the kernel fills from the packet path,
@@ -34,15 +34,23 @@ func (f *family) carriedSets() []*nftables.Set {
 // too, which the verdicts a handing-over daemon gives last write after
 // ReadStale.
 func (f *family) bypassedSets() []*nftables.Set {
-	return []*nftables.Set{f.bypassed, f.bypassedActive, f.replies}
+	return []*nftables.Set{f.bypassed, f.bypassedActive, f.replies, f.replyDNAT, f.replyWait}
 }
 
 // repliesSets are the maps of requests awaiting their answer.
-func (f *family) repliesSets() []*nftables.Set { return []*nftables.Set{f.replies} }
+func (f *family) repliesSets() []*nftables.Set {
+	return []*nftables.Set{f.replies, f.replyDNAT, f.replyWait}
+}
 
 // isRepliesMap tells the replies maps (requests awaiting their answer) by
 // name: carried, but no helped connection's.
-func isRepliesMap(name string) bool { return name == "replies4" || name == "replies6" }
+func isRepliesMap(name string) bool {
+	switch name {
+	case "replies4", "replies6", "reply_dnat4", "reply_dnat6", "reply_wait4", "reply_wait6":
+		return true
+	}
+	return false
+}
 
 // ReadStale reads the run-time elements of table inet name; nil if there
 // is no such table.

@@ -110,6 +110,12 @@ func ctOrigDstPort() field {
 	}}
 }
 
+func ctOrigSrcPort() field {
+	return field{len: 2, load: func(reg uint32) expr.Any {
+		return &expr.Ct{Register: reg, Key: expr.CtKeyPROTOSRC, Direction: 0}
+	}}
+}
+
 // tcpFlagsEq matches (tcp flags & mask) == want.
 func tcpFlagsEq(mask, want byte) []expr.Any {
 	return []expr.Any{

@@ -15,7 +15,7 @@ const (
 	hookMangle              // mangle_prerouting: new UDP flows to daemon-scheduled VIPs, the userspace helper
 	hookClean               // prerouting: the daemon's mark bits, invalid packets, data connections, templates
 	hookForward             // forward: refusals, add-on SYNs, clients' segments
-	hookUnseen              // forward_unseen: add-on SYNs that bypassed the daemon
+	hookUnseen              // forward_unseen: add-on SYNs and UDP requests that bypassed the daemon
 	hookSNAT                // srcnat: active data connections, answers to requests
 	hookReplies             // reply_open: requests whose answers come from new ports (TFTP)
 	numHooks
@@ -37,7 +37,11 @@ func (rs *Ruleset) hooksFor(spec *Spec, helpedLeft, repliesLeft bool) hookSet {
 	// empty). refused: a kernel-scheduled service has nothing to send a
 	// connection to, which the forward hook refuses. persist: templates
 	// are written after DNAT.
-	var queued, refused, persist, replies bool
+	var queued, refused, persist, replies, udpAddOns bool
+	for _, ad := range spec.AddOns {
+		udpAddOns = udpAddOns || ad.UDP
+		replies = replies || ad.Replies > 0
+	}
 	for i := range spec.Services {
 		svc := &spec.Services[i]
 		helped = helped || svc.Helped
@@ -57,7 +61,7 @@ func (rs *Ruleset) hooksFor(spec *Spec, helpedLeft, repliesLeft bool) hookSet {
 	h[hookMangle] = queued || !compat && helped
 	h[hookClean] = queued || helped || persist || repliesLeft
 	h[hookForward] = queued || helped || refused
-	h[hookUnseen] = compat && rs.queue.KernelFTP && helped
+	h[hookUnseen] = compat && rs.queue.KernelFTP && helped || rs.queue.KernelTFTP && udpAddOns
 	h[hookSNAT] = helped || replies || repliesLeft
 	h[hookReplies] = replies
 	return h

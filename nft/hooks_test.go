@@ -30,17 +30,19 @@ func TestHooksFor(t *testing.T) {
 	helped.Helped = true
 	queued := Service{VIP: ap("198.51.100.10:8080"), Servers: []Server{{s1, 0x10000, 1, false}}}
 	tftp := Service{VIP: ap("198.51.100.10:69"), UDP: true, Servers: []Server{{s1, 0x10000, 1, false}}, Replies: time.Minute}
+	udpAddOn := AddOn{Match: ap("203.0.113.1:69"), Mark: 0x40000, UDP: true, Replies: time.Minute}
 	const (
 		raw, mangle, clean, fwd, unseen, snat, replies = "raw", "mangle", "clean", "fwd", "unseen", "snat", "replies"
 	)
 	names := map[string]hook{raw: hookRaw, mangle: hookMangle, clean: hookClean, fwd: hookForward, unseen: hookUnseen, snat: hookSNAT, replies: hookReplies}
 	for _, tc := range []struct {
-		name     string
-		spec     Spec
-		ctHelper string
-		left     bool
-		replies  bool // carried replies elements
-		want     []string
+		name       string
+		spec       Spec
+		ctHelper   string
+		kernelTFTP bool
+		left       bool
+		replies    bool // carried replies elements
+		want       []string
 	}{
 		{name: "nothing"},
 		{name: "plain kernel-scheduled", spec: Spec{Services: []Service{plain, plain}}},
@@ -51,7 +53,12 @@ func TestHooksFor(t *testing.T) {
 		{name: "helped", spec: Spec{Services: []Service{helped}}, want: []string{raw, clean, fwd, unseen, snat}},
 		{name: "helped, kernel datapath", spec: Spec{Services: []Service{helped}}, ctHelper: "h", want: []string{mangle, clean, fwd, snat}},
 		{name: "tftp", spec: Spec{Services: []Service{plain, tftp}}, want: []string{raw, mangle, clean, fwd, snat, replies}},
-		{name: "add-on", spec: Spec{AddOns: []AddOn{{ap("198.51.100.20:21"), 0x40000}}}, want: []string{raw, clean, fwd, unseen, snat}},
+		{name: "add-on", spec: Spec{AddOns: []AddOn{{Match: ap("198.51.100.20:21"), Mark: 0x40000}}}, want: []string{raw, clean, fwd, unseen, snat}},
+		{name: "udp add-on", spec: Spec{AddOns: []AddOn{udpAddOn}}, want: []string{raw, clean, fwd, unseen, snat, replies}},
+		// Its requests that bypass a dead daemon get the kernel's TFTP
+		// helper after the forward chain.
+		{name: "udp add-on, kernel datapath", spec: Spec{AddOns: []AddOn{udpAddOn}}, ctHelper: "h", kernelTFTP: true, want: []string{mangle, clean, fwd, unseen, snat, replies}},
+		{name: "udp add-on, kernel datapath without the kernel's tftp helper", spec: Spec{AddOns: []AddOn{udpAddOn}}, ctHelper: "h", want: []string{mangle, clean, fwd, snat, replies}},
 		{name: "live helped connections", spec: Spec{Services: []Service{plain}, LiveVIPs: []netip.AddrPort{ap("198.51.100.10:21")}},
 			want: []string{raw, clean, fwd, unseen, snat}},
 		{name: "carried channels", spec: Spec{Services: []Service{plain}}, left: true, want: []string{raw, clean, fwd, unseen, snat}},
@@ -60,7 +67,7 @@ func TestHooksFor(t *testing.T) {
 		{name: "carried replies", spec: Spec{Services: []Service{plain}}, replies: true, want: []string{clean, snat}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			rs := &Ruleset{queue: Spec{CtHelper: tc.ctHelper, KernelFTP: true}}
+			rs := &Ruleset{queue: Spec{CtHelper: tc.ctHelper, KernelFTP: true, KernelTFTP: tc.kernelTFTP}}
 			var want hookSet
 			for _, n := range tc.want {
 				want[names[n]] = true

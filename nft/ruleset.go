@@ -64,6 +64,11 @@ type Spec struct {
 type AddOn struct {
 	Match netip.AddrPort
 	Mark  uint32
+	// UDP: a UDP port forward, whose new flows' first datagram is queued
+	// (a datagram helper's request); else the SYNs of a TCP one.
+	UDP bool
+	// Replies: as Service.Replies, for the UDP add-on's requests.
+	Replies time.Duration
 }
 
 // UnseenMark is the packet mark bit a server's control segment is queued
@@ -161,6 +166,12 @@ type family struct {
 	// server . client . client port : VIP, the answers that requests
 	// await (ReplyMark).
 	replies *nftables.Set
+	// Behind the user's SNAT (a UDP add-on): server . the client as the
+	// server sees it . port : client . port, where the answer goes.
+	replyDNAT *nftables.Set
+	// The client as the server sees it . port, while a request of it
+	// awaits its answer: a new flow to it from elsewhere is foreign.
+	replyWait *nftables.Set
 	// VIP . port of daemon-scheduled UDP services with Replies: a request
 	// the daemon did not see gets the kernel's TFTP helper.
 	repliesVIPs *nftables.Set
@@ -223,7 +234,7 @@ func newFamily(t *nftables.Table, v6 bool) *family {
 		KeyType: nftables.MustConcatSetType(addr, addr), DataType: addr}
 	f.bypassedActive = &nftables.Set{Table: t, Name: "bypassed_active" + suffix, IsMap: true, HasTimeout: true, Dynamic: true, Concatenation: true,
 		KeyType: nftables.MustConcatSetType(addr, addr), DataType: addr}
-	f.replies = f.repliesSet(t)
+	f.replies, f.replyDNAT, f.replyWait = f.repliesSet(t), f.replyDNATSet(t), f.replyWaitSet(t)
 	f.repliesVIPs = &nftables.Set{Table: t, Name: "replies_vips" + suffix, KeyType: addrPort, Concatenation: true}
 	// Two 16-bit numbers; nft shows them as ports.
 	f.pureAck = &nftables.Set{Table: t, Name: "pure_ack" + suffix, Constant: true, Concatenation: true,
@@ -339,7 +350,7 @@ func Remove(c *nftables.Conn, name string) error {
 
 func (rs *Ruleset) addSets(c *nftables.Conn, spec *Spec, f *family) error {
 	static := rs.staticElements(spec, f)
-	for _, set := range []*nftables.Set{f.vips, f.vipsUDP, f.kvips, f.dispatch, f.helped, f.servers, f.watched, f.byMark, f.fallback, f.fallbackUDP, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets, f.acks, f.bypassed, f.bypassedActive, f.replies, f.repliesVIPs} {
+	for _, set := range []*nftables.Set{f.vips, f.vipsUDP, f.kvips, f.dispatch, f.helped, f.servers, f.watched, f.byMark, f.fallback, f.fallbackUDP, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets, f.acks, f.bypassed, f.bypassedActive, f.replies, f.replyDNAT, f.replyWait, f.repliesVIPs} {
 		if err := c.AddSet(set, static[set]); err != nil {
 			return fmt.Errorf("add set %s: %w", set.Name, err)
 		}
@@ -363,7 +374,9 @@ func (rs *Ruleset) staticElements(spec *Spec, f *family) map[*nftables.Set][]nft
 		}
 	}
 	for _, a := range spec.AddOns {
-		add(f.helped, a.Match)
+		if !a.UDP {
+			add(f.helped, a.Match)
+		}
 	}
 	for _, svc := range spec.Services {
 		if !f.of(svc.VIP.Addr()) {
@@ -544,7 +557,7 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 		rawChains(a, newFamMatch(f), spec, q)
 	}
 	mangleChains(a, rs.fams, spec, q)
-	cleanChains(a, rs.fams, spec, rs.tpl)
+	cleanChains(a, rs.fams, spec, rs.tpl, q)
 	for _, f := range rs.fams {
 		dnatRules(a, dnat, newFamMatch(f), spec)
 	}
@@ -552,9 +565,9 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 	heartbeatChain(a, rs.alive)
 	rs.forwardChains(a, spec)
 	rs.forwardRules(c, spec)
-	if spec.KernelFTP && spec.CtHelper == "" {
+	if spec.KernelFTP && spec.CtHelper == "" || spec.KernelTFTP {
 		a.regular("unseen_syn")
-		unseenRules(a, rs.fams)
+		unseenRules(a, rs.fams, spec)
 	}
 	rs.setHooks(a, spec, rs.hooksFor(spec, spec.Carried.helped(), spec.Carried.replies()))
 }
@@ -566,11 +579,20 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 // them); the kernel's FTP helper takes it. Its sequence adjustment comes
 // with the user's SNAT, if any, or (kernels with nft_ct's fix of late
 // 2025, Debian's 6.1.0-57 among them) with the assignment itself.
-func unseenRules(a ruleAdder, fams [2]*family) {
+//
+// Likewise a UDP add-on's request (only those are queued there with mark
+// bits): the kernel's TFTP helper takes it, and nf_nat_tftp has its answer
+// follow the request's NAT, the user's.
+func unseenRules(a ruleAdder, fams [2]*family, spec *Spec) {
 	syns := &nftables.Chain{Name: "unseen_syn"}
-	for _, f := range fams {
-		a.rule(syns, nfproto(f.proto), l4protoTCP(), concat(ctOrigDst(f.v6), ctOrigDstPort()), lookup(f.helped),
-			ctHelperSet(KernelFTPHelper), setCtMark(ChannelMark))
+	if spec.KernelFTP && spec.CtHelper == "" {
+		for _, f := range fams {
+			a.rule(syns, nfproto(f.proto), l4protoTCP(), concat(ctOrigDst(f.v6), ctOrigDstPort()), lookup(f.helped),
+				ctHelperSet(KernelFTPHelper), setCtMark(ChannelMark))
+		}
+	}
+	if spec.KernelTFTP {
+		a.rule(syns, l4protoUDP(), ctHelperSet(KernelTFTPHelper), setCtMark(ChannelMark))
 	}
 }
 
@@ -638,7 +660,7 @@ func mangleRules(a ruleAdder, mangle *nftables.Chain, m famMatch, spec *Spec, q 
 // skip NAT and leak real addresses), data connections marked and
 // persistence templates written. The rules that follow none of the jumps
 // do not read the mark, so it may be cleared first.
-func cleanChains(a ruleAdder, fams [2]*family, spec *Spec, persist *nftables.Chain) {
+func cleanChains(a ruleAdder, fams [2]*family, spec *Spec, persist *nftables.Chain, q []expr.Any) {
 	bits := spec.MarkMask | UnseenMark
 	marked := a.regular("marked")
 	if spec.CtHelper == "" {
@@ -662,7 +684,7 @@ func cleanChains(a ruleAdder, fams [2]*family, spec *Spec, persist *nftables.Cha
 	for _, f := range fams {
 		m := newFamMatch(f)
 		invalidRules(a, invalid, m)
-		newConnRules(a, fresh, m)
+		newConnRules(a, fresh, m, q)
 	}
 	a.rule(fresh, goTo(persist))
 }
@@ -715,7 +737,7 @@ func invalidRules(a ruleAdder, invalid *nftables.Chain, m famMatch) {
 }
 
 // newConnRules mark data connections.
-func newConnRules(a ruleAdder, fresh *nftables.Chain, m famMatch) {
+func newConnRules(a ruleAdder, fresh *nftables.Chain, m famMatch, q []expr.Any) {
 	f := m.f
 	// After DNAT an active data connection, announced to the server
 	// directly or through the user's SNAT, goes to the client.
@@ -724,7 +746,7 @@ func newConnRules(a ruleAdder, fresh *nftables.Chain, m famMatch) {
 	// (see snatRules) carries ChannelMark.
 	serverClient := concat(addrField(f.v6, true), addrField(f.v6, false))
 	a.rule(fresh, m.fam, m.tcp, serverClient, lookupTo(f.bypassedActive), setCtMark(ChannelMark))
-	replyConnRules(a, fresh, m)
+	replyConnRules(a, fresh, m, q)
 }
 
 // dnatRules: the daemon's scheduling decision, the fail-open fallbacks,
@@ -750,6 +772,7 @@ func dnatRules(a ruleAdder, dnat *nftables.Chain, m famMatch, spec *Spec) {
 		// assigned after it would miss the NAT set-up.
 		a.rule(dnat, m.fam, l4protoUDP(), markBitsClear(spec.MarkMask), m.dst, lookup(f.repliesVIPs), ctHelperSet(KernelTFTPHelper), setCtMark(ChannelMark))
 	}
+	replyDNATRules(a, dnat, m)
 	// A kernel-scheduled service's chain. Its fail-open too: when it
 	// has no server, nothing below matches its VIP.
 	a.rule(dnat, m.fam, dispatchRule(f))
@@ -829,6 +852,13 @@ func (rs *Ruleset) forwardRules(c *nftables.Conn, spec *Spec) {
 	for _, f := range rs.fams {
 		for _, ad := range spec.AddOns {
 			if !f.of(ad.Match.Addr()) {
+				continue
+			}
+			if ad.UDP {
+				// Likewise a UDP flow's first datagram: a request.
+				a.rule(rs.fwdNew, nfproto(f.proto), l4protoUDP(), ctDirectionOriginal(),
+					concat(ctOrigDst(f.v6), ctOrigDstPort()), cmpEq(addrPortKey(ad.Match)),
+					setMark(rs.queue.MarkMask, ad.Mark), []expr.Any{q})
 				continue
 			}
 			// The SYN after the user's DNAT shows client and server: the
@@ -917,7 +947,6 @@ func setMark(mask, bits uint32) []expr.Any {
 	}
 }
 
-// setCtMark sets bit in the connection's mark.
 // ctMarkHas matches a connection whose conntrack mark has bit.
 func ctMarkHas(bit uint32) []expr.Any {
 	return []expr.Any{
@@ -927,6 +956,14 @@ func ctMarkHas(bit uint32) []expr.Any {
 	}
 }
 
+// ctMarkLacks matches a connection whose conntrack mark lacks bit.
+func ctMarkLacks(bit uint32) []expr.Any {
+	m := ctMarkHas(bit)
+	m[len(m)-1] = &expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: native32(0)}
+	return m
+}
+
+// setCtMark sets bit in the connection's mark.
 func setCtMark(bit uint32) []expr.Any { return setCtMarkIn(bit, reg1) }
 
 // setCtMarkIn sets bit in the connection's mark by way of register reg

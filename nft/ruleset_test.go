@@ -80,7 +80,8 @@ func referenceSpec() *Spec {
 			{VIP: ap("198.51.100.10:53"), UDP: true, Servers: []Server{{ap("10.0.0.11:53"), 0x70000, 1, false}}},
 			{VIP: ap("198.51.100.10:69"), UDP: true, Servers: []Server{{ap("10.0.0.11:69"), 0x80000, 1, false}}, Replies: 5 * time.Minute},
 		},
-		AddOns: []AddOn{{ap("198.51.100.20:21"), 0x40000}, {ap("[2001:db8:1::20]:21"), 0x50000}},
+		AddOns: []AddOn{{Match: ap("198.51.100.20:21"), Mark: 0x40000}, {Match: ap("[2001:db8:1::20]:21"), Mark: 0x50000},
+			{Match: ap("198.51.100.20:69"), Mark: 0x60000, UDP: true, Replies: 5 * time.Minute}},
 	}
 }
 
