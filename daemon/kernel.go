@@ -229,10 +229,29 @@ func (k *kernelPath) answer(h *handler, id uint32, pkt []byte, v ipvs.Verdict, c
 		if err := h.q.AcceptCT(id, v.Packet, ctAttrs); err != nil {
 			h.log.Warn("verdict", "err", err)
 		}
+		if v.Packet != nil && len(v.Packet) != len(pkt) {
+			k.reportSeqAdj(h, ct)
+		}
 		return true
 	}
 	h.verdict(id, &v)
 	return true
+}
+
+// reportSeqAdj has the kernel report a connection whose seqadj records a
+// verdict just changed, for conntrackd to carry them to a backup router
+// (kernel.ReportConntrack). After the verdict is applied: the report
+// carries the records as they are then. One round trip per length change
+// (a lengthened 227), which is rare.
+func (k *kernelPath) reportSeqAdj(h *handler, ct kernel.Conntrack) {
+	if err := h.q.Flush(); err != nil {
+		k.log.Warn("verdicts", "err", err)
+	}
+	if err := kernel.ReportConntrack(k.ctnl, ct.Orig); err != nil {
+		k.log.Warn("seqadj not reported", "err", err)
+		return
+	}
+	h.stats.SeqAdjReported.Add(1)
 }
 
 // verdictCT is the NFQA_CT the verdict v on a packet of inLen bytes of

@@ -22,6 +22,7 @@ type Stats struct {
 	Throttled                              atomic.Uint64 // segments dropped: their sender has maxEdits rewrites unacknowledged
 	Skipped                                atomic.Uint64 // streams that picked up after bytes went by the daemon (fail-open)
 	SeqAdjSet                              atomic.Uint64 // kernel datapath: seqadj records set outright before a verdict
+	SeqAdjReported                         atomic.Uint64 // kernel datapath: connections reported after a verdict changed their seqadj records
 	PickedUp                               atomic.Uint64 // helped connections nftables scheduled, taken up from their first packet queued
 	PickupUnresolved                       atomic.Uint64 // SYN-ACKs of a shared server whose VIP conntrack did not tell (unhelped)
 	ReplyFlows                             atomic.Uint64 // requests whose server may answer from a port of its own (TFTP)
@@ -98,6 +99,9 @@ var counters = func() []Counter {
 		{"seqadj_set", "nfhelper_seqadj_set_total", "", "",
 			"Kernel datapath: times the kernel's seqadj records were set outright before a verdict (a withheld line, a retransmission cut anew).",
 			func(s *Stats) *atomic.Uint64 { return &s.SeqAdjSet }},
+		{"seqadj_reported", "nfhelper_seqadj_reported_total", "", "",
+			"Kernel datapath: connections whose seqadj records a verdict changed, reported by the kernel as a conntrack event for conntrackd to carry to a backup router.",
+			func(s *Stats) *atomic.Uint64 { return &s.SeqAdjReported }},
 		{"reply_flows", "nfhelper_reply_flows_opened_total", "", "",
 			"Requests (TFTP) whose real server may answer from a port of its own, translated by the kernel as coming from the VIP.",
 			func(s *Stats) *atomic.Uint64 { return &s.ReplyFlows }},

@@ -74,16 +74,44 @@ func SetSeqAdj(c *netlink.Conn, orig Tuple, adj [2]seqnum.Adj) error {
 	if err != nil {
 		return err
 	}
+	if err := updateConntrack(c, orig, attrs); err != nil {
+		return fmt.Errorf("set seqadj of %v -> %v: %w", orig.Src, orig.Dst, err)
+	}
+	return nil
+}
+
+// ReportConntrack has the kernel report the connection whose original
+// direction is orig, changing nothing: any ctnetlink update raises an
+// update event with its seqadj records, mark, labels and helper. The
+// kernel raises none when it changes seqadj records itself (at a verdict
+// with NFQA_CT, or in its own FTP helper), so without this conntrackd
+// would never carry a lengthened reply's offsets to a backup router.
+func ReportConntrack(c *netlink.Conn, orig Tuple) error {
+	ae := encoder()
+	if err := encodeTupleAttr(ae, ctaTupleOrig, orig); err != nil {
+		return err
+	}
+	attrs, err := ae.Encode()
+	if err != nil {
+		return err
+	}
+	if err := updateConntrack(c, orig, attrs); err != nil {
+		return fmt.Errorf("report %v -> %v: %w", orig.Src, orig.Dst, err)
+	}
+	return nil
+}
+
+// updateConntrack sends a ctnetlink update of the existing connection
+// whose original direction is orig (no NLM_F_CREATE: only an existing
+// connection is changed).
+func updateConntrack(c *netlink.Conn, orig Tuple, attrs []byte) error {
 	family := uint8(unix.AF_INET)
 	if orig.Src.Addr().Unmap().Is6() {
 		family = unix.AF_INET6
 	}
-	// No NLM_F_CREATE: only an existing connection is changed.
 	req := nfnlRequest(subsysCtnetlink, ctMsgNew, netlink.Acknowledge, family, 0, attrs)
-	if _, err := c.Execute(req); err != nil {
-		return fmt.Errorf("set seqadj of %v -> %v: %w", orig.Src, orig.Dst, err)
-	}
-	return nil
+	_, err := c.Execute(req)
+	return err
 }
 
 // DialCtnetlink opens a netlink socket for SetSeqAdj.
