@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -269,6 +270,10 @@ func (e *ksEnv) sequence(addr string, n int) []string {
 // source port each) to addr and returns the server of each flow; a flow
 // whose two answers came from different servers, or not from addr, fails
 // the test.
+// ksUDPPort counts the client ports udpFlows used: each flow gets a new
+// one in this test binary's run, from 20001 on, below the ephemeral range.
+var ksUDPPort atomic.Uint32
+
 func (e *ksEnv) udpFlows(addr string, n int) []string {
 	t := e.t
 	t.Helper()
@@ -276,7 +281,13 @@ func (e *ksEnv) udpFlows(addr string, n int) []string {
 	for i := range n {
 		var who []string
 		err := topo.Do(e.tp.Client, func() error {
-			c, err := net.Dial("udp4", addr)
+			// A port of its own: an ephemeral one may be the last flow's
+			// again, whose conntrack entry (and server) it would reuse.
+			to, err := net.ResolveUDPAddr("udp4", addr)
+			if err != nil {
+				return err
+			}
+			c, err := net.DialUDP("udp4", &net.UDPAddr{Port: 20000 + int(ksUDPPort.Add(1))}, to)
 			if err != nil {
 				return err
 			}
