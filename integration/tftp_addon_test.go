@@ -229,15 +229,7 @@ func tftpForeignReply(t *testing.T, d *hcDaemon, host string) {
 		return st.Stats["refused_foreign_reply"]
 	}
 	before := refused()
-	var conn *net.UDPConn
-	if err := topo.Do(tp.Client, func() error {
-		var err error
-		conn, err = net.ListenUDP("udp4", &net.UDPAddr{})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := udpSocketIn(t, tp.Client, "udp4", &net.UDPAddr{})
 	if _, err := conn.WriteTo([]byte("\x00\x01server.txt\x00octet\x00"), &net.UDPAddr{IP: net.ParseIP(host), Port: 69}); err != nil {
 		t.Fatal(err)
 	}
@@ -251,15 +243,7 @@ func tftpForeignReply(t *testing.T, d *hcDaemon, host string) {
 		t.Fatalf("answer from %v (%d bytes, opcode %d: %q), want DATA \"rs1\" from %s", from, n, buf[1], buf[4:n], host)
 	}
 	client := conn.LocalAddr().(*net.UDPAddr)
-	var stranger *net.UDPConn
-	if err := topo.Do(tp.RS2, func() error {
-		var err error
-		stranger, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(topo.RS2V4)})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer stranger.Close()
+	stranger := udpSocketIn(t, tp.RS2, "udp4", &net.UDPAddr{IP: net.ParseIP(topo.RS2V4)})
 	to := &net.UDPAddr{IP: net.ParseIP(topo.ClientV4), Port: client.Port}
 	if _, err := stranger.WriteTo([]byte("\x00\x03\x00\x01foreign"), to); err != nil {
 		t.Fatal(err)

@@ -135,6 +135,22 @@ func (s *tftpServer) Host(family string) string {
 // test files (hard links to the originals every test shares: upload under
 // other names) and a server.txt naming it. They are stopped when
 // the test ends. A server program that is not available skips the test.
+// udpSocketIn opens a UDP socket inside namespace ns (network "udp",
+// "udp4" or "udp6"; local address laddr, nil for any), closed when the test
+// ends: the tests that play a TFTP client or a stranger by hand.
+func udpSocketIn(t *testing.T, ns, network string, laddr *net.UDPAddr) *net.UDPConn {
+	t.Helper()
+	var conn *net.UDPConn
+	if err := topo.Do(ns, func() (err error) {
+		conn, err = net.ListenUDP(network, laddr)
+		return err
+	}); err != nil {
+		t.Fatalf("udp socket in %s: %v", ns, err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
 func startTFTPServers(t *testing.T, kinds ...string) []*tftpServer {
 	t.Helper()
 	tp := needTopo(t)

@@ -182,15 +182,7 @@ func TestTFTPThroughVIP(t *testing.T) {
 // payload and where it came from.
 func tftpRequestTwice(t *testing.T, ns, vip string) (names, from []string) {
 	t.Helper()
-	var conn *net.UDPConn
-	err := topo.Do(ns, func() error {
-		var err error
-		conn, err = net.ListenUDP("udp", &net.UDPAddr{})
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := udpSocketIn(t, ns, "udp", &net.UDPAddr{})
 	defer conn.Close()
 	to := &net.UDPAddr{IP: net.ParseIP(vip), Port: 69}
 	rrq := []byte("\x00\x01server.txt\x00octet\x00")
@@ -403,16 +395,7 @@ func TestTFTPPendingBound(t *testing.T) {
 	refused := func() uint64 { return stat("refused_pending") }
 	var conns []*net.UDPConn
 	for range 3 {
-		var c *net.UDPConn
-		if err := topo.Do(tp.Client, func() error {
-			var err error
-			c, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(topo.ClientV4)})
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		conns = append(conns, c)
+		conns = append(conns, udpSocketIn(t, tp.Client, "udp4", &net.UDPAddr{IP: net.ParseIP(topo.ClientV4)}))
 	}
 	to := &net.UDPAddr{IP: net.ParseIP(topo.VIP4), Port: 6969}
 	rrq := []byte("\x00\x01file\x00octet\x00")

@@ -185,12 +185,7 @@ func run(o options) int {
 		logf("topology: %v", err)
 		return 1
 	}
-	defer func() {
-		if err := tp.Close(); err != nil {
-			logf("teardown: %v", err)
-		}
-		logf("topology %s removed", tp.ID)
-	}()
+	defer tp.CloseLogged(logf)
 	logf("topology %s up", tp.ID)
 
 	b := &bench{o: o, tp: tp, connbench: connbench, bin: bin, tmp: tmp, cfgPaths: map[string]string{}}

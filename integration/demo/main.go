@@ -63,12 +63,7 @@ func run(bin string) int {
 		logf("topology: %v", err)
 		return 1
 	}
-	defer func() {
-		if err := tp.Close(); err != nil {
-			logf("teardown: %v", err)
-		}
-		logf("topology removed")
-	}()
+	defer tp.CloseLogged(logf)
 	config := filepath.Join(tp.Dir, "demo.yaml")
 	if err := os.WriteFile(config, []byte(demoConfig), 0o644); err != nil {
 		logf("%v", err)

@@ -86,6 +86,15 @@ func StartTool(kind string) (ctx context.Context, tmp string, done func(), err e
 	return ctx, tmp, func() { stop(); os.RemoveAll(tmp) }, nil
 }
 
+// CloseLogged removes a tool's topology from its deferred call, where the
+// only place left for a teardown error is the tool's log.
+func (t *Topo) CloseLogged(logf func(format string, args ...any)) {
+	if err := t.Close(); err != nil {
+		logf("teardown: %v", err)
+	}
+	logf("topology %s removed", t.ID)
+}
+
 // ExitCode is a tool's exit status for a StartTool error.
 func ExitCode(err error) int {
 	if errors.Is(err, ErrNotRoot) {

@@ -191,12 +191,7 @@ func run(o options) int {
 		return 1
 	}
 	b.tp = tp
-	defer func() {
-		if err := tp.Close(); err != nil {
-			logf("teardown: %v", err)
-		}
-		logf("topology %s removed", tp.ID)
-	}()
+	defer tp.CloseLogged(logf)
 	if err := b.setup(ctx); err != nil {
 		logf("setup: %v", err)
 		return 1
