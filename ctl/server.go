@@ -50,6 +50,10 @@ type Server struct {
 	// Kernel reads kernel-scheduled services' connections and templates
 	// (nil: the engine's counts are shown).
 	Kernel KernelSource
+	// VRRPStateFile names the VRRP state file status reads, and whether
+	// the configuration set it (config.Config.VRRPStateFile); nil: status
+	// tells nothing of VRRP.
+	VRRPStateFile func() (path string, configured bool)
 
 	mu           sync.Mutex
 	reloads      int
@@ -234,6 +238,9 @@ func (s *Server) Status() Status {
 		} else {
 			st.Services++
 		}
+	}
+	if s.VRRPStateFile != nil {
+		st.VRRP = readVRRP(s.VRRPStateFile())
 	}
 	s.mu.Lock()
 	st.Reloads = s.reloads
