@@ -47,13 +47,13 @@ type Server struct {
 	// Servers is runtime control of real servers and their standing (nil:
 	// none; POST PathServer answers 503).
 	Servers ServerControl
-	// Kernel reads kernel-scheduled services' connections and templates
-	// (nil: the engine's counts are shown).
-	Kernel KernelSource
 	// VRRPStateFile names the VRRP state file status reads, and whether
 	// the configuration set it (config.Config.VRRPStateFile); nil: status
 	// tells nothing of VRRP.
 	VRRPStateFile func() (path string, configured bool)
+	// Kernel reads kernel-scheduled services' connections and templates
+	// (nil: the engine's counts are shown).
+	Kernel KernelSource
 
 	mu           sync.Mutex
 	reloads      int
