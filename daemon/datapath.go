@@ -61,7 +61,9 @@ type datapath interface {
 	// handOver passes on to the successor what the queues' sockets and the
 	// table do not carry.
 	handOver()
-	// unregister undoes register; the table must be gone.
+	// unregister undoes what register did for this daemon alone (the
+	// kernel datapath's helper registration is kernel-wide: it stays); the
+	// table must be gone.
 	unregister()
 	// close closes what dial opened, once nothing uses it.
 	close()
