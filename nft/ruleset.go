@@ -57,6 +57,10 @@ type Spec struct {
 	// kernel-scheduled service gets its MSS lowered by this much (0:
 	// left). Like the queue numbers, Update cannot change it.
 	MSSRoom uint16
+	// ECMP: routers behind ECMP share the load (see ecmp.go): a helped
+	// hash-scheduled service's data connection that no channel took
+	// follows the service's hash.
+	ECMP bool
 }
 
 // AddOn is a helped destination the user's own rules translate; Mark (within
@@ -179,6 +183,7 @@ type family struct {
 	// every segment without payload and with ACK but no SYN, FIN or RST
 	// (constant).
 	pureAck *nftables.Set
+	ecmp    *nftables.Set // VIP : goto its ecmp chain (ecmp.go)
 }
 
 // Ruleset is an installed table.
@@ -240,6 +245,7 @@ func newFamily(t *nftables.Table, v6 bool) *family {
 	f.pureAck = &nftables.Set{Table: t, Name: "pure_ack" + suffix, Constant: true, Concatenation: true,
 		KeyType: nftables.MustConcatSetType(nftables.TypeInetService, nftables.TypeInetService),
 		Comment: "tcp doff.flags & 0xf017 . " + map[bool]string{false: "ip length", true: "ip6 payload length"}[v6]}
+	f.ecmp = f.ecmpSet(t)
 	return f
 }
 
@@ -350,7 +356,7 @@ func Remove(c *nftables.Conn, name string) error {
 
 func (rs *Ruleset) addSets(c *nftables.Conn, spec *Spec, f *family) error {
 	static := rs.staticElements(spec, f)
-	for _, set := range []*nftables.Set{f.vips, f.vipsUDP, f.kvips, f.dispatch, f.helped, f.servers, f.watched, f.byMark, f.fallback, f.fallbackUDP, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets, f.acks, f.bypassed, f.bypassedActive, f.replies, f.replyDNAT, f.replyWait, f.repliesVIPs} {
+	for _, set := range []*nftables.Set{f.vips, f.vipsUDP, f.kvips, f.dispatch, f.helped, f.servers, f.watched, f.byMark, f.fallback, f.fallbackUDP, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets, f.acks, f.bypassed, f.bypassedActive, f.replies, f.replyDNAT, f.replyWait, f.repliesVIPs, f.ecmp} {
 		if err := c.AddSet(set, static[set]); err != nil {
 			return fmt.Errorf("add set %s: %w", set.Name, err)
 		}
@@ -365,7 +371,8 @@ func (rs *Ruleset) addSets(c *nftables.Conn, spec *Spec, f *family) error {
 
 // staticElements are the elements of the sets the configuration fills.
 func (rs *Ruleset) staticElements(spec *Spec, f *family) map[*nftables.Set][]nftables.SetElement {
-	els := map[*nftables.Set][]nftables.SetElement{f.vips: nil, f.vipsUDP: nil, f.kvips: nil, f.dispatch: nil, f.helped: nil, f.servers: nil, f.byMark: nil, f.fallback: nil, f.fallbackUDP: nil, f.repliesVIPs: nil}
+	els := map[*nftables.Set][]nftables.SetElement{f.vips: nil, f.vipsUDP: nil, f.kvips: nil, f.dispatch: nil, f.helped: nil, f.servers: nil, f.byMark: nil, f.fallback: nil, f.fallbackUDP: nil, f.repliesVIPs: nil,
+		f.ecmp: ecmpElements(spec, f)}
 	seen := map[*nftables.Set]map[netip.AddrPort]bool{f.helped: {}, f.servers: {}}
 	add := func(set *nftables.Set, ap netip.AddrPort) {
 		if f.of(ap.Addr()) && !seen[set][ap] {
@@ -487,6 +494,7 @@ func (rs *Ruleset) queueUpdate(c *nftables.Conn, spec *Spec, dead map[string][]n
 		return nil, err
 	}
 	// After the dispatch maps no longer name them.
+	rs.dropECMP(c, next)
 	for id, ks := range rs.kern {
 		if next[id] == nil {
 			delKernelSvc(c, ks)
@@ -792,6 +800,8 @@ func dnatRules(a ruleAdder, dnat *nftables.Chain, m famMatch, spec *Spec) {
 	clientVIP := concat(addrField(f.v6, true), addrField(f.v6, false))
 	a.rule(dnat, m.fam, m.tcp, dportUnprivileged(), clientVIP, lookupTo(f.bypassed), setCtMark(ChannelMark))
 	a.rule(dnat, m.fam, m.tcp, dportUnprivileged(), clientVIP, lookupTo(f.bypassed), natTo(expr.NATTypeDestNAT, f, false))
+	// Behind ECMP, one that crossed the router that saw no channel.
+	a.rule(dnat, ecmpDispatch(m))
 }
 
 // snatRules: srcnat's rules; active data connections come from the VIP
