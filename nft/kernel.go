@@ -72,7 +72,7 @@ type kernelSvc struct {
 	f       *family
 	chain   *nftables.Chain
 	slots   *nftables.Set
-	persist *nftables.Set // nil: no persistence
+	persist *nftables.Set   // nil: no persistence
 	ecmp    *nftables.Chain // nil: none (ecmp.go)
 	shape   chainShape
 	units   map[SlotRun]bool        // the slot map's contents (slotUnits)
