@@ -19,6 +19,9 @@ type Config struct {
 	Helpers  []AddOn   `yaml:"helpers"`
 	Queue    Queue     `yaml:"queue"`
 	Metrics  Metrics   `yaml:"metrics"`
+	// ECMP: this router is one of several that share the load behind
+	// ECMP, each with this file (see ecmp.go).
+	ECMP bool `yaml:"ecmp"`
 }
 
 // Metrics is the Prometheus endpoint: off unless an address is set, and

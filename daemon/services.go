@@ -69,7 +69,7 @@ func services(cfg *config.Config, st map[health.Key]standing) []*ipvs.Service {
 // name it) and Down (its persistence templates go).
 func specFor(cfg *config.Config, services []*ipvs.Service, st map[health.Key]standing) *nft.Spec {
 	q := cfg.Queue
-	spec := &nft.Spec{Table: tableName, QueueNum: 100, QueueTotal: uint16(runtime.NumCPU()), MarkMask: markMask}
+	spec := &nft.Spec{Table: tableName, QueueNum: 100, QueueTotal: uint16(runtime.NumCPU()), MarkMask: markMask, ECMP: cfg.ECMP}
 	if q.First != 0 {
 		spec.QueueNum = q.First
 	}
