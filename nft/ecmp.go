@@ -1,6 +1,8 @@
 package nft
 
 import (
+	"net/netip"
+
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
@@ -104,4 +106,51 @@ func (rs *Ruleset) ecmpRules(a ruleAdder, ks *kernelSvc) {
 // natAddrFrom DNATs to the address loaded at reg, the port unchanged.
 func natAddrFrom(f *family, reg uint32) []expr.Any {
 	return []expr.Any{&expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(f.proto), RegAddrMin: reg}}
+}
+
+// ecmpActiveSet maps a real server's active data port (its control port
+// less one, RFC 959's L-1: 20 for 21) to the VIP its connections from that
+// port come from.
+func (f *family) ecmpActiveSet(t *nftables.Table) *nftables.Set {
+	return &nftables.Set{Table: t, Name: f.name("ecmp_active"), IsMap: true, Concatenation: true,
+		KeyType: f.addrPortType(), DataType: f.addrType()}
+}
+
+// ecmpActiveElements: behind ECMP, a server's active data connection
+// (PORT, EPRT) leaves by its own gateway, which may be the router that saw
+// no channel; from the server's port L-1 it comes from the VIP. Servers of
+// helped TCP services on several VIP addresses are left out: which VIP is
+// theirs cannot be told (nfhelperctl check warns).
+func ecmpActiveElements(spec *Spec, f *family) []nftables.SetElement {
+	vips := map[netip.Addr]map[netip.Addr]bool{}
+	for _, svc := range spec.Services {
+		if !svc.Helped || svc.UDP {
+			continue
+		}
+		for _, s := range svc.Servers {
+			a := s.Addr.Addr().Unmap()
+			if vips[a] == nil {
+				vips[a] = map[netip.Addr]bool{}
+			}
+			vips[a][svc.VIP.Addr().Unmap()] = true
+		}
+	}
+	var els []nftables.SetElement
+	seen := map[netip.AddrPort]bool{}
+	for i := range spec.Services {
+		svc := &spec.Services[i]
+		if !f.of(svc.VIP.Addr()) || !ecmpFor(spec, svc) {
+			continue
+		}
+		for _, s := range svc.Servers {
+			a := s.Addr.Addr().Unmap()
+			key := netip.AddrPortFrom(a, s.Addr.Port()-1)
+			if s.Addr.Port() < 2 || len(vips[a]) > 1 || seen[key] {
+				continue
+			}
+			seen[key] = true
+			els = append(els, nftables.SetElement{Key: addrPortKey(key), Val: appendAddr(nil, svc.VIP.Addr())})
+		}
+	}
+	return els
 }

@@ -184,6 +184,8 @@ type family struct {
 	// (constant).
 	pureAck *nftables.Set
 	ecmp    *nftables.Set // VIP : goto its ecmp chain (ecmp.go)
+	// real server . its active data port : VIP (ecmp.go)
+	ecmpActive *nftables.Set
 }
 
 // Ruleset is an installed table.
@@ -245,7 +247,7 @@ func newFamily(t *nftables.Table, v6 bool) *family {
 	f.pureAck = &nftables.Set{Table: t, Name: "pure_ack" + suffix, Constant: true, Concatenation: true,
 		KeyType: nftables.MustConcatSetType(nftables.TypeInetService, nftables.TypeInetService),
 		Comment: "tcp doff.flags & 0xf017 . " + map[bool]string{false: "ip length", true: "ip6 payload length"}[v6]}
-	f.ecmp = f.ecmpSet(t)
+	f.ecmp, f.ecmpActive = f.ecmpSet(t), f.ecmpActiveSet(t)
 	return f
 }
 
@@ -356,7 +358,7 @@ func Remove(c *nftables.Conn, name string) error {
 
 func (rs *Ruleset) addSets(c *nftables.Conn, spec *Spec, f *family) error {
 	static := rs.staticElements(spec, f)
-	for _, set := range []*nftables.Set{f.vips, f.vipsUDP, f.kvips, f.dispatch, f.helped, f.servers, f.watched, f.byMark, f.fallback, f.fallbackUDP, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets, f.acks, f.bypassed, f.bypassedActive, f.replies, f.replyDNAT, f.replyWait, f.repliesVIPs, f.ecmp} {
+	for _, set := range []*nftables.Set{f.vips, f.vipsUDP, f.kvips, f.dispatch, f.helped, f.servers, f.watched, f.byMark, f.fallback, f.fallbackUDP, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets, f.acks, f.bypassed, f.bypassedActive, f.replies, f.replyDNAT, f.replyWait, f.repliesVIPs, f.ecmp, f.ecmpActive} {
 		if err := c.AddSet(set, static[set]); err != nil {
 			return fmt.Errorf("add set %s: %w", set.Name, err)
 		}
@@ -372,7 +374,7 @@ func (rs *Ruleset) addSets(c *nftables.Conn, spec *Spec, f *family) error {
 // staticElements are the elements of the sets the configuration fills.
 func (rs *Ruleset) staticElements(spec *Spec, f *family) map[*nftables.Set][]nftables.SetElement {
 	els := map[*nftables.Set][]nftables.SetElement{f.vips: nil, f.vipsUDP: nil, f.kvips: nil, f.dispatch: nil, f.helped: nil, f.servers: nil, f.byMark: nil, f.fallback: nil, f.fallbackUDP: nil, f.repliesVIPs: nil,
-		f.ecmp: ecmpElements(spec, f)}
+		f.ecmp: ecmpElements(spec, f), f.ecmpActive: ecmpActiveElements(spec, f)}
 	seen := map[*nftables.Set]map[netip.AddrPort]bool{f.helped: {}, f.servers: {}}
 	add := func(set *nftables.Set, ap netip.AddrPort) {
 		if f.of(ap.Addr()) && !seen[set][ap] {
@@ -754,6 +756,7 @@ func newConnRules(a ruleAdder, fresh *nftables.Chain, m famMatch, q []expr.Any) 
 	// (see snatRules) carries ChannelMark.
 	serverClient := concat(addrField(f.v6, true), addrField(f.v6, false))
 	a.rule(fresh, m.fam, m.tcp, serverClient, lookupTo(f.bypassedActive), setCtMark(ChannelMark))
+	a.rule(fresh, m.fam, m.tcp, m.src, lookupTo(f.ecmpActive), setCtMark(ChannelMark))
 	replyConnRules(a, fresh, m, q)
 }
 
@@ -815,6 +818,9 @@ func snatRules(a ruleAdder, snat *nftables.Chain, m famMatch) {
 	// down, comes from the VIP the client knows.
 	serverClient := concat(addrField(f.v6, true), addrField(f.v6, false))
 	a.rule(snat, m.fam, m.tcp, serverClient, lookupTo(f.bypassedActive), natTo(expr.NATTypeSourceNAT, f, false))
+	// Behind ECMP, one from the server's active data port through the
+	// router that saw no channel (ecmp.go).
+	a.rule(snat, m.fam, m.tcp, m.src, lookupTo(f.ecmpActive), natTo(expr.NATTypeSourceNAT, f, false))
 }
 
 // forwardChains add the forward hook's regular chains and the rules that
