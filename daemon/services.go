@@ -36,6 +36,7 @@ func services(cfg *config.Config, st map[health.Key]standing) []*ipvs.Service {
 		// The configuration was validated: the scheduler exists.
 		svc, _ := ipvs.NewService(sc.Name, sc.VIPAddr, sc.Scheduler, helper, reals)
 		svc.Policy = sc.Policy()
+		svc.Policy.ECMP = cfg.ECMP
 		svc.UDP, svc.Datagram = sc.Protocol == "udp", datagram
 		if p := sc.Persistence; p != nil {
 			v4, v6 := p.Prefixes()
