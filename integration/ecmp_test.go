@@ -73,7 +73,9 @@ func newECMPTopo(t *testing.T) *ecmpTopo {
 	}
 	// The switch only bridges: no netfilter hooks for its frames.
 	e.must(t, e.sw, "sh", "-c", "sysctl -qw net.bridge.bridge-nf-call-iptables=0 2>/dev/null; true")
-	ip := func(ns string, args string) { e.must(t, "", "ip", append([]string{"-n", ns}, strings.Fields(args)...)...) }
+	ip := func(ns string, args string) {
+		e.must(t, "", "ip", append([]string{"-n", ns}, strings.Fields(args)...)...)
+	}
 	ip(e.client, "link add eth0 type veth peer name c0 netns "+e.gw)
 	ip(e.client, "addr add 203.0.113.2/24 dev eth0")
 	for i := range ecmpClients {
