@@ -220,6 +220,14 @@ func (e *ecmpTopo) startVsftpd(t *testing.T, i int) {
 	t.Cleanup(func() {
 		_ = syscall.Kill(-c.Process.Pid, syscall.SIGKILL)
 		_ = c.Wait()
+		// Its session processes have sessions of their own: whatever
+		// still runs in the server's namespace goes.
+		out, _ := exec.Command("ip", "netns", "pids", e.servers[i]).Output()
+		for _, f := range strings.Fields(string(out)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
 	})
 }
 
