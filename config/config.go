@@ -22,6 +22,9 @@ type Config struct {
 	VRRPFile string    `yaml:"vrrp_state_file"` // see VRRPStateFile
 	Queue    Queue     `yaml:"queue"`
 	Metrics  Metrics   `yaml:"metrics"`
+	// ECMP: this router is one of several that share the load behind
+	// ECMP, each with this file (see ecmp.go).
+	ECMP bool `yaml:"ecmp"`
 }
 
 // VRRPStateFile is where keepalived's notify script writes the router's

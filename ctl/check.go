@@ -28,6 +28,8 @@ type ProbeInput struct {
 	// Choose picks the datapath for the features found; nil: no datapath
 	// line.
 	Choose func(kernel.Features) (string, error)
+	// Config are the running configuration's own warnings (ConfigChecks).
+	Config []Check
 }
 
 // conntrackPriority is NF_IP_PRI_CONNTRACK: chains before it see packets
@@ -51,9 +53,19 @@ func Probe(ctx context.Context, in ProbeInput) []Check {
 	out = append(out, datapathChecks(kernel.Probe(conn), in.Datapath, in.Choose)...)
 	out = append(out, conntrackChecks(in.ConntrackErr, probeConntrackEvents, readSysctl)...)
 	out = append(out, forwardingChecks(in.Services, readSysctl)...)
+	out = append(out, in.Config...)
 	// A failed chain listing is reported last, by the ruleset check; the
 	// table check then counts no chains.
 	return append(out, otherTablesChecks(in.Table, chains, chainsErr, conn.GetRules)...)
+}
+
+// ConfigChecks are a configuration's warnings as checks named name.
+func ConfigChecks(name string, warnings []string) []Check {
+	var out []Check
+	for _, w := range warnings {
+		out = append(out, Check{Name: name, Status: CheckWarn, Detail: w})
+	}
+	return out
 }
 
 func newCheck(name, status, format string, args ...any) Check {

@@ -54,6 +54,8 @@ type Server struct {
 	// Kernel reads kernel-scheduled services' connections and templates
 	// (nil: the engine's counts are shown).
 	Kernel KernelSource
+	// ConfigChecks are the running configuration's warnings (nil: none).
+	ConfigChecks func() []Check
 
 	mu           sync.Mutex
 	reloads      int
@@ -401,9 +403,13 @@ func (s *Server) Check(ctx context.Context) CheckReport {
 	s.mu.Lock()
 	ctErr := s.conntrackErr
 	s.mu.Unlock()
+	var cfg []Check
+	if s.ConfigChecks != nil {
+		cfg = s.ConfigChecks()
+	}
 	return CheckReport{Checks: Probe(ctx, ProbeInput{
 		Table: s.Info.Table, Datapath: s.Info.Datapath, Queues: s.Info.Queues, QueueExpr: s.Info.QueueExpr,
-		Packets: s.Engine.Stats.Packets.Load(), Services: s.Engine.ServiceViews(), ConntrackErr: ctErr, Choose: s.Choose,
+		Packets: s.Engine.Stats.Packets.Load(), Services: s.Engine.ServiceViews(), ConntrackErr: ctErr, Choose: s.Choose, Config: cfg,
 	})}
 }
 

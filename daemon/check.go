@@ -47,6 +47,7 @@ func Check(w io.Writer, cfg *config.Config) int {
 	if len(mistakes) == 0 && err == nil {
 		r.Checks = append(r.Checks, ctl.Check{Name: "ruleset", Status: ctl.CheckOK, Detail: "no mistakes found"})
 	}
+	r.Checks = append(r.Checks, ctl.ConfigChecks(ecmpCheck, cfg.ECMPWarnings())...)
 	ctl.WriteCheck(w, r)
 	if r.Failed() {
 		return 1
@@ -61,4 +62,16 @@ func queueExprName(spec *nft.Spec) string {
 		return kernel.QueueNative
 	}
 	return kernel.QueueXt
+}
+
+// ecmpCheck names the configuration's ECMP warnings.
+const ecmpCheck = "ecmp"
+
+// configChecks are the running configuration's warnings, for nfhelperctl
+// check.
+func (d *Daemon) configChecks() []ctl.Check {
+	d.mu.Lock()
+	cfg := d.running
+	d.mu.Unlock()
+	return ctl.ConfigChecks(ecmpCheck, cfg.ECMPWarnings())
 }

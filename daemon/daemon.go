@@ -299,7 +299,7 @@ func (d *Daemon) serve() {
 	ctx := d.ctx
 	// The daemon runs without the control socket if it cannot have it.
 	configPath, _ := filepath.Abs(d.opts.ConfigPath)
-	d.control = &ctl.Server{Engine: d.engine, Servers: d, Log: d.log, Choose: chooser(d.cfg),
+	d.control = &ctl.Server{Engine: d.engine, Servers: d, Log: d.log, Choose: chooser(d.cfg), ConfigChecks: d.configChecks,
 		Kernel: &kernelViews{netns: d.follower.netns, ruleset: d.ruleset}, Info: ctl.Info{
 			Pid: os.Getpid(), Started: d.started, Datapath: d.dp.name(), Config: configPath, Table: tableName,
 			Queues: ctl.Queues{First: d.spec.QueueNum, Count: d.spec.QueueTotal}, QueueExpr: queueExprName(d.spec),

@@ -36,6 +36,7 @@ func services(cfg *config.Config, st map[health.Key]standing) []*ipvs.Service {
 		// The configuration was validated: the scheduler exists.
 		svc, _ := ipvs.NewService(sc.Name, sc.VIPAddr, sc.Scheduler, helper, reals)
 		svc.Policy = sc.Policy()
+		svc.Policy.ECMP = cfg.ECMP
 		svc.UDP, svc.Datagram = sc.Protocol == "udp", datagram
 		if p := sc.Persistence; p != nil {
 			v4, v6 := p.Prefixes()
@@ -69,7 +70,7 @@ func services(cfg *config.Config, st map[health.Key]standing) []*ipvs.Service {
 // name it) and Down (its persistence templates go).
 func specFor(cfg *config.Config, services []*ipvs.Service, st map[health.Key]standing) *nft.Spec {
 	q := cfg.Queue
-	spec := &nft.Spec{Table: tableName, QueueNum: 100, QueueTotal: uint16(runtime.NumCPU()), MarkMask: markMask}
+	spec := &nft.Spec{Table: tableName, QueueNum: 100, QueueTotal: uint16(runtime.NumCPU()), MarkMask: markMask, ECMP: cfg.ECMP}
 	if q.First != 0 {
 		spec.QueueNum = q.First
 	}

@@ -62,6 +62,8 @@ type passiveClaim struct {
 	// (evicted, or its control connection ended); the claim only waits
 	// out usedGrace.
 	ended bool
+	// server is where a passive channel leads (Policy.ECMP).
+	server netip.AddrPort
 }
 
 // usedGrace is how long the claim of a channel that ended without word of
@@ -110,9 +112,9 @@ func (w *Worker) OpenPassive(server netip.AddrPort) (netip.AddrPort, bool) {
 	for range portSpan + 1 {
 		key := passiveKey{c.Client.Addr(), netip.AddrPortFrom(c.VIP.Addr(), port)}
 		claim, taken := t.passive[key]
-		if services[key.vip] == nil && (!taken || claim.conn == c && !claim.ended || claim.expires < at) {
+		if services[key.vip] == nil && (!taken || claim.conn == c && !claim.ended || claim.expires < at || pol.ECMP && claim.server == server) {
 			ch := Channel{Kind: ChannelPassive, Client: netip.AddrPortFrom(key.client, 0), Server: server, VIP: key.vip, NAT: c.help.clientNAT, Timeout: pol.ChannelTimeout}
-			t.passive[key] = passiveClaim{conn: c, expires: at + int64(pol.ChannelTimeout)}
+			t.passive[key] = passiveClaim{conn: c, expires: at + int64(pol.ChannelTimeout), server: server}
 			w.admit(c, ch)
 			return key.vip, true
 		}
@@ -227,7 +229,7 @@ func (t *channelTable) release(c *Conn, ch Channel, until int64) {
 	case until == 0:
 		delete(claims, key)
 	default:
-		claims[key] = passiveClaim{conn: c, expires: min(claim.expires, until), ended: true}
+		claims[key] = passiveClaim{conn: c, expires: min(claim.expires, until), ended: true, server: claim.server}
 	}
 }
 

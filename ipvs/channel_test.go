@@ -313,3 +313,39 @@ func TestResentAnnouncementWaits(t *testing.T) {
 		t.Errorf("copy after the verdict: %+v", r)
 	}
 }
+
+// TestECMPTakesSameServerPort: behind ECMP, a claim of another connection
+// leading to the same server and port is taken over (the earlier
+// session's data connection crossed another router, whose word never
+// comes here); one leading to another server still moves the port, and
+// without ECMP so does the first.
+func TestECMPTakesSameServerPort(t *testing.T) {
+	for _, ecmp := range []bool{false, true} {
+		e := portEngine(t, Policy{MaxChannels: 1, ChannelTimeout: time.Minute, ECMP: ecmp})
+		w := e.NewWorker()
+		hold := func(port int, server netip.AddrPort) {
+			key := passiveKey{client.Addr(), netip.AddrPortFrom(vip.Addr(), uint16(port))}
+			e.channels.passive[key] = passiveClaim{conn: &Conn{}, expires: now() + int64(time.Hour), server: server}
+		}
+		// Whichever server the connection gets, 40000 leads elsewhere
+		// and 41000 to it.
+		w.Process(seg(client, vip, 100, 0, syn, ""), 0)
+		c := e.Table.LookupVIP(client, vip)
+		elsewhere := ap("10.0.0.99:40000")
+		hold(40000, elsewhere)
+		hold(41000, netip.AddrPortFrom(c.Server.Addr(), 41000))
+		w.Process(seg(c.Server, client, 1000, 101, syn|ack, ""), 0)
+		v := w.Process(seg(c.Server, client, 1001, 101, pshAck, "P 40000\n"), 0)
+		if len(v.Open) != 1 || v.Open[0].VIP.Port() == 40000 {
+			t.Errorf("ecmp %v: another server's claim taken over: %+v", ecmp, v.Open)
+		}
+		v = w.Process(seg(c.Server, client, 1009, 101, pshAck, "P 41000\n"), 0)
+		if len(v.Open) != 1 {
+			t.Fatalf("ecmp %v: %+v", ecmp, v.Open)
+		}
+		key := passiveKey{client.Addr(), netip.AddrPortFrom(vip.Addr(), 41000)}
+		if taken := v.Open[0].VIP.Port() == 41000; taken != ecmp || taken && e.channels.passive[key].conn != c {
+			t.Errorf("ecmp %v: the same server and port announced as %d (claim %+v)", ecmp, v.Open[0].VIP.Port(), e.channels.passive[key])
+		}
+	}
+}

@@ -54,6 +54,16 @@ type Policy struct {
 	// whose answer has not come yet: a request beyond it is dropped, and
 	// the client sends it again later.
 	MaxPending int
+	// ECMP: routers behind ECMP share the load, each helping what crosses
+	// it. A passive channel's claim held by another connection but leading
+	// to the same server and port is taken over: the server's own port is
+	// then announced, which a router that saw no channel follows (nft
+	// ecmp.go). The claim of a session whose data connection crossed
+	// another router never hears of it, and would otherwise move the port
+	// of the client's next session to that server and port. Should late
+	// word of the earlier data connection end the new channel, its data
+	// connection still reaches that server and port by the hash.
+	ECMP bool
 }
 
 // DefaultPolicy is the kernel FTP helper's: one pending channel, 5

@@ -72,7 +72,8 @@ type kernelSvc struct {
 	f       *family
 	chain   *nftables.Chain
 	slots   *nftables.Set
-	persist *nftables.Set // nil: no persistence
+	persist *nftables.Set   // nil: no persistence
+	ecmp    *nftables.Chain // nil: none (ecmp.go)
 	shape   chainShape
 	units   map[SlotRun]bool        // the slot map's contents (slotUnits)
 	keep    map[netip.AddrPort]bool // servers whose templates stay
@@ -88,6 +89,7 @@ type chainShape struct {
 	sorry   bool   // the slots name the sorry server: no templates
 	persist Persist
 	hasPers bool
+	ecmp    bool // an ecmp chain follows the slots (ecmp.go)
 }
 
 // kernelID names a service's chain and maps, the same across reloads and
@@ -113,9 +115,9 @@ func kernelRuns(svc *Service) (runs []SlotRun, size uint32, sorry bool) {
 	return k.Slots, k.Size, false
 }
 
-func shapeOf(svc *Service) chainShape {
+func shapeOf(spec *Spec, svc *Service) chainShape {
 	_, size, sorry := kernelRuns(svc)
-	sh := chainShape{helped: svc.Helped, by: svc.Kernel.By, size: size, sorry: sorry}
+	sh := chainShape{helped: svc.Helped, by: svc.Kernel.By, size: size, sorry: sorry, ecmp: ecmpFor(spec, svc)}
 	if p := svc.Kernel.Persist; p != nil {
 		sh.persist, sh.hasPers = *p, true
 	}
@@ -186,12 +188,15 @@ func (rs *Ruleset) declareKernel(c *nftables.Conn, spec *Spec) (map[string]*kern
 		} else {
 			ks.chain = c.AddChain(&nftables.Chain{Name: chainName(id), Table: rs.table})
 		}
-		if sh := shapeOf(svc); ks.redo || sh != ks.shape {
+		flushed := false
+		if sh := shapeOf(spec, svc); ks.redo || sh != ks.shape {
 			if !ks.redo {
 				c.FlushChain(ks.chain)
+				flushed = true
 			}
 			ks.shape, ks.redo = sh, true
 		}
+		rs.declareECMP(c, ks, id, flushed)
 		if err := rs.setKernelMaps(c, ks, svc); err != nil {
 			return nil, err
 		}
@@ -299,6 +304,9 @@ func (rs *Ruleset) kernelRules(a ruleAdder, ks *kernelSvc) {
 	}
 	if sh.size > 0 { // else no server, no sorry server: the refuse chains answer
 		a.rule(ks.chain, fam, slotNumber(f, sh.by, sh.size), lookupFrom(ks.slots, regSlot, regServer), natFrom(f, regServer))
+	}
+	if ks.ecmp != nil {
+		rs.ecmpRules(a, ks)
 	}
 }
 

@@ -57,6 +57,10 @@ type Spec struct {
 	// kernel-scheduled service gets its MSS lowered by this much (0:
 	// left). Like the queue numbers, Update cannot change it.
 	MSSRoom uint16
+	// ECMP: routers behind ECMP share the load (see ecmp.go): a helped
+	// hash-scheduled service's data connection that no channel took
+	// follows the service's hash.
+	ECMP bool
 }
 
 // AddOn is a helped destination the user's own rules translate; Mark (within
@@ -179,6 +183,9 @@ type family struct {
 	// every segment without payload and with ACK but no SYN, FIN or RST
 	// (constant).
 	pureAck *nftables.Set
+	ecmp    *nftables.Set // VIP : goto its ecmp chain (ecmp.go)
+	// real server . its active data port : VIP (ecmp.go)
+	ecmpActive *nftables.Set
 }
 
 // Ruleset is an installed table.
@@ -240,6 +247,7 @@ func newFamily(t *nftables.Table, v6 bool) *family {
 	f.pureAck = &nftables.Set{Table: t, Name: "pure_ack" + suffix, Constant: true, Concatenation: true,
 		KeyType: nftables.MustConcatSetType(nftables.TypeInetService, nftables.TypeInetService),
 		Comment: "tcp doff.flags & 0xf017 . " + map[bool]string{false: "ip length", true: "ip6 payload length"}[v6]}
+	f.ecmp, f.ecmpActive = f.ecmpSet(t), f.ecmpActiveSet(t)
 	return f
 }
 
@@ -350,7 +358,7 @@ func Remove(c *nftables.Conn, name string) error {
 
 func (rs *Ruleset) addSets(c *nftables.Conn, spec *Spec, f *family) error {
 	static := rs.staticElements(spec, f)
-	for _, set := range []*nftables.Set{f.vips, f.vipsUDP, f.kvips, f.dispatch, f.helped, f.servers, f.watched, f.byMark, f.fallback, f.fallbackUDP, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets, f.acks, f.bypassed, f.bypassedActive, f.replies, f.replyDNAT, f.replyWait, f.repliesVIPs} {
+	for _, set := range []*nftables.Set{f.vips, f.vipsUDP, f.kvips, f.dispatch, f.helped, f.servers, f.watched, f.byMark, f.fallback, f.fallbackUDP, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets, f.acks, f.bypassed, f.bypassedActive, f.replies, f.replyDNAT, f.replyWait, f.repliesVIPs, f.ecmp, f.ecmpActive} {
 		if err := c.AddSet(set, static[set]); err != nil {
 			return fmt.Errorf("add set %s: %w", set.Name, err)
 		}
@@ -365,7 +373,8 @@ func (rs *Ruleset) addSets(c *nftables.Conn, spec *Spec, f *family) error {
 
 // staticElements are the elements of the sets the configuration fills.
 func (rs *Ruleset) staticElements(spec *Spec, f *family) map[*nftables.Set][]nftables.SetElement {
-	els := map[*nftables.Set][]nftables.SetElement{f.vips: nil, f.vipsUDP: nil, f.kvips: nil, f.dispatch: nil, f.helped: nil, f.servers: nil, f.byMark: nil, f.fallback: nil, f.fallbackUDP: nil, f.repliesVIPs: nil}
+	els := map[*nftables.Set][]nftables.SetElement{f.vips: nil, f.vipsUDP: nil, f.kvips: nil, f.dispatch: nil, f.helped: nil, f.servers: nil, f.byMark: nil, f.fallback: nil, f.fallbackUDP: nil, f.repliesVIPs: nil,
+		f.ecmp: ecmpElements(spec, f), f.ecmpActive: ecmpActiveElements(spec, f)}
 	seen := map[*nftables.Set]map[netip.AddrPort]bool{f.helped: {}, f.servers: {}}
 	add := func(set *nftables.Set, ap netip.AddrPort) {
 		if f.of(ap.Addr()) && !seen[set][ap] {
@@ -487,6 +496,7 @@ func (rs *Ruleset) queueUpdate(c *nftables.Conn, spec *Spec, dead map[string][]n
 		return nil, err
 	}
 	// After the dispatch maps no longer name them.
+	rs.dropECMP(c, next)
 	for id, ks := range rs.kern {
 		if next[id] == nil {
 			delKernelSvc(c, ks)
@@ -746,6 +756,7 @@ func newConnRules(a ruleAdder, fresh *nftables.Chain, m famMatch, q []expr.Any) 
 	// (see snatRules) carries ChannelMark.
 	serverClient := concat(addrField(f.v6, true), addrField(f.v6, false))
 	a.rule(fresh, m.fam, m.tcp, serverClient, lookupTo(f.bypassedActive), setCtMark(ChannelMark))
+	a.rule(fresh, m.fam, m.tcp, m.src, lookupTo(f.ecmpActive), setCtMark(ChannelMark))
 	replyConnRules(a, fresh, m, q)
 }
 
@@ -792,6 +803,8 @@ func dnatRules(a ruleAdder, dnat *nftables.Chain, m famMatch, spec *Spec) {
 	clientVIP := concat(addrField(f.v6, true), addrField(f.v6, false))
 	a.rule(dnat, m.fam, m.tcp, dportUnprivileged(), clientVIP, lookupTo(f.bypassed), setCtMark(ChannelMark))
 	a.rule(dnat, m.fam, m.tcp, dportUnprivileged(), clientVIP, lookupTo(f.bypassed), natTo(expr.NATTypeDestNAT, f, false))
+	// Behind ECMP, one that crossed the router that saw no channel.
+	a.rule(dnat, ecmpDispatch(m))
 }
 
 // snatRules: srcnat's rules; active data connections come from the VIP
@@ -805,6 +818,9 @@ func snatRules(a ruleAdder, snat *nftables.Chain, m famMatch) {
 	// down, comes from the VIP the client knows.
 	serverClient := concat(addrField(f.v6, true), addrField(f.v6, false))
 	a.rule(snat, m.fam, m.tcp, serverClient, lookupTo(f.bypassedActive), natTo(expr.NATTypeSourceNAT, f, false))
+	// Behind ECMP, one from the server's active data port through the
+	// router that saw no channel (ecmp.go).
+	a.rule(snat, m.fam, m.tcp, m.src, lookupTo(f.ecmpActive), natTo(expr.NATTypeSourceNAT, f, false))
 }
 
 // forwardChains add the forward hook's regular chains and the rules that

@@ -162,6 +162,9 @@ func checkConfig(path string) int {
 		servers += len(s.RealServers)
 	}
 	fmt.Printf("%s: ok: %s (%s), %s\n", path, count(len(cfg.Services), "service"), count(servers, "real server"), count(len(cfg.Helpers), "helper"))
+	for _, w := range cfg.ECMPWarnings() {
+		fmt.Println("warning: ecmp:", w)
+	}
 	return 0
 }
 

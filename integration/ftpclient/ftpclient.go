@@ -76,6 +76,7 @@ type Client struct {
 	// Filled by every transfer:
 	LastPassiveReply string // the 227/229 reply text (passive modes)
 	LastDataPeer     string // remote address of the data connection
+	LastDataLocal    string // local address of the data connection
 
 	conn   net.Conn
 	tp     *textproto.Conn
@@ -253,7 +254,7 @@ func (c *Client) RetrTo(ctx context.Context, name string, w io.Writer) (int64, e
 		}
 		c.binary = true
 	}
-	c.LastPassiveReply, c.LastDataPeer = "", ""
+	c.LastPassiveReply, c.LastDataPeer, c.LastDataLocal = "", "", ""
 	var (
 		data net.Conn
 		ln   *net.TCPListener
@@ -285,6 +286,7 @@ func (c *Client) RetrTo(ctx context.Context, name string, w io.Writer) (int64, e
 		}
 		defer data.Close()
 		c.LastDataPeer = addrPortOf(data.RemoteAddr()).String()
+		c.LastDataLocal = addrPortOf(data.LocalAddr()).String()
 	}
 	_ = data.SetDeadline(c.deadline(ctx))
 	n, err := io.Copy(w, data)
@@ -340,7 +342,7 @@ func (c *Client) openPassive(ctx context.Context) (net.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("data connection to %s: %w", target, err)
 	}
-	c.LastDataPeer = target.String()
+	c.LastDataPeer, c.LastDataLocal = target.String(), addrPortOf(conn.LocalAddr()).String()
 	return conn, nil
 }
 

@@ -12,7 +12,9 @@
 //
 // and each failure whole on stderr, with its time, the time the session
 // started and its session number (the ports it names lead to the kernel's
-// expectations and conntrack events). SIGTERM or SIGINT ends the run early
+// expectations and conntrack events). -trace writes each counted session's
+// control and data connections' addresses to a file, for tests that look
+// them up in conntrack. SIGTERM or SIGINT ends the run early
 // (sessions cut off are not counted) and the result is printed as usual.
 //
 // Run it inside the client namespace (ip netns exec NS ftpload ...): the
@@ -21,6 +23,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -33,6 +36,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -65,6 +69,7 @@ func main() {
 	duration := flag.Duration("duration", 10*time.Second, "how long to run")
 	timeout := flag.Duration("timeout", 10*time.Second, "timeout of each protocol step")
 	label := flag.String("label", "", "copied into the result")
+	trace := flag.String("trace", "", "write one line per counted session to this file: control local and remote address, data local and remote address, ok or the error")
 	flag.Parse()
 	if *addrs == "" || *workers < 1 || *duration <= 0 || *duration > time.Hour || *sessions < 0 {
 		fmt.Fprintln(os.Stderr, "ftpload: -addr required; workers >= 1; 0 < duration <= 1h; sessions >= 0")
@@ -84,6 +89,16 @@ func main() {
 		targets: strings.Split(*addrs, ","), locals: locals, mode: m,
 		file: *file, size: *size, sum: strings.ToLower(*sum), timeout: *timeout, workers: *workers, sessions: *sessions,
 		res: result{Label: *label, Errors: map[string]int64{}},
+	}
+	if *trace != "" {
+		f, err := os.Create(*trace)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "ftpload: -trace:", err)
+			os.Exit(2)
+		}
+		defer f.Close()
+		l.trace = bufio.NewWriter(f)
+		defer l.trace.Flush()
 	}
 	// A test that has seen what it needs stops the load with a signal.
 	sigCtx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -128,6 +143,7 @@ type load struct {
 	mu        sync.Mutex
 	res       result
 	latencies []time.Duration
+	trace     *bufio.Writer // nil: no -trace
 }
 
 // run runs the workers' sessions until ctx's deadline (or -sessions) and
@@ -170,11 +186,19 @@ func (l *load) worker(ctx context.Context, w int, over func() bool) {
 		if len(l.locals) > 0 {
 			d.LocalAddr = &net.TCPAddr{IP: l.locals[i%len(l.locals)]}
 		}
-		err := session(ctx, l.targets[i%len(l.targets)], d, l.mode, l.file, l.size, l.sum, l.timeout)
+		var tr sessionTrace
+		err := session(ctx, l.targets[i%len(l.targets)], d, l.mode, l.file, l.size, l.sum, l.timeout, &tr)
 		if over() {
 			return // cut off by the end of the run: not counted
 		}
 		l.mu.Lock()
+		if l.trace != nil {
+			status := "ok"
+			if err != nil {
+				status = strconv.Quote(err.Error())
+			}
+			fmt.Fprintf(l.trace, "%s %s %s %s %s\n", or(tr.ctlLocal), or(tr.ctlRemote), or(tr.dataLocal), or(tr.dataPeer), status)
+		}
 		if err != nil {
 			l.res.Failures++
 			l.res.Errors[errKind(err)]++
@@ -187,12 +211,25 @@ func (l *load) worker(ctx context.Context, w int, over func() bool) {
 	}
 }
 
-func session(ctx context.Context, addr string, d *net.Dialer, mode ftpclient.Mode, file string, size int64, sum string, timeout time.Duration) error {
+// sessionTrace is what -trace writes of a session: the addresses of its
+// connections ("" where it got no such connection).
+type sessionTrace struct{ ctlLocal, ctlRemote, dataLocal, dataPeer string }
+
+func or(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func session(ctx context.Context, addr string, d *net.Dialer, mode ftpclient.Mode, file string, size int64, sum string, timeout time.Duration, tr *sessionTrace) error {
 	c, err := ftpclient.DialWith(ctx, addr, d)
 	if err != nil {
 		return fmt.Errorf("dial: %w", err)
 	}
 	defer c.Close()
+	tr.ctlLocal, tr.ctlRemote = c.LocalAddr().String(), c.RemoteAddr().String()
+	defer func() { tr.dataLocal, tr.dataPeer = c.LastDataLocal, c.LastDataPeer }()
 	c.Mode, c.Timeout = mode, timeout
 	if err := c.Login(ctx, "", ""); err != nil {
 		return fmt.Errorf("login: %w", err)
