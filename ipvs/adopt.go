@@ -26,16 +26,17 @@ type Adoptable interface {
 
 // Adopt takes up an established helped connection (client -> vip,
 // answered by server) that the engine does not hold, with off the
-// offsets its streams carry (by Direction). False when it is already
-// held, or no running helped service and server match.
-func (e *Engine) Adopt(client, vip, server netip.AddrPort, off [2]int32) bool {
+// offsets its streams carry (by Direction). It returns the connection's
+// service; nil when it is already held, or no running helped service and
+// server match.
+func (e *Engine) Adopt(client, vip, server netip.AddrPort, off [2]int32) *Service {
 	svc := e.snap.Load().services[vip]
 	if svc == nil || svc.Helper == nil || e.Table.LookupVIP(client, vip) != nil {
-		return false
+		return nil
 	}
 	rs := svc.counted(server)
 	if rs == nil {
-		return false
+		return nil
 	}
 	c := newConn(Session{Client: client, VIP: vip, Server: server}, svc, rs)
 	c.setState(StateEstablished, c.seen)
@@ -49,7 +50,7 @@ func (e *Engine) Adopt(client, vip, server netip.AddrPort, off [2]int32) bool {
 	e.Table.Insert(c)
 	e.Stats.AdoptedMidstream.Add(1)
 	svc.countSession()
-	return true
+	return svc
 }
 
 // Helped reports whether vip is a helped service's VIP holding server:

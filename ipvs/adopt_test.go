@@ -40,16 +40,16 @@ func adoptEngine(t *testing.T, datapath Datapath) (*Engine, *Service, *int) {
 // segments are shifted and read, its helper told it was adopted.
 func TestAdoptMidstream(t *testing.T) {
 	e, svc, adopted := adoptEngine(t, DatapathCompat)
-	if e.Adopt(client, vip, ap("10.0.0.99:21"), [2]int32{}) {
+	if e.Adopt(client, vip, ap("10.0.0.99:21"), [2]int32{}) != nil {
 		t.Error("adopted a connection to a server the service does not have")
 	}
 	if !e.Helped(vip, rs1) || e.Helped(vip, ap("10.0.0.99:21")) || e.Helped(ap("198.51.100.11:21"), rs1) {
 		t.Error("Helped answers wrong")
 	}
-	if !e.Adopt(client, vip, rs1, [2]int32{0, 7}) {
+	if e.Adopt(client, vip, rs1, [2]int32{0, 7}) != svc {
 		t.Fatal("not adopted")
 	}
-	if e.Adopt(client, vip, rs1, [2]int32{0, 7}) {
+	if e.Adopt(client, vip, rs1, [2]int32{0, 7}) != nil {
 		t.Error("adopted a connection the engine holds")
 	}
 	if *adopted != 1 || e.Stats.AdoptedMidstream.Load() != 1 || e.Stats.Restored.Load() != 0 {
@@ -103,7 +103,7 @@ func TestScheduledNotAdopted(t *testing.T) {
 	if *adopted != 0 || e.Stats.AdoptedMidstream.Load() != 0 {
 		t.Errorf("a scheduled connection was adopted")
 	}
-	if e.Adopt(client, vip, rs1, [2]int32{}) {
+	if e.Adopt(client, vip, rs1, [2]int32{}) != nil {
 		t.Error("a scheduled connection adopted again")
 	}
 }
