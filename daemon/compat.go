@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/nfhelper/nfhelper/config"
 	"github.com/nfhelper/nfhelper/ipvs"
@@ -34,6 +37,22 @@ type compatPath struct {
 	ended chan ipvs.Ended
 	// used are channels whose data connection started: their elements go.
 	used chan ipvs.Channel
+	// adopted are control connections taken up mid-stream (a backup
+	// router after a failover) whose elements are to be written.
+	adopted chan adoption
+	// ctnl writes stream offsets into connections' labels.
+	ctnl *netlink.Conn
+}
+
+// adoption is a control connection another router balanced, adopted
+// from the conntrack entry conntrackd made here: its stream offsets go
+// into offsets4/6 (a restart keeps them), and the client's data
+// connections that the old master's channels would have taken go to its
+// server (nft.Ruleset.Bypass).
+type adoption struct {
+	client, vip, server netip.AddrPort
+	off                 [2]int32
+	timeout             time.Duration
 }
 
 // pending is a packet held until its elements are in the kernel.
@@ -62,10 +81,29 @@ func (c *compatPath) options(o *ipvs.Options) {
 }
 
 // attach: the elements of used channels go (channelUsed). (The kernel
-// datapath's expectations go when they match.)
+// datapath's expectations go when they match.) Connections conntrackd
+// creates here, which the engine never saw, are adopted from their events
+// (adopt); the kernel datapath adopts them from their packets' NFQA_CT.
 func (c *compatPath) attach(e *ipvs.Engine, f *conntrackFollower) {
 	c.engine = e
 	f.used = c.channelUsed
+	f.adopt = c.adopt
+}
+
+// adopt takes up an established connection of a helped service that the
+// engine does not hold, with the stream offsets its labels carry, and
+// hands its elements to run.
+func (c *compatPath) adopt(client, vip, server netip.AddrPort, labels []byte) {
+	off := kernel.OffsetsFromLabels(labels)
+	svc := c.engine.Adopt(client, vip, server, off)
+	if svc == nil {
+		return
+	}
+	select {
+	case c.adopted <- adoption{client: client, vip: vip, server: server, off: off, timeout: svc.Policy.ChannelTimeout}:
+	default:
+		c.log.Warn("adopted connection's elements not written: the datapath is too far behind", "client", client, "vip", vip)
+	}
 }
 
 // shape: a helped kernel-scheduled connection's SYN never reaches the
@@ -97,6 +135,9 @@ func (c *compatPath) openQueues(uint16, map[uint16]int) ([]*nfq.Queue, error) { 
 func (c *compatPath) dial() (err error) {
 	if c.conn, err = nftables.New(nftables.AsLasting()); err != nil {
 		return fmt.Errorf("nftables: %w", err)
+	}
+	if c.ctnl, err = kernel.DialCtnetlink(); err != nil {
+		return fmt.Errorf("ctnetlink: %w", err)
 	}
 	return nil
 }
@@ -175,8 +216,9 @@ func (c *compatPath) run(ctx context.Context, ruleset *nft.Ruleset) {
 	var batch []*pending
 	var open, close []ipvs.Channel
 	var ends []ipvs.Ended
+	var adopted []adoption
 	for {
-		batch, ends = batch[:0], ends[:0]
+		batch, ends, adopted = batch[:0], ends[:0], adopted[:0]
 		open, close = open[:0], close[:0]
 		select {
 		case <-ctx.Done():
@@ -187,6 +229,8 @@ func (c *compatPath) run(ctx context.Context, ruleset *nft.Ruleset) {
 			ends = append(ends, x)
 		case ch := <-c.used:
 			close = append(close, ch)
+		case a := <-c.adopted:
+			adopted = append(adopted, a)
 		}
 		// Everything queued meanwhile goes into the same nftables batch.
 		batch = receive(c.reqs, batch, 64)
@@ -197,6 +241,8 @@ func (c *compatPath) run(ctx context.Context, ruleset *nft.Ruleset) {
 		}
 		c.open(batch, open)
 		c.answerBatch(batch)
+		c.labelOffsets(batch)
+		c.adoptElements(receive(c.adopted, adopted, 256))
 		// Evicted, used and ended channels may go after the verdicts:
 		// nothing waits on them. A key claimed again keeps its element:
 		// the new channel's replaced it or is about to (this goroutine
@@ -290,6 +336,52 @@ func (c *compatPath) storeOffsets(batch []*pending) {
 	}
 }
 
+// labelOffsets writes the stream offsets the batch's packets changed into
+// their connections' labels, where conntrackd carries them to a backup
+// router (kernel.SetOffsetLabels, which also raises the event it sends).
+// After the verdicts: only the backup waits for them.
+func (c *compatPath) labelOffsets(batch []*pending) {
+	for _, p := range batch {
+		if o := p.offsets; o.Store {
+			orig := kernel.Tuple{Src: o.Client, Dst: o.VIP, Proto: unix.IPPROTO_TCP}
+			if err := kernel.SetOffsetLabels(c.ctnl, orig, o.Off); err != nil {
+				c.log.Warn("stream offsets not put in the connection's labels; a backup router would not know them", "err", err)
+			}
+		}
+	}
+}
+
+// adoptElements writes the elements of adopted connections in one
+// nftables batch; where that fails (an element of the same key exists),
+// one by one, replacing.
+func (c *compatPath) adoptElements(adopted []adoption) {
+	if len(adopted) == 0 {
+		return
+	}
+	add := func(a adoption, replace bool) {
+		if a.off != [2]int32{} {
+			c.ruleset.StoreOffsets(c.conn, a.client, a.vip, a.off, false)
+		}
+		c.ruleset.Bypass(c.conn, a.client.Addr(), a.vip.Addr(), a.server.Addr(), a.timeout, replace)
+	}
+	for _, a := range adopted {
+		add(a, false)
+	}
+	if c.conn.Flush() == nil {
+		return
+	}
+	for _, a := range adopted {
+		add(a, false)
+		if c.conn.Flush() == nil {
+			continue
+		}
+		c.ruleset.Bypass(c.conn, a.client.Addr(), a.vip.Addr(), a.server.Addr(), a.timeout, true)
+		if err := c.conn.Flush(); err != nil {
+			c.log.Warn("adopted connection's data connections not sent to its server", "client", a.client, "vip", a.vip, "err", err)
+		}
+	}
+}
+
 // answerBatch gives the batch's packets their verdicts.
 func (c *compatPath) answerBatch(batch []*pending) {
 	for _, p := range batch {
@@ -339,5 +431,8 @@ func (c *compatPath) unregister() {}
 func (c *compatPath) close() {
 	if c.conn != nil {
 		c.conn.CloseLasting()
+	}
+	if c.ctnl != nil {
+		c.ctnl.Close()
 	}
 }

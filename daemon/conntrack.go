@@ -26,6 +26,11 @@ type conntrackFollower struct {
 	// datapath: the kernel removes an expectation itself when it
 	// matches). It must not block.
 	used func(ipvs.Channel)
+	// adopt, where set, is told of each new established TCP connection
+	// the daemon follows (nft.FollowMark) with its labels: one conntrackd
+	// created on this backup router, which the engine may not hold. It
+	// must not block.
+	adopt func(client, vip, server netip.AddrPort, labels []byte)
 	// netns is the network namespace to follow (a file descriptor); 0:
 	// the daemon's own.
 	netns int
@@ -123,6 +128,12 @@ func (f *conntrackFollower) handle(ev conntrack.Event) {
 		f.engine.ReplyStarted(client, dst, netip.AddrPortFrom(r.IP.SourceAddress.Unmap(), r.Proto.SourcePort),
 			netip.AddrPortFrom(r.IP.DestinationAddress.Unmap(), r.Proto.DestinationPort))
 	case !tcp:
+	case ev.Type == conntrack.EventNew && ev.Flow.Mark&nft.FollowMark != 0 && f.adopt != nil &&
+		ev.Flow.ProtoInfo.TCP != nil && kernel.CtTCPState(ev.Flow.ProtoInfo.TCP.State) == kernel.CtTCPEstablished:
+		// Born established: conntrackd's commit of an entry another
+		// router balanced (a connection's own first event is at its SYN).
+		r := ev.Flow.TupleReply
+		f.adopt(client, dst, netip.AddrPortFrom(r.IP.SourceAddress.Unmap(), r.Proto.SourcePort), ev.Flow.Labels)
 	case ev.Type == conntrack.EventNew && ev.Flow.Mark&nft.ChannelMark != 0:
 		// A data connection of one of the daemon's channels.
 		r := ev.Flow.TupleReply

@@ -89,3 +89,42 @@ func TestFollowerChannelUsed(t *testing.T) {
 		t.Fatalf("used %+v, still claimed %v", used, e.Claimed(ch))
 	}
 }
+
+// A connection conntrackd creates on a backup router (born established,
+// with the daemon's follow mark and the offsets in its labels) is adopted
+// with those offsets and its elements handed to the datapath; a new
+// connection's own first event (its SYN) and an unmarked one are not.
+func TestFollowerAdopts(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	client, vip := ap("203.0.113.2:40000"), ap("198.51.100.10:21")
+	rs := &ipvs.RealServer{Addr: ap("10.0.0.11:21"), Weight: 1}
+	e := oneService(t, vip, "rr", "ftp", rs)
+	dp := &compatPath{engine: e, adopted: make(chan adoption, 4)}
+	f := &conntrackFollower{engine: e, adopt: dp.adopt}
+	event := func(state kernel.CtTCPState, mark uint32) conntrack.Event {
+		ev := conntrack.Event{Type: conntrack.EventNew, Flow: ctFlow(client, vip, rs.Addr)}
+		ev.Flow.ProtoInfo.TCP = &conntrack.ProtoInfoTCP{State: uint8(state)}
+		ev.Flow.Mark = mark
+		labels, _ := kernel.OffsetLabels([2]int32{0, 3})
+		ev.Flow.Labels = labels[:]
+		return ev
+	}
+	f.handle(event(kernel.CtTCPSynSent, nft.FollowMark))
+	f.handle(event(kernel.CtTCPEstablished, 0))
+	if e.Table.LookupVIP(client, vip) != nil {
+		t.Fatal("adopted a connection's SYN, or an unmarked connection")
+	}
+	f.handle(event(kernel.CtTCPEstablished, nft.FollowMark))
+	if e.Table.LookupVIP(client, vip) == nil || e.Stats.AdoptedMidstream.Load() != 1 {
+		t.Fatal("not adopted")
+	}
+	select {
+	case a := <-dp.adopted:
+		want := adoption{client: client, vip: vip, server: rs.Addr, off: [2]int32{0, 3}, timeout: ipvs.DefaultPolicy.ChannelTimeout}
+		if a != want {
+			t.Errorf("elements %+v, want %+v", a, want)
+		}
+	default:
+		t.Error("no elements asked for")
+	}
+}

@@ -74,5 +74,5 @@ func newDatapath(name string, log *slog.Logger) datapath {
 	if name == kernel.DatapathKernel {
 		return &kernelPath{log: log}
 	}
-	return &compatPath{log: log, reqs: make(chan *pending, 1024), ended: make(chan ipvs.Ended, 4096), used: make(chan ipvs.Channel, 4096)}
+	return &compatPath{log: log, reqs: make(chan *pending, 1024), ended: make(chan ipvs.Ended, 4096), used: make(chan ipvs.Channel, 4096), adopted: make(chan adoption, 4096)}
 }

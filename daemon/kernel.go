@@ -208,6 +208,8 @@ func takeUp(e *ipvs.Engine, ct kernel.Conntrack, log *slog.Logger) {
 	st, err := kernel.DecodeState(ct.HelperInfo)
 	switch {
 	case err != nil:
+	case st == kernel.HelperState{} && ct.Status&kernel.StatusSeenReply != 0:
+		adoptMidstream(e, ct, log)
 	case st == kernel.HelperState{}:
 		e.PickUpKernel(ct.Orig.Src, ct.Orig.Dst, ct.Reply.Src)
 	default:
@@ -327,6 +329,27 @@ func restoreFromHelperData(e *ipvs.Engine, ct kernel.Conntrack, st kernel.Helper
 	k.Synced[ipvs.FromServer] = st.Flags&kernel.StateReplyValid != 0
 	if e.AdoptKernel(client, vip, server, k) {
 		log.Info("connection restored from the kernel's helper data", "client", client, "vip", vip, "server", server)
+	}
+}
+
+// adoptMidstream adopts a connection of the helper that has seen replies
+// but whose helper data is empty, which the engine does not know:
+// conntrackd created its entry on this backup router (it carries the
+// helper's name and the seqadj records, not the helper data). Its data
+// channels announced before the switch are expectations conntrackd
+// carries too (ExpectationSync), committed here because this daemon
+// registered the helper.
+func adoptMidstream(e *ipvs.Engine, ct kernel.Conntrack, log *slog.Logger) {
+	client, vip, server := ct.Orig.Src, ct.Orig.Dst, ct.Reply.Src
+	if c, _ := e.Table.Lookup(client, server); c != nil {
+		return
+	}
+	if ct.Status&kernel.StatusSeqAdjust != 0 && !ct.HasSeqAdj {
+		log.Warn("connection not adopted: the kernel did not send its seqadj records", "client", client, "vip", vip)
+		return
+	}
+	if e.AdoptKernelMidstream(client, vip, server, ct.SeqAdj) {
+		log.Debug("connection adopted mid-stream", "client", client, "vip", vip, "server", server)
 	}
 }
 

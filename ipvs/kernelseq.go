@@ -171,6 +171,27 @@ func (w *Worker) kernelState(c *Conn, dir Direction) *KernelState {
 // position picks up at its next data segment (bytes may have passed unread
 // while no daemon ran), moved as the kernel's record moves new bytes.
 func (e *Engine) AdoptKernel(client, vip, server netip.AddrPort, st KernelState) bool {
+	if !e.adoptKernel(client, vip, server, st, false) {
+		return false
+	}
+	e.Stats.Restored.Add(1)
+	return true
+}
+
+// AdoptKernelMidstream takes up, mid-stream, an established connection of
+// the helper that the engine does not know and whose helper data is empty:
+// conntrackd created its entry on this (backup) router, carrying its
+// seqadj records but not the helper data. Both streams pick up at their
+// next data segment, resynchronising on a line boundary (Adoptable).
+func (e *Engine) AdoptKernelMidstream(client, vip, server netip.AddrPort, seqadj [2]seqnum.Adj) bool {
+	if !e.adoptKernel(client, vip, server, KernelState{Synced: [2]bool{true, true}, SeqAdj: seqadj}, true) {
+		return false
+	}
+	e.Stats.AdoptedMidstream.Add(1)
+	return true
+}
+
+func (e *Engine) adoptKernel(client, vip, server netip.AddrPort, st KernelState, midstream bool) bool {
 	svc := e.snap.Load().services[vip]
 	if svc == nil || svc.Helper == nil {
 		return false
@@ -191,11 +212,13 @@ func (e *Engine) AdoptKernel(client, vip, server netip.AddrPort, st KernelState)
 	if s, ok := c.help.helper.(StateSaver); ok {
 		s.LoadState(st.Helper)
 	}
+	if a, ok := c.help.helper.(Adoptable); ok && midstream {
+		a.Adopted()
+	}
 	c.mu.Lock()
 	c.setState(StateEstablished, now())
 	c.mu.Unlock()
 	e.Table.Insert(c)
-	e.Stats.Restored.Add(1)
 	svc.helperStats.Sessions.Add(1)
 	return true
 }

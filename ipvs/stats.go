@@ -19,6 +19,7 @@ type Stats struct {
 	Panics                                 atomic.Uint64 // packets whose handling panicked (a bug), passed on unmodified
 	Backlogged                             atomic.Uint64 // data channels not opened: the datapath's backlog was full
 	Restored                               atomic.Uint64 // connections taken back from conntrack at start
+	AdoptedMidstream                       atomic.Uint64 // connections another router balanced, taken up mid-stream (a backup)
 	Throttled                              atomic.Uint64 // segments dropped: their sender has maxEdits rewrites unacknowledged
 	Skipped                                atomic.Uint64 // streams that picked up after bytes went by the daemon (fail-open)
 	SeqAdjSet                              atomic.Uint64 // kernel datapath: seqadj records set outright before a verdict
@@ -92,6 +93,9 @@ var counters = func() []Counter {
 			func(s *Stats) *atomic.Uint64 { return &s.Backlogged }},
 		{"restored", "nfhelper_restored_connections_total", "", "", "Connections taken back from conntrack at start (a restart after a crash).",
 			func(s *Stats) *atomic.Uint64 { return &s.Restored }},
+		{"adopted_midstream", "nfhelper_adopted_midstream_connections_total", "", "",
+			"Helped connections another router balanced (conntrackd carried them to this backup), taken up in the middle of their streams.",
+			func(s *Stats) *atomic.Uint64 { return &s.AdoptedMidstream }},
 		{"throttled", "nfhelper_throttled_segments_total", "", "", "Segments dropped because their sender had too many rewrites unacknowledged (it resends them).",
 			func(s *Stats) *atomic.Uint64 { return &s.Throttled }},
 		{"skipped", "nfhelper_skipped_streams_total", "", "", "Times a helped stream picked up after bytes went by the daemon (the queue failed open).",

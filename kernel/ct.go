@@ -39,6 +39,7 @@ const (
 // Conntrack status bits (enum ip_conntrack_status) the datapath reads.
 const (
 	StatusExpected  = 1 << 0 // a related connection (a data channel)
+	StatusSeenReply = 1 << 1 // packets went both ways
 	StatusSrcNAT    = 1 << 4
 	StatusDstNAT    = 1 << 5
 	StatusSeqAdjust = 1 << 6

@@ -15,6 +15,8 @@ import (
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
+
+	"github.com/nfhelper/nfhelper/kernel"
 )
 
 // Spec is everything the table is built from.
@@ -575,11 +577,28 @@ func (rs *Ruleset) addChains(c *nftables.Conn, spec *Spec) {
 	heartbeatChain(a, rs.alive)
 	rs.forwardChains(a, spec)
 	rs.forwardRules(c, spec)
+	if spec.CtHelper == "" {
+		labelsChain(a)
+	}
 	if spec.KernelFTP && spec.CtHelper == "" || spec.KernelTFTP {
 		a.regular("unseen_syn")
 		unseenRules(a, rs.fams, spec)
 	}
 	rs.setHooks(a, spec, rs.hooksFor(spec, spec.Carried.helped(), spec.Carried.replies()))
+}
+
+// labelsChain is a chain no rule jumps to, whose one rule uses connection
+// labels: while a rule of a network namespace uses them (net->ct.labels_used,
+// counted at rule creation), the kernel gives every new connection the
+// labels extension, which it cannot add later. The compat datapath keeps a
+// helped connection's stream offsets in its labels (kernel.SetOffsetLabels),
+// where conntrackd carries them; a backup router's table must have the
+// extension given to the entries conntrackd creates there too.
+func labelsChain(a ruleAdder) {
+	a.rule(a.regular("labels"), []expr.Any{
+		&expr.Immediate{Register: reg1, Data: make([]byte, kernel.LabelsLen)},
+		&expr.Ct{Key: expr.CtKeyLABELS, SourceRegister: true, Register: reg1},
+	})
 }
 
 // unseenRules: after the forward chain (forward_unseen, a base chain of

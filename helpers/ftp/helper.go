@@ -63,6 +63,10 @@ type conn struct {
 	epsvAll    bool // EPSV ALL was sent: PORT, PASV, EPRT are refused
 	auth       bool // AUTH was sent: 234 (or 235 after ADAT) means TLS
 	stopped    bool
+	// adopted: taken up mid-stream (ipvs.Adoptable): the commands sent
+	// before are unknown, so a 227 or 229 nobody asked for here answers a
+	// PASV or EPSV sent before.
+	adopted bool
 
 	dir [2]stream
 }
@@ -79,6 +83,45 @@ type stream struct {
 	// already had its numbers handled.
 	multi uint16
 	found bool
+	// resync: the next data may start inside a line (adopted
+	// mid-stream): unless it starts like one, skip to its end.
+	resync bool
+}
+
+// Adopted implements ipvs.Adoptable.
+func (c *conn) Adopted() {
+	c.adopted = true
+	for d := range c.dir {
+		c.dir[d].resync = true
+	}
+}
+
+// startsLine reports whether data, the first bytes of a stream taken up
+// mid-stream, may start a line of direction dir: a reply's three digits
+// and a space or "-", a command's letters and a space or CR LF. Bytes that
+// may still become one count as one.
+func startsLine(dir ipvs.Direction, data []byte) bool {
+	if dir == ipvs.FromServer {
+		for i := range min(len(data), 3) {
+			if data[i] < '0' || data[i] > '9' {
+				return false
+			}
+		}
+		return len(data) < 4 || data[3] == ' ' || data[3] == '-'
+	}
+	i := 0
+	for i < len(data) && (data[i]|0x20 >= 'a' && data[i]|0x20 <= 'z') {
+		i++
+	}
+	switch {
+	case i == len(data):
+		return true
+	case i == 0:
+		return false
+	case data[i] == ' ':
+		return true
+	}
+	return data[i] == '\r' && (i+1 == len(data) || data[i+1] == '\n')
 }
 
 // SaveState implements ipvs.StateSaver: the pending commands in bits 0-31,
@@ -87,7 +130,7 @@ type stream struct {
 // state of a new connection.
 func (c *conn) SaveState() uint64 {
 	w := uint64(c.pasv) | uint64(c.epsv)<<16
-	for i, b := range []bool{c.epsvAll, c.auth, c.stopped} {
+	for i, b := range []bool{c.epsvAll, c.auth, c.stopped, c.adopted} {
 		if b {
 			w |= 1 << (32 + i)
 		}
@@ -109,7 +152,7 @@ func (c *conn) SaveState() uint64 {
 // LoadState implements ipvs.StateSaver.
 func (c *conn) LoadState(w uint64) {
 	c.pasv, c.epsv = uint16(w), uint16(w>>16)
-	c.epsvAll, c.auth, c.stopped = w&(1<<32) != 0, w&(1<<33) != 0, w&(1<<34) != 0
+	c.epsvAll, c.auth, c.stopped, c.adopted = w&(1<<32) != 0, w&(1<<33) != 0, w&(1<<34) != 0, w&(1<<35) != 0
 	for d := range c.dir {
 		v := w >> (40 + 12*d)
 		c.dir[d] = stream{skip: v&1 != 0, found: v&2 != 0, multi: uint16(v>>2) & 0x3ff}
@@ -124,6 +167,10 @@ func (c *conn) Inspect(dir ipvs.Direction, data []byte, fixed int, fin bool, r *
 	fixed = min(max(fixed, 0), len(data))
 	st := &c.dir[dir]
 	off := 0
+	if st.resync && len(data) > 0 {
+		st.resync = false
+		st.skip = !startsLine(dir, data)
+	}
 	if st.skip {
 		i := bytes.IndexByte(data, '\n')
 		if i < 0 {
@@ -457,11 +504,13 @@ func noPort(data []byte, off, n int, whole bool, start, end int, zero string, fi
 // line's length) runs from line[from] to them. False: no VIP port was to
 // be had for the channel.
 func (c *conn) passive227(data []byte, off, from, start, end int, ap netip.AddrPort, fixed int, r *ipvs.Result) bool {
-	if c.pasv == 0 {
+	switch {
+	case c.pasv > 0:
+		c.pasv--
+	case !c.adopted:
 		r.Refuse(ipvs.RefuseUnsolicited)
 		return true
 	}
-	c.pasv--
 	server := c.s.Server.Addr()
 	if ap.Addr() == server.Unmap() {
 		ap = netip.AddrPortFrom(server, ap.Port()) // the form the core knows
@@ -501,11 +550,13 @@ func (c *conn) passive227(data []byte, off, from, start, end int, ap netip.AddrP
 // starting at off in data, whose "(" is at line[paren]. False: no VIP port
 // was to be had for the channel.
 func (c *conn) passive229(data []byte, off, paren, start, end int, port uint16, fixed int, r *ipvs.Result) bool {
-	if c.epsv == 0 {
+	switch {
+	case c.epsv > 0:
+		c.epsv--
+	case !c.adopted:
 		r.Refuse(ipvs.RefuseUnsolicited)
 		return true
 	}
-	c.epsv--
 	if port < minDataPort && !c.lowPorts {
 		r.Refuse(ipvs.RefuseLowPort)
 		return true
