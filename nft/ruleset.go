@@ -147,6 +147,9 @@ type family struct {
 	kvips, dispatch *nftables.Set
 	helped          *nftables.Set // VIP or add-on match . port: connections whose client packets are queued
 	servers         *nftables.Set // real server address . port, configured
+	// Addresses alone, of helped VIPs and of their real servers: a helped
+	// session's data connections may use any port of either.
+	helpedAddrs, serverAddrs *nftables.Set
 	watched         *nftables.Set // real server address . port, learned in add-on mode
 	byMark          *nftables.Set // mark : real server address . port
 	// VIP . port . bucket : real server address . port, the kernel's own
@@ -219,6 +222,8 @@ func newFamily(t *nftables.Table, v6 bool) *family {
 	f.dispatch = &nftables.Set{Table: t, Name: "dispatch" + suffix, IsMap: true, KeyType: protoAddrPort, DataType: nftables.TypeVerdict, Concatenation: true}
 	f.helped = &nftables.Set{Table: t, Name: "helped" + suffix, KeyType: addrPort, Concatenation: true}
 	f.servers = &nftables.Set{Table: t, Name: "servers" + suffix, KeyType: addrPort, Concatenation: true}
+	f.helpedAddrs = &nftables.Set{Table: t, Name: "helped_addrs" + suffix, KeyType: addr}
+	f.serverAddrs = &nftables.Set{Table: t, Name: "server_addrs" + suffix, KeyType: addr}
 	f.watched = &nftables.Set{Table: t, Name: "watched" + suffix, KeyType: addrPort, Concatenation: true}
 	f.byMark = &nftables.Set{Table: t, Name: "sched" + suffix, IsMap: true, KeyType: nftables.TypeMark,
 		DataType: addrPort, KeyByteOrder: binaryutil.NativeEndian}
@@ -360,7 +365,7 @@ func Remove(c *nftables.Conn, name string) error {
 
 func (rs *Ruleset) addSets(c *nftables.Conn, spec *Spec, f *family) error {
 	static := rs.staticElements(spec, f)
-	for _, set := range []*nftables.Set{f.vips, f.vipsUDP, f.kvips, f.dispatch, f.helped, f.servers, f.watched, f.byMark, f.fallback, f.fallbackUDP, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets, f.acks, f.bypassed, f.bypassedActive, f.replies, f.replyDNAT, f.replyWait, f.repliesVIPs, f.ecmp, f.ecmpActive} {
+	for _, set := range []*nftables.Set{f.vips, f.vipsUDP, f.kvips, f.dispatch, f.helped, f.servers, f.helpedAddrs, f.serverAddrs, f.watched, f.byMark, f.fallback, f.fallbackUDP, f.passive, f.active, f.passiveSNAT, f.activeDNAT, f.offsets, f.acks, f.bypassed, f.bypassedActive, f.replies, f.replyDNAT, f.replyWait, f.repliesVIPs, f.ecmp, f.ecmpActive} {
 		if err := c.AddSet(set, static[set]); err != nil {
 			return fmt.Errorf("add set %s: %w", set.Name, err)
 		}
@@ -375,13 +380,19 @@ func (rs *Ruleset) addSets(c *nftables.Conn, spec *Spec, f *family) error {
 
 // staticElements are the elements of the sets the configuration fills.
 func (rs *Ruleset) staticElements(spec *Spec, f *family) map[*nftables.Set][]nftables.SetElement {
-	els := map[*nftables.Set][]nftables.SetElement{f.vips: nil, f.vipsUDP: nil, f.kvips: nil, f.dispatch: nil, f.helped: nil, f.servers: nil, f.byMark: nil, f.fallback: nil, f.fallbackUDP: nil, f.repliesVIPs: nil,
+	els := map[*nftables.Set][]nftables.SetElement{f.vips: nil, f.vipsUDP: nil, f.kvips: nil, f.dispatch: nil, f.helped: nil, f.servers: nil, f.helpedAddrs: nil, f.serverAddrs: nil, f.byMark: nil, f.fallback: nil, f.fallbackUDP: nil, f.repliesVIPs: nil,
 		f.ecmp: ecmpElements(spec, f), f.ecmpActive: ecmpActiveElements(spec, f)}
-	seen := map[*nftables.Set]map[netip.AddrPort]bool{f.helped: {}, f.servers: {}}
+	seen := map[*nftables.Set]map[netip.AddrPort]bool{f.helped: {}, f.servers: {}, f.helpedAddrs: {}, f.serverAddrs: {}}
 	add := func(set *nftables.Set, ap netip.AddrPort) {
 		if f.of(ap.Addr()) && !seen[set][ap] {
 			seen[set][ap] = true
 			els[set] = append(els[set], nftables.SetElement{Key: addrPortKey(ap)})
+		}
+	}
+	addAddr := func(set *nftables.Set, a netip.Addr) {
+		if ap := netip.AddrPortFrom(a, 0); f.of(a) && !seen[set][ap] {
+			seen[set][ap] = true
+			els[set] = append(els[set], nftables.SetElement{Key: appendAddr(nil, a)})
 		}
 	}
 	for _, a := range spec.AddOns {
@@ -401,8 +412,10 @@ func (rs *Ruleset) staticElements(spec *Spec, f *family) map[*nftables.Set][]nft
 			// Their control connections' packets are queued, whoever
 			// scheduled them.
 			add(f.helped, svc.VIP)
+			addAddr(f.helpedAddrs, svc.VIP.Addr())
 			for _, s := range all {
 				add(f.servers, s.Addr)
+				addAddr(f.serverAddrs, s.Addr.Addr())
 			}
 		}
 		if svc.Kernel != nil {
@@ -439,6 +452,7 @@ func (rs *Ruleset) staticElements(spec *Spec, f *family) map[*nftables.Set][]nft
 	}
 	for _, ap := range spec.LiveServers {
 		add(f.servers, ap)
+		addAddr(f.serverAddrs, ap.Addr())
 	}
 	return els
 }
@@ -757,11 +771,17 @@ func unseenReplyRules(a ruleAdder, marked *nftables.Chain, m famMatch) {
 }
 
 // invalidRules: invalid packets on VIP paths would skip NAT and leak real
-// addresses.
+// addresses. Every port of a helped VIP and of its servers is on such a
+// path (data connections), and where the router owns the VIP (keepalived
+// put it there) an invalid packet to it would reach the local stack and be
+// answered by a reset: after a failover a connection's packets can arrive
+// before conntrackd has committed its entry, and must be dropped (the
+// sender retransmits) rather than reset.
 func invalidRules(a ruleAdder, invalid *nftables.Chain, m famMatch) {
 	f := m.f
 	a.rule(invalid, m.fam, m.tcp, m.dst, lookup(f.helped), drop())
-	a.rule(invalid, m.fam, m.tcp, m.src, lookup(f.servers), drop())
+	a.rule(invalid, m.fam, m.tcp, concat(addrField(f.v6, false)), lookup(f.helpedAddrs), drop())
+	a.rule(invalid, m.fam, m.tcp, concat(addrField(f.v6, true)), lookup(f.serverAddrs), drop())
 	a.rule(invalid, m.fam, m.tcp, m.src, lookup(f.watched), drop())
 }
 
