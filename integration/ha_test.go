@@ -165,8 +165,8 @@ func TestHAFailover(t *testing.T) {
 type haSystem struct {
 	name string
 	// user is quirkyftpd's user of the lengthened session: bare227 for
-	// nfhelperd; the kernel's helper drops a 227 without "(" (a partial
-	// match), so it gets the plain one, lengthened too.
+	// nfhelperd; the kernel's helper looks for the "(" of a 227, so it gets
+	// the plain one, lengthened too.
 	user           string
 	daemon, config string // nfhelperd; "" for the kernel's helper
 }
@@ -553,7 +553,7 @@ func (e *haEnv) hugeTransfer(ctx context.Context, addr string, gate *gatedWriter
 		return err
 	}
 	defer s.c.Close()
-	s.c.Timeout = 30 * time.Second
+	s.c.Timeout = topo.Scaled(20 * time.Second)
 	hs := sha256.New()
 	gate.w = hs
 	err = topo.Do(e.h.Client, func() error {
