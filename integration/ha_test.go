@@ -511,6 +511,9 @@ func (e *haEnv) failover(run *haRun) {
 		time.Sleep(wait)
 	}
 	run.loads, run.failedBefore = map[string]loadResult{}, map[string]int{}
+	for _, l := range loads { // at once: each ends its sessions' steps in progress
+		_ = l.cmd.Process.Signal(syscall.SIGTERM)
+	}
 	for _, m := range haModes {
 		r, fails := loads[m].stop()
 		run.loads[m] = r

@@ -197,7 +197,11 @@ func (l *load) worker(ctx context.Context, w int, over func() bool) {
 }
 
 func session(ctx context.Context, addr string, d *net.Dialer, mode ftpclient.Mode, file string, size int64, sum string, timeout time.Duration) error {
-	c, err := ftpclient.DialWith(ctx, addr, d)
+	// The greeting too is a step: a control connection that stalls before
+	// it must not outlast -timeout (or a SIGTERM by ftpclient's default).
+	dctx, cancel := context.WithTimeout(ctx, timeout)
+	c, err := ftpclient.DialWith(dctx, addr, d)
+	cancel()
 	if err != nil {
 		return fmt.Errorf("dial: %w", err)
 	}
