@@ -672,6 +672,9 @@ func logHATable(t *testing.T, runs []*haRun) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%-10s %-5s %-9s %-5s %8s %7s %14s %14s\n", "system", "fail", "takeover", "mode", "sessions", "failed", "failed(before)", "longest stall")
 	for _, run := range runs {
+		if run.loads == nil {
+			continue // not run (-run) or stopped before its load
+		}
 		for _, m := range haModes {
 			r, ok := run.loads[m]
 			if !ok {
