@@ -7,18 +7,32 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/nfhelper/nfhelper/ipvs"
+	"github.com/nfhelper/nfhelper/vrrp"
 )
 
 // Config is the whole file.
 type Config struct {
 	Services []Service `yaml:"services"`
 	Helpers  []AddOn   `yaml:"helpers"`
+	VRRPFile string    `yaml:"vrrp_state_file"` // see VRRPStateFile
 	Queue    Queue     `yaml:"queue"`
 	Metrics  Metrics   `yaml:"metrics"`
+}
+
+// VRRPStateFile is where keepalived's notify script writes the router's
+// VRRP role: the file's vrrp_state_file, or vrrp.DefaultStateFile.
+// configured says the key was set, so that a missing file is worth telling
+// (a router not in a pair has none, and no key).
+func (c *Config) VRRPStateFile() (path string, configured bool) {
+	if c.VRRPFile == "" {
+		return vrrp.DefaultStateFile, false
+	}
+	return c.VRRPFile, true
 }
 
 // Metrics is the Prometheus endpoint: off unless an address is set, and
@@ -225,6 +239,9 @@ func (o owner) String() string {
 func (c *Config) validate(r *report) {
 	if len(c.Services) == 0 && len(c.Helpers) == 0 {
 		r.at("", "no services and no helpers")
+	}
+	if p := c.VRRPFile; p != "" && (!filepath.IsAbs(p) || strings.ContainsAny(p, "\x00\n")) {
+		r.at("vrrp_state_file", "%q is not an absolute path", p)
 	}
 	v := validator{
 		r:       r,

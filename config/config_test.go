@@ -313,3 +313,21 @@ func TestSchedOptions(t *testing.T) {
 		t.Errorf("mh sizes %d %d, sh_port %v", a.MHSize(), c.MHSize(), b.SHPort)
 	}
 }
+
+func TestVRRPStateFile(t *testing.T) {
+	const svc = "services:\n  - name: a\n    vip: 198.51.100.10:21\n    real_servers:\n      - address: 10.0.0.11:21\n"
+	c, err := config.Parse([]byte(svc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if path, configured := c.VRRPStateFile(); path != "/run/nfhelper/vrrp-state" || configured {
+		t.Errorf("default: %q, configured %v", path, configured)
+	}
+	c, err = config.Parse([]byte("vrrp_state_file: /var/lib/ha/role\n" + svc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if path, configured := c.VRRPStateFile(); path != "/var/lib/ha/role" || !configured {
+		t.Errorf("set: %q, configured %v", path, configured)
+	}
+}

@@ -23,6 +23,9 @@ func WriteStatus(w io.Writer, s *Status) {
 		{"helpers", fmt.Sprint(s.Helpers)},
 		{"connections", fmt.Sprintf("%d (tcp %d, udp %d)", s.Connections, s.TCP, s.UDP)},
 	}
+	if s.VRRP != nil {
+		rows = append(rows, [2]string{"vrrp", vrrpLine(s.VRRP)})
+	}
 	reload := fmt.Sprint(s.Reloads)
 	if r := s.LastReload; r != nil {
 		res := "ok"

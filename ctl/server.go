@@ -47,6 +47,10 @@ type Server struct {
 	// Servers is runtime control of real servers and their standing (nil:
 	// none; POST PathServer answers 503).
 	Servers ServerControl
+	// VRRPStateFile names the VRRP state file status reads, and whether
+	// the configuration set it (config.Config.VRRPStateFile); nil: status
+	// tells nothing of VRRP.
+	VRRPStateFile func() (path string, configured bool)
 	// Kernel reads kernel-scheduled services' connections and templates
 	// (nil: the engine's counts are shown).
 	Kernel KernelSource
@@ -234,6 +238,9 @@ func (s *Server) Status() Status {
 		} else {
 			st.Services++
 		}
+	}
+	if s.VRRPStateFile != nil {
+		st.VRRP = readVRRP(s.VRRPStateFile())
 	}
 	s.mu.Lock()
 	st.Reloads = s.reloads

@@ -68,7 +68,26 @@ type Status struct {
 	// their registry names (ipvs.HelperCounters). Absent from a daemon
 	// that predates them.
 	HelperStats map[string]map[string]uint64 `json:"helper_stats,omitempty"`
+	// VRRP is the router's role in a VRRP pair, read at the request. Absent
+	// when no vrrp_state_file is configured and the default file does not
+	// exist (a router not in a pair), and from a daemon that predates it.
+	VRRP *VRRP `json:"vrrp,omitempty"`
 }
+
+// VRRP is what keepalived's notify script last wrote to the VRRP state
+// file (vrrp.Read).
+type VRRP struct {
+	// State is MASTER, BACKUP, FAULT or STOP (keepalived stopped), or
+	// VRRPUnknown when the file tells nothing usable: Problem says why.
+	State   string    `json:"state"`
+	Name    string    `json:"name,omitempty"` // the sync group's or instance's
+	Since   time.Time `json:"since,omitzero"`
+	File    string    `json:"file"`
+	Problem string    `json:"problem,omitempty"`
+}
+
+// VRRPUnknown is VRRP.State when the state file tells nothing usable.
+const VRRPUnknown = "unknown"
 
 // Queues is the range of NFQUEUE numbers the daemon reads.
 type Queues struct {

@@ -91,6 +91,9 @@ type Daemon struct {
 	notices  chan notice  // to runNotices
 	// stateChanges counts the real servers' state changes.
 	stateChanges atomic.Uint64
+	// vrrpFile is the running configuration's VRRP state file, for status
+	// and the metrics to read without mu.
+	vrrpFile atomic.Pointer[vrrpFile]
 
 	// ctx ends the background work (Stop, HandOver); readCtx, within it,
 	// the queue readers alone, first at a hand-over: what they have not
@@ -187,6 +190,7 @@ func (d *Daemon) chooseDatapath() error {
 // the file no longer allows, for the start to log.
 func (d *Daemon) newMonitor() ([]cleared, error) {
 	d.running = d.cfg
+	d.setVRRPFile(d.cfg)
 	var gone []cleared
 	d.roster, gone = d.loadRoster().reconcile(d.cfg, time.Now())
 	targets, err := healthTargets(d.cfg, d.roster)
@@ -251,6 +255,7 @@ func (d *Daemon) openQueues() error {
 	closeUnused(inherited)
 	d.metrics = metrics.New(d.engine, d.queues, d.monitor)
 	d.metrics.StateChanges = d.StateChanges
+	d.metrics.VRRPStateFile = d.vrrpStateFile
 	return nil
 }
 
@@ -299,6 +304,7 @@ func (d *Daemon) serve() {
 			Pid: os.Getpid(), Started: d.started, Datapath: d.dp.name(), Config: configPath, Table: tableName,
 			Queues: ctl.Queues{First: d.spec.QueueNum, Count: d.spec.QueueTotal}, QueueExpr: queueExprName(d.spec),
 		}}
+	d.control.VRRPStateFile = d.vrrpStateFile
 	if err := d.control.Listen(ctl.SocketPath()); err != nil {
 		d.log.Warn("no control socket; nfhelperctl cannot reach this daemon", "err", err)
 	} else {
@@ -371,6 +377,7 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 	before := d.roster.standings(d.running)
 	// The commit gave the servers that stay their standings too.
 	d.roster, d.running = ro, cfg
+	d.setVRRPFile(cfg)
 	d.monitor.Set(targets)
 	for _, c := range gone {
 		c.log(d.log)

@@ -32,9 +32,9 @@ type kernelPath struct {
 	engine *ipvs.Engine
 	// helperQueue is the helper's queue number.
 	helperQueue uint16
-	ct          *conntrack.Conn  // expectations
-	ctnl        *netlink.Conn    // seqadj records
-	helper      *kernel.Cthelper // registered; nil: not (or no longer)
+	ct          *conntrack.Conn // expectations
+	ctnl        *netlink.Conn   // seqadj records
+	registered  bool            // the helper (unregister has something to do)
 }
 
 // helperName is the userspace conntrack helper the daemon registers (one
@@ -98,22 +98,25 @@ func (k *kernelPath) dial() (err error) {
 	return err
 }
 
-// register registers the helper. A helper left by a crash is updated in
-// place (its connections keep it), and a stale table is replaced
-// atomically by nft.Install after: removing it first would take the NAT
-// hooks away from running connections for a moment. Only a stale helper
-// that cannot be updated and that the stale table holds needs the table
-// gone first; the queues are ours, so it is no other running daemon's.
+// register registers the helper. A registration already there is adopted
+// (kernel.Cthelper.Register): a crashed or stopped earlier run's, whose
+// connections keep it, or a daemon's in another network namespace of this
+// kernel (registrations are kernel-wide), which goes on using it. A stale
+// table is replaced atomically by nft.Install after: removing it first
+// would take the NAT hooks away from running connections for a moment.
+// Only a registration that cannot be updated (another data length) and
+// that a table holds needs the table gone first: ours, if it is the
+// holder; the queues are ours, so it is no other daemon of this namespace.
 func (k *kernelPath) register(conn *nftables.Conn, spec *nft.Spec) error {
 	policy := helperPolicy(k.engine.Services())
-	helper, err := registerHelper(k.helperQueue, policy)
+	err := k.registerHelper(policy)
 	if errors.Is(err, unix.EBUSY) {
 		if err := nft.Remove(conn, spec.Table); err != nil {
 			return err
 		}
-		helper, err = registerHelper(k.helperQueue, policy)
+		err = k.registerHelper(policy)
 	}
-	k.helper = helper
+	k.registered = err == nil
 	return err
 }
 
@@ -129,43 +132,100 @@ func helperPolicy(services []*ipvs.Service) kernel.ExpectPolicy {
 	return p
 }
 
-// registerHelper registers the helper for both families, replacing a stale
-// registration of an earlier run.
-func registerHelper(queue uint16, policy kernel.ExpectPolicy) (*kernel.Cthelper, error) {
+// registerHelper registers the helper for both families, or adopts the
+// registrations there.
+func (k *kernelPath) registerHelper(policy kernel.ExpectPolicy) error {
 	ch, err := kernel.DialCthelper()
 	if err != nil {
-		return nil, err
+		return err
 	}
+	defer ch.Close()
 	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
-		err := ch.Register(kernel.Helper{
-			Name: helperName, Family: fam, Proto: unix.IPPROTO_TCP, Queue: uint32(queue),
+		h := kernel.Helper{
+			Name: helperName, Family: fam, Proto: unix.IPPROTO_TCP, Queue: uint32(k.helperQueue),
 			PrivLen: kernel.StateLen, Enabled: true, Policies: []kernel.ExpectPolicy{policy},
-		})
-		if err != nil {
-			ch.Close()
-			return nil, err
 		}
+		old, err := ch.Register(h)
+		if err != nil {
+			return err
+		}
+		k.logAdopted(h, old)
 	}
-	return ch, nil
+	return nil
 }
 
-// unregister removes the helper; the table's ct helper object, which holds
-// it, must be gone first.
+// logAdopted says what registering h found there (old; nil: nothing).
+func (k *kernelPath) logAdopted(h kernel.Helper, old *kernel.Helper) {
+	switch {
+	case old == nil:
+	case old.Queue != h.Queue:
+		// The kernel queues every namespace's packets of the helper to
+		// its one queue number: a daemon elsewhere reading another one
+		// no longer gets them (they pass unhelped).
+		k.log.Warn("conntrack helper registration adopted with another queue: registrations are kernel-wide, so a daemon in another network namespace of this kernel must use the same queue numbers",
+			"helper", h.Name, "family", h.Family, "queue_was", old.Queue, "queue", h.Queue)
+	default:
+		k.log.Info("conntrack helper registration adopted (an earlier run's, or a daemon's in another network namespace of this kernel)",
+			"helper", h.Name, "family", h.Family, "queue", h.Queue)
+	}
+}
+
+// unregister leaves the registration, which is kernel-wide: a daemon in
+// another network namespace may be using it, and nothing tells whether
+// one is (kernels up to 6.x refuse to remove a helper while another
+// namespace's table holds it, later ones do not). It takes the helper off
+// this namespace's connections instead, as removing it would have: their
+// packets are no longer queued for it, and the kernel applies their seqadj
+// records itself (failing open). The table, which assigns it, must be gone
+// first.
 func (k *kernelPath) unregister() {
-	if k.helper == nil {
+	if !k.registered {
 		return
 	}
-	var errs []error
-	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
-		if err := k.helper.Unregister(helperName, fam, unix.IPPROTO_TCP); err != nil && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, err)
-		}
-	}
-	k.helper.Close()
-	k.helper = nil
-	if err := errors.Join(errs...); err != nil {
+	k.registered = false
+	n, err := detachHelper()
+	if err != nil {
 		k.log.Error("cleanup", "err", err)
 	}
+	k.log.Info("helper taken off this namespace's connections; its registration stays (kernel-wide)", "helper", helperName, "connections", n)
+}
+
+// detachHelper takes the helper off every connection of this namespace
+// that carries it, and returns how many.
+func detachHelper() (int, error) {
+	ct, err := conntrack.Dial(nil)
+	if err != nil {
+		return 0, fmt.Errorf("conntrack: %w", err)
+	}
+	defer ct.Close()
+	flows, err := ct.Dump(nil)
+	if err != nil {
+		return 0, fmt.Errorf("conntrack dump: %w", err)
+	}
+	c, err := kernel.DialCtnetlink()
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	n := 0
+	var errs []error
+	for _, f := range flows {
+		if f.Helper.Name != helperName {
+			continue
+		}
+		orig := kernel.Tuple{
+			Src:   netip.AddrPortFrom(f.TupleOrig.IP.SourceAddress, f.TupleOrig.Proto.SourcePort),
+			Dst:   netip.AddrPortFrom(f.TupleOrig.IP.DestinationAddress, f.TupleOrig.Proto.DestinationPort),
+			Proto: f.TupleOrig.Proto.Protocol,
+		}
+		// ENOENT: it ended meanwhile.
+		if err := kernel.DetachHelper(c, orig); err != nil && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, err)
+			continue
+		}
+		n++
+	}
+	return n, errors.Join(errs...)
 }
 
 // inspect reads the packet's conntrack entry and adopts the connection its

@@ -1,6 +1,7 @@
 package kernel
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/mdlayher/netlink"
@@ -241,40 +242,74 @@ func (ch *Cthelper) List() ([]Helper, error) {
 	return out, nil
 }
 
-// Register adds h. A helper of the same name, family and protocol left by
-// an earlier run is updated in place (queue, policy, status) when its
-// private data length matches: the connections that carry it keep it, and
-// with it their helper data, which is what lets a restarted daemon go on
-// helping them. One of another length is replaced, if nothing holds it.
-func (ch *Cthelper) Register(h Helper) error {
+// Register adds h, or adopts the registration of the same name, family
+// and protocol that is there already, and returns that one as it was
+// (nil: none was). Registrations are kernel-wide, not per network
+// namespace: one already there was left by an earlier run (a crash, a
+// hand-over, a stop) or belongs to a daemon running in another namespace.
+// Either way it is updated in place when its private data length
+// matches (adopting): the connections that carry it keep it, and with it
+// their helper data, which is what lets a restarted daemon go on helping
+// them. The update takes h's queue, but never lowers the expectation
+// policy (Adopt). One of another length is replaced, if nothing holds it.
+func (ch *Cthelper) Register(h Helper) (*Helper, error) {
 	attrs, err := h.encode(false)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	what := fmt.Sprintf("register conntrack helper %s (family %d)", h.Name, h.Family)
-	list, err := ch.List()
-	if err != nil {
-		return err
-	}
-	for _, old := range list {
-		if old.Name != h.Name || old.Family != h.Family || old.Proto != h.Proto {
-			continue
+	// Twice at most: a daemon in another namespace may register it
+	// between the list and the creation (EEXIST); then it is adopted.
+	for range 2 {
+		list, err := ch.List()
+		if err != nil {
+			return nil, err
 		}
-		if old.PrivLen == h.PrivLen {
-			upd, _ := h.encode(true)
-			if _, err := ch.c.Execute(nfnlRequest(subsysCthelper, cthMsgNew, netlink.Acknowledge, unix.AF_UNSPEC, 0, upd)); err != nil {
-				return fmt.Errorf("%s: update: %w", what, err)
+		for _, old := range list {
+			if old.Name != h.Name || old.Family != h.Family || old.Proto != h.Proto {
+				continue
 			}
-			return nil
+			if old.PrivLen == h.PrivLen {
+				upd, _ := h.Adopt(old).encode(true)
+				if _, err := ch.c.Execute(nfnlRequest(subsysCthelper, cthMsgNew, netlink.Acknowledge, unix.AF_UNSPEC, 0, upd)); err != nil {
+					return nil, fmt.Errorf("%s: update: %w", what, err)
+				}
+				return &old, nil
+			}
+			if err := ch.Unregister(h.Name, h.Family, h.Proto); err != nil {
+				return nil, fmt.Errorf("%s: a helper of that name with %d bytes of private data is registered: %w", what, old.PrivLen, err)
+			}
 		}
-		if err := ch.Unregister(h.Name, h.Family, h.Proto); err != nil {
-			return fmt.Errorf("%s: a helper of that name with %d bytes of private data is registered: %w", what, old.PrivLen, err)
+		_, err = ch.c.Execute(nfnlRequest(subsysCthelper, cthMsgNew, netlink.Acknowledge|netlink.Create|netlink.Excl, unix.AF_UNSPEC, 0, attrs))
+		if !errors.Is(err, unix.EEXIST) {
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", what, err)
+			}
+			return nil, nil
 		}
 	}
-	if _, err := ch.c.Execute(nfnlRequest(subsysCthelper, cthMsgNew, netlink.Acknowledge|netlink.Create|netlink.Excl, unix.AF_UNSPEC, 0, attrs)); err != nil {
-		return fmt.Errorf("%s: %w", what, err)
+	return nil, fmt.Errorf("%s: %w", what, unix.EEXIST)
+}
+
+// Adopt is h as it updates the registration old of the same name, family,
+// protocol and data length: h's queue and status, and for each expectation
+// class the larger limit and timeout of the two. Another namespace's
+// daemon may rely on old's, and the registration is theirs too; each
+// daemon enforces its services' own limits.
+func (h Helper) Adopt(old Helper) Helper {
+	if len(old.Policies) != len(h.Policies) {
+		return h // the kernel refuses the update (EBUSY)
 	}
-	return nil
+	policies := make([]ExpectPolicy, len(h.Policies))
+	for i, p := range h.Policies {
+		if o := old.Policies[i]; o.Name == p.Name {
+			p.MaxExpected = max(p.MaxExpected, o.MaxExpected)
+			p.Timeout = max(p.Timeout, o.Timeout)
+		}
+		policies[i] = p
+	}
+	h.Policies = policies
+	return h
 }
 
 // Unregister removes the helper; ENOENT when there is none, EBUSY while
@@ -304,4 +339,29 @@ func ProbeCthelper() error {
 	defer ch.Close()
 	_, err = ch.List()
 	return err
+}
+
+// DetachHelper takes the helper off the connection whose original
+// direction is orig, as unregistering the helper would (its expectations
+// go too): from then on the kernel applies the connection's seqadj records
+// itself instead of queueing its packets for the helper. A daemon that
+// stops while the registration stays (another namespace's daemon uses it)
+// detaches its own connections so that they fail open.
+func DetachHelper(c *netlink.Conn, orig Tuple) error {
+	ae := encoder()
+	if err := encodeTupleAttr(ae, ctaTupleOrig, orig); err != nil {
+		return err
+	}
+	ae.Nested(ctaHelp, func(n *netlink.AttributeEncoder) error {
+		n.String(ctaHelpName, "")
+		return nil
+	})
+	attrs, err := ae.Encode()
+	if err != nil {
+		return err
+	}
+	if err := updateConntrack(c, orig, attrs); err != nil {
+		return fmt.Errorf("detach the helper of %v -> %v: %w", orig.Src, orig.Dst, err)
+	}
+	return nil
 }

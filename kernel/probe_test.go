@@ -71,25 +71,25 @@ func TestCthelperRegister(t *testing.T) {
 	h.Name = "nfhelper-test"
 	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
 		h.Family = fam
-		if err := ch.Register(h); err != nil {
-			t.Fatal(err)
+		if old, err := ch.Register(h); err != nil || old != nil {
+			t.Fatalf("adopted %+v (%v), want a new registration", old, err)
 		}
 		// Again, with another queue: a stale registration is updated.
 		h.Queue = 300
-		if err := ch.Register(h); err != nil {
-			t.Fatalf("again: %v", err)
+		if old, err := ch.Register(h); err != nil || old == nil || old.Queue != 200 {
+			t.Fatalf("again: adopted %+v (%v), want the registration with queue 200", old, err)
 		}
 		h.Queue = 200
-		if err := ch.Register(h); err != nil {
+		if _, err := ch.Register(h); err != nil {
 			t.Fatalf("back: %v", err)
 		}
 		// Another data length: replaced.
 		h.PrivLen = 8
-		if err := ch.Register(h); err != nil {
+		if _, err := ch.Register(h); err != nil {
 			t.Fatalf("other length: %v", err)
 		}
 		h.PrivLen = StateLen
-		if err := ch.Register(h); err != nil {
+		if _, err := ch.Register(h); err != nil {
 			t.Fatalf("length back: %v", err)
 		}
 	}

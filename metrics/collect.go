@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"errors"
 	"slices"
 	"strconv"
 
@@ -9,6 +10,7 @@ import (
 	"github.com/nfhelper/nfhelper/health"
 	"github.com/nfhelper/nfhelper/ipvs"
 	"github.com/nfhelper/nfhelper/nfq"
+	"github.com/nfhelper/nfhelper/vrrp"
 )
 
 // collector reads every nfhelper_* family at scrape time into const
@@ -48,6 +50,9 @@ var (
 		[]string{"service", "server", "cause"}, nil)
 	stateChangesDesc = prometheus.NewDesc("nfhelper_real_server_state_changes_total",
 		"Times a real server went down or came back up (by its checks or nfhelperctl).", nil, nil)
+	vrrpMasterDesc = prometheus.NewDesc("nfhelper_vrrp_master",
+		"1 if keepalived's notify script last reported this router MASTER (the VRRP state file), else 0 (backup, fault, stopped, or a missing, bad or stale file). Absent when no vrrp_state_file is configured and the default file does not exist.",
+		nil, nil)
 )
 
 // queueCounters are what each nfq.Queue counts itself.
@@ -132,7 +137,7 @@ func descsOf(n int, counter func(i int) (metric, help, label string), fixed ...s
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{queuePacketsDesc, verdictsDesc, latencyDesc, connectionsDesc,
 		serviceInfoDesc, serviceServersDesc, serviceActiveDesc, serviceInactiveDesc, kernelDroppedDesc, userDroppedDesc,
-		serverUpDesc, checkLatencyDesc, checkFailuresDesc, stateChangesDesc} {
+		serverUpDesc, checkLatencyDesc, checkFailuresDesc, stateChangesDesc, vrrpMasterDesc} {
 		ch <- d
 	}
 	for _, q := range queueCounters {
@@ -167,6 +172,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		collectServices(ch, e)
 	}
 	c.m.collectHealth(ch)
+	c.m.collectVRRP(ch)
 }
 
 // send passes one sample on. One that cannot be exported (a label value
@@ -289,4 +295,22 @@ func (m *Metrics) collectHealth(ch chan<- prometheus.Metric) {
 			send(ch, checkFailuresDesc, prometheus.CounterValue, float64(n), k.Service, addr, cause)
 		}
 	})
+}
+
+// collectVRRP reads the VRRP state file: no sample when it does not exist
+// and nobody configured it (a router not in a pair).
+func (m *Metrics) collectVRRP(ch chan<- prometheus.Metric) {
+	if m.VRRPStateFile == nil {
+		return
+	}
+	path, configured := m.VRRPStateFile()
+	st, err := vrrp.Read(path)
+	if errors.Is(err, vrrp.ErrNoStateFile) && !configured {
+		return
+	}
+	master := 0.0
+	if err == nil && st.IsMaster() {
+		master = 1
+	}
+	send(ch, vrrpMasterDesc, prometheus.GaugeValue, master)
 }

@@ -67,6 +67,10 @@ type Metrics struct {
 	// StateChanges, if set, counts the real servers' state changes (up to
 	// down and back); set it before serving.
 	StateChanges func() uint64
+	// VRRPStateFile, if set, names the VRRP state file read at each
+	// scrape for nfhelper_vrrp_master, and whether the configuration set
+	// it (config.Config.VRRPStateFile); set it before serving.
+	VRRPStateFile func() (path string, configured bool)
 
 	first uint16      // queue number of slots[0]
 	slots []queueSlot // by queue number - first

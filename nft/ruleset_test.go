@@ -277,7 +277,7 @@ func TestInstallKernelGolden(t *testing.T) {
 	}
 	defer ch.Close()
 	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
-		err := ch.Register(kernel.Helper{Name: helper, Family: fam, Proto: unix.IPPROTO_TCP, Queue: 100, PrivLen: kernel.StateLen, Enabled: true,
+		_, err := ch.Register(kernel.Helper{Name: helper, Family: fam, Proto: unix.IPPROTO_TCP, Queue: 100, PrivLen: kernel.StateLen, Enabled: true,
 			Policies: []kernel.ExpectPolicy{{Name: "ftp", MaxExpected: 1, Timeout: 300}}})
 		if errors.Is(err, kernel.ErrNoCthelper) {
 			t.Skip(err)

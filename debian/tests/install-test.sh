@@ -50,13 +50,14 @@ grep -q '/usr/sbin/nfhelperctl$' "$tmp/contents" && has_ctl=yes
 files=(/usr/sbin/nfhelperd "$conf" "$unit"
 	/usr/share/doc/nfhelper/copyright /usr/share/doc/nfhelper/changelog.Debian.gz
 	/usr/share/doc/nfhelper/README.Debian /usr/share/doc/nfhelper/README.md.gz
-	/usr/share/man/man8/nfhelperd.8.gz)
+	/usr/share/man/man8/nfhelperd.8.gz /usr/share/nfhelper/nfhelper-notify)
 [ $has_ctl = yes ] && files+=(/usr/sbin/nfhelperctl /usr/share/man/man8/nfhelperctl.8.gz)
 for f in "${files[@]}"; do
 	[ -e "$f" ] || fail "$f missing"
 done
 ok "${#files[@]} files in place (nfhelperctl: $has_ctl)"
 [ -x /usr/sbin/nfhelperd ] || fail "nfhelperd not executable"
+[ -x /usr/share/nfhelper/nfhelper-notify ] || fail "nfhelper-notify not executable"
 dpkg-query -W -f='${Conffiles}\n' nfhelper | grep -q "^ $conf " || fail "$conf is not a conffile"
 ok "$conf is a conffile"
 out=$(dpkg --verify nfhelper) || true
