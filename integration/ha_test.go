@@ -67,18 +67,27 @@ const haKernelRuleset = `table ip nfht_ha {
 }
 `
 
-// haModes are the data modes of the continuous load.
-var haModes = []string{"pasv", "epsv", "port", "eprt"}
+// haHostOrVM is host, or vm inside integration/vm: its emulated guest is
+// an order of magnitude slower than the host.
+func haHostOrVM[T any](host, vm T) T {
+	if os.Getenv("NFHVM") != "" {
+		return vm
+	}
+	return host
+}
 
-const (
+var (
+	// haModes are the data modes of the continuous load; in the VM one
+	// passive and one active (the lengthened session goes through all four).
+	haModes = haHostOrVM([]string{"pasv", "epsv", "port", "eprt"}, []string{"pasv", "port"})
 	// haStepTimeout bounds each FTP step: a session the failover broke
 	// fails within it.
-	haStepTimeout = 6 * time.Second
+	haStepTimeout = topo.Scaled(6 * time.Second)
 	// haWorkers is ftpload's concurrency per mode.
-	haWorkers = 3
-	// haGatedRate is the 200 MiB transfer's pace until the failover is
+	haWorkers = haHostOrVM(3, 2)
+	// haGatedRate (bytes/s) paces the huge transfer until the failover is
 	// over, so that it is in flight across it.
-	haGatedRate = 8 << 20
+	haGatedRate = haHostOrVM[int64](8<<20, 1<<20)
 )
 
 // TestHAFailover: two routers with keepalived and conntrackd configured by
@@ -86,7 +95,7 @@ const (
 // notify script docs/ha/nfhelper-notify); the master fails, once with its
 // links cut, once with its keepalived, conntrackd (and nfhelperd) killed,
 // while FTP sessions run through the service address in every data mode,
-// a 200 MiB passive transfer is in flight, and a control connection whose
+// a huge passive transfer is in flight, and a control connection whose
 // 227 the router lengthened waits. Each failover is run for the kernel's
 // FTP helper (DNAT + ct helper "ftp", reported only: seqadj offsets are
 // not carried, so its lengthened session hangs) and for nfhelperd on both
@@ -120,7 +129,7 @@ func TestHAFailover(t *testing.T) {
 			t.Logf("HA topology teardown: %v", err)
 		}
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), topo.Scaled(3*time.Minute))
 	defer cancel()
 	if err := h.StartQuirky(ctx, harness.quirkyBin); err != nil {
 		t.Fatal(err)
@@ -410,7 +419,7 @@ func (e *haEnv) teardown() {
 // failover runs one failover under load and fills run.
 func (e *haEnv) failover(run *haRun) {
 	t := e.t
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), topo.Scaled(90*time.Second))
 	defer cancel()
 	e.start(ctx)
 	r1, r2 := e.routers[0], e.routers[1]
@@ -431,7 +440,7 @@ func (e *haEnv) failover(run *haRun) {
 		t.Errorf("227 %q does not name the service address", ls.c.LastPassiveReply)
 	}
 
-	// The 200 MiB transfer, paced until the failover is over.
+	// The huge transfer, paced until the failover is over.
 	gate := &gatedWriter{open: make(chan struct{}), rate: haGatedRate, start: time.Now()}
 	hugeDone := make(chan error, 1)
 	go func() { hugeDone <- e.hugeTransfer(ctx, vip(21), gate) }()
@@ -445,8 +454,8 @@ func (e *haEnv) failover(run *haRun) {
 	// lengthened session and some of the load.
 	lport := ls.c.LocalAddr().(*net.TCPAddr).Port
 	if err := haPoll(ctx, func() error {
-		if gate.n.Load() < 16<<20 {
-			return errors.New("the 200 MiB transfer has not passed 16 MiB")
+		if n := gate.n.Load(); n < topo.HugeSize/12 {
+			return fmt.Errorf("the huge transfer is at %d of %d MiB", n>>20, topo.HugeSize>>20)
 		}
 		out, err := e.h.Run(ctx, r2.r.NS, "conntrackd", "-C", r2.ctConf, "-e", "ct")
 		if err != nil {
@@ -528,11 +537,12 @@ func (e *haEnv) failover(run *haRun) {
 
 // startLoad is ftpload in mode through addr until stopped.
 func (e *haEnv) startLoad(t *testing.T, addr, mode string) *bgLoad {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	d := topo.Scaled(2 * time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	l := &bgLoad{t: t, exited: make(chan struct{}), cancel: cancel}
 	l.cmd = e.h.CommandContext(ctx, e.h.Client, e.ftpload, "-addr", addr, "-mode", mode,
 		"-workers", strconv.Itoa(haWorkers), "-file", "small.bin", "-size", strconv.Itoa(topo.SmallSize),
-		"-sha256", e.h.Files["small.bin"], "-duration", "2m", "-timeout", haStepTimeout.String(), "-label", mode)
+		"-sha256", e.h.Files["small.bin"], "-duration", d.String(), "-timeout", haStepTimeout.String(), "-label", mode)
 	l.cmd.Stdout, l.cmd.Stderr = &l.stdout, &l.stderr
 	if err := l.cmd.Start(); err != nil {
 		cancel()
@@ -639,7 +649,7 @@ func (g *gatedWriter) Write(p []byte) (int, error) {
 
 // report logs run and, for nfhelperd, asserts issue 17's goal.
 func (run *haRun) report(t *testing.T, sys haSystem) {
-	t.Logf("%s/%s: takeover %v; 200 MiB transfer: %s; lengthened session after the failover: %s",
+	t.Logf("%s/%s: takeover %v; huge transfer: %s; lengthened session after the failover: %s",
 		run.system, run.failure, run.takeover.Round(time.Millisecond), run.huge, strings.Join(run.lengthened, ", "))
 	for _, m := range haModes {
 		r := run.loads[m]
@@ -651,7 +661,7 @@ func (run *haRun) report(t *testing.T, sys haSystem) {
 		return
 	}
 	if run.huge != "ok" {
-		t.Errorf("200 MiB transfer across the failover: %s", run.huge)
+		t.Errorf("huge transfer across the failover: %s", run.huge)
 	}
 	if len(run.lengthened) != 4 || strings.Contains(strings.Join(run.lengthened, ""), ":") {
 		t.Errorf("lengthened session after the failover: %s", strings.Join(run.lengthened, ", "))
@@ -683,7 +693,7 @@ func logHATable(t *testing.T, runs []*haRun) {
 			fmt.Fprintf(&b, "%-10s %-5s %-9s %-5s %8d %7d %14d %12.0fms\n", run.system, run.failure,
 				run.takeover.Round(10*time.Millisecond), m, r.Sessions, r.Failures, run.failedBefore[m], r.Stall)
 		}
-		fmt.Fprintf(&b, "%-10s %-5s   200 MiB: %s; lengthened: %s\n", run.system, run.failure, run.huge, strings.Join(run.lengthened, ", "))
+		fmt.Fprintf(&b, "%-10s %-5s   huge: %s; lengthened: %s\n", run.system, run.failure, run.huge, strings.Join(run.lengthened, ", "))
 	}
 	t.Logf("failovers:\n%s", b.String())
 }
