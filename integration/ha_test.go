@@ -352,6 +352,17 @@ func (e *haEnv) startLogged(c *exec.Cmd, log string) *exec.Cmd {
 	return c
 }
 
+// conntrackdStat is the line of conntrackd -s output that names stat,
+// its blanks squeezed.
+func conntrackdStat(out, stat string) string {
+	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, stat) {
+			return strings.Join(strings.Fields(l), " ")
+		}
+	}
+	return "no " + stat + " line"
+}
+
 // vrrpState is the state the notify script last wrote for hr ("" if none).
 func vrrpState(hr *haRouter) string {
 	b, err := os.ReadFile(hr.stateFile)
@@ -362,16 +373,21 @@ func vrrpState(hr *haRouter) string {
 	return s
 }
 
-// haPoll polls f every 10 ms until it succeeds or ctx ends.
+// haPoll polls f every 10 ms until it succeeds or ctx ends, and then
+// tells f's last error from before the end (the end kills f's commands).
 func haPoll(ctx context.Context, f func() error) error {
+	var last error
 	for {
 		err := f()
 		if err == nil {
 			return nil
 		}
+		if ctx.Err() == nil {
+			last = err
+		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%w (last: %v)", ctx.Err(), err)
+			return fmt.Errorf("%w (last: %v)", ctx.Err(), last)
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
@@ -470,7 +486,18 @@ func (e *haEnv) failover(run *haRun) {
 		}
 		return nil
 	}); err != nil {
-		t.Fatalf("sync to router 2: %v", err)
+		dctx, dcancel := context.WithTimeout(context.Background(), topo.Scaled(10*time.Second))
+		defer dcancel()
+		ct, _ := e.h.Run(dctx, r1.r.NS, "conntrack", "-L")
+		st, _ := e.h.Run(dctx, r1.r.NS, "conntrackd", "-C", r1.ctConf, "-s")
+		t.Fatalf("sync to router 2: %v\nrouter 1 conntrack -L (tail):\n%s\nrouter 1 conntrackd -s:\n%s",
+			err, tailString(string(ct), 3000), st)
+	}
+
+	// A netlink overrun makes conntrackd dump the kernel's table, and a
+	// dump carries seqadj records that events do not.
+	if out, err := e.h.Run(ctx, r1.r.NS, "conntrackd", "-C", r1.ctConf, "-s"); err == nil {
+		t.Logf("router 1 conntrackd before the failure: %s", conntrackdStat(string(out), "netlink overrun"))
 	}
 
 	failedAt := time.Now()
