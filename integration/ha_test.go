@@ -538,7 +538,7 @@ func (e *haEnv) failover(run *haRun) {
 
 	// A netlink overrun makes conntrackd dump the kernel's table, and a
 	// dump carries seqadj records that events do not.
-	if out, err := e.h.Run(ctx, r1.r.NS, "conntrackd", "-C", r1.ctConf, "-s"); err == nil {
+	if out, err := e.h.Run(ctx, r1.r.NS, "conntrackd", "-C", r1.ctConf, "-s", "runtime"); err == nil {
 		t.Logf("router 1 conntrackd before the failure: %s", conntrackdStat(string(out), "netlink overrun"))
 	}
 
