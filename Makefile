@@ -3,7 +3,7 @@
 
 GO      ?= go
 BIN     ?= bin
-PKGS    := vsftpd lftp curl nftables conntrack iproute2 python3 procps \
+PKGS    := vsftpd lftp curl nftables conntrack conntrackd keepalived iproute2 python3 procps \
            libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3 libsodium23 libcap2 \
            tftp-hpa atftp libwrap0 libpcre2-8-0
 

@@ -52,6 +52,7 @@ type loadResult struct {
 	Sessions, Failures int64
 	Elapsed            float64 `json:"elapsed_s"`
 	Rate               float64 `json:"sessions_per_s"`
+	Stall              float64 `json:"longest_stall_ms"`
 	Errors             map[string]int64
 }
 

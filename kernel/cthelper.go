@@ -340,3 +340,28 @@ func ProbeCthelper() error {
 	_, err = ch.List()
 	return err
 }
+
+// DetachHelper takes the helper off the connection whose original
+// direction is orig, as unregistering the helper would (its expectations
+// go too): from then on the kernel applies the connection's seqadj records
+// itself instead of queueing its packets for the helper. A daemon that
+// stops while the registration stays (another namespace's daemon uses it)
+// detaches its own connections so that they fail open.
+func DetachHelper(c *netlink.Conn, orig Tuple) error {
+	ae := encoder()
+	if err := encodeTupleAttr(ae, ctaTupleOrig, orig); err != nil {
+		return err
+	}
+	ae.Nested(ctaHelp, func(n *netlink.AttributeEncoder) error {
+		n.String(ctaHelpName, "")
+		return nil
+	})
+	attrs, err := ae.Encode()
+	if err != nil {
+		return err
+	}
+	if err := updateConntrack(c, orig, attrs); err != nil {
+		return fmt.Errorf("detach the helper of %v -> %v: %w", orig.Src, orig.Dst, err)
+	}
+	return nil
+}

@@ -39,6 +39,7 @@ type Daemon struct {
 	LogPath string
 
 	t    *Topo
+	ns   string // the namespace it runs in
 	cmd  *exec.Cmd
 	out  *SyncBuffer
 	done chan struct{}
@@ -72,11 +73,18 @@ func (t *Topo) StartReference(bin string) (d *Daemon, config string, err error) 
 // until it logs a line containing msg=ready; the datapath= attribute of that
 // line is returned in Daemon.Datapath.
 func (t *Topo) StartDaemon(bin, config string) (*Daemon, error) {
+	return t.startDaemon(t.Router, bin, config, t.ControlSocket(), t.StateDir())
+}
+
+// startDaemon is StartDaemon in namespace ns, with its own control socket
+// and state directory.
+func (t *Topo) startDaemon(ns, bin, config, socket, stateDir string) (*Daemon, error) {
 	t.mu.Lock()
 	n := len(t.procs)
 	t.mu.Unlock()
 	d := &Daemon{
 		t:       t,
+		ns:      ns,
 		out:     &SyncBuffer{},
 		done:    make(chan struct{}),
 		LogPath: filepath.Join(t.Dir, fmt.Sprintf("nfhelperd-%d.log", n)),
@@ -85,11 +93,11 @@ func (t *Topo) StartDaemon(bin, config string) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := t.Exec(t.Router, bin, "--config", config)
+	c := t.Exec(ns, bin, "--config", config)
 	// The control socket and the state file go below Dir, never to the
 	// host's default paths (a server forced down in one test must not stay
 	// down in the next run's).
-	c.Env = append(append(os.Environ(), "NFHELPER_SOCKET="+t.ControlSocket(), "NFHELPER_STATE_DIR="+t.StateDir()), t.DaemonEnv...)
+	c.Env = append(append(os.Environ(), "NFHELPER_SOCKET="+socket, "NFHELPER_STATE_DIR="+stateDir), t.DaemonEnv...)
 	w := io.MultiWriter(f, d.out)
 	c.Stdout, c.Stderr = w, w
 	if err := t.Start(c); err != nil {
@@ -197,7 +205,7 @@ func (d *Daemon) stop(sig syscall.Signal, wait time.Duration) (StopResult, error
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	exists, listing, err := d.t.TableExists(ctx)
+	exists, listing, err := d.t.tableExistsIn(ctx, d.ns)
 	if err != nil {
 		return res, err
 	}
@@ -207,8 +215,12 @@ func (d *Daemon) stop(sig syscall.Signal, wait time.Duration) (StopResult, error
 
 // TableExists lists table inet nfhelper in the router namespace.
 func (t *Topo) TableExists(ctx context.Context) (bool, string, error) {
+	return t.tableExistsIn(ctx, t.Router)
+}
+
+func (t *Topo) tableExistsIn(ctx context.Context, ns string) (bool, string, error) {
 	var stdout, stderr bytes.Buffer
-	c := t.CommandContext(ctx, t.Router, "nft", "list", "table", "inet", "nfhelper")
+	c := t.CommandContext(ctx, ns, "nft", "list", "table", "inet", "nfhelper")
 	c.Stdout, c.Stderr = &stdout, &stderr
 	err := c.Run()
 	var ee *exec.ExitError

@@ -270,7 +270,10 @@ func (t *Topo) StartQuirky(ctx context.Context, bin string) error {
 	if err != nil {
 		return err
 	}
-	c := t.Exec(s.NS, bin, "-root", s.Root,
-		"-listen", net.JoinHostPort(s.V4, strconv.Itoa(QuirkyPort))+","+net.JoinHostPort(s.V6, strconv.Itoa(QuirkyPort)))
-	return t.startFTPD(ctx, "quirkyftpd", s, c, dir, QuirkyPort, s.V4, s.V6)
+	var listen []string
+	for _, a := range s.addrs() {
+		listen = append(listen, net.JoinHostPort(a, strconv.Itoa(QuirkyPort)))
+	}
+	c := t.Exec(s.NS, bin, "-root", s.Root, "-listen", strings.Join(listen, ","))
+	return t.startFTPD(ctx, "quirkyftpd", s, c, dir, QuirkyPort, s.addrs()...)
 }

@@ -126,6 +126,8 @@ type Topo struct {
 	reaper  *exec.Cmd
 
 	extraLogs []extraLog // directories of the other FTP servers
+	// moreNS are namespaces beyond the four roles (the HA topology's).
+	moreNS []string
 }
 
 type extraLog struct{ what, dir string }
@@ -195,7 +197,10 @@ func New(opts Options) (t *Topo, err error) {
 	if opts.NoServers {
 		return t, nil
 	}
-	if err := t.startServers(ctx); err != nil {
+	if err := t.startServers(ctx, []*Server{
+		{Name: "rs1", NS: t.RS1, V4: RS1V4, V6: RS1V6},
+		{Name: "rs2", NS: t.RS2, V4: RS2V4, V6: RS2V6},
+	}); err != nil {
 		return t, err
 	}
 	logf("topology %s ready in %s", t.ID, t.Dir)
@@ -203,7 +208,9 @@ func New(opts Options) (t *Topo, err error) {
 }
 
 // Namespaces returns the namespaces of the topology.
-func (t *Topo) Namespaces() []string { return []string{t.Client, t.Router, t.RS1, t.RS2} }
+func (t *Topo) Namespaces() []string {
+	return append([]string{t.Client, t.Router, t.RS1, t.RS2}, t.moreNS...)
+}
 
 // Exec returns a command that runs name in namespace ns.
 func (t *Topo) Exec(ns, name string, args ...string) *exec.Cmd {
@@ -530,7 +537,9 @@ max_clients=0
 max_per_ip=0
 `
 
-func (t *Topo) startServers(ctx context.Context) error {
+// startServers starts vsftpd on servers (their roots get server.txt,
+// small.bin and big.bin) and adds them to t.Servers.
+func (t *Topo) startServers(ctx context.Context, servers []*Server) error {
 	small := make([]byte, SmallSize)
 	big := make([]byte, BigSize)
 	if _, err := rand.Read(small); err != nil {
@@ -546,10 +555,7 @@ func (t *Topo) startServers(ctx context.Context) error {
 	if err := os.MkdirAll(empty, 0o755); err != nil {
 		return err
 	}
-	for _, s := range []*Server{
-		{Name: "rs1", NS: t.RS1, V4: RS1V4, V6: RS1V6},
-		{Name: "rs2", NS: t.RS2, V4: RS2V4, V6: RS2V6},
-	} {
+	for _, s := range servers {
 		base := filepath.Join(t.Dir, s.Name)
 		s.Root = filepath.Join(base, "root")
 		s.Log = filepath.Join(base, "vsftpd.log")
@@ -576,7 +582,7 @@ func (t *Topo) startServers(ctx context.Context) error {
 		t.Servers = append(t.Servers, s)
 	}
 	for _, s := range t.Servers {
-		for _, a := range []string{s.V4, s.V6} {
+		for _, a := range s.addrs() {
 			if err := WaitListening(ctx, t.Router, net.JoinHostPort(a, "21")); err != nil {
 				b, _ := os.ReadFile(filepath.Join(t.Dir, s.Name, "vsftpd.stderr"))
 				return fmt.Errorf("vsftpd %s not listening on %s: %w (stderr: %s)", s.Name, a, err, strings.TrimSpace(string(b)))
@@ -584,6 +590,17 @@ func (t *Topo) startServers(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// addrs are the server's addresses, IPv4 first; a family it lacks is left out.
+func (s *Server) addrs() []string {
+	var a []string
+	for _, ip := range []string{s.V4, s.V6} {
+		if ip != "" {
+			a = append(a, ip)
+		}
+	}
+	return a
 }
 
 func sum(b []byte) string {

@@ -8,8 +8,10 @@
 // connection goes elsewhere than its control connection (a 227 that named a
 // balancer's real server). It prints one JSON line:
 //
-//	{"label":"…","sessions":1234,"failures":0,"elapsed_s":10.0,"sessions_per_s":123.4,"p50_ms":…,"p99_ms":…,"errors":{…}}
+//	{"label":"…","sessions":1234,"failures":0,"elapsed_s":10.0,"sessions_per_s":123.4,"p50_ms":…,"p99_ms":…,"longest_stall_ms":…,"errors":{…}}
 //
+// longest_stall_ms is the longest time between two sessions' successful
+// ends: how long the service stopped (a router failing over, say).
 // and each failure whole on stderr, with its time, the time the session
 // started and its session number (the ports it names lead to the kernel's
 // expectations and conntrack events). -trace writes each counted session's
@@ -54,6 +56,7 @@ type result struct {
 	Rate     float64          `json:"sessions_per_s"`
 	P50      float64          `json:"p50_ms"`
 	P99      float64          `json:"p99_ms"`
+	Stall    float64          `json:"longest_stall_ms"`
 	Errors   map[string]int64 `json:"errors,omitempty"`
 }
 
@@ -144,6 +147,7 @@ type load struct {
 	res       result
 	latencies []time.Duration
 	trace     *bufio.Writer // nil: no -trace
+	ends      []time.Time   // of the successful sessions, in order
 }
 
 // run runs the workers' sessions until ctx's deadline (or -sessions) and
@@ -168,6 +172,9 @@ func (l *load) run(ctx context.Context) result {
 			return float64(l.latencies[min(len(l.latencies)-1, int(p*float64(len(l.latencies))))].Microseconds()) / 1000
 		}
 		res.P50, res.P99 = q(0.50), q(0.99)
+	}
+	for i := 1; i < len(l.ends); i++ {
+		res.Stall = max(res.Stall, float64(l.ends[i].Sub(l.ends[i-1]).Microseconds())/1000)
 	}
 	if len(res.Errors) == 0 {
 		res.Errors = nil
@@ -205,7 +212,9 @@ func (l *load) worker(ctx context.Context, w int, over func() bool) {
 			fmt.Fprintf(os.Stderr, "%s session %d (started %s): %v\n", time.Now().Format("15:04:05.000000"), i, t0.Format("15:04:05.000000"), err)
 		} else {
 			l.res.Sessions++
-			l.latencies = append(l.latencies, time.Since(t0))
+			now := time.Now()
+			l.latencies = append(l.latencies, now.Sub(t0))
+			l.ends = append(l.ends, now)
 		}
 		l.mu.Unlock()
 	}
@@ -223,7 +232,11 @@ func or(s string) string {
 }
 
 func session(ctx context.Context, addr string, d *net.Dialer, mode ftpclient.Mode, file string, size int64, sum string, timeout time.Duration, tr *sessionTrace) error {
-	c, err := ftpclient.DialWith(ctx, addr, d)
+	// The greeting too is a step: a control connection that stalls before
+	// it must not outlast -timeout (or a SIGTERM by ftpclient's default).
+	dctx, cancel := context.WithTimeout(ctx, timeout)
+	c, err := ftpclient.DialWith(dctx, addr, d)
+	cancel()
 	if err != nil {
 		return fmt.Errorf("dial: %w", err)
 	}
