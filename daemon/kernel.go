@@ -39,7 +39,7 @@ type kernelPath struct {
 
 // helperName is the userspace conntrack helper the daemon registers (one
 // registration per address family).
-const helperName = "nfhelper-ftp"
+const helperName = "nfh-ftp"
 
 // errAddonsKernel: the kernel datapath does not run add-on helpers.
 var errAddonsKernel = errors.New("add-on helpers (helpers:) need the compat datapath: restart without them, or with the datapath probing chooses")

@@ -132,12 +132,12 @@ func registered(t *testing.T) {
 	}
 	fams := map[uint8]bool{}
 	for _, h := range list {
-		if h.Name == "nfhelper-ftp" && h.Proto == unix.IPPROTO_TCP && h.Enabled {
+		if h.Name == "nfh-ftp" && h.Proto == unix.IPPROTO_TCP && h.Enabled {
 			fams[h.Family] = true
 		}
 	}
 	if !fams[unix.AF_INET] || !fams[unix.AF_INET6] {
-		t.Errorf("nfhelper-ftp no longer registered for both families: %+v", list)
+		t.Errorf("nfh-ftp no longer registered for both families: %+v", list)
 	}
 }
 

@@ -7,7 +7,7 @@ import (
 
 func FuzzParseConntrack(f *testing.F) {
 	f.Add([]byte{})
-	b, _ := VerdictCT("nfhelper-ftp", HelperState{Flags: StateValid}.Encode())
+	b, _ := VerdictCT("nfh-ftp", HelperState{Flags: StateValid}.Encode())
 	f.Add(b)
 	m, _ := VerdictCTMark(1)
 	f.Add(m)

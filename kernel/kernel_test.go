@@ -16,7 +16,7 @@ import (
 
 func ftpHelper() Helper {
 	return Helper{
-		Name: "nfhelper-ftp", Family: unix.AF_INET, Proto: unix.IPPROTO_TCP, Queue: 200,
+		Name: "nfh-ftp", Family: unix.AF_INET, Proto: unix.IPPROTO_TCP, Queue: 200,
 		PrivLen: StateLen, Enabled: true,
 		Policies: []ExpectPolicy{{Name: "ftp", MaxExpected: 1, Timeout: 300}},
 	}
@@ -46,7 +46,7 @@ func TestHelperRoundTrip(t *testing.T) {
 			t.Errorf("attribute %d missing", typ)
 		}
 	}
-	if !bytes.Equal(seen[cthName], []byte("nfhelper-ftp\x00")) {
+	if !bytes.Equal(seen[cthName], []byte("nfh-ftp\x00")) {
 		t.Errorf("name %q: want NUL-terminated", seen[cthName])
 	}
 	if v := binary.BigEndian.Uint32(seen[cthQueueNum]); v != 200 {
@@ -104,7 +104,7 @@ func nfqaCT(t *testing.T, info []byte) []byte {
 		})
 	}
 	ae.Nested(ctaHelp, func(n *netlink.AttributeEncoder) error {
-		n.String(ctaHelpName, "nfhelper-ftp")
+		n.String(ctaHelpName, "nfh-ftp")
 		n.Bytes(ctaHelpInfo, info)
 		return nil
 	})
@@ -125,7 +125,7 @@ func TestParseConntrack(t *testing.T) {
 		ID: 0xdeadbeef, Status: StatusDstNAT | StatusSeqAdjust | StatusHelper, Mark: 7, HasMark: true,
 		Orig:   Tuple{netip.MustParseAddrPort("10.0.0.1:40000"), netip.MustParseAddrPort("192.0.2.10:21"), unix.IPPROTO_TCP},
 		Reply:  Tuple{netip.MustParseAddrPort("[2001:db8::2]:21"), netip.MustParseAddrPort("[2001:db8::1]:40000"), unix.IPPROTO_TCP},
-		Helper: "nfhelper-ftp", HelperInfo: st.Encode(),
+		Helper: "nfh-ftp", HelperInfo: st.Encode(),
 		SeqAdj: [2]seqnum.Adj{{Pos: 5, Before: 0, After: -4}, {Pos: 0xfffffffe, Before: 3, After: 9}}, HasSeqAdj: true,
 	}
 	if !reflect.DeepEqual(ct, want) {
@@ -142,16 +142,16 @@ func TestParseConntrack(t *testing.T) {
 
 func TestVerdictCT(t *testing.T) {
 	info := HelperState{Flags: StateStopped}.Encode()
-	b, err := VerdictCT("nfhelper-ftp", info)
+	b, err := VerdictCT("nfh-ftp", info)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ct, err := ParseConntrack(b)
-	if err != nil || ct.Helper != "nfhelper-ftp" || !bytes.Equal(ct.HelperInfo, info) {
+	if err != nil || ct.Helper != "nfh-ftp" || !bytes.Equal(ct.HelperInfo, info) {
 		t.Errorf("got %+v, %v", ct, err)
 	}
 	// The name goes NUL-terminated (the kernel's policy is NLA_NUL_STRING).
-	if !bytes.Contains(b, []byte("nfhelper-ftp\x00")) {
+	if !bytes.Contains(b, []byte("nfh-ftp\x00")) {
 		t.Errorf("%q", b)
 	}
 	if _, err := VerdictCT("", nil); err == nil {
