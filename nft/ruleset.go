@@ -150,8 +150,8 @@ type family struct {
 	// Addresses alone, of helped VIPs and of their real servers: a helped
 	// session's data connections may use any port of either.
 	helpedAddrs, serverAddrs *nftables.Set
-	watched         *nftables.Set // real server address . port, learned in add-on mode
-	byMark          *nftables.Set // mark : real server address . port
+	watched                  *nftables.Set // real server address . port, learned in add-on mode
+	byMark                   *nftables.Set // mark : real server address . port
 	// VIP . port . bucket : real server address . port, the kernel's own
 	// scheduling while the daemon is down.
 	fallback, fallbackUDP *nftables.Set
