@@ -10,7 +10,6 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/ti-mo/conntrack"
-	"github.com/ti-mo/netfilter"
 	"golang.org/x/sys/unix"
 )
 
@@ -53,21 +52,7 @@ func usesLabels(t *testing.T) {
 // touching the user's bits, and the update event (what conntrackd carries)
 // has them; a connection made while no rule used labels has none to set.
 func TestSetOffsetLabels(t *testing.T) {
-	inNewNetns(t)
-	listen, err := conntrack.Dial(nil)
-	if err != nil {
-		t.Skipf("ctnetlink: %v", err)
-	}
-	defer listen.Close()
-	events := make(chan conntrack.Event, 16)
-	if _, err := listen.Listen(events, 1, []netfilter.NetlinkGroup{netfilter.GroupCTUpdate}); err != nil {
-		t.Fatal(err)
-	}
-	c, err := conntrack.Dial(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c, events := ctWithUpdates(t)
 	ctnl, err := DialCtnetlink()
 	if err != nil {
 		t.Fatal(err)

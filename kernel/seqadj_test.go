@@ -12,19 +12,18 @@ import (
 	"github.com/nfhelper/nfhelper/nfq/seqnum"
 )
 
-// TestReportConntrack: a connection's seqadj records reach conntrack's
-// update events (what conntrackd carries to a backup router) through
-// ReportConntrack, which changes nothing: the event after it carries the
-// records the connection has.
-func TestReportConntrack(t *testing.T) {
+// ctWithUpdates enters a new network namespace and dials conntrack twice:
+// a listener of update events first (a connection gets events only if one
+// listened when it was made, nf_conntrack_events=2, as the daemon does),
+// then a connection for requests. Both close when the test ends.
+func ctWithUpdates(t *testing.T) (*conntrack.Conn, <-chan conntrack.Event) {
+	t.Helper()
 	inNewNetns(t)
-	// The listener first: a connection gets events only if one listened
-	// when it was made (nf_conntrack_events=2), as the daemon does.
 	listen, err := conntrack.Dial(nil)
 	if err != nil {
 		t.Skipf("ctnetlink: %v", err)
 	}
-	defer listen.Close()
+	t.Cleanup(func() { listen.Close() })
 	events := make(chan conntrack.Event, 16)
 	if _, err := listen.Listen(events, 1, []netfilter.NetlinkGroup{netfilter.GroupCTUpdate}); err != nil {
 		t.Fatal(err)
@@ -33,7 +32,16 @@ func TestReportConntrack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
+	return c, events
+}
+
+// TestReportConntrack: a connection's seqadj records reach conntrack's
+// update events (what conntrackd carries to a backup router) through
+// ReportConntrack, which changes nothing: the event after it carries the
+// records the connection has.
+func TestReportConntrack(t *testing.T) {
+	c, events := ctWithUpdates(t)
 	src, dst := netip.MustParseAddrPort("203.0.113.2:40000"), netip.MustParseAddrPort("198.51.100.10:21")
 	f := conntrack.NewFlow(unix.IPPROTO_TCP, 0, src.Addr(), dst.Addr(), src.Port(), dst.Port(), 60, 0)
 	// (Status 0: ti-mo/conntrack's status attribute makes the kernel

@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"time"
 )
 
 // Addresses and interfaces of the two-router topology (NewHA), those of
@@ -77,26 +76,11 @@ type HA struct {
 // Nothing runs on the routers: the test starts their daemons. On error
 // everything already set up is torn down.
 func NewHA(opts Options) (h *HA, err error) {
-	if opts.Prefix == "" {
-		opts.Prefix = DefaultPrefix
-	}
-	if opts.Timeout == 0 {
-		opts.Timeout = Scaled(30 * time.Second)
-	}
-	logf := opts.Logf
-	if logf == nil {
-		logf = func(string, ...any) {}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), opts.Timeout)
-	defer cancel()
-
-	removeLeftovers(ctx, opts.Prefix, logf)
-
-	var rnd [3]byte
-	if _, err := rand.Read(rnd[:]); err != nil {
+	ctx, cancel, logf, id, err := opts.begin()
+	if err != nil {
 		return nil, err
 	}
-	id := fmt.Sprintf("%s%d-%x", opts.Prefix, os.Getpid(), rnd)
+	defer cancel()
 	t := &Topo{
 		ID:     id,
 		Client: id + "-c",
@@ -126,19 +110,7 @@ func NewHA(opts Options) (h *HA, err error) {
 		}
 	}()
 
-	if opts.Dir == "" {
-		d, err := MkdirTemp("ha")
-		if err != nil {
-			return h, err
-		}
-		t.Dir, t.ownDir = d, true
-	} else {
-		t.Dir = opts.Dir
-		if err := os.MkdirAll(t.Dir, 0o755); err != nil {
-			return h, err
-		}
-	}
-	if err := os.Chmod(t.Dir, 0o755); err != nil {
+	if err := t.makeDir(opts.Dir, "ha"); err != nil {
 		return h, err
 	}
 	for _, r := range h.Routers {

@@ -132,28 +132,56 @@ type Topo struct {
 
 type extraLog struct{ what, dir string }
 
-// New builds the topology. On error everything already set up is torn down.
-func New(opts Options) (t *Topo, err error) {
+// begin fills in opts' defaults, removes what an earlier run with the
+// same prefix left, and names a new topology: the first steps of New and
+// NewHA. cancel ends ctx, the bound of the whole build.
+func (opts *Options) begin() (ctx context.Context, cancel context.CancelFunc, logf func(string, ...any), id string, err error) {
 	if opts.Prefix == "" {
 		opts.Prefix = DefaultPrefix
 	}
 	if opts.Timeout == 0 {
 		opts.Timeout = Scaled(30 * time.Second)
 	}
-	logf := opts.Logf
+	logf = opts.Logf
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), opts.Timeout)
-	defer cancel()
-
+	ctx, cancel = context.WithTimeout(context.Background(), opts.Timeout)
 	removeLeftovers(ctx, opts.Prefix, logf)
-
 	var rnd [3]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
+		cancel()
+		return nil, nil, nil, "", err
+	}
+	return ctx, cancel, logf, fmt.Sprintf("%s%d-%x", opts.Prefix, os.Getpid(), rnd), nil
+}
+
+// makeDir makes the topology's directory: dir, or a new temporary one
+// (named after kind) that Close removes. vsftpd chroots into directories
+// below it.
+func (t *Topo) makeDir(dir, kind string) error {
+	if dir == "" {
+		d, err := MkdirTemp(kind)
+		if err != nil {
+			return err
+		}
+		t.Dir, t.ownDir = d, true
+	} else {
+		t.Dir = dir
+		if err := os.MkdirAll(t.Dir, 0o755); err != nil {
+			return err
+		}
+	}
+	return os.Chmod(t.Dir, 0o755)
+}
+
+// New builds the topology. On error everything already set up is torn down.
+func New(opts Options) (t *Topo, err error) {
+	ctx, cancel, logf, id, err := opts.begin()
+	if err != nil {
 		return nil, err
 	}
-	id := fmt.Sprintf("%s%d-%x", opts.Prefix, os.Getpid(), rnd)
+	defer cancel()
 	t = &Topo{
 		ID:     id,
 		Client: id + "-c",
@@ -171,20 +199,7 @@ func New(opts Options) (t *Topo, err error) {
 		}
 	}()
 
-	if opts.Dir == "" {
-		d, err := MkdirTemp("topo")
-		if err != nil {
-			return t, err
-		}
-		t.Dir, t.ownDir = d, true
-	} else {
-		t.Dir = opts.Dir
-		if err := os.MkdirAll(t.Dir, 0o755); err != nil {
-			return t, err
-		}
-	}
-	// vsftpd chroots into directories below Dir.
-	if err := os.Chmod(t.Dir, 0o755); err != nil {
+	if err := t.makeDir(opts.Dir, "topo"); err != nil {
 		return t, err
 	}
 
