@@ -109,6 +109,18 @@ func TestBackupAdopts(t *testing.T) {
 	}
 	t.Logf("labels carry offsets %v", off)
 
+	// A router that fails loses what is in flight; it does not answer it.
+	// Between the old table and the backup's commit a packet of the
+	// connection (the client's delayed ACK of the NOOP's reply) would meet
+	// a router without either and be reset: hold the client's packets as
+	// a dead router would, until the connection is adopted.
+	hold := fmt.Sprintf("table inet nfh_switch { chain pre { type filter hook prerouting priority -400; ip saddr %s tcp sport %d drop; }; }",
+		client.Addr(), client.Port())
+	if out, err := tp.Run(context.Background(), tp.Router, "nft", hold); err != nil {
+		t.Fatalf("hold the client's packets: %v %s", err, out)
+	}
+	release := func() { tp.Run(context.Background(), tp.Router, "nft", "delete", "table", "inet", "nfh_switch") }
+	defer release()
 	harness.mu.Lock()
 	harness.stopped = true
 	harness.mu.Unlock()
@@ -124,6 +136,7 @@ func TestBackupAdopts(t *testing.T) {
 	if !pollUntil(topo.Scaled(5*time.Second), func() bool { return suiteStat(t, "adopted_midstream") > 0 }) {
 		t.Fatal("the committed control connection was not adopted")
 	}
+	release()
 
 	io.WriteString(stdin, "go\n")
 	after := s.result(t, "after the switch")
