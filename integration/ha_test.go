@@ -321,12 +321,26 @@ func (e *haEnv) start(ctx context.Context) {
 		hr.daemon = d
 		t.Logf("nfhelperd on router %d ready: datapath=%s", hr.r.Index, d.Datapath)
 	}
+	r1, r2 := e.routers[0], e.routers[1]
 	for _, hr := range e.routers {
 		c := e.h.Exec(hr.r.NS, "keepalived", "--dont-fork", "--log-console", "--log-detail", "--vrrp",
 			"-f", hr.kaConf, "-p", hr.kaPid, "-r", hr.kaVrrpPid)
 		hr.keepalived = e.startLogged(c, filepath.Join(hr.r.Dir, "keepalived.out"))
+		if hr != r1 {
+			continue
+		}
+		// Router 2 joins a pair whose master is router 1: with nopreempt,
+		// two keepalived starting together under emulation may elect
+		// router 2 first and keep it.
+		if err := haPoll(ctx, func() error {
+			if s := vrrpState(r1); s != "MASTER" {
+				return fmt.Errorf("router 1 state %q", s)
+			}
+			return nil
+		}); err != nil {
+			t.Fatalf("router 1 alone did not become master: %v", err)
+		}
 	}
-	r1, r2 := e.routers[0], e.routers[1]
 	if err := haPoll(ctx, func() error {
 		if s := vrrpState(r1); s != "MASTER" {
 			return fmt.Errorf("router 1 state %q", s)
